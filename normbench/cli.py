@@ -1,0 +1,66 @@
+"""The `normbench` command. Each topic adds its own sub-commands (`register(app)`), so this
+file only wires them together and turns user errors into one line and exit status 2."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from normbench.errors import UserError
+
+# Modules that each define `register(app: typer.Typer) -> None`.
+_COMMAND_MODULES = (
+    "normbench.cli_variants",  # normbench variants
+    "normbench.engine.cli",  # normbench train
+    "normbench.suite.cli",  # normbench run
+    "normbench.reports.cli",  # normbench report
+    "normbench.bench.cli",  # normbench bench ...
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="normbench",
+        help="Compare normalization layers in image classifiers.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for mod in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # a real import error inside the module
+                raise
+            continue
+        module.register(app)
+    return app
+
+
+def fail(message: str) -> None:
+    """Print one clear line and exit with status 2 (a user's mistake)."""
+    print(f"normbench: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(build_app())
+    try:
+        rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)
+    except UserError as exc:
+        fail(str(exc))
+    except click.exceptions.Abort:
+        print("normbench: aborted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except click.exceptions.ClickException as exc:
+        fail(exc.format_message())
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

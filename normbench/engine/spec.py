@@ -1,0 +1,95 @@
+"""`TrialSpec`: everything one trial needs, as a frozen, JSON-serialisable value.
+
+A trial's identity is a hash of its resolved spec (`trial_id`), so a rerun recognises
+finished and interrupted trials. Fields that do not change the result (`num_threads`,
+`device` when "auto", `checkpoint_every`) are left out of the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Fields that change how fast a trial runs, not what it computes.
+_NOT_IN_ID = ("num_threads", "device", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser and schedule. Every paper recipe of the built-in suites fits here exactly."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    # "four things" #3: no weight decay on norm parameters and biases (ndim <= 1) when True.
+    no_decay_norm_and_bias: bool = False
+    warmup_epochs: float = 0.0  # linear warm-up per batch, from lr/warmup_batches to lr
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: tuple[int, ...] = ()  # epochs at which multistep decays (after warm-up)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    variant: str
+    backbone: str
+    dataset: str
+    epochs: int
+    batch_size: int = 128
+    seed: int = 0
+    variant_options: dict[str, Any] = field(default_factory=dict)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    # data-set options: root, download, image_size, val_fraction, augment flags ...
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe = field(default_factory=Recipe)
+    # "everywhere" (default) or "last-in-block" (BNET's official placement)
+    placement: Literal["everywhere", "last-in-block"] = "everywhere"
+    sabn_index: Literal["zeros", "augmented"] = "zeros"
+    device: str = "auto"  # "auto" picks cuda when available
+    amp: bool | None = None  # None: bf16 autocast on CUDA only
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False
+    limit_batches: int | None = None  # smoke mode: at most this many train batches per epoch
+    eval_batch_size: int = 512
+    probe: bool = True  # per-layer feature condensation on a fixed probe batch each epoch
+    probe_batch_size: int = 32
+    plugins: tuple[str, ...] = ()
+    num_threads: int | None = None
+    checkpoint_every: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        d = dict(d)
+        recipe = d.pop("recipe", {}) or {}
+        if "milestones" in recipe:
+            recipe = {**recipe, "milestones": tuple(recipe["milestones"])}
+        d["plugins"] = tuple(d.get("plugins", ()))
+        return cls(recipe=Recipe(**recipe), **d)
+
+    def replace(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def trial_id(self) -> str:
+        d = self.to_dict()
+        for k in _NOT_IN_ID:
+            d.pop(k, None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x

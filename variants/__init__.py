@@ -1,0 +1,36 @@
+"""The built-in normalization layers, installed as `normbench.variants`.
+
+This package depends on torch only and never imports the rest of normbench (the way timm's
+`layers/` never imports its `models/`); `normbench.registry` registers `BUILTIN_VARIANTS`
+through the same call a plugin uses.
+"""
+
+from __future__ import annotations
+
+from normbench.variants.bgn import BatchGroupNorm2d
+from normbench.variants.bn import BatchNorm2d
+from normbench.variants.bnet import BNET2d
+from normbench.variants.fourthings import FourThingsNorm2d
+from normbench.variants.gn import GroupNorm2d
+from normbench.variants.ghost_bn import GhostBatchNorm2d
+from normbench.variants.iebn import IEBN2d
+from normbench.variants.in_ import InstanceNorm2d
+from normbench.variants.rbn import RepresentativeBatchNorm2d
+from normbench.variants.sabn import SandwichBatchNorm2d, sabn_index
+from normbench.variants.ubn import UnifiedBatchNorm2d
+
+BUILTIN_VARIANTS: dict[str, type] = {
+    "bn": BatchNorm2d,
+    "in": InstanceNorm2d,
+    "gn": GroupNorm2d,
+    "iebn": IEBN2d,
+    "rbn": RepresentativeBatchNorm2d,
+    "bnet": BNET2d,
+    "sabn": SandwichBatchNorm2d,
+    "bgn": BatchGroupNorm2d,
+    "ghost_bn": GhostBatchNorm2d,
+    "ubn": UnifiedBatchNorm2d,
+    "fourthings": FourThingsNorm2d,
+}
+
+__all__ = [*(c.__name__ for c in BUILTIN_VARIANTS.values()), "BUILTIN_VARIANTS", "sabn_index"]
