@@ -1,0 +1,255 @@
+"""`build_data`: a registered data set's splits, wrapped in loaders, ready for the engine.
+
+Dataset options (a suite's `dataset_options`) are of two kinds:
+- factory options, passed to the data-set factory: `root`, `download`, `image_size`,
+  `val_fraction` (default 0.1; 0 = no validation split), `split_seed` (default 0), plus any
+  options of that data set (e.g. synthetic's `n_train`);
+- loader options, used here: `augment` and `num_workers` (folder data sets only).
+
+`augment` is a mapping that overrides the data set's defaults key by key,
+`{crop_padding: int >= 0, hflip: bool, rotation: float degrees in [0, 180]}`; `true` or null
+keeps the defaults and `false` turns every augmentation off. Unknown option names raise
+`UnknownNameError` naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
+from normbench.data.folder_loader import FolderLoader, build_transform
+from normbench.data.tensor_loader import Normalizer, TensorLoader, epoch_generator
+from normbench.errors import UnknownNameError
+from normbench.registry import DATASETS, closest
+
+FACTORY_DEFAULTS: dict[str, Any] = {
+    "root": None,
+    "download": False,
+    "image_size": None,
+    "val_fraction": 0.1,
+    "split_seed": 0,
+}
+LOADER_OPTIONS = ("augment", "num_workers")
+_PROBE_STREAM = 2
+
+
+class Loader(Protocol):
+    """What the engine iterates: normalised float (x, y) batches on the training device."""
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Any: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass
+class Data:
+    """Loaders and facts for one trial. `val` is None when val_fraction is 0."""
+
+    train: Loader
+    val: Loader | None
+    test: Loader
+    probe: torch.Tensor  # fixed normalised train images (P, C, H, W) on the device
+    num_classes: int
+    in_channels: int
+    image_size: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _factory_params(fn: Callable[..., Any]) -> tuple[list[str], bool]:
+    """(keyword names the factory accepts, whether it takes **options)."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _split_options(
+    name: str, fn: Callable[..., Any], options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(factory options with the five contract keywords filled in, loader options)."""
+    names, open_ended = _factory_params(fn)
+    valid = sorted(set(names) | set(FACTORY_DEFAULTS) | set(LOADER_OPTIONS))
+    for key in options:
+        if key not in valid and not open_ended:
+            raise UnknownNameError(
+                f"unknown option {key!r} for dataset {name!r}"
+                f"{closest(key, valid)}; valid options: {', '.join(valid)}"
+            )
+    loader = {k: options[k] for k in LOADER_OPTIONS if k in options}
+    factory = {**FACTORY_DEFAULTS, **{k: v for k, v in options.items() if k not in loader}}
+    return factory, loader
+
+
+def parse_augment(default: Augment, value: Any) -> Augment:
+    """Apply a suite's `augment` value to a data set's default augmentation."""
+    if value is None or value is True:
+        return default
+    if value is False:
+        return Augment()
+    if not isinstance(value, dict):
+        raise DatasetOptionError(f"augment must be a mapping, true or false, but got {value!r}")
+    valid = [f.name for f in dataclasses.fields(Augment)]
+    for key in value:
+        if key not in valid:
+            raise UnknownNameError(
+                f"unknown augment option {key!r}{closest(str(key), valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+    aug = dataclasses.replace(default, **value)
+    pad, rot = aug.crop_padding, aug.rotation
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise DatasetOptionError(f"augment.crop_padding must be an integer >= 0, but got {pad!r}")
+    if not isinstance(aug.hflip, bool):
+        raise DatasetOptionError(f"augment.hflip must be true or false, but got {aug.hflip!r}")
+    if isinstance(rot, bool) or not isinstance(rot, int | float) or not 0 <= rot <= 180:
+        raise DatasetOptionError(
+            f"augment.rotation must be a number of degrees in [0, 180], but got {rot!r}"
+        )
+    return dataclasses.replace(aug, rotation=float(rot))
+
+
+def validate_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Check option names and the augment mapping without reading any data (for suites)."""
+    fn = DATASETS.get(name).obj
+    _, loader = _split_options(name, fn, dict(options))
+    parse_augment(Augment(), loader.get("augment"))
+
+
+def _make_loader(
+    splits: DataSplits,
+    split: Any,
+    *,
+    train: bool,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    augment: Augment,
+    limit_batches: int | None,
+    num_workers: int | None,
+) -> Loader:
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        device=device,
+        mean=splits.mean,
+        std=splits.std,
+        train=train,
+        augment=augment,
+        seed=seed,
+        limit_batches=limit_batches if train else None,
+    )
+    if isinstance(split, TensorSet):
+        return TensorLoader(split, **common)
+    return FolderLoader(split, image_size=splits.image_size, num_workers=num_workers, **common)
+
+
+def size(split: Any) -> int:
+    """Number of samples of a split (TensorSet or sized Dataset)."""
+    return len(split)
+
+
+def _probe(splits: DataSplits, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """n training images chosen by (seed), un-augmented, normalised, on the device."""
+    total = size(splits.train)
+    g = epoch_generator(seed, 0, stream=_PROBE_STREAM)
+    idx = torch.randperm(total, generator=g)[: min(n, total)].sort().values
+    if isinstance(splits.train, TensorSet):
+        x = splits.train.images[idx]
+    else:
+        tf = build_transform(splits.image_size, Augment(), train=False)
+        x = torch.stack([tf(splits.train[int(i)][0]) for i in idx])
+    return Normalizer(splits.mean, splits.std, device)(x.to(device))
+
+
+def _check_batch(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DatasetOptionError(f"{name} must be an integer >= 1, but got {value!r}")
+    return value
+
+
+def build_data(
+    name: str,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    limit_batches: int | None = None,
+    probe_batch_size: int = 32,
+    **dataset_options: Any,
+) -> Data:
+    """Load data set `name` (any registered factory) and wrap its splits in loaders.
+
+    `seed` (the trial seed) drives the shuffle order, the augmentation and the probe batch;
+    `split_seed` (a data-set option, default 0) drives the validation split.
+    """
+    fn = DATASETS.get(name).obj
+    factory_opts, loader_opts = _split_options(name, fn, dataset_options)
+    splits = fn(**factory_opts)
+    if not isinstance(splits, DataSplits):
+        raise TypeError(
+            f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
+        )
+    augment = parse_augment(splits.augment, loader_opts.get("augment"))
+    dev = torch.device(device)
+    common: dict[str, Any] = dict(
+        device=dev,
+        seed=int(seed),
+        augment=augment,
+        limit_batches=limit_batches,
+        num_workers=loader_opts.get("num_workers"),
+    )
+    train = _make_loader(
+        splits,
+        splits.train,
+        train=True,
+        batch_size=_check_batch("batch_size", batch_size),
+        **common,
+    )
+    if len(train) == 0:
+        raise DatasetOptionError(
+            f"batch_size {batch_size} is larger than the {size(splits.train)}"
+            f" training images of dataset {name!r} (training drops a "
+            f"last incomplete batch)"
+        )
+    ebs = _check_batch("eval_batch_size", eval_batch_size)
+    val = (
+        None
+        if splits.val is None
+        else _make_loader(splits, splits.val, train=False, batch_size=ebs, **common)
+    )
+    test = _make_loader(splits, splits.test, train=False, batch_size=ebs, **common)
+    info = {
+        "dataset": splits.name,
+        "train_size": size(splits.train),
+        "val_size": 0 if splits.val is None else size(splits.val),
+        "test_size": size(splits.test),
+        "num_classes": splits.num_classes,
+        "in_channels": splits.in_channels,
+        "image_size": splits.image_size,
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "augment": augment.to_dict(),
+        "val_fraction": factory_opts["val_fraction"],
+        "split_seed": factory_opts["split_seed"],
+        "train_batches": len(train),
+        "train_drop_last": True,
+        "loader": type(train).__name__,
+        **splits.info,
+    }
+    return Data(
+        train=train,
+        val=val,
+        test=test,
+        probe=_probe(splits, _check_batch("probe_batch_size", probe_batch_size), int(seed), dev),
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        image_size=splits.image_size,
+        info=info,
+    )

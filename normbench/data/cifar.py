@@ -1,0 +1,171 @@
+"""CIFAR-10 and CIFAR-100 (Krizhevsky 2009), read with torchvision, held as uint8 tensors.
+
+Files are looked for in `root` (torchvision's layout): the extracted folder
+`cifar-10-batches-py/` or `cifar-100-python/`, or the archive `cifar-10-python.tar.gz` /
+`cifar-100-python.tar.gz`, which is extracted in place (no network needed). With
+`download=True` a missing archive is downloaded by torchvision. Anything else missing or
+corrupted raises `DatasetNotFoundError` with one message saying what to put where.
+
+Constants come from the recipes the built-in suites follow (pytorch-cifar100 / UBN):
+augmentation random crop 32 with padding 4 and horizontal flip; RandomRotation(15) is in the
+pytorch-cifar100 code and is switched on by the Table 3 suite (`augment: {rotation: 15}`),
+off by default here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+from normbench.data.base import (
+    Augment,
+    DataSplits,
+    TensorSet,
+    carve_val,
+    check_image_size,
+    resize_uint8,
+)
+from normbench.errors import DatasetNotFoundError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR_AUGMENT = Augment(crop_padding=4, hflip=True, rotation=0.0)
+
+
+def default_root() -> str:
+    """`$NORMBENCH_DATA` when set, else ~/.cache/normbench/data."""
+    return os.environ.get("NORMBENCH_DATA") or str(Path("~/.cache/normbench/data").expanduser())
+
+
+def _missing_message(cls: type[CIFAR10], root: Path, detail: str) -> str:
+    return (
+        f"{cls.__name__} data not found in {root}: {detail}; put {cls.filename} (or the "
+        f"extracted {cls.base_folder}/ folder) in {root}, or set download: true when online"
+    )
+
+
+def _corrupted(cls: type[CIFAR10], root: Path) -> list[str]:
+    """Files of the extracted folder that are missing or fail torchvision's md5 check."""
+    listed = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+    folder = root / cls.base_folder
+    return [name for name, md5 in listed if not check_integrity(str(folder / name), md5)]
+
+
+def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
+    """Make the extracted folder exist and pass its md5 checks, or raise one clear error."""
+    if not (root / cls.base_folder).is_dir() and (root / cls.filename).is_file():
+        if not check_integrity(str(root / cls.filename), cls.tgz_md5):
+            raise DatasetNotFoundError(
+                _missing_message(
+                    cls, root, f"{cls.filename} fails its md5 check (incomplete download?)"
+                )
+            )
+        extract_archive(str(root / cls.filename), str(root))
+    if download and _corrupted(cls, root):
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # offline, proxy, disk full...
+            raise DatasetNotFoundError(
+                _missing_message(cls, root, f"download failed ({type(exc).__name__}: {exc})")
+            ) from exc
+    bad = _corrupted(cls, root)
+    if bad:
+        folder = root / cls.base_folder
+        what = "missing" if not folder.is_dir() else f"{', '.join(bad)} missing or corrupted"
+        raise DatasetNotFoundError(_missing_message(cls, root, f"{folder} {what}"))
+
+
+def _load_split(cls: type[CIFAR10], root: Path, train: bool) -> TensorSet:
+    ds = cls(str(root), train=train, download=False)
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)  # NHWC->NCHW
+    return TensorSet(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64))
+
+
+def load_cifar(
+    cls: type[CIFAR10],
+    name: str,
+    *,
+    root: str | None,
+    download: bool,
+    image_size: int | None,
+    val_fraction: float,
+    split_seed: int,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> DataSplits:
+    """Read both splits through torchvision and carve the validation split."""
+    size = check_image_size(image_size, 32, name)
+    base = Path(root or default_root()).expanduser().resolve()
+    _ensure_files(cls, base, download)
+    train_full, test = _load_split(cls, base, True), _load_split(cls, base, False)
+    if size != 32:
+        train_full = TensorSet(resize_uint8(train_full.images, size), train_full.labels)
+        test = TensorSet(resize_uint8(test.images, size), test.labels)
+    train, val = carve_val(train_full, val_fraction, split_seed)
+    return DataSplits(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=num_classes,
+        in_channels=3,
+        image_size=size,
+        mean=mean,
+        std=std,
+        augment=CIFAR_AUGMENT,
+        info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
+    )
+
+
+def cifar10(
+    *,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
+    """CIFAR-10: 50k train (minus validation) / 10k test, 10 classes, 32x32 RGB."""
+    return load_cifar(
+        CIFAR10,
+        "cifar10",
+        root=root,
+        download=download,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        num_classes=10,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    )
+
+
+def cifar100(
+    *,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> DataSplits:
+    """CIFAR-100: 50k train (minus validation) / 10k test, 100 fine classes, 32x32 RGB."""
+    return load_cifar(
+        CIFAR100,
+        "cifar100",
+        root=root,
+        download=download,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        num_classes=100,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+    )
