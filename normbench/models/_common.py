@@ -1,0 +1,67 @@
+"""Helpers shared by the backbone families: option checks, conv init, residual zero-init.
+
+Norm layers are never initialised here: a variant may have `weight=None`, a weight of another
+shape, or its own initial values, so each norm layer initialises itself (unlike torchvision's
+ResNet, whose init loop sets every BatchNorm2d/GroupNorm weight to 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from normbench.errors import UserError
+
+NormLayer = Callable[[int], nn.Module]
+
+
+class BackboneOptionError(UserError, ValueError):
+    """A backbone option with a bad value (a user mistake, and a ValueError per the contract)."""
+
+
+def check_bool(backbone: str, option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise BackboneOptionError(
+            f"backbone {backbone!r}: option {option!r} must be true or false, but got {value!r}"
+        )
+    return value
+
+
+def check_positive_int(backbone: str, option: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackboneOptionError(
+            f"backbone {backbone!r}: option {option!r} must be an integer >= 1, but got {value!r}"
+        )
+    return value
+
+
+def reject_last_norm(backbone: str, last_norm_layer: NormLayer | None) -> None:
+    """Backbones without residual blocks have no "last norm of a block" to replace."""
+    if last_norm_layer is not None:
+        raise BackboneOptionError(
+            f"backbone {backbone!r} has no residual blocks, so last_norm_layer "
+            "(placement 'last-in-block') does not apply; use placement 'everywhere'"
+        )
+
+
+def init_convs(model: nn.Module) -> None:
+    """torchvision's conv init: Kaiming normal, fan_out, ReLU gain; conv biases zero.
+
+    Linear layers keep PyTorch's default init (as in the pytorch-cifar100 models).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def zero_norm_weight(norm: nn.Module) -> None:
+    """Zero a norm layer's `.weight` when it has one, so its residual branch starts at 0
+    (Goyal et al. 2017); a norm without an affine weight is left as it is."""
+    weight = getattr(norm, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        with torch.no_grad():
+            weight.zero_()
