@@ -1,0 +1,146 @@
+"""BatchGroupNorm2d (spec §10): equals BN at G = C, and a hand reference from the formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from normbench.variants.bgn import BatchGroupNorm2d
+from torch import nn
+
+DT = torch.float64
+
+
+def _randomise(layer: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(layer.weight.shape, generator=g, dtype=DT) + 0.5)
+        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=DT))
+
+
+def test_g_equals_c_is_batchnorm_over_steps() -> None:
+    torch.manual_seed(0)
+    ours = BatchGroupNorm2d(6, num_groups=6, dtype=DT)
+    ref = nn.BatchNorm2d(6, dtype=DT)
+    _randomise(ours, 1)
+    ref.load_state_dict({**ref.state_dict(), "weight": ours.weight, "bias": ours.bias})
+    for _ in range(3):
+        x = torch.randn(5, 6, 4, 3, dtype=DT) * 2 + 1
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        w = torch.randn_like(x)
+        y1, y2 = ours(x1), ref(x2)
+        torch.testing.assert_close(y1, y2)
+        (y1 * w).sum().backward()
+        (y2 * w).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 6, 4, 3, dtype=DT)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def _reference_train(x, gamma, beta, groups, rm, rv, momentum, eps=1e-5):
+    """Spec §10 by hand: reshape (N, G, M), mean, biased var, running var unbiased (n = N*M)."""
+    n, c, h, w = x.shape
+    xr = x.reshape(n, groups, -1)
+    mu = xr.mean(dim=(0, 2))
+    var = ((xr - mu[None, :, None]) ** 2).mean(dim=(0, 2))
+    xhat = (xr - mu[None, :, None]) / torch.sqrt(var[None, :, None] + eps)
+    y = xhat.reshape(n, c, h, w) * gamma[None, :, None, None] + beta[None, :, None, None]
+    count = n * xr.shape[2]
+    rm = (1 - momentum) * rm + momentum * mu
+    rv = (1 - momentum) * rv + momentum * var * count / (count - 1)
+    return y, rm, rv
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups", "hw", "spatial"),
+    [(8, 2, (3, 4), False), (8, 4, (2, 2), False), (2, 8, (2, 2), True)],
+)
+def test_grouped_statistics_match_hand_reference(channels, groups, hw, spatial) -> None:
+    torch.manual_seed(2)
+    layer = BatchGroupNorm2d(
+        channels, num_groups=groups, allow_spatial_groups=spatial, momentum=0.3, dtype=DT
+    )
+    _randomise(layer, 3)
+    rm, rv = torch.zeros(groups, dtype=DT), torch.ones(groups, dtype=DT)
+    for _ in range(3):
+        x = torch.randn(4, channels, *hw, dtype=DT) * 3 - 1
+        y_ref, rm, rv = _reference_train(x, layer.weight, layer.bias, groups, rm, rv, 0.3)
+        torch.testing.assert_close(layer(x), y_ref)
+    torch.testing.assert_close(layer.running_mean, rm)
+    torch.testing.assert_close(layer.running_var, rv)
+    assert int(layer.num_batches_tracked) == 3
+    layer.eval()
+    x = torch.randn(3, channels, *hw, dtype=DT)
+    xr = x.reshape(3, groups, -1)
+    xhat = (xr - rm[None, :, None]) / torch.sqrt(rv[None, :, None] + 1e-5)
+    expected = (
+        xhat.reshape(x.shape) * layer.weight[None, :, None, None] + layer.bias[None, :, None, None]
+    )
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_momentum_none_is_cumulative_average() -> None:
+    layer = BatchGroupNorm2d(4, num_groups=2, momentum=None, dtype=DT)
+    means = []
+    for seed in range(3):
+        x = torch.randn(3, 4, 2, 2, dtype=DT, generator=torch.Generator().manual_seed(seed))
+        means.append(x.reshape(3, 2, -1).mean(dim=(0, 2)))
+        layer(x)
+    torch.testing.assert_close(layer.running_mean, torch.stack(means).mean(0))
+
+
+def test_gcd_fallback_and_repr() -> None:
+    layer = BatchGroupNorm2d(6, num_groups=4)
+    assert layer.num_groups == 2
+    assert "num_groups=2" in repr(layer)
+    assert layer.running_mean.shape == (2,)
+    assert BatchGroupNorm2d(6, num_groups=32).num_groups == 2
+    assert BatchGroupNorm2d(6, num_groups=12, allow_spatial_groups=True).num_groups == 12
+
+
+def test_spatial_groups_need_divisible_positions() -> None:
+    layer = BatchGroupNorm2d(2, num_groups=8, allow_spatial_groups=True)
+    with pytest.raises(ValueError, match=r"BatchGroupNorm2d.*\(4, 2, 3, 3\)"):
+        layer(torch.randn(4, 2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"num_groups": 0}, {"num_groups": 2.0}, {"momentum": 1.5}, {"eps": 0.0}, {"num_groups": True}],
+)
+def test_invalid_options_raise(options) -> None:
+    with pytest.raises(ValueError, match="BatchGroupNorm2d"):
+        BatchGroupNorm2d(8, **options)
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(4)
+    a, b = BatchGroupNorm2d(8, num_groups=4), BatchGroupNorm2d(8, num_groups=4)
+    x = torch.randn(3, 8, 5, 5)
+    torch.testing.assert_close(a(x), b(x.contiguous(memory_format=torch.channels_last)))
+    torch.testing.assert_close(a.running_var, b.running_var)
+
+
+def test_eval_changes_nothing() -> None:
+    layer = BatchGroupNorm2d(8, num_groups=4)
+    layer(torch.randn(4, 8, 3, 3))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.eval()
+    layer(torch.randn(1, 8, 1, 1))
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_half_input_with_fp32_parameters_keeps_dtype() -> None:
+    layer = BatchGroupNorm2d(8, num_groups=4)
+    x = torch.randn(4, 8, 3, 3)
+    y = layer(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and layer.running_mean.dtype == torch.float32
+    torch.testing.assert_close(
+        y.float(), BatchGroupNorm2d(8, num_groups=4)(x), rtol=0.05, atol=0.05
+    )

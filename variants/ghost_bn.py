@@ -1,0 +1,146 @@
+"""GhostBN: Hoffer, Hubara, Soudry, "Train longer, generalize better" (NeurIPS 2017), spec §11.
+
+The official code (eladhoffer/bigBatch, `main_gbn.py`) has no layer: its training loop splits
+each batch with `input.chunk(K)` and runs plain `nn.BatchNorm2d` forward/backward per chunk.
+This layer does the same inside one forward:
+
+    x = [x_1; ...; x_K] (contiguous ghost batches along N)
+    y_b = gamma * (x_b - mu_b) / sqrt(sigma2_b + eps) + beta        (BNcore per ghost batch)
+    r_K = (1-m)^K r_0 + sum_b m (1-m)^(K-b) s_b                     (K sequential EMA updates)
+
+with s_b the ghost batch's mean and unbiased variance (n = |b|*H*W) and the counter += K.
+Momentum None is torch's cumulative average per ghost update, in closed form
+r_K = (t0 r_0 + sum_b s_b) / (t0 + K) with t0 the counter before the call; momentum 0
+freezes the buffers (the counter still counts). Eval is BN with the running statistics.
+
+All equal ghost batches are normalised by one fused `F.batch_norm` call on a
+(n_g, K*C, H*W) rearrangement and a short last chunk by a second call
+(`normbench.variants._chunked`); the EMA is applied once in closed form, so there is no Python
+loop over samples or ghost batches. With one ghost batch (N <= ghost size) the layer calls
+`F.batch_norm` on the module buffers directly and is BN exactly.
+
+Options [spec choice]: `ghost_batch_size=128` (a short last chunk when N % n_g != 0);
+`num_splits=K` switches to torch.chunk semantics (chunks of ceil(N/K), possibly fewer than K)
+and then takes precedence over `ghost_batch_size`.
+
+Deviations: the official loop averages gradients over chunks and clips them (loop-level, not a
+layer matter); with equal chunks the outputs and the chunk-averaged gradients match. The
+closed-form EMA equals the sequential updates up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from normbench.variants._chunked import chunk_length, chunk_sizes, chunked_batch_norm
+from normbench.variants._core import check_batch_statistics, check_input, update_factor
+from normbench.variants._options import check_common, check_int, check_optional_int
+from torch import nn
+
+
+class GhostBatchNorm2d(nn.Module):
+    """Batch norm with per-ghost-batch statistics in training and sequential running updates.
+
+    Constructor contract: `GhostBatchNorm2d(num_features, *, ghost_batch_size=128,
+    num_splits=None, eps=1e-5, momentum=0.1, device=None, dtype=None)`.
+    """
+
+    paper = (
+        "Train longer, generalize better: closing the generalization gap in large batch "
+        "training of neural networks (NeurIPS 2017), arXiv 1705.08741"
+    )
+    batch_dependent = True
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        ghost_batch_size: int = 128,
+        num_splits: int | None = None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_common(name, num_features, eps, momentum)
+        check_int(name, "ghost_batch_size", ghost_batch_size, minimum=1)
+        check_optional_int(name, "num_splits", num_splits, minimum=1)
+        self.num_features = num_features
+        self.ghost_batch_size = ghost_batch_size
+        self.num_splits = num_splits
+        self.eps = eps
+        self.momentum = momentum
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+        self.register_buffer(
+            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_features)
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        n, c, h, w = x.shape
+        chunk = chunk_length(n, ghost_batch_size=self.ghost_batch_size, num_splits=self.num_splits)
+        check_batch_statistics(self, x, min(chunk_sizes(n, chunk)) * h * w)
+        if n <= chunk:  # one ghost batch: plain BN on the module buffers
+            factor = update_factor(self, self.momentum)
+            return F.batch_norm(
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                True,
+                factor,
+                self.eps,
+            )
+        # (N, C, H, W) -> (N, C, H*W); reshape, not view: the input may be channels_last.
+        y, mean, var = chunked_batch_norm(
+            x.reshape(n, c, h * w),
+            chunk,
+            eps=self.eps,
+            stats_dtype=self.running_mean.dtype,
+            weight=self.weight,
+            bias=self.bias,
+            want_stats=True,
+        )
+        assert mean is not None and var is not None
+        with torch.no_grad():
+            self._sequential_update(mean, var)
+        return y.reshape(n, c, h, w)
+
+    def _sequential_update(self, means: torch.Tensor, variances: torch.Tensor) -> None:
+        """Apply K EMA updates (one per ghost batch, in order) in closed form; counter += K."""
+        k = means.shape[0]
+        t0 = int(self.num_batches_tracked.item())
+        self.num_batches_tracked.add_(k)
+        dtype, device = means.dtype, means.device
+        if self.momentum is None:  # cumulative average: factor 1/count at each ghost update
+            keep = t0 / (t0 + k)
+            weights = torch.full((k,), 1.0 / (t0 + k), dtype=dtype, device=device)
+        else:
+            m = self.momentum
+            keep = (1.0 - m) ** k
+            # Ghost batch b (1-based) is decayed K-b times after its own update.
+            powers = torch.arange(k - 1, -1, -1, dtype=dtype, device=device)
+            weights = m * (1.0 - m) ** powers
+        self.running_mean.mul_(keep).add_(weights @ means)
+        self.running_var.mul_(keep).add_(weights @ variances)
+
+    def extra_repr(self) -> str:
+        if self.num_splits is None:
+            split = f"ghost_batch_size={self.ghost_batch_size}, num_splits=None"
+        else:
+            split = (
+                f"ghost_batch_size={self.ghost_batch_size} (ignored), "
+                f"num_splits={self.num_splits} (torch.chunk semantics)"
+            )
+        return f"{self.num_features}, {split}, eps={self.eps}, momentum={self.momentum}"

@@ -1,0 +1,282 @@
+"""UBN: Unified Batch Normalization (Wang, Zhang, Liu, Yan; ECCV 2024; arXiv 2311.15993), §12.
+
+No official implementation is public; this follows the paper's text as pinned down in spec §12.
+Training forward, per layer and call:
+
+1. x_c = x + w_m * GAP(x)                                   (RBN centering; norm_rect)
+2. s_B = mean_{i != j} cos(f_i, f_j); s_hat <- s_B on the first batch (sim_init="first_batch"),
+   else s_hat <- (1 - alpha) s_hat + alpha s_B; sim_count += 1   (no_grad, fp32; B = 1 skips)
+3. condensed = s_hat > tau ("step"; True while s_hat is unset) or the flag set by end_epoch()
+   ("epoch"); forced True when fct is off or num_batches_tracked < min_updates
+4. condensed: x_hat = BNcore(x_c) with batch statistics and a momentum update (torch rules);
+   otherwise x_hat = (x_c - running_mean) / sqrt(running_var + eps), no update, frozen_steps += 1
+5. x_s = x_hat * sigmoid(w_v * GAP(x_hat) + b_v)            (RBN scaling; norm_rect)
+6. y = DWConv_kxk(x_s) + bias, identity init                (BNET affine; affine_rect)
+   or y = gamma * x_s + beta without affine_rect.
+
+Eval runs steps 1, 5, 6 with the running statistics and changes no state.
+
+The similarity uses the O(B*D) identity s_B = (||sum_i u_i||^2 - sum_i ||u_i||^2) / (B(B-1)),
+u_i = f_i / max(||f_i||, 1e-8) (`average_pairwise_cosine`), exact for the pairs i != j.
+
+Ablation presets (paper Sec 4.3.1; `ABLATION_PRESETS`):
+    BN                      fct=False norm_rect=False affine_rect=False
+    BN+Stats Rectification  fct=True  norm_rect=False affine_rect=False
+    UBN                     fct=True  norm_rect=True  affine_rect=True
+
+Choices and deviations (the paper is silent on these; spec §12 tags them [choice]):
+* Eq. (3) is not available: the condensed branch is ordinary BN training and the other branch
+  normalises with the frozen running statistics, without gradient through them.
+* The similarity is computed (and s_hat tracked for `diagnostics()`) even when fct is off, so
+  the BN ablation row logs its condensation too; it then has no effect on the output.
+* cosine eps is 1e-8 (torch's `cosine_similarity` default); the spec does not fix it.
+* running_sim is fp32 (float64 when the layer is built in float64).
+* In "epoch" mode a decision forced by min_updates is stored in `condensed` as the spec says,
+  so the layer stays on batch statistics until the next end_epoch().
+* `diagnostics()["batch_steps"]` is num_batches_tracked: every batch-statistics step updates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from normbench.variants._core import bn_core, check_input, gap, per_channel, register_bn_buffers
+from normbench.variants._options import (
+    check_bool,
+    check_choice,
+    check_common,
+    check_float,
+    check_int,
+)
+from torch import nn
+
+COSINE_EPS = 1e-8
+
+ABLATION_PRESETS: dict[str, dict[str, bool]] = {
+    "bn": {"fct": False, "norm_rect": False, "affine_rect": False},
+    "bn_stats_rect": {"fct": True, "norm_rect": False, "affine_rect": False},
+    "ubn": {"fct": True, "norm_rect": True, "affine_rect": True},
+}
+
+
+def average_pairwise_cosine(features: torch.Tensor, eps: float = COSINE_EPS) -> torch.Tensor:
+    """Mean cosine similarity over the pairs i != j of the rows of `features` (B, ...).
+
+    O(B*D): with u_i = f_i / max(||f_i||, eps) and S = sum_i u_i, the result is
+    (||S||^2 - sum_i ||u_i||^2) / (B(B-1)). Subtracting sum ||u_i||^2 rather than B keeps it
+    equal to the eps-guarded Gram form when a sample is all zero. Computed in at least fp32.
+    """
+    b = features.shape[0]
+    if features.dim() < 2 or b < 2:
+        raise ValueError(
+            "average_pairwise_cosine needs features of shape (B, ...) with B >= 2, but got "
+            f"shape {tuple(features.shape)}"
+        )
+    f = features.reshape(b, -1)  # (B, D)
+    f = f.to(torch.promote_types(f.dtype, torch.float32))
+    norms = torch.linalg.vector_norm(f, dim=1)  # (B,)
+    inv = 1.0 / norms.clamp_min(eps)
+    total = inv @ f  # S = f^T (1/||f||), one mat-vec: (D,)
+    unit_sq = (norms * inv).square().sum()
+    return (total.dot(total) - unit_sq) / (b * (b - 1))
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, D) without a copy when possible.
+
+    A cosine is invariant to permuting the feature axis the same way for every sample, so a
+    channels_last tensor is flattened in (H, W, C) order, which is a free view.
+    """
+    b = x.shape[0]
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(b, -1)
+    return x.reshape(b, -1)
+
+
+class UnifiedBatchNorm2d(nn.Module):
+    """BN with a feature-condensation threshold on the statistics, RBN calibration, BNET affine.
+
+    Constructor contract: `UnifiedBatchNorm2d(num_features, *, tau=0.15, alpha=0.1,
+    decide="step", fct=True, norm_rect=True, affine_rect=True, kernel_size=3,
+    sim_source="input", sim_features="flatten", sim_init="first_batch", min_updates=0,
+    eps=1e-5, momentum=0.1, device=None, dtype=None)`. The harness calls `end_epoch()` after
+    each training epoch and logs `diagnostics()`.
+    """
+
+    paper = (
+        "Unified Batch Normalization: Identifying and Alleviating the Feature Condensation in "
+        "Batch Normalization and a Unified Framework (ECCV 2024), arXiv 2311.15993"
+    )
+    batch_dependent = True
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        tau: float = 0.15,
+        alpha: float = 0.1,
+        decide: str = "step",
+        fct: bool = True,
+        norm_rect: bool = True,
+        affine_rect: bool = True,
+        kernel_size: int = 3,
+        sim_source: str = "input",
+        sim_features: str = "flatten",
+        sim_init: str = "first_batch",
+        min_updates: int = 0,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_common(name, num_features, eps, momentum)
+        inf = float("inf")
+        self.tau = check_float(name, "tau", tau, low=-inf, high=inf, allow_inf=True)
+        self.alpha = check_float(name, "alpha", alpha, low=0.0, high=1.0)
+        self.decide = check_choice(name, "decide", decide, ("step", "epoch"))
+        self.fct = check_bool(name, "fct", fct)
+        self.norm_rect = check_bool(name, "norm_rect", norm_rect)
+        self.affine_rect = check_bool(name, "affine_rect", affine_rect)
+        check_int(name, "kernel_size", kernel_size, minimum=1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{name}: `kernel_size` must be odd, but got {kernel_size}")
+        self.kernel_size = kernel_size
+        self.sim_source = check_choice(name, "sim_source", sim_source, ("input", "centered"))
+        self.sim_features = check_choice(name, "sim_features", sim_features, ("flatten", "gap"))
+        self.sim_init = check_choice(name, "sim_init", sim_init, ("first_batch", "zero"))
+        self.min_updates = check_int(name, "min_updates", min_updates, minimum=0)
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self._init_parameters(device, dtype)
+        self._init_buffers(device, dtype)
+
+    def _init_parameters(
+        self, device: torch.device | str | None, dtype: torch.dtype | None
+    ) -> None:
+        c, k, factory = self.num_features, self.kernel_size, {"device": device, "dtype": dtype}
+        if self.norm_rect:  # RBN calibration: w_m = 0, w_v = 0, b_v = 1 (gate sigmoid(1))
+            self.center_weight = nn.Parameter(torch.zeros(c, **factory))
+            self.scale_weight = nn.Parameter(torch.zeros(c, **factory))
+            self.scale_bias = nn.Parameter(torch.ones(c, **factory))
+        else:
+            for pname in ("center_weight", "scale_weight", "scale_bias"):
+                self.register_parameter(pname, None)
+        if self.affine_rect:  # BNET depthwise kernel, identity init: centre tap 1
+            kernel = torch.zeros(c, 1, k, k, **factory)
+            kernel[:, 0, k // 2, k // 2] = 1.0
+            self.weight = nn.Parameter(kernel)
+        else:
+            self.weight = nn.Parameter(torch.ones(c, **factory))
+        self.bias = nn.Parameter(torch.zeros(c, **factory))
+
+    def _init_buffers(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        register_bn_buffers(self, self.num_features, device, dtype)
+        sim_dtype = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
+        self.register_buffer("running_sim", torch.tensor(0.0, dtype=sim_dtype, device=device))
+        self.register_buffer("sim_count", torch.tensor(0, dtype=torch.long, device=device))
+        self.register_buffer("condensed", torch.tensor(True, device=device))
+        self.register_buffer("frozen_steps", torch.tensor(0, dtype=torch.long, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_features)
+        dt = x.dtype  # parameters are cast to it, so fp32 parameters never promote a half input
+        if self.norm_rect:  # out of place: x may be the block's shortcut
+            x_c = x + per_channel(self.center_weight).to(dt) * gap(x)
+        else:
+            x_c = x
+        if self.training:
+            x_hat = self._train_normalize(x, x_c)
+        else:  # BN inference: always the running statistics
+            x_hat = bn_core(
+                self, x_c, use_batch_stats=False, update_running=False, momentum=None, eps=self.eps
+            )
+        if self.norm_rect:
+            logit = per_channel(self.scale_weight).to(dt) * gap(x_hat)
+            x_hat = x_hat * torch.sigmoid(logit + per_channel(self.scale_bias).to(dt))
+        if self.affine_rect:
+            return F.conv2d(
+                x_hat,
+                self.weight.to(dt),
+                self.bias.to(dt),
+                padding=self.kernel_size // 2,
+                groups=self.num_features,
+            )
+        return torch.addcmul(per_channel(self.bias).to(dt), x_hat, per_channel(self.weight).to(dt))
+
+    def _train_normalize(self, x: torch.Tensor, x_c: torch.Tensor) -> torch.Tensor:
+        """Steps 2-4: similarity, decision, then batch or frozen running statistics."""
+        with torch.no_grad():
+            self._update_similarity(x, x_c)
+            condensed = self._decision()
+            self.condensed.fill_(condensed)
+        if condensed:
+            return bn_core(
+                self,
+                x_c,
+                use_batch_stats=True,
+                update_running=True,
+                momentum=self.momentum,
+                eps=self.eps,
+            )
+        self.frozen_steps.add_(1)
+        return bn_core(
+            self, x_c, use_batch_stats=False, update_running=False, momentum=None, eps=self.eps
+        )
+
+    def _update_similarity(self, x: torch.Tensor, x_c: torch.Tensor) -> None:
+        """s_hat from this batch's average pairwise cosine similarity (B = 1 skips)."""
+        b = x.shape[0]
+        if b < 2:
+            return
+        source = x if self.sim_source == "input" else x_c
+        # (B, C, H, W) -> (B, C) per-sample GAP, or (B, C*H*W) flattened.
+        feats = source.mean(dim=(2, 3)) if self.sim_features == "gap" else _flatten(source)
+        s_b = average_pairwise_cosine(feats).to(self.running_sim.dtype)
+        ema = torch.lerp(self.running_sim, s_b, self.alpha)
+        unset = self.sim_count == 0
+        first = s_b if self.sim_init == "first_batch" else ema
+        # torch.where, not `if`: no device sync here.
+        self.running_sim.copy_(torch.where(unset, first, ema))
+        self.sim_count.add_(1)
+
+    def _decision(self) -> bool:
+        """Step 3: condensed (batch statistics) or not (frozen running statistics)."""
+        if not self.fct:
+            return True
+        if self.decide == "epoch":
+            cond = self.condensed.clone()
+        else:  # True while s_hat is unset, then s_hat > tau with the updated s_hat
+            cond = (self.sim_count == 0) | (self.running_sim > self.tau)
+        if self.min_updates > 0:
+            cond = cond | (self.num_batches_tracked < self.min_updates)
+        return bool(cond.item())
+
+    def end_epoch(self) -> None:
+        """Epoch-level decision (paper Sec 4.1): in "epoch" mode, condensed <- s_hat > tau."""
+        if self.decide != "epoch" or not self.fct:
+            return
+        with torch.no_grad():
+            decided = torch.where(self.sim_count > 0, self.running_sim > self.tau, self.condensed)
+            self.condensed.copy_(decided)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per-layer numbers for the training log (spec §12 mitigations)."""
+        return {
+            "running_sim": float(self.running_sim.item()),
+            "batch_steps": float(self.num_batches_tracked.item()),
+            "frozen_steps": float(self.frozen_steps.item()),
+            "condensed": float(self.condensed.item()),
+            "num_batches_tracked": float(self.num_batches_tracked.item()),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, tau={self.tau}, alpha={self.alpha}, decide={self.decide!r}, "
+            f"fct={self.fct}, norm_rect={self.norm_rect}, affine_rect={self.affine_rect}, "
+            f"kernel_size={self.kernel_size}, sim_source={self.sim_source!r}, "
+            f"sim_features={self.sim_features!r}, sim_init={self.sim_init!r}, "
+            f"min_updates={self.min_updates}, eps={self.eps}, momentum={self.momentum}"
+        )
