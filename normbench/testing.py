@@ -1,0 +1,346 @@
+"""Reusable conformance tests for normalization variants (like `optuna.testing`).
+
+Any variant, built-in or plugin, runs the whole contract (spec §1 and §14) with two lines:
+
+    from normbench.testing import VariantConformance
+
+    class TestMyNorm(VariantConformance):
+        variant = MyNorm      # the class, or a registry name string such as "gn"
+        options = {}          # optional constructor options (what a suite would pass)
+
+Class attributes adapt the checks to special needs without skipping them:
+
+* `input_shape` (N, C, H, W), `gradcheck_shape`, `resnet_input_shape`: the inputs used.
+  IN raises on 1×1 maps, so its ResNet test needs 64×64 images instead of 32×32.
+* `input_offset`: added to the N(0, 1.5²) test inputs. The shared offset (like post-ReLU
+  activations) gives samples a high cosine similarity, so similarity-gated layers (UBN) train
+  on batch statistics.
+* `train_batch_dependent`: whether a sample's training output depends on the rest of the
+  batch (default: the class attribute `batch_dependent`).
+* `batch_independent_eval`: whether eval output is per sample (default True; False e.g. for
+  BN with track_running_stats=False).
+* `updates_buffers_in_training`: default: the layer has buffers.
+* `atol`, `rtol`: float32 tolerances of the allclose comparisons.
+
+The inputs are tiny: on a busy CPU, `torch.set_num_threads(1)` in the test suite's conftest
+keeps the whole class to a few seconds per variant.
+
+Gradcheck choice: layers that update buffers in training are not pure functions (the next
+call sees new running statistics and a new counter, which matters for momentum None). The
+training forward is therefore wrapped with `torch.func.functional_call`, passing the
+parameters under test and fresh *clones* of the buffers on every call: each evaluation starts
+from the same state, the module's own buffers are never touched, and the gradient checked is
+the training-mode one, through the batch statistics, the one that optimisation uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+YAML_TYPES = (int, float, bool, str, type(None))
+
+
+class VariantConformance:
+    """Subclass as `TestSomething` and set `variant` (and `options`) to run the contract."""
+
+    variant: ClassVar[type | str | None] = None
+    options: ClassVar[dict[str, Any]] = {}
+    input_shape: ClassVar[tuple[int, int, int, int]] = (4, 8, 5, 5)
+    gradcheck_shape: ClassVar[tuple[int, int, int, int]] = (3, 4, 3, 3)
+    resnet_input_shape: ClassVar[tuple[int, int, int, int]] = (4, 3, 32, 32)
+    input_offset: ClassVar[float] = 2.0
+    train_batch_dependent: ClassVar[bool | None] = None
+    batch_independent_eval: ClassVar[bool] = True
+    updates_buffers_in_training: ClassVar[bool | None] = None
+    atol: ClassVar[float] = 1e-5
+    rtol: ClassVar[float] = 1e-4
+
+    # -- helpers --------------------------------------------------------------------------
+    @pytest.fixture(autouse=True)
+    def _seed(self) -> None:
+        torch.manual_seed(0)  # parameter initialisations may be random (SaBN's γ_k)
+
+    def variant_class(self) -> Any:
+        """The class under test; a string is looked up in the variant registry."""
+        if self.variant is None:
+            raise TypeError(f"{type(self).__name__}: set the class attribute `variant`")
+        if isinstance(self.variant, str):
+            from normbench.registry import VARIANTS
+
+            return VARIANTS.get(self.variant).obj
+        return self.variant
+
+    def build(self, num_features: int | None = None, **extra: Any) -> nn.Module:
+        """`partial(Variant, **options)(C)`, the way a suite or torchvision builds it."""
+        factory = functools.partial(self.variant_class(), **self.options, **extra)
+        return factory(self.input_shape[1] if num_features is None else num_features)
+
+    def make_input(
+        self,
+        shape: tuple[int, ...] | None = None,
+        seed: int = 1,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """N(offset, 1.5²) input from a private generator (the global RNG is left alone)."""
+        g = torch.Generator().manual_seed(seed)
+        shape = self.input_shape if shape is None else shape
+        return torch.randn(shape, generator=g, dtype=dtype) * 1.5 + self.input_offset
+
+    def close(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        torch.testing.assert_close(a, b, atol=self.atol, rtol=self.rtol)
+
+    @staticmethod
+    def perturb(layer: nn.Module, scale: float = 0.2) -> nn.Module:
+        """Move every parameter away from its initial value (e.g. BNET's zero init, where
+        the output is constant, or gates at exactly 0), so checks see a generic layer."""
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        return layer
+
+    @staticmethod
+    def snapshot(layer: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+    @staticmethod
+    def changed(before: dict[str, torch.Tensor], layer: nn.Module) -> list[str]:
+        after = layer.state_dict()
+        assert after.keys() == before.keys(), "state_dict keys changed during forward"
+        return [k for k in before if not torch.equal(before[k], after[k])]
+
+    # -- construction ---------------------------------------------------------------------
+    def test_builds_with_one_positional_argument(self) -> None:
+        cls = self.variant_class()
+        c = self.input_shape[1]
+        for layer in (cls(c), self.build()):
+            assert isinstance(layer, nn.Module)
+            for attr in ("weight", "bias"):
+                assert hasattr(layer, attr), f"{cls.__name__} has no .{attr} (use None)"
+                value = getattr(layer, attr)
+                assert value is None or isinstance(value, nn.Parameter), attr
+
+    def test_constructor_contract(self) -> None:
+        cls = self.variant_class()
+        assert isinstance(getattr(cls, "paper", None), str) and cls.paper, "class attr `paper`"
+        assert isinstance(getattr(cls, "batch_dependent", None), bool), "`batch_dependent`"
+        params = list(inspect.signature(cls).parameters.values())
+        assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        names = {p.name for p in params}
+        assert {"eps", "momentum", "device", "dtype"} <= names
+        for p in params[1:]:
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"option {p.name} not keyword-only"
+            assert isinstance(p.default, YAML_TYPES), f"{p.name} default is not a YAML type"
+
+    def test_extra_repr_shows_options(self) -> None:
+        params = list(inspect.signature(self.variant_class()).parameters)[1:]
+        text = repr(self.build())
+        contract = {"eps", "momentum", "device", "dtype"}  # GN, say, ignores momentum
+        for name in (set(params) | set(self.options)) - contract:
+            assert f"{name}=" in text, f"extra_repr does not show option {name!r}: {text}"
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_output_shape_and_dtype(self, dtype: torch.dtype) -> None:
+        layer = self.build().to(dtype)
+        x = self.make_input(dtype=dtype)
+        for training in (True, False):
+            y = layer.train(training)(x)
+            assert y.shape == x.shape and y.dtype == dtype
+            assert torch.isfinite(y).all()
+
+    def test_device_and_dtype_arguments(self) -> None:
+        layer = self.build(device="cpu", dtype=torch.float64)
+        for name, p in layer.named_parameters():
+            assert p.dtype == torch.float64, f"parameter {name} is {p.dtype}, not float64"
+        for name, b in layer.named_buffers():
+            if b.is_floating_point():
+                assert b.dtype == torch.float64, f"buffer {name} is {b.dtype}, not float64"
+            else:  # counters stay int64, flags bool
+                assert b.dtype in (torch.int64, torch.bool), f"buffer {name} is {b.dtype}"
+        y = layer(self.make_input(dtype=torch.float64))
+        assert y.dtype == torch.float64
+
+    def test_to_float64(self) -> None:
+        layer = self.build()
+        int_dtypes = {k: b.dtype for k, b in layer.named_buffers() if not b.is_floating_point()}
+        layer = layer.to(torch.float64)
+        for name, t in [*layer.named_parameters(), *layer.named_buffers()]:
+            assert t.dtype == int_dtypes.get(name, torch.float64), name
+        for training in (True, False):
+            assert layer.train(training)(self.make_input(dtype=torch.float64)).dtype == (
+                torch.float64
+            )
+
+    # -- modes and state ------------------------------------------------------------------
+    def test_eval_is_deterministic_and_changes_no_state(self) -> None:
+        layer = self.build()
+        layer(self.make_input(seed=2))  # move the buffers away from their initial values
+        layer.eval()
+        before = self.snapshot(layer)
+        x = self.make_input()
+        y1, y2 = layer(x), layer(x)
+        assert torch.equal(y1, y2), "two eval calls on the same input differ"
+        assert not self.changed(before, layer), "eval changed state_dict entries"
+
+    def test_buffers_update_only_in_training(self) -> None:
+        layer = self.build()
+        expect = self.updates_buffers_in_training
+        if expect is None:
+            expect = any(True for _ in layer.buffers())
+        before = self.snapshot(layer.eval())
+        layer(self.make_input())
+        assert not self.changed(before, layer), "eval forward changed the buffers"
+        layer.train()(self.make_input())
+        changed = self.changed(before, layer)
+        params = {k for k, _ in layer.named_parameters()}
+        assert not set(changed) & params, "a training forward changed parameters"
+        assert bool(changed) == expect, f"training forward changed {changed}, expected {expect}"
+
+    def test_momentum_zero_freezes_running_statistics(self) -> None:
+        layer = self.build(momentum=0.0)
+        stats = {k for k in ("running_mean", "running_var") if hasattr(layer, k)}
+        before = self.snapshot(layer)
+        layer.train()(self.make_input())
+        assert not set(self.changed(before, layer)) & stats
+        self.build(momentum=None).train()(self.make_input())  # None: cumulative average
+
+    def test_train_batch_dependence(self) -> None:
+        """Training output of the first samples alone vs inside the full batch."""
+        expect = self.train_batch_dependent
+        if expect is None:
+            expect = bool(self.variant_class().batch_dependent)
+        layer = self.perturb(self.build())
+        x = self.make_input()
+        y_sub = copy.deepcopy(layer)(x[:2])
+        y_full = layer(x)[:2]
+        same = torch.allclose(y_full, y_sub, atol=self.atol, rtol=self.rtol)
+        assert same != expect, f"batch-dependent in training should be {expect}"
+
+    def test_eval_batch_independence(self) -> None:
+        layer = self.perturb(self.build())
+        layer(self.make_input(seed=2))
+        layer.eval()
+        x = self.make_input()
+        same = torch.allclose(layer(x)[:2], layer(x[:2]), atol=self.atol, rtol=self.rtol)
+        assert same == self.batch_independent_eval
+
+    def test_input_not_mutated(self) -> None:
+        layer = self.build()
+        x = self.make_input()
+        reference, version = x.clone(), x._version
+        for training in (True, False):
+            layer.train(training)(x)
+        assert torch.equal(x, reference) and x._version == version, "forward mutated its input"
+
+    def test_every_parameter_gets_finite_gradient(self) -> None:
+        layer = self.build().train()
+        x = self.make_input().requires_grad_()
+        y = layer(x)
+        probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+        (y * probe).sum().backward()  # not invariant to the normalisation, unlike y.sum()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        for name, p in layer.named_parameters():
+            assert p.grad is not None, f"parameter {name} received no gradient"
+            assert torch.isfinite(p.grad).all(), f"parameter {name} has a non-finite gradient"
+
+    def test_state_dict_round_trip(self) -> None:
+        layer = self.perturb(self.build())
+        for seed in (2, 3):
+            layer(self.make_input(seed=seed))
+        fresh = self.build()
+        fresh.load_state_dict(layer.state_dict())
+        x = self.make_input()
+        torch.testing.assert_close(fresh.eval()(x), layer.eval()(x), atol=0.0, rtol=0.0)
+
+    def test_channels_last_matches_contiguous(self) -> None:
+        a = self.perturb(self.build())
+        b = copy.deepcopy(a)
+        x = self.make_input()
+        xa = x.clone().requires_grad_()
+        xb = x.clone().to(memory_format=torch.channels_last).requires_grad_()
+        ya, yb = a(xa), b(xb)
+        self.close(yb, ya)
+        probe = torch.randn(ya.shape, generator=torch.Generator().manual_seed(3))
+        (ya * probe).sum().backward()
+        (yb * probe).sum().backward()
+        assert xa.grad is not None and xb.grad is not None
+        self.close(xb.grad, xa.grad)
+        for (name, ba), bb in zip(a.named_buffers(), b.buffers(), strict=True):
+            torch.testing.assert_close(bb, ba, atol=self.atol, rtol=self.rtol, msg=name)
+        self.close(b.eval()(xb.detach()), a.eval()(xa.detach()))
+
+    def test_zeroed_weight_makes_output_constant(self) -> None:
+        layer = self.build()
+        weight = layer.weight
+        if weight is None:
+            pytest.skip("weight is None: zero_init_residual skips this layer")
+        assert isinstance(weight, torch.Tensor)
+        with torch.no_grad():
+            weight.zero_()
+        for training in (True, False):
+            layer.train(training)
+            y1, y2 = layer(self.make_input(seed=1)), layer(self.make_input(seed=2))
+            self.close(y1, y2)  # independent of x
+            self.close(y1, y1[:1, :, :1, :1].expand_as(y1))  # a per-channel constant
+
+    # -- errors ---------------------------------------------------------------------------
+    def test_non_4d_input_raises(self) -> None:
+        layer = self.build()
+        n, c, h, w = self.input_shape
+        for shape in [(n, c), (n, c, h), (n, c, 2, h, w)]:
+            for training in (True, False):
+                with pytest.raises(ValueError):
+                    layer.train(training)(self.make_input(shape))
+
+    def test_wrong_channel_count_raises(self) -> None:
+        n, c, h, w = self.input_shape
+        with pytest.raises(ValueError):
+            self.build()(self.make_input((n, c + 1, h, w)))
+
+    # -- integration ----------------------------------------------------------------------
+    def test_torchvision_resnet18(self) -> None:
+        from torchvision.models import resnet18
+
+        norm_layer = functools.partial(self.variant_class(), **self.options)
+        model = resnet18(num_classes=10, norm_layer=norm_layer, zero_init_residual=True)
+        for block in (m for m in model.modules() if hasattr(m, "bn2")):
+            if block.bn2.weight is not None:
+                assert not block.bn2.weight.any(), "zero_init_residual did not zero .weight"
+        x = self.make_input(self.resnet_input_shape)
+        logits = model.train()(x)
+        assert logits.shape == (x.shape[0], 10)
+        F.cross_entropy(logits, torch.arange(x.shape[0]) % 10).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # not "non-zero": a layer built to output a constant (BNET init="zero") blocks it
+        assert model.conv1.weight.grad is not None, "no gradient reached the stem"
+        assert all(torch.isfinite(g).all() for g in grads)
+        assert torch.isfinite(model.eval()(x)).all()
+
+    def test_gradcheck_float64_training(self) -> None:
+        """float64 gradcheck of the training forward w.r.t. input and parameters.
+
+        See the module docstring: buffers are passed as fresh clones on every call, so each
+        evaluation is the same pure function of (x, parameters).
+        """
+        layer = self.perturb(self.build(self.gradcheck_shape[1]).to(torch.float64)).train()
+        names = [k for k, _ in layer.named_parameters()]
+        params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+        buffers = {k: b.detach().clone() for k, b in layer.named_buffers()}
+
+        def fn(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+            state = {**dict(zip(names, ps, strict=True))}
+            state.update({k: b.clone() for k, b in buffers.items()})
+            return torch.func.functional_call(layer, state, (x,))
+
+        x = self.make_input(self.gradcheck_shape, dtype=torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3)
+        for name, b in layer.named_buffers():
+            assert torch.equal(b, buffers[name]), f"gradcheck leaked into buffer {name}"

@@ -1,0 +1,339 @@
+"""Helpers shared by the built-in variants: input and option checks, GAP and the BN core.
+
+`bn_core` is batch norm without affine on torch's fused kernel (`F.batch_norm`), plus the
+`num_batches_tracked` rule of `nn.BatchNorm2d` (spec §2): momentum None means a cumulative
+average (factor 1/num_batches_tracked), 0 means no update.
+
+`RunningStatsNorm` is the base of the BN-family variants that are *not* torch subclasses (IEBN,
+RBN, BNET, SaBN): it validates the common constructor arguments, registers the BN buffers and
+normalises with `bn_core` (batch statistics in training, running statistics in eval). It is a
+plain `nn.Module` on purpose (spec §1.7): torchvision's ResNet init loop sets weight←1, bias←0 on
+every `nn.BatchNorm2d`/`nn.GroupNorm`, which would fill BNET's whole k×k kernel with ones and
+crash on RBN's `weight=None`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_input(layer: nn.Module, x: torch.Tensor, num_features: int) -> None:
+    """Raise ValueError unless x is 4-D with `num_features` channels."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"{type(layer).__name__} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != num_features:
+        raise ValueError(
+            f"{type(layer).__name__} was built for {num_features} channels, "
+            f"got input of shape {tuple(x.shape)}"
+        )
+
+
+def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: int) -> None:
+    """A clear error where torch would fail obscurely on a one-element statistic.
+
+    The message names the layer class, the input shape and the statistic's size; for a
+    batch-dependent layer it suggests a batch-independent variant.
+    """
+    if values_per_stat <= 1:
+        hint = " or a batch-independent variant (gn, in)"
+        if not getattr(layer, "batch_dependent", True):
+            hint = ""
+        raise ValueError(
+            f"{type(layer).__name__} needs more than 1 value per statistic to normalise with "
+            f"input statistics, but input of shape {tuple(x.shape)} gives {values_per_stat}; "
+            f"use a larger batch or spatial size{hint}"
+        )
+
+
+def gap(x: torch.Tensor) -> torch.Tensor:
+    """Global average pool per (n, c), kept as (N, C, 1, 1)."""
+    return x.mean(dim=(2, 3), keepdim=True)
+
+
+def per_channel(p: torch.Tensor) -> torch.Tensor:
+    """View a (C,) parameter as (1, C, 1, 1) for broadcasting."""
+    return p.reshape(1, -1, 1, 1)
+
+
+def buffer(module: nn.Module, name: str) -> torch.Tensor:
+    """`module.<name>` as a tensor (for the type checker: Module attributes are untyped)."""
+    value = getattr(module, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is not a tensor buffer")
+    return value
+
+
+def update_factor(module: nn.Module, momentum: float | None) -> float:
+    """Increment `num_batches_tracked` and return this step's EMA factor (torch's rule)."""
+    counter = buffer(module, "num_batches_tracked")
+    counter.add_(1)
+    if momentum is None:
+        return 1.0 / float(counter.item())
+    return momentum
+
+
+def bn_core(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    use_batch_stats: bool,
+    update_running: bool,
+    momentum: float | None,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalise per channel over (N, H, W); affine only if `weight`/`bias` (C,) are given.
+
+    `module` holds `running_mean`, `running_var` and `num_batches_tracked` buffers.
+    With `use_batch_stats` the batch statistics normalise (and update the buffers when
+    `update_running`); otherwise the running statistics do. Passing `weight`/`bias` lets the
+    fused kernel apply a plain per-channel affine in the same pass.
+    """
+    if use_batch_stats:
+        check_batch_statistics(module, x, x.numel() // x.shape[1])
+    factor = 0.0
+    if use_batch_stats and update_running:
+        factor = update_factor(module, momentum)
+    use_buffers = update_running or not use_batch_stats
+    return F.batch_norm(
+        x,
+        buffer(module, "running_mean") if use_buffers else None,
+        buffer(module, "running_var") if use_buffers else None,
+        weight,
+        bias,
+        use_batch_stats,
+        factor,
+        eps,
+    )
+
+
+def register_bn_buffers(
+    module: nn.Module,
+    num_features: int,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> None:
+    """running_mean 0, running_var 1 (floating, device/dtype), num_batches_tracked 0 (int64)."""
+    module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+    module.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+    module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+
+def check_common(layer: str, num_features: int, eps: float, momentum: float | None) -> None:
+    """Validate the contract arguments every variant takes (spec §1), naming rule and value."""
+    check_positive_int(layer, "num_features", num_features)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
+        raise ValueError(f"{layer}: eps must be a number > 0, got {eps!r}")
+    if momentum is not None and (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, int | float)
+        or not 0 <= momentum <= 1
+    ):
+        raise ValueError(
+            f"{layer}: momentum must be None (cumulative average) or in [0, 1], got {momentum!r}"
+        )
+
+
+def check_positive_int(layer: str, name: str, value: object) -> None:
+    """Raise ValueError unless `value` is an int >= 1 (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{layer}: {name} must be an int >= 1, got {value!r}")
+
+
+def check_bool(layer: str, name: str, value: object) -> bool:
+    """Return `value` if it is a bool; raise ValueError otherwise (bool("false") is True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{layer}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(layer: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise ValueError unless `value` is one of `choices`, listing them."""
+    if value not in choices:
+        raise ValueError(
+            f"{layer}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for statistics and gates (spec §15); other dtypes unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class RunningStatsNorm(nn.Module):
+    """Base of BN-family variants built from scratch: contract arguments and BN buffers.
+
+    Subclasses add their parameters, call `self.normalize(x)` for BNcore (spec §2) and
+    extend `extra_repr` through `options_repr`.
+    """
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float,
+        momentum: float | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        check_common(type(self).__name__, num_features, eps, momentum)
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = momentum
+        register_bn_buffers(self, num_features, device, dtype)
+
+    def reset_running_stats(self) -> None:
+        """running_mean 0, running_var 1, counter 0 (the initial values)."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def normalize(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """BNcore: batch statistics (and a buffer update) in training, running ones in eval."""
+        return bn_core(
+            self,
+            x,
+            use_batch_stats=self.training,
+            update_running=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+            weight=weight,
+            bias=bias,
+        )
+
+    def instance_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-(n, c) mean and biased variance, (N, C) each; eval needs (and gets) only the mean."""
+        if self.training:
+            return instance_moments(x)
+        return upcast(x).mean(dim=(2, 3)), None
+
+    def channel_stats(
+        self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BNcore's per-channel (μ, 1/sqrt(σ² + eps)), (C,) each, from per-instance moments.
+
+        Training: batch statistics (with gradient) and the buffer update of spec §2. Eval: the
+        running statistics. `mean`/`var` describe the tensor being normalised (RBN: x_c).
+        """
+        if not self.training:
+            return self.running_mean, torch.rsqrt(self.running_var + self.eps)
+        assert var is not None
+        check_batch_statistics(self, x, x.numel() // x.shape[1])
+        mu, batch_var = batch_moments(mean, var)
+        update_running_stats(self, mu, batch_var, x.numel() // x.shape[1], self.momentum)
+        return mu, torch.rsqrt(batch_var + self.eps)
+
+    def options_repr(self) -> str:
+        """Variant options as 'key=value, ...' (overridden by subclasses that have some)."""
+        return ""
+
+    def extra_repr(self) -> str:
+        opts = self.options_repr()
+        base = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{base}, {opts}" if opts else base
+
+
+# -- per-instance moments and affine: BN-family layers with per-sample gates ------------------
+# IEBN and RBN scale each (sample, channel) by a gate, so their output is x·A + B with A, B of
+# shape (N, C). Written with autograd on full tensors, that costs several extra passes over
+# the activation (gate multiply, its backward reduction, GAP backward). These two functions
+# touch the full tensor once forward and once or twice backward; everything between them is
+# autograd on (N, C) tensors, so the gradients stay exact by the chain rule.
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """(mean, biased var) over (H, W) per (n, c), each (N, C), with a fused backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # two passes (spec §3: never E[x²] − E[x]²); torch.var_mean's CPU kernel is ~40x
+        # slower than mean + vector_norm here
+        mean = x.mean(dim=(2, 3))
+        centred = x - per_sample(mean)
+        var = torch.linalg.vector_norm(centred, dim=(2, 3)).square() / (x.shape[2] * x.shape[3])
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:
+        x, mean = ctx.saved_tensors
+        hw = x.shape[2] * x.shape[3]
+        # d mean/dx = 1/HW, d var/dx = 2(x − mean)/HW: one fused x·a + b pass
+        scale = per_sample(2.0 * grad_var / hw)
+        shift = per_sample(grad_mean / hw) - scale * per_sample(mean)
+        return torch.addcmul(shift, x, scale)
+
+
+class _InstanceAffine(torch.autograd.Function):
+    """y = x·A + B with A, B (N, C) broadcast over (H, W)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a)
+        return torch.addcmul(per_sample(b), x, per_sample(a))
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x, a = ctx.saved_tensors
+        need_x, need_a, need_b = ctx.needs_input_grad
+        grad_x = grad_y * per_sample(a) if need_x else None
+        grad_a = (grad_y * x).sum(dim=(2, 3)) if need_a else None
+        grad_b = grad_y.sum(dim=(2, 3)) if need_b else None
+        return grad_x, grad_a, grad_b
+
+
+def per_sample(t: torch.Tensor) -> torch.Tensor:
+    """View an (N, C) tensor as (N, C, 1, 1)."""
+    return t.reshape(t.shape[0], t.shape[1], 1, 1)
+
+
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) mean and biased variance over (H, W), each (N, C); fp32 for half input."""
+    return _InstanceMoments.apply(upcast(x))
+
+
+def instance_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x·A + B for (N, C) coefficients, in x's dtype."""
+    return _InstanceAffine.apply(x, a.to(x.dtype), b.to(x.dtype))
+
+
+def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel batch mean and biased variance from per-instance ones (N, C).
+
+    Law of total variance: σ²_c = mean_n var_nc + mean_n (mean_nc − μ_c)², exactly BN's
+    statistic over (N, H, W) and free of E[x²] − E[x]² cancellation (both terms are >= 0).
+    """
+    mu = mean.mean(dim=0)
+    return mu, var.mean(dim=0) + (mean - mu).square().mean(dim=0)
+
+
+def update_running_stats(
+    module: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int, momentum: float | None
+) -> None:
+    """BN's buffer rule (spec §2) for batch statistics computed outside `F.batch_norm`:
+    counter += 1, r ← (1−f)·r + f·v, with the variance stored unbiased (n/(n−1))."""
+    factor = update_factor(module, momentum)
+    with torch.no_grad():
+        running_mean = buffer(module, "running_mean")
+        running_var = buffer(module, "running_var")
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+        running_var.lerp_((var.detach() * (n / (n - 1))).to(running_var.dtype), factor)

@@ -1,0 +1,64 @@
+"""BN: Batch Normalization (Ioffe & Szegedy, ICML 2015, arXiv 1502.03167).
+
+Implements y = γ_c · (x − μ_c) / sqrt(σ²_c + eps) + β_c with μ_c, σ²_c the batch mean and biased
+variance over (N, H, W) in training, and the running estimates in eval (spec §2-3). The running
+variance is stored unbiased (n/(n−1), n = N·H·W); momentum None is a cumulative average.
+
+A thin subclass of `torch.nn.BatchNorm2d` (spec §3, [choice]): torch computes everything, so the
+buffers, counter and state_dict keys are exactly torch's. What this class adds:
+
+* the normbench constructor contract (options keyword-only, `norm_layer(C)` works);
+* a ValueError for a non-4-D input or a wrong channel count, and for a one-element statistic
+  (N·H·W = 1 in training), naming the layer and the input shape instead of torch's generic
+  message.
+
+Note: torchvision's ResNet init loop sets weight←1, bias←0 on every `nn.BatchNorm2d`, which is
+BN's own initialisation, but it crashes on `weight=None`: `affine=False` cannot be used inside
+torchvision's ResNet (the same holds for `nn.BatchNorm2d(affine=False)`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._core import check_batch_statistics, check_bool, check_common, check_input
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` with normbench's constructor contract and clearer input errors."""
+
+    paper = (
+        "Batch Normalization: Accelerating Deep Network Training by Reducing Internal "
+        "Covariate Shift (ICML 2015), arXiv 1502.03167"
+    )
+    batch_dependent = True
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        name = type(self).__name__
+        check_common(name, num_features, eps, momentum)
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=check_bool(name, "affine", affine),
+            track_running_stats=check_bool(name, "track_running_stats", track_running_stats),
+            device=device,
+            dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_features)
+        if self.training or not self.track_running_stats:
+            check_batch_statistics(self, x, x.numel() // x.shape[1])
+        return super().forward(x)

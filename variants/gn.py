@@ -1,0 +1,78 @@
+"""GN: Group Normalization (Wu & He, ECCV 2018, arXiv 1803.08494).
+
+Implements y = γ_c · (x − μ_{n,g}) / sqrt(σ²_{n,g} + eps) + β_c, where x is viewed as
+(N, G, (C/G)·H·W) and each (sample, group) is normalised by its mean and biased variance
+(spec §5), on torch's fused `F.group_norm` (a subclass of `torch.nn.GroupNorm`, so torchvision's
+ResNet init loop sets γ←1, β←0, the same values).
+
+Options and deviations [choice]:
+
+* `num_groups=32` is the paper's default. If C % num_groups ≠ 0, G = gcd(num_groups, C) (e.g. 16
+  for a 16-channel CIFAR stage) instead of torch's error; `extra_repr` shows the effective G.
+* `channels_per_group`, when given, overrides `num_groups`: G = C / channels_per_group, and
+  C % channels_per_group = 0 is required (ValueError otherwise).
+* `momentum` is accepted for the constructor contract and ignored: GN has no running
+  statistics, train equals eval. `eps` is used as given.
+* A one-element group (C/G = 1 and H·W = 1) outputs β without an error (spec §5), except that
+  torch's `F.group_norm` raises ValueError when moreover N = 1 (N·(C/G)·H·W = 1).
+* G = C is IN with affine; G = 1 is LayerNorm over (C, H, W) with a per-channel affine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._core import check_common, check_input, check_positive_int
+
+
+def effective_groups(num_features: int, num_groups: int, channels_per_group: int | None) -> int:
+    """The number of groups GN uses for `num_features` channels (gcd fallback, spec §5)."""
+    name = GroupNorm2d.__name__
+    if channels_per_group is not None:
+        check_positive_int(name, "channels_per_group", channels_per_group)
+        if num_features % channels_per_group != 0:
+            raise ValueError(
+                f"{name}: num_features % channels_per_group == 0 must hold, but got "
+                f"(num_features={num_features}, channels_per_group={channels_per_group})"
+            )
+        return num_features // channels_per_group
+    check_positive_int(name, "num_groups", num_groups)
+    return math.gcd(num_groups, num_features)
+
+
+class GroupNorm2d(nn.GroupNorm):
+    """`nn.GroupNorm` taking C first (`norm_layer(C)`) with a gcd fallback for the groups."""
+
+    paper = "Group Normalization (ECCV 2018), arXiv 1803.08494"
+    batch_dependent = False
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        num_groups: int = 32,
+        channels_per_group: int | None = None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check_common(type(self).__name__, num_features, eps, momentum)
+        groups = effective_groups(num_features, num_groups, channels_per_group)
+        super().__init__(groups, num_features, eps=eps, affine=True, device=device, dtype=dtype)
+        self.num_features = num_features
+        self.channels_per_group = channels_per_group
+        self.momentum = momentum  # contract only: GN has no running statistics
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_channels)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_channels}, num_groups={self.num_groups}, "
+            f"channels_per_group={self.num_channels // self.num_groups}, eps={self.eps}"
+        )

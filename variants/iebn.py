@@ -1,0 +1,87 @@
+"""IEBN: Instance Enhancement Batch Normalization (Liang, Huang, Liang & Yang; AAAI 2020;
+arXiv 1908.04008). Official code: gbup-group/IEBN, `models/cifar/iebn_resnet.py`,
+`_BatchAttNorm` / `BAN2d` (spec §6).
+
+Implements, in training and in eval (spec §6):
+
+    a = sigmoid(w ⊙ GAP(x) + b)                  per (n, c), from the *raw* input x
+    y = BNcore(x) ⊙ (γ ⊙ a) + β
+
+with BNcore batch norm without affine (batch statistics in training, running ones in eval;
+spec §2). The gate always comes from the instance itself, in eval too.
+
+Parameters (all (C,)): `weight` γ = 1, `bias` β = 0, `weight_readjust` w = 0, `bias_readjust`
+b = −1, so at init IEBN = sigmoid(−1)·BN ≈ 0.2689·BN (spec §15). Buffers as BN.
+
+Implementation [choice]: the output is written as y = x·A + B with (N, C) coefficients, from
+per-instance moments of x (two-pass mean and biased variance over (H, W)); the batch statistics
+follow by the law of total variance, the buffers by spec §2's rule (counter, momentum None as
+1/count, unbiased running variance with n = N·H·W). That is BNcore exactly (up to rounding),
+without `F.batch_norm`: the fused form reads the activation about half as often as BN plus a
+full-size gate multiply, and runs at about the speed of `nn.BatchNorm2d` on CPU.
+
+Deviations from the official code:
+
+* Parameters are (C,) instead of (1, C, 1, 1) (spec §1.8); reshape when copying.
+* The official forward bypasses `_BatchNorm.forward`, so its `num_batches_tracked` never moves
+  and momentum None is unsupported; here the counter increments and momentum None is a
+  cumulative average (spec §6 [choice]).
+* Statistics and the gate are computed in fp32 for fp16/bf16 input (spec §6 pitfall); the
+  output has the input dtype.
+* Placement is the harness's business: the official CIFAR ResNet keeps the downsample norm a
+  plain BN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._core import RunningStatsNorm, check_input, instance_affine
+
+
+class IEBN2d(RunningStatsNorm):
+    """BN whose per-channel scale is gated per instance by sigmoid(w·GAP(x) + b)."""
+
+    paper = (
+        "Instance Enhancement Batch Normalization: an Adaptive Regulator of Batch Noise "
+        "(AAAI 2020), arXiv 1908.04008"
+    )
+    batch_dependent = True
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_features, **kw))
+        self.bias = nn.Parameter(torch.empty(num_features, **kw))
+        self.weight_readjust = nn.Parameter(torch.empty(num_features, **kw))
+        self.bias_readjust = nn.Parameter(torch.empty(num_features, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """γ 1, β 0, w 0, b −1 (the official initial values) and fresh running statistics."""
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
+            self.weight_readjust.zero_()
+            self.bias_readjust.fill_(-1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_features)
+        mean, var = self.instance_stats(x)  # (N, C): GAP(x) and the per-instance variance
+        mu, invstd = self.channel_stats(x, mean, var)  # (C,): batch (train) or running (eval)
+        gate = torch.sigmoid(self.weight_readjust * mean + self.bias_readjust)  # (N, C)
+        # y = (x − μ)·invstd·γ·a + β = x·A + B, with A, B (N, C)
+        scale = self.weight * gate * invstd
+        return instance_affine(x, scale, self.bias - mu * scale)

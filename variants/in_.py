@@ -1,0 +1,87 @@
+"""IN: Instance Normalization (Ulyanov, Vedaldi & Lempitsky, 2016, arXiv 1607.08022).
+
+Implements y = γ_c · (x − μ_{n,c}) / sqrt(σ²_{n,c} + eps) + β_c with the mean and biased variance
+of each (sample, channel) over (H, W) (spec §4), on torch's fused `F.instance_norm`.
+
+Deviations from `torch.nn.InstanceNorm2d`, all [choice] of the spec:
+
+* `affine=True` by default (torch: False, which removes every per-channel scale);
+  `track_running_stats=False` as in torch. `extra_repr` shows both flags so logs record them.
+* With `track_running_stats=True`, training updates the running statistics as torch does
+  (mean over samples of the per-instance statistics, unbiased with H·W) but also increments
+  `num_batches_tracked` and treats momentum None as a cumulative average (factor
+  1/num_batches_tracked), as the variant contract (spec §1.2) requires; torch's IN leaves the
+  counter at 0 and treats None as "no update". Eval then uses the running statistics, so the
+  layer is *not* IN at test time (spec §4).
+* Only 4-D input: torch also accepts unbatched 3-D input; here that raises ValueError, like a
+  wrong channel count (torch only warns about it when affine=False).
+* H·W = 1 with input statistics (training, or any mode without running statistics) raises a
+  ValueError naming the layer and the shape, in eval too (spec §4 pitfall).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._core import (
+    check_batch_statistics,
+    check_bool,
+    check_common,
+    check_input,
+    update_factor,
+)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """Instance norm with affine on by default and normbench's constructor contract."""
+
+    paper = (
+        "Instance Normalization: The Missing Ingredient for Fast Stylization (arXiv preprint "
+        "2016), arXiv 1607.08022"
+    )
+    batch_dependent = False
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        affine: bool = True,
+        track_running_stats: bool = False,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        name = type(self).__name__
+        check_common(name, num_features, eps, momentum)
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,  # type: ignore[arg-type]  # torch's hint omits None
+            affine=check_bool(name, "affine", affine),
+            track_running_stats=check_bool(name, "track_running_stats", track_running_stats),
+            device=device,
+            dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.num_features)
+        use_input_stats = self.training or not self.track_running_stats
+        if use_input_stats:
+            # statistics over (H, W) of one (n, c): a single pixel has no variance
+            check_batch_statistics(self, x, x.shape[2] * x.shape[3])
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            factor = update_factor(self, self.momentum)
+        return F.instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            use_input_stats,
+            factor,
+            self.eps,
+        )
