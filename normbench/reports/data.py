@@ -1,0 +1,217 @@
+"""Read one or more run directories into one set of results, refusing incompatible merges.
+
+Merge rule: two run directories merge when they trained the same things the same way.
+A *cell* is (dataset, backbone label, variant label, variant options, batch size, epochs,
+limit_batches); trials of one cell may differ only in `seed` and in fields that change speed,
+not results (threads, device, checkpointing, plugin paths). A *leaderboard* is a cell without
+the variant; its variants must share everything but the variant itself (name, options,
+placement): recipe, data set and its options, backbone options. The suites must also agree on
+`target_accuracy` and on any paper number they both give. Cells present in only one directory
+simply add rows (e.g. a second run with more variants). The same trial id in two directories
+(a copied or resumed run) counts once: the most finished copy wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from normbench.errors import UserError
+from normbench.results import load_epochs, load_results
+from normbench.results.store import EPOCHS, TRIALS, read_jsonl
+
+# Spec fields that do not change what a trial computes (besides its seed).
+_IGNORED_SPEC_KEYS = ("seed", "num_threads", "device", "checkpoint_every", "plugins")
+# Spec fields that tell the variants of one leaderboard apart.
+_VARIANT_SPEC_KEYS = ("variant", "variant_options", "placement")
+# Preference among copies of one trial id: the most finished first.
+_STATUS_RANK = {"completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "interrupted": 4}
+
+
+class ReportError(UserError):
+    """A run directory that cannot be read, or run directories that cannot be merged."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run directory's description: its resolved suite and environment (may be empty)."""
+
+    path: Path
+    suite: dict[str, Any]
+    environment: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Results:
+    """Merged results: one row per distinct trial, one per distinct trial-epoch."""
+
+    runs: tuple[RunInfo, ...]
+    trials: pd.DataFrame  # load_results columns + run, backbone_name, limit_batches, spec
+    epochs: pd.DataFrame
+    target_accuracy: float | None
+    reference: tuple[dict[str, Any], ...]
+    # trial id -> epoch -> {layer: condensation}, layers in model order (outermost first)
+    condensation: dict[str, dict[int, dict[str, float]]]
+
+
+def load_runs(run_dirs: list[Path]) -> Results:
+    """Read and merge run directories; ReportError names the problem and the directories."""
+    if not run_dirs:
+        raise ReportError("no run directory given")
+    runs = [_read_run(Path(d)) for d in run_dirs]
+    frames = [_trial_frame(r.path) for r in runs]
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            _check_compatible(runs[i], frames[i], runs[j], frames[j])
+    trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    trials = _dedupe_trials(trials)
+    epochs = pd.concat([load_epochs(r.path) for r in runs], ignore_index=True)
+    epochs = epochs.drop_duplicates(["trial_id", "epoch"], keep="first")
+    epochs = epochs.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    target = next((r.suite.get("target_accuracy") for r in runs if r.suite), None)
+    refs = _merged_reference(runs)
+    return Results(tuple(runs), trials, epochs, target, refs, _condensation(runs))
+
+
+def _condensation(runs: list[RunInfo]) -> dict[str, dict[int, dict[str, float]]]:
+    """Read from the JSONL itself: load_epochs sorts the layer keys, losing model order."""
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for run in runs:
+        for rec in read_jsonl(run.path / EPOCHS):
+            cond = rec.get("condensation")
+            if isinstance(cond, dict) and cond:
+                out.setdefault(rec["trial_id"], {}).setdefault(int(rec["epoch"]), cond)
+    return out
+
+
+def _read_run(path: Path) -> RunInfo:
+    if not path.is_dir():
+        raise ReportError(f"run directory {path} does not exist")
+    if not any((path / f).exists() for f in (EPOCHS, TRIALS, "suite.resolved.json")):
+        raise ReportError(
+            f"{path} is not a run directory (it has no {EPOCHS}, {TRIALS} or suite.resolved.json)"
+        )
+    return RunInfo(
+        path, _read_json(path / "suite.resolved.json"), _read_json(path / "environment.json")
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _trial_frame(run_dir: Path) -> pd.DataFrame:
+    """load_results plus what grouping and merging need: the spec, backbone name, smoke cap."""
+    df = load_results(run_dir)
+    specs = _specs(run_dir)
+    cells = [json.loads(c) if isinstance(c, str) else {} for c in df["cell"]]
+    df["run"] = str(run_dir)
+    df["backbone_label"] = [
+        c.get("backbone") or b for c, b in zip(cells, df["backbone"], strict=True)
+    ]
+    df["limit_batches"] = [specs.get(t, {}).get("limit_batches") for t in df["trial_id"]]
+    df["spec"] = [json.dumps(specs.get(t, {}), sort_keys=True) for t in df["trial_id"]]
+    return df
+
+
+def _specs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    specs: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl(run_dir / EPOCHS):
+        if rec.get("spec"):
+            specs.setdefault(rec["trial_id"], rec["spec"])
+    for rec in read_jsonl(run_dir / TRIALS):
+        if rec.get("spec"):
+            specs[rec["trial_id"]] = rec["spec"]
+    return specs
+
+
+def cell_key(row: pd.Series) -> tuple[Any, ...]:
+    """What identifies a cell across seeds (see the module docstring)."""
+    return (*table_key(row), row["label"], row["options"])
+
+
+def table_key(row: pd.Series) -> tuple[Any, ...]:
+    """What identifies one leaderboard: its variants must share the recipe."""
+    keys = ("dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches")
+    return tuple(row[k] for k in keys)
+
+
+def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame) -> None:
+    """Same cell: same spec up to seed; same leaderboard: same recipe and data up to variant."""
+    where = f"cannot merge run directories {a.path} and {b.path}"
+    ta, tb = a.suite.get("target_accuracy"), b.suite.get("target_accuracy")
+    if a.suite and b.suite and ta != tb:
+        raise ReportError(f"{where}: they differ in target_accuracy ({ta} vs {tb})")
+    for key_fn, ignored, what in (
+        (cell_key, _IGNORED_SPEC_KEYS, "cell"),
+        (table_key, _IGNORED_SPEC_KEYS + _VARIANT_SPEC_KEYS, "leaderboard"),
+    ):
+        first = {key_fn(r): r["spec"] for _, r in fa.iterrows() if r["spec"] != "{}"}
+        for _, r in fb.iterrows():
+            other = first.get(key_fn(r))
+            if other is None or r["spec"] == "{}":
+                continue
+            diff = _first_difference(json.loads(other), json.loads(r["spec"]), ignored)
+            if diff is not None:
+                name = (
+                    f"{r['backbone_label']}/{r['label']}"
+                    if what == "cell"
+                    else (f"{r['dataset']}/{r['backbone_label']}")
+                )
+                raise ReportError(
+                    f"{where}: {what} {name} (batch {r['batch_size']}) differs in {diff[0]} "
+                    f"({diff[1]!r} vs {diff[2]!r})"
+                )
+    _merged_reference([a, b], where)
+
+
+def _first_difference(
+    a: Any, b: Any, ignored: tuple[str, ...], prefix: str = ""
+) -> tuple[str, Any, Any] | None:
+    """The first dotted key whose values differ, ignoring the `ignored` top-level keys."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if not prefix and key in ignored:
+                continue
+            found = _first_difference(a.get(key), b.get(key), ignored, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def _merged_reference(runs: list[RunInfo], where: str | None = None) -> tuple[dict, ...]:
+    """Union of the suites' reference rows; the same row with other numbers is refused."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for run in runs:
+        for ref in run.suite.get("reference") or []:
+            key = tuple(ref.get(k) for k in ("dataset", "backbone", "variant", "batch_size"))
+            old = seen.setdefault(key, ref)
+            for k in ("top1", "top5"):
+                if old.get(k) != ref.get(k):
+                    name = "/".join(map(str, key[:3]))
+                    raise ReportError(
+                        f"{where or 'cannot merge run directories'}: reference {name} "
+                        f"differs in {k} ({old.get(k)} vs {ref.get(k)})"
+                    )
+    return tuple(seen.values())
+
+
+def _dedupe_trials(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    rank = df["status"].map(_STATUS_RANK).fillna(9)
+    order = df.assign(_rank=rank, _ep=-df["epochs"].fillna(0)).sort_values(
+        ["_rank", "_ep"], kind="stable"
+    )
+    out = order.drop_duplicates("trial_id", keep="first").drop(columns=["_rank", "_ep"])
+    return out.sort_values("trial_id", kind="stable").reset_index(drop=True)

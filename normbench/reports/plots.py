@@ -1,0 +1,271 @@
+"""PNG plots of stored results (matplotlib's Agg canvas; no display, no global backend switch).
+
+- accuracy curves per leaderboard: test top-1 per epoch, mean over seeds with a min-max band;
+- feature condensation per layer over epochs (UBN Figure 2 style): one panel per variant,
+  one line per norm layer coloured by depth, and UBN's 0.3 diagnostic line;
+- the FCT search: UBN's threshold tau against the search objective, from the Optuna study in
+  RUN_DIR/optuna.db (Optuna's storage API; no torch) or, without one, from the trials' options;
+- cost vs accuracy: wall time and images/s against final top-1, with std error bars.
+Each function returns the path it wrote, or None when the data has nothing to show.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from normbench.reports.data import Results
+from normbench.reports.leaderboard import Table
+
+CONDENSATION_LINE = 0.3  # UBN Fig. 2: above ~0.3 features are condensed (diagnostic only)
+PAPER_TAU = 0.15  # UBN's default threshold (Sec 4.3.2)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def styles(table: Table) -> dict[str, dict[str, Any]]:
+    """Colour and marker per variant, the same in every plot of a table (suite order);
+    markers cycle too, so more than ten variants stay distinguishable."""
+    palette = "tab10" if len(table.members) <= 10 else "tab20"
+    colours = colormaps[palette].colors  # type: ignore[attr-defined]  # a ListedColormap
+    return {
+        label: {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, label in enumerate(table.members)
+    }
+
+
+def _epoch_ticks(ax: Any, epochs: Any) -> None:
+    """Integer epoch ticks; every epoch labelled when there are few."""
+    values = sorted({int(e) for e in epochs})
+    if 0 < len(values) <= 12:
+        ax.set_xticks(values)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def accuracy_curves(table: Table, res: Results, path: Path) -> Path | None:
+    """Test top-1 (%) per epoch: mean over seeds, shaded min-max over seeds."""
+    fig = _figure(8, 4.5 + 0.2 * len(table.members))
+    ax = fig.add_subplot()
+    style, epochs = styles(table), set()
+    for label, ids in table.members.items():
+        curve = res.epochs[res.epochs["trial_id"].isin(ids)]
+        if curve.empty or "test_top1" not in curve:
+            continue
+        by_epoch = pd.to_numeric(curve["test_top1"], errors="coerce").groupby(curve["epoch"])
+        agg = by_epoch.agg(["mean", "min", "max"]).dropna()
+        if agg.empty:
+            continue
+        colour, marker = style[label]["color"], style[label]["marker"]
+        ax.plot(
+            agg.index,
+            agg["mean"],
+            color=colour,
+            marker=marker,
+            ms=4,
+            label=f"{label} (n={len(ids)})",
+        )
+        ax.fill_between(agg.index, agg["min"], agg["max"], color=colour, alpha=0.15)
+        epochs |= set(agg.index)
+    if not epochs:
+        return None
+    if table.target is not None:
+        ax.axhline(table.target, color="grey", ls=":", lw=1, label=f"target {table.target:.2f}%")
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)")
+    fig.suptitle(f"Test top-1 per epoch: {table.title}\n(mean over seeds, band = min–max)")
+    _epoch_ticks(ax, epochs)
+    ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    return _save(fig, path)
+
+
+def _legend_below(fig: Figure, ax: Any) -> None:
+    """One legend under the plot(s): long variant labels never squeeze the axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncols = 1 if len(labels) <= 2 else (2 if max(map(len, labels)) > 30 else 3)
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
+
+
+def condensation(table: Table, res: Results, path: Path) -> Path | None:
+    """Small multiples: per variant, each layer's condensation (mean over seeds) per epoch."""
+    panels = {v: _layer_curves(ids, res) for v, ids in table.members.items()}
+    panels = {v: p for v, p in panels.items() if not p.empty}
+    if not panels:
+        return None
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(4.2 * cols + 0.8, 3.2 * rows + 0.6)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    depth = max(p.shape[1] for p in panels.values())
+    cmap, norm = colormaps["viridis"], Normalize(0, max(depth - 1, 1))
+    for n, (variant, curves) in enumerate(panels.items()):
+        ax = axes.flat[n]
+        for i, layer in enumerate(curves.columns):
+            ax.plot(curves.index, curves[layer], color=cmap(norm(i)), lw=1, marker=".", ms=3)
+        ax.axhline(CONDENSATION_LINE, color="red", ls="--", lw=1, label="0.3 (UBN diagnostic)")
+        ax.set_title(variant)
+        ax.grid(alpha=0.3)
+        _epoch_ticks(ax, curves.index)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("condensation\n(mean pairwise cosine)")
+    for ax in axes.flat[max(len(panels) - cols, 0) : len(panels)]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    axes.flat[0].legend(fontsize="x-small", loc="best")
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), shrink=0.8)
+    bar.set_label("layer depth (0 = first norm layer)")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    fig.suptitle(f"Feature condensation at each norm layer's input: {table.title}")
+    return _save(fig, path)
+
+
+def _layer_curves(ids: tuple[str, ...], res: Results) -> pd.DataFrame:
+    """epoch x layer frame (layers in model order) of condensation averaged over seeds."""
+    rows: list[tuple[int, str, float]] = []
+    order: dict[str, int] = {}
+    for tid in ids:
+        for epoch, layers in res.condensation.get(tid, {}).items():
+            for layer, value in layers.items():
+                order.setdefault(layer, len(order))
+                rows.append((epoch, layer, value))
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows, columns=["epoch", "layer", "value"])
+    wide = df.pivot_table(index="epoch", columns="layer", values="value", aggfunc="mean")
+    return wide[sorted(wide.columns, key=order.__getitem__)]
+
+
+def cost_vs_accuracy(table: Table, path: Path) -> Path | None:
+    """Wall time (s) and images/s against final top-1 (%), error bars = std over seeds."""
+    rows = table.rows[table.rows["n"] > 0]
+    if rows.empty:
+        return None
+    fig = _figure(11, 4.4 + 0.15 * len(rows))
+    style = styles(table)
+    panels = [("wall_time_s", "training wall time (s)"), ("images_per_s", "images / second")]
+    for ax, (col, xlabel) in zip(fig.subplots(1, 2), panels, strict=True):
+        for _, r in rows.iterrows():
+            s = style.get(r["variant"], {})
+            ax.errorbar(
+                r[f"{col}_mean"],
+                r["top1_mean"],
+                xerr=_err(r[f"{col}_std"]),
+                yerr=_err(r["top1_std"]),
+                fmt=s.get("marker", "o"),
+                color=s.get("color"),
+                capsize=3,
+                label=f"{r['variant']} (n={r['n']})",
+            )
+        ax.set(xlabel=xlabel, ylabel="final test top-1 (%)")
+        ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
+    fig.suptitle(f"Cost vs accuracy: {table.title} (error bars: std over seeds)")
+    return _save(fig, path)
+
+
+def _err(x: Any) -> float | None:
+    return None if x is None or pd.isna(x) else float(x)
+
+
+def fct_search(res: Results, path: Path) -> Path | None:
+    """tau vs objective: from the Optuna studies when present, else from stored trials."""
+    points = _optuna_points(res)
+    search = next((r.suite.get("search") for r in res.runs if r.suite.get("search")), None)
+    ylabel = f"{(search or {}).get('metric', 'objective')} (search objective)"
+    if points.empty:
+        points, ylabel = _option_points(res)
+    if points.empty or points["tau"].nunique() < 2:
+        return None
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    hue = {study: f"C{i % 10}" for i, study in enumerate(sorted(points["study"].unique()))}
+    for (study, state), grp in points.groupby(["study", "state"], sort=True):
+        pruned = state != "COMPLETE"
+        label = f"{study}" + (" (stopped early: last reported value)" if pruned else "")
+        ax.scatter(
+            grp["tau"],
+            grp["value"],
+            marker="x" if pruned else "o",
+            color=hue[study],
+            alpha=0.5 if pruned else 0.9,
+            label=label,
+        )
+    ax.axvline(PAPER_TAU, color="grey", ls=":", label=f"paper default τ={PAPER_TAU}")
+    ax.set(
+        title="FCT search: condensation threshold τ vs accuracy",
+        xlabel="threshold τ",
+        ylabel=ylabel,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return _save(fig, path)
+
+
+def _optuna_points(res: Results) -> pd.DataFrame:
+    rows = []
+    for run in res.runs:
+        db = run.path / "optuna.db"
+        if not db.exists():
+            continue
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = f"sqlite:///{db.resolve()}"
+        storage = optuna.storages.get_storage(url)
+        for name in optuna.get_all_study_names(storage=storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            for t in study.get_trials(deepcopy=False):
+                tau = next((v for k, v in t.params.items() if k.split(".")[-1] == "tau"), None)
+                value = t.value if t.value is not None else _last(t.intermediate_values)
+                if tau is not None and value is not None:
+                    rows.append((_short_study(name), t.state.name, float(tau), float(value)))
+    return pd.DataFrame(rows, columns=["study", "state", "tau", "value"])
+
+
+def _last(values: dict[int, float]) -> float | None:
+    return values[max(values)] if values else None
+
+
+def _short_study(name: str) -> str:
+    return name if len(name) <= 32 else name[:29] + "..."
+
+
+def _option_points(res: Results) -> tuple[pd.DataFrame, str]:
+    df = res.trials[res.trials["status"].isin(["completed", "pruned"])]
+    taus = [json.loads(o).get("tau") if isinstance(o, str) else None for o in df["options"]]
+    use_val = df["final_val_top1"].notna().any()
+    metric = "final_val_top1" if use_val else "final_test_top1"
+    out = pd.DataFrame(
+        {
+            "study": df["label"].astype(str),
+            "tau": taus,
+            "state": np.where(df["status"] == "completed", "COMPLETE", "PRUNED"),
+            "value": pd.to_numeric(df[metric], errors="coerce"),
+        }
+    ).dropna(subset=["tau", "value"])
+    return out, ("final val top-1 (%)" if use_val else "final test top-1 (%)")

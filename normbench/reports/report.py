@@ -1,0 +1,91 @@
+"""`build_report`: stored results in, `leaderboard.md` + CSV + PNG plots out. Never trains,
+never imports torch: a report is a pure function of the run directories it reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from normbench.reports import plots, render
+from normbench.reports.data import Results, load_runs
+from normbench.reports.leaderboard import Table, build_tables, did_not_finish
+
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `build_report` wrote, and the tables behind it (for `print_summary` and tests)."""
+
+    output: Path
+    markdown: Path
+    results: Results
+    tables: list[Table]
+    did_not_finish: pd.DataFrame
+    files: list[Path] = field(default_factory=list)  # every file written, plots included
+
+    @property
+    def suite_name(self) -> str:
+        names = [str(r.suite["name"]) for r in self.results.runs if r.suite.get("name")]
+        return " + ".join(dict.fromkeys(names)) or self.results.runs[0].path.name
+
+    def __str__(self) -> str:
+        return str(self.markdown)
+
+
+def build_report(
+    run_dirs: list[Path] | list[str] | list[os.PathLike[str]], output: Path | None = None
+) -> Report:
+    """Read (and merge) run directories and write the report into `output`.
+
+    `output` defaults to `<run dir>/report/` for a single run directory; merging several needs
+    an explicit output. Raises ReportError (a UserError) for missing or unmergeable dirs.
+    """
+    from normbench.reports.data import ReportError
+
+    dirs = [Path(d) for d in run_dirs]
+    res = load_runs(dirs)
+    if output is None:
+        if len(dirs) > 1:
+            raise ReportError("merging several run directories needs --output DIR")
+        output = dirs[0] / "report"
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(res)
+    dnf = did_not_finish(res)
+    files, links = _plots(res, tables, output)
+    files += _csv(tables, dnf, output)
+    md = output / "leaderboard.md"
+    md.write_text(render.markdown(res, tables, dnf, links))
+    return Report(output, md, res, tables, dnf, [md, *files])
+
+
+def _plots(res: Results, tables: list[Table], out: Path) -> tuple[list[Path], dict]:
+    """Write every plot that has data; returns the files and links relative to `out`."""
+    files: list[Path] = []
+    links: dict[str, list[Path]] = {}
+    for t in tables:
+        for kind, make in (
+            ("curves", lambda t, p: plots.accuracy_curves(t, res, p)),
+            ("condensation", lambda t, p: plots.condensation(t, res, p)),
+            ("cost", plots.cost_vs_accuracy),
+        ):
+            path = make(t, out / PLOTS / f"{kind}_{t.slug}.png")
+            if path is not None:
+                files.append(path)
+                links.setdefault(t.slug, []).append(path.relative_to(out))
+    search = plots.fct_search(res, out / PLOTS / "fct_search.png")
+    if search is not None:
+        files.append(search)
+        links["search"] = [search.relative_to(out)]
+    return files, links
+
+
+def _csv(tables: list[Table], dnf: pd.DataFrame, out: Path) -> list[Path]:
+    board, bad = out / "leaderboard.csv", out / "did_not_finish.csv"
+    render.leaderboard_csv(tables).to_csv(board, index=False)
+    dnf.to_csv(bad, index=False)
+    return [board, bad]

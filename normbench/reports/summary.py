@@ -1,0 +1,42 @@
+"""`print_summary`: the top of each leaderboard in the terminal (rich), and where the full
+report is."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from normbench.reports import stats
+from normbench.reports.render import acc, p_text
+from normbench.reports.report import Report
+
+TOP = 5  # rows per leaderboard in the terminal
+
+
+def print_summary(report: Report, console: Console | None = None, top: int = TOP) -> None:
+    """Print each leaderboard's best `top` variants, the unfinished trials and the report path."""
+    console = console or Console()
+    for t in report.tables:
+        rt = RichTable(title=t.title, title_justify="left")
+        for col in ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "diverged"):
+            rt.add_column(col, justify="left" if col == "variant" else "right")
+        for _, r in t.rows.head(top).iterrows():
+            rt.add_row(
+                str(r["variant"]),
+                str(r["n"]),
+                acc(r["top1_mean"]),
+                acc(r["top1_std"]),
+                acc(r["diff_vs_bn"], signed=True),
+                "n<3 pairs" if r["test_note"] == stats.TOO_FEW else p_text(r),
+                str(r["diverged"]),
+            )
+        if len(t.rows) > top:
+            rt.caption = f"{len(t.rows) - top} more variants in the full report"
+        console.print(rt)
+    if not report.tables:
+        console.print(f"{report.suite_name}: no trials stored yet.")
+    if not report.did_not_finish.empty:
+        counts = report.did_not_finish["status"].value_counts().to_dict()
+        text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        console.print(f"[yellow]Did not finish: {text} (reasons in the report)[/yellow]")
+    console.print(f"Full report: {report.markdown}")

@@ -1,0 +1,254 @@
+"""build_report on the committed fixture: golden Markdown, statistics recomputed by hand from
+the JSONL, best-on-val selection, time-to-target, unfinished trials, merging and refusal.
+
+Regenerate the golden file after an intended change of the report's text:
+
+    NORMBENCH_REGEN_GOLDEN=1 pytest tests/reports/test_report_build.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from normbench.reports import ReportError, build_report
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE / "fixtures" / "run_small"
+GOLDEN = HERE / "golden" / "leaderboard.md"
+
+
+def _fixture_module():
+    spec = importlib.util.spec_from_file_location(
+        "make_fixture", HERE / "fixtures" / "make_fixture.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+make_fixture = _fixture_module()
+
+
+def _records(run: Path) -> dict[str, list[dict]]:
+    """Epoch records per trial, read straight from the JSONL (not through the code under test)."""
+    out: dict[str, list[dict]] = {}
+    for line in (run / "epochs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec["trial_id"], []).append(rec)
+    return out
+
+
+def _completed(run: Path) -> dict[str, dict[int, list[dict]]]:
+    """variant -> seed -> epoch records, for trials whose summary says completed."""
+    recs = _records(run)
+    out: dict[str, dict[int, list[dict]]] = {}
+    for line in (run / "trials.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        if t["status"] == "completed":
+            out.setdefault(t["spec"]["variant"], {})[t["spec"]["seed"]] = recs[t["trial_id"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    return build_report([FIXTURE], tmp_path_factory.mktemp("report"))
+
+
+def _row(report, variant: str):
+    (table,) = report.tables
+    return table.rows.set_index("variant").loc[variant]
+
+
+def test_markdown_matches_golden(report) -> None:
+    text = report.markdown.read_text()
+    if os.environ.get("NORMBENCH_REGEN_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "run with NORMBENCH_REGEN_GOLDEN=1 after a wanted change"
+
+
+def test_leaderboard_statistics_match_independent_computation(report) -> None:
+    done = _completed(FIXTURE)
+    final = {v: {s: r[-1]["test_top1"] for s, r in seeds.items()} for v, seeds in done.items()}
+    for variant in ("bn", "ubn"):
+        x = np.array([final[variant][s] for s in sorted(final[variant])])
+        row = _row(report, variant)
+        assert row["n"] == 3
+        assert row["top1_mean"] == pytest.approx(x.mean())
+        assert row["top1_std"] == pytest.approx(x.std(ddof=1))
+        ci = sps.bootstrap(
+            (x,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(0)
+        ).confidence_interval
+        assert (row["top1_ci_low"], row["top1_ci_high"]) == (
+            pytest.approx(ci.low),
+            pytest.approx(ci.high),
+        )
+        top5 = np.mean([r[-1]["test_top5"] for r in done[variant].values()])
+        assert row["top5_mean"] == pytest.approx(top5)
+    seeds = sorted(final["ubn"])
+    a, b = [final["ubn"][s] for s in seeds], [final["bn"][s] for s in seeds]
+    ubn = _row(report, "ubn")
+    assert ubn["diff_vs_bn"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert ubn["p_value"] == pytest.approx(sps.ttest_rel(a, b).pvalue) and ubn["n_pairs"] == 3
+    assert ubn["paper_top1"] == 62.5 and ubn["diff_vs_paper"] == pytest.approx(np.mean(a) - 62.5)
+    assert _row(report, "bn")["test_note"] == "baseline"
+
+
+def test_best_epoch_is_selected_on_val_and_reports_test_there(report) -> None:
+    done = _completed(FIXTURE)
+    differs = False
+    for variant, seeds in done.items():
+        tops, epochs = [], []
+        for recs in seeds.values():
+            best = max(recs, key=lambda r: r["val_top1"])  # first maximum on ties
+            tops.append(best["test_top1"])
+            epochs.append(best["epoch"])
+            differs |= best["test_top1"] != max(r["test_top1"] for r in recs)
+        row = _row(report, variant)
+        assert row["best_top1_mean"] == pytest.approx(np.mean(tops))
+        assert row["best_epoch_mean"] == pytest.approx(np.mean(epochs))
+        assert row["best_selection"] == "val"
+    assert differs, "the fixture should have a trial where best-on-val != best-on-test"
+
+
+def test_epochs_and_time_to_target(report) -> None:
+    (table,) = report.tables
+    assert table.target == 55.0 and table.target_source == "suite"
+    for variant, seeds in _completed(FIXTURE).items():
+        hits = [next((r for r in recs if r["test_top1"] >= 55.0), None) for recs in seeds.values()]
+        reached = [h for h in hits if h is not None]
+        row = _row(report, variant)
+        assert row["reached"] == f"{len(reached)}/3"
+        assert row["epochs_to_target_mean"] == pytest.approx(np.mean([h["epoch"] for h in reached]))
+        assert row["time_to_target_s_mean"] == pytest.approx(
+            np.mean([h["elapsed_s"] for h in reached])
+        )
+
+
+def test_unfinished_trials_are_listed_with_reason(report) -> None:
+    dnf = report.did_not_finish.set_index("status")
+    assert dnf.loc["diverged", "variant"] == "ubn" and dnf.loc["diverged", "epoch"] == 2
+    assert dnf.loc["diverged", "reason"] == "diverged at epoch 2"
+    assert "DataLoader worker exited" in dnf.loc["failed", "reason"]
+    assert _row(report, "ubn")["diverged"] == 1 and _row(report, "bn")["not_finished"] == 1
+    csv = (report.output / "did_not_finish.csv").read_text()
+    assert "diverged at epoch 2" in csv and "failed" in csv
+    board = (report.output / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 3 and board[0].startswith("dataset,backbone,batch_size")
+
+
+def test_plots_are_written_as_png(report) -> None:
+    names = sorted(p.name for p in (report.output / "plots").iterdir())
+    assert [n.split("_")[0] for n in names] == ["condensation", "cost", "curves"]
+    for n in names:
+        assert (report.output / "plots" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(plots/{n})" in report.markdown.read_text()
+
+
+def test_default_target_and_best_on_test_without_val(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_fixture.write_run(run, target=None, unfinished=False)
+    lines = [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
+    for rec in lines:
+        rec["val_top1"] = None  # a run without a validation split
+    (run / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rep = build_report([run])
+    assert rep.output == run / "report"
+    (table,) = rep.tables
+    assert table.target_source == "default"
+    assert table.target == round(0.95 * table.rows["top1_mean"].max(), 2)
+    assert table.selection == "test"
+    best_test = np.mean(
+        [max(r["test_top1"] for r in recs) for recs in _completed(run)["bn"].values()]
+    )
+    assert table.rows.set_index("variant").loc["bn", "best_top1_mean"] == pytest.approx(best_test)
+    text = rep.markdown.read_text()
+    assert "best-on-test top-1 @ epoch" in text and "default: 95%" in text
+
+
+def test_merge_counts_duplicates_once_and_most_finished_copy_wins(tmp_path: Path) -> None:
+    more = tmp_path / "more"
+    make_fixture.write_run(more, seeds=(3, 4), unfinished=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(FIXTURE, copy)
+    rep = build_report([FIXTURE, more, copy], tmp_path / "out")
+    assert len(rep.results.trials) == 10  # 2 variants x seeds 0-4, each trial id once
+    rows = rep.tables[0].rows.set_index("variant")
+    assert rows.loc["bn", "n"] == 5 and rows.loc["ubn", "n"] == 5
+    assert rows.loc["ubn", "diverged"] == 0 and rep.did_not_finish.empty
+    with pytest.raises(ReportError, match="--output"):
+        build_report([FIXTURE, more])
+
+
+def test_incompatible_runs_are_refused_naming_dirs_and_key(tmp_path: Path) -> None:
+    other = tmp_path / "other_lr"
+    make_fixture.write_run(other, lr=0.05)
+    with pytest.raises(ReportError) as err:
+        build_report([FIXTURE, other], tmp_path / "out")
+    msg = str(err.value)
+    assert str(FIXTURE) in msg and str(other) in msg and "recipe.lr" in msg and "0.05" in msg
+    target = tmp_path / "other_target"
+    make_fixture.write_run(target, target=60.0)
+    with pytest.raises(ReportError, match="target_accuracy"):
+        build_report([FIXTURE, target], tmp_path / "out")
+
+
+def test_leaderboard_merge_needs_the_same_recipe_for_other_variants(tmp_path: Path) -> None:
+    gn = tmp_path / "gn"
+    make_fixture.write_run(gn, variants=("gn",), unfinished=False)
+    rep = build_report([FIXTURE, gn], tmp_path / "out")
+    assert list(rep.tables[0].rows["variant"].sort_values()) == ["bn", "gn", "ubn"]
+    gn_lr = tmp_path / "gn_lr"
+    make_fixture.write_run(gn_lr, variants=("gn",), lr=0.05, unfinished=False)
+    with pytest.raises(ReportError, match=r"leaderboard synthetic/resnet20 .*recipe\.lr"):
+        build_report([FIXTURE, gn_lr], tmp_path / "out2")
+
+
+def _rewrite(path: Path, fn) -> None:
+    rows = [fn(json.loads(x)) for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_option_labels_plugin_source_and_tau_plot_from_options(tmp_path: Path) -> None:
+    """ubn seeds 0-2 get tau 0.1/0.2/0.3 and come from a plugin file: three labelled rows,
+    a source column, and the FCT plot drawn from the trials' options (no optuna.db)."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+
+    def edit(rec: dict) -> dict:
+        seed = rec.get("spec", {}).get("seed")
+        if rec.get("spec", {}).get("variant") == "ubn" and seed is not None and seed < 3:
+            rec["spec"]["variant_options"] = {"tau": round(0.1 * (seed + 1), 1)}
+        if rec.get("variant_source") and rec["trial_id"] in ubn_ids:
+            rec["variant_source"] = "file:/somewhere/my_plugin.py"
+        return rec
+
+    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    ubn_ids = {t["trial_id"] for t in trials if t["spec"]["variant"] == "ubn"}
+    _rewrite(run / "trials.jsonl", edit)
+    _rewrite(run / "epochs.jsonl", edit)
+    rep = build_report([run])
+    rows = rep.tables[0].rows.set_index("variant")
+    assert {"ubn(tau=0.1)", "ubn(tau=0.2)", "ubn(tau=0.3)", "bn"} <= set(rows.index)
+    assert rows.loc["ubn(tau=0.2)", "n"] == 1 and rows.loc["ubn(tau=0.2)", "source"] == (
+        "file my_plugin.py"
+    )
+    text = rep.markdown.read_text()
+    assert "| source |" in text and "file my_plugin.py" in text
+    assert "too few seeds for any claim" in text  # one pair per tau row
+    assert (rep.output / "plots" / "fct_search.png").exists()
+
+
+def test_run_dir_without_trials_gives_an_empty_report(tmp_path: Path) -> None:
+    run = tmp_path / "fresh"
+    run.mkdir()
+    shutil.copy(FIXTURE / "suite.resolved.json", run)
+    rep = build_report([run])
+    assert rep.tables == [] and "No trials are stored" in rep.markdown.read_text()

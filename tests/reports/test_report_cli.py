@@ -1,0 +1,69 @@
+"""`normbench report` exit codes, and that reports never import torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from normbench.cli import main
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "run_small"
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_missing_run_dir_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope"
+    assert _main(["report", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "does not exist" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _main(["report", str(empty)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_command_writes_report_and_prints_summary(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert _main(["report", str(FIXTURE), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ubn" in printed and str(out / "leaderboard.md") in printed
+    assert "Did not finish: 1 diverged, 1 failed" in printed
+    assert (out / "leaderboard.md").exists() and (out / "leaderboard.csv").exists()
+
+
+def test_reports_never_import_torch(tmp_path: Path) -> None:
+    """A fresh interpreter builds a full report without torch, including the FCT search plot
+    read from an Optuna study (one cheap test for both: importing optuna is the slow part)."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    code = textwrap.dedent(f"""
+        import sys
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        from optuna.distributions import FloatDistribution
+        s = optuna.create_study(storage="sqlite:///{run}/optuna.db", study_name="fct")
+        d = {{"variant_options.tau": FloatDistribution(0.05, 0.5)}}
+        for tau, v in ((0.1, 50.0), (0.3, 52.0)):
+            s.add_trial(optuna.trial.create_trial(params={{"variant_options.tau": tau}},
+                                                  distributions=d, value=v))
+        import normbench.reports
+        from normbench.reports import build_report, print_summary
+        rep = build_report([{str(run)!r}])
+        print_summary(rep)
+        png = rep.output / "plots" / "fct_search.png"
+        assert png.read_bytes()[:4] == b"\\x89PNG"
+        assert "## FCT threshold search" in rep.markdown.read_text()
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
