@@ -1,0 +1,256 @@
+"""The trial matrix: grid cells from the suite's lists, `exclude`, `include`, and their specs.
+
+Semantics (the schema reference in `normbench.suite.schema` repeats them):
+* The grid is the product backbones x variants x batch_sizes x seeds, in that nesting order.
+* `exclude` entries are partial cells; one removes every grid cell that agrees on all its keys.
+  A backbone/variant key matches the entry's label or its registry name. An exclude entry that
+  matches nothing is an error (almost always a typo).
+* `include` entries name a backbone and a variant (each a name or `{name, options, ...}`) and
+  may name a batch_size and a seed; a missing one takes every value of `batch_sizes`/`seeds`.
+  Includes are added after excludes, so an include can bring an excluded cell back.
+* A cell that appears twice (same trial id) runs once, at its first position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from normbench.engine.spec import Recipe, TrialSpec
+from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
+from normbench.suite.yamlmap import Path
+
+# Short names for options that commonly tell two entries of one variant apart in a label.
+_ABBREV = {
+    "num_groups": "G",
+    "channel_groups": "G",
+    "channels_per_group": "cpg",
+    "examples_per_group": "epg",
+    "ghost_batch_size": "ghost",
+    "eval_example_weight": "alpha",
+    "kernel_size": "k",
+}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial to run: its spec (identity) and its human-readable grid coordinates."""
+
+    spec: TrialSpec
+    cell: dict[str, Any]
+
+    @property
+    def trial_id(self) -> str:
+        return self.spec.trial_id
+
+
+@dataclass(frozen=True)
+class RawCell:
+    """A grid cell before it becomes a spec; paths say where its parts were written."""
+
+    backbone: BackboneEntry
+    backbone_path: Path
+    variant: VariantEntry
+    variant_path: Path
+    batch_size: int
+    batch_path: Path
+    seed: int
+
+
+def label_of(entry: NamedEntry, ambiguous: bool) -> str:
+    """The entry's label: explicit, else the name, plus options when the name is ambiguous."""
+    if entry.label:
+        return entry.label
+    placement = getattr(entry, "placement", None)
+    if not ambiguous or not (entry.options or placement):
+        return entry.name.lower()
+    parts = [f"{_ABBREV.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
+    if placement:
+        parts.append(placement)
+    return f"{entry.name.lower()}({','.join(parts)})"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _key(entry: NamedEntry) -> tuple[str, str, str]:
+    return (
+        entry.name.lower(),
+        repr(sorted(entry.options.items())),
+        str(getattr(entry, "placement", None)),
+    )
+
+
+def make_labels(entries: list[NamedEntry]) -> dict[tuple[str, str, str], str]:
+    """Label per distinct entry; a name used with different options gets them in its label."""
+    distinct: dict[tuple[str, str, str], NamedEntry] = {}
+    for e in entries:
+        distinct.setdefault(_key(e), e)
+    counts: dict[str, int] = {}
+    for name, _, _ in distinct:
+        counts[name] = counts.get(name, 0) + 1
+    return {k: label_of(e, counts[k[0]] > 1) for k, e in distinct.items()}
+
+
+def expand(model: SuiteModel) -> tuple[list[RawCell], list[tuple[Path, str]]]:
+    """The cells of the matrix in run order, and problems (unmatched excludes, bad labels)."""
+    problems: list[tuple[Path, str]] = []
+    labels = _all_labels(model, problems)
+    grid = [
+        RawCell(b, ("backbones", i), v, ("variants", j), bs, ("batch_sizes", k), seed)
+        for i, b in enumerate(model.backbones)
+        for j, v in enumerate(model.variants)
+        for k, bs in enumerate(model.batch_sizes)
+        for seed in model.seeds
+    ]
+    for n, ex in enumerate(model.exclude):
+        kept = [c for c in grid if not _matches(ex.model_dump(exclude_none=True), c, labels)]
+        if len(kept) == len(grid):
+            problems.append((("exclude", n), "this entry matches no cell of the grid"))
+        grid = kept
+    for n, inc in enumerate(model.include):
+        sizes = (
+            [(inc.batch_size, ("include", n, "batch_size"))]
+            if inc.batch_size
+            else [(bs, ("batch_sizes", k)) for k, bs in enumerate(model.batch_sizes)]
+        )
+        seeds = [inc.seed] if inc.seed is not None else model.seeds
+        grid += [
+            RawCell(
+                inc.backbone,
+                ("include", n, "backbone"),
+                inc.variant,
+                ("include", n, "variant"),
+                bs,
+                bpath,
+                seed,
+            )
+            for bs, bpath in sizes
+            for seed in seeds
+        ]
+    return grid, problems
+
+
+def _all_labels(model: SuiteModel, problems: list[tuple[Path, str]]) -> dict[Any, str]:
+    backbones = [*model.backbones, *(c.backbone for c in model.include)]
+    variants = [*model.variants, *(c.variant for c in model.include)]
+    labels = {("b", *k): v for k, v in make_labels(backbones).items()}
+    labels.update({("v", *k): v for k, v in make_labels(variants).items()})
+    for kind, entries, section in (("b", backbones, "backbones"), ("v", variants, "variants")):
+        owner: dict[str, tuple[str, str, str]] = {}
+        for i, e in enumerate(entries):
+            lab, key = labels[(kind, *_key(e))], _key(e)
+            if owner.setdefault(lab, key) != key:
+                where = (
+                    (section, i)
+                    if i < len(getattr(model, section))
+                    else ("include", i - len(getattr(model, section)))
+                )
+                problems.append((where, f"label {lab!r} is used by two different entries"))
+    return labels
+
+
+def _matches(partial: dict[str, Any], cell: RawCell, labels: dict[Any, str]) -> bool:
+    for key, want in partial.items():
+        if key == "backbone":
+            ok = want.lower() in (
+                cell.backbone.name.lower(),
+                labels[("b", *_key(cell.backbone))].lower(),
+            )
+        elif key == "variant":
+            ok = want.lower() in (
+                cell.variant.name.lower(),
+                labels[("v", *_key(cell.variant))].lower(),
+            )
+        else:
+            ok = getattr(cell, key) == want
+        if not ok:
+            return False
+    return True
+
+
+def build_trials(
+    model: SuiteModel,
+    cells: list[RawCell],
+    *,
+    plugins: tuple[str, ...],
+    max_epochs: int | None,
+    limit_batches: int | None,
+) -> list[Trial]:
+    """One Trial per distinct cell, in order. Capped epochs and smoke mode are in the spec, so
+    they change the trial id: a smoke or truncated run never passes for a full one."""
+    labels = _all_labels(model, [])
+    base = _base_spec(model, plugins, max_epochs, limit_batches)
+    t = model.train
+    trials: dict[str, Trial] = {}
+    for c in cells:
+        recipe = base.recipe
+        if t.lr_reference_batch:  # linear scaling rule
+            lr = t.lr * c.batch_size / t.lr_reference_batch
+            recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
+        spec = base.replace(
+            variant=c.variant.name.lower(),
+            backbone=c.backbone.name.lower(),
+            batch_size=c.batch_size,
+            seed=c.seed,
+            variant_options=dict(c.variant.options),
+            backbone_options=dict(c.backbone.options),
+            dataset_options=dict(base.dataset_options),
+            recipe=recipe,
+            placement=c.variant.placement or t.placement,
+        )
+        cell = {
+            "dataset": spec.dataset,
+            "backbone": labels[("b", *_key(c.backbone))],
+            "variant": labels[("v", *_key(c.variant))],
+            "backbone_name": spec.backbone,
+            "variant_name": spec.variant,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+        }
+        trials.setdefault(spec.trial_id, Trial(spec, cell))
+    return list(trials.values())
+
+
+def _base_spec(
+    model: SuiteModel, plugins: tuple[str, ...], max_epochs: int | None, limit: int | None
+) -> TrialSpec:
+    """The fields every trial of the suite shares (recipe, data set, engine settings)."""
+    t = model.train
+    recipe = Recipe(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)})
+    recipe = dataclasses.replace(recipe, milestones=tuple(t.milestones))
+    shared = ("sabn_index", "device", "amp", "channels_last", "compile", "eval_batch_size")
+    shared += ("probe", "probe_batch_size", "checkpoint_every")
+    dataset_options = model.dataset.model_dump()
+    return TrialSpec(
+        variant="",
+        backbone="",
+        dataset=dataset_options.pop("name").lower(),
+        epochs=min(t.epochs, max_epochs) if max_epochs else t.epochs,
+        dataset_options=dataset_options,
+        recipe=recipe,
+        limit_batches=limit or t.limit_batches,
+        plugins=plugins,
+        num_threads=t.num_threads or max(1, int(model.resources.cpus)),
+        **{k: getattr(t, k) for k in shared},
+    )
+
+
+def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
+    """The spec with search parameters set by dotted path: 'recipe.lr', 'variant_options.tau',
+    'dataset_options.x', 'backbone_options.x' or a top-level field such as 'batch_size'."""
+    changes: dict[str, Any] = {}
+    recipe: dict[str, Any] = {}
+    for path, value in params.items():
+        head, _, rest = path.partition(".")
+        if head == "recipe":
+            recipe[rest] = tuple(value) if rest == "milestones" else value
+        elif head.endswith("_options"):
+            changes.setdefault(head, dict(getattr(spec, head)))[rest] = value
+        else:
+            changes[head] = value
+    if recipe:
+        changes["recipe"] = dataclasses.replace(spec.recipe, **recipe)
+    return spec.replace(**changes)

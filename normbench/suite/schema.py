@@ -1,0 +1,270 @@
+"""The suite file format, version 1, as pydantic models (strict types, unknown keys rejected).
+
+These models check shape and types only; names, options and cross-field rules that need the
+registries live in `normbench.suite.checks`. Defaults of `train:` come from `Recipe` and
+`TrialSpec`, so a key the file leaves out means exactly what `normbench train` would do.
+
+Reference (see suites/*.yaml for commented examples):
+
+    version: 1                      # required; the only version
+    name: my_suite                  # letters, digits, _ . -; names the run directory
+    description: free text
+    dataset: {name: cifar100, root: null, download: false, image_size: null,
+              val_fraction: 0.1, split_seed: 0, augment: {crop_padding, hflip, rotation},
+              ...}                  # other keys: the data set's own options (signature-checked)
+    backbones: [resnet50, {name: resnet20, options: {width: 32}, label: r20w32}]
+    variants: [bn, {name: gn, options: {num_groups: 16}, label: gn16,
+                    placement: last-in-block}]   # placement overrides train.placement
+    batch_sizes: [128]
+    seeds: 3                        # a count means seeds 0..n-1; or a list [0, 5, 7]
+    train: {epochs (required), lr, lr_reference_batch, momentum, nesterov, weight_decay,
+            no_decay_norm_and_bias, warmup_epochs, schedule: multistep|cosine|constant,
+            milestones, gamma, label_smoothing, grad_clip, device, amp, channels_last, compile,
+            limit_batches, placement: everywhere|last-in-block, sabn_index, probe,
+            probe_batch_size, eval_batch_size, num_threads, checkpoint_every}
+    resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
+    max_concurrent: null            # cap on trials at once
+    retries: 0                      # re-runs of a failed trial (from its checkpoint)
+    plugins: [my_norm.py]           # relative to this file; loaded before names are checked
+    exclude: [{backbone, variant, batch_size, seed}]  # partial cells; each removes all cells
+                                    # agreeing on its keys (variant/backbone: name or label)
+    include: [{backbone, variant, batch_size, seed}]  # backbone and variant required; a
+                                    # missing batch_size/seed takes every listed value
+    search: {metric: val_top1, mode: max, num_samples, sampler: tpe|random, seed,
+             scheduler: none|asha, grace_period, reduction_factor, storage, study_name,
+             space: {"variant_options.tau": {type: float|int|loguniform|categorical,
+                                             low, high, step, log, choices}}}
+    reference: [{dataset, backbone, variant, batch_size, top1, top5, source, note}]
+    target_accuracy: 77.0           # test top-1 (%) for epochs/time-to-target in reports
+
+The matrix is backbones x variants x batch_sizes x seeds, minus `exclude`, plus `include`
+(see `normbench.suite.matrix`). A search runs once per cell of that matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from normbench.engine.spec import Recipe, TrialSpec
+
+_R = Recipe()
+_T = TrialSpec(variant="", backbone="", dataset="", epochs=1)
+Placement = Literal["everywhere", "last-in-block"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NamedEntry(Strict):
+    """A registry name with options; a bare string `gn` is short for `{name: gn}`."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class BackboneEntry(NamedEntry):
+    pass
+
+
+class VariantEntry(NamedEntry):
+    placement: Placement | None = None  # overrides train.placement for this variant
+
+
+class DatasetModel(BaseModel):
+    """The data set; keys beyond these are the factory's own options (checked by signature)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+    root: str | None = None
+    download: bool = False
+    image_size: int | None = Field(default=None, gt=0)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+
+
+class TrainModel(Strict):
+    """Recipe and engine settings shared by every trial of the suite."""
+
+    epochs: int = Field(gt=0)
+    lr: float = Field(default=_R.lr, gt=0)
+    # Linear scaling rule (Goyal et al. 2017): when set, `lr` is the rate at this batch size and
+    # a trial at batch B trains at lr * B / lr_reference_batch. None: `lr` at every batch size.
+    lr_reference_batch: int | None = Field(default=None, gt=0)
+    momentum: float = Field(default=_R.momentum, ge=0, lt=1)
+    nesterov: bool = _R.nesterov
+    weight_decay: float = Field(default=_R.weight_decay, ge=0)
+    no_decay_norm_and_bias: bool = _R.no_decay_norm_and_bias
+    warmup_epochs: float = Field(default=_R.warmup_epochs, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = _R.schedule
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=_R.gamma, gt=0)
+    label_smoothing: float = Field(default=_R.label_smoothing, ge=0, lt=1)
+    grad_clip: float | None = Field(default=_R.grad_clip, gt=0)
+    device: str = _T.device
+    amp: bool | None = _T.amp
+    channels_last: bool | None = _T.channels_last
+    compile: bool = _T.compile
+    limit_batches: int | None = Field(default=_T.limit_batches, gt=0)
+    placement: Placement = _T.placement
+    sabn_index: Literal["zeros", "augmented"] = _T.sabn_index
+    probe: bool = _T.probe
+    probe_batch_size: int = Field(default=_T.probe_batch_size, gt=1)
+    eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0)
+    num_threads: int | None = Field(default=None, gt=0)
+    checkpoint_every: int = Field(default=_T.checkpoint_every, gt=0)
+
+    @model_validator(mode="after")
+    def _milestones(self) -> TrainModel:
+        ms = self.milestones
+        if any(m <= 0 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
+            raise ValueError(f"milestones must be positive and increasing, but got {ms}")
+        if ms and self.schedule != "multistep":
+            raise ValueError(
+                f"milestones {ms} only apply to schedule multistep, not {self.schedule!r}"
+            )
+        if ms and ms[-1] >= self.epochs:
+            raise ValueError(
+                f"milestone {ms[-1]} is not before the last epoch {self.epochs} "
+                "(to shorten a run keep the recipe and use --max-epochs)"
+            )
+        return self
+
+
+class ResourcesModel(Strict):
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+
+
+class IncludeCell(Strict):
+    """An extra cell: names a backbone and a variant; missing axes take every listed value."""
+
+    backbone: BackboneEntry
+    variant: VariantEntry
+    batch_size: int | None = Field(default=None, gt=0)
+    seed: int | None = Field(default=None, ge=0)
+
+
+class ExcludeCell(Strict):
+    """A partial cell: removes every cell that agrees on all the keys it gives."""
+
+    backbone: str | None = None
+    variant: str | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ExcludeCell:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError(
+                "an exclude entry must give at least one of backbone, variant, batch_size, seed"
+            )
+        return self
+
+
+class ParamModel(Strict):
+    """One search dimension, in Optuna's terms."""
+
+    type: Literal["float", "int", "loguniform", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(default=None, gt=0)
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamModel:
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError(
+                    "a categorical parameter needs a non-empty `choices` list and no low/high"
+                )
+            return self
+        if self.choices is not None or self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs `low` and `high` (no choices)")
+        if not self.low < self.high:
+            raise ValueError(f"`low < high` must hold, but got (low={self.low}, high={self.high})")
+        if (self.log or self.type == "loguniform") and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0, but got low={self.low}")
+        if self.type == "int" and not (
+            float(self.low).is_integer() and float(self.high).is_integer()
+        ):
+            raise ValueError(f"an int parameter needs integer bounds, got {self.low}..{self.high}")
+        return self
+
+
+class SearchModel(Strict):
+    metric: str = "val_top1"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(gt=0)
+    space: dict[str, ParamModel] = Field(min_length=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(default=1, gt=0)
+    reduction_factor: int = Field(default=4, ge=2)
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int = 0
+
+
+class ReferenceRow(Strict):
+    """A published number a report shows beside ours (never measured by this project)."""
+
+    dataset: str
+    backbone: str
+    variant: str
+    batch_size: int | None = None
+    top1: float | None = Field(default=None, ge=0, le=100)
+    top5: float | None = Field(default=None, ge=0, le=100)
+    source: str
+    note: str | None = None
+
+
+class SuiteModel(Strict):
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: DatasetModel
+    backbones: list[BackboneEntry] = Field(min_length=1)
+    variants: list[VariantEntry] = Field(min_length=1)
+    batch_sizes: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: TrainModel
+    resources: ResourcesModel = Field(default_factory=ResourcesModel)
+    max_concurrent: int | None = Field(default=None, gt=0)
+    retries: int = Field(default=0, ge=0)
+    plugins: list[str] = Field(default_factory=list)
+    include: list[IncludeCell] = Field(default_factory=list)
+    exclude: list[ExcludeCell] = Field(default_factory=list)
+    search: SearchModel | None = None
+    reference: list[ReferenceRow] = Field(default_factory=list)
+    target_accuracy: float | None = Field(default=None, gt=0, le=100)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        """`seeds: 3` means seeds 0, 1, 2."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"a seed count must be at least 1, but got {value}")
+            return list(range(value))
+        return value
+
+    @field_validator("batch_sizes", "seeds")
+    @classmethod
+    def _positive_unique(cls, value: list[int], info: Any) -> list[int]:
+        lowest = 1 if info.field_name == "batch_sizes" else 0
+        bad = [v for v in value if v < lowest]
+        if bad:
+            raise ValueError(f"every value must be >= {lowest}, but got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"values must be unique, but got {value}")
+        return value

@@ -1,0 +1,172 @@
+"""The suites under suites/ validate, expand to the paper's matrices and carry its numbers.
+
+Expected values are written here from the UBN paper's tables (the recipes the suites claim),
+not read from the suite files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from normbench.engine.spec import Recipe
+from normbench.suite.describe import describe
+from normbench.suite.loader import load_suite
+
+SUITES = Path(__file__).resolve().parents[2] / "suites"
+BUILTINS = {"bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ghost_bn", "ubn", "fourthings"}
+
+EXPECTED_TRIALS = {
+    "quickstart": 11 * 3,
+    "cifar100_table3": (7 + 2 * 5) * 3,
+    "cifar10_table4": 5 * 2 * 3,
+    "batch_size_ablation": 3 * 5,
+    "batch_size_ablation_cifar100": 2 * 5,
+    "small_batch": 5 * 4 * 3,
+    "fct_search": 1,
+}
+
+TABLE3 = {  # (backbone, variant): (top-1, top-5), UBN Table 3
+    ("resnet50", "in"): (77.68, 94.20),
+    ("resnet50", "gn"): (51.71, 78.55),
+    ("resnet50", "bn"): (77.02, 93.87),
+    ("resnet50", "iebn"): (78.13, 94.39),
+    ("resnet50", "rbn"): (77.79, 94.28),
+    ("resnet50", "bnet"): (77.68, 94.16),
+    ("resnet50", "ubn"): (78.67, 94.40),
+    ("resnet101", "bn"): (77.18, 93.87),
+    ("resnet101", "ubn"): (78.48, 94.28),
+    ("resnet152", "bn"): (77.87, 94.40),
+    ("resnet152", "ubn"): (78.28, 94.38),
+    ("resnext50", "bn"): (77.49, 93.69),
+    ("resnext50", "ubn"): (77.81, 94.46),
+    ("vgg13", "bn"): (71.03, 90.53),
+    ("vgg13", "ubn"): (71.37, 91.06),
+    ("inceptionv4", "bn"): (75.60, 92.83),
+    ("inceptionv4", "ubn"): (76.51, 93.53),
+}
+TABLE4 = {
+    "resnet18": (93.65, 93.80),
+    "resnet34": (93.02, 93.98),
+    "resnet50": (92.26, 94.32),
+    "resnet101": (93.19, 94.56),
+    "vgg11": (91.14, 91.48),
+}
+TABLE7 = {
+    ("cifar10", "resnet18"): (94.45, 94.90, 94.32, 93.79, 93.38),
+    ("cifar10", "resnet34"): (95.51, 94.73, 94.54, 94.34, 93.78),
+    ("cifar10", "resnet50"): (95.39, 94.59, 94.58, 94.57, 94.13),
+    ("cifar100", "resnet50"): (78.02, 78.52, 78.99, 78.86, 77.21),
+    ("cifar100", "resnet101"): (77.53, 78.27, 79.33, 78.03, 77.87),
+}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {p.stem: load_suite(p) for p in sorted(SUITES.glob("*.yaml"))}
+
+
+def test_every_suite_validates_and_expands(loaded):
+    assert set(loaded) == set(EXPECTED_TRIALS)
+    for name, suite in loaded.items():
+        assert suite.name == name
+        trials = suite.trials()
+        assert len(trials) == EXPECTED_TRIALS[name], name
+        assert len({t.trial_id for t in trials}) == len(trials), name
+        text = describe(suite)
+        assert f"{len(trials)} trials" in text and "estimated time" in text
+
+
+def test_every_suite_has_a_header_comment():
+    for p in SUITES.glob("*.yaml"):
+        head = p.read_text().split("\nversion:")[0]
+        assert head.startswith(f"# {p.stem}:"), p
+        assert "Expected cost" in head and ("Recipe" in head or "recipe" in head), p
+
+
+def test_quickstart_covers_every_builtin(loaded):
+    trials = loaded["quickstart"].trials()
+    assert {t.spec.variant for t in trials} == BUILTINS
+    assert {t.spec.seed for t in trials} == {0, 1, 2}
+    ghost = [t.spec for t in trials if t.spec.variant == "ghost_bn"]
+    assert ghost[0].batch_size == 64 and ghost[0].variant_options["ghost_batch_size"] == 16
+    assert {t.spec.device for t in trials} == {"cpu"}
+    assert loaded["quickstart"].resources.cpus == 1 and loaded["quickstart"].max_concurrent == 2
+
+
+def test_table3_matrix_recipe_and_references(loaded):
+    suite = loaded["cifar100_table3"]
+    cells = {(t.spec.backbone, t.spec.variant) for t in suite.trials()}
+    assert cells == set(TABLE3)
+    spec = suite.trials()[0].spec
+    assert spec.recipe == Recipe(
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        warmup_epochs=1.0,
+        schedule="multistep",
+        milestones=(60, 120, 160),
+        gamma=0.2,
+    )
+    assert (spec.epochs, spec.batch_size, spec.dataset) == (200, 128, "cifar100")
+    assert spec.dataset_options["augment"]["rotation"] == 15
+    rows = {
+        (r["backbone"], r["variant"]): (r["top1"], r["top5"])
+        for r in suite.reference
+        if r["source"] == "UBN Table 3"
+    }
+    assert rows == TABLE3
+
+
+def test_table4_recipe_and_references(loaded):
+    suite = loaded["cifar10_table4"]
+    spec = suite.trials()[0].spec
+    assert spec.recipe == Recipe(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        warmup_epochs=0.0,
+        schedule="multistep",
+        milestones=(100, 150),
+        gamma=0.1,
+    )
+    assert (spec.epochs, spec.batch_size, spec.dataset) == (200, 128, "cifar10")
+    got = {}
+    for r in suite.reference:
+        got.setdefault(r["backbone"], {})[r["variant"]] = r["top1"]
+    assert {b: (v["bn"], v["ubn"]) for b, v in got.items()} == TABLE4
+
+
+def test_table7_batch_sizes_and_references(loaded):
+    for name in ("batch_size_ablation", "batch_size_ablation_cifar100"):
+        suite = loaded[name]
+        sizes = sorted({t.spec.batch_size for t in suite.trials()})
+        assert sizes == [32, 64, 128, 256, 512]
+        assert {t.spec.recipe.lr for t in suite.trials()} == {0.1}  # no lr scaling stated
+        for r in suite.reference:
+            key = (r["dataset"], r["backbone"])
+            assert r["top1"] == TABLE7[key][sizes.index(r["batch_size"])]
+        assert len(suite.reference) == 5 * len({t.spec.backbone for t in suite.trials()})
+
+
+def test_small_batch_and_search(loaded):
+    small = loaded["small_batch"].trials()
+    assert sorted({t.spec.batch_size for t in small}) == [2, 4, 8, 16]
+    lr = {t.spec.batch_size: t.spec.recipe.lr for t in small}
+    assert lr == {2: 0.05 * 2 / 16, 4: 0.05 * 4 / 16, 8: 0.05 * 8 / 16, 16: 0.05}
+    search = loaded["fct_search"].search
+    tau = search.space["variant_options.tau"]
+    assert (tau["low"], tau["high"]) == (0.05, 0.5)
+    assert search.scheduler == "asha" and search.metric == "val_top1"
+    assert loaded["fct_search"].trials()[0].spec.dataset_options["val_fraction"] > 0
+
+
+def test_describe_counts_images(loaded):
+    # digits: 1437 training images before the 10% validation carve -> 1293 per epoch;
+    # quickstart: 3 epochs x 33 trials.
+    text = describe(loaded["quickstart"])
+    assert f"estimated images processed: {3 * 1293 * 33:.3g}" in text
+    smoke = describe(load_suite(SUITES / "quickstart.yaml", limit_batches=2, max_epochs=1))
+    assert f"estimated images processed: {1 * 2 * 64 * 33:.3g}" in smoke
