@@ -6,10 +6,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
 from normbench.errors import UserError
+
+try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
 
 # Modules that each define `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (
@@ -29,6 +33,11 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def _root() -> None:
+        """Compare normalization layers in image classifiers."""
+
     for mod in _COMMAND_MODULES:
         try:
             module = importlib.import_module(mod)
@@ -52,12 +61,15 @@ def main(argv: list[str] | None = None) -> None:
         rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("normbench: aborted", file=sys.stderr)
         raise SystemExit(130) from None
-    except click.exceptions.ClickException as exc:
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `normbench` alone: the help text, not an error line
+        raise SystemExit(0) from None
+    except click_exceptions.ClickException as exc:
         fail(exc.format_message())
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     raise SystemExit(rv if isinstance(rv, int) else 0)
 

@@ -2,26 +2,37 @@
 
 Built-ins, entry-point plugins and plugin files all end in `Registry.register`, so a built-in
 has no privilege a plugin lacks. Each entry remembers where it came from (`source`), and every
-result records it. Unlike timm's registry (which warns and overwrites), a duplicate name raises.
+result records it. Unlike timm's registry (which warns and overwrites), a duplicate name raises
+(as torchvision's `_api.py` does).
+
+Plugins reach the registries through two doors:
+- an entry point in the group `normbench.variants` (or `.backbones`, `.datasets`) naming either
+  the object itself (`mynorm = pkg.mod:MyNorm`) or a module whose import registers things;
+- a local Python file (`--plugin FILE`, or `plugins:` in a suite) loaded by `load_plugin`.
+A plugin that fails to import or breaks the contract is reported by name; the built-ins and the
+other plugins stay usable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import importlib.metadata as md
 import importlib.util
+import itertools
+import re
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normbench.errors import DuplicateNameError, PluginError, UnknownNameError
+from normbench.errors import DuplicateNameError, PluginError, UnknownNameError, UserError
 
 BUILTIN = "built-in"
+_NAME_RULE = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -31,19 +42,49 @@ class Entry:
     source: str  # "built-in", "file:<abs path>" or "package <dist> <version>"
 
 
+def _default_source(obj: Any) -> str:
+    """Where a direct `register` call (no plugin door) comes from: normbench itself is
+    built-in; a module of an installed distribution is that package; else the module."""
+    module = str(getattr(obj, "__module__", "") or "")
+    top = module.split(".")[0]
+    if top == "normbench":
+        return BUILTIN
+    for dist in md.packages_distributions().get(top, []):
+        with contextlib.suppress(md.PackageNotFoundError):
+            return f"package {dist} {md.version(dist)}"
+    return f"module:{module or '?'}"
+
+
 def closest(name: str, choices: list[str]) -> str:
     """' (did you mean 'x'?)' when a choice is close to `name`, else ''."""
-    match = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(name).lower(), choices, n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-class Registry:
-    """Case-insensitive name -> object table, filled by built-ins, entry points and files."""
+def one_line(text: str) -> str:
+    """Collapse whitespace so a message prints as a single line at the CLI."""
+    return " ".join(str(text).split())
 
-    def __init__(self, kind: str, group: str, builtins: Callable[[Registry], None]) -> None:
+
+class Registry:
+    """Case-insensitive name -> object table, filled by built-ins, entry points and files.
+
+    `check(obj) -> str | None` (optional) describes how a plugin's object breaks the contract;
+    it runs for every non-built-in registration (after the whole plugin is imported, so a
+    class may use helpers defined further down its file).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        builtins: Callable[[Registry], None],
+        check: Callable[[Any], str | None] | None = None,
+    ) -> None:
         self.kind = kind  # "variant", "backbone", "dataset"
         self.group = group  # entry-point group, e.g. "normbench.variants"
         self._builtins = builtins
+        self._check = check
         self._entries: dict[str, Entry] = {}
         self._broken: dict[str, str] = {}  # plugin name -> why it failed to load
         self._source_stack: list[str] = []
@@ -52,25 +93,42 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------------
     def register(self, name: str, obj: Any, *, source: str | None = None) -> Any:
+        """Add `name` -> `obj`. Raises DuplicateNameError if the name is taken."""
+        if not isinstance(name, str) or not _NAME_RULE.match(name.lower()):
+            raise PluginError(
+                f"{self.kind} name {name!r} is invalid: it must start with a letter and hold "
+                f"only letters, digits, '_', '.' or '-'"
+            )
         key = name.lower()
-        src = source or (self._source_stack[-1] if self._source_stack else BUILTIN)
+        src = source or (self._source_stack[-1] if self._source_stack else _default_source(obj))
         with self._lock:
-            if key in self._entries:
-                old = self._entries[key]
-                if old.obj is obj:  # the same file imported twice: not a conflict
+            self._ensure_loaded()
+            old = self._entries.get(key)
+            if old is not None:
+                if old.obj is obj:  # the same module imported twice: not a conflict
                     return obj
                 raise DuplicateNameError(
                     f"{self.kind} {key!r} is already registered (from {old.source}); "
                     f"cannot register it again from {src}"
                 )
+            if src != BUILTIN and not self._source_stack:
+                self._verify(key, obj)  # a direct call, e.g. @register_variant in a script
             self._entries[key] = Entry(key, obj, src)
+            self._broken.pop(key, None)
         return obj
 
     def decorator(self, name: str | None = None) -> Callable[[Any], Any]:
+        """`@reg.decorator("name")`; without a name the object's `__name__` is used."""
+
         def wrap(obj: Any) -> Any:
             return self.register(name or obj.__name__, obj)
 
         return wrap
+
+    def _verify(self, key: str, obj: Any) -> None:
+        problem = self._check(obj) if self._check is not None else None
+        if problem:
+            raise PluginError(f"{self.kind} {key!r} {one_line(problem)}")
 
     @contextlib.contextmanager
     def attributed_to(self, source: str) -> Iterator[None]:
@@ -86,49 +144,57 @@ class Registry:
         with self._lock:
             if self._loaded:
                 return
-            self._loaded = True
-            self._builtins(self)
+            self._loaded = True  # set first: the built-ins register through self.register
+            try:
+                self._builtins(self)
+            except BaseException:
+                self._entries.clear()
+                self._loaded = False
+                raise
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
+        seen: set[tuple[str, str]] = set()
         for ep in md.entry_points(group=self.group):
-            dist = ep.dist
-            src = f"package {dist.name} {dist.version}" if dist is not None else f"entry point {ep.value}"
-            try:
-                self.register(ep.name, ep.load(), source=src)
-            except Exception as exc:  # a broken plugin never takes down the built-ins
-                self._broken[ep.name.lower()] = (
-                    f"{self.kind} plugin {ep.name!r} ({src}, {ep.value}) failed to load: "
-                    f"{type(exc).__name__}: {exc}"
-                )
+            if (ep.name, ep.value) in seen:  # a distribution found twice on sys.path
+                continue
+            seen.add((ep.name, ep.value))
+            self._load_entry_point(ep)
+
+    def _load_entry_point(self, ep: md.EntryPoint) -> None:
+        """Import one entry point; on any failure record it in `broken()` and roll back."""
+        dist = ep.dist
+        src = (
+            f"package {dist.name} {dist.version}" if dist is not None else f"entry point {ep.value}"
+        )
+        before = _snapshot(_registries_with(self))
+        try:
+            with all_attributed_to(src):
+                obj = ep.load()
+                if not isinstance(obj, types.ModuleType):  # a module registers by importing
+                    self.register(ep.name, obj)
+            for reg, key in _added_since(before, src):
+                reg._verify(key, reg._entries[key].obj)
+        except Exception as exc:  # a broken plugin never takes down the built-ins
+            for reg, key in _added_since(before, src):
+                reg.unregister(key)
+            self._broken[ep.name.lower()] = one_line(
+                f"{self.kind} plugin {ep.name!r} ({src}, entry point {ep.value}) failed to "
+                f"load: {type(exc).__name__}: {exc}"
+            )
 
     def load_file(self, path: str | Path) -> list[str]:
-        """Import a plugin file; its `register_*` calls land here. Returns the new names."""
-        self._ensure_loaded()
-        p = Path(path).expanduser().resolve()
-        if not p.is_file():
-            raise PluginError(f"plugin file {str(path)!r} does not exist")
-        before = set(self._entries)
-        mod_name = f"normbench_plugin_{abs(hash(str(p))):x}"
-        if mod_name in sys.modules:
-            return []
-        spec = importlib.util.spec_from_file_location(mod_name, p)
-        if spec is None or spec.loader is None:
-            raise PluginError(f"plugin file {str(p)!r} is not an importable Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            with all_attributed_to(f"file:{p}"):
-                spec.loader.exec_module(module)
-        except DuplicateNameError as exc:
-            del sys.modules[mod_name]
-            raise PluginError(f"plugin file {str(p)!r}: {exc}") from exc
-        except Exception as exc:
-            del sys.modules[mod_name]
-            raise PluginError(
-                f"plugin file {str(p)!r} failed to import: {type(exc).__name__}: {exc}"
-            ) from exc
-        return sorted(set(self._entries) - before)
+        """Import a plugin file (see `load_plugin`); returns the names it added here."""
+        prefix = f"{self.kind}:"
+        return [n.removeprefix(prefix) for n in load_plugin(path) if n.startswith(prefix)]
+
+    def _reset(self) -> None:
+        """Forget every entry and reload on next use (tests that install plugins)."""
+        with self._lock:
+            self._entries.clear()
+            self._broken.clear()
+            self._source_stack.clear()
+            self._loaded = False
 
     # -- lookup ---------------------------------------------------------------------------
     def get(self, name: str) -> Entry:
@@ -152,12 +218,14 @@ class Registry:
         return [self._entries[k] for k in sorted(self._entries)]
 
     def broken(self) -> dict[str, str]:
+        """Plugins (by entry-point name) that failed to load, with the reason."""
         self._ensure_loaded()
         return dict(self._broken)
 
     def unregister(self, name: str) -> None:
         """Remove a name (tests and interactive sessions)."""
-        self._entries.pop(name.lower(), None)
+        with self._lock:
+            self._entries.pop(name.lower(), None)
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
@@ -185,37 +253,91 @@ def _builtin_datasets(reg: Registry) -> None:
         reg.register(name, fn, source=BUILTIN)
 
 
-VARIANTS = Registry("variant", "normbench.variants", _builtin_variants)
+def _check_variant(obj: Any) -> str | None:
+    from normbench.variants_api import check_variant_contract  # lazy: it imports torch
+
+    return check_variant_contract(obj)
+
+
+VARIANTS = Registry("variant", "normbench.variants", _builtin_variants, check=_check_variant)
 BACKBONES = Registry("backbone", "normbench.backbones", _builtin_backbones)
 DATASETS = Registry("dataset", "normbench.datasets", _builtin_datasets)
 REGISTRIES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS}
 
+# Plugin files already imported: resolved path -> the "kind:name" list they added.
+_PLUGIN_FILES: dict[Path, list[str]] = {}
+_MODULE_COUNTER = itertools.count()
+
+
+def _registries_with(first: Registry) -> list[Registry]:
+    """All registries, `first` included even if it is a test's private instance."""
+    return [first, *(r for r in REGISTRIES.values() if r is not first)]
+
+
+def _snapshot(registries: list[Registry]) -> dict[Registry, set[str]]:
+    return {reg: set(reg._entries) for reg in registries}
+
+
+def _added_since(before: dict[Registry, set[str]], source: str) -> list[tuple[Registry, str]]:
+    """(registry, name) pairs registered from `source` after `before` was taken (built-ins
+    loaded on the way, by a plugin touching another registry first, are not included)."""
+    return [
+        (reg, key)
+        for reg, old in before.items()
+        for key in sorted(set(reg._entries) - old)
+        if reg._entries[key].source == source
+    ]
+
 
 @contextlib.contextmanager
 def all_attributed_to(source: str) -> Iterator[None]:
-    with VARIANTS.attributed_to(source), BACKBONES.attributed_to(source), DATASETS.attributed_to(
-        source
-    ):
+    """Attribute registrations in every registry (a plugin may add any kind) to `source`."""
+    with contextlib.ExitStack() as stack:
+        for reg in REGISTRIES.values():
+            stack.enter_context(reg.attributed_to(source))
         yield
 
 
 def load_plugin(path: str | Path) -> list[str]:
     """Import a plugin file that may register variants, backbones or data sets.
 
-    Every variant the file registers is checked against the constructor contract; a
-    violation raises `PluginError` naming the file, and the file's names are removed again.
+    Returns the "kind:name" entries it added. A file that fails to import, registers a taken
+    name, or holds a variant that breaks the constructor contract raises `PluginError` naming
+    the file; everything that file registered is removed again. Loading the same file twice
+    is a no-op.
     """
-    before = {k: set(r._entries) for k, r in REGISTRIES.items() if r._ensure_loaded() is None}
-    names = VARIANTS.load_file(path)  # the import registers into all three registries
-    added = {k: sorted(set(r._entries) - before[k]) for k, r in REGISTRIES.items()}
-    from normbench.variants_api import check_variant_contract
+    p = Path(path).expanduser().resolve()
+    if p in _PLUGIN_FILES:
+        return list(_PLUGIN_FILES[p])
+    if not p.is_file():
+        raise PluginError(f"plugin file {str(path)!r} does not exist")
+    for reg in REGISTRIES.values():  # built-ins first, so a clash always blames the plugin
+        with contextlib.suppress(ImportError):  # a kind whose built-ins are not importable
+            reg._ensure_loaded()
+    mod_name = f"normbench_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', p.stem)}_{next(_MODULE_COUNTER)}"
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin file {str(p)!r} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    before, src = _snapshot(list(REGISTRIES.values())), f"file:{p}"
+    try:
+        with all_attributed_to(src):
+            spec.loader.exec_module(module)
+        for reg, key in _added_since(before, src):
+            reg._verify(key, reg._entries[key].obj)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        for reg, key in _added_since(before, src):
+            reg.unregister(key)
+        why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(one_line(f"plugin file {str(p)!r} failed to load: {why}")) from exc
+    _PLUGIN_FILES[p] = [f"{reg.kind}:{key}" for reg, key in _added_since(before, src)]
+    return list(_PLUGIN_FILES[p])
 
-    for name in added["variant"]:
-        problem = check_variant_contract(VARIANTS.get(name).obj)
-        if problem:
-            for k, reg in REGISTRIES.items():
-                for n in added[k]:
-                    reg.unregister(n)
-            raise PluginError(f"plugin file {str(path)!r}: variant {name!r} {problem}")
-    del names
-    return [f"{k}:{n}" for k in added for n in added[k]]
+
+def _reset_all() -> None:
+    """Tests: empty every registry and forget imported plugin files."""
+    for reg in REGISTRIES.values():
+        reg._reset()
+    _PLUGIN_FILES.clear()

@@ -1,5 +1,11 @@
-"""The public variant API: `create_norm`, `list_variants`, `register_variant`, and the
-constructor-contract check applied to plugins at registration."""
+"""The public variant API: `create_norm`, `norm_layer`, `list_variants`, `register_variant`,
+`variant_info`, and the constructor-contract check applied to every plugin at registration.
+
+The contract (spec §1, ARCHITECTURE.md): `Variant(num_features, *, options..., eps=1e-5,
+momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight` and
+`.bias` attributes (None allowed), class attributes `paper: str` and `batch_dependent: bool`,
+and `forward(x)` returning a tensor of x's shape and dtype.
+"""
 
 from __future__ import annotations
 
@@ -12,30 +18,46 @@ from normbench.errors import UnknownNameError, UserError
 from normbench.registry import VARIANTS, closest
 
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
+_NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
+_YAML_SCALARS = (type(None), bool, int, float, str)
 
 
-def register_variant(name: str | None = None) -> Callable[[type], type]:
-    """Class decorator: `@register_variant("mynorm")`. Raises on a duplicate name."""
+def register_variant(name: str | type | None = None) -> Any:
+    """Class decorator: `@register_variant("mynorm")`, or bare `@register_variant` (the
+    lower-cased class name). A duplicate name raises DuplicateNameError; a class that breaks
+    the contract raises PluginError (in a plugin file: once the whole file is imported)."""
+    if isinstance(name, type):  # used bare: @register_variant
+        return VARIANTS.register(name.__name__, name)
     return VARIANTS.decorator(name)
 
 
 def list_variants() -> list[str]:
+    """Every registered variant name (built-ins and plugins), sorted."""
     return VARIANTS.names()
 
 
-def variant_options(cls: type) -> dict[str, Any]:
-    """The variant's keyword options and their defaults (contract keywords excluded)."""
+def _option_params(cls: type) -> list[inspect.Parameter]:
+    """Constructor parameters after num_features that a suite may set."""
     params = list(inspect.signature(cls).parameters.values())[1:]
-    return {
-        p.name: p.default
-        for p in params
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("device", "dtype")
-    }
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p in params if p.kind in kinds and p.name not in _NOT_OPTIONS]
+
+
+def variant_options(cls: type) -> dict[str, Any]:
+    """The variant's options (eps and momentum included) and their defaults."""
+    return {p.name: p.default for p in _option_params(cls)}
+
+
+def _takes_any_keyword(cls: type) -> bool:
+    params = inspect.signature(cls).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
     """Raise UnknownNameError for an option the constructor does not take."""
     allowed = variant_options(cls)
+    if _takes_any_keyword(cls):
+        return
     for key in options:
         if key not in allowed:
             raise UnknownNameError(
@@ -51,7 +73,10 @@ def create_norm(name: str, num_features: int, **options: Any) -> Any:
     try:
         return entry.obj(num_features, **options)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"variant {entry.name!r} rejected its options {options}: {exc}") from exc
+        raise UserError(
+            f"variant {entry.name!r} rejected num_features={num_features!r}, options "
+            f"{options}: {exc}"
+        ) from exc
 
 
 def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
@@ -61,61 +86,125 @@ def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
     return functools.partial(entry.obj, **options)
 
 
-def check_variant_contract(cls: Any) -> str | None:
-    """A short description of how `cls` breaks the constructor contract, or None."""
+def _is_yaml_value(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, _YAML_SCALARS) for v in value)
+    return isinstance(value, _YAML_SCALARS)
+
+
+def _signature_problem(cls: Any) -> str | None:
+    """How the constructor signature breaks the contract, or None."""
     try:
-        sig = inspect.signature(cls)
+        params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
         return "has no inspectable constructor signature"
-    params = list(sig.parameters.values())
-    if not params or params[0].kind not in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ):
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional:
         return "must take num_features as its first positional argument"
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     for p in params[1:]:
-        if p.kind is inspect.Parameter.VAR_KEYWORD or p.kind is inspect.Parameter.VAR_POSITIONAL:
+        if p.kind in variadic:
             continue
         if p.default is inspect.Parameter.empty:
             return f"option {p.name!r} must have a default (Variant(num_features) must work)"
-    names = {p.name for p in params}
-    missing = [k for k in _CONTRACT_KEYWORDS if k not in names]
-    if missing and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        if p.name not in _NOT_OPTIONS and not _is_yaml_value(p.default):
+            return (
+                f"option {p.name!r} must default to a YAML value (None, bool, int, float, str "
+                f"or a list of them), got {p.default!r}"
+            )
+    missing = [k for k in _CONTRACT_KEYWORDS if k not in {p.name for p in params}]
+    if missing and not _takes_any_keyword(cls):
         return f"constructor lacks the keyword arguments {missing}"
-    try:
-        import torch
-
-        layer = cls(8)
-        for attr in ("weight", "bias"):
-            if not hasattr(layer, attr):
-                return f"has no .{attr} attribute (use None when there is none)"
-        x = torch.randn(4, 8, 5, 5)
-        layer.train()
-        y = layer(x)
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype:
-            return "forward must return a tensor of the input's shape and dtype"
-    except Exception as exc:
-        return f"fails the contract check: {type(exc).__name__}: {exc}"
     return None
 
 
+def _class_problem(cls: Any) -> str | None:
+    """How the class (type and class attributes) breaks the contract, or None."""
+    from torch import nn
+
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        return f"must be a torch.nn.Module subclass, got {cls!r}"
+    if not isinstance(getattr(cls, "paper", None), str):
+        return "must define the class attribute paper: str ('Title (venue year), arXiv id')"
+    if not isinstance(getattr(cls, "batch_dependent", None), bool):
+        return "must define the class attribute batch_dependent: bool"
+    return None
+
+
+def _behaviour_problem(cls: type) -> str | None:
+    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch."""
+    import torch
+
+    layer = cls(8)
+    for attr in ("weight", "bias"):
+        if not hasattr(layer, attr):
+            return f"has no .{attr} attribute (set it to None when there is none)"
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    for training in (True, False):
+        layer.train(training)
+        y = layer(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            return (
+                f"forward must return a tensor of the input's shape and dtype: input "
+                f"{tuple(x.shape)} float32 gave {got}"
+                + (f" {y.dtype}" if isinstance(y, torch.Tensor) else "")
+            )
+        if training and y.requires_grad:
+            y.sum().backward()
+    return None
+
+
+def check_variant_contract(cls: Any) -> str | None:
+    """A short description of how `cls` breaks the constructor contract, or None.
+
+    The trial forwards run under a forked RNG, so registering a plugin never shifts the
+    random stream of a seeded run.
+    """
+    problem = _class_problem(cls) or _signature_problem(cls)
+    if problem:
+        return problem
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _behaviour_problem(cls)
+    except Exception as exc:
+        return f"fails the contract check: {type(exc).__name__}: {exc}"
+
+
+def _json_safe(value: Any) -> Any:
+    if _is_yaml_value(value):
+        return list(value) if isinstance(value, tuple) else value
+    return repr(value)
+
+
+def params_per_channel(cls: type, channels: int = 64) -> float | int:
+    """Learnable parameters of `cls(channels)` divided by `channels`."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        layer = cls(channels)
+    count = sum(p.numel() for p in layer.parameters() if p.requires_grad) / channels
+    return int(count) if float(count).is_integer() else count
+
+
 def variant_info(name: str) -> dict[str, Any]:
-    """What `normbench variants` shows for one variant."""
+    """What `normbench variants` shows for one variant (JSON-serialisable)."""
     entry = VARIANTS.get(name)
     cls = entry.obj
     info: dict[str, Any] = {
         "name": entry.name,
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "paper": getattr(cls, "paper", ""),
-        "options": {k: v for k, v in variant_options(cls).items()},
+        "options": {k: _json_safe(v) for k, v in variant_options(cls).items()},
+        "params_per_channel": None,
         "batch_dependent": getattr(cls, "batch_dependent", None),
         "source": entry.source,
     }
     try:
-        c = 64
-        layer = cls(c)
-        info["params_per_channel"] = sum(p.numel() for p in layer.parameters()) / c
-    except Exception as exc:  # a broken plugin shows up here, not as a crash
-        info["params_per_channel"] = None
+        info["params_per_channel"] = params_per_channel(cls)
+    except Exception as exc:  # shown in the table, not a crash of the whole listing
         info["error"] = f"{type(exc).__name__}: {exc}"
     return info

@@ -1,0 +1,73 @@
+"""`normbench variants`: list every registered variant (built-ins and plugins).
+
+Shows name, paper, options with defaults, learnable parameters per channel, whether the layer
+depends on the batch, and where it came from. `--plugin FILE` (repeatable) loads plugin files
+first; a broken file is a user error (one line, exit 2). Installed entry-point plugins that
+fail to load are listed as warnings on stderr and do not hide the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+_DEFAULTS_HIDDEN = {"eps": 1e-5, "momentum": 0.1}  # the contract defaults, shown only if changed
+
+
+def register(app: typer.Typer) -> None:
+    app.command("variants")(variants_command)
+
+
+def variants_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list for scripts instead of a table.")
+    ] = False,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option("--plugin", help="Python file that registers variants (repeatable)."),
+    ] = None,
+) -> None:
+    """List every normalization variant: paper, options, parameters per channel, source."""
+    from normbench.registry import VARIANTS, load_plugin
+    from normbench.variants_api import list_variants, variant_info
+
+    for path in plugin or []:
+        load_plugin(path)
+    infos = [variant_info(name) for name in list_variants()]
+    for message in VARIANTS.broken().values():
+        print(f"normbench: warning: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(infos, indent=2))
+    else:
+        _print_table(infos)
+
+
+def _format_options(options: dict[str, Any]) -> str:
+    shown = {k: v for k, v in options.items() if _DEFAULTS_HIDDEN.get(k, object()) != v}
+    return "\n".join(f"{k}={v!r}" for k, v in shown.items()) or "-"
+
+
+def _print_table(infos: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="normbench variants", show_lines=True)
+    for column in ("name", "paper", "options", "params/ch", "batch-dep.", "source"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        ppc = info["params_per_channel"]
+        batch_dep = {True: "yes", False: "no"}.get(info["batch_dependent"], "?")
+        table.add_row(
+            info["name"],
+            info["paper"] or "-",
+            _format_options(info["options"]),
+            "error: " + info["error"] if ppc is None else str(ppc),
+            batch_dep,
+            info["source"],
+        )
+    Console().print(table)
+    print("eps=1e-05 and momentum=0.1 are options of every variant (shown only when different).")

@@ -1,0 +1,78 @@
+"""`normbench variants`: the table, the JSON for scripts, and user errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from normbench import registry
+from normbench.cli import main
+
+# Learnable parameters per channel, counted by hand from the spec (shared/spec/variants.md):
+# BN/IN/GN/BGN/GhostBN/FourThings: gamma, beta.  IEBN: gamma, beta, w, b (§6).
+# RBN: gamma, beta, w_m, w_v, b_v (§7).  BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (§8).
+# SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (§9).
+# UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10 (§12).
+HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
+              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2}  # fmt: skip
+# Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
+BATCH_DEPENDENT = {name: name not in ("in", "gn") for name in HAND_COUNT}
+
+
+@pytest.fixture()
+def builtins_available() -> Iterator[None]:
+    pytest.importorskip("normbench.variants", reason="built-in variant modules not written yet")
+    registry._reset_all()
+    yield
+    registry._reset_all()
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_json_lists_all_builtins_with_hand_counted_parameters(
+    builtins_available: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(["variants", "--json"], capsys)
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert set(HAND_COUNT) <= set(rows)
+    for name, count in HAND_COUNT.items():
+        row = rows[name]
+        assert row["params_per_channel"] == count, name
+        assert row["batch_dependent"] is BATCH_DEPENDENT[name], name
+        assert row["source"] == "built-in" and row["paper"], name
+        assert row["options"]["eps"] == 1e-5 and row["options"]["momentum"] == 0.1, name
+    assert rows["gn"]["options"]["num_groups"] == 32
+    assert rows["bnet"]["options"]["kernel_size"] == 3
+    assert rows["ghost_bn"]["options"]["ghost_batch_size"] == 128
+    assert rows["ubn"]["options"]["tau"] == 0.15
+
+
+def test_table_shows_every_builtin(
+    builtins_available: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # rich folds cells in a narrow terminal
+    code, out, err = _run(["variants"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    for name, count in HAND_COUNT.items():
+        row = next(line for line in lines if line.startswith(f"│ {name} "))
+        assert f" {count} " in row and "built-in" in row, row
+    assert "kernel_size=3" in out and "eps=1e-05 and momentum=0.1" in out
+
+
+def test_missing_plugin_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.py"
+    code, out, err = _run(["variants", "--plugin", str(missing)], capsys)
+    assert code == 2 and out == ""
+    assert err == f"normbench: error: plugin file {str(missing)!r} does not exist\n"
