@@ -13,6 +13,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from normbench.errors import UserError
+
+
+class SpecError(UserError, ValueError):
+    """A trial spec whose values no trial can run with."""
+
+
 # Fields that change how fast a trial runs, not what it computes.
 _NOT_IN_ID = ("num_threads", "device", "checkpoint_every")
 
@@ -78,6 +85,52 @@ class TrialSpec:
     def replace(self, **changes: Any) -> TrialSpec:
         return dataclasses.replace(self, **changes)
 
+    def validate(self) -> TrialSpec:
+        """Raise SpecError naming every value that breaks a rule; return self when valid.
+
+        Names (variant, backbone, data set, options) are checked by the registries when the
+        trial is built; this checks the numbers and switches.
+        """
+        problems = [
+            f"{name} must be {rule}, but got {name}={getattr(self, name)!r}"
+            for name, rule, ok in (
+                ("epochs", "an integer >= 1", _int_at_least(self.epochs, 1)),
+                ("batch_size", "an integer >= 1", _int_at_least(self.batch_size, 1)),
+                ("eval_batch_size", "an integer >= 1", _int_at_least(self.eval_batch_size, 1)),
+                ("probe_batch_size", "an integer >= 2", _int_at_least(self.probe_batch_size, 2)),
+                ("checkpoint_every", "an integer >= 1", _int_at_least(self.checkpoint_every, 1)),
+                (
+                    "limit_batches",
+                    "None or an integer >= 1",
+                    self.limit_batches is None or _int_at_least(self.limit_batches, 1),
+                ),
+                (
+                    "num_threads",
+                    "None or an integer >= 1",
+                    self.num_threads is None or _int_at_least(self.num_threads, 1),
+                ),
+                (
+                    "placement",
+                    "one of 'everywhere', 'last-in-block'",
+                    self.placement in ("everywhere", "last-in-block"),
+                ),
+                (
+                    "sabn_index",
+                    "one of 'zeros', 'augmented'",
+                    self.sabn_index in ("zeros", "augmented"),
+                ),
+                (
+                    "seed",
+                    "an integer",
+                    isinstance(self.seed, int) and not isinstance(self.seed, bool),
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise SpecError("trial spec: " + "; ".join(problems))
+        return self
+
     @property
     def trial_id(self) -> str:
         d = self.to_dict()
@@ -85,6 +138,10 @@ class TrialSpec:
             d.pop(k, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,0 +1,162 @@
+"""Build everything a trial trains with, from a `TrialSpec`: plugins, runtime, data, model,
+optimiser, schedule and loss.
+
+Order matters for determinism: plugins load, the global RNGs are seeded from `spec.seed`, then
+data and model are built, so the model's initial weights depend on the seed alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from normbench.engine.device import Runtime, build_runtime
+from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
+from normbench.engine.spec import SpecError, TrialSpec
+from normbench.errors import UserError
+
+
+@dataclass
+class Trial:
+    """The live objects of one trial. `model` is the module to inspect and checkpoint;
+    `forward` is what to call (the compiled model when `spec.compile`)."""
+
+    spec: TrialSpec
+    runtime: Runtime
+    data: Any  # normbench.data.Data
+    model: nn.Module
+    forward: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    criterion: nn.Module
+    batches_per_epoch: int
+    params: int
+    variant_source: str
+    probe: torch.Tensor | None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_plugins(spec: TrialSpec) -> None:
+    """Import the spec's plugin files (each registers its variants/backbones/data sets)."""
+    from normbench.registry import load_plugin
+
+    for path in spec.plugins:
+        load_plugin(path)
+
+
+def build_trial(spec: TrialSpec) -> Trial:
+    """Everything `run_trial` needs, freshly initialised from `spec.seed`."""
+    load_plugins(spec)
+    if spec.sabn_index != "zeros":
+        raise SpecError(
+            f"sabn_index {spec.sabn_index!r} is not supported by this engine (its loaders do "
+            "not mark augmented samples); use 'zeros'"
+        )
+    runtime = build_runtime(
+        spec.device,
+        amp=spec.amp,
+        channels_last=spec.channels_last,
+        compile=spec.compile,
+        num_threads=spec.num_threads,
+    )
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(spec.seed)
+    data = _build_data(spec, runtime)
+    model = build_model(spec, num_classes=data.num_classes, in_channels=data.in_channels)
+    forward = runtime.prepare(model)
+    batches = len(data.train)
+    if spec.limit_batches is not None:
+        batches = min(batches, spec.limit_batches)
+    optimizer = build_optimizer(model, spec.recipe)
+    scheduler = build_scheduler(
+        optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
+    )
+    return Trial(
+        spec=spec,
+        runtime=runtime,
+        data=data,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=build_criterion(spec.recipe).to(runtime.device),
+        batches_per_epoch=batches,
+        params=sum(p.numel() for p in model.parameters()),
+        variant_source=_variant_source(spec.variant),
+        probe=_probe_batch(spec, data, runtime),
+    )
+
+
+def _build_data(spec: TrialSpec, runtime: Runtime) -> Any:
+    from normbench.data import build_data
+
+    return build_data(
+        spec.dataset,
+        batch_size=spec.batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        device=runtime.device,
+        seed=spec.seed,
+        limit_batches=spec.limit_batches,
+        probe_batch_size=spec.probe_batch_size,
+        **spec.dataset_options,
+    )
+
+
+def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The backbone with the spec's variant in the spec's placement.
+
+    "last-in-block" (BNET's official placement) puts the variant only in the last norm of
+    each residual block and plain BN everywhere else.
+    """
+    from normbench.models import create_backbone
+    from normbench.variants_api import norm_layer
+
+    variant = norm_layer(spec.variant, **spec.variant_options)
+    if spec.placement == "last-in-block":
+        norm, last = norm_layer("bn"), variant
+    else:
+        norm, last = variant, None
+    try:
+        return create_backbone(
+            spec.backbone,
+            num_classes,
+            norm,
+            in_channels=in_channels,
+            last_norm_layer=last,
+            **spec.backbone_options,
+        )
+    except UserError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise SpecError(
+            f"backbone {spec.backbone!r} with variant {spec.variant!r} "
+            f"(placement {spec.placement!r}) cannot be built: {exc}"
+        ) from exc
+
+
+def _variant_source(name: str) -> str:
+    from normbench.registry import VARIANTS
+
+    return VARIANTS.get(name).source
+
+
+def _probe_batch(spec: TrialSpec, data: Any, runtime: Runtime) -> torch.Tensor | None:
+    """The fixed probe batch (first `probe_batch_size` samples of `data.probe`) on device."""
+    probe = getattr(data, "probe", None)
+    if not spec.probe or probe is None:
+        return None
+    return probe[: spec.probe_batch_size].to(runtime.device)

@@ -1,0 +1,206 @@
+"""`normbench train`: run one trial in this process, with a live display and a summary table.
+
+On a terminal it shows an epoch progress bar and a live line (loss, accuracy, images/s); off a
+terminal it prints one plain line per epoch. `--json` prints only the records, one JSON object
+per line, for scripts. The trial is `run_trial`, the same loop the suite runner uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from normbench.errors import UserError
+
+
+class OptionSyntaxError(UserError, ValueError):
+    """A `--option`/`--dataset-option` that is not key=value."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """['k=v', ...] -> {k: YAML-typed v} ('tau=0.2' gives a float, 'fct=false' a bool)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionSyntaxError(f"{flag} {item!r}: expected key=value, e.g. {flag} tau=0.2")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise OptionSyntaxError(f"{flag} {item!r}: the value is not valid YAML") from exc
+    return out
+
+
+def train_command(
+    variant: Annotated[str, typer.Option(help="Normalization variant (see `normbench variants`).")],
+    backbone: Annotated[str, typer.Option(help="Backbone, e.g. resnet20, resnet18.")],
+    dataset: Annotated[str, typer.Option(help="Data set, e.g. digits, synthetic, cifar10.")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order, augmentation.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, momentum 0.9).")] = 0.1,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Variant option key=value (repeatable).")
+    ] = None,
+    dataset_option: Annotated[
+        list[str] | None,
+        typer.Option("--dataset-option", help="Data-set option key=value (repeatable)."),
+    ] = None,
+    limit_batches: Annotated[
+        int | None, typer.Option(help="At most this many training batches per epoch (smoke).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1' ...")] = "auto",
+    plugin: Annotated[
+        list[Path] | None, typer.Option("--plugin", help="Plugin file to load (repeatable).")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Save a checkpoint here each epoch; resume from it.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the records as JSON lines, nothing else.")
+    ] = False,
+) -> None:
+    """Train one model and print its per-epoch results."""
+    from normbench.engine.spec import Recipe, TrialSpec
+
+    spec = TrialSpec(
+        variant=variant,
+        backbone=backbone,
+        dataset=dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        variant_options=parse_key_values(option, "--option"),
+        dataset_options=parse_key_values(dataset_option, "--dataset-option"),
+        recipe=Recipe(lr=lr),
+        device=device,
+        limit_batches=limit_batches,
+        plugins=tuple(str(p.expanduser().resolve()) for p in plugin or []),
+    ).validate()
+    if as_json:
+        _run_json(spec, checkpoint_dir)
+    else:
+        _run_display(spec, checkpoint_dir)
+
+
+def _run_json(spec: Any, checkpoint_dir: Path | None) -> None:
+    from normbench.engine.loop import run_trial
+
+    for record in run_trial(spec, checkpoint_dir=checkpoint_dir):
+        print(json.dumps(record, allow_nan=False), flush=True)
+
+
+def _run_display(spec: Any, checkpoint_dir: Path | None) -> None:
+    from rich.console import Console
+
+    from normbench.engine.loop import run_trial
+
+    console = Console()
+    records: list[dict[str, Any]] = []
+    if console.is_terminal:
+        records = _run_live(spec, checkpoint_dir, console)
+    else:
+        for record in run_trial(spec, checkpoint_dir=checkpoint_dir):
+            records.append(record)
+            print(_epoch_line(record, spec.epochs), flush=True)
+    _print_summary(console, spec, records)
+
+
+def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[dict[str, Any]]:
+    """Progress bars for epochs and batches, with a live loss/accuracy/speed line."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from normbench.engine.loop import run_trial
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[line]}"),
+    )
+    records: list[dict[str, Any]] = []
+    with Progress(*columns, console=console, transient=False) as progress:
+        epochs = progress.add_task("epochs", total=spec.epochs, line="")
+        batches = progress.add_task("batches", total=None, line="")
+
+        def on_batch(p: dict[str, Any]) -> None:
+            line = (
+                f"epoch {p['epoch']}  loss {p['loss']:.4f}  top-1 {p['top1']:.2f}%  "
+                f"{p['images_per_s']:.0f} img/s"
+            )
+            progress.update(batches, completed=p["batch"], total=p["batches"], line=line)
+
+        for record in run_trial(spec, checkpoint_dir=checkpoint_dir, on_batch=on_batch):
+            records.append(record)
+            progress.update(epochs, completed=record["epoch"], line=_epoch_line(record, None))
+    return records
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int | None) -> str:
+    head = f"epoch {record['epoch']}" + (f"/{epochs}" if epochs else "")
+    if record["status"] != "ok":
+        return f"{head}  DIVERGED: {record.get('diverged_reason', '')}"
+    return (
+        f"{head}  train loss {_fmt(record['train_loss'], '.4f')}  "
+        f"val top-1 {_fmt(record['val_top1'])}%  test top-1 {_fmt(record['test_top1'])}%  "
+        f"{_fmt(record['images_per_s'], '.0f')} img/s"
+    )
+
+
+def _print_summary(console: Any, spec: Any, records: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not records:
+        print("nothing to do: the checkpoint already holds the finished trial", file=sys.stderr)
+        return
+    title = f"{spec.variant} / {spec.backbone} / {spec.dataset} (seed {spec.seed})"
+    table = Table(title=title)
+    cols = (
+        "epoch",
+        "status",
+        "train loss",
+        "train top-1",
+        "val top-1",
+        "test top-1",
+        "test top-5",
+        "lr",
+        "time s",
+        "img/s",
+    )
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in records:
+        table.add_row(
+            str(r["epoch"]),
+            r["status"],
+            _fmt(r["train_loss"], ".4f"),
+            _fmt(r["train_top1"]),
+            _fmt(r["val_top1"]),
+            _fmt(r["test_top1"]),
+            _fmt(r["test_top5"]),
+            _fmt(r["lr"], ".4g"),
+            _fmt(r["epoch_time_s"], ".1f"),
+            _fmt(r["images_per_s"], ".0f"),
+        )
+    console.print(table)
+    last = records[-1]
+    console.print(
+        f"final epoch {last['epoch']}: test top-1 {_fmt(last['test_top1'])}% "
+        f"(final-epoch, not best-on-test); params {last['params']:,}; device {last['device']}; "
+        f"variant from {last['variant_source']}",
+        highlight=False,
+    )

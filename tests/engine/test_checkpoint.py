@@ -1,0 +1,54 @@
+"""Checkpoints are atomic (a failed write leaves the old file intact) and restore RNG streams."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from normbench.engine import checkpoint as ckpt
+
+
+def test_round_trip_and_trial_check(tmp_path) -> None:
+    ckpt.save_checkpoint(tmp_path, {"trial_id": "abc", "epoch": 3, "records": [{"epoch": 1}]})
+    payload = ckpt.load_checkpoint(tmp_path, trial_id="abc")
+    assert payload["epoch"] == 3 and payload["records"] == [{"epoch": 1}]
+    assert ckpt.read_records(tmp_path) == [{"epoch": 1}]
+    with pytest.raises(ckpt.CheckpointError, match="belongs to trial 'abc'"):
+        ckpt.load_checkpoint(tmp_path, trial_id="other")
+    assert ckpt.load_checkpoint(tmp_path / "missing") is None
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    ckpt.save_checkpoint(tmp_path, {"trial_id": "t", "epoch": 1})
+    real_save = torch.save
+
+    def torn_save(obj, f, *args, **kwargs):  # writes half a file, then the process "dies"
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, {"trial_id": "t", "epoch": 2})
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(tmp_path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
+        ckpt.load_checkpoint(tmp_path)
+
+
+def test_rng_state_survives_a_file(tmp_path) -> None:
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    ckpt.save_checkpoint(tmp_path, {"rng": ckpt.rng_state()})
+    want = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == want[0] and got[1] == want[1] and torch.equal(got[2], want[2])

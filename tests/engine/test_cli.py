@@ -1,0 +1,58 @@
+"""`normbench train`: --json prints one parsable record per epoch; mistakes exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from normbench.cli import main
+
+PLUGIN = str(Path(__file__).with_name("plugin_tiny.py"))
+ARGS = [
+    "train", "--variant", "gn", "--backbone", "engine_tinynet", "--dataset", "synthetic",
+    "--epochs", "2", "--batch-size", "16", "--limit-batches", "2", "--device", "cpu",
+    "--plugin", PLUGIN, "--option", "num_groups=2",
+    "--dataset-option", "image_size=8", "--dataset-option", "n_train=100",
+    "--dataset-option", "n_test=32",
+]  # fmt: skip
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_train_json_records(capsys, tmp_path) -> None:
+    code, out, _ = run([*ARGS, "--json", "--checkpoint-dir", str(tmp_path)], capsys)
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("status", "train_loss", "val_top1", "test_top1", "test_top5", "lr",
+                "images_per_s", "params", "elapsed_s", "condensation", "diagnostics"):  # fmt: skip
+        assert key in records[0]
+    assert records[0]["variant_source"] == "built-in"
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_train_plain_output_and_summary(capsys) -> None:
+    code, out, _ = run(ARGS, capsys)
+    assert code == 0
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "final epoch 2" in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--option", "num_groups"], "expected key=value"),
+        (["--option", "no_such=1"], "has no option 'no_such'"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+    ],
+)
+def test_user_mistakes_exit_2(capsys, extra, message) -> None:
+    code, _, err = run([*ARGS, *extra], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,39 @@
+"""TrialSpec: JSON round trip, a stable id that ignores speed-only fields, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normbench.engine.spec import Recipe, SpecError, TrialSpec
+
+
+def spec(**changes) -> TrialSpec:
+    base = TrialSpec(
+        variant="ubn", backbone="resnet20", dataset="synthetic", epochs=2,
+        variant_options={"tau": 0.2}, recipe=Recipe(milestones=(1,), warmup_epochs=0.5),
+        plugins=("a.py",),
+    )  # fmt: skip
+    return base.replace(**changes)
+
+
+def test_round_trip_through_json() -> None:
+    s = spec()
+    back = TrialSpec.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back == s and back.trial_id == s.trial_id
+
+
+def test_trial_id_ignores_speed_fields_only() -> None:
+    s = spec()
+    assert spec(num_threads=4, device="cuda", checkpoint_every=5).trial_id == s.trial_id
+    assert spec(seed=1).trial_id != s.trial_id
+    assert spec(recipe=Recipe(lr=0.2)).trial_id != s.trial_id
+
+
+def test_validate_names_every_problem() -> None:
+    with pytest.raises(SpecError) as exc:
+        spec(epochs=0, batch_size=-1, placement="nowhere").validate()
+    msg = str(exc.value)
+    assert "epochs=0" in msg and "batch_size=-1" in msg and "placement='nowhere'" in msg
+    assert spec().validate() == spec()
