@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._fused import instance_dot, moments
+
 
 def check_input(layer: nn.Module, x: torch.Tensor, num_features: int) -> None:
     """Raise ValueError unless x is 4-D with `num_features` channels."""
@@ -251,11 +253,14 @@ class RunningStatsNorm(nn.Module):
 
 
 # -- per-instance moments and affine: BN-family layers with per-sample gates ------------------
-# IEBN and RBN scale each (sample, channel) by a gate, so their output is x·A + B with A, B of
-# shape (N, C). Written with autograd on full tensors, that costs several extra passes over
-# the activation (gate multiply, its backward reduction, GAP backward). These two functions
-# touch the full tensor once forward and once or twice backward; everything between them is
-# autograd on (N, C) tensors, so the gradients stay exact by the chain rule.
+# RBN scales each (sample, channel) by a gate, so its output is x·A + B with A, B of shape
+# (N, C). Written with autograd on full tensors, that costs several extra passes over the
+# activation (gate multiply, its backward reduction, GAP backward). These two functions touch
+# the full tensor once forward and once or twice backward; everything between them is autograd
+# on (N, C) tensors, so the gradients stay exact by the chain rule. The moments and the
+# backward's Σ g·x run chunk-wise without full-size temporaries (`_fused`). The single-call
+# `_fused.fused_instance_affine` (IEBN, BGN, GhostBN, UBN, FourThings) also fuses the backward
+# into one input-gradient pass and is faster still; RBN could move to it.
 
 
 class _InstanceMoments(torch.autograd.Function):
@@ -263,11 +268,8 @@ class _InstanceMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # two passes (spec §3: never E[x²] − E[x]²); torch.var_mean's CPU kernel is ~40x
-        # slower than mean + vector_norm here
-        mean = x.mean(dim=(2, 3))
-        centred = x - per_sample(mean)
-        var = torch.linalg.vector_norm(centred, dim=(2, 3)).square() / (x.shape[2] * x.shape[3])
+        # two-pass (spec §3: never E[x²] − E[x]²), centred temporaries in cache-sized chunks
+        mean, var = moments(x)
         ctx.save_for_backward(x, mean)
         return mean, var
 
@@ -296,7 +298,7 @@ class _InstanceAffine(torch.autograd.Function):
         x, a = ctx.saved_tensors
         need_x, need_a, need_b = ctx.needs_input_grad
         grad_x = grad_y * per_sample(a) if need_x else None
-        grad_a = (grad_y * x).sum(dim=(2, 3)) if need_a else None
+        grad_a = instance_dot(grad_y, x) if need_a else None
         grad_b = grad_y.sum(dim=(2, 3)) if need_b else None
         return grad_x, grad_a, grad_b
 

@@ -6,10 +6,21 @@ No official implementation is public; this follows the spec's reading of the abs
     mu_g, sigma2_g = mean and biased variance over (n, m)
     y = gamma_c * (x - mu_g(c)) / sqrt(sigma2_g(c) + eps) + beta_c
 
-For G | C, group g holds channels [g*C/G, (g+1)*C/G). It runs `F.batch_norm` on the (N, G, M)
-reshape with (G,) running buffers, so eps, momentum (None = cumulative average, 0 = frozen),
-the unbiased running variance with n = N*M and `num_batches_tracked` are torch's. G = C is BN,
-buffers included. Eval normalises with the running statistics.
+For G | C, group g holds channels [g*C/G, (g+1)*C/G). The (G,) running buffers follow torch's
+rules: eps, momentum (None = cumulative average, 0 = frozen), the unbiased running variance
+with n = N*M and `num_batches_tracked`. Eval normalises with the running statistics.
+
+Implementation [choice], by case:
+
+* G < C, G | C (the default): per (n, c) the output is an affine map of x,
+  y = (x − m_nc)·A_nc + Y_nc, with A = γ_c/sqrt(σ²_g(c) + eps) and Y = β_c + (m_nc − μ_g(c))·A.
+  The group statistics come from the per-instance moments (two-pass mean m_nc and biased
+  variance v_nc over H, W) by the law of total variance, σ²_g = mean v_nc + mean (m_nc − μ_g)²
+  over the group's (n, c): exact, and free of E[x²] − E[x]² cancellation. One statistics pass
+  and one affine pass (`normbench.variants._fused`, with a hand-derived backward) instead of
+  `F.batch_norm` on a reshape plus a separate affine: about BN's cost on CPU.
+* G = C: `F.batch_norm` with the affine fused; this is BN, buffers included.
+* Spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
 
 Options [spec choice]: `num_groups=32`; the effective G is gcd(num_groups, C), so a channel is
 never split. With `allow_spatial_groups=True` a num_groups > C is kept as is: groups then split
@@ -22,17 +33,21 @@ Deviations: none from the spec; the paper's own G values are not available.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from normbench.variants._core import (
     check_batch_statistics,
     check_input,
     per_channel,
     update_factor,
+    update_running_stats,
 )
+from normbench.variants._fused import block_moments, fused_instance_affine
 from normbench.variants._options import check_bool, check_common, check_int
-from torch import nn
 
 
 def effective_groups(num_features: int, num_groups: int, allow_spatial_groups: bool) -> int:
@@ -94,14 +109,42 @@ class BatchGroupNorm2d(nn.Module):
                 f"num_groups = {self.num_groups} (spatial groups), but got input of shape "
                 f"{tuple(x.shape)}"
             )
-        m = per_sample // self.num_groups
-        factor = 0.0
         if self.training:
-            check_batch_statistics(self, x, n * m)
-            factor = update_factor(self, self.momentum)
+            check_batch_statistics(self, x, n * per_sample // self.num_groups)
+        if self.num_groups < c:  # channel groups: a per-(n, c) affine of x
+            coefficients = partial(self._coefficients, h * w)
+            return fused_instance_affine(x, coefficients, self.weight, self.bias)
+        return self._batch_norm_view(x)
+
+    def _coefficients(
+        self,
+        plane: int,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y from the per-instance moments (N, C), G | C.
+
+        Group statistics over (n, channels of the group, H, W) by the law of total variance:
+        σ²_g = mean var_nc + mean (mean_nc − μ_g)², over the group's (n, c); exact.
+        """
+        n, c = mean.shape
+        cpg = c // self.num_groups
+        mu, group_var, expand = block_moments(mean, var, [n], cpg)  # (1, G) each
+        if self.training:
+            update_running_stats(self, mu[0], group_var[0], n * cpg * plane, self.momentum)
+        else:
+            mu, group_var = self.running_mean[None], self.running_var[None]
+        scale = weight * expand(torch.rsqrt(group_var + self.eps))  # (N, C)
+        return scale, bias + (mean - expand(mu)) * scale
+
+    def _batch_norm_view(self, x: torch.Tensor) -> torch.Tensor:
+        """G = C (BN, affine fused) or spatial groups: `F.batch_norm` on the (N, G, M) view."""
+        n, c, h, w = x.shape
+        factor = update_factor(self, self.momentum) if self.training else 0.0
         # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
-        x3 = x.reshape(n, self.num_groups, m)
-        # G = C is BN: the affine then fuses into the kernel.
+        x3 = x.reshape(n, self.num_groups, c * h * w // self.num_groups)
         fused = self.num_groups == c
         y = F.batch_norm(
             x3,

@@ -27,10 +27,11 @@ follows the contract (0.1; the official decay 0.99 is momentum 0.01), None = cum
 with the counter `num_batches_tracked`.
 
 Deviations from the official code:
-* Training variance is computed in one fused two-pass/Welford kernel (`F.batch_norm` per group
-  of blocks, `normbench.variants._chunked`), not the cancelling E[x^2] - E[x]^2; it is the same
-  biased quantity. The buffers' raw moments come from a two-pass mean/variance (E[x^2] =
-  var + mean^2), again the same quantity.
+* Training statistics come from per-instance two-pass moments (mean and biased variance over
+  H, W) by the law of total variance, not the cancelling E[x^2] - E[x]^2; the block variance
+  is the same biased quantity, and y = (x - m)·A + Y per (n, c) is one fused affine pass
+  (`normbench.variants._fused`, hand-derived input gradient). The buffers' raw moments use
+  E[x^2] = var + mean^2 with the whole batch's two-pass variance, again the same quantity.
 * Eval writes var = (1-a) var_mov + a var_ex + a(1-a)(mu_mov - mu_ex)^2 (algebraically s - mu^2)
   with var_ex two-pass, and clamps it at 0 (the official one-pass form can go negative -> NaN).
 * No weight decay on beta and gamma - 1 ("thing #3"): the released code applies none either.
@@ -40,11 +41,15 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-from normbench.variants._chunked import chunk_sizes, chunked_batch_norm
-from normbench.variants._core import check_batch_statistics, check_input, update_factor
-from normbench.variants._options import check_common, check_float, check_optional_int
 from torch import nn
+
+from normbench.variants._chunked import chunk_sizes
+from normbench.variants._core import check_batch_statistics, check_input, update_factor
+from normbench.variants._fused import block_moments, fused_instance_affine
+from normbench.variants._options import check_common, check_float, check_optional_int
 
 
 def channels_per_group_for(
@@ -133,24 +138,34 @@ class FourThingsNorm2d(nn.Module):
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         epg = n if self.examples_per_group is None else min(self.examples_per_group, n)
-        cpg, g = self.channels_per_group, self.num_groups
-        check_batch_statistics(self, x, min(chunk_sizes(n, epg)) * cpg * h * w)
-        with torch.no_grad():
-            self._update_moments(x)
-        # (N, C, H, W) -> (N, G, cpg*H*W): a group's channels are contiguous in (C, H, W).
-        y, _, _ = chunked_batch_norm(
-            x.reshape(n, g, cpg * h * w), epg, eps=self.eps, stats_dtype=self.running_mean.dtype
+        check_batch_statistics(self, x, min(chunk_sizes(n, epg)) * self.channels_per_group * h * w)
+        return fused_instance_affine(
+            x, partial(self._coefficients, chunk_sizes(n, epg)), self.weight, self.bias
         )
-        y = y.reshape(n, c, h, w)
-        # Parameters cast to the input dtype: fp32 parameters must not promote a half output.
-        gamma = self.weight.to(y.dtype).reshape(1, c, 1, 1)
-        return torch.addcmul(self.bias.to(y.dtype).reshape(1, c, 1, 1), y, gamma)
 
-    def _update_moments(self, x: torch.Tensor) -> None:
+    def _coefficients(
+        self,
+        sizes: list[int],
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c), from the per-instance moments (N, C).
+
+        Block statistics (epg samples × cpg channels) by the law of total variance; the
+        buffers get the whole batch's raw moments per channel, E[x²] = σ²_c + μ_c².
+        """
+        with torch.no_grad():
+            batch_mean, batch_var, _ = block_moments(mean, var, [mean.shape[0]], 1)
+            self._update_moments(batch_mean[0], batch_var[0])
+        mu, block_var, expand = block_moments(mean, var, sizes, self.channels_per_group)
+        scale = weight * expand(torch.rsqrt(block_var + self.eps))
+        return scale, bias + (mean - expand(mu)) * scale
+
+    def _update_moments(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Whole-batch raw moments per channel into the buffers (official UPDATE_OPS)."""
         factor = update_factor(self, self.momentum)
-        stats_dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
-        var, mean = torch.var_mean(x.to(stats_dtype), dim=(0, 2, 3), correction=0)
         sq_mean = var + mean * mean  # E[x^2], without the one-pass cancellation
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_sq_mean.lerp_(sq_mean.to(self.running_sq_mean.dtype), factor)

@@ -13,11 +13,16 @@ Momentum None is torch's cumulative average per ghost update, in closed form
 r_K = (t0 r_0 + sum_b s_b) / (t0 + K) with t0 the counter before the call; momentum 0
 freezes the buffers (the counter still counts). Eval is BN with the running statistics.
 
-All equal ghost batches are normalised by one fused `F.batch_norm` call on a
-(n_g, K*C, H*W) rearrangement and a short last chunk by a second call
-(`normbench.variants._chunked`); the EMA is applied once in closed form, so there is no Python
-loop over samples or ghost batches. With one ghost batch (N <= ghost size) the layer calls
-`F.batch_norm` on the module buffers directly and is BN exactly.
+Implementation [choice]: per (n, c) the training output is an affine map of x,
+y = (x − m_nc)·A_nc + Y_nc with A = γ_c/sqrt(σ²_b(n),c + eps), Y = β_c + (m_nc − μ_b(n),c)·A.
+The ghost-batch statistics come from the per-instance moments (two-pass mean m_nc and biased
+variance v_nc over H, W) by the law of total variance, σ²_b = mean v_nc + mean (m_nc − μ_b)²
+over the ghost batch's samples (an averaging matrix handles a short last chunk): exact, with
+no E[x²] − E[x]² cancellation. One statistics pass and one affine pass
+(`normbench.variants._fused`, hand-derived backward) replace a rearranging copy per direction;
+the EMA is applied once in closed form; no Python loop over ghost batches. With one ghost batch
+(N <= ghost size) the layer calls `F.batch_norm` on the module buffers directly and is BN
+exactly; eval is `F.batch_norm` with the running statistics.
 
 Options [spec choice]: `ghost_batch_size=128` (a short last chunk when N % n_g != 0);
 `num_splits=K` switches to torch.chunk semantics (chunks of ceil(N/K), possibly fewer than K)
@@ -30,12 +35,16 @@ closed-form EMA equals the sequential updates up to floating-point rounding.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
-from normbench.variants._chunked import chunk_length, chunk_sizes, chunked_batch_norm
-from normbench.variants._core import check_batch_statistics, check_input, update_factor
-from normbench.variants._options import check_common, check_int, check_optional_int
 from torch import nn
+
+from normbench.variants._chunked import chunk_length, chunk_sizes
+from normbench.variants._core import check_batch_statistics, check_input, update_factor
+from normbench.variants._fused import block_moments, fused_instance_affine
+from normbench.variants._options import check_common, check_int, check_optional_int
 
 
 class GhostBatchNorm2d(nn.Module):
@@ -102,20 +111,31 @@ class GhostBatchNorm2d(nn.Module):
                 factor,
                 self.eps,
             )
-        # (N, C, H, W) -> (N, C, H*W); reshape, not view: the input may be channels_last.
-        y, mean, var = chunked_batch_norm(
-            x.reshape(n, c, h * w),
-            chunk,
-            eps=self.eps,
-            stats_dtype=self.running_mean.dtype,
-            weight=self.weight,
-            bias=self.bias,
-            want_stats=True,
-        )
-        assert mean is not None and var is not None
+        coefficients = partial(self._coefficients, chunk_sizes(n, chunk), h * w)
+        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+
+    def _coefficients(
+        self,
+        sizes: list[int],
+        plane: int,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c) from the per-instance moments (N, C).
+
+        Ghost batch b's statistics over (its samples, H, W) by the law of total variance:
+        μ_b = mean_n mean_nc, σ²_b = mean_n var_nc + mean_n (mean_nc − μ_b)², n in b; exact.
+        The buffers get the K sequential EMA updates with the unbiased σ²_b.
+        """
+        mu, ghost_var, expand = block_moments(mean, var, sizes, 1)  # (K, C) each
         with torch.no_grad():
-            self._sequential_update(mean, var)
-        return y.reshape(n, c, h, w)
+            values = torch.tensor(sizes, dtype=mean.dtype, device=mean.device)[:, None] * plane
+            unbiased = (ghost_var * (values / (values - 1))).to(self.running_var.dtype)
+            self._sequential_update(mu.to(self.running_mean.dtype), unbiased)
+        scale = weight * expand(torch.rsqrt(ghost_var + self.eps))  # (N, C)
+        return scale, bias + (mean - expand(mu)) * scale
 
     def _sequential_update(self, means: torch.Tensor, variances: torch.Tensor) -> None:
         """Apply K EMA updates (one per ghost batch, in order) in closed form; counter += K."""

@@ -19,6 +19,19 @@ Eval runs steps 1, 5, 6 with the running statistics and changes no state.
 The similarity uses the O(B*D) identity s_B = (||sum_i u_i||^2 - sum_i ||u_i||^2) / (B(B-1)),
 u_i = f_i / max(||f_i||, 1e-8) (`average_pairwise_cosine`), exact for the pairs i != j.
 
+Implementation [choice]: steps 1, 4, 5 (and 6 without affine_rect) are, per (n, c), one affine
+map of x, x_s = (x − m)·A + Y, computed by `normbench.variants._fused` from the per-instance
+moments of x (two-pass mean m and biased variance v over H, W):
+* x_c = x + w_m·m has per-instance mean (1 + w_m)·m and variance v, so BNcore's batch
+  statistics of x_c follow by the law of total variance (exact, no E[x²] − E[x]²);
+* x̂ = (x − m)·invstd + (m_c − μ)·invstd, so GAP(x̂) = (m_c − μ)·invstd and the scaling gate
+  folds into A and Y; the frozen and eval branches use the running μ, invstd instead;
+* the input gradient is derived by hand, the parameter gradients by autograd on the (N, C)
+  coefficients: exact. One statistics pass and one affine pass replace the x_c, x̂, gate and
+  x_s tensors (and their backward passes), so UBN costs about BN + the depthwise conv.
+The similarity reads x twice more (norms, one mat-vec), under no_grad; sim_source="centered"
+materialises x_c for it.
+
 Ablation presets (paper Sec 4.3.1; `ABLATION_PRESETS`):
     BN                      fct=False norm_rect=False affine_rect=False
     BN+Stats Rectification  fct=True  norm_rect=False affine_rect=False
@@ -38,9 +51,23 @@ Choices and deviations (the paper is silent on these; spec §12 tags them [choic
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from normbench.variants._core import bn_core, check_input, gap, per_channel, register_bn_buffers
+from torch import nn
+
+from normbench.variants._core import (
+    batch_moments,
+    check_batch_statistics,
+    check_input,
+    gap,
+    per_channel,
+    register_bn_buffers,
+    update_running_stats,
+)
+from normbench.variants._fused import fused_instance_affine
 from normbench.variants._options import (
     check_bool,
     check_choice,
@@ -48,7 +75,6 @@ from normbench.variants._options import (
     check_float,
     check_int,
 )
-from torch import nn
 
 COSINE_EPS = 1e-8
 
@@ -182,56 +208,72 @@ class UnifiedBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        dt = x.dtype  # parameters are cast to it, so fp32 parameters never promote a half input
-        if self.norm_rect:  # out of place: x may be the block's shortcut
-            x_c = x + per_channel(self.center_weight).to(dt) * gap(x)
-        else:
-            x_c = x
-        if self.training:
-            x_hat = self._train_normalize(x, x_c)
-        else:  # BN inference: always the running statistics
-            x_hat = bn_core(
-                self, x_c, use_batch_stats=False, update_running=False, momentum=None, eps=self.eps
-            )
-        if self.norm_rect:
-            logit = per_channel(self.scale_weight).to(dt) * gap(x_hat)
-            x_hat = x_hat * torch.sigmoid(logit + per_channel(self.scale_bias).to(dt))
-        if self.affine_rect:
-            return F.conv2d(
-                x_hat,
-                self.weight.to(dt),
-                self.bias.to(dt),
-                padding=self.kernel_size // 2,
-                groups=self.num_features,
-            )
-        return torch.addcmul(per_channel(self.bias).to(dt), x_hat, per_channel(self.weight).to(dt))
+        use_batch = self._train_decision(x) if self.training else False  # eval: running stats
+        coefficients = partial(self._coefficients, use_batch, x.numel() // x.shape[1])
+        x_s = fused_instance_affine(x, coefficients, *self._coefficient_params())
+        if not self.affine_rect:
+            return x_s
+        dt = x.dtype  # fp32 parameters must not promote a half input
+        return F.conv2d(
+            x_s,
+            self.weight.to(dt),
+            self.bias.to(dt),
+            padding=self.kernel_size // 2,
+            groups=self.num_features,
+        )
 
-    def _train_normalize(self, x: torch.Tensor, x_c: torch.Tensor) -> torch.Tensor:
-        """Steps 2-4: similarity, decision, then batch or frozen running statistics."""
+    def _coefficient_params(self) -> tuple[torch.Tensor, ...]:
+        """Parameters entering the per-(n, c) affine: RBN calibration, then γ, β (if plain)."""
+        rect = (self.center_weight, self.scale_weight, self.scale_bias) if self.norm_rect else ()
+        return rect + (() if self.affine_rect else (self.weight, self.bias))
+
+    def _coefficients(
+        self, use_batch: bool, count: int, mean: torch.Tensor, var: torch.Tensor, *params: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1, 4, 5 (and 6 without affine_rect) as x_s = (x − mean)·A + Y per (n, c).
+
+        x_c = x + w_m·GAP(x) has per-instance mean (1 + w_m)·mean and the same variance, so
+        BNcore's batch statistics of x_c follow from the moments of x (law of total variance);
+        x̂ = (x − mean)·invstd + (mean_c − μ)·invstd, whose GAP is the second term.
+        """
+        rect = params[:3] if self.norm_rect else ()
+        mean_c = mean * (1 + rect[0]) if rect else mean
+        if use_batch:  # condensed: BNcore with batch statistics and a buffer update
+            mu, batch_var = batch_moments(mean_c, var)
+            update_running_stats(self, mu, batch_var, count, self.momentum)
+            invstd = torch.rsqrt(batch_var + self.eps)
+        else:  # frozen running statistics (training, not condensed) or eval
+            mu, invstd = self.running_mean, torch.rsqrt(self.running_var + self.eps)
+        at_mean = (mean_c - mu) * invstd  # GAP(x̂), (N, C)
+        scale = invstd.expand_as(at_mean)
+        if rect:  # x_s = x̂ · sigmoid(w_v·GAP(x̂) + b_v)
+            gate = torch.sigmoid(rect[1] * at_mean + rect[2])
+            scale, at_mean = scale * gate, at_mean * gate
+        if not self.affine_rect:  # y = γ·x_s + β
+            gamma, beta = params[len(rect) :]
+            scale, at_mean = scale * gamma, at_mean * gamma + beta
+        return scale, at_mean
+
+    def _train_decision(self, x: torch.Tensor) -> bool:
+        """Steps 2-3: similarity and decision; True means batch statistics (condensed)."""
         with torch.no_grad():
-            self._update_similarity(x, x_c)
+            self._update_similarity(x)
             condensed = self._decision()
             self.condensed.fill_(condensed)
         if condensed:
-            return bn_core(
-                self,
-                x_c,
-                use_batch_stats=True,
-                update_running=True,
-                momentum=self.momentum,
-                eps=self.eps,
-            )
-        self.frozen_steps.add_(1)
-        return bn_core(
-            self, x_c, use_batch_stats=False, update_running=False, momentum=None, eps=self.eps
-        )
+            check_batch_statistics(self, x, x.numel() // x.shape[1])
+        else:
+            self.frozen_steps.add_(1)
+        return condensed
 
-    def _update_similarity(self, x: torch.Tensor, x_c: torch.Tensor) -> None:
+    def _update_similarity(self, x: torch.Tensor) -> None:
         """s_hat from this batch's average pairwise cosine similarity (B = 1 skips)."""
         b = x.shape[0]
         if b < 2:
             return
-        source = x if self.sim_source == "input" else x_c
+        source = x
+        if self.sim_source == "centered" and self.norm_rect:  # x_c = x + w_m·GAP(x)
+            source = x + per_channel(self.center_weight).to(x.dtype) * gap(x)
         # (B, C, H, W) -> (B, C) per-sample GAP, or (B, C*H*W) flattened.
         feats = source.mean(dim=(2, 3)) if self.sim_features == "gap" else _flatten(source)
         s_b = average_pairwise_cosine(feats).to(self.running_sim.dtype)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from normbench.errors import UserError
@@ -22,6 +23,9 @@ class SpecError(UserError, ValueError):
 
 # Fields that change how fast a trial runs, not what it computes.
 _NOT_IN_ID = ("num_threads", "device", "checkpoint_every")
+# Data-set options that say where the files are, not what they are: moving the data (or the
+# suite folder with its plugins) must not turn finished trials into new ones.
+_DATASET_NOT_IN_ID = ("root", "download")
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,10 @@ class TrialSpec:
         d = self.to_dict()
         for k in _NOT_IN_ID:
             d.pop(k, None)
+        d["dataset_options"] = {
+            k: v for k, v in d["dataset_options"].items() if k not in _DATASET_NOT_IN_ID
+        }
+        d["plugins"] = [Path(p).name for p in d["plugins"]]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -37,3 +37,16 @@ def test_validate_names_every_problem() -> None:
     msg = str(exc.value)
     assert "epochs=0" in msg and "batch_size=-1" in msg and "placement='nowhere'" in msg
     assert spec().validate() == spec()
+
+
+def test_trial_id_ignores_where_data_and_plugins_live() -> None:
+    """Moving the data set or the suite folder keeps finished trials recognisable."""
+    base = TrialSpec(variant="bn", backbone="resnet20", dataset="cifar10", epochs=1)
+    a = base.replace(dataset_options={"root": "/data/a", "download": False, "image_size": 32})
+    b = base.replace(dataset_options={"root": "/mnt/b", "download": True, "image_size": 32})
+    c = base.replace(dataset_options={"root": "/data/a", "image_size": 16})
+    assert a.trial_id == b.trial_id
+    assert a.trial_id != c.trial_id
+    p1 = base.replace(plugins=("/home/x/suites/my_norm.py",))
+    p2 = base.replace(plugins=("/shared/suites/my_norm.py",))
+    assert p1.trial_id == p2.trial_id != base.trial_id

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from normbench.variants.ubn import ABLATION_PRESETS, UnifiedBatchNorm2d, average_pairwise_cosine
 from torch import nn
+
+from normbench.variants.ubn import ABLATION_PRESETS, UnifiedBatchNorm2d, average_pairwise_cosine
 
 DT = torch.float64
 EPS = 1e-5
@@ -105,6 +106,51 @@ def test_rectifications_without_fct_are_sigmoid_one_times_bn_at_init() -> None:
     ours = UnifiedBatchNorm2d(4, fct=False, dtype=DT)
     assert ours.weight.shape == (4, 1, 3, 3)
     _compare_with_bn(ours, scale=SIG1)
+
+
+def _ubn_reference(x, params, affine_rect, stats=None):
+    """Spec §12 steps 1, 4, 5, 6 on full tensors (autograd gives the reference gradients)."""
+    cw, sw, sb, weight, bias = params
+    x_c = x + cw[None, :, None, None] * x.mean(dim=(2, 3), keepdim=True)
+    if stats is None:  # batch statistics of x_c
+        mu, var = x_c.mean(dim=(0, 2, 3)), x_c.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mu, var = stats
+    x_hat = (x_c - mu[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + EPS)
+    logit = sw[None, :, None, None] * x_hat.mean(dim=(2, 3), keepdim=True)
+    x_s = x_hat * torch.sigmoid(logit + sb[None, :, None, None])
+    if affine_rect:
+        return nn.functional.conv2d(x_s, weight, bias, padding=1, groups=x.shape[1])
+    return x_s * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+@pytest.mark.parametrize("branch", ["condensed", "frozen", "eval"])
+@pytest.mark.parametrize("affine_rect", [True, False])
+@pytest.mark.parametrize("offset", [0.0, 40.0])
+def test_gradients_match_autograd_of_the_formulas(branch, affine_rect, offset) -> None:
+    """Random parameters and buffers; every gradient against autograd of the spec's formulas."""
+    tau = {"condensed": -math.inf, "frozen": math.inf, "eval": 0.15}[branch]
+    layer = UnifiedBatchNorm2d(4, tau=tau, affine_rect=affine_rect, dtype=DT)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5 + 0.3)
+        layer.running_mean.copy_(torch.randn(4, generator=g, dtype=DT) + offset)
+        layer.running_var.copy_(torch.rand(4, generator=g, dtype=DT) + 0.5)
+    stats = None if branch == "condensed" else (layer.running_mean.clone(), layer.running_var)
+    layer.train(branch != "eval")
+    x = (_random_batch(4) * 2 + offset).requires_grad_()
+    names = ["center_weight", "scale_weight", "scale_bias", "weight", "bias"]
+    ref_params = [getattr(layer, n).detach().clone().requires_grad_() for n in names]
+    y_ref = _ubn_reference(x, ref_params, affine_rect, stats)
+    w = torch.randn_like(y_ref)
+    expected = torch.autograd.grad((y_ref * w).sum(), [x, *ref_params])
+    y = layer(x)
+    torch.testing.assert_close(y, y_ref)
+    got = torch.autograd.grad((y * w).sum(), [x, *(getattr(layer, n) for n in names)])
+    for name, a, b in zip(["x", *names], got, expected, strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+    assert int(layer.frozen_steps) == (branch == "frozen")
 
 
 def test_fast_cosine_equals_gram_form_with_a_zero_sample() -> None:
