@@ -1,0 +1,286 @@
+"""The run directory: an append-only store written by one driver, read by anyone.
+
+Layout (see ARCHITECTURE.md): `suite.yaml`, `suite.resolved.json`, `environment.json`,
+`epochs.jsonl` (one line per trial-epoch), `trials.jsonl` (one line per finished trial),
+`checkpoints/<trial_id>/`, `optuna.db`, `.lock`, and with remote checkpoint storage
+`remote_checkpoints.jsonl` (where Ray uploaded each trial's latest checkpoint).
+
+Why append-only JSONL: a driver killed with SIGKILL leaves at worst one torn last line.
+Each line goes out in a single `os.write` followed by `fsync`, so every line before it is
+complete and durable; readers skip a torn last line and the next writer cuts it off.
+
+Suite changes on an existing run directory: a rerun with the *same* resolved suite resumes;
+a suite that only *adds* trials (every trial already stored is still one of its trials, e.g.
+more seeds or variants) is accepted and `suite.resolved.json` is replaced. So is a change of
+length only (`--max-epochs`, `--limit-batches`, `epochs`): those are part of each trial id,
+so smoke, truncated and full trials sit side by side and never resume as one another.
+Anything else (recipe, options, data set, the search space ...) would mix incompatible
+results under one suite and is refused with RunDirError; a search may change num_samples.
+Fields that only change how fast trials run (resources, concurrency, retries, plugins) are
+ignored.
+
+This module never imports torch: reports read results through it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from normbench.errors import RunDirError
+
+EPOCHS = "epochs.jsonl"
+TRIALS = "trials.jsonl"
+REMOTE_CHECKPOINTS = "remote_checkpoints.jsonl"
+# Statuses of a finished trial; "pruned" is a search trial stopped early by ASHA.
+DONE_STATUSES = ("completed", "diverged", "pruned")
+# Top-level keys of the resolved suite that do not change any result.
+_EXECUTION_KEYS = ("resources", "max_concurrent", "retries", "plugins", "path", "overrides")
+_LENGTH_AND_SPEED = ("epochs", "limit_batches", "num_threads", "device", "checkpoint_every")
+
+
+class RunStore:
+    """Exclusive writer of one run directory. Use as a context manager (releases the lock)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(self.run_dir)
+        self._fds: dict[str, int] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self._trials: dict[str, dict[str, Any]] = {}
+        for name in (EPOCHS, TRIALS, REMOTE_CHECKPOINTS):
+            _cut_torn_tail(self.run_dir / name)
+        for rec in read_jsonl(self.run_dir / EPOCHS):
+            self._seen.add((rec["trial_id"], int(rec["epoch"])))
+        for rec in read_jsonl(self.run_dir / TRIALS):
+            self._trials[rec["trial_id"]] = rec  # a later line (a rerun) wins
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- suite and environment ------------------------------------------------------------
+    def write_suite(self, suite: Any) -> None:
+        """Write `suite.yaml` and `suite.resolved.json`; refuse an incompatible suite."""
+        resolved = suite.to_json()
+        resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
+        old_path = self.run_dir / "suite.resolved.json"
+        if old_path.exists():
+            old = json.loads(old_path.read_text())
+            if fingerprint(old) != fingerprint(resolved):
+                self._check_compatible(old, resolved)
+        _atomic_write(self.run_dir / "suite.yaml", suite.text)
+        _atomic_write(old_path, json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n")
+
+    def _check_compatible(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Every stored trial must still be a trial of the new suite, up to epochs and
+        limit_batches (smoke or truncated runs, told apart by trial id); a search may only
+        change num_samples. Raises RunDirError naming the first stored trial that would not fit."""
+        where = f"run directory {self.run_dir} holds results of a different suite"
+        if _search_key(old) != _search_key(new):
+            raise RunDirError(
+                f"{where} (its search section changed; only num_samples may); use another --output"
+            )
+        new_ids = {t["trial_id"] for t in new.get("trials", [])}
+        families = {family(t["spec"]) for t in new.get("trials", [])}
+        stored = self._stored_specs()
+        if new.get("search"):  # searched trials are variations of the old base specs
+            stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
+        for tid, spec in sorted(stored.items()):
+            if tid not in new_ids and (spec is None or family(spec) not in families):
+                raise RunDirError(
+                    f"{where}: stored trial {tid} is not a trial of the new suite, so results "
+                    "would mix; use another --output, or only add trials to the suite"
+                )
+
+    def _stored_specs(self) -> dict[str, dict[str, Any] | None]:
+        specs: dict[str, dict[str, Any] | None] = {t: None for t in self.trial_ids()}
+        for rec in read_jsonl(self.run_dir / EPOCHS):
+            if rec.get("spec"):
+                specs[rec["trial_id"]] = rec["spec"]
+        for tid, rec in self._trials.items():
+            specs[tid] = rec.get("spec") or specs.get(tid)
+        return specs
+
+    def write_environment(self, info: dict[str, Any]) -> None:
+        _atomic_write(self.run_dir / "environment.json", json.dumps(info, indent=2) + "\n")
+
+    # -- appends --------------------------------------------------------------------------
+    def append_epoch(
+        self, trial_id: str, record: dict[str, Any], *, extra: dict[str, Any] | None = None
+    ) -> bool:
+        """Append one epoch record unless (trial_id, epoch) is stored already.
+
+        `extra` (e.g. the spec) is written only on a trial's first stored line, so a trial
+        interrupted before its summary can still be described. Returns True when written.
+        """
+        key = (trial_id, int(record["epoch"]))
+        if key in self._seen:
+            return False
+        first = not any(t == trial_id for t, _ in self._seen)
+        line = {"trial_id": trial_id, **record, **((extra or {}) if first else {})}
+        self._append(EPOCHS, line)
+        self._seen.add(key)
+        return True
+
+    def finish_trial(
+        self,
+        trial_id: str,
+        spec: dict[str, Any],
+        cell: dict[str, Any],
+        status: str,
+        reason: str | None = None,
+        **extra: Any,
+    ) -> None:
+        epochs = self.last_epoch(trial_id)
+        source = extra.pop("variant_source", None)
+        line = {
+            "trial_id": trial_id,
+            "spec": spec,
+            "cell": cell,
+            "status": status,
+            "reason": reason,
+            "epochs": epochs,
+            "variant_source": source,
+            **extra,
+        }
+        self._append(TRIALS, line)
+        self._trials[trial_id] = line
+
+    def note_checkpoint(self, trial_id: str, epoch: int, ref: str) -> None:
+        """Where Ray uploaded a trial's latest checkpoint (remote storage only)."""
+        self._append(REMOTE_CHECKPOINTS, {"trial_id": trial_id, "epoch": epoch, "ref": ref})
+
+    def checkpoint_refs(self) -> dict[str, str]:
+        """Latest uploaded checkpoint per trial (a later line wins)."""
+        return {r["trial_id"]: r["ref"] for r in read_jsonl(self.run_dir / REMOTE_CHECKPOINTS)}
+
+    def _append(self, name: str, obj: dict[str, Any]) -> None:
+        fd = self._fds.get(name)
+        if fd is None:
+            path = self.run_dir / name
+            fd = self._fds[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = (json.dumps(obj, separators=(",", ":"), default=_json_default) + "\n").encode()
+        os.write(fd, data)  # one write: the line is whole or torn at the end, never interleaved
+        os.fsync(fd)
+
+    # -- queries --------------------------------------------------------------------------
+    def completed(self) -> set[str]:
+        """Ids of trials that need no more work (completed, diverged or pruned)."""
+        return {t for t, rec in self._trials.items() if rec["status"] in DONE_STATUSES}
+
+    def summary(self, trial_id: str) -> dict[str, Any] | None:
+        return self._trials.get(trial_id)
+
+    def last_epoch(self, trial_id: str) -> int:
+        return max((e for t, e in self._seen if t == trial_id), default=0)
+
+    def trial_ids(self) -> set[str]:
+        return {t for t, _ in self._seen} | set(self._trials)
+
+    def last_record(self, trial_id: str) -> dict[str, Any] | None:
+        last = None
+        for rec in read_jsonl(self.run_dir / EPOCHS):
+            if rec["trial_id"] == trial_id and (last is None or rec["epoch"] >= last["epoch"]):
+                last = rec
+        return last
+
+
+def fingerprint(resolved: dict[str, Any]) -> str:
+    """Hash of the resolved suite without the keys that only change execution speed."""
+    d = {k: v for k, v in resolved.items() if k not in _EXECUTION_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _search_key(resolved: dict[str, Any]) -> Any:
+    """The search section without num_samples (a search may be extended)."""
+    search = resolved.get("search")
+    return {k: v for k, v in search.items() if k != "num_samples"} if search else search
+
+
+def family(spec: dict[str, Any]) -> str:
+    """Hash of a spec without its length (epochs, limit_batches) and speed-only fields."""
+    d = {k: v for k, v in spec.items() if k not in _LENGTH_AND_SPEED}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete lines of a JSONL file; a torn last line (no newline, bad JSON) is skipped."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if not data.endswith(b"\n"):
+        lines = lines[:-1]  # torn tail: the writer died mid-line
+    for raw in lines:
+        if raw.strip():
+            yield json.loads(raw)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate a torn last line so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+
+
+def _acquire_lock(run_dir: Path) -> int:
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirError(
+            f"run directory {run_dir} is in use by another normbench run (pid {holder}); "
+            "wait for it to finish or choose another --output"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "item"):  # numpy scalars
+        return x.item()
+    if isinstance(x, set | tuple):
+        return list(x)
+    return str(x)
+
+
+# The readers live in their own module to keep this one short; re-exported here.
+from normbench.results.frames import load_epochs, load_results  # noqa: E402
+
+__all__ = ["RunStore", "load_epochs", "load_results", "read_jsonl", "fingerprint"]

@@ -1,0 +1,64 @@
+"""`normbench run SUITE`: run a suite on Ray (local or a cluster) into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def run(
+    suite: Path = typer.Argument(..., help="Suite YAML file."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Run directory (default: runs/<suite name>)."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster: 'auto' or ray://host:port (default: local Ray)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Require an existing run directory and continue it."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print trials, resources and cost estimate; run nothing."
+    ),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override a suite key: --set train.epochs=2 (repeatable)."
+    ),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Cap every trial's epochs."),
+    limit_batches: int | None = typer.Option(
+        None, "--limit-batches", help="Smoke mode: at most N training batches per epoch."
+    ),
+    plugins: list[Path] | None = typer.Option(
+        None, "--plugin", help="Python file registering variants/backbones (repeatable)."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Checkpoint storage every node reaches (folder or pyarrow URI, e.g. s3://b/p); "
+        "default: the run directory.",
+    ),
+) -> int:
+    """Run every trial of SUITE that the run directory does not hold yet.
+
+    An existing run directory is resumed: finished trials are skipped, interrupted ones continue
+    from their last checkpoint.
+    """
+    from normbench.suite.runner import RunRequest, execute
+
+    req = RunRequest(
+        suite=suite,
+        output=output,
+        address=address,
+        resume=resume,
+        dry_run=dry_run,
+        overrides=tuple(overrides or ()),
+        max_epochs=max_epochs,
+        limit_batches=limit_batches,
+        plugins=tuple(str(p) for p in plugins or ()),
+        storage=storage,
+    )
+    return execute(req)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,0 +1,147 @@
+"""What `normbench run` shows while trials run: a rich Live table on a terminal, plain log
+lines otherwise (CI logs, pipes). Fed by the driver from Ray Tune's callback events."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+MAX_FINISHED_ROWS = 10
+
+
+@dataclass
+class Row:
+    label: str
+    epochs: int
+    status: str = "pending"
+    epoch: int = 0
+    val_top1: float | None = None
+    test_top1: float | None = None
+    images_per_s: float | None = None
+    epoch_time_s: float | None = None
+
+    def eta_s(self) -> float | None:
+        if self.status != "running" or self.epoch_time_s is None:
+            return None
+        return self.epoch_time_s * max(self.epochs - self.epoch, 0)
+
+
+class LiveView:
+    """One row per trial (status, epoch, accuracy, images/s, ETA) and overall progress."""
+
+    def __init__(
+        self, total: int, done: int = 0, *, stream: TextIO | None = None, console: Any = None
+    ) -> None:
+        self.stream = stream or sys.stdout
+        self.console = console or Console(file=self.stream)
+        self.rows: dict[str, Row] = {}
+        self.total, self.done = total, done
+        self.progress = Progress(
+            TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console,
+        )  # fmt: skip
+        self.task = self.progress.add_task("trials", total=total, completed=done)
+        self.live: Live | None = None
+        self.started = time.monotonic()
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal
+
+    def __enter__(self) -> LiveView:
+        if self.interactive:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=2)
+            self.live.__enter__()
+        else:
+            self._log(f"{self.total} trials, {self.done} already finished")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+            self.live = None
+
+    # -- events from the driver ---------------------------------------------------------
+    def start(self, trial_id: str, label: str, epochs: int) -> None:
+        row = self.rows.setdefault(trial_id, Row(label, epochs))
+        row.status = "running"
+        self._changed(f"start {label} [{trial_id}]")
+
+    def record(self, trial_id: str, record: dict[str, Any]) -> None:
+        row = self.rows.get(trial_id)
+        if row is None:
+            return
+        row.epoch = int(record["epoch"])
+        row.val_top1, row.test_top1 = record.get("val_top1"), record.get("test_top1")
+        row.images_per_s, row.epoch_time_s = record.get("images_per_s"), record.get("epoch_time_s")
+        self._changed(
+            f"{row.label} [{trial_id}] epoch {row.epoch}/{row.epochs} "
+            f"val_top1={_num(row.val_top1)} test_top1={_num(row.test_top1)} "
+            f"images/s={_num(row.images_per_s, 0)}"
+        )
+
+    def end(self, trial_id: str, status: str, reason: str | None = None) -> None:
+        row = self.rows.get(trial_id)
+        if row is not None:
+            row.status = status
+        self.done += 1
+        self.progress.update(self.task, completed=self.done)
+        label = row.label if row else trial_id
+        self._changed(f"{status} {label} [{trial_id}]" + (f": {reason}" if reason else ""))
+
+    def add_done(self, n: int) -> None:
+        """Count trials finished by an earlier run (a resumed search)."""
+        self.done += n
+        self.progress.update(self.task, completed=self.done)
+
+    def note(self, text: str) -> None:
+        self._changed(text)
+
+    # -- output ---------------------------------------------------------------------------
+    def _changed(self, line: str) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+        else:
+            self._log(line)
+
+    def _log(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"[{stamp}] {line}", file=self.stream, flush=True)
+
+    def _render(self) -> Group:
+        table = Table(expand=False)
+        for col in ("trial", "status", "epoch", "val top1", "test top1", "images/s", "ETA"):
+            table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+        for row in self._visible():
+            eta = row.eta_s()
+            table.add_row(
+                row.label, row.status, f"{row.epoch}/{row.epochs}", _num(row.val_top1),
+                _num(row.test_top1), _num(row.images_per_s, 0),
+                "" if eta is None else _duration(eta),
+            )  # fmt: skip
+        return Group(table, self.progress)
+
+    def _visible(self) -> list[Row]:
+        """Running trials, then the most recently finished ones (a big suite stays readable)."""
+        rows = list(self.rows.values())
+        running = [r for r in rows if r.status == "running"]
+        finished = [r for r in rows if r.status not in ("running", "pending")]
+        return running + finished[-max(MAX_FINISHED_ROWS, 0) :]
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _duration(s: float) -> str:
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

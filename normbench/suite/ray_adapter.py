@@ -1,0 +1,302 @@
+"""Ray Tune adapter: the only module that imports Ray (its APIs changed often; churn stays here).
+
+The driver hands over plain `Task`s and an `Events` object; Ray runs one function trainable per
+trial, which calls `normbench.engine.loop.run_trial` and reports every epoch record. A Tune
+`Callback` runs in the driver process and turns Ray's trial events back into plain calls, so
+the driver stays the only writer of the run directory and no Ray type leaves this module.
+
+Checkpoints. With the default storage (the run directory, a local or shared folder every node
+can reach) a trial's checkpoint dir is RUN_DIR/checkpoints/<trial_id>: `run_trial` writes it in
+place and nothing is copied. With an explicit storage URI (any pyarrow file system: s3://,
+gs://, file://...) the trial trains in a node-local folder and reports it each epoch through
+Ray's `Checkpoint`, which uploads it under the storage path; the driver notes where it landed
+(`Events.on_checkpoint`) so a later run can download it and continue.
+
+Records a killed driver never stored are not lost: the checkpoint holds every record yielded
+so far, and a resumed trial replays those the store lacks before training on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from normbench.engine.spec import TrialSpec
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TBX per trial
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ctrl-C stops the whole run (KeyboardInterrupt; the store keeps what finished, a rerun
+# resumes) instead of Tune's soft stop, after which the driver would start the next search.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+
+import ray  # noqa: E402  (after the environment above: Tune reads it at import)
+from ray import tune  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Task:
+    """One grid trial (spec) or one search (base spec + `params` sampled per trial)."""
+
+    spec: TrialSpec
+    checkpoint_root: str | None  # RUN_DIR/checkpoints; None: remote storage via Ray
+    stored_epochs: dict[str, int] = field(default_factory=dict)  # trial_id -> epochs stored
+    remote_refs: dict[str, str] = field(default_factory=dict)  # trial_id -> checkpoint path
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "checkpoint_root": self.checkpoint_root,
+            "stored_epochs": self.stored_epochs,
+            "remote_refs": self.remote_refs,
+        }
+
+
+class Events(Protocol):
+    """What the driver hears, in the driver process, as trials run."""
+
+    def on_start(self, spec: TrialSpec) -> None: ...
+    def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None: ...
+    def on_end(self, spec: TrialSpec, error: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run: resources per trial, caps, retries, storage, optional search."""
+
+    cpus: float
+    gpus: float
+    max_concurrent: int | None
+    retries: int
+    storage_path: str  # Tune's experiment folder (a local path or a URI)
+    name: str
+    searcher: Any = None  # a Ray Searcher built by normbench.suite.search
+    num_samples: int = 1
+    scheduler: Any = None
+    metric: str | None = None
+    mode: str | None = None
+
+
+def spec_of(config: dict[str, Any]) -> TrialSpec:
+    """The trial a Ray config stands for: the task's spec with sampled values applied."""
+    from normbench.suite.matrix import apply_params
+
+    spec = TrialSpec.from_dict(config["task"]["spec"])
+    params = {k: v for k, v in config.items() if k != "task"}
+    return apply_params(spec, params) if params else spec
+
+
+def run(tasks: list[Task], plan: Plan, events: Events) -> None:
+    """Run grid tasks (one Ray trial each) or one search task (`plan.searcher` set)."""
+    trainable = tune.with_resources(_trainable, {"cpu": plan.cpus, "gpu": plan.gpus})
+    if plan.searcher is None:
+        space = {"task": tune.grid_search([t.to_config() for t in tasks])}
+    else:
+        space = {"task": tasks[0].to_config()}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=plan.searcher,
+            scheduler=plan.scheduler,
+            metric=plan.metric if plan.searcher or plan.scheduler else None,
+            mode=plan.mode if plan.searcher or plan.scheduler else None,
+            num_samples=plan.num_samples if plan.searcher is not None else 1,
+            max_concurrent_trials=plan.max_concurrent,
+            reuse_actors=True,  # skips a worker start (torch import) per trial
+            trial_dirname_creator=_short_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage_path,
+            failure_config=tune.FailureConfig(max_failures=plan.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_Relay(events)],
+            verbose=0,
+            progress_reporter=_Silent(),
+            log_to_file=False,
+        ),
+    )
+    # Trial errors reach the store and the live view through the relay; Tune's own log lines
+    # about them (tracebacks, "Trials did not complete") would only repeat them.
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    tune_logger.setLevel(logging.CRITICAL)
+    try:
+        tuner.fit()
+    finally:
+        tune_logger.setLevel(level)
+
+
+def _short_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ---------------------------------------------------------------- inside the Ray worker
+def _trainable(config: dict[str, Any]) -> None:
+    """Ray function trainable: replay unstored records, then train and report each epoch."""
+    from normbench.engine.loop import run_trial
+
+    task = config["task"]
+    spec = _fit_to_worker(spec_of(config))
+    tid = spec.trial_id
+    ckpt_dir = _checkpoint_dir(task, tid)
+    stored = int(task["stored_epochs"].get(tid, 0))
+    for rec in _unstored_records(ckpt_dir, stored):
+        tune.report(_result(tid, rec))
+    for rec in run_trial(spec, checkpoint_dir=ckpt_dir):
+        rec = {**rec, **_placement()}
+        ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
+        tune.report(_result(tid, rec), checkpoint=ckpt)  # uploads before returning
+    if not task["checkpoint_root"]:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the node-local copy; storage keeps it
+
+
+def _fit_to_worker(spec: TrialSpec) -> TrialSpec:
+    """Threads from the CPUs Ray granted; CPU when Ray gave a logical GPU but CUDA is absent."""
+    import torch
+
+    changes: dict[str, Any] = {}
+    if spec.device == "auto" and not torch.cuda.is_available():
+        changes["device"] = "cpu"
+    if spec.num_threads is None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        changes["num_threads"] = max(int(math.floor(cpus)), 1)
+    return spec.replace(**changes) if changes else spec
+
+
+def _checkpoint_dir(task: dict[str, Any], tid: str) -> str:
+    """The trial's checkpoint folder; for remote storage, a node-local copy of the latest one
+    (Tune's own on a retry within this run, else the one the store noted), never a leftover."""
+    if task["checkpoint_root"]:
+        return str(Path(task["checkpoint_root"]) / tid)
+    local = Path(tempfile.gettempdir()) / "normbench-checkpoints" / tid
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    latest = tune.get_checkpoint()
+    ref = task["remote_refs"].get(tid)
+    if latest is not None:
+        latest.to_directory(str(local))
+    elif ref:
+        tune.Checkpoint(ref).to_directory(str(local))
+    return str(local)
+
+
+def _unstored_records(ckpt_dir: str, stored: int) -> list[dict[str, Any]]:
+    """Records the checkpoint holds past what the store has (a driver killed in between)."""
+    from normbench.engine.checkpoint import read_records
+
+    return [r for r in read_records(ckpt_dir) if int(r["epoch"]) > stored]
+
+
+def _placement() -> dict[str, Any]:
+    """Where and when the epoch ran: Ray node, logical GPU ids, wall-clock end (unix time)."""
+    return {
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        "ray_gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "finished_at": time.time(),
+    }
+
+
+def _result(tid: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Scalars at the top level (for schedulers and searchers) plus the full record as JSON."""
+    flat = {k: v for k, v in rec.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {**flat, "nb_trial_id": tid, "nb_record": json.dumps(rec, default=str)}
+
+
+# ---------------------------------------------------------------- in the driver process
+class _Relay(tune.Callback):
+    """Tune callback (runs in the driver): Ray trial events -> plain `Events` calls."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.epoch: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its config into the experiment folder (for Tuner.restore, unused here);
+        # the driver-side events object (store, live view) stays out of that file.
+        return {"epoch": self.epoch}
+
+    def _spec(self, trial: Any) -> TrialSpec:
+        return spec_of(trial.config)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.events.on_start(self._spec(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        if "nb_record" not in result:
+            return
+        record = json.loads(result["nb_record"])
+        self.epoch[trial.trial_id] = int(record["epoch"])
+        self.events.on_record(self._spec(trial), record)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info):
+        ref = _uri(checkpoint)
+        self.events.on_checkpoint(self._spec(trial), self.epoch.get(trial.trial_id, 0), ref)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.events.on_end(self._spec(trial), None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.events.on_end(self._spec(trial), _reason(trial.get_error()))
+
+
+class _Silent(tune.ProgressReporter):
+    """A progress reporter that prints nothing: the live view shows progress instead."""
+
+    def should_report(self, trials: list, done: bool = False) -> bool:
+        return False
+
+    def report(self, trials: list, done: bool, *sys_info: Any) -> None:
+        return None
+
+
+def _uri(checkpoint: Any) -> str:
+    """A URI `tune.Checkpoint(uri)` can open again from any node."""
+    fs, path = checkpoint.filesystem, checkpoint.path
+    scheme = getattr(fs, "type_name", "local")
+    if scheme == "local":
+        return path
+    return f"{ {'gcs': 'gs'}.get(scheme, scheme) }://{path}"
+
+
+def _reason(error: BaseException | None) -> str:
+    """The last meaningful line of a trial's error (Ray wraps it in a long traceback)."""
+    if error is None:
+        return "failed (no error recorded by Ray)"
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[], None]:
+    """Start a local Ray (no address) or join a cluster; returns the matching shutdown."""
+    common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address:
+        common.pop("include_dashboard")
+        ray.init(address=address, **common)
+    else:
+        # Workers Ray pre-starts import torch and the engine while Tune sets up, so the first
+        # trial does not pay for it (seconds on a small machine).
+        env = {"worker_process_setup_hook": f"{__name__}.warm_worker"}
+        ray.init(num_cpus=num_cpus or os.cpu_count(), runtime_env=env, **common)
+    return ray.shutdown
+
+
+def warm_worker() -> None:
+    """Ray worker set-up hook: import what every trial needs."""
+    import normbench.engine.loop  # noqa: F401  (pulls in torch, models, data)
+
+
+def cluster_resources() -> dict[str, float]:
+    res = ray.cluster_resources()
+    return {"cpus": float(res.get("CPU", 0)), "gpus": float(res.get("GPU", 0))}

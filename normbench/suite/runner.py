@@ -1,0 +1,321 @@
+"""The `normbench run` driver: validate the suite, open the run directory, run what is left.
+
+Order matters for "a bad suite leaves nothing on disk": the suite is loaded and validated
+first, and the run directory is created only afterwards. The driver is the only writer of the
+run directory; Ray workers only write their trial's checkpoint folder.
+
+Resume: trial ids are hashes of resolved specs, so a rerun on the same directory skips trials
+whose summary says completed/diverged/pruned, resumes interrupted ones from their checkpoints
+(and replays epochs the store missed), and runs the rest, failed trials included (a failure
+may be transient; the new summary line supersedes the old one). Each invocation is a fresh Ray Tune
+experiment; continuity lives in the store and the checkpoints, not in Tune's own state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from normbench.engine.spec import TrialSpec
+from normbench.errors import RunDirError
+from normbench.results.store import RunStore
+from normbench.suite.live import LiveView
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything `normbench run` was asked to do."""
+
+    suite: Path
+    output: Path | None = None
+    address: str | None = None  # None: a local Ray with this machine's CPUs
+    resume: bool = False
+    dry_run: bool = False
+    overrides: tuple[str, ...] = ()
+    max_epochs: int | None = None
+    limit_batches: int | None = None
+    plugins: tuple[str, ...] = ()
+    storage: str | None = None  # checkpoint storage URI; None: RUN_DIR itself
+    num_cpus: int | None = None  # local Ray only; None: os.cpu_count()
+
+
+def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
+    """Run (or describe) a suite. Returns 0, or 1 when some trial failed."""
+    from normbench.suite.loader import load_suite
+
+    stream = stream or sys.stdout
+    overrides = tuple(req.overrides) + _plugin_overrides(req.suite, req.plugins)
+    suite = load_suite(
+        req.suite, overrides=overrides, max_epochs=req.max_epochs, limit_batches=req.limit_batches
+    )
+    if req.dry_run:
+        print(_describe(suite), file=stream)
+        return 0
+    run_dir = Path(req.output) if req.output else Path("runs") / suite.name
+    if req.resume and not (run_dir / "suite.resolved.json").exists():
+        raise RunDirError(f"--resume: {run_dir} holds no run to resume (no suite.resolved.json)")
+    with RunStore(run_dir) as store:
+        store.write_suite(suite)
+        store.write_environment(environment())
+        ray = _RayOnDemand(req.address, req.num_cpus, store)
+        try:
+            failed = Driver(store, suite, req.storage, stream, ray.start).run()
+        finally:
+            ray.stop()
+        counts: dict[str, int] = {}
+        for tid in store.trial_ids():
+            status = (store.summary(tid) or {}).get("status", "interrupted")
+            counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
+    _build_report(run_dir, stream)
+    return 1 if failed else 0
+
+
+class _RayOnDemand:
+    """Starts (or joins) Ray the first time a trial must run: a finished run never starts it."""
+
+    def __init__(self, address: str | None, num_cpus: int | None, store: RunStore) -> None:
+        self.address, self.num_cpus, self.store = address, num_cpus, store
+        self.shutdown: Any = None
+
+    def start(self) -> None:
+        if self.shutdown is None:
+            from normbench.suite import ray_adapter
+
+            self.shutdown = ray_adapter.init_ray(self.address, num_cpus=self.num_cpus)
+            self.store.write_environment(environment(ray_adapter.cluster_resources()))
+
+    def stop(self) -> None:
+        if self.shutdown is not None:
+            self.shutdown()
+            self.shutdown = None
+
+
+class Driver:
+    """Turns adapter events into store lines and live-view updates (the `Events` protocol)."""
+
+    def __init__(
+        self, store: RunStore, suite: Any, storage: str | None, stream: TextIO, start_ray: Any
+    ) -> None:
+        self.store, self.suite, self.storage, self.stream = store, suite, storage, stream
+        self.start_ray = start_ray
+        self.cells = {t.trial_id: t.cell for t in suite.trials()}
+        self.context: dict[str, Any] = {}  # the search being run: cell, study name
+        self.failed = 0
+        self.finished: set[str] = set()
+        self.last: dict[str, dict[str, Any]] = {}
+        self.view: LiveView | None = None
+
+    def run(self) -> int:
+        """Run every unfinished trial; returns how many failed."""
+        trials = self.suite.trials()
+        done = self.store.completed()
+        if self.suite.search is None:
+            total, already = len(trials), sum(t.trial_id in done for t in trials)
+        else:
+            total, already = self.suite.search.num_samples * len(trials), 0
+        with LiveView(total, already, stream=self.stream) as self.view:
+            if self.suite.search is None:
+                self._run_grid([t for t in trials if t.trial_id not in done])
+            else:
+                for trial in trials:
+                    self._run_search(trial, single=len(trials) == 1)
+        return self.failed
+
+    def _plan(self, **search: Any) -> Any:
+        from normbench.suite import ray_adapter
+
+        res = self.suite.resources
+        storage = self.storage or str((self.store.run_dir / "ray").resolve())
+        return ray_adapter.Plan(
+            cpus=res.cpus, gpus=res.gpus, max_concurrent=self.suite.max_concurrent,
+            retries=self.suite.retries, storage_path=storage,
+            name=f"{self.suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            **search,
+        )  # fmt: skip
+
+    def _task(self, spec: TrialSpec, *, searched: bool = False) -> Any:
+        """A grid task carries its own trial's resume facts; a search task everyone's (its
+        trial ids are only known once sampled)."""
+        from normbench.suite import ray_adapter
+
+        root = None if self.storage else str((self.store.run_dir / "checkpoints").resolve())
+        ids = self.store.trial_ids() if searched else {spec.trial_id}
+        stored = {t: self.store.last_epoch(t) for t in ids if self.store.last_epoch(t)}
+        refs = self.store.checkpoint_refs() if self.storage else {}
+        refs = {t: r for t, r in refs.items() if t in ids}
+        return ray_adapter.Task(spec, root, stored_epochs=stored, remote_refs=refs)
+
+    def _run_grid(self, todo: list[Any]) -> None:
+        from normbench.suite import ray_adapter
+
+        if todo:
+            self.start_ray()
+            ray_adapter.run([self._task(t.spec) for t in todo], self._plan(), self)
+
+    def _run_search(self, trial: Any, *, single: bool) -> None:
+        from normbench.suite import ray_adapter, search
+
+        cfg = self.suite.search
+        url = search.storage_url(cfg, self.store.run_dir)
+        name = search.study_name(cfg, self.suite.name, trial.spec, single)
+        done = {t: self.store.summary(t) or {} for t in self.store.completed()}
+        study = search.prepare_study(cfg, url, name, trial.spec, done)
+        self.view.add_done(cfg.num_samples - study.remaining)
+        self.context = {"cell": trial.cell, "study": name}
+        if study.remaining == 0:
+            return
+        self.view.note(f"search {name}: {study.remaining} trials to run ({study.resumed} resumed)")
+        self.start_ray()
+        plan = self._plan(
+            searcher=search.build_searcher(cfg, study),
+            num_samples=study.remaining,
+            scheduler=search.build_scheduler(cfg, trial.spec.epochs),
+            metric=cfg.metric,
+            mode=cfg.mode,
+        )
+        ray_adapter.run([self._task(trial.spec, searched=True)], plan, self)
+
+    # -- Events ---------------------------------------------------------------------------
+    def _cell(self, tid: str) -> dict[str, Any]:
+        return self.cells.get(tid) or dict(self.context.get("cell", {}))
+
+    def on_start(self, spec: TrialSpec) -> None:
+        tid = spec.trial_id
+        cell = self._cell(tid)
+        label = " ".join(str(cell[k]) for k in ("variant", "backbone") if k in cell) or tid
+        if self.context:
+            label += f" #{tid[:6]}"
+        self.view.start(tid, label, spec.epochs)
+
+    def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None:
+        tid = spec.trial_id
+        extra = {"spec": spec.to_dict(), "cell": self._cell(tid)}
+        self.store.append_epoch(tid, record, extra=extra)
+        self.last[tid] = record
+        self.view.record(tid, record)
+
+    def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None:
+        self.store.note_checkpoint(spec.trial_id, epoch, ref)
+
+    def on_end(self, spec: TrialSpec, error: str | None) -> None:
+        tid = spec.trial_id
+        if tid in self.finished:
+            return
+        last = self.last.get(tid) or self.store.last_record(tid)
+        status, reason = _status(spec, last, error, searched=bool(self.context))
+        extra: dict[str, Any] = {"variant_source": (last or {}).get("variant_source")}
+        if self.context:
+            extra["study"] = self.context["study"]
+            extra["value"] = (last or {}).get(self.suite.search.metric)
+        self.store.finish_trial(tid, spec.to_dict(), self._cell(tid), status, reason, **extra)
+        self.finished.add(tid)
+        self.failed += status == "failed"
+        self.view.end(tid, status, reason)
+
+
+def _status(
+    spec: TrialSpec, last: dict[str, Any] | None, error: str | None, *, searched: bool
+) -> tuple[str, str | None]:
+    """A finished trial's status and reason, from how it ended and its last record."""
+    if error is not None:
+        return "failed", error
+    if last is None:
+        return "failed", "the trial ended without reporting an epoch"
+    if last.get("status") == "diverged":
+        return "diverged", f"diverged at epoch {last['epoch']}"
+    if int(last["epoch"]) < spec.epochs:
+        if searched:
+            return "pruned", f"stopped early by ASHA at epoch {last['epoch']} of {spec.epochs}"
+        return "failed", f"stopped at epoch {last['epoch']} of {spec.epochs}"
+    return "completed", None
+
+
+def environment(cluster: dict[str, float] | None = None) -> dict[str, Any]:
+    """Versions, device and host: stored with every run (benchmark hygiene)."""
+    import torch
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "normbench"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "cuda": torch.version.cuda if cuda else None,
+        "git_commit": _git_commit(),
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "ray_cluster": cluster,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+            timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _plugin_overrides(suite_path: Path, plugins: tuple[str, ...]) -> tuple[str, ...]:
+    """`--plugin FILE` as a `plugins=[...]` override that keeps the suite's own plugins."""
+    if not plugins:
+        return ()
+    import json
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(suite_path).read_text()) or {}
+        own = list(data.get("plugins") or []) if isinstance(data, dict) else []
+    except (OSError, yaml.YAMLError):
+        own = []  # the loader reports the file's problem itself
+    extra = [str(Path(p).expanduser().resolve()) for p in plugins]
+    return (f"plugins={json.dumps(own + extra)}",)
+
+
+def _describe(suite: Any) -> str:
+    for mod in ("normbench.suite.loader", "normbench.suite.describe"):
+        try:
+            fn = getattr(importlib.import_module(mod), "describe", None)
+        except ModuleNotFoundError:
+            continue
+        if fn is not None:
+            return fn(suite)
+    lines = [f"suite {suite.name}: {len(suite.trials())} trials"]
+    lines += [f"  {t.trial_id}  {t.cell}" for t in suite.trials()]
+    return "\n".join(lines)
+
+
+def _build_report(run_dir: Path, stream: TextIO) -> None:
+    """Write the run's report when normbench.reports is available; never fail the run."""
+    try:
+        from normbench.reports import build_report
+    except ImportError:
+        return
+    try:
+        out = build_report([run_dir], run_dir / "report")
+        print(f"report: {out}", file=stream)
+    except Exception as exc:  # a report bug must not hide finished results
+        print(f"normbench: warning: report not written: {exc}", file=stream)
