@@ -13,7 +13,8 @@ from normbench.errors import UserError
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import exceptions as click_exceptions
+    # mypy cannot type a try/except import of two distinct modules under one name
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 # Modules that each define `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (

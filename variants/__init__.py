@@ -11,8 +11,8 @@ from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
 from normbench.variants.fourthings import FourThingsNorm2d
-from normbench.variants.gn import GroupNorm2d
 from normbench.variants.ghost_bn import GhostBatchNorm2d
+from normbench.variants.gn import GroupNorm2d
 from normbench.variants.iebn import IEBN2d
 from normbench.variants.in_ import InstanceNorm2d
 from normbench.variants.rbn import RepresentativeBatchNorm2d

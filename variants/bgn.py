@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,9 @@ class BatchGroupNorm2d(nn.Module):
 
     paper = "Batch Group Normalization (arXiv 2020), arXiv 2012.02782"
     batch_dependent = True
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(
         self,
@@ -89,7 +93,7 @@ class BatchGroupNorm2d(nn.Module):
         self.num_groups = effective_groups(num_features, num_groups, allow_spatial_groups)
         self.eps = eps
         self.momentum = momentum
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
         g = self.num_groups

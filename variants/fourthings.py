@@ -42,6 +42,7 @@ Deviations from the official code:
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,6 +89,9 @@ class FourThingsNorm2d(nn.Module):
         "arXiv 1906.03548"
     )
     batch_dependent = True
+    running_mean: torch.Tensor
+    running_sq_mean: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(
         self,
@@ -119,7 +123,7 @@ class FourThingsNorm2d(nn.Module):
         self.eval_example_weight = alpha
         self.eps = eps
         self.momentum = momentum
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
         # Raw moments E[x] and E[x^2] (initialised to 0 and 1), not a mean and a variance.

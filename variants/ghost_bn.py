@@ -36,6 +36,7 @@ closed-form EMA equals the sequential updates up to floating-point rounding.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,9 @@ class GhostBatchNorm2d(nn.Module):
         "training of neural networks (NeurIPS 2017), arXiv 1705.08741"
     )
     batch_dependent = True
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(
         self,
@@ -81,7 +85,7 @@ class GhostBatchNorm2d(nn.Module):
         self.num_splits = num_splits
         self.eps = eps
         self.momentum = momentum
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
         self.bias = nn.Parameter(torch.zeros(num_features, **factory))
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))

@@ -134,6 +134,13 @@ class UnifiedBatchNorm2d(nn.Module):
         "Batch Normalization and a Unified Framework (ECCV 2024), arXiv 2311.15993"
     )
     batch_dependent = True
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+    running_sim: torch.Tensor
+    sim_count: torch.Tensor
+    condensed: torch.Tensor
+    frozen_steps: torch.Tensor
 
     def __init__(
         self,
@@ -182,7 +189,8 @@ class UnifiedBatchNorm2d(nn.Module):
     def _init_parameters(
         self, device: torch.device | str | None, dtype: torch.dtype | None
     ) -> None:
-        c, k, factory = self.num_features, self.kernel_size, {"device": device, "dtype": dtype}
+        c, k = self.num_features, self.kernel_size
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if self.norm_rect:  # RBN calibration: w_m = 0, w_v = 0, b_v = 1 (gate sigmoid(1))
             self.center_weight = nn.Parameter(torch.zeros(c, **factory))
             self.scale_weight = nn.Parameter(torch.zeros(c, **factory))

@@ -90,7 +90,8 @@ def _configs(batch: int) -> list[tuple[str, str, dict[str, object]]]:
     from normbench.registry import BUILTIN, VARIANTS
 
     names = sorted(e.name for e in VARIANTS.entries() if e.source == BUILTIN and e.name != "bn")
-    configs = [("bn", "bn", {})] + [(n, n, {}) for n in names]
+    configs: list[tuple[str, str, dict[str, object]]] = [("bn", "bn", {})]
+    configs += [(n, n, {}) for n in names]
     gbs = max(batch // 4, 2)
     configs.append((f"ghost_bn ghost_batch_size={gbs}", "ghost_bn", {"ghost_batch_size": gbs}))
     return configs

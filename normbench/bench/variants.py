@@ -300,8 +300,9 @@ def _diagnostics(cases: list[Case]) -> list[str]:
     """Layers with a `diagnostics()` hook (UBN): which path they took during the run."""
     out = []
     for case in cases:
-        if hasattr(case.layer, "diagnostics"):
-            items = ", ".join(f"{k}={v:g}" for k, v in case.layer.diagnostics().items())
+        diagnostics = getattr(case.layer, "diagnostics", None)
+        if diagnostics is not None:
+            items = ", ".join(f"{k}={v:g}" for k, v in diagnostics().items())
             out.append(f"- {case.label} after the run: {items}")
     return out
 

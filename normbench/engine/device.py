@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,7 +54,8 @@ class Runtime:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        return torch.compile(model) if self.compile else model
+        # torch.compile is typed as returning a Callable; given a Module it returns a Module.
+        return cast(nn.Module, torch.compile(model)) if self.compile else model
 
 
 def resolve_device(name: str) -> torch.device:

@@ -42,17 +42,22 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
     return float((total.dot(total) - diag) / (b * (b - 1)))
 
 
-def norm_classes() -> tuple[type, ...]:
+def norm_classes() -> tuple[type[nn.Module], ...]:
     """Classes that count as norm layers: registered variants and torch's own norms."""
     from normbench.registry import VARIANTS
 
-    classes: list[type] = [
+    classes: list[type[nn.Module]] = [
         nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
         nn.GroupNorm,
         nn.LayerNorm,
         nn.LocalResponseNorm,
     ]
-    classes += [e.obj for e in VARIANTS.entries() if isinstance(e.obj, type)]
+    # Only module classes can match a layer of a model (named_modules yields modules).
+    classes += [
+        e.obj
+        for e in VARIANTS.entries()
+        if isinstance(e.obj, type) and issubclass(e.obj, nn.Module)
+    ]
     return tuple(classes)
 
 

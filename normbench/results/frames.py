@@ -82,7 +82,9 @@ def _metric_columns(recs: list[dict[str, Any]]) -> dict[str, Any]:
     if not recs:
         return {"epochs": 0}
     last = recs[-1]
-    vals = [(r.get("val_top1"), r) for r in recs if _finite(r.get("val_top1"))]
+    vals: list[tuple[float, dict[str, Any]]] = [
+        (r["val_top1"], r) for r in recs if _finite(r.get("val_top1"))
+    ]
     best_val, best = max(vals, key=lambda vr: vr[0]) if vals else (math.nan, {})
     speeds = [r["images_per_s"] for r in recs if _finite(r.get("images_per_s"))]
     mems = [r["peak_mem_mb"] for r in recs if _finite(r.get("peak_mem_mb"))]

@@ -50,7 +50,7 @@ class RunStore:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(self.run_dir)
+        self._lock_fd: int | None = _acquire_lock(self.run_dir)
         self._fds: dict[str, int] = {}
         self._seen: set[tuple[str, int]] = set()
         self._trials: dict[str, dict[str, Any]] = {}

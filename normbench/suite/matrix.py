@@ -14,6 +14,7 @@ Semantics (the schema reference in `normbench.suite.schema` repeats them):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,7 @@ def _key(entry: NamedEntry) -> tuple[str, str, str]:
     )
 
 
-def make_labels(entries: list[NamedEntry]) -> dict[tuple[str, str, str], str]:
+def make_labels(entries: Sequence[NamedEntry]) -> dict[tuple[str, str, str], str]:
     """Label per distinct entry; a name used with different options gets them in its label."""
     distinct: dict[tuple[str, str, str], NamedEntry] = {}
     for e in entries:
@@ -221,7 +222,14 @@ def _base_spec(
     t = model.train
     recipe = Recipe(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)})
     recipe = dataclasses.replace(recipe, milestones=tuple(t.milestones))
-    shared = ("sabn_index", "device", "amp", "channels_last", "compile", "eval_batch_size")
+    shared: tuple[str, ...] = (
+        "sabn_index",
+        "device",
+        "amp",
+        "channels_last",
+        "compile",
+        "eval_batch_size",
+    )
     shared += ("probe", "probe_batch_size", "checkpoint_every")
     dataset_options = model.dataset.model_dump()
     return TrialSpec(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from normbench.registry import BACKBONES, DATASETS, VARIANTS
 from normbench.suite import checks
-from normbench.suite.schema import BackboneEntry, SuiteModel, VariantEntry
+from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
 
 _MESSAGES = {
@@ -99,7 +99,9 @@ def fallback_name_checks(data: dict[str, Any]) -> list[tuple[Path, str]]:
     return problems
 
 
-def _entry_names(model: type[BaseModel], reg: Any, item: Any, path: Path) -> list:
+def _entry_names(
+    model: type[NamedEntry], reg: Any, item: Any, path: Path
+) -> list[tuple[Path, str]]:
     try:
         entry = model.model_validate(item)
     except Exception:

@@ -280,7 +280,11 @@ def _reason(error: BaseException | None) -> str:
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[], None]:
     """Start a local Ray (no address) or join a cluster; returns the matching shutdown."""
-    common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    common: dict[str, Any] = {
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "include_dashboard": False,
+    }
     if address:
         common.pop("include_dashboard")
         ray.init(address=address, **common)

@@ -114,7 +114,14 @@ class Driver:
         self.failed = 0
         self.finished: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
-        self.view: LiveView | None = None
+        self._view: LiveView | None = None
+
+    @property
+    def view(self) -> LiveView:
+        """The live view; open only while `run` runs, which is when the adapter sends events."""
+        if self._view is None:
+            raise RuntimeError("Driver events arrive only while Driver.run() is running")
+        return self._view
 
     def run(self) -> int:
         """Run every unfinished trial; returns how many failed."""
@@ -124,7 +131,7 @@ class Driver:
             total, already = len(trials), sum(t.trial_id in done for t in trials)
         else:
             total, already = self.suite.search.num_samples * len(trials), 0
-        with LiveView(total, already, stream=self.stream) as self.view:
+        with LiveView(total, already, stream=self.stream) as self._view:
             if self.suite.search is None:
                 self._run_grid([t for t in trials if t.trial_id not in done])
             else:
@@ -245,7 +252,7 @@ def environment(cluster: dict[str, float] | None = None) -> dict[str, Any]:
     """Versions, device and host: stored with every run (benchmark hygiene)."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("torch", "torchvision", "ray", "optuna", "numpy", "pandas", "normbench"):
         try:
             versions[pkg] = md.version(pkg)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from normbench.engine.spec import TrialSpec
 from normbench.suite.matrix import apply_params
@@ -74,7 +74,7 @@ def prepare_study(
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if search.mode == "max" else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if search.mode == "max" else "minimize"
     study = optuna.create_study(
         storage=url, study_name=name, direction=direction, load_if_exists=True
     )

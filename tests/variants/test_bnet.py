@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bn_reference import RefBN, assert_buffers, c4, inputs
-from normbench.variants import BNET2d
 from torch import nn
+
+from normbench.variants import BNET2d
 
 DT = torch.float64
 C = 4

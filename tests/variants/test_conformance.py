@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from normbench.variants import GroupNorm2d
 from torch import nn
 
 from normbench.testing import VariantConformance
+from normbench.variants import GroupNorm2d
 
 
 class TestBN(VariantConformance):

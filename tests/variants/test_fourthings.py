@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.fourthings import FourThingsNorm2d
-from torch import nn
 
 DT = torch.float64
 EPS = 1e-5

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from normbench.variants.ghost_bn import GhostBatchNorm2d
 from torch import nn
+
+from normbench.variants.ghost_bn import GhostBatchNorm2d
 
 DT = torch.float64
 

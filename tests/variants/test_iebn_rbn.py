@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 from bn_reference import RefBN, assert_buffers, c4, gap, inputs
-from normbench.variants import IEBN2d, RepresentativeBatchNorm2d
 from torch import nn
+
+from normbench.variants import IEBN2d, RepresentativeBatchNorm2d
 
 DT = torch.float64
 C = 5

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from bn_reference import RefBN, assert_buffers, c4, inputs
-from normbench.variants import SandwichBatchNorm2d, sabn_index
 from torch import nn
+
+from normbench.variants import SandwichBatchNorm2d, sabn_index
 
 DT = torch.float64
 C = 4

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.fourthings import FourThingsNorm2d
 from normbench.variants.ghost_bn import GhostBatchNorm2d
