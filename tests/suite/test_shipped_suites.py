@@ -91,7 +91,7 @@ def test_quickstart_covers_every_builtin(loaded):
     assert {t.spec.seed for t in trials} == {0, 1, 2}
     ghost = [t.spec for t in trials if t.spec.variant == "ghost_bn"]
     assert ghost[0].batch_size == 64 and ghost[0].variant_options["ghost_batch_size"] == 16
-    assert {t.spec.device for t in trials} == {"cpu"}
+    assert {t.spec.device for t in trials} == {"auto"}  # a GPU when the suite asks Ray for one
     assert loaded["quickstart"].resources.cpus == 1 and loaded["quickstart"].max_concurrent == 2
 
 
@@ -165,8 +165,8 @@ def test_small_batch_and_search(loaded):
 
 def test_describe_counts_images(loaded):
     # digits: 1437 training images before the 10% validation carve -> 1293 per epoch;
-    # quickstart: 3 epochs x 33 trials.
+    # quickstart: 5 epochs x 33 trials.
     text = describe(loaded["quickstart"])
-    assert f"estimated images processed: {3 * 1293 * 33:.3g}" in text
+    assert f"estimated images processed: {5 * 1293 * 33:.3g}" in text
     smoke = describe(load_suite(SUITES / "quickstart.yaml", limit_batches=2, max_epochs=1))
     assert f"estimated images processed: {1 * 2 * 64 * 33:.3g}" in smoke
