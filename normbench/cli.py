@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from normbench.errors import UserError
+from normbench.errors import SuiteError, UserError
 
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -50,9 +50,10 @@ def build_app() -> typer.Typer:
     return app
 
 
-def fail(message: str) -> None:
-    """Print one clear line and exit with status 2 (a user's mistake)."""
-    print(f"normbench: error: {message}", file=sys.stderr)
+def fail(message: str, *more: str) -> None:
+    """Print one clear line per problem and exit with status 2 (a user's mistake)."""
+    for line in (message, *more):
+        print(f"normbench: error: {line}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(build_app())
     try:
         rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)
+    except SuiteError as exc:  # every problem of a suite at once, one line each
+        fail(*(exc.problems or [str(exc)]))
     except UserError as exc:
         fail(str(exc))
     except typer.Abort:
