@@ -1,8 +1,13 @@
-"""Helpers shared by the built-in variants: input and option checks, GAP and the BN core.
+"""Helpers shared by the built-in variants: input checks, GAP, registration and the BN core.
+
+Option checks live in `_options`.
 
 `bn_core` is batch norm without affine on torch's fused kernel (`F.batch_norm`), plus the
 `num_batches_tracked` rule of `nn.BatchNorm2d` (spec §2): momentum None means a cumulative
 average (factor 1/num_batches_tracked), 0 means no update.
+
+`ContractNorm` checks and stores the contract arguments of every variant built from scratch
+(BGN, GhostBN, FourThings, UBN register their own state on top).
 
 `RunningStatsNorm` is the base of the BN-family variants that are *not* torch subclasses (IEBN,
 RBN, BNET, SaBN): it validates the common constructor arguments, registers the BN buffers and
@@ -14,13 +19,11 @@ crash on RBN's `weight=None`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fused import instance_dot, moments
+from ._options import check_common
 
 
 def check_input(layer: nn.Module, x: torch.Tensor, num_features: int) -> None:
@@ -121,55 +124,50 @@ def register_bn_buffers(
     num_features: int,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
+    *,
+    var_name: str = "running_var",
 ) -> None:
-    """running_mean 0, running_var 1 (floating, device/dtype), num_batches_tracked 0 (int64)."""
+    """running_mean 0, running_var 1 (floating, device/dtype), num_batches_tracked 0 (int64).
+
+    `num_features` is the statistics' length (BGN: the number of groups); `var_name` renames
+    the second buffer (FourThings keeps the raw moment E[x²] in `running_sq_mean`).
+    """
     module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
-    module.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+    module.register_buffer(var_name, torch.ones(num_features, device=device, dtype=dtype))
     module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
 
-def check_common(layer: str, num_features: int, eps: float, momentum: float | None) -> None:
-    """Validate the contract arguments every variant takes (spec §1), naming rule and value."""
-    check_positive_int(layer, "num_features", num_features)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-        raise ValueError(f"{layer}: eps must be a number > 0, got {eps!r}")
-    if momentum is not None and (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, int | float)
-        or not 0 <= momentum <= 1
-    ):
-        raise ValueError(
-            f"{layer}: momentum must be None (cumulative average) or in [0, 1], got {momentum!r}"
-        )
+def register_affine(
+    module: nn.Module,
+    num_features: int,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> None:
+    """`weight` γ = 1 and `bias` β = 0, (C,) parameters: BN's affine at its initial values."""
+    module.register_parameter(
+        "weight", nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+    )
+    module.register_parameter(
+        "bias", nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+    )
 
 
-def check_positive_int(layer: str, name: str, value: object) -> None:
-    """Raise ValueError unless `value` is an int >= 1 (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{layer}: {name} must be an int >= 1, got {value!r}")
+class ContractNorm(nn.Module):
+    """Base of the variants built from scratch: checks and stores the contract arguments.
+
+    `num_features`, `eps` and `momentum` (spec §1) are validated, naming the subclass, and
+    kept as given; subclasses check their own options and register their own state.
+    """
+
+    def __init__(self, num_features: int, *, eps: float, momentum: float | None) -> None:
+        super().__init__()
+        check_common(type(self).__name__, num_features, eps, momentum)
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
 
 
-def check_bool(layer: str, name: str, value: object) -> bool:
-    """Return `value` if it is a bool; raise ValueError otherwise (bool("false") is True)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{layer}: {name} must be true or false, got {value!r}")
-    return value
-
-
-def check_choice(layer: str, name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise ValueError unless `value` is one of `choices`, listing them."""
-    if value not in choices:
-        raise ValueError(
-            f"{layer}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-        )
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32 for statistics and gates (spec §15); other dtypes unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-class RunningStatsNorm(nn.Module):
+class RunningStatsNorm(ContractNorm):
     """Base of BN-family variants built from scratch: contract arguments and BN buffers.
 
     Subclasses add their parameters, call `self.normalize(x)` for BNcore (spec §2) and
@@ -189,11 +187,8 @@ class RunningStatsNorm(nn.Module):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        super().__init__()
-        check_common(type(self).__name__, num_features, eps, momentum)
-        self.num_features = num_features
+        super().__init__(num_features, eps=eps, momentum=momentum)
         self.eps = float(eps)
-        self.momentum = momentum
         register_bn_buffers(self, num_features, device, dtype)
 
     def reset_running_stats(self) -> None:
@@ -220,14 +215,8 @@ class RunningStatsNorm(nn.Module):
             bias=bias,
         )
 
-    def instance_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-(n, c) mean and biased variance, (N, C) each; eval needs (and gets) only the mean."""
-        if self.training:
-            return instance_moments(x)
-        return upcast(x).mean(dim=(2, 3)), None
-
     def channel_stats(
-        self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | None
+        self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BNcore's per-channel (μ, 1/sqrt(σ² + eps)), (C,) each, from per-instance moments.
 
@@ -236,7 +225,6 @@ class RunningStatsNorm(nn.Module):
         """
         if not self.training:
             return self.running_mean, torch.rsqrt(self.running_var + self.eps)
-        assert var is not None
         check_batch_statistics(self, x, x.numel() // x.shape[1])
         mu, batch_var = batch_moments(mean, var)
         update_running_stats(self, mu, batch_var, x.numel() // x.shape[1], self.momentum)
@@ -252,70 +240,7 @@ class RunningStatsNorm(nn.Module):
         return f"{base}, {opts}" if opts else base
 
 
-# -- per-instance moments and affine: BN-family layers with per-sample gates ------------------
-# RBN scales each (sample, channel) by a gate, so its output is x·A + B with A, B of shape
-# (N, C). Written with autograd on full tensors, that costs several extra passes over the
-# activation (gate multiply, its backward reduction, GAP backward). These two functions touch
-# the full tensor once forward and once or twice backward; everything between them is autograd
-# on (N, C) tensors, so the gradients stay exact by the chain rule. The moments and the
-# backward's Σ g·x run chunk-wise without full-size temporaries (`_fused`). The single-call
-# `_fused.fused_instance_affine` (IEBN, BGN, GhostBN, UBN, FourThings) also fuses the backward
-# into one input-gradient pass and is faster still; RBN could move to it.
-
-
-class _InstanceMoments(torch.autograd.Function):
-    """(mean, biased var) over (H, W) per (n, c), each (N, C), with a fused backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # two-pass (spec §3: never E[x²] − E[x]²), centred temporaries in cache-sized chunks
-        mean, var = moments(x)
-        ctx.save_for_backward(x, mean)
-        return mean, var
-
-    @staticmethod
-    def backward(ctx: Any, grad_mean: torch.Tensor, grad_var: torch.Tensor) -> torch.Tensor:
-        x, mean = ctx.saved_tensors
-        hw = x.shape[2] * x.shape[3]
-        # d mean/dx = 1/HW, d var/dx = 2(x − mean)/HW: one fused x·a + b pass
-        scale = per_sample(2.0 * grad_var / hw)
-        shift = per_sample(grad_mean / hw) - scale * per_sample(mean)
-        return torch.addcmul(shift, x, scale)
-
-
-class _InstanceAffine(torch.autograd.Function):
-    """y = x·A + B with A, B (N, C) broadcast over (H, W)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, a)
-        return torch.addcmul(per_sample(b), x, per_sample(a))
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_y: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        x, a = ctx.saved_tensors
-        need_x, need_a, need_b = ctx.needs_input_grad
-        grad_x = grad_y * per_sample(a) if need_x else None
-        grad_a = instance_dot(grad_y, x) if need_a else None
-        grad_b = grad_y.sum(dim=(2, 3)) if need_b else None
-        return grad_x, grad_a, grad_b
-
-
-def per_sample(t: torch.Tensor) -> torch.Tensor:
-    """View an (N, C) tensor as (N, C, 1, 1)."""
-    return t.reshape(t.shape[0], t.shape[1], 1, 1)
-
-
-def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) mean and biased variance over (H, W), each (N, C); fp32 for half input."""
-    return _InstanceMoments.apply(upcast(x))
-
-
-def instance_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x·A + B for (N, C) coefficients, in x's dtype."""
-    return _InstanceAffine.apply(x, a.to(x.dtype), b.to(x.dtype))
+# -- BN statistics from per-instance moments (the `_fused` layers) ---------------------------
 
 
 def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Fused per-instance affine normalisation: one statistics pass, one affine pass, exact grads.
 
-Every BN-family layer built here (BGN with G | C, GhostBN, IEBN, UBN) maps its input, per
-(sample, channel), by an affine function whose coefficients depend on the per-instance moments
-m = mean over (H, W) and v = biased variance over (H, W), both (N, C), and on parameters:
+Every BN-family layer built here (BGN with G | C, GhostBN, IEBN, RBN, UBN, FourThings) maps its
+input, per (sample, channel), by an affine function whose coefficients depend on the
+per-instance moments m = mean over (H, W) and v = biased variance over (H, W), both (N, C), and
+on parameters:
 
     y[n, c] = (x[n, c] − m[n, c]) · A[n, c] + Y[n, c]      (Y = the output at the instance mean)
 
@@ -109,15 +110,6 @@ def _grad_reductions(
     return sums, dots
 
 
-def instance_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Σ_hw g·x per (n, c), (N, C), without a full-size temporary."""
-    out = x.new_empty(x.shape[:2])
-    scratch = _scratch(x, x.dtype)
-    for idx in _chunks(x):
-        torch.sum(torch.mul(g[idx], x[idx], out=_view(scratch, x[idx])), dim=(2, 3), out=out[idx])
-    return out
-
-
 def _input_grad(
     g: torch.Tensor, x: torch.Tensor, m: torch.Tensor, a: torch.Tensor, p: torch.Tensor, q: Any
 ) -> torch.Tensor:
@@ -157,13 +149,18 @@ class _FusedInstanceAffine(torch.autograd.Function):
         mean = leaves[0].detach()
         s_g, s_gc = _grad_reductions(g, x, mean)
         wanted = [i for i, t in enumerate(leaves) if t.requires_grad]
-        grads = torch.autograd.grad(
-            (scale, at_mean),
-            [leaves[i] for i in wanted],
-            (s_gc.to(scale.dtype), s_g.to(at_mean.dtype)),
-            retain_graph=True,
-            allow_unused=True,
-        )
+        # A coefficient may be constant (UBN without norm_rect on running statistics: A).
+        pairs = [(scale, s_gc), (at_mean, s_g)]
+        outputs = [(t, s.to(t.dtype)) for t, s in pairs if t.requires_grad]
+        grads: Any = [None] * len(wanted)
+        if outputs:
+            grads = torch.autograd.grad(
+                [t for t, _ in outputs],
+                [leaves[i] for i in wanted],
+                [s for _, s in outputs],
+                retain_graph=True,
+                allow_unused=True,
+            )
         found: list[Any] = [None] * len(leaves)
         for i, grad in zip(wanted, grads, strict=True):
             found[i] = grad
@@ -216,3 +213,21 @@ def block_moments(
 
     mu = pool(mean)
     return mu, pool(var) + pool((mean - expand(mu)).square()), expand
+
+
+def block_affine(
+    mean: torch.Tensor,
+    mu: torch.Tensor,
+    block_var: torch.Tensor,
+    expand: Callable[[torch.Tensor], torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, Y) of y = (x − mean)·A + Y when each (n, c) is normalised by its block's statistics.
+
+    `mu`, `block_var` (K, G) and `expand` come from `block_moments`; `mean` (N, C) is the
+    per-instance mean, `weight`, `bias` (C,) the affine: A = γ/sqrt(σ² + eps), Y = β + (m − μ)·A.
+    """
+    scale = weight * expand(torch.rsqrt(block_var + eps))  # (N, C)
+    return scale, bias + (mean - expand(mu)) * scale

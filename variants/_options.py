@@ -1,4 +1,4 @@
-"""Constructor-option checks shared by the BGN, GhostBN, FourThings and UBN layers.
+"""Constructor-option checks shared by every built-in variant (the only copy of them).
 
 Spec §1.1: invalid options raise at construction, naming the rule and the value. YAML gives
 ints, floats, bools and strings, so the checks reject bools posing as ints and NaN floats.
@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """An int or float that is not a bool and not NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def check_int(layer: str, name: str, value: object, *, minimum: int) -> int:
@@ -31,9 +37,7 @@ def check_float(
     layer: str, name: str, value: object, *, low: float, high: float, allow_inf: bool = False
 ) -> float:
     """Return `value` as float if low <= value <= high (NaN never passes)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and (math.isnan(value) or (math.isinf(value) and not allow_inf)):  # type: ignore[arg-type]
-        ok = False
+    ok = _is_number(value) and (allow_inf or not math.isinf(value))  # type: ignore[arg-type]
     if not ok or not low <= value <= high:  # type: ignore[operator]
         raise ValueError(
             f"{layer}: `{name}` must be a number with {low} <= {name} <= {high}, but got {value!r}"
@@ -42,7 +46,7 @@ def check_float(
 
 
 def check_bool(layer: str, name: str, value: object) -> bool:
-    """Return `value` if it is a bool, else raise ValueError (no truthiness guessing)."""
+    """Return `value` if it is a bool, else raise ValueError (bool("false") is True)."""
     if not isinstance(value, bool):
         raise ValueError(f"{layer}: `{name}` must be true or false, but got {value!r}")
     return value
@@ -57,10 +61,34 @@ def check_choice(layer: str, name: str, value: object, choices: Iterable[str]) -
 
 
 def check_common(layer: str, num_features: object, eps: object, momentum: object) -> None:
-    """The contract options every BN-family variant shares (spec §1)."""
+    """The contract options every variant shares (spec §1): C >= 1, eps > 0, momentum.
+
+    Momentum None means a cumulative average, so it passes; otherwise 0 <= momentum <= 1.
+    """
     check_int(layer, "num_features", num_features, minimum=1)
-    check_float(layer, "eps", eps, low=0.0, high=math.inf)
-    if eps <= 0:  # type: ignore[operator]
-        raise ValueError(f"{layer}: `eps` must be > 0, but got {eps!r}")
-    if momentum is not None:
-        check_float(layer, "momentum", momentum, low=0.0, high=1.0)
+    if not _is_number(eps) or math.isinf(eps) or eps <= 0:  # type: ignore[arg-type, operator]
+        raise ValueError(f"{layer}: `eps` must be a finite number > 0, but got {eps!r}")
+    if momentum is not None and (not _is_number(momentum) or not 0 <= momentum <= 1):  # type: ignore[operator]
+        raise ValueError(
+            f"{layer}: `momentum` must be None (cumulative average) or a number with "
+            f"0 <= momentum <= 1, but got {momentum!r}"
+        )
+
+
+def check_torch_norm_options(
+    layer: str,
+    num_features: object,
+    *,
+    eps: object,
+    momentum: object,
+    affine: object,
+    track_running_stats: object,
+) -> dict[str, Any]:
+    """The checked keyword arguments of torch's BN/IN constructors (BN and IN subclass them)."""
+    check_common(layer, num_features, eps, momentum)
+    return {
+        "eps": eps,
+        "momentum": momentum,
+        "affine": check_bool(layer, "affine", affine),
+        "track_running_stats": check_bool(layer, "track_running_stats", track_running_stats),
+    }

@@ -34,21 +34,23 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normbench.variants._core import (
+    ContractNorm,
     check_batch_statistics,
     check_input,
     per_channel,
+    register_affine,
+    register_bn_buffers,
     update_factor,
     update_running_stats,
 )
-from normbench.variants._fused import block_moments, fused_instance_affine
-from normbench.variants._options import check_bool, check_common, check_int
+from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._options import check_bool, check_int
 
 
 def effective_groups(num_features: int, num_groups: int, allow_spatial_groups: bool) -> int:
@@ -58,7 +60,7 @@ def effective_groups(num_features: int, num_groups: int, allow_spatial_groups: b
     return math.gcd(num_groups, num_features)
 
 
-class BatchGroupNorm2d(nn.Module):
+class BatchGroupNorm2d(ContractNorm):
     """Batch norm whose statistics pool C/G channels (or positions) per group across the batch.
 
     Constructor contract: `BatchGroupNorm2d(num_features, *, num_groups=32,
@@ -67,6 +69,8 @@ class BatchGroupNorm2d(nn.Module):
 
     paper = "Batch Group Normalization (arXiv 2020), arXiv 2012.02782"
     batch_dependent = True
+    weight: nn.Parameter
+    bias: nn.Parameter
     running_mean: torch.Tensor
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -82,26 +86,15 @@ class BatchGroupNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps=eps, momentum=momentum)
         name = type(self).__name__
-        check_common(name, num_features, eps, momentum)
         check_int(name, "num_groups", num_groups, minimum=1)
         check_bool(name, "allow_spatial_groups", allow_spatial_groups)
-        self.num_features = num_features
         self.requested_groups = num_groups
         self.allow_spatial_groups = allow_spatial_groups
         self.num_groups = effective_groups(num_features, num_groups, allow_spatial_groups)
-        self.eps = eps
-        self.momentum = momentum
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        g = self.num_groups
-        self.register_buffer("running_mean", torch.zeros(g, **factory))
-        self.register_buffer("running_var", torch.ones(g, **factory))
-        self.register_buffer(
-            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-        )
+        register_affine(self, num_features, device, dtype)
+        register_bn_buffers(self, self.num_groups, device, dtype)  # (G,) statistics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
@@ -140,8 +133,7 @@ class BatchGroupNorm2d(nn.Module):
             update_running_stats(self, mu[0], group_var[0], n * cpg * plane, self.momentum)
         else:
             mu, group_var = self.running_mean[None], self.running_var[None]
-        scale = weight * expand(torch.rsqrt(group_var + self.eps))  # (N, C)
-        return scale, bias + (mean - expand(mu)) * scale
+        return block_affine(mean, mu, group_var, expand, weight, bias, self.eps)
 
     def _batch_norm_view(self, x: torch.Tensor) -> torch.Tensor:
         """G = C (BN, affine fused) or spatial groups: `F.batch_norm` on the (N, G, M) view."""

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import check_batch_statistics, check_bool, check_common, check_input
+from ._core import check_batch_statistics, check_input
+from ._options import check_torch_norm_options
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -45,17 +46,15 @@ class BatchNorm2d(nn.BatchNorm2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        name = type(self).__name__
-        check_common(name, num_features, eps, momentum)
-        super().__init__(
+        options = check_torch_norm_options(
+            type(self).__name__,
             num_features,
             eps=eps,
             momentum=momentum,
-            affine=check_bool(name, "affine", affine),
-            track_running_stats=check_bool(name, "track_running_stats", track_running_stats),
-            device=device,
-            dtype=dtype,
+            affine=affine,
+            track_running_stats=track_running_stats,
         )
+        super().__init__(num_features, **options, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)

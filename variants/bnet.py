@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import RunningStatsNorm, check_choice, check_input, check_positive_int
+from ._core import RunningStatsNorm, check_input
+from ._options import check_choice, check_int
 
 INITS = ("identity", "zero")
 
@@ -61,7 +62,7 @@ class BNET2d(RunningStatsNorm):
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
         name = type(self).__name__
-        check_positive_int(name, "kernel_size", kernel_size)
+        check_int(name, "kernel_size", kernel_size, minimum=1)
         if kernel_size % 2 == 0:
             raise ValueError(
                 f"{name}: kernel_size must be odd (padding (k-1)/2 keeps the size), "

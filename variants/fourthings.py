@@ -42,15 +42,21 @@ Deviations from the official code:
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import torch
 from torch import nn
 
 from normbench.variants._chunked import chunk_sizes
-from normbench.variants._core import check_batch_statistics, check_input, update_factor
-from normbench.variants._fused import block_moments, fused_instance_affine
-from normbench.variants._options import check_common, check_float, check_optional_int
+from normbench.variants._core import (
+    ContractNorm,
+    check_batch_statistics,
+    check_input,
+    register_affine,
+    register_bn_buffers,
+    update_factor,
+)
+from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._options import check_float, check_optional_int
 
 
 def channels_per_group_for(
@@ -76,7 +82,7 @@ def channels_per_group_for(
     return cpg
 
 
-class FourThingsNorm2d(nn.Module):
+class FourThingsNorm2d(ContractNorm):
     """Batch/group normalization with raw-moment buffers and inference example weighing.
 
     Constructor contract: `FourThingsNorm2d(num_features, *, examples_per_group=None,
@@ -89,6 +95,8 @@ class FourThingsNorm2d(nn.Module):
         "arXiv 1906.03548"
     )
     batch_dependent = True
+    weight: nn.Parameter
+    bias: nn.Parameter
     running_mean: torch.Tensor
     running_sq_mean: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -106,14 +114,12 @@ class FourThingsNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps=eps, momentum=momentum)
         name = type(self).__name__
-        check_common(name, num_features, eps, momentum)
         check_optional_int(name, "examples_per_group", examples_per_group, minimum=1)
         check_optional_int(name, "channels_per_group", channels_per_group, minimum=1)
         check_optional_int(name, "channel_groups", channel_groups, minimum=1)
         alpha = check_float(name, "eval_example_weight", eval_example_weight, low=0.0, high=1.0)
-        self.num_features = num_features
         self.examples_per_group = examples_per_group
         self.channels_per_group = channels_per_group_for(
             name, num_features, channels_per_group, channel_groups
@@ -121,17 +127,9 @@ class FourThingsNorm2d(nn.Module):
         self.channel_groups = channel_groups  # as given; num_groups is the effective G
         self.num_groups = num_features // self.channels_per_group
         self.eval_example_weight = alpha
-        self.eps = eps
-        self.momentum = momentum
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        register_affine(self, num_features, device, dtype)
         # Raw moments E[x] and E[x^2] (initialised to 0 and 1), not a mean and a variance.
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_sq_mean", torch.ones(num_features, **factory))
-        self.register_buffer(
-            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-        )
+        register_bn_buffers(self, num_features, device, dtype, var_name="running_sq_mean")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
@@ -164,8 +162,7 @@ class FourThingsNorm2d(nn.Module):
             batch_mean, batch_var, _ = block_moments(mean, var, [mean.shape[0]], 1)
             self._update_moments(batch_mean[0], batch_var[0])
         mu, block_var, expand = block_moments(mean, var, sizes, self.channels_per_group)
-        scale = weight * expand(torch.rsqrt(block_var + self.eps))
-        return scale, bias + (mean - expand(mu)) * scale
+        return block_affine(mean, mu, block_var, expand, weight, bias, self.eps)
 
     def _update_moments(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Whole-batch raw moments per channel into the buffers (official UPDATE_OPS)."""

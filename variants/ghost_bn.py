@@ -36,19 +36,25 @@ closed-form EMA equals the sequential updates up to floating-point rounding.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normbench.variants._chunked import chunk_length, chunk_sizes
-from normbench.variants._core import check_batch_statistics, check_input, update_factor
-from normbench.variants._fused import block_moments, fused_instance_affine
-from normbench.variants._options import check_common, check_int, check_optional_int
+from normbench.variants._core import (
+    ContractNorm,
+    check_batch_statistics,
+    check_input,
+    register_affine,
+    register_bn_buffers,
+    update_factor,
+)
+from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._options import check_int, check_optional_int
 
 
-class GhostBatchNorm2d(nn.Module):
+class GhostBatchNorm2d(ContractNorm):
     """Batch norm with per-ghost-batch statistics in training and sequential running updates.
 
     Constructor contract: `GhostBatchNorm2d(num_features, *, ghost_batch_size=128,
@@ -60,6 +66,8 @@ class GhostBatchNorm2d(nn.Module):
         "training of neural networks (NeurIPS 2017), arXiv 1705.08741"
     )
     batch_dependent = True
+    weight: nn.Parameter
+    bias: nn.Parameter
     running_mean: torch.Tensor
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -75,48 +83,38 @@ class GhostBatchNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps=eps, momentum=momentum)
         name = type(self).__name__
-        check_common(name, num_features, eps, momentum)
         check_int(name, "ghost_batch_size", ghost_batch_size, minimum=1)
         check_optional_int(name, "num_splits", num_splits, minimum=1)
-        self.num_features = num_features
         self.ghost_batch_size = ghost_batch_size
         self.num_splits = num_splits
-        self.eps = eps
-        self.momentum = momentum
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.ones(num_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-        self.register_buffer("running_var", torch.ones(num_features, **factory))
-        self.register_buffer(
-            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-        )
+        register_affine(self, num_features, device, dtype)
+        register_bn_buffers(self, num_features, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        if self.training:
+            n, c, h, w = x.shape
+            chunk = chunk_length(
+                n, ghost_batch_size=self.ghost_batch_size, num_splits=self.num_splits
             )
-        n, c, h, w = x.shape
-        chunk = chunk_length(n, ghost_batch_size=self.ghost_batch_size, num_splits=self.num_splits)
-        check_batch_statistics(self, x, min(chunk_sizes(n, chunk)) * h * w)
-        if n <= chunk:  # one ghost batch: plain BN on the module buffers
-            factor = update_factor(self, self.momentum)
-            return F.batch_norm(
-                x,
-                self.running_mean,
-                self.running_var,
-                self.weight,
-                self.bias,
-                True,
-                factor,
-                self.eps,
-            )
-        coefficients = partial(self._coefficients, chunk_sizes(n, chunk), h * w)
-        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+            check_batch_statistics(self, x, min(chunk_sizes(n, chunk)) * h * w)
+            if n > chunk:  # several ghost batches: a per-(n, c) affine of x
+                coefficients = partial(self._coefficients, chunk_sizes(n, chunk), h * w)
+                return fused_instance_affine(x, coefficients, self.weight, self.bias)
+        # Eval, or one ghost batch in training: plain BN on the module buffers.
+        factor = update_factor(self, self.momentum) if self.training else 0.0
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            factor,
+            self.eps,
+        )
 
     def _coefficients(
         self,
@@ -138,8 +136,7 @@ class GhostBatchNorm2d(nn.Module):
             values = torch.tensor(sizes, dtype=mean.dtype, device=mean.device)[:, None] * plane
             unbiased = (ghost_var * (values / (values - 1))).to(self.running_var.dtype)
             self._sequential_update(mu.to(self.running_mean.dtype), unbiased)
-        scale = weight * expand(torch.rsqrt(ghost_var + self.eps))  # (N, C)
-        return scale, bias + (mean - expand(mu)) * scale
+        return block_affine(mean, mu, ghost_var, expand, weight, bias, self.eps)
 
     def _sequential_update(self, means: torch.Tensor, variances: torch.Tensor) -> None:
         """Apply K EMA updates (one per ghost batch, in order) in closed form; counter += K."""

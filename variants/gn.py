@@ -25,21 +25,22 @@ import math
 import torch
 from torch import nn
 
-from ._core import check_common, check_input, check_positive_int
+from ._core import check_input
+from ._options import check_common, check_int
 
 
 def effective_groups(num_features: int, num_groups: int, channels_per_group: int | None) -> int:
     """The number of groups GN uses for `num_features` channels (gcd fallback, spec §5)."""
     name = GroupNorm2d.__name__
     if channels_per_group is not None:
-        check_positive_int(name, "channels_per_group", channels_per_group)
+        check_int(name, "channels_per_group", channels_per_group, minimum=1)
         if num_features % channels_per_group != 0:
             raise ValueError(
                 f"{name}: num_features % channels_per_group == 0 must hold, but got "
                 f"(num_features={num_features}, channels_per_group={channels_per_group})"
             )
         return num_features // channels_per_group
-    check_positive_int(name, "num_groups", num_groups)
+    check_int(name, "num_groups", num_groups, minimum=1)
     return math.gcd(num_groups, num_features)
 
 

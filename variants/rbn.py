@@ -14,12 +14,13 @@ w_m = 0, `scale_weight` w_v = 0, `scale_bias` b_v = 1. So at init RBN = sigmoid(
 and the running mean records the mean of x_c, i.e. (1 + w_m)·μ_c. Buffers as BN; the counter
 increments and momentum None is a cumulative average, as in the official subclass of BN.
 
-Implementation [choice]: the output is written as y = x·A + B with (N, C) coefficients, from
-per-instance moments of x (two-pass mean and biased variance over (H, W)); the batch statistics
-follow by the law of total variance, the buffers by spec §2's rule (counter, momentum None as
-1/count, unbiased running variance with n = N·H·W). That is BNcore exactly (up to rounding),
-without `F.batch_norm`: the fused form reads the activation about half as often as BN plus a
-full-size gate multiply, and runs at about the speed of `nn.BatchNorm2d` on CPU.
+Implementation [choice]: the output is written as y = (x − m)·A + Y with (N, C) coefficients,
+from the per-instance moments of x (two-pass mean m and biased variance over (H, W)); the batch
+statistics of x_c follow by the law of total variance, the buffers by spec §2's rule (counter,
+momentum None as 1/count, unbiased running variance with n = N·H·W). That is BNcore exactly (up
+to rounding), without `F.batch_norm`: `normbench.variants._fused` does one statistics pass and
+one affine pass forward, two passes backward (hand-derived input gradient, autograd on the
+(N, C) coefficients), as for IEBN, instead of BN plus full-size gate and GAP passes.
 
 Deviations from the official code:
 
@@ -35,12 +36,15 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._core import RunningStatsNorm, check_bool, check_input, instance_affine
+from ._core import RunningStatsNorm, check_input
+from ._fused import fused_instance_affine
+from ._options import check_bool
 
 
 class RepresentativeBatchNorm2d(RunningStatsNorm):
@@ -92,16 +96,35 @@ class RepresentativeBatchNorm2d(RunningStatsNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        mean, var = self.instance_stats(x)  # (N, C) moments of x
-        # x_c = x + w_m·GAP(x) shifts each instance: its mean is (1 + w_m)·mean, variance var
-        mean_c = mean * (1 + self.center_weight)
+        calibration = (self.center_weight, self.scale_weight, self.scale_bias)
+        affine = (self.weight, self.bias) if self.affine else ()
+        coefficients = partial(self._coefficients, x)
+        return fused_instance_affine(x, coefficients, *calibration, *affine)
+
+    def _coefficients(
+        self,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        center_weight: torch.Tensor,
+        scale_weight: torch.Tensor,
+        scale_bias: torch.Tensor,
+        *affine: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c), from the moments of x (N, C).
+
+        x_c = x + w_m·GAP(x) shifts each instance: its mean is (1 + w_m)·mean, its variance
+        var, so BNcore's statistics of x_c follow (law of total variance), and
+        GAP(x̂) = (mean_c − μ)·invstd is x̂ at the instance mean.
+        """
+        mean_c = mean + center_weight * mean  # no rounding of 1 + w_m in a low precision
         mu, invstd = self.channel_stats(x, mean_c, var)  # statistics of x_c, (C,)
-        gate = torch.sigmoid(self.scale_weight * (mean_c - mu) * invstd + self.scale_bias)
-        # y = (x + w_m·GAP(x) − μ)·invstd·g·γ + β = x·A + B, with A, B (N, C)
+        at_mean = (mean_c - mu) * invstd  # GAP(x̂), (N, C)
+        gate = torch.sigmoid(scale_weight * at_mean + scale_bias)
+        # y = x̂·g·γ + β, with x̂ = (x − mean)·invstd + GAP(x̂)
         scale = gate * invstd
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = (self.center_weight * mean - mu) * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return instance_affine(x, scale, shift)
+        if not affine:  # affine=False: y = x̂·g
+            return scale, (mean_c - mu) * scale
+        weight, bias = affine
+        scale = scale * weight
+        return scale, (mean_c - mu) * scale + bias

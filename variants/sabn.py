@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import RunningStatsNorm, check_input, check_positive_int
+from ._core import RunningStatsNorm, check_input
+from ._options import check_int
 
 Index = int | torch.Tensor
 
@@ -65,7 +66,7 @@ class SandwichBatchNorm2d(RunningStatsNorm):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
-        check_positive_int(type(self).__name__, "num_branches", num_branches)
+        check_int(type(self).__name__, "num_branches", num_branches, minimum=1)
         self.num_branches = num_branches
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_features, **kw))

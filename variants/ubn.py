@@ -59,11 +59,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.variants._core import (
+    ContractNorm,
     batch_moments,
     check_batch_statistics,
     check_input,
     gap,
     per_channel,
+    register_affine,
     register_bn_buffers,
     update_running_stats,
 )
@@ -71,7 +73,6 @@ from normbench.variants._fused import fused_instance_affine
 from normbench.variants._options import (
     check_bool,
     check_choice,
-    check_common,
     check_float,
     check_int,
 )
@@ -119,7 +120,7 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, -1)
 
 
-class UnifiedBatchNorm2d(nn.Module):
+class UnifiedBatchNorm2d(ContractNorm):
     """BN with a feature-condensation threshold on the statistics, RBN calibration, BNET affine.
 
     Constructor contract: `UnifiedBatchNorm2d(num_features, *, tau=0.15, alpha=0.1,
@@ -162,9 +163,8 @@ class UnifiedBatchNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps=eps, momentum=momentum)
         name = type(self).__name__
-        check_common(name, num_features, eps, momentum)
         inf = float("inf")
         self.tau = check_float(name, "tau", tau, low=-inf, high=inf, allow_inf=True)
         self.alpha = check_float(name, "alpha", alpha, low=0.0, high=1.0)
@@ -180,9 +180,6 @@ class UnifiedBatchNorm2d(nn.Module):
         self.sim_features = check_choice(name, "sim_features", sim_features, ("flatten", "gap"))
         self.sim_init = check_choice(name, "sim_init", sim_init, ("first_batch", "zero"))
         self.min_updates = check_int(name, "min_updates", min_updates, minimum=0)
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
         self._init_parameters(device, dtype)
         self._init_buffers(device, dtype)
 
@@ -202,9 +199,9 @@ class UnifiedBatchNorm2d(nn.Module):
             kernel = torch.zeros(c, 1, k, k, **factory)
             kernel[:, 0, k // 2, k // 2] = 1.0
             self.weight = nn.Parameter(kernel)
+            self.bias = nn.Parameter(torch.zeros(c, **factory))
         else:
-            self.weight = nn.Parameter(torch.ones(c, **factory))
-        self.bias = nn.Parameter(torch.zeros(c, **factory))
+            register_affine(self, c, device, dtype)
 
     def _init_buffers(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         register_bn_buffers(self, self.num_features, device, dtype)

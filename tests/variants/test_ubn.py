@@ -153,6 +153,32 @@ def test_gradients_match_autograd_of_the_formulas(branch, affine_rect, offset) -
     assert int(layer.frozen_steps) == (branch == "frozen")
 
 
+@pytest.mark.parametrize("branch", ["frozen", "eval"])
+def test_running_statistics_without_norm_rect_backpropagate(branch) -> None:
+    """No calibration and a conv affine: the fused scale is a constant, yet x gets gradients."""
+    layer = UnifiedBatchNorm2d(4, tau=math.inf, norm_rect=False, dtype=DT)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=DT))
+        layer.running_mean.copy_(torch.randn(4, generator=g, dtype=DT))
+        layer.running_var.copy_(torch.rand(4, generator=g, dtype=DT) + 0.5)
+    layer.train(branch == "frozen")
+    x = _random_batch(6).requires_grad_()
+    x_hat = (x - layer.running_mean[None, :, None, None]) / torch.sqrt(
+        layer.running_var[None, :, None, None] + EPS
+    )
+    kernel = layer.weight.detach().clone().requires_grad_()
+    y_ref = nn.functional.conv2d(x_hat, kernel, layer.bias.detach(), padding=1, groups=4)
+    w = torch.randn_like(y_ref)
+    expected = torch.autograd.grad((y_ref * w).sum(), [x, kernel])
+    y = layer(x)
+    torch.testing.assert_close(y, y_ref)
+    got = torch.autograd.grad((y * w).sum(), [x, layer.weight])
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    assert int(layer.frozen_steps) == (branch == "frozen")
+
+
 def test_fast_cosine_equals_gram_form_with_a_zero_sample() -> None:
     torch.manual_seed(3)
     feats = torch.randn(6, 2, 3, 5, dtype=DT) + 0.3
