@@ -14,10 +14,8 @@ weighs more).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from normbench.bench.machine import describe_machine, machine_table
 
 SUITE = """
 version: 1
@@ -148,29 +148,7 @@ def _report(rows: dict[str, tuple[dict, dict]], *, quick: bool, load: tuple) -> 
     return "\n".join(lines) + "\n"
 
 
-def _machine(load: tuple) -> list[str]:
-    import importlib.metadata as md
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"],
-        capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    rows = [
-        ("CPU", cpu),
-        ("cores", str(os.cpu_count())),
-        ("Python", platform.python_version()),
-        *((pkg, md.version(pkg)) for pkg in ("torch", "ray", "optuna")),
-        ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
-        ("git commit", commit or "unknown"),
-        ("load average at start (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in load)),
-    ]
-    out = ["## Machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return out + ["", "The machine is shared: compare rows of one report, not across reports."]
+def _machine(load: tuple[float, ...]) -> list[str]:
+    info = describe_machine(("torch", "ray", "optuna"), load=load)
+    note = "The machine is shared: compare rows of one report, not across reports."
+    return [*machine_table(info), "", note]

@@ -16,11 +16,7 @@ oversubscribed machine a second OpenMP thread makes small tensor ops far slower,
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from normbench.bench.machine import describe_machine
 from normbench.data.base import Augment, TensorSet
 from normbench.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from normbench.data.tensor_loader import TensorLoader
@@ -108,52 +105,9 @@ def _fmt(rates: list[float]) -> str:
     return f"{statistics.mean(rates):,.0f} ± {sd:,.0f} (n={len(rates)})"
 
 
-def _git_commit() -> str:
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' (uncommitted changes)' if dirty else ''}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
-    import torchvision
-
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return {
-        "CPU": _cpu_name(),
-        "cores": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "Python": platform.python_version(),
-        "date (UTC)": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
-        "git commit": _git_commit(),
-        "load average at start (1, 5, 15 min)": load,
-    }
+    return describe_machine(("torch", "torchvision"))
 
 
 def measure(n_images: int, repeats: int, max_batches: int | None) -> list[dict[str, Any]]:

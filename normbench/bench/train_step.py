@@ -22,8 +22,6 @@ What is measured, and why:
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.bench.machine import describe_machine
 from normbench.engine.device import Runtime, build_runtime, synchronize
 from normbench.engine.recipe import build_optimizer
 from normbench.engine.spec import Recipe
@@ -208,21 +207,4 @@ def _header(quick: bool) -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    parts = [
-        f"{platform.system()} {platform.release()}",
-        f"CPU {cpu}",
-        f"{len(os.sched_getaffinity(0))} usable cores",
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
-    ]
-    if hasattr(os, "getloadavg"):
-        load = "/".join(f"{v:.1f}" for v in os.getloadavg())
-        parts.append(f"load average at the end {load} (shared machine)")
-    if torch.cuda.is_available():
-        parts.append(f"GPU {torch.cuda.get_device_name(0)}")
-    return "; ".join(parts)
+    return "; ".join(f"{key} {value}" for key, value in describe_machine().items())

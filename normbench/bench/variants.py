@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from normbench.bench.machine import describe_machine
 from normbench.errors import UserError
 
 SHAPES = ((128, 64, 32, 32), (128, 256, 8, 8))
@@ -326,45 +324,3 @@ _METHOD = (
     "BNET and UBN are judged against BN + depthwise 3x3 conv timed in the same repeats. "
     "The machine may be shared with other jobs: read the q25-q75 spread before the ratios."
 )
-
-
-def describe_machine() -> dict[str, str]:
-    """CPU model, cores, threads, torch version, GPU, date and git commit of this run."""
-    info = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
-        "cores": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "git commit": _git_commit(),
-    }
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str:
-    """HEAD of the repository holding this file, '+dirty' when it has local changes."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return head + ("+dirty" if dirty else "")

@@ -1,0 +1,35 @@
+"""The machine description every benchmark report carries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from normbench.bench.machine import describe_machine, machine_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_describes_this_machine_and_checkout() -> None:
+    info = describe_machine(("torch", "no-such-package-xyz"), load=(1.0, 2.5, 3.25))
+    assert info["cores"].startswith(f"{os.cpu_count()} (")
+    assert info["no-such-package-xyz"] == "not installed"
+    assert info["load average (1, 5, 15 min)"] == "1.00, 2.50, 3.25"
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    if head:  # a git checkout (CI clones one)
+        assert info["git commit"].removesuffix("+dirty") == head
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        if names:
+            assert info["CPU"] == names[0]
+
+
+def test_machine_table_is_markdown() -> None:
+    lines = machine_table({"CPU": "x", "cores": "2"})
+    assert lines == ["## Machine", "", "| | |", "|---|---|", "| CPU | x |", "| cores | 2 |"]
