@@ -42,3 +42,17 @@ def test_no_arguments_prints_help(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 0 and "Commands" in capsys.readouterr().out
+
+
+def test_start_up_imports_no_heavy_library() -> None:
+    """Building the command tree (every `normbench` start) must not load torch, Ray, pandas or
+    matplotlib: each command imports what it needs when it runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, normbench.cli as c; c.build_app(); "
+        "print(sorted(m for m in ('torch', 'ray', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
