@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +26,6 @@ seeds: [0]
 train: {epochs: 2, lr: 0.05, schedule: constant, probe: false, device: cpu}
 resources: {cpus: 1, gpus: 0}
 """
-
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A short Ray temp dir (socket paths are length-limited), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="nbt", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _lines(path: Path) -> list[dict]:

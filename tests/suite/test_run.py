@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -46,14 +43,6 @@ search:
     recipe.lr: {type: float, low: 0.01, high: 0.2, log: true}
 """
 )
-
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A short Ray temp dir (socket paths are length-limited), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="nbt", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _lines(path: Path) -> list[dict]:
