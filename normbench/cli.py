@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
-from normbench.errors import SuiteError, UserError
+from normbench.errors import RunDirWarning, SuiteError, UserError
 
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -57,7 +58,24 @@ def fail(message: str, *more: str) -> None:
     raise SystemExit(2)
 
 
+def _show_run_dir_warnings() -> None:
+    """Print each `RunDirWarning` once, as one `normbench: warning: ...` line on stderr."""
+    shown: set[str] = set()
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if not issubclass(category, RunDirWarning):
+            return default(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"normbench: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", RunDirWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _show_run_dir_warnings()
     command = typer.main.get_command(build_app())
     try:
         rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)

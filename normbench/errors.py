@@ -37,3 +37,9 @@ class SuiteError(UserError):
 
 class RunDirError(UserError):
     """A run directory that is locked, or holds results of an incompatible suite."""
+
+
+class RunDirWarning(UserWarning):
+    """Something in a run directory was damaged and skipped (a corrupt line, a bad file).
+
+    The CLI prints each as one `normbench: warning: ...` line; nothing is lost silently."""

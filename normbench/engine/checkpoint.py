@@ -5,6 +5,13 @@ states, the number of finished epochs, the elapsed training time, the best metri
 yielded so far and the trial status. It is written to a temporary file in the same directory,
 fsynced, then moved over `checkpoint.pt` with `os.replace`, so a reader (or a resumed trial)
 sees either the old checkpoint or the new one, never a torn file.
+
+Loading never executes code: checkpoints are read with `torch.load(weights_only=True)`, which
+unpickles only tensors, numbers, strings and containers. Run directories travel between
+machines and shared storage, so a file planted in one must not run anything. Everything a
+checkpoint holds is therefore stored in those types (the NumPy RNG state as a tensor).
+A file that cannot be read that way is not a checkpoint: `load_checkpoint` raises
+`CheckpointError` naming it, and `load_or_quarantine` moves it aside so the trial restarts.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 from normbench.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: loadable with weights_only=True (1 held NumPy arrays)
+QUARANTINE_SUFFIX = ".invalid"
 
 
 class CheckpointError(UserError):
@@ -34,9 +42,12 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """The global RNG states a training loop may draw from."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy form is a tuple with the key array
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, float | None)
+        # weights_only cannot hold an ndarray: the MT19937 key (624 uint32) goes as int64
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -47,7 +58,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -98,25 +110,41 @@ def load_checkpoint(
     if not path.is_file():
         return None
     try:
-        # weights_only=False: the payload holds RNG states (tuples, numpy arrays); the file is
-        # one this harness wrote into its own run directory.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only=True: only tensors, numbers, strings and containers are unpickled, so a
+        # crafted file cannot run code (see the module docstring).
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
-            f"delete it to restart the trial from scratch"
+            f"{path} is not a valid normbench checkpoint ({type(exc).__name__}: {why[:200]})"
         ) from exc
-    if payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        version = payload.get("format_version") if isinstance(payload, dict) else None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {payload.get('format_version')!r}, "
-            f"this normbench writes {FORMAT_VERSION}"
+            f"{path} has checkpoint format {version!r}; this normbench reads {FORMAT_VERSION}"
         )
     if trial_id is not None and payload.get("trial_id") != trial_id:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} belongs to trial {payload.get('trial_id')!r}, "
-            f"not to trial {trial_id!r}"
+            f"{path} belongs to trial {payload.get('trial_id')!r}, not to trial {trial_id!r}"
         )
     return payload
+
+
+def load_or_quarantine(
+    checkpoint_dir: str | os.PathLike, *, trial_id: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """`(payload, None)`, or `(None, note)` after moving an invalid checkpoint aside.
+
+    An unreadable, foreign or tampered `checkpoint.pt` is renamed to `checkpoint.pt.invalid`
+    (kept for inspection, never loaded again) so the trial restarts from scratch instead of
+    failing on every rerun; `note` says what happened, for the run's report.
+    """
+    try:
+        return load_checkpoint(checkpoint_dir, trial_id=trial_id), None
+    except CheckpointError as exc:
+        path = checkpoint_path(checkpoint_dir)
+        os.replace(path, path.with_name(path.name + QUARANTINE_SUFFIX))
+        return None, f"{exc}; moved it to {path.name + QUARANTINE_SUFFIX} and restarted the trial"
 
 
 def read_records(checkpoint_dir: str | os.PathLike) -> list[dict[str, Any]]:

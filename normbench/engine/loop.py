@@ -23,6 +23,7 @@ layer diagnostic, is also written as None: records are strict JSON.)
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import time
@@ -194,9 +195,11 @@ def _train_epoch(trial: Trial, epoch: int, on_batch: BatchCallback | None) -> _T
         if i >= trial.batches_per_epoch:
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        loss, logits = _train_step(trial, rt.to_input(x), y)
+        x = rt.to_input(x)
+        loss, logits = _train_step(trial, x, y)
         if loss is None:
             why = f"non-finite training loss at batch {i + 1} of epoch {epoch}"
+            why += f"; {_non_finite_source(trial, x)}"
             return _TrainResult(None, None, seen, time.perf_counter() - start, lr, why)
         loss_sum, seen = loss_sum + loss * int(y.shape[0]), seen + int(y.shape[0])
         correct += (logits.argmax(dim=1) == y).sum()
@@ -250,13 +253,47 @@ def _end_epoch(model: nn.Module) -> None:
             hook()
 
 
-def _non_finite_state(model: nn.Module) -> str | None:
-    """Name the first parameter or floating buffer holding a NaN or inf, else None."""
+def _non_finite_tensor(model: nn.Module) -> str | None:
+    """The name of the first parameter or floating buffer holding a NaN or inf, else None."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
     for name, t in tensors:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return f"non-finite values in {name} after the epoch"
+            return name
     return None
+
+
+def _non_finite_state(model: nn.Module) -> str | None:
+    """Why the model is unusable after an epoch (a NaN/inf parameter or buffer), else None."""
+    name = _non_finite_tensor(model)
+    return None if name is None else f"non-finite values in {name} after the epoch"
+
+
+def _non_finite_source(trial: Trial, x: torch.Tensor) -> str:
+    """Where a non-finite loss came from: the first layer (in forward order) whose output is
+    not finite on the batch, else a NaN/inf parameter or buffer. The forward runs on a copy
+    of the model, so the trial's own state is untouched; this runs once, when a trial diverges."""
+    model = copy.deepcopy(trial.model)
+    found: list[str] = []
+
+    def check(label: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            bad = isinstance(out, torch.Tensor) and out.is_floating_point()
+            if not found and bad and not bool(torch.isfinite(out).all()):
+                found.append(f"{label} ({type(module).__name__})")
+
+        return hook
+
+    for label, module in model.named_modules():
+        if label:  # a child's hook fires before its parent's: the first hit is the innermost
+            module.register_forward_hook(check(label))
+    with torch.no_grad(), trial.runtime.autocast():
+        model(x)
+    if found:
+        return f"first non-finite output: {found[0]}"
+    name = _non_finite_tensor(trial.model)
+    if name is not None:
+        return f"non-finite values in {name}"
+    return "every layer's output is finite (the loss itself overflowed)"
 
 
 @torch.no_grad()

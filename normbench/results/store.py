@@ -28,17 +28,24 @@ import fcntl
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from normbench.errors import RunDirError
+from normbench.errors import RunDirError, RunDirWarning
 
 EPOCHS = "epochs.jsonl"
 TRIALS = "trials.jsonl"
 REMOTE_CHECKPOINTS = "remote_checkpoints.jsonl"
 # Statuses of a finished trial; "pruned" is a search trial stopped early by ASHA.
 DONE_STATUSES = ("completed", "diverged", "pruned")
+# Keys a line of each file must hold to be read at all (see `read_jsonl`).
+_REQUIRED = {
+    EPOCHS: ("trial_id", "epoch"),
+    TRIALS: ("trial_id", "status"),
+    REMOTE_CHECKPOINTS: ("trial_id", "ref"),
+}
 # Top-level keys of the resolved suite that do not change any result.
 _EXECUTION_KEYS = ("resources", "max_concurrent", "retries", "plugins", "path", "overrides")
 _LENGTH_AND_SPEED = ("epochs", "limit_batches", "num_threads", "device", "checkpoint_every")
@@ -190,6 +197,9 @@ class RunStore:
     def summary(self, trial_id: str) -> dict[str, Any] | None:
         return self._trials.get(trial_id)
 
+    def stored_epochs(self, trial_id: str) -> set[int]:
+        return {e for t, e in self._seen if t == trial_id}
+
     def last_epoch(self, trial_id: str) -> int:
         return max((e for t, e in self._seen if t == trial_id), default=0)
 
@@ -223,16 +233,43 @@ def family(spec: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Complete lines of a JSONL file; a torn last line (no newline, bad JSON) is skipped."""
+    """The JSON objects of a JSONL file, one per line; damaged lines are skipped.
+
+    A torn last line (the writer died mid-line) is skipped silently: it is expected after a
+    kill and the next writer cuts it off. Any other line that is not a JSON object (a corrupt
+    disk block, a hand edit) is skipped with a `RunDirWarning` naming the file and the line,
+    so one bad line never hides the rest of a run.
+    """
     if not path.exists():
         return
     data = path.read_bytes()
     lines = data.split(b"\n")
     if not data.endswith(b"\n"):
         lines = lines[:-1]  # torn tail: the writer died mid-line
-    for raw in lines:
-        if raw.strip():
-            yield json.loads(raw)
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+            _warn_skipped(path, lineno, f"not JSON: {exc}")
+            continue
+        missing = _missing_keys(obj, _REQUIRED.get(path.name, ("trial_id",)))
+        if missing:
+            _warn_skipped(path, lineno, f"not a record: no valid {', '.join(missing)}")
+            continue
+        yield obj
+
+
+def _missing_keys(obj: Any, keys: tuple[str, ...]) -> list[str]:
+    if not isinstance(obj, dict):
+        return list(keys)
+    types = {"trial_id": str, "epoch": int, "status": str, "ref": str}
+    return [k for k in keys if not isinstance(obj.get(k), types[k]) or obj.get(k) is True]
+
+
+def _warn_skipped(path: Path, lineno: int, why: str) -> None:
+    warnings.warn(f"{path}:{lineno}: skipped a damaged line ({why})", RunDirWarning, stacklevel=3)
 
 
 def _cut_torn_tail(path: Path) -> None:

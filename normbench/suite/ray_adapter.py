@@ -42,6 +42,10 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 import ray  # noqa: E402  (after the environment above: Tune reads it at import)
 from ray import tune  # noqa: E402
 
+# Record key set on the first record a trial yields after its invalid checkpoint was moved
+# aside; the driver turns it into a note on the trial's summary line instead of storing it.
+CHECKPOINT_NOTE = "checkpoint_note"
+
 
 @dataclass(frozen=True)
 class Task:
@@ -145,6 +149,7 @@ def _short_dirname(trial: Any) -> str:
 # ---------------------------------------------------------------- inside the Ray worker
 def _trainable(config: dict[str, Any]) -> None:
     """Ray function trainable: replay unstored records, then train and report each epoch."""
+    from normbench.engine.checkpoint import load_or_quarantine
     from normbench.engine.loop import run_trial
 
     task = config["task"]
@@ -152,10 +157,15 @@ def _trainable(config: dict[str, Any]) -> None:
     tid = spec.trial_id
     ckpt_dir = _checkpoint_dir(task, tid)
     stored = int(task["stored_epochs"].get(tid, 0))
-    for rec in _unstored_records(ckpt_dir, stored):
-        tune.report(_result(tid, rec))
+    payload, note = load_or_quarantine(ckpt_dir, trial_id=tid)
+    for rec in (payload or {}).get("records", []):
+        if int(rec["epoch"]) > stored:  # records a killed driver never stored
+            tune.report(_result(tid, rec))
+    del payload
     for rec in run_trial(spec, checkpoint_dir=ckpt_dir):
         rec = {**rec, **_placement()}
+        if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
+            rec[CHECKPOINT_NOTE], note = note, None
         ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
         tune.report(_result(tid, rec), checkpoint=ckpt)  # uploads before returning
     if not task["checkpoint_root"]:
@@ -190,13 +200,6 @@ def _checkpoint_dir(task: dict[str, Any], tid: str) -> str:
     elif ref:
         tune.Checkpoint(ref).to_directory(str(local))
     return str(local)
-
-
-def _unstored_records(ckpt_dir: str, stored: int) -> list[dict[str, Any]]:
-    """Records the checkpoint holds past what the store has (a driver killed in between)."""
-    from normbench.engine.checkpoint import read_records
-
-    return [r for r in read_records(ckpt_dir) if int(r["epoch"]) > stored]
 
 
 def _placement() -> dict[str, Any]:
@@ -279,7 +282,14 @@ def _reason(error: BaseException | None) -> str:
 
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[], None]:
-    """Start a local Ray (no address) or join a cluster; returns the matching shutdown."""
+    """Start a local Ray (no address) or join a cluster; returns the matching shutdown.
+
+    A local Ray listens on the loopback interface only: a harness run on a laptop or a shared
+    login node must not open ports to the network. Ray binds its servers to the node address,
+    which it takes from the machine's network unless clusters are disabled (its macOS/Windows
+    mode); that mode is switched on for the driver (the constant Ray reads) and for the
+    processes it starts (the environment they inherit), and undone at shutdown.
+    """
     common: dict[str, Any] = {
         "log_to_driver": False,
         "logging_level": logging.ERROR,
@@ -288,12 +298,43 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[]
     if address:
         common.pop("include_dashboard")
         ray.init(address=address, **common)
-    else:
-        # Workers Ray pre-starts import torch and the engine while Tune sets up, so the first
-        # trial does not pay for it (seconds on a small machine).
-        env = {"worker_process_setup_hook": f"{__name__}.warm_worker"}
+        return ray.shutdown
+    # Workers Ray pre-starts import torch and the engine while Tune sets up, so the first
+    # trial does not pay for it (seconds on a small machine).
+    env = {"worker_process_setup_hook": f"{__name__}.warm_worker"}
+    undo = _loopback_only()
+    try:
         ray.init(num_cpus=num_cpus or os.cpu_count(), runtime_env=env, **common)
-    return ray.shutdown
+    except BaseException:
+        undo()
+        raise
+
+    def shutdown() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            undo()
+
+    return shutdown
+
+
+def _loopback_only() -> Callable[[], None]:
+    """Make the next local Ray bind to 127.0.0.1; returns what undoes it."""
+    from ray._private import ray_constants
+
+    key = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    old_env, old_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"  # read by the GCS, the raylet and the workers it starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by this driver (services.get_node_ip_address)
+
+    def undo() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+
+    return undo
 
 
 def warm_worker() -> None:

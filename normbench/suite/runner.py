@@ -66,6 +66,7 @@ def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
     with RunStore(run_dir) as store:
         store.write_suite(suite)
         store.write_environment(environment())
+        _restore_lost_records(store, stream)
         ray = _RayOnDemand(req.address, req.num_cpus, store)
         try:
             failed = Driver(store, suite, req.storage, stream, ray.start).run()
@@ -79,6 +80,26 @@ def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
     print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
     _build_report(run_dir, stream)
     return 1 if failed else 0
+
+
+def _restore_lost_records(store: RunStore, stream: TextIO) -> None:
+    """Put back epoch records a finished trial lost from epochs.jsonl (a torn or corrupt line)
+    from its checkpoint, which holds every record the trial yielded."""
+    from normbench.engine.checkpoint import CheckpointError, read_records
+
+    for tid in sorted(store.completed()):
+        planned = int((store.summary(tid) or {}).get("epochs") or 0)
+        if store.stored_epochs(tid) >= set(range(1, planned + 1)):
+            continue
+        try:
+            records = read_records(store.run_dir / "checkpoints" / tid)
+        except CheckpointError as exc:
+            print(f"warning: trial {tid} lost epoch records and {exc}", file=stream)
+            continue
+        restored = [int(r["epoch"]) for r in records if store.append_epoch(tid, r)]
+        if restored:
+            print(f"trial {tid}: restored epoch records {restored} from its checkpoint",
+                  file=stream)  # fmt: skip
 
 
 class _RayOnDemand:
@@ -114,6 +135,7 @@ class Driver:
         self.failed = 0
         self.finished: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
+        self.notes: dict[str, list[str]] = {}  # trial_id -> what happened to it on the way
         self._view: LiveView | None = None
 
     @property
@@ -206,7 +228,14 @@ class Driver:
         self.view.start(tid, label, spec.epochs)
 
     def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None:
+        from normbench.suite.ray_adapter import CHECKPOINT_NOTE
+
         tid = spec.trial_id
+        if CHECKPOINT_NOTE in record:
+            record = dict(record)
+            note = record.pop(CHECKPOINT_NOTE)
+            self.notes.setdefault(tid, []).append(note)
+            self.view.note(f"warning: {note}")
         extra = {"spec": spec.to_dict(), "cell": self._cell(tid)}
         self.store.append_epoch(tid, record, extra=extra)
         self.last[tid] = record
@@ -222,6 +251,8 @@ class Driver:
         last = self.last.get(tid) or self.store.last_record(tid)
         status, reason = _status(spec, last, error, searched=bool(self.context))
         extra: dict[str, Any] = {"variant_source": (last or {}).get("variant_source")}
+        if tid in self.notes:
+            extra["notes"] = self.notes[tid]
         if self.context:
             extra["study"] = self.context["study"]
             extra["value"] = (last or {}).get(self.suite.search.metric)
@@ -240,7 +271,8 @@ def _status(
     if last is None:
         return "failed", "the trial ended without reporting an epoch"
     if last.get("status") == "diverged":
-        return "diverged", f"diverged at epoch {last['epoch']}"
+        why = last.get("diverged_reason")
+        return "diverged", f"diverged at epoch {last['epoch']}" + (f": {why}" if why else "")
     if int(last["epoch"]) < spec.epochs:
         if searched:
             return "pruned", f"stopped early by ASHA at epoch {last['epoch']} of {spec.epochs}"

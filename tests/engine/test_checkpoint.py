@@ -40,7 +40,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:
 
 def test_unreadable_checkpoint_is_a_user_error(tmp_path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
+    with pytest.raises(ckpt.CheckpointError, match="is not a valid normbench checkpoint"):
         ckpt.load_checkpoint(tmp_path)
 
 
@@ -52,3 +52,44 @@ def test_rng_state_survives_a_file(tmp_path) -> None:
     ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path)["rng"])
     got = (random.random(), np.random.rand(), torch.rand(3))
     assert got[0] == want[0] and got[1] == want[1] and torch.equal(got[2], want[2])
+
+
+class _Payload:
+    """A pickle that runs code when unpickled (what a tampered run directory could hold)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # creates the marker file if it is ever unpickled
+
+
+def _plant(path, marker) -> None:
+    torch.save({"format_version": ckpt.FORMAT_VERSION, "trial_id": "t", "x": _Payload(marker)},
+               path)  # fmt: skip
+
+
+def test_a_planted_pickle_payload_never_runs(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "checkpoint.pt", marker)
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint.pt is not a valid normbench"):
+        ckpt.load_checkpoint(tmp_path, trial_id="t")
+    assert not marker.exists()
+
+
+def test_an_invalid_checkpoint_is_moved_aside_with_a_note(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "checkpoint.pt", marker)
+    payload, note = ckpt.load_or_quarantine(tmp_path, trial_id="t")
+    assert payload is None and not marker.exists()
+    assert note is not None and "moved it to checkpoint.pt.invalid" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt.invalid"]
+    assert ckpt.load_or_quarantine(tmp_path, trial_id="t") == (None, None)  # now: no checkpoint
+    ckpt.save_checkpoint(tmp_path, {"trial_id": "t", "epoch": 1})
+    assert ckpt.load_or_quarantine(tmp_path, trial_id="t")[0]["epoch"] == 1
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path) -> None:
+    torch.save({"format_version": 1, "trial_id": "t"}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ckpt.CheckpointError, match="has checkpoint format 1; this normbench"):
+        ckpt.load_checkpoint(tmp_path)

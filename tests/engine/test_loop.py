@@ -90,6 +90,9 @@ def test_non_finite_loss_diverges_at_that_epoch_without_raising() -> None:
     assert [r["status"] for r in records] == ["ok", "ok", "diverged"]
     last = records[-1]
     assert last["diverged_epoch"] == 3 and "batch 1 of epoch 3" in last["diverged_reason"]
+    # the cause names the quantity and the first layer whose output was not finite
+    assert "first non-finite output: " in last["diverged_reason"]
+    assert "(InfNorm)" in last["diverged_reason"]
     assert last["test_top1"] is None and last["train_loss"] is None
 
 
