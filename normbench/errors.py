@@ -1,7 +1,10 @@
-"""Typed exceptions. A `UserError` is a user's mistake (bad suite, unknown name, missing data,
-broken plugin): the CLI prints its message as one line and exits with status 2."""
+"""Typed exceptions and the helpers of their messages (`closest`: the one did-you-mean,
+`one_line`, `describe_failure`). A `UserError` is a user's mistake (bad suite, unknown name,
+missing data, broken plugin): the CLI prints its message as one line and exits with status 2."""
 
 from __future__ import annotations
+
+import difflib
 
 
 class UserError(Exception):
@@ -43,3 +46,31 @@ class RunDirWarning(UserWarning):
     """Something in a run directory was damaged and skipped (a corrupt line, a bad file).
 
     The CLI prints each as one `normbench: warning: ...` line; nothing is lost silently."""
+
+
+def closest(name: object, choices: list[str]) -> str:
+    """' (did you mean 'x'?)' when a choice is close to `name`, else ''. The one did-you-mean
+    helper: a unique choice that extends `name` or that `name` extends (warmup ->
+    warmup_epochs) first, else the closest spelling (difflib ratio >= 0.5)."""
+    low = str(name).lower()
+    longer = [
+        c for c in choices if low and (c.lower().startswith(low) or low.startswith(c.lower()))
+    ]
+    if len(longer) == 1:
+        return f" (did you mean {longer[0]!r}?)"
+    match = difflib.get_close_matches(low, choices, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace so a message prints as a single line at the CLI."""
+    return " ".join(str(text).split())
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What plugin code did, for a one-line report. Plugin code runs inside `except
+    BaseException`: a plugin that calls sys.exit() or raises KeyboardInterrupt while it is
+    imported or checked must be reported by name, not end normbench without a word."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

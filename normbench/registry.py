@@ -16,7 +16,6 @@ other plugins stay usable.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib.metadata as md
 import importlib.util
 import itertools
@@ -29,7 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normbench.errors import DuplicateNameError, PluginError, UnknownNameError, UserError
+from normbench.errors import (
+    DuplicateNameError,
+    PluginError,
+    UnknownNameError,
+    UserError,
+    closest,
+    describe_failure,
+    one_line,
+)
+from normbench.options import OptionDoor, OptionProblem, check_entry_options
 
 BUILTIN = "built-in"
 _NAME_RULE = re.compile(r"^[a-z][a-z0-9_.\-]*$")
@@ -55,17 +63,6 @@ def _default_source(obj: Any) -> str:
     return f"module:{module or '?'}"
 
 
-def closest(name: str, choices: list[str]) -> str:
-    """' (did you mean 'x'?)' when a choice is close to `name`, else ''."""
-    match = difflib.get_close_matches(str(name).lower(), choices, n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def one_line(text: str) -> str:
-    """Collapse whitespace so a message prints as a single line at the CLI."""
-    return " ".join(str(text).split())
-
-
 class Registry:
     """Case-insensitive name -> object table, filled by built-ins, entry points and files.
 
@@ -80,8 +77,10 @@ class Registry:
         group: str,
         builtins: Callable[[Registry], None],
         check: Callable[[Any], str | None] | None = None,
+        door: OptionDoor | None = None,
     ) -> None:
         self.kind = kind  # "variant", "backbone", "dataset"
+        self.door = door or OptionDoor(kind)
         self.group = group  # entry-point group, e.g. "normbench.variants"
         self._builtins = builtins
         self._check = check
@@ -175,12 +174,12 @@ class Registry:
                     self.register(ep.name, obj)
             for reg, key in _added_since(before, src):
                 reg._verify(key, reg._entries[key].obj)
-        except Exception as exc:  # a broken plugin never takes down the built-ins
+        except BaseException as exc:  # a broken plugin never takes down the built-ins
             for reg, key in _added_since(before, src):
                 reg.unregister(key)
             self._broken[ep.name.lower()] = one_line(
                 f"{self.kind} plugin {ep.name!r} ({src}, entry point {ep.value}) failed to "
-                f"load: {type(exc).__name__}: {exc}"
+                f"load: {describe_failure(exc)}"
             )
 
     def load_file(self, path: str | Path) -> list[str]:
@@ -231,6 +230,35 @@ class Registry:
         self._ensure_loaded()
         return isinstance(name, str) and name.lower() in self._entries
 
+    # -- options: the one place they are checked --------------------------------------------
+    def options(self, name: str) -> dict[str, Any] | None:
+        """Options of entry `name` with their defaults; None when it takes any `**options`."""
+        return self.door.options(self.get(name).obj)
+
+    def check_options(
+        self, name: str, options: dict[str, Any], *, build: bool = False, **context: Any
+    ) -> list[OptionProblem]:
+        """Every problem with `options` for entry `name` (already known to exist), in order:
+        unknown option names (with a did-you-mean), values whose YAML type differs from the
+        default's, then, if those pass, the kind's own rules (with `build=True` they construct
+        what a trial constructs, on the meta device) and the entry's `check_options` hook.
+
+        `context` is what the caller knows (`batch_size`, `widths` for variants); a key the
+        caller does not know is None. Suite validation and trial building both call this, so
+        a suite accepts exactly what a trial can build.
+        """
+        return check_entry_options(self.door, self.get(name), options, build, context)
+
+    def require_options(self, name: str, options: dict[str, Any], **context: Any) -> None:
+        """`check_options` for code paths that raise: UnknownNameError for an unknown option
+        name, else UserError, with every problem in one line."""
+        problems = self.check_options(name, options, **context)
+        if not problems:
+            return
+        text = "; ".join(p.message for p in problems)
+        unknown = any(p.unknown for p in problems)
+        raise (UnknownNameError if unknown else UserError)(text)
+
 
 def _builtin_variants(reg: Registry) -> None:
     from normbench.variants import BUILTIN_VARIANTS
@@ -259,9 +287,29 @@ def _check_variant(obj: Any) -> str | None:
     return check_variant_contract(obj)
 
 
-VARIANTS = Registry("variant", "normbench.variants", _builtin_variants, check=_check_variant)
-BACKBONES = Registry("backbone", "normbench.backbones", _builtin_backbones)
-DATASETS = Registry("dataset", "normbench.datasets", _builtin_datasets)
+VARIANTS = Registry(
+    "variant",
+    "normbench.variants",
+    _builtin_variants,
+    check=_check_variant,
+    door=OptionDoor("variant", skip=1),
+)
+BACKBONES = Registry(
+    "backbone",
+    "normbench.backbones",
+    _builtin_backbones,
+    door=OptionDoor(
+        "backbone",
+        skip=2,
+        internal=frozenset({"in_channels", "last_norm_layer", "device", "dtype"}),
+    ),
+)
+DATASETS = Registry(
+    "dataset",
+    "normbench.datasets",
+    _builtin_datasets,
+    door=OptionDoor("dataset"),
+)
 REGISTRIES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS}
 
 # Plugin files already imported: resolved path -> the "kind:name" list they added.
@@ -326,12 +374,12 @@ def load_plugin(path: str | Path) -> list[str]:
             spec.loader.exec_module(module)
         for reg, key in _added_since(before, src):
             reg._verify(key, reg._entries[key].obj)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: see describe_failure
         del sys.modules[mod_name]
         for reg, key in _added_since(before, src):
             reg.unregister(key)
-        why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        raise PluginError(one_line(f"plugin file {str(p)!r} failed to load: {why}")) from exc
+        why = str(exc) if isinstance(exc, UserError) else describe_failure(exc)
+        raise PluginError(one_line(f"plugin file {str(p)!r} failed to load: {why}")) from None
     _PLUGIN_FILES[p] = [f"{reg.kind}:{key}" for reg, key in _added_since(before, src)]
     return list(_PLUGIN_FILES[p])
 

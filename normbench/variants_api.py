@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from normbench.errors import UnknownNameError, UserError
-from normbench.registry import VARIANTS, closest
+from normbench.errors import UserError, describe_failure
+from normbench.registry import VARIANTS
 
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
@@ -45,7 +45,7 @@ def _option_params(cls: type) -> list[inspect.Parameter]:
 
 def variant_options(cls: type) -> dict[str, Any]:
     """The variant's options (eps and momentum included) and their defaults."""
-    return {p.name: p.default for p in _option_params(cls)}
+    return VARIANTS.door.options(cls) or {p.name: p.default for p in _option_params(cls)}
 
 
 def _takes_any_keyword(cls: type) -> bool:
@@ -53,23 +53,10 @@ def _takes_any_keyword(cls: type) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    """Raise UnknownNameError for an option the constructor does not take."""
-    allowed = variant_options(cls)
-    if _takes_any_keyword(cls):
-        return
-    for key in options:
-        if key not in allowed:
-            raise UnknownNameError(
-                f"variant {name!r} has no option {key!r}{closest(key, list(allowed))}; "
-                f"options: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}"
-            )
-
-
 def create_norm(name: str, num_features: int, **options: Any) -> Any:
     """Build a registered variant: `create_norm("gn", 64, num_groups=16)`."""
     entry = VARIANTS.get(name)
-    check_options(entry.name, entry.obj, options)
+    VARIANTS.require_options(entry.name, options)
     try:
         return entry.obj(num_features, **options)
     except (ValueError, TypeError) as exc:
@@ -82,7 +69,7 @@ def create_norm(name: str, num_features: int, **options: Any) -> Any:
 def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
     """A torchvision-style `norm_layer(C)` factory for a registered variant."""
     entry = VARIANTS.get(name)
-    check_options(entry.name, entry.obj, options)
+    VARIANTS.require_options(entry.name, options)
     return functools.partial(entry.obj, **options)
 
 
@@ -170,8 +157,8 @@ def check_variant_contract(cls: Any) -> str | None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return _behaviour_problem(cls)
-    except Exception as exc:
-        return f"fails the contract check: {type(exc).__name__}: {exc}"
+    except BaseException as exc:  # plugin code: sys.exit() included
+        return f"fails the contract check: {describe_failure(exc)}"
 
 
 def _json_safe(value: Any) -> Any:
@@ -205,6 +192,6 @@ def variant_info(name: str) -> dict[str, Any]:
     }
     try:
         info["params_per_channel"] = params_per_channel(cls)
-    except Exception as exc:  # shown in the table, not a crash of the whole listing
-        info["error"] = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # shown in the table, not a crash of the whole listing
+        info["error"] = describe_failure(exc)
     return info

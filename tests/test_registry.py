@@ -11,7 +11,8 @@ from torch import nn
 from normbench import registry
 from normbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from normbench.registry import BUILTIN, Registry, _check_variant
-from normbench.variants_api import check_options, check_variant_contract, variant_info
+from normbench.options import OptionDoor
+from normbench.variants_api import check_variant_contract, variant_info
 
 
 class ToyNorm(nn.Module):
@@ -65,6 +66,7 @@ def _toy_registry() -> Registry:
         "normbench.tests.no_such_group",
         lambda reg: reg.register("toy", ToyNorm, source=BUILTIN),
         check=_check_variant,
+        door=OptionDoor("variant", skip=1),
     )
 
 
@@ -88,7 +90,7 @@ def test_unknown_name_without_close_match_has_no_suggestion() -> None:
 
 def test_unknown_option_suggests_closest_and_lists_defaults() -> None:
     with pytest.raises(UnknownNameError) as info:
-        check_options("toy", ToyNorm, {"scal": 3.0})
+        _toy_registry().require_options("toy", {"scal": 3.0})
     message = str(info.value)
     assert "has no option 'scal'" in message
     assert "did you mean 'scale'?" in message

@@ -92,3 +92,19 @@ def check_torch_norm_options(
         "affine": check_bool(layer, "affine", affine),
         "track_running_stats": check_bool(layer, "track_running_stats", track_running_stats),
     }
+
+
+def groups_dividing_widths(options: dict[str, Any], widths: Iterable[int] | None) -> dict[str, str]:
+    """A group-count option hook (normbench's `check_options`, run at suite validation): a
+    `num_groups` the user wrote must divide every norm width the backbone has; otherwise the
+    gcd fallback would silently use fewer groups there. The default (not written) may fall back."""
+    groups = options.get("num_groups")
+    if widths is None or not _is_int(groups) or groups < 1:  # type: ignore[operator]
+        return {}
+    bad = sorted(w for w in widths if w % groups)  # type: ignore[operator]
+    if not bad:
+        return {}
+    return {
+        "num_groups": f"num_groups={groups} does not divide the norm widths {bad} (widths: "
+        f"{sorted(widths)}); the layer would silently use gcd(G, C) there"
+    }

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ from normbench.variants._core import (
     update_running_stats,
 )
 from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
-from normbench.variants._options import check_bool, check_int
+from normbench.variants._options import check_bool, check_int, groups_dividing_widths
 
 
 def effective_groups(num_features: int, num_groups: int, allow_spatial_groups: bool) -> int:
@@ -69,6 +70,17 @@ class BatchGroupNorm2d(ContractNorm):
 
     paper = "Batch Group Normalization (arXiv 2020), arXiv 2012.02782"
     batch_dependent = True
+
+    @classmethod
+    def check_options(
+        cls, options: dict[str, Any], *, widths: frozenset[int] | None = None
+    ) -> dict[str, str]:
+        """normbench's option hook: an explicit `num_groups` must divide every norm width
+        (unless spatial groups are allowed, where G > C splits positions)."""
+        if options.get("allow_spatial_groups") is True:
+            return {}
+        return groups_dividing_widths(options, widths)
+
     weight: nn.Parameter
     bias: nn.Parameter
     running_mean: torch.Tensor

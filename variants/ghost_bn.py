@@ -36,6 +36,7 @@ closed-form EMA equals the sequential updates up to floating-point rounding.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,26 @@ class GhostBatchNorm2d(ContractNorm):
         "training of neural networks (NeurIPS 2017), arXiv 1705.08741"
     )
     batch_dependent = True
+
+    @classmethod
+    def check_options(
+        cls, options: dict[str, Any], *, batch_size: int | None = None
+    ) -> dict[str, str]:
+        """normbench's option hook: the ghost batches must split the batch evenly."""
+        n, splits = batch_size, options.get("num_splits")
+        gbs = options.get("ghost_batch_size", 128)  # the constructor's default
+        ok = isinstance(n, int) and n >= 1
+        if ok and isinstance(splits, int) and splits >= 1:
+            if n % splits:  # type: ignore[operator]
+                return {
+                    "num_splits": f"num_splits={splits} does not divide batch size {n} "
+                    "(ghost batches would be unequal)"
+                }
+        elif ok and isinstance(gbs, int) and gbs >= 1 and n % gbs:  # type: ignore[operator]
+            extra = " (a ghost batch >= the batch is plain BN)" if gbs >= n else ""  # type: ignore[operator]
+            return {"ghost_batch_size": f"ghost_batch_size={gbs} must divide batch size {n}{extra}"}
+        return {}
+
     weight: nn.Parameter
     bias: nn.Parameter
     running_mean: torch.Tensor

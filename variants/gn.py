@@ -21,12 +21,13 @@ Options and deviations [choice]:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._core import check_input
-from ._options import check_common, check_int
+from ._options import check_common, check_int, groups_dividing_widths
 
 
 def effective_groups(num_features: int, num_groups: int, channels_per_group: int | None) -> int:
@@ -49,6 +50,15 @@ class GroupNorm2d(nn.GroupNorm):
 
     paper = "Group Normalization (ECCV 2018), arXiv 1803.08494"
     batch_dependent = False
+
+    @classmethod
+    def check_options(
+        cls, options: dict[str, Any], *, widths: frozenset[int] | None = None
+    ) -> dict[str, str]:
+        """normbench's option hook: an explicit `num_groups` must divide every norm width."""
+        if options.get("channels_per_group") is not None:  # overrides num_groups
+            return {}
+        return groups_dividing_widths(options, widths)
 
     def __init__(
         self,

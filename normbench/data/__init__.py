@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
-from normbench.data.build import Data, Loader, build_data, validate_dataset_options
+from normbench.data.build import Data, Loader, build_data
 from normbench.data.cifar import cifar10, cifar100
 from normbench.data.digits import digits
 from normbench.data.imagenet import imagenet
@@ -43,5 +43,4 @@ __all__ = [
     "TensorSet",
     "build_data",
     "register_dataset",
-    "validate_dataset_options",
 ]

@@ -15,8 +15,6 @@ keeps the defaults and `false` turns every augmentation off. Unknown option name
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,25 +61,12 @@ class Data:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _factory_params(fn: Callable[..., Any]) -> tuple[list[str], bool]:
-    """(keyword names the factory accepts, whether it takes **options)."""
-    params = inspect.signature(fn).parameters.values()
-    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names, any(p.kind is p.VAR_KEYWORD for p in params)
-
-
 def _split_options(
-    name: str, fn: Callable[..., Any], options: dict[str, Any]
+    name: str, options: dict[str, Any], batch_size: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(factory options with the five contract keywords filled in, loader options)."""
-    names, open_ended = _factory_params(fn)
-    valid = sorted(set(names) | set(FACTORY_DEFAULTS) | set(LOADER_OPTIONS))
-    for key in options:
-        if key not in valid and not open_ended:
-            raise UnknownNameError(
-                f"unknown option {key!r} for dataset {name!r}"
-                f"{closest(key, valid)}; valid options: {', '.join(valid)}"
-            )
+    """(factory options with the five contract keywords filled in, loader options), after the
+    registry's option check (the one suite validation runs)."""
+    DATASETS.require_options(name, options, batch_size=batch_size)
     loader = {k: options[k] for k in LOADER_OPTIONS if k in options}
     factory = {**FACTORY_DEFAULTS, **{k: v for k, v in options.items() if k not in loader}}
     return factory, loader
@@ -113,13 +98,6 @@ def parse_augment(default: Augment, value: Any) -> Augment:
             f"augment.rotation must be a number of degrees in [0, 180], but got {rot!r}"
         )
     return dataclasses.replace(aug, rotation=float(rot))
-
-
-def validate_dataset_options(name: str, options: dict[str, Any]) -> None:
-    """Check option names and the augment mapping without reading any data (for suites)."""
-    fn = DATASETS.get(name).obj
-    _, loader = _split_options(name, fn, dict(options))
-    parse_augment(Augment(), loader.get("augment"))
 
 
 def _make_loader(
@@ -190,7 +168,7 @@ def build_data(
     `split_seed` (a data-set option, default 0) drives the validation split.
     """
     fn = DATASETS.get(name).obj
-    factory_opts, loader_opts = _split_options(name, fn, dataset_options)
+    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size)
     splits = fn(**factory_opts)
     if not isinstance(splits, DataSplits):
         raise TypeError(

@@ -57,14 +57,24 @@ def load_plugins(spec: TrialSpec) -> None:
         load_plugin(path)
 
 
-def build_trial(spec: TrialSpec) -> Trial:
-    """Everything `run_trial` needs, freshly initialised from `spec.seed`."""
-    load_plugins(spec)
+def spec_refusals(spec: TrialSpec) -> dict[str, str]:
+    """{spec field: why} for values no trial of this engine can run; suite validation reports
+    them at the field's line, `build_trial` raises them."""
+    out: dict[str, str] = {}
     if spec.sabn_index != "zeros":
-        raise SpecError(
+        out["sabn_index"] = (
             f"sabn_index {spec.sabn_index!r} is not supported by this engine (its loaders do "
             "not mark augmented samples); use 'zeros'"
         )
+    return out
+
+
+def build_trial(spec: TrialSpec) -> Trial:
+    """Everything `run_trial` needs, freshly initialised from `spec.seed`."""
+    load_plugins(spec)
+    refusals = spec_refusals(spec)
+    if refusals:
+        raise SpecError("; ".join(refusals.values()))
     runtime = build_runtime(
         spec.device,
         amp=spec.amp,

@@ -18,16 +18,15 @@ Families, one module each:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from normbench.errors import UnknownNameError, UserError
+from normbench.errors import UserError
 from normbench.models import cifar_resnet, imagenet, inception_v4, small_resnet, vgg
 from normbench.models._common import BackboneOptionError, NormLayer
-from normbench.registry import BACKBONES, closest
+from normbench.registry import BACKBONES
 
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **cifar_resnet.FACTORIES,
@@ -50,23 +49,7 @@ def list_backbones() -> list[str]:
 
 def backbone_options(fn: Callable[..., nn.Module]) -> dict[str, Any] | None:
     """The factory's keyword options and defaults; None when it takes any `**options`."""
-    params = list(inspect.signature(fn).parameters.values())[2:]  # after num_classes, norm_layer
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name: p.default for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
-
-
-def check_backbone_options(name: str, fn: Callable[..., nn.Module], options: dict) -> None:
-    """Raise UnknownNameError for an option the factory does not take."""
-    allowed = backbone_options(fn)
-    if allowed is None:
-        return
-    for key in options:
-        if key not in allowed:
-            raise UnknownNameError(
-                f"backbone {name!r} has no option {key!r}{closest(key, list(allowed))}; "
-                f"options: {', '.join(f'{k}={v!r}' for k, v in allowed.items())}"
-            )
+    return BACKBONES.door.options(fn)
 
 
 def create_backbone(
@@ -74,12 +57,14 @@ def create_backbone(
 ) -> nn.Module:
     """Build a registered backbone: `create_backbone("resnet18", 100, nn.BatchNorm2d)`.
 
-    Unknown names and options raise `UnknownNameError`; a ValueError while building (a bad
+    Unknown names and options raise `UnknownNameError` (options are checked by the registry,
+    the same check suite validation runs); a ValueError while building (a bad
     option value, or a norm layer that does not fit a layer's width) becomes a `UserError`
     naming the backbone.
     """
     entry = BACKBONES.get(name)
-    check_backbone_options(entry.name, entry.obj, options)
+    internal = BACKBONES.door.internal  # in_channels, last_norm_layer: the harness's own
+    BACKBONES.require_options(entry.name, {k: v for k, v in options.items() if k not in internal})
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BackboneOptionError(
             f"backbone {entry.name!r}: num_classes must be an integer >= 1, but got {num_classes!r}"

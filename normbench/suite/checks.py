@@ -1,45 +1,29 @@
-"""Checks that need the registries: names, options against signatures, cross-field rules.
+"""Suite checks that need the registries: names, options, cross-field rules, search paths.
 
 Every check returns `(path, message)` pairs instead of raising, so the loader reports all
-problems of a file at once. Rules beyond names and signatures:
-* GhostBN: `ghost_batch_size` must divide each batch size the variant runs with (a ghost size
-  >= the batch is plain BN and says so); `num_splits`, when set, must divide it too.
-* Group widths: every variant entry is constructed once per distinct norm-layer width of each
-  backbone it meets (on the meta device), so options a constructor rejects (e.g. GN's
-  `channels_per_group` not dividing 16) are reported here, not hours into a run. GN and BGN fall
-  back to gcd(num_groups, C) when G does not divide C; we flag that only when the user wrote
-  `num_groups` explicitly, since then they asked for exactly G. The default 32 falls back
-  silently (16 at 16-channel CIFAR stages), as the variants document.
-* A batch-dependent variant (`batch_dependent = True`) cannot train at batch size 1.
+problems of a file at once. Options are checked by the registry (`Registry.check_options`,
+normbench/options.py), the same check a trial's build runs, with the suite's context: every
+variant entry is checked once per (batch size, backbone, placement) of the matrix, with the
+norm widths that backbone really has (recorded by building it on the meta device), and built at
+each width. So a constructor's refusal, or a rule of the layer's `check_options` hook (GhostBN's
+ghost batch dividing the batch, GN's explicit `num_groups` dividing every width), is reported
+here with its line, not hours into a run. A plugin's rules go through the same door.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 from normbench.engine.spec import Recipe, TrialSpec
-from normbench.errors import UserError
-from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, closest, load_plugin
+from normbench.errors import UserError, closest
+from normbench.options import OptionProblem, freeze, norm_widths
+from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
 from normbench.suite.matrix import RawCell
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
 
 Problems = list[tuple[Path, str]]
-_FACTORY_KEYWORDS = {
-    "num_classes",
-    "norm_layer",
-    "in_channels",
-    "last_norm_layer",
-    "root",
-    "download",
-    "image_size",
-    "val_fraction",
-    "split_seed",
-}
 
 
 def load_plugins(paths: tuple[str, ...]) -> Problems:
@@ -53,16 +37,6 @@ def load_plugins(paths: tuple[str, ...]) -> Problems:
     return problems
 
 
-def suggest(name: str, choices: list[str]) -> str:
-    """' (did you mean 'x'?)': a unique choice that extends `name` (warmup -> warmup_epochs)
-    first, else the closest spelling (registry.closest)."""
-    low = name.lower()
-    longer = [c for c in choices if c.lower().startswith(low) or low.startswith(c.lower())]
-    if len(longer) == 1:
-        return f" (did you mean {longer[0]!r}?)"
-    return closest(low, choices)
-
-
 def lookup(reg: Registry, name: str, path: Path) -> tuple[Any, Problems]:
     """The registered object, or a problem naming the closest known name."""
     if name.lower() in reg:
@@ -70,248 +44,87 @@ def lookup(reg: Registry, name: str, path: Path) -> tuple[Any, Problems]:
     names = reg.names()
     broken = reg.broken().get(name.lower())
     msg = broken or (
-        f"unknown {reg.kind} {name!r}{suggest(name.lower(), names)}; available: {', '.join(names)}"
+        f"unknown {reg.kind} {name!r}{closest(name, names)}; available: {', '.join(names)}"
     )
     return None, [(path, msg)]
 
 
-def keyword_options(fn: Callable[..., Any]) -> dict[str, Any] | None:
-    """Keyword options of a factory or class with defaults; None when it takes **kwargs."""
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    skip = _FACTORY_KEYWORDS | {"device", "dtype"}
-    return {
-        p.name: p.default
-        for p in params
-        if p.kind is not inspect.Parameter.POSITIONAL_ONLY
-        and p.name not in skip
-        and (p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty)
-    }
-
-
-def check_options(
-    kind: str, name: str, allowed: dict[str, Any] | None, options: dict[str, Any], path: Path
+def located(
+    found: list[OptionProblem], options_path: Path, context: dict[str, Path] | None = None
 ) -> Problems:
-    """Unknown option names (with a suggestion) and values of the wrong YAML type."""
-    if allowed is None:
-        return []
-    problems: Problems = []
-    for key, value in options.items():
-        if key not in allowed:
-            listing = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
-            problems.append(
-                (
-                    (*path, key),
-                    f"{kind} {name!r} has no option {key!r}"
-                    f"{suggest(key, list(allowed))}; options: {listing}",
-                )
-            )
-        elif not _type_ok(allowed[key], value):
-            problems.append(
-                (
-                    (*path, key),
-                    f"expects a {type(allowed[key]).__name__} like the "
-                    f"default {allowed[key]!r}, but got {value!r}",
-                )
-            )
+    """Registry problems at suite paths: the option's key, the context's line, or the options."""
+    out: Problems = []
+    for p in found:
+        if p.context and context and p.context in context:
+            out.append((context[p.context], p.message))
+        else:
+            out.append(((*options_path, p.option) if p.option else options_path, p.message))
+    return out
+
+
+def check_entry(reg: Registry, name: str, options: dict[str, Any], path: Path) -> Problems:
+    """Name and options of one entry, without context (what a schema-broken suite still
+    allows us to check)."""
+    obj, problems = lookup(reg, name, (*path, "name"))
+    if obj is not None:
+        problems += located(reg.check_options(name, options), (*path, "options"))
     return problems
-
-
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or default is inspect.Parameter.empty or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
 
 
 def check_names(model: SuiteModel, cells: list[RawCell]) -> Problems:
     """Dataset, backbone and variant names and options, each entry once."""
-    ds = model.dataset
-    factory, problems = lookup(DATASETS, ds.name, ("dataset", "name"))
-    if factory is not None:
-        problems += check_dataset_options(ds.name, ds.model_dump())
+    ds = model.dataset.model_dump()
+    name = ds.pop("name")
+    obj, problems = lookup(DATASETS, name, ("dataset", "name"))
+    if obj is not None:
+        problems += located(DATASETS.check_options(name, ds), ("dataset",))
     seen: set[Path] = set()
     for c in cells:
         for reg, entry, path in (
             (BACKBONES, c.backbone, c.backbone_path),
             (VARIANTS, c.variant, c.variant_path),
         ):
-            if path in seen:
-                continue
-            seen.add(path)
-            obj, found = lookup(reg, entry.name, (*path, "name"))
-            problems += found
-            if obj is not None:
-                problems += check_options(
-                    reg.kind, entry.name, keyword_options(obj), entry.options, (*path, "options")
-                )
+            if path not in seen:
+                seen.add(path)
+                problems += check_entry(reg, entry.name, entry.options, path)
     return problems
 
 
-def check_dataset_options(name: str, options: dict[str, Any]) -> Problems:
-    """Each data-set option on its own, so a problem points at its key's line."""
-    from normbench.data import validate_dataset_options
-
-    problems: Problems = []
-    for key, value in options.items():
-        if key == "name":
-            continue
-        try:
-            validate_dataset_options(name, {key: value})
-        except UserError as exc:
-            problems.append((("dataset", key), str(exc)))
-    return problems
-
-
-def check_cells(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """Cross-field rules per (variant, batch size) and per (variant, backbone) pair."""
+def check_cells(model: SuiteModel, cells: list[RawCell], known: Problems) -> Problems:
+    """Each variant entry in the context of its cells: batch size, backbone, placement.
+    Entries that already have a problem in `known` (names, option names) are skipped."""
+    broken = [path for path, _ in known]
     problems: Problems = []
     done: set[Any] = set()
     for c in cells:
-        if c.variant.name.lower() not in VARIANTS or c.backbone.name.lower() not in BACKBONES:
-            continue
-        cls = VARIANTS.get(c.variant.name).obj
-        if _bad_options(cls, c.variant.options) or _bad_options(
-            BACKBONES.get(c.backbone.name).obj, c.backbone.options
+        if any(p[: len(c.variant_path)] == c.variant_path for p in broken) or any(
+            p[: len(c.backbone_path)] == c.backbone_path for p in broken
         ):
-            continue  # already reported by check_names
-        if (c.variant_path, c.batch_size) not in done:
-            done.add((c.variant_path, c.batch_size))
-            problems += _batch_rules(cls, c)
-        key = (c.variant_path, c.backbone_path, c.variant.placement or model.train.placement)
-        if key not in done:
-            done.add(key)
-            problems += _width_rules(cls, c, key[2])
+            continue
+        placement = c.variant.placement or model.train.placement
+        key = (c.variant_path, c.backbone_path, c.batch_size, placement)
+        if key in done:
+            continue
+        done.add(key)
+        problems += _check_cell(c, placement == "last-in-block")
     return problems
 
 
-def _batch_rules(cls: type, c: RawCell) -> Problems:
-    opts, where = c.variant.options, (*c.variant_path, "options")
-    n, problems = c.batch_size, []
-    if n == 1 and getattr(cls, "batch_dependent", False):
-        problems.append(
-            (
-                c.batch_path,
-                f"batch size 1 cannot train the batch-dependent "
-                f"variant {c.variant.name!r} (it needs more than one sample per "
-                f"statistic); use a batch-independent variant such as gn or in",
-            )
-        )
-    defaults = _class_options(cls)
-    gbs = opts.get("ghost_batch_size", defaults.get("ghost_batch_size"))
-    splits = opts.get("num_splits", defaults.get("num_splits"))
-    if splits:
-        if n % splits:
-            problems.append(
-                (
-                    (*where, "num_splits"),
-                    f"num_splits={splits} does not divide "
-                    f"batch size {n} (ghost batches would be unequal)",
-                )
-            )
-    elif isinstance(gbs, int) and n % gbs:
-        extra = " (a ghost batch >= the batch is plain BN)" if gbs >= n else ""
-        problems.append(
-            (
-                (*where, "ghost_batch_size"),
-                f"ghost_batch_size={gbs} must divide batch size {n}{extra}",
-            )
-        )
-    return problems
-
-
-def _bad_options(obj: Any, options: dict[str, Any]) -> bool:
-    return bool(check_options("", "", keyword_options(obj), options, ()))
-
-
-@functools.cache
-def _class_options(cls: type) -> dict[str, Any]:
-    return keyword_options(cls) or {}
-
-
-def _width_rules(cls: type, c: RawCell, placement: str) -> Problems:
-    try:
-        widths = norm_widths(
-            c.backbone.name.lower(), _freeze(c.backbone.options), placement == "last-in-block"
-        )
-    except Exception as exc:  # the backbone itself rejects its options
-        return [
-            (
-                (*c.backbone_path, "options"),
-                f"backbone {c.backbone.name!r} cannot be built "
-                f"with these options: {type(exc).__name__}: {exc}",
-            )
-        ]
-    opts, where = c.variant.options, (*c.variant_path, "options")
-    groups = opts.get("num_groups")
-    spatial = opts.get("allow_spatial_groups") is True  # BGN: G > C splits positions
-    if (
-        isinstance(groups, int)
-        and groups > 0
-        and "num_groups" in _class_options(cls)
-        and not spatial
-    ):
-        bad = sorted(w for w in widths if w % groups)
-        if bad:
-            return [
-                (
-                    (*where, "num_groups"),
-                    f"num_groups={groups} does not divide the norm "
-                    f"widths {bad} of {c.backbone.name} (widths: {sorted(widths)}); the layer "
-                    f"would silently use gcd(G, C) there",
-                )
-            ]
-    for w in sorted(widths):
-        try:
-            _build_variant(cls, w, _freeze(opts))
-        except Exception as exc:
-            return [
-                (
-                    where,
-                    f"variant {c.variant.name!r} rejects these options at a "
-                    f"{w}-channel layer of {c.backbone.name}: {exc}",
-                )
-            ]
-    return []
-
-
-def _freeze(d: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
-
-
-@functools.cache
-def _build_variant(cls: type, width: int, options: tuple[tuple[str, Any], ...]) -> None:
-    """Construct once on the meta device (no memory); raises what the constructor raises."""
-    kwargs = dict(options)
-    try:
-        cls(width, **kwargs, device="meta")
-    except NotImplementedError:  # a layer whose init cannot run on meta tensors
-        cls(width, **kwargs)
-
-
-@functools.cache
-def norm_widths(backbone: str, options: tuple[tuple[str, Any], ...], last: bool) -> frozenset:
-    """The channel widths the backbone passes to norm_layer, recorded on the meta device."""
-    import torch
-    from torch import nn
-
-    seen: set[int] = set()
-
-    def record(c: int) -> nn.Module:
-        seen.add(int(c))
-        return nn.Identity()
-
-    fn = BACKBONES.get(backbone).obj
-    kwargs: dict[str, Any] = dict(options)
-    if last:
-        kwargs["last_norm_layer"] = record
-    with torch.device("meta"):
-        fn(10, record, **kwargs)
-    return frozenset(seen)
+def _check_cell(c: RawCell, last: bool) -> Problems:
+    backbone = c.backbone.name
+    built = BACKBONES.check_options(backbone, c.backbone.options, build=True, last_in_block=last)
+    if built:
+        return located(built, (*c.backbone_path, "options"))
+    widths = norm_widths(backbone.lower(), freeze(c.backbone.options), last)
+    found = VARIANTS.check_options(
+        c.variant.name,
+        c.variant.options,
+        build=True,
+        batch_size=c.batch_size,
+        widths=widths,
+        where=f" of {backbone} (norm widths {sorted(widths)})",
+    )
+    return located(found, (*c.variant_path, "options"), {"batch_size": c.batch_path})
 
 
 _SEARCHABLE = {f.name for f in dataclasses.fields(TrialSpec)} - {
@@ -343,7 +156,7 @@ def check_search_paths(paths: list[str], variants: set[str]) -> Problems:
         if head == "recipe":
             if rest not in recipe_fields:
                 problems.append(
-                    (where, f"recipe has no field {rest!r}{suggest(rest, sorted(recipe_fields))}")
+                    (where, f"recipe has no field {rest!r}{closest(rest, sorted(recipe_fields))}")
                 )
         elif head.endswith("_options") and head in _SEARCHABLE:
             if not rest or "." in rest:
@@ -354,7 +167,7 @@ def check_search_paths(paths: list[str], variants: set[str]) -> Problems:
             problems.append(
                 (
                     where,
-                    f"not a searchable path{suggest(head, sorted(_SEARCHABLE))};"
+                    f"not a searchable path{closest(head, sorted(_SEARCHABLE))};"
                     " use recipe.<field>, variant_options.<option>, "
                     "backbone_options.<option>, dataset_options.<option> or one of "
                     f"{', '.join(sorted(_SEARCHABLE - {'recipe'}))}",
@@ -367,13 +180,13 @@ def _search_variant_option(option: str, variants: set[str], where: Path) -> Prob
     for name in sorted(variants):
         if name not in VARIANTS:
             continue
-        allowed = _class_options(VARIANTS.get(name).obj)
+        allowed = VARIANTS.options(name)
         if allowed and option not in allowed:
             return [
                 (
                     where,
                     f"variant {name!r} has no option {option!r}"
-                    f"{suggest(option, list(allowed))}; options: {', '.join(allowed)}",
+                    f"{closest(option, list(allowed))}; options: {', '.join(allowed)}",
                 )
             ]
     return []

@@ -29,7 +29,7 @@ from normbench.suite.overrides import apply_overrides
 from normbench.suite.pydantic_errors import fallback_name_checks, pydantic_problems
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path as KeyPath
-from normbench.suite.yamlmap import SourceMap, parse
+from normbench.suite.yamlmap import SourceMap, parse, read_text
 
 __all__ = ["Resources", "SearchConfig", "Suite", "Trial", "load_suite"]
 
@@ -114,10 +114,7 @@ def load_suite(
     """Read, override, validate and expand a suite file. Raises SuiteError with every problem."""
     file = Path(path).expanduser()
     _check_caps(max_epochs, limit_batches)
-    try:
-        original = file.read_text()
-    except OSError as exc:
-        raise SuiteError([f"{file}: cannot read the suite file: {exc.strerror or exc}"]) from exc
+    original = read_text(file)
     data, smap = parse(original, str(file))
     if not isinstance(data, dict):
         raise SuiteError([smap.problem((), "the suite must be a mapping of keys to values")])
@@ -162,15 +159,27 @@ def _validate(
     found += matrix_problems
     if not cells:
         found.append((("exclude",), "exclude removes every cell: the suite has no trial"))
-    found += checks.check_names(model, cells)
-    found += checks.check_cells(model, cells)
+    names = checks.check_names(model, cells)
+    found += names + checks.check_cells(model, cells, names)
     found += checks.check_search(model, cells)
     if found:
         return model, [], found
     trials = build_trials(
         model, cells, plugins=plugins, max_epochs=max_epochs, limit_batches=limit_batches
     )
+    found += _spec_refusals(trials)
     return model, trials, found
+
+
+def _spec_refusals(trials: list[Trial]) -> list[tuple[KeyPath, str]]:
+    """What `build_trial` refuses from the spec alone, at the `train:` key that set it."""
+    from normbench.engine.build import spec_refusals
+
+    found: dict[tuple[KeyPath, str], None] = {}
+    for t in trials:
+        for key, message in spec_refusals(t.spec).items():
+            found[(("train", key), message)] = None
+    return list(found)
 
 
 def _resolve_plugins(raw: Any, file: Path) -> tuple[str, ...]:

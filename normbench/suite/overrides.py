@@ -1,6 +1,7 @@
 """`--set key.path=value` overrides, applied to the parsed YAML before validation.
 
-Values are YAML-typed (`--set train.epochs=2` gives an int, `--set seeds=[0,1]` a list,
+Values are YAML-typed by the suite's own rules (`normbench.suite.yamlmap`: `--set train.lr=1e-3`
+gives a float, `--set train.epochs=2` gives an int, `--set seeds=[0,1]` a list,
 `--set train.amp=null` None). Dotted parts index into mappings, and integer parts into lists
 (`--set variants.1.options.num_groups=8`). A missing mapping key is created, so an override can
 add a key the file does not have; whether that key exists in the schema is then decided by
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-from normbench.suite.yamlmap import Path, SourceMap, dotted
+from normbench.suite.yamlmap import Path, SourceMap, dotted, parse_value
 
 
 def parse_override(expr: str) -> tuple[Path, Any]:
@@ -26,9 +25,9 @@ def parse_override(expr: str) -> tuple[Path, Any]:
     if any(not p for p in parts):
         raise ValueError(f"empty part in the key path {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ValueError(f"the value {raw!r} is not valid YAML: {exc}") from exc
+        value = parse_value(raw) if raw.strip() else ""
+    except ValueError as exc:
+        raise ValueError(f"the value {raw!r} is not valid YAML: {exc}") from None
     path = tuple(int(p) if p.isdigit() else p for p in parts)
     return path, value
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from normbench.errors import closest
 from normbench.registry import BACKBONES, DATASETS, VARIANTS
 from normbench.suite import checks
 from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
@@ -30,7 +31,7 @@ def pydantic_problems(exc: ValidationError) -> list[tuple[Path, str]]:
         if kind == "extra_forbidden":
             allowed = sorted(_fields_at(loc[:-1]))
             key = str(loc[-1])
-            hint = checks.suggest(key, allowed)
+            hint = closest(key, allowed)
             msg = f"unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
         elif loc == ("version",):
             msg = (
@@ -106,9 +107,4 @@ def _entry_names(
         entry = model.model_validate(item)
     except Exception:
         return []  # its schema error is already reported
-    obj, problems = checks.lookup(reg, entry.name, (*path, "name"))
-    if obj is not None:
-        problems += checks.check_options(
-            reg.kind, entry.name, checks.keyword_options(obj), entry.options, (*path, "options")
-        )
-    return problems
+    return checks.check_entry(reg, entry.name, entry.options, path)

@@ -49,13 +49,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from normbench.engine.spec import Recipe, TrialSpec
 
+# Sizes a suite may ask for, checked before anything is allocated (a typo such as
+# `seeds: 100000000000` must be refused, not turned into a list of 10^11 seeds).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536  # the largest batch in the large-batch literature (Goyal et al. 2017: 8k)
+MAX_SEEDS = 1_000
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+MAX_TRIALS = 10_000  # cells of the matrix (a search runs num_samples trials per cell)
+MAX_SAMPLES = 10_000
+MAX_IMAGE_SIZE = 4_096
+MAX_RETRIES = 100
+
 _R = Recipe()
 _T = TrialSpec(variant="", backbone="", dataset="", epochs=1)
 Placement = Literal["everywhere", "last-in-block"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan=False: `lr: .inf` passes `gt=0`, and `.nan` compares false to everything
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class NamedEntry(Strict):
@@ -82,11 +94,11 @@ class VariantEntry(NamedEntry):
 class DatasetModel(BaseModel):
     """The data set; keys beyond these are the factory's own options (checked by signature)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     name: str
     root: str | None = None
     download: bool = False
-    image_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, gt=0, le=MAX_IMAGE_SIZE)
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     split_seed: int = 0
 
@@ -94,11 +106,11 @@ class DatasetModel(BaseModel):
 class TrainModel(Strict):
     """Recipe and engine settings shared by every trial of the suite."""
 
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
     lr: float = Field(default=_R.lr, gt=0)
     # Linear scaling rule (Goyal et al. 2017): when set, `lr` is the rate at this batch size and
     # a trial at batch B trains at lr * B / lr_reference_batch. None: `lr` at every batch size.
-    lr_reference_batch: int | None = Field(default=None, gt=0)
+    lr_reference_batch: int | None = Field(default=None, gt=0, le=MAX_BATCH)
     momentum: float = Field(default=_R.momentum, ge=0, lt=1)
     nesterov: bool = _R.nesterov
     weight_decay: float = Field(default=_R.weight_decay, ge=0)
@@ -117,9 +129,9 @@ class TrainModel(Strict):
     placement: Placement = _T.placement
     sabn_index: Literal["zeros", "augmented"] = _T.sabn_index
     probe: bool = _T.probe
-    probe_batch_size: int = Field(default=_T.probe_batch_size, gt=1)
-    eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0)
-    num_threads: int | None = Field(default=None, gt=0)
+    probe_batch_size: int = Field(default=_T.probe_batch_size, gt=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0, le=MAX_BATCH)
+    num_threads: int | None = Field(default=None, gt=0, le=4096)
     checkpoint_every: int = Field(default=_T.checkpoint_every, gt=0)
 
     @model_validator(mode="after")
@@ -149,8 +161,8 @@ class IncludeCell(Strict):
 
     backbone: BackboneEntry
     variant: VariantEntry
-    batch_size: int | None = Field(default=None, gt=0)
-    seed: int | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, gt=0, le=MAX_BATCH)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class ExcludeCell(Strict):
@@ -204,7 +216,7 @@ class ParamModel(Strict):
 class SearchModel(Strict):
     metric: str = "val_top1"
     mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(gt=0)
+    num_samples: int = Field(gt=0, le=MAX_SAMPLES)
     space: dict[str, ParamModel] = Field(min_length=1)
     sampler: Literal["tpe", "random"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
@@ -233,38 +245,56 @@ class SuiteModel(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     dataset: DatasetModel
-    backbones: list[BackboneEntry] = Field(min_length=1)
-    variants: list[VariantEntry] = Field(min_length=1)
-    batch_sizes: list[int] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    backbones: list[BackboneEntry] = Field(min_length=1, max_length=MAX_TRIALS)
+    variants: list[VariantEntry] = Field(min_length=1, max_length=MAX_TRIALS)
+    batch_sizes: list[int] = Field(min_length=1, max_length=MAX_TRIALS)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS)
     train: TrainModel
     resources: ResourcesModel = Field(default_factory=ResourcesModel)
     max_concurrent: int | None = Field(default=None, gt=0)
-    retries: int = Field(default=0, ge=0)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     plugins: list[str] = Field(default_factory=list)
-    include: list[IncludeCell] = Field(default_factory=list)
+    include: list[IncludeCell] = Field(default_factory=list, max_length=MAX_TRIALS)
     exclude: list[ExcludeCell] = Field(default_factory=list)
     search: SearchModel | None = None
     reference: list[ReferenceRow] = Field(default_factory=list)
     target_accuracy: float | None = Field(default=None, gt=0, le=100)
 
+    @model_validator(mode="after")
+    def _matrix_size(self) -> SuiteModel:
+        """The grid is a product of lists: bound it before `expand` builds it."""
+        n = len(self.backbones) * len(self.variants) * len(self.batch_sizes) * len(self.seeds)
+        n += len(self.include) * len(self.batch_sizes) * len(self.seeds)
+        if n > MAX_TRIALS:
+            raise ValueError(
+                f"the trial matrix has {n} cells (backbones x variants x batch_sizes x seeds, "
+                f"plus includes); the limit is {MAX_TRIALS}"
+            )
+        return self
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, value: Any) -> Any:
-        """`seeds: 3` means seeds 0, 1, 2."""
+        """`seeds: 3` means seeds 0, 1, 2 (bounded before the list is made)."""
+        if isinstance(value, float) and not isinstance(value, bool):
+            raise ValueError(f"a seed count must be an integer, but got {value:g}")
         if isinstance(value, int) and not isinstance(value, bool):
-            if value < 1:
-                raise ValueError(f"a seed count must be at least 1, but got {value}")
+            if not 1 <= value <= MAX_SEEDS:
+                raise ValueError(
+                    f"a seed count must be between 1 and {MAX_SEEDS} (the limit), but got {value}"
+                )
             return list(range(value))
         return value
 
     @field_validator("batch_sizes", "seeds")
     @classmethod
     def _positive_unique(cls, value: list[int], info: Any) -> list[int]:
-        lowest = 1 if info.field_name == "batch_sizes" else 0
-        bad = [v for v in value if v < lowest]
+        lowest, highest = (1, MAX_BATCH) if info.field_name == "batch_sizes" else (0, MAX_SEED)
+        bad = [v for v in value if not lowest <= v <= highest]
         if bad:
-            raise ValueError(f"every value must be >= {lowest}, but got {bad}")
+            raise ValueError(
+                f"every value must be between {lowest} and {highest} (the limit), but got {bad}"
+            )
         if len(set(value)) != len(value):
             raise ValueError(f"values must be unique, but got {value}")
         return value
