@@ -79,10 +79,10 @@ def test_unknown_option_names_the_option_and_the_valid_ones() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "pattern"),
     [
-        ("resnet18", {"zero_init_residual": "yes"}, "must be true or false, but got 'yes'"),
+        ("resnet18", {"zero_init_residual": "yes"}, "expects a bool like .* but got 'yes'"),
         ("resnet20", {"width": 0}, "'width' must be an integer >= 1, but got 0"),
         ("resnet20", {"shortcut": "C"}, "'shortcut' must be 'A'.*but got 'C'"),
-        ("resnext50", {"grouped_reduce": 1}, "'grouped_reduce' must be true or false"),
+        ("resnext50", {"grouped_reduce": 1}, "'grouped_reduce' expects a bool"),
         ("resnet18", {"last_norm_layer": None, "in_channels": 3}, None),
     ],
 )
