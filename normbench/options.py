@@ -18,9 +18,9 @@
 
    `options` are the options as written (defaults not filled in); `batch_size` is the
    training batch size and `widths` the frozenset of channel counts the backbone passes to
-   the layer (None when the caller does not know them). It returns {option: message} for
-   every option that cannot work there (empty when all is well); only the context keys its
-   signature names are passed. Suite validation calls it for every (entry, batch size,
+   the layer (None when the caller does not know them: every keyword the hook names is
+   passed, None when unknown). It returns {option: message} for every option that cannot
+   work there (empty when all is well). Suite validation calls it for every (entry, batch size,
    backbone) of the matrix; `create_norm`/`norm_layer`/`create_backbone`/`build_data` call
    it with what they know. A hook that raises is reported as a problem, never a crash.
 
@@ -141,9 +141,11 @@ def _call_hook(
     if not callable(hook):
         return []
     try:
-        params = inspect.signature(hook).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in context.items() if takes_any or k in params}
+        params = list(inspect.signature(hook).parameters.values())[1:]  # after `options`
+        named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        kwargs = {p.name: context.get(p.name) for p in params if p.kind in named}
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            kwargs.update({k: v for k, v in context.items() if not k.startswith("_")})
         items = list(dict(hook(dict(options), **kwargs) or {}).items())
     except BaseException as exc:  # plugin code: sys.exit() included
         return [
@@ -183,7 +185,7 @@ def _variant_rules(
         try:
             _build_variant(entry.obj, width, freeze(options))
         except BaseException as exc:
-            where = context.get("where") or ""
+            where = context.get("_where") or ""
             return [
                 OptionProblem(
                     f"variant {entry.name!r} rejects these options at a {width}-channel "

@@ -15,6 +15,8 @@ trivial. Augmentation default: crop with padding 2 and horizontal flip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -101,3 +103,20 @@ def synthetic(
         augment=SYNTHETIC_AUGMENT,
         info={"source": f"generated (data_seed {data_seed})", "val_split": "stratified"},
     )
+
+
+def _check_synthetic_options(options: dict[str, Any]) -> dict[str, str]:
+    """normbench's option hook (run at suite validation): the counts `synthetic` checks,
+    without generating any data."""
+    out: dict[str, str] = {}
+    k = options.get("num_classes", 10)
+    for name, minimum in (("num_classes", 2), ("channels", 1), ("n_train", k), ("n_test", 1)):
+        if name in options:
+            try:
+                _check_count(name, options[name], minimum if isinstance(minimum, int) else 2)
+            except DatasetOptionError as exc:
+                out[name] = str(exc)
+    return out
+
+
+synthetic.check_options = _check_synthetic_options  # type: ignore[attr-defined]

@@ -122,7 +122,7 @@ def _check_cell(c: RawCell, last: bool) -> Problems:
         build=True,
         batch_size=c.batch_size,
         widths=widths,
-        where=f" of {backbone} (norm widths {sorted(widths)})",
+        _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
     return located(found, (*c.variant_path, "options"), {"batch_size": c.batch_path})
 

@@ -136,7 +136,8 @@ def load_suite(
 def _check_caps(max_epochs: int | None, limit_batches: int | None) -> None:
     for name, v in (("max_epochs", max_epochs), ("limit_batches", limit_batches)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise SuiteError([f"{name}: must be a positive integer, but got {v!r}"])
+            flag = "--" + name.replace("_", "-")
+            raise SuiteError([f"{flag}: must be a positive integer, but got {v!r}"])
 
 
 def _validate(

@@ -212,13 +212,15 @@ def parse_value(text: str) -> Any:
 
 def compose(text: str, file: str) -> yaml.Node | None:
     """The node tree of a single-document YAML text, within the limits above."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader checks every character here
         return loader.get_single_node()
     except yaml.YAMLError as exc:
         raise SuiteError([f"{file}:{_error_line(exc, text)}: (yaml): {_why(exc)}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _error_line(exc: yaml.YAMLError, text: str) -> int:

@@ -1,0 +1,336 @@
+"""The bad-input corpus: every input a user can get wrong, through the CLI a user types.
+
+Each case asserts exit status 2, exactly one line on stderr (`normbench: error: ...`, naming
+the problem and, for a suite, FILE:LINE), no traceback, nothing written on disk, and Ray never
+started. The cases are those of issue 15 (non-UTF-8, 20,000-deep nesting, unknown tags,
+malformed typed scalars, `ghost_batch_size: 0`, `seeds: 1e11`, the alias bomb, plugins that
+exit), the existing bad-suite cases of test_schema.py, one case per size limit and per zero
+or negative that would divide or loop, and every constructor refusal that must surface at
+validation. The alias bomb also runs in a subprocess under a 1 GiB address-space limit.
+"""
+
+# ruff: noqa: E501  (the corpus table keeps one case per line)
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from normbench import registry
+from normbench.cli import main
+
+BASE = {
+    "version": "1",
+    "name": "corpus",
+    "dataset": "{name: digits, image_size: 8}",
+    "backbones": "[resnet20]",
+    "variants": "[bn]",
+    "batch_sizes": "[16]",
+    "train": "{epochs: 1}",
+}
+
+
+def suite(**keys: str) -> str:
+    """The base suite with top-level keys replaced (or added, or dropped with None)."""
+    merged = {**BASE, **keys}
+    return "".join(f"{k}: {v}\n" for k, v in merged.items() if v is not None)
+
+
+def train(extra: str) -> str:
+    return "{epochs: 1, " + extra + "}"
+
+
+def variant(options: str, name: str = "bn") -> str:
+    return "[{name: " + name + ", options: {" + options + "}}]"
+
+
+BOMB = (
+    "version: 1\nname: lol\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(
+        f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+)
+
+EXITS = "import sys\nsys.exit(3)\n"
+PLUGIN_VARIANT = """
+from torch import nn
+from normbench import register_variant
+
+@register_variant("corpus_norm")
+class CorpusNorm(nn.BatchNorm2d):
+    paper = "corpus (nowhere 2026)"
+    batch_dependent = True
+
+    def __init__(self, num_features, *, k: int = 2, eps=1e-5, momentum=0.1, device=None,
+                 dtype=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        if k > 4:
+            raise SystemExit("constructor exits")
+
+    @classmethod
+    def check_options(cls, options, *, batch_size, widths):
+        if options.get("k") == 3 and batch_size is not None and batch_size < 32:
+            return {"k": f"k=3 cannot run at batch size {batch_size}"}
+        if options.get("k") == 0:
+            return 1 / 0
+        return {}
+"""
+
+
+@dataclass
+class Case:
+    """A suite text (or bytes), extra CLI arguments, files beside it, and what stderr says."""
+
+    text: str | bytes | None
+    expect: str
+    args: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    command: str = "run"  # "run" (with --dry-run unless "real" in args), or "variants"
+
+
+CASES: dict[str, Case] = {
+    # -- issue 15: inputs that ended in a traceback -------------------------------------
+    "not_utf8": Case(suite(description="caf\xe9").encode("latin-1"), "not UTF-8 text (byte 0xe9)"),
+    "utf16": Case(suite().encode("utf-16"), "not UTF-8 text"),
+    "deep_20000_flow": Case("a: " + "[" * 20000 + "]" * 20000 + "\n", "nesting deeper than 64"),
+    "deep_block": Case("".join(" " * i + f"k{i}:\n" for i in range(100)) + " " * 100 + "x: 1\n", "nesting deeper than 64"),
+    "tag_foo": Case(suite(variants="[!foo bn]"), "the YAML tag '!foo' is not allowed"),
+    "tag_python_object": Case(suite(variants="[!!python/object:os.system bn]"), "'!!python/object:os.system' is not allowed"),
+    "tag_python_name": Case(suite(description="!!python/name:os.system ''"), "'!!python/name:os.system' is not allowed"),
+    "tag_python_apply": Case(suite(description="!!python/object/apply:os.system [echo hi]"), "is not allowed"),
+    "tag_binary": Case(suite(description='!!binary "###"'), "'!!binary' is not allowed"),
+    "tag_timestamp": Case(suite(description="!!timestamp 2020-13-45"), "'!!timestamp' is not allowed"),
+    "tag_set": Case(suite(description="!!set {a, b}"), "'!!set' is not allowed"),
+    "bad_int_scalar": Case(suite(train="{epochs: !!int abc}"), "train.epochs: 'abc' is not a valid !!int"),
+    "bad_float_scalar": Case(suite(train=train("lr: !!float fast")), "'fast' is not a valid !!float"),
+    "bad_bool_scalar": Case(suite(train=train("nesterov: !!bool maybe")), "'maybe' is not a valid !!bool"),
+    "bad_null_scalar": Case(suite(description="!!null nothing"), "'nothing' is not a valid !!null"),
+    "int_too_many_digits": Case(suite(train="{epochs: " + "9" * 5000 + "}"), "has too many digits"),
+    "seq_tag_on_scalar": Case(suite(description="!!seq abc"), "cannot mark a scalar"),
+    "date_is_not_an_int": Case(suite(train="{epochs: 2020-13-45}"), "train.epochs: Input should be a valid integer"),
+    "ghost_batch_size_0": Case(suite(variants=variant("ghost_batch_size: 0", "ghost_bn")), "`ghost_batch_size` must be an int >= 1, but got 0"),
+    "ghost_num_splits_0": Case(suite(variants=variant("num_splits: 0", "ghost_bn")), "`num_splits` must be an int >= 1, but got 0"),
+    "seeds_1e11": Case(suite(seeds="1e11"), "seeds: a seed count must be an integer, but got 1e+11"),
+    "seeds_10e10_int": Case(suite(seeds="100000000000"), "a seed count must be between 1 and 1000 (the limit), but got 100000000000"),
+    "alias_bomb": Case(BOMB, "expand the suite to more than 100000 values"),
+    "recursive_alias": Case("version: 1\nname: x\nloop: &a [*a]\n", "an alias inside its own anchor"),
+    "undefined_alias": Case(suite(variants="[*nothing]"), "found undefined alias"),
+    # -- sizes bounded before anything allocates -----------------------------------------
+    "file_too_large": Case(suite() + "#" * (1 << 20) + "\n", "larger than 1048576 bytes"),
+    "epochs_above_limit": Case(suite(train="{epochs: 100000}"), "less than or equal to 10000 (got 100000)"),
+    "batch_above_limit": Case(suite(batch_sizes="[1000000]"), "between 1 and 65536 (the limit), but got [1000000]"),
+    "seed_value_above_limit": Case(suite(seeds="[1099511627776]"), "between 0 and 4294967295 (the limit)"),
+    "seed_list_too_long": Case(suite(seeds="[" + ", ".join(map(str, range(1001))) + "]"), "at most 1000 items"),
+    "matrix_too_big": Case(suite(seeds="1000", batch_sizes="[" + ", ".join(str(2 * i + 2) for i in range(11)) + "]"), "the trial matrix has 11000 cells"),
+    "eval_batch_above_limit": Case(suite(train=train("eval_batch_size: 100000")), "less than or equal to 65536"),
+    "image_size_above_limit": Case(suite(dataset="{name: digits, image_size: 100000}"), "less than or equal to 4096"),
+    "num_samples_above_limit": Case(suite(variants="[ubn]", search="{num_samples: 1000000, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "less than or equal to 10000"),
+    "retries_above_limit": Case(suite(retries="1000"), "less than or equal to 100"),
+    # -- zeros and negatives that would divide or loop ------------------------------------
+    "epochs_0": Case(suite(train="{epochs: 0}"), "greater than 0"),
+    "batch_0": Case(suite(batch_sizes="[0]"), "between 1 and 65536"),
+    "seed_count_0": Case(suite(seeds="0"), "a seed count must be between 1 and 1000"),
+    "seed_negative": Case(suite(seeds="[-1]"), "between 0 and 4294967295"),
+    "lr_0": Case(suite(train=train("lr: 0")), "train.lr: Input should be greater than 0"),
+    "lr_inf": Case(suite(train=train("lr: .inf")), "train.lr: Input should be a finite number"),
+    "lr_nan": Case(suite(train=train("lr: .nan")), "train.lr: Input should be a finite number"),
+    "gamma_0": Case(suite(train=train("gamma: 0")), "train.gamma"),
+    "eval_batch_0": Case(suite(train=train("eval_batch_size: 0")), "train.eval_batch_size"),
+    "probe_batch_1": Case(suite(train=train("probe_batch_size: 1")), "train.probe_batch_size"),
+    "checkpoint_every_0": Case(suite(train=train("checkpoint_every: 0")), "train.checkpoint_every"),
+    "lr_reference_batch_0": Case(suite(train=train("lr_reference_batch: 0")), "train.lr_reference_batch"),
+    "limit_batches_0": Case(suite(train=train("limit_batches: 0")), "train.limit_batches"),
+    "num_threads_0": Case(suite(train=train("num_threads: 0")), "train.num_threads"),
+    "warmup_negative": Case(suite(train=train("warmup_epochs: -1")), "train.warmup_epochs"),
+    "grad_clip_0": Case(suite(train=train("grad_clip: 0")), "train.grad_clip"),
+    "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "milestones must be positive and increasing"),
+    "cpus_0": Case(suite(resources="{cpus: 0}"), "resources.cpus"),
+    "gpus_negative": Case(suite(resources="{gpus: -1}"), "resources.gpus"),
+    "max_concurrent_0": Case(suite(max_concurrent="0"), "max_concurrent"),
+    "retries_negative": Case(suite(retries="-1"), "retries"),
+    "num_samples_0": Case(suite(variants="[ubn]", search="{num_samples: 0, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "search.num_samples"),
+    "grace_period_0": Case(suite(variants="[ubn]", search="{num_samples: 2, grace_period: 0, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "search.grace_period"),
+    "reduction_factor_1": Case(suite(variants="[ubn]", search="{num_samples: 2, reduction_factor: 1, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "search.reduction_factor"),
+    "search_step_0": Case(suite(variants="[ubn]", search="{num_samples: 2, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5, step: 0}}}"), "step"),
+    "search_log_low_0": Case(suite(variants="[ubn]", search="{num_samples: 2, space: {recipe.lr: {type: loguniform, low: 0, high: 0.5}}}"), "a log-scale parameter needs low > 0"),
+    "image_size_0": Case(suite(dataset="{name: digits, image_size: 0}"), "dataset.image_size"),
+    "val_fraction_1": Case(suite(dataset="{name: digits, val_fraction: 1.0}"), "dataset.val_fraction"),
+    "augment_crop_negative": Case(suite(dataset="{name: digits, augment: {crop_padding: -1}}"), "augment.crop_padding must be an integer >= 0"),
+    "augment_rotation_500": Case(suite(dataset="{name: digits, augment: {rotation: 500}}"), "augment.rotation must be a number of degrees in [0, 180]"),
+    "synthetic_n_train_0": Case(suite(dataset="{name: synthetic, n_train: 0}"), "dataset.n_train: dataset 'synthetic': synthetic: n_train must be an integer >= 10, but got 0"),
+    "gn_groups_0": Case(suite(variants=variant("num_groups: 0", "gn")), "`num_groups` must be an int >= 1, but got 0"),
+    "gn_channels_per_group_0": Case(suite(variants=variant("channels_per_group: 0", "gn")), "`channels_per_group` must be an int >= 1"),
+    "backbone_width_0": Case(suite(backbones="[{name: resnet20, options: {width: 0}}]"), "backbone 'resnet20' cannot be built with these options"),
+    "bn_eps_0": Case(suite(variants=variant("eps: 0")), "`eps` must be a finite number > 0"),
+    "bn_momentum_2": Case(suite(variants=variant("momentum: 2.0")), "momentum"),
+    # -- constructor refusals and rules at validation ------------------------------------
+    "sabn_index_augmented": Case(suite(variants="[sabn]", train=train("sabn_index: augmented")), "train.sabn_index: sabn_index 'augmented' is not supported"),
+    "sabn_index_as_option": Case(suite(variants=variant("sabn_index: augmented", "sabn")), "variant 'sabn' has no option 'sabn_index'"),
+    "gn_groups_not_dividing": Case(suite(variants=variant("num_groups: 12", "gn")), "num_groups=12 does not divide the norm widths [16, 32, 64]"),
+    "gn_channels_per_group_5": Case(suite(variants=variant("channels_per_group: 5", "gn")), "rejects these options at a 16-channel layer of resnet20"),
+    "ghost_not_dividing": Case(suite(variants=variant("ghost_batch_size: 24", "ghost_bn"), batch_sizes="[64]"), "ghost_batch_size=24 must divide batch size 64"),
+    "batch_1_batch_dependent": Case(suite(batch_sizes="[1]"), "batch size 1 cannot train the batch-dependent variant 'bn'"),
+    "option_int_for_bool": Case(suite(variants=variant("fct: 1", "ubn")), "option 'fct' expects a bool like the default True, but got 1"),
+    "option_type_mismatch": Case(suite(variants=variant("eps: yes")), "expects a float like the default 1e-05, but got 'yes'"),
+    "bgn_spatial_wrong_type": Case(suite(variants=variant("allow_spatial_groups: 1", "bgn")), "expects a bool"),
+    # -- the existing bad-suite cases (test_schema.py, test_run.py) ------------------------
+    "missing_file": Case(None, "cannot read the suite file"),
+    "directory": Case(None, "cannot read the suite file", files={"suite.yaml/x": ""}),
+    "empty_file": Case("", "the suite file is empty"),
+    "comment_only": Case("# nothing\n", "the suite file is empty"),
+    "not_a_mapping": Case("- a\n- b\n", "the suite must be a mapping"),
+    "syntax_error": Case(suite(variants="[bn"), "invalid YAML"),
+    "tab_indent": Case("version: 1\ntrain:\n\tepochs: 1\n", "invalid YAML"),
+    "nul_character": Case(suite() + "x: \x00\n", "character #x0000 is not allowed"),
+    "duplicate_key": Case(suite() + "variants: [gn]\n", "duplicate key"),
+    "unknown_top_key": Case(suite(batch_size="[64]"), "unknown key 'batch_size' (did you mean 'batch_sizes'?)"),
+    "missing_key": Case(suite(train=None), "train: required key is missing"),
+    "unknown_train_key": Case(suite(train=train("warmup: 1")), "did you mean 'warmup_epochs'"),
+    "unknown_dataset": Case(suite(dataset="{name: digitz}"), "unknown dataset 'digitz' (did you mean 'digits'?)"),
+    "unknown_backbone": Case(suite(backbones="[resnet21]"), "unknown backbone 'resnet21'"),
+    "unknown_variant": Case(suite(variants="[ubnn]"), "unknown variant 'ubnn' (did you mean 'ubn'?)"),
+    "unknown_variant_option": Case(suite(variants=variant("thau: 0.1", "ubn")), "did you mean 'tau'"),
+    "unknown_backbone_option": Case(suite(backbones="[{name: resnet20, options: {widht: 8}}]"), "did you mean 'width'"),
+    "unknown_dataset_option": Case(suite(dataset="{name: digits, image_sise: 8}"), "image_sise"),
+    "unknown_augment_option": Case(suite(dataset="{name: digits, augment: {flip: true}}"), "unknown augment option 'flip'"),
+    "wrong_type_strict": Case(suite(train=train('nesterov: "yes"')), "train.nesterov: Input should be a valid boolean"),
+    "yaml11_bool_is_a_string": Case(suite(train=train("nesterov: yes")), "train.nesterov: Input should be a valid boolean (got 'yes')"),
+    "version_2": Case(suite(version="2"), "unsupported suite version 2"),
+    "bad_name": Case(suite(name="'a/b'"), "name: String should match pattern"),
+    "exclude_matches_nothing": Case(suite(exclude="[{variant: gn}]"), "this entry matches no cell"),
+    "exclude_everything": Case(suite(exclude="[{variant: bn}]"), "exclude removes every cell"),
+    "exclude_empty": Case(suite(exclude="[{}]"), "an exclude entry must give at least one"),
+    "label_clash": Case(suite(variants="[{name: bn, label: x}, {name: gn, label: x}]"), "label 'x' is used by two different entries"),
+    "milestones_cosine": Case(suite(train="{epochs: 10, schedule: cosine, milestones: [5]}"), "only apply to schedule multistep"),
+    "search_bad_path": Case(suite(variants="[ubn]", search="{num_samples: 2, space: {variant_options.tua: {type: float, low: 0.1, high: 0.5}}}"), "did you mean 'tau'"),
+    "search_low_high": Case(suite(variants="[ubn]", search="{num_samples: 2, space: {variant_options.tau: {type: float, low: 0.5, high: 0.1}}}"), "`low < high` must hold"),
+    "missing_plugin": Case(suite(plugins="[missing_plugin.py]"), "does not exist"),
+    # -- --set, --max-epochs, --limit-batches -------------------------------------------
+    "set_unknown_key": Case(suite(), "--set train.epoch=2: train.epoch: unknown key 'epoch'", args=["--set", "train.epoch=2"]),
+    "set_bad_value": Case(suite(), "--set train.lr=fast: train.lr", args=["--set", "train.lr=fast"]),
+    "set_malformed": Case(suite(), "an override must look like key.path=value", args=["--set", "nokey"]),
+    "set_python_tag": Case(suite(), "'!!python/object:os.system' is not allowed", args=["--set", "train.lr=!!python/object:os.system 1"]),
+    "set_bad_yaml": Case(suite(), "is not valid YAML", args=["--set", "seeds=[0,"]),
+    "set_seeds_huge": Case(suite(), "a seed count must be between 1 and 1000", args=["--set", "seeds=100000000000"]),
+    "max_epochs_0": Case(suite(), "--max-epochs: must be a positive integer, but got 0", args=["--max-epochs", "0"]),
+    "limit_batches_negative": Case(suite(), "--limit-batches: must be a positive integer, but got -1", args=["--limit-batches", "-1"]),
+    "max_epochs_not_int": Case(suite(), "Invalid value for '--max-epochs'", args=["--max-epochs", "abc"]),
+    # -- plugins that must not take the process down ---------------------------------------
+    "plugin_sys_exit_suite": Case(suite(plugins="[exits.py]"), "failed to load: it called sys.exit(3)", files={"exits.py": EXITS}),
+    "plugin_sys_exit_flag": Case(suite(), "failed to load: it called sys.exit(3)", args=["--plugin", "exits.py"], files={"exits.py": EXITS}),
+    "plugin_sys_exit_variants": Case(None, "exits.py' failed to load: it called sys.exit(3)", command="variants", args=["--plugin", "exits.py"], files={"exits.py": EXITS}),
+    "plugin_keyboard_interrupt": Case(None, "failed to load: KeyboardInterrupt", command="variants", args=["--plugin", "ki.py"], files={"ki.py": "raise KeyboardInterrupt\n"}),
+    "plugin_system_exit_raise": Case(None, "it called sys.exit('bye')", command="variants", args=["--plugin", "se.py"], files={"se.py": "raise SystemExit('bye')\n"}),
+    "plugin_base_exception": Case(None, "failed to load: BaseException: odd", command="variants", args=["--plugin", "be.py"], files={"be.py": "raise BaseException('odd')\n"}),
+    "plugin_syntax_error": Case(None, "failed to load: SyntaxError", command="variants", args=["--plugin", "syn.py"], files={"syn.py": "def (:\n"}),
+    "plugin_import_error": Case(None, "ModuleNotFoundError: No module named 'no_such_module_x'", command="variants", args=["--plugin", "imp.py"], files={"imp.py": "import no_such_module_x\n"}),
+    "plugin_hook_rule": Case(suite(variants=variant("k: 3", "corpus_norm"), plugins="[p.py]"), "variants[0].options.k: variant 'corpus_norm': k=3 cannot run at batch size 16", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_hook_raises": Case(suite(variants=variant("k: 0", "corpus_norm"), plugins="[p.py]"), "check_options failed: ZeroDivisionError", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_constructor_exits": Case(suite(variants=variant("k: 5", "corpus_norm"), plugins="[p.py]"), "rejects these options at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): it called sys.exit('constructor exits')", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects a int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad input is refused before Ray starts: any ray.init fails the test."""
+    ray = pytest.importorskip("ray")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started for a bad input")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _argv(case: Case, path: Path, tmp_path: Path) -> list[str]:
+    args = [a if not a.endswith(".py") else str(tmp_path / a) for a in case.args]
+    if case.command == "variants":
+        return ["variants", *args, "--json"]
+    return ["run", str(path), "--output", str(tmp_path / "out"), "--dry-run", *args]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = CASES[name]
+    registry._reset_all()  # plugin cases must not see each other's registrations
+    monkeypatch.chdir(tmp_path)
+    for rel, text in case.files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(textwrap.dedent(text))
+    path = tmp_path / "suite.yaml"
+    if isinstance(case.text, bytes):
+        path.write_bytes(case.text)
+    elif case.text is not None:
+        path.write_text(case.text, encoding="utf-8")
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(_argv(case, path, tmp_path))
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert exit_.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("normbench: error: "), err
+    assert "Traceback" not in err and case.expect in lines[0], lines[0]
+    if case.command == "run" and case.text is not None and not case.args:
+        assert f"{path}:" in lines[0] or "plugin file" in lines[0], lines[0]  # FILE:LINE
+    assert _tree(tmp_path) == before
+    registry._reset_all()
+
+
+def test_exponent_numbers_are_floats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lr: 1e-3` (YAML 1.1 reads it as a string) and `--set train.lr=5e-4` are numbers."""
+    from normbench.suite.loader import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(suite(train=train("lr: 1e-3, weight_decay: 5E-4")))
+    spec = load_suite(path).trials()[0].spec
+    assert spec.recipe.lr == 0.001 and spec.recipe.weight_decay == 0.0005
+    spec = load_suite(path, overrides=["train.lr=5e-4"]).trials()[0].spec
+    assert spec.recipe.lr == 0.0005
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), "--dry-run"])
+    assert exit_.value.code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_alias_bomb_is_refused_within_a_small_memory_cap(tmp_path: Path) -> None:
+    """Issue 15: a 1 KB suite of nested aliases grew past 3 GB. Under a 1 GiB address-space
+    limit the whole CLI refuses it with one line (it stays near 0.4 GB of address space)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    cap = 1 << 30
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    code = "import sys; from normbench.cli import main; main(sys.argv[1:])"
+    argv = [
+        sys.executable,
+        "-c",
+        code,
+        "run",
+        str(path),
+        "--dry-run",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        argv, preexec_fn=limit, capture_output=True, text=True, timeout=120, env=env
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "expand the suite to more than 100000 values" in lines[0]
+    assert f"{path}:7: (yaml)" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml"]
