@@ -10,8 +10,8 @@ from torch import nn
 
 from normbench import registry
 from normbench.errors import DuplicateNameError, PluginError, UnknownNameError
-from normbench.registry import BUILTIN, Registry, _check_variant
 from normbench.options import OptionDoor
+from normbench.registry import BUILTIN, Registry, _check_variant
 from normbench.variants_api import check_variant_contract, variant_info
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from normbench.engine.spec import TrialSpec
-from normbench.errors import RunDirError
+from normbench.errors import RunDirError, UserError
 from normbench.results.store import RunStore
 from normbench.suite.live import LiveView
 
@@ -323,12 +323,12 @@ def _plugin_overrides(suite_path: Path, plugins: tuple[str, ...]) -> tuple[str, 
         return ()
     import json
 
-    import yaml
+    from normbench.suite.yamlmap import parse, read_text
 
-    try:
-        data = yaml.safe_load(Path(suite_path).read_text()) or {}
+    try:  # the suite loader's own reader: bounded, UTF-8, no tags
+        data, _ = parse(read_text(Path(suite_path)), str(suite_path))
         own = list(data.get("plugins") or []) if isinstance(data, dict) else []
-    except (OSError, yaml.YAMLError):
+    except UserError:
         own = []  # the loader reports the file's problem itself
     extra = [str(Path(p).expanduser().resolve()) for p in plugins]
     return (f"plugins={json.dumps(own + extra)}",)

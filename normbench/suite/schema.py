@@ -39,6 +39,12 @@ Reference (see suites/*.yaml for commented examples):
 
 The matrix is backbones x variants x batch_sizes x seeds, minus `exclude`, plus `include`
 (see `normbench.suite.matrix`). A search runs once per cell of that matrix.
+
+The file is YAML 1.2 plain data (`normbench.suite.yamlmap`: `1e-3` is a float, `yes` a string,
+no tags beyond !!str/int/float/bool/null/seq/map). Sizes are bounded before anything is
+allocated: epochs <= 10,000, batch sizes <= 65,536, at most 1,000 seeds each < 2^32, at most
+10,000 cells, num_samples <= 10,000, image_size <= 4,096, retries <= 100 (the `MAX_*`
+constants below); infinities and NaN are refused everywhere.
 """
 
 from __future__ import annotations

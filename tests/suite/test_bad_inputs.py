@@ -225,6 +225,7 @@ CASES: dict[str, Case] = {
     # -- plugins that must not take the process down ---------------------------------------
     "plugin_sys_exit_suite": Case(suite(plugins="[exits.py]"), "failed to load: it called sys.exit(3)", files={"exits.py": EXITS}),
     "plugin_sys_exit_flag": Case(suite(), "failed to load: it called sys.exit(3)", args=["--plugin", "exits.py"], files={"exits.py": EXITS}),
+    "not_utf8_with_plugin_flag": Case(suite(description="caf\xe9").encode("latin-1"), "not UTF-8 text", args=["--plugin", "ok.py"], files={"ok.py": "# registers nothing\n"}),
     "plugin_sys_exit_variants": Case(None, "exits.py' failed to load: it called sys.exit(3)", command="variants", args=["--plugin", "exits.py"], files={"exits.py": EXITS}),
     "plugin_keyboard_interrupt": Case(None, "failed to load: KeyboardInterrupt", command="variants", args=["--plugin", "ki.py"], files={"ki.py": "raise KeyboardInterrupt\n"}),
     "plugin_system_exit_raise": Case(None, "it called sys.exit('bye')", command="variants", args=["--plugin", "se.py"], files={"se.py": "raise SystemExit('bye')\n"}),
