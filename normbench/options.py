@@ -52,6 +52,7 @@ class OptionProblem:
     option: str | None = None
     context: str | None = None
     unknown: bool = False  # an option name the entry does not take
+    error: type[Exception] | None = None  # the exception type to raise it as (default UserError)
 
 
 @dataclass(frozen=True)
@@ -250,12 +251,13 @@ def _dataset_rules(
 ) -> list[OptionProblem]:
     from normbench.data.base import Augment
     from normbench.data.build import parse_augment
-    from normbench.errors import UserError
+    from normbench.errors import UnknownNameError, UserError
 
     try:
         parse_augment(Augment(), options.get("augment"))
     except UserError as exc:
-        return [OptionProblem(str(exc), option="augment")]
+        unknown = isinstance(exc, UnknownNameError)
+        return [OptionProblem(str(exc), option="augment", unknown=unknown, error=type(exc))]
     return []
 
 

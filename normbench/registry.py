@@ -256,8 +256,8 @@ class Registry:
         if not problems:
             return
         text = "; ".join(p.message for p in problems)
-        unknown = any(p.unknown for p in problems)
-        raise (UnknownNameError if unknown else UserError)(text)
+        error = problems[0].error or (UnknownNameError if problems[0].unknown else UserError)
+        raise error(text)
 
 
 def _builtin_variants(reg: Registry) -> None:

@@ -80,7 +80,9 @@ def test_synthetic_is_deterministic() -> None:
 
 def test_option_errors_name_the_choices() -> None:
     kw = dict(batch_size=8, eval_batch_size=8, device="cpu", seed=0)
-    with pytest.raises(UnknownNameError, match="valid options: .*val_fraction"):
+    with pytest.raises(
+        UnknownNameError, match="did you mean 'val_fraction'.*options: .*val_fraction"
+    ):
         build_data("digits", **kw, val_fractoin=0.2)
     with pytest.raises(UnknownNameError, match="did you mean 'rotation'"):
         build_data("digits", **kw, augment={"rotaton": 15})
