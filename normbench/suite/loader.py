@@ -163,6 +163,8 @@ def _validate(
     names = checks.check_names(model, cells)
     found += names + checks.check_cells(model, cells, names)
     found += checks.check_search(model, cells)
+    if not found:
+        found += _search_space_problems(model)
     if found:
         return model, [], found
     trials = build_trials(
@@ -170,6 +172,22 @@ def _validate(
     )
     found += _spec_refusals(trials)
     return model, trials, found
+
+
+def _search_space_problems(model: SuiteModel) -> list[tuple[KeyPath, str]]:
+    """Build the Optuna space with the function the run uses (`suite.search.optuna_space`,
+    owned by the search adapter), so a dimension it refuses is reported at its line now."""
+    if model.search is None:
+        return []
+    from normbench.suite.search import optuna_space
+
+    found: list[tuple[KeyPath, str]] = []
+    for path, param in model.search.space.items():
+        try:
+            optuna_space({path: _param_dict(param)})
+        except (ValueError, TypeError) as exc:
+            found.append((("search", "space", path), f"Optuna refuses this dimension: {exc}"))
+    return found
 
 
 def _spec_refusals(trials: list[Trial]) -> list[tuple[KeyPath, str]]:
