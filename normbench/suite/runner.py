@@ -225,7 +225,7 @@ class Driver:
         label = " ".join(str(cell[k]) for k in ("variant", "backbone") if k in cell) or tid
         if self.context:
             label += f" #{tid[:6]}"
-        self.view.start(tid, label, spec.epochs)
+        self.view.start(tid, label, spec.epochs, seed=spec.seed)
 
     def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None:
         from normbench.suite.ray_adapter import CHECKPOINT_NOTE
