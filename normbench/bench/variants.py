@@ -1,5 +1,5 @@
 """Benchmark: forward+backward time and peak memory of every built-in variant against
-`torch.nn.BatchNorm2d`, written as a Markdown table (default `reports/bench_variants.md`).
+`torch.nn.BatchNorm2d`, written as a Markdown table (default: a new folder under `runs/bench/`).
 
 What is measured, and why:
 - One training step of the layer alone: `y = layer(x); y.backward(g)` with `x` requiring grad
