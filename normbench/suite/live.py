@@ -17,6 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from normbench.contract import EpochRecord
+
 MAX_FINISHED_ROWS = 10
 
 
@@ -81,7 +83,7 @@ class LiveView:
         row.status = "running"
         self._changed(f"start {_name(row)} [{trial_id}]")
 
-    def record(self, trial_id: str, record: dict[str, Any]) -> None:
+    def record(self, trial_id: str, record: EpochRecord) -> None:
         row = self.rows.get(trial_id)
         if row is None:
             return

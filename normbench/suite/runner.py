@@ -23,8 +23,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
+from normbench.contract import EpochRecord
 from normbench.engine.spec import TrialSpec
 from normbench.errors import RunDirError
 from normbench.results.store import RunStore
@@ -239,7 +240,7 @@ class Driver:
         extra = {"spec": spec.to_dict(), "cell": self._cell(tid)}
         self.store.append_epoch(tid, record, extra=extra)
         self.last[tid] = record
-        self.view.record(tid, record)
+        self.view.record(tid, cast(EpochRecord, record))  # Ray hands results over as dicts
 
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None:
         self.store.note_checkpoint(spec.trial_id, epoch, ref)
