@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         print("normbench: aborted", file=sys.stderr)
         raise SystemExit(130) from None
     except click_exceptions.NoArgsIsHelpError as exc:
-        exc.show()  # `normbench` alone: the help text, not an error line
+        print(exc.ctx.get_help())  # `normbench` alone: the help on stdout, not an error line
         raise SystemExit(0) from None
     except click_exceptions.ClickException as exc:
         fail(exc.format_message())
