@@ -9,6 +9,7 @@ not a torch install), and runs the commands from the checkout and from elsewhere
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -45,12 +46,22 @@ def _fresh_venv(path: Path) -> Path:
     return python
 
 
+def _recent_setuptools() -> str | None:
+    """The folder holding the newest setuptools >= 68 this environment has, if any."""
+    found = [
+        (int(d.version.split(".")[0]), str(d.locate_file("")))
+        for d in importlib.metadata.distributions(name="setuptools")
+    ]
+    return max(found)[1] if found and max(found)[0] >= 68 else None
+
+
 def _build_wheel(python: Path, src: Path, dist: Path, env: dict[str, str]) -> Path:
-    """`pip wheel`, without build isolation when a recent setuptools is at hand (no download)."""
-    probe = "import setuptools; print(int(setuptools.__version__.split('.')[0]) >= 68)"
-    recent = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, env=env)
-    isolation = ["--no-build-isolation"] if recent.stdout.strip() == "True" else []
-    pip = [str(python), "-m", "pip", "wheel", "--no-deps", "-q", *isolation, "-w", str(dist)]
+    """`pip wheel`, without build isolation (no download) when a recent setuptools is at hand."""
+    pip = [str(python), "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist)]
+    setuptools_dir = _recent_setuptools()
+    if setuptools_dir is not None:
+        pip.append("--no-build-isolation")
+        env = {**env, "PYTHONPATH": setuptools_dir}
     _run([*pip, str(src)], cwd=src, env=env)
     (wheel,) = dist.glob("normbench-*.whl")
     return wheel
@@ -75,6 +86,6 @@ def test_wheel_install_works_from_the_checkout_and_elsewhere(tmp_path: Path) -> 
         version = _run([str(tmp_path / "venv/bin/normbench"), "--version"], cwd=cwd, env=env)
         assert version.stdout.strip() == f"normbench {normbench.__version__}"
     # from elsewhere, the installed copy is the one imported, with its variants inside it
-    where = "import normbench.variants as v; print(v.__file__)"
+    where = "import importlib.util as u; print(u.find_spec('normbench.variants').origin)"
     installed = _run([str(python), "-c", where], cwd=tmp_path, env=env).stdout.strip()
     assert Path(installed).is_relative_to(tmp_path / "venv")
