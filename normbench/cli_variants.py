@@ -75,19 +75,7 @@ def _rows(infos: list[dict[str, Any]], options_sep: str) -> list[tuple[str, ...]
 
 
 def _print_table(infos: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from normbench.tables import print_table
 
-    console = Console()
-    if not console.is_terminal:  # piped: aligned columns, one line per variant, never wrapped
-        rows: list[tuple[str, ...]] = [_COLUMNS, *_rows(infos, " ")]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        return
-    table = Table(title="normbench variants", show_lines=True)
-    for column in _COLUMNS:
-        table.add_column(column, overflow="fold")
-    for row in _rows(infos, "\n"):
-        table.add_row(*row)
-    console.print(table)
+    rows = _rows(infos, "\n")
+    print_table(_COLUMNS, rows, title="normbench variants", show_lines=True)

@@ -63,7 +63,8 @@ def test_piped_table_has_one_unwrapped_line_per_builtin(
     code, out, err = _run(["variants"], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["name", "options", "params/ch", "batch-dep.", "source", "paper"]
+    assert lines[0] == "normbench variants"
+    assert lines[1].split() == ["name", "options", "params/ch", "batch-dep.", "source", "paper"]
     for name, count in HAND_COUNT.items():
         (row,) = [line for line in lines if line.split()[0] == name]
         assert f" {count} " in row and " built-in " in row, row

@@ -163,13 +163,12 @@ def _epoch_line(record: EpochRecord, epochs: int | None) -> str:
 
 
 def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
-    from rich.table import Table
+    from normbench.tables import print_table
 
     if not records:
         print("nothing to do: the checkpoint already holds the finished trial", file=sys.stderr)
         return
     title = f"{spec.variant} / {spec.backbone} / {spec.dataset} (seed {spec.seed})"
-    table = Table(title=title)
     cols = (
         "epoch",
         "status",
@@ -182,10 +181,8 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
         "time s",
         "img/s",
     )
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r in records:
-        table.add_row(
+    rows = [
+        (
             str(r["epoch"]),
             r["status"],
             _fmt(r["train_loss"], ".4f"),
@@ -197,7 +194,9 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
             _fmt(r["epoch_time_s"], ".1f"),
             _fmt(r["images_per_s"], ".0f"),
         )
-    console.print(table)
+        for r in records
+    ]
+    print_table(cols, rows, title=title, right=cols, console=console)
     last = records[-1]
     console.print(
         f"final epoch {last['epoch']}: test top-1 {_fmt(last['test_top1'])}% "
