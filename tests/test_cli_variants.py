@@ -11,11 +11,13 @@ import pytest
 from normbench import registry
 from normbench.cli import main
 
-# Learnable parameters per channel, counted by hand from the spec (shared/spec/variants.md):
-# BN/IN/GN/BGN/GhostBN/FourThings: gamma, beta.  IEBN: gamma, beta, w, b (§6).
-# RBN: gamma, beta, w_m, w_v, b_v (§7).  BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (§8).
-# SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (§9).
-# UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10 (§12).
+# Learnable parameters per channel, counted by hand from docs/variants.md:
+# BN/IN/GN/BGN/GhostBN/FourThings: gamma, beta.  IEBN: gamma, beta, w, b (docs/variants.md#iebn).
+# RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
+# BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
+# SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
+# (docs/variants.md#ubn).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
               "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2}  # fmt: skip
 # Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
