@@ -6,9 +6,12 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from normbench import __version__
 from normbench.errors import RunDirWarning, SuiteError, UserError
 
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
@@ -34,10 +37,21 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # click's plain help: flags show no type, values a metavar
     )
 
     @app.callback()
-    def _root() -> None:
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                help="Print the version and exit.",
+                callback=_print_version,
+                is_eager=True,
+            ),
+        ] = False,
+    ) -> None:
         """Compare normalization layers in image classifiers."""
 
     for mod in _COMMAND_MODULES:
@@ -49,6 +63,32 @@ def build_app() -> typer.Typer:
             continue
         module.register(app)
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"normbench {__version__}")
+        raise typer.Exit()
+
+
+# What a value option shows after its name in --help, by the annotated type (flags show none).
+_METAVARS: dict[Any, str] = {int: "N", float: "X", Path: "PATH", str: "TEXT"}
+
+
+def _set_metavars(command: Any) -> None:
+    """Name each value option's argument (`--max-epochs N`) instead of typer's type tag
+    (`<int>`), in every sub-command; arguments show their own name (`SUITE`)."""
+    for param in command.params:
+        if param.metavar is not None or getattr(param, "is_flag", False):
+            continue
+        annotation = param.type_descriptor.annotation
+        inner = getattr(annotation, "__args__", (annotation,))[0]  # list[str] -> str
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+        else:
+            param.metavar = _METAVARS.get(inner, "VALUE")
+    for sub in getattr(command, "commands", {}).values():
+        _set_metavars(sub)
 
 
 def fail(message: str, *more: str) -> None:
@@ -77,6 +117,7 @@ def _show_run_dir_warnings() -> None:
 def main(argv: list[str] | None = None) -> None:
     _show_run_dir_warnings()
     command = typer.main.get_command(build_app())
+    _set_metavars(command)
     try:
         rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)
     except SuiteError as exc:  # every problem of a suite at once, one line each
@@ -87,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         print("normbench: aborted", file=sys.stderr)
         raise SystemExit(130) from None
     except click_exceptions.NoArgsIsHelpError as exc:
-        exc.show()  # `normbench` alone: the help text, not an error line
+        print(exc.ctx.get_help())  # `normbench` alone: the help on stdout, not an error line
         raise SystemExit(0) from None
     except click_exceptions.ClickException as exc:
         fail(exc.format_message())

@@ -1,9 +1,11 @@
 """`normbench variants`: list every registered variant (built-ins and plugins).
 
 Shows name, paper, options with defaults, learnable parameters per channel, whether the layer
-depends on the batch, and where it came from. `--plugin FILE` (repeatable) loads plugin files
-first; a broken file is a user error (one line, exit 2). Installed entry-point plugins that
-fail to load are listed as warnings on stderr and do not hide the others.
+depends on the batch, and where it came from: a rich table on a terminal, plain aligned
+columns (one line per variant, never wrapped) when piped, `--json` for scripts.
+`--plugin FILE` (repeatable) loads plugin files first; a broken file is a user error (one
+line, exit 2). Installed entry-point plugins that fail to load are listed as warnings on
+stderr and do not hide the others.
 """
 
 from __future__ import annotations
@@ -44,30 +46,36 @@ def variants_command(
         print(json.dumps(infos, indent=2))
     else:
         _print_table(infos)
+        print(
+            "eps=1e-05 and momentum=0.1 are options of every variant (shown only when different)."
+        )
 
 
-def _format_options(options: dict[str, Any]) -> str:
+_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "source", "paper")
+
+
+def _format_options(options: dict[str, Any], sep: str) -> str:
     shown = {k: v for k, v in options.items() if _DEFAULTS_HIDDEN.get(k, object()) != v}
-    return "\n".join(f"{k}={v!r}" for k, v in shown.items()) or "-"
+    return sep.join(f"{k}={v!r}" for k, v in shown.items()) or "-"
+
+
+def _rows(infos: list[dict[str, Any]], options_sep: str) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for info in infos:
+        ppc = info["params_per_channel"]
+        rows.append((
+            info["name"],
+            _format_options(info["options"], options_sep),
+            "error: " + info["error"] if ppc is None else str(ppc),
+            {True: "yes", False: "no"}.get(info["batch_dependent"], "?"),
+            info["source"],
+            info["paper"] or "-",
+        ))  # fmt: skip
+    return rows
 
 
 def _print_table(infos: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from normbench.tables import print_table
 
-    table = Table(title="normbench variants", show_lines=True)
-    for column in ("name", "paper", "options", "params/ch", "batch-dep.", "source"):
-        table.add_column(column, overflow="fold")
-    for info in infos:
-        ppc = info["params_per_channel"]
-        batch_dep = {True: "yes", False: "no"}.get(info["batch_dependent"], "?")
-        table.add_row(
-            info["name"],
-            info["paper"] or "-",
-            _format_options(info["options"]),
-            "error: " + info["error"] if ppc is None else str(ppc),
-            batch_dep,
-            info["source"],
-        )
-    Console().print(table)
-    print("eps=1e-05 and momentum=0.1 are options of every variant (shown only when different).")
+    rows = _rows(infos, "\n")
+    print_table(_COLUMNS, rows, title="normbench variants", show_lines=True)

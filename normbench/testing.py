@@ -1,6 +1,7 @@
 """Reusable conformance tests for normalization variants (like `optuna.testing`).
 
-Any variant, built-in or plugin, runs the whole contract (spec §1 and §14) with two lines:
+Any variant, built-in or plugin, runs the whole contract (docs/variants.md#contract and
+docs/variants.md#tests) with two lines:
 
     from normbench.testing import VariantConformance
 

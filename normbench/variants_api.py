@@ -1,9 +1,9 @@
 """The public variant API: `create_norm`, `norm_layer`, `list_variants`, `register_variant`,
 `variant_info`, and the constructor-contract check applied to every plugin at registration.
 
-The contract (spec §1, ARCHITECTURE.md): `Variant(num_features, *, options..., eps=1e-5,
-momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight` and
-`.bias` attributes (None allowed), class attributes `paper: str` and `batch_dependent: bool`,
+The contract (docs/variants.md#contract, ARCHITECTURE.md): `Variant(num_features, *, options...,
+eps=1e-5, momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight`
+and `.bias` attributes (None allowed), class attributes `paper: str` and `batch_dependent: bool`,
 and `forward(x)` returning a tensor of x's shape and dtype.
 """
 

@@ -73,9 +73,9 @@ def test_quick_run_writes_every_builtin(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("command", "module", "default"),
     [
-        ("loader", "normbench.bench.loader", "reports/bench_loader.md"),
-        ("step", "normbench.bench.train_step", "reports/bench_train_step.md"),
-        ("harness", "normbench.bench.harness", "reports/bench_harness.md"),
+        ("loader", "normbench.bench.loader", "bench_loader.md"),
+        ("step", "normbench.bench.train_step", "bench_train_step.md"),
+        ("harness", "normbench.bench.harness", "bench_harness.md"),
     ],
 )
 def test_bench_commands_call_their_module(
@@ -85,15 +85,25 @@ def test_bench_commands_call_their_module(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The wiring only: each command imports its module and calls run(output, quick=...)."""
+    """The wiring only: each command imports its module and calls run(output, quick=...); by
+    default into a new folder under runs/bench/, never over the committed reports/."""
     from normbench.cli import main
 
     calls = []
     fake = types.ModuleType(module)
     fake.run = lambda output, *, quick=False: calls.append((output, quick)) or output
     monkeypatch.setitem(sys.modules, module, fake)
-    for argv, expected in (([], (Path(default), False)), (["--quick"], (Path(default), True))):
+    for argv, quick in (([], False), (["--quick"], True)):
         with pytest.raises(SystemExit) as info:
             main(["bench", command, *argv])
-        assert info.value.code == 0 and calls[-1] == expected
-    assert capsys.readouterr().out.strip().endswith(f"wrote {default}")
+        output, called_quick = calls[-1]
+        assert info.value.code == 0 and called_quick == quick
+        assert output.name == default and output.parent.parent == Path("runs/bench")
+        assert output.parent.name.startswith(f"{command}-")
+    chosen = Path("elsewhere") / default
+    with pytest.raises(SystemExit):
+        main(["bench", command, "--output", str(chosen)])
+    assert calls[-1] == (chosen, False)
+    captured = capsys.readouterr()
+    assert f"wrote {chosen} in " in captured.out
+    assert f"normbench bench {command}: running; the report goes to {chosen}" in captured.err

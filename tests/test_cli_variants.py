@@ -11,11 +11,13 @@ import pytest
 from normbench import registry
 from normbench.cli import main
 
-# Learnable parameters per channel, counted by hand from the spec (shared/spec/variants.md):
-# BN/IN/GN/BGN/GhostBN/FourThings: gamma, beta.  IEBN: gamma, beta, w, b (§6).
-# RBN: gamma, beta, w_m, w_v, b_v (§7).  BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (§8).
-# SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (§9).
-# UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10 (§12).
+# Learnable parameters per channel, counted by hand from docs/variants.md:
+# BN/IN/GN/BGN/GhostBN/FourThings: gamma, beta.  IEBN: gamma, beta, w, b (docs/variants.md#iebn).
+# RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
+# BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
+# SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
+# (docs/variants.md#ubn).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
               "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2}  # fmt: skip
 # Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
@@ -56,17 +58,34 @@ def test_json_lists_all_builtins_with_hand_counted_parameters(
     assert rows["ubn"]["options"]["tau"] == 0.15
 
 
-def test_table_shows_every_builtin(
+def test_piped_table_has_one_unwrapped_line_per_builtin(
     builtins_available: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "250")  # rich folds cells in a narrow terminal
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal width must not matter off a TTY
     code, out, err = _run(["variants"], capsys)
     assert code == 0, err
     lines = out.splitlines()
+    assert lines[0] == "normbench variants"
+    assert lines[1].split() == ["name", "options", "params/ch", "batch-dep.", "source", "paper"]
     for name, count in HAND_COUNT.items():
-        row = next(line for line in lines if line.startswith(f"│ {name} "))
+        (row,) = [line for line in lines if line.split()[0] == name]
+        assert f" {count} " in row and " built-in " in row, row
+    (bgn,) = [line for line in lines if line.startswith("bgn ")]
+    assert "num_groups=32 allow_spatial_groups=False" in bgn  # an option value is never split
+    assert "eps=1e-05 and momentum=0.1" in out
+
+
+def test_terminal_table_shows_every_builtin(
+    builtins_available: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # rich folds cells in a narrow terminal
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats the captured stream as a terminal
+    monkeypatch.setenv("TERM", "dumb")
+    code, out, err = _run(["variants"], capsys)
+    assert code == 0, err
+    for name, count in HAND_COUNT.items():
+        row = next(line for line in out.splitlines() if f"│ {name} " in line)
         assert f" {count} " in row and "built-in" in row, row
-    assert "kernel_size=3" in out and "eps=1e-05 and momentum=0.1" in out
 
 
 def test_missing_plugin_file_is_one_line_and_exit_2(

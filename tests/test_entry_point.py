@@ -56,3 +56,26 @@ def test_start_up_imports_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version(capsys) -> None:
+    import normbench
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"normbench {normbench.__version__}"
+
+
+@pytest.mark.parametrize("argv", [["run"], ["train"], ["variants"], ["report"], ["bench", "step"]])
+def test_help_shows_no_type_tags(argv: list[str], capsys) -> None:
+    """Flags take no value, so their help line shows none; value options show a metavar."""
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    options = out.split("Options:")[1]
+    assert "<bool>" not in out and "<int>" not in options and "<str>" not in options
+    assert any(line.split()[:2] == ["--help", "Show"] for line in options.splitlines())
+    if argv == ["run"]:
+        assert "--dry-run          Print" in options and "--max-epochs N" in options

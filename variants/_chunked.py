@@ -1,8 +1,9 @@
 """Contiguous sample chunks along the batch: GhostBN's ghost batches, FourThings' example groups.
 
 The statistics of a chunk come from per-instance moments (`_fused.block_moments`); this module
-only says where the chunks are, with the two rules of spec §11/§13: chunks of a fixed size with
-a short last one, or `torch.chunk` semantics for a requested number of splits.
+only says where the chunks are, with the two rules of docs/variants.md#ghost-bn and
+docs/variants.md#fourthings: chunks of a fixed size with a short last one, or `torch.chunk`
+semantics for a requested number of splits.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Option checks live in `_options`.
 
 `bn_core` is batch norm without affine on torch's fused kernel (`F.batch_norm`), plus the
-`num_batches_tracked` rule of `nn.BatchNorm2d` (spec §2): momentum None means a cumulative
-average (factor 1/num_batches_tracked), 0 means no update.
+`num_batches_tracked` rule of `nn.BatchNorm2d` (docs/variants.md#bncore): momentum None means a
+cumulative average (factor 1/num_batches_tracked), 0 means no update.
 
 `ContractNorm` checks and stores the contract arguments of every variant built from scratch
 (BGN, GhostBN, FourThings, UBN register their own state on top).
@@ -12,9 +12,9 @@ average (factor 1/num_batches_tracked), 0 means no update.
 `RunningStatsNorm` is the base of the BN-family variants that are *not* torch subclasses (IEBN,
 RBN, BNET, SaBN): it validates the common constructor arguments, registers the BN buffers and
 normalises with `bn_core` (batch statistics in training, running statistics in eval). It is a
-plain `nn.Module` on purpose (spec §1.7): torchvision's ResNet init loop sets weight←1, bias←0 on
-every `nn.BatchNorm2d`/`nn.GroupNorm`, which would fill BNET's whole k×k kernel with ones and
-crash on RBN's `weight=None`.
+plain `nn.Module` on purpose (docs/variants.md#contract point 7): torchvision's ResNet init loop
+sets weight←1, bias←0 on every `nn.BatchNorm2d`/`nn.GroupNorm`, which would fill BNET's whole k×k
+kernel with ones and crash on RBN's `weight=None`.
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def register_affine(
 class ContractNorm(nn.Module):
     """Base of the variants built from scratch: checks and stores the contract arguments.
 
-    `num_features`, `eps` and `momentum` (spec §1) are validated, naming the subclass, and
-    kept as given; subclasses check their own options and register their own state.
+    `num_features`, `eps` and `momentum` (docs/variants.md#contract) are validated, naming the
+    subclass, and kept as given; subclasses check their own options and register their own state.
     """
 
     def __init__(self, num_features: int, *, eps: float, momentum: float | None) -> None:
@@ -170,8 +170,8 @@ class ContractNorm(nn.Module):
 class RunningStatsNorm(ContractNorm):
     """Base of BN-family variants built from scratch: contract arguments and BN buffers.
 
-    Subclasses add their parameters, call `self.normalize(x)` for BNcore (spec §2) and
-    extend `extra_repr` through `options_repr`.
+    Subclasses add their parameters, call `self.normalize(x)` for BNcore (docs/variants.md#bncore)
+    and extend `extra_repr` through `options_repr`.
     """
 
     running_mean: torch.Tensor
@@ -220,8 +220,8 @@ class RunningStatsNorm(ContractNorm):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BNcore's per-channel (μ, 1/sqrt(σ² + eps)), (C,) each, from per-instance moments.
 
-        Training: batch statistics (with gradient) and the buffer update of spec §2. Eval: the
-        running statistics. `mean`/`var` describe the tensor being normalised (RBN: x_c).
+        Training: batch statistics (with gradient) and the buffer update of docs/variants.md#bncore.
+        Eval: the running statistics. `mean`/`var` describe the tensor being normalised (RBN: x_c).
         """
         if not self.training:
             return self.running_mean, torch.rsqrt(self.running_var + self.eps)
@@ -256,8 +256,8 @@ def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, 
 def update_running_stats(
     module: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int, momentum: float | None
 ) -> None:
-    """BN's buffer rule (spec §2) for batch statistics computed outside `F.batch_norm`:
-    counter += 1, r ← (1−f)·r + f·v, with the variance stored unbiased (n/(n−1))."""
+    """BN's buffer rule (docs/variants.md#bncore) for batch statistics computed outside
+    `F.batch_norm`: counter += 1, r ← (1−f)·r + f·v, with the variance stored unbiased (n/(n−1))."""
     factor = update_factor(module, momentum)
     with torch.no_grad():
         running_mean = buffer(module, "running_mean")

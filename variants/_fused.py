@@ -22,9 +22,9 @@ chain rule, so the gradients are exact; working in centred terms avoids the canc
 Why not autograd on full tensors: on CPU a fresh full-size tensor costs a page-faulting
 allocation that dominates the step (about as long as three reading passes). This path allocates
 two full-size tensors per step (y and dL/dx), as `F.batch_norm` does. The moments are two-pass
-(spec §15: never E[x²] − E[x]²); the centred temporaries live in cache-sized chunks of samples,
-so the passes only read the activation. fp16/bf16 inputs get fp32 statistics; y and dL/dx
-have the input's dtype and memory format (channels_last included).
+(docs/variants.md#pitfalls: never E[x²] − E[x]²); the centred temporaries live in cache-sized chunks
+of samples, so the passes only read the activation. fp16/bf16 inputs get fp32 statistics; y and
+dL/dx have the input's dtype and memory format (channels_last included).
 """
 
 from __future__ import annotations

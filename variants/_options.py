@@ -1,8 +1,8 @@
 """Constructor-option checks shared by every built-in variant (the only copy of them).
 
-Spec §1.1: invalid options raise at construction, naming the rule and the value. YAML gives
-ints, floats, bools and strings, so the checks reject bools posing as ints and NaN floats.
-Every message starts with the layer's class name so a wrong suite entry is easy to find.
+docs/variants.md#contract point 1: invalid options raise at construction, naming the rule and the
+value. YAML gives ints, floats, bools and strings, so the checks reject bools posing as ints and NaN
+floats. Every message starts with the layer's class name so a wrong suite entry is easy to find.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def check_choice(layer: str, name: str, value: object, choices: Iterable[str]) -
 
 
 def check_common(layer: str, num_features: object, eps: object, momentum: object) -> None:
-    """The contract options every variant shares (spec §1): C >= 1, eps > 0, momentum.
+    """The contract options every variant shares (docs/variants.md#contract): C >= 1,
+    eps > 0, momentum.
 
     Momentum None means a cumulative average, so it passes; otherwise 0 <= momentum <= 1.
     """

@@ -1,4 +1,4 @@
-"""BGN: Batch Group Normalization (Zhou et al., arXiv 2012.02782, 2020), spec §10.
+"""BGN: Batch Group Normalization (Zhou et al., arXiv 2012.02782, 2020), docs/variants.md#bgn.
 
 No official implementation is public; this follows the spec's reading of the abstract:
 

@@ -1,11 +1,12 @@
 """BN: Batch Normalization (Ioffe & Szegedy, ICML 2015, arXiv 1502.03167).
 
 Implements y = γ_c · (x − μ_c) / sqrt(σ²_c + eps) + β_c with μ_c, σ²_c the batch mean and biased
-variance over (N, H, W) in training, and the running estimates in eval (spec §2-3). The running
-variance is stored unbiased (n/(n−1), n = N·H·W); momentum None is a cumulative average.
+variance over (N, H, W) in training, and the running estimates in eval (docs/variants.md#bncore and
+docs/variants.md#bn). The running variance is stored unbiased (n/(n−1), n = N·H·W); momentum None is
+a cumulative average.
 
-A thin subclass of `torch.nn.BatchNorm2d` (spec §3, [choice]): torch computes everything, so the
-buffers, counter and state_dict keys are exactly torch's. What this class adds:
+A thin subclass of `torch.nn.BatchNorm2d` (docs/variants.md#bn, ours): torch computes everything, so
+the buffers, counter and state_dict keys are exactly torch's. What this class adds:
 
 * the normbench constructor contract (options keyword-only, `norm_layer(C)` works);
 * a ValueError for a non-4-D input or a wrong channel count, and for a one-element statistic

@@ -1,8 +1,9 @@
 """BNET: Batch Normalization with Enhanced Linear Transformation (Xu et al.;
 TPAMI 2023; arXiv 2011.14150). Official code: yuhuixu1993/BNET, classification
-`models/resnet.py` `BNET2d` (k=3) and detection `BNet2d` (spec §8).
+`models/resnet.py` `BNET2d` (k=3) and detection `BNet2d` (docs/variants.md#bnet).
 
-Implements, in training and in eval (spec §8): x̂ = BNcore(x), then a per-channel k×k affine
+Implements, in training and in eval (docs/variants.md#bnet): x̂ = BNcore(x), then a per-channel k×k
+affine
 
     y[n,c,h,w] = b_c + Σ_{i,j} W[c,0,i,j] · x̂[n,c,h+i−p,w+j−p],   p = (k−1)/2, zero padding,
 

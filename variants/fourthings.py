@@ -1,5 +1,5 @@
 """FourThings: Summers & Dinneen, "Four Things Everyone Should Know to Improve Batch
-Normalization" (ICLR 2020, arXiv 1906.03548), spec §13.
+Normalization" (ICLR 2020, arXiv 1906.03548), docs/variants.md#fourthings.
 
 Port of `normalization_layer` in ceciliaresearch/four_things_batch_norm (`normalization.py`,
 TF1): the batch/group combination with inference example weighing.
@@ -62,7 +62,7 @@ from normbench.variants._options import check_float, check_optional_int
 def channels_per_group_for(
     layer: str, num_features: int, channels_per_group: int | None, channel_groups: int | None
 ) -> int:
-    """The official cpg rule (spec §13), with a ValueError when C % cpg != 0."""
+    """The official cpg rule (docs/variants.md#fourthings), with a ValueError when C % cpg != 0."""
     if channels_per_group is not None and channel_groups is not None:
         raise ValueError(
             f"{layer}: set at most one of `channels_per_group` and `channel_groups`, but got "

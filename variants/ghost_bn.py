@@ -1,4 +1,5 @@
-"""GhostBN: Hoffer, Hubara, Soudry, "Train longer, generalize better" (NeurIPS 2017), spec §11.
+"""GhostBN: Hoffer, Hubara, Soudry, "Train longer, generalize better" (NeurIPS 2017),
+docs/variants.md#ghost-bn.
 
 The official code (eladhoffer/bigBatch, `main_gbn.py`) has no layer: its training loop splits
 each batch with `input.chunk(K)` and runs plain `nn.BatchNorm2d` forward/backward per chunk.

@@ -2,8 +2,8 @@
 
 Implements y = γ_c · (x − μ_{n,g}) / sqrt(σ²_{n,g} + eps) + β_c, where x is viewed as
 (N, G, (C/G)·H·W) and each (sample, group) is normalised by its mean and biased variance
-(spec §5), on torch's fused `F.group_norm` (a subclass of `torch.nn.GroupNorm`, so torchvision's
-ResNet init loop sets γ←1, β←0, the same values).
+(docs/variants.md#gn), on torch's fused `F.group_norm` (a subclass of `torch.nn.GroupNorm`, so
+torchvision's ResNet init loop sets γ←1, β←0, the same values).
 
 Options and deviations [choice]:
 
@@ -13,8 +13,8 @@ Options and deviations [choice]:
   C % channels_per_group = 0 is required (ValueError otherwise).
 * `momentum` is accepted for the constructor contract and ignored: GN has no running
   statistics, train equals eval. `eps` is used as given.
-* A one-element group (C/G = 1 and H·W = 1) outputs β without an error (spec §5), except that
-  torch's `F.group_norm` raises ValueError when moreover N = 1 (N·(C/G)·H·W = 1).
+* A one-element group (C/G = 1 and H·W = 1) outputs β without an error (docs/variants.md#gn), except
+  that torch's `F.group_norm` raises ValueError when moreover N = 1 (N·(C/G)·H·W = 1).
 * G = C is IN with affine; G = 1 is LayerNorm over (C, H, W) with a per-channel affine.
 """
 
@@ -31,7 +31,8 @@ from ._options import check_common, check_int, groups_dividing_widths
 
 
 def effective_groups(num_features: int, num_groups: int, channels_per_group: int | None) -> int:
-    """The number of groups GN uses for `num_features` channels (gcd fallback, spec §5)."""
+    """The number of groups GN uses for `num_features` channels (gcd fallback,
+    docs/variants.md#gn)."""
     name = GroupNorm2d.__name__
     if channels_per_group is not None:
         check_int(name, "channels_per_group", channels_per_group, minimum=1)

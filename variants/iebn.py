@@ -1,23 +1,23 @@
 """IEBN: Instance Enhancement Batch Normalization (Liang, Huang, Liang & Yang; AAAI 2020;
 arXiv 1908.04008). Official code: gbup-group/IEBN, `models/cifar/iebn_resnet.py`,
-`_BatchAttNorm` / `BAN2d` (spec §6).
+`_BatchAttNorm` / `BAN2d` (docs/variants.md#iebn).
 
-Implements, in training and in eval (spec §6):
+Implements, in training and in eval (docs/variants.md#iebn):
 
     a = sigmoid(w ⊙ GAP(x) + b)                  per (n, c), from the *raw* input x
     y = BNcore(x) ⊙ (γ ⊙ a) + β
 
 with BNcore batch norm without affine (batch statistics in training, running ones in eval;
-spec §2). The gate always comes from the instance itself, in eval too.
+docs/variants.md#bncore). The gate always comes from the instance itself, in eval too.
 
 Parameters (all (C,)): `weight` γ = 1, `bias` β = 0, `weight_readjust` w = 0, `bias_readjust`
-b = −1, so at init IEBN = sigmoid(−1)·BN ≈ 0.2689·BN (spec §15). Buffers as BN.
+b = −1, so at init IEBN = sigmoid(−1)·BN ≈ 0.2689·BN (docs/variants.md#pitfalls). Buffers as BN.
 
 Implementation [choice]: the output is written as y = (x − m)·A + Y with (N, C) coefficients
 A = γ·a·invstd and Y = β + (m − μ)·A, from the per-instance moments of x (two-pass mean m and
 biased variance over (H, W)); the batch statistics follow by the law of total variance, the
-buffers by spec §2's rule (counter, momentum None as 1/count, unbiased running variance with
-n = N·H·W). That is BNcore exactly (up to rounding), without `F.batch_norm`:
+buffers by the rule of docs/variants.md#bncore (counter, momentum None as 1/count, unbiased running
+variance with n = N·H·W). That is BNcore exactly (up to rounding), without `F.batch_norm`:
 `normbench.variants._fused` does one statistics pass and one affine pass forward, two passes
 backward (hand-derived input gradient, autograd on the (N, C) coefficients), and allocates
 two full-size tensors per step as BN does; on CPU it runs at about the speed of
@@ -25,12 +25,13 @@ two full-size tensors per step as BN does; on CPU it runs at about the speed of
 
 Deviations from the official code:
 
-* Parameters are (C,) instead of (1, C, 1, 1) (spec §1.8); reshape when copying.
+* Parameters are (C,) instead of (1, C, 1, 1) (docs/variants.md#contract point 8); reshape when
+  copying.
 * The official forward bypasses `_BatchNorm.forward`, so its `num_batches_tracked` never moves
   and momentum None is unsupported; here the counter increments and momentum None is a
-  cumulative average (spec §6 [choice]).
-* Statistics and the gate are computed in fp32 for fp16/bf16 input (spec §6 pitfall); the
-  output has the input dtype.
+  cumulative average (docs/variants.md#iebn, ours).
+* Statistics and the gate are computed in fp32 for fp16/bf16 input (docs/variants.md#iebn pitfall);
+  the output has the input dtype.
 * Placement is the harness's business: the official CIFAR ResNet keeps the downsample norm a
   plain BN.
 """

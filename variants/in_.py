@@ -1,7 +1,7 @@
 """IN: Instance Normalization (Ulyanov, Vedaldi & Lempitsky, 2016, arXiv 1607.08022).
 
 Implements y = γ_c · (x − μ_{n,c}) / sqrt(σ²_{n,c} + eps) + β_c with the mean and biased variance
-of each (sample, channel) over (H, W) (spec §4), on torch's fused `F.instance_norm`.
+of each (sample, channel) over (H, W) (docs/variants.md#in), on torch's fused `F.instance_norm`.
 
 Deviations from `torch.nn.InstanceNorm2d`, all [choice] of the spec:
 
@@ -10,13 +10,13 @@ Deviations from `torch.nn.InstanceNorm2d`, all [choice] of the spec:
 * With `track_running_stats=True`, training updates the running statistics as torch does
   (mean over samples of the per-instance statistics, unbiased with H·W) but also increments
   `num_batches_tracked` and treats momentum None as a cumulative average (factor
-  1/num_batches_tracked), as the variant contract (spec §1.2) requires; torch's IN leaves the
-  counter at 0 and treats None as "no update". Eval then uses the running statistics, so the
-  layer is *not* IN at test time (spec §4).
+  1/num_batches_tracked), as the variant contract (docs/variants.md#contract point 2) requires;
+  torch's IN leaves the counter at 0 and treats None as "no update". Eval then uses the running
+  statistics, so the layer is *not* IN at test time (docs/variants.md#in).
 * Only 4-D input: torch also accepts unbatched 3-D input; here that raises ValueError, like a
   wrong channel count (torch only warns about it when affine=False).
 * H·W = 1 with input statistics (training, or any mode without running statistics) raises a
-  ValueError naming the layer and the shape, in eval too (spec §4 pitfall).
+  ValueError naming the layer and the shape, in eval too (docs/variants.md#in pitfall).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """RBN: Representative Batch Normalization with Feature Calibration (Gao, Han, Li, Cheng &
 Peng; CVPR 2021; no arXiv version). Official code: ShangHua-Gao/RBN, `rbn.py`,
-`RepresentativeBatchNorm2d` (spec §7).
+`RepresentativeBatchNorm2d` (docs/variants.md#rbn).
 
-Implements, in training and in eval (spec §7):
+Implements, in training and in eval (docs/variants.md#rbn):
 
     x_c = x + w_m ⊙ GAP(x)                        centering calibration
     x̂   = BNcore(x_c)                             batch (train) / running (eval) statistics of x_c
@@ -16,18 +16,19 @@ increments and momentum None is a cumulative average, as in the official subclas
 
 Implementation [choice]: the output is written as y = (x − m)·A + Y with (N, C) coefficients,
 from the per-instance moments of x (two-pass mean m and biased variance over (H, W)); the batch
-statistics of x_c follow by the law of total variance, the buffers by spec §2's rule (counter,
-momentum None as 1/count, unbiased running variance with n = N·H·W). That is BNcore exactly (up
-to rounding), without `F.batch_norm`: `normbench.variants._fused` does one statistics pass and
-one affine pass forward, two passes backward (hand-derived input gradient, autograd on the
-(N, C) coefficients), as for IEBN, instead of BN plus full-size gate and GAP passes.
+statistics of x_c follow by the law of total variance, the buffers by the rule of
+docs/variants.md#bncore (counter, momentum None as 1/count, unbiased running variance with
+n = N·H·W). That is BNcore exactly (up to rounding), without `F.batch_norm`:
+`normbench.variants._fused` does one statistics pass and one affine pass forward, two passes
+backward (hand-derived input gradient, autograd on the (N, C) coefficients), as for IEBN,
+instead of BN plus full-size gate and GAP passes.
 
 Deviations from the official code:
 
 * Step 1 is out of place. The official `input += ...` mutates the caller's tensor (wrong when x
   is also the residual shortcut) and breaks autograd when the producer saved its output
-  (spec §7 [choice]). Compare with the official module called on `x.clone()`.
-* Parameters are (C,) instead of (1, C, 1, 1) (spec §1.8).
+  (docs/variants.md#rbn, ours). Compare with the official module called on `x.clone()`.
+* Parameters are (C,) instead of (1, C, 1, 1) (docs/variants.md#contract point 8).
 * Statistics, GAPs and the gate are computed in fp32 for fp16/bf16 input; the output has the
   input dtype.
 * The Jittor port's biased running variance and E[x²]−E[x]² are not reproduced; the PyTorch file

@@ -1,20 +1,21 @@
 """SaBN: Sandwich Batch Normalization (Gong, Chen, Chen & Wang; WACV 2022; arXiv 2102.11382).
 Official code: VITA-Group/Sandwich-Batch-Normalization, flavour (a) `GAN/models/modules.py`
-`SandwichBatchNorm2d(num_features, num_classes)` (spec §9).
+`SandwichBatchNorm2d(num_features, num_classes)` (docs/variants.md#sabn).
 
 Implements flavour (a), the paper's h = γ_i ⊙ (γ_sa ⊙ (x − μ)/σ + β_sa) + β_i:
 
     h      = γ_sa ⊙ BNcore(x) + β_sa               shared "sandwich" affine, (C,) each
     out[n] = γ_{k_n} ⊙ h[n] + β_{k_n}              branch affine chosen per sample by index k
 
-BNcore is batch norm without affine (spec §2), with one set of statistics shared by all
-branches. Parameters: `weight` γ_sa = 1 and `bias` β_sa = 0 (C,); `embed.weight` (K, 2C) holds
+BNcore is batch norm without affine (docs/variants.md#bncore), with one set of statistics shared by
+all branches. Parameters: `weight` γ_sa = 1 and `bias` β_sa = 0 (C,); `embed.weight` (K, 2C) holds
 γ_k ~ N(1, 0.02) in columns [0, C) and β_k = 0 in [C, 2C). Buffers as BN. Zeroing `.weight`
 leaves out[n] = γ_{k_n} ⊙ β_sa + β_{k_n}, independent of x.
 
-Index [choice, spec §9]: `forward(x, index=None)` takes None, an int (whole batch) or an int64
-tensor (N,) on x's device. Precedence: the argument, then the model-wide `sabn_index(model, k)`
-context, then 0. The index must never be the ground-truth label (absent at test time).
+Index (ours, docs/variants.md#sabn): `forward(x, index=None)` takes None, an int (whole batch) or an
+int64 tensor (N,) on x's device. Precedence: the argument, then the model-wide
+`sabn_index(model, k)` context, then 0. The index must never be the ground-truth label (absent
+at test time).
 
 Deviations from the official code:
 
@@ -105,7 +106,8 @@ class SandwichBatchNorm2d(RunningStatsNorm):
         return h * gamma + beta
 
     def resolve_index(self, x: torch.Tensor, index: Index | None) -> Index:
-        """The argument, else the context index, else 0; validated against x (spec §9)."""
+        """The argument, else the context index, else 0; validated against x
+        (docs/variants.md#sabn)."""
         if index is None:
             index = self.context_index
         if index is None:

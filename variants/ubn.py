@@ -1,6 +1,8 @@
-"""UBN: Unified Batch Normalization (Wang, Zhang, Liu, Yan; ECCV 2024; arXiv 2311.15993), §12.
+"""UBN: Unified Batch Normalization (Wang, Zhang, Liu, Yan; ECCV 2024; arXiv 2311.15993),
+docs/variants.md#ubn.
 
-No official implementation is public; this follows the paper's text as pinned down in spec §12.
+No official implementation is public; this follows the paper's text as pinned down in
+docs/variants.md#ubn.
 Training forward, per layer and call:
 
 1. x_c = x + w_m * GAP(x)                                   (RBN centering; norm_rect)
@@ -37,7 +39,7 @@ Ablation presets (paper Sec 4.3.1; `ABLATION_PRESETS`):
     BN+Stats Rectification  fct=True  norm_rect=False affine_rect=False
     UBN                     fct=True  norm_rect=True  affine_rect=True
 
-Choices and deviations (the paper is silent on these; spec §12 tags them [choice]):
+Choices and deviations (the paper is silent on these; docs/variants.md#ubn marks them as ours):
 * Eq. (3) is not available: the condensed branch is ordinary BN training and the other branch
   normalises with the frozen running statistics, without gradient through them.
 * The similarity is computed (and s_hat tracked for `diagnostics()`) even when fct is off, so
@@ -310,7 +312,7 @@ class UnifiedBatchNorm2d(ContractNorm):
             self.condensed.copy_(decided)
 
     def diagnostics(self) -> dict[str, float]:
-        """Per-layer numbers for the training log (spec §12 mitigations)."""
+        """Per-layer numbers for the training log (docs/variants.md#early-training)."""
         return {
             "running_sim": float(self.running_sim.item()),
             "batch_steps": float(self.num_batches_tracked.item()),

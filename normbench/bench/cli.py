@@ -1,43 +1,66 @@
 """`normbench bench ...`: the benchmark commands, each writing one Markdown report.
 
-    normbench bench variants  -> reports/bench_variants.md    (normbench.bench.variants)
-    normbench bench loader    -> reports/bench_loader.md      (normbench.bench.loader)
-    normbench bench step      -> reports/bench_train_step.md  (normbench.bench.train_step)
-    normbench bench harness   -> reports/bench_harness.md     (normbench.bench.harness)
+    normbench bench variants  -> bench_variants.md    (normbench.bench.variants)
+    normbench bench loader    -> bench_loader.md      (normbench.bench.loader)
+    normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
+    normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
 
-Each benchmark module has `run(output: Path, *, quick: bool = False) -> Path`; it is imported
-only when its command runs, so `normbench --help` stays fast.
+Each report goes to a fresh folder `runs/bench/<name>-<UTC time>/` unless `--output FILE` says
+otherwise, so a run from the repository root never overwrites the committed `reports/` copy;
+regenerating one on a quiet machine is `normbench bench variants --output
+reports/bench_variants.md`. Each benchmark module has `run(output: Path, *, quick: bool = False)
+-> Path`; it is imported only when its command runs, so `normbench --help` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 QuickOption = Annotated[
     bool, typer.Option("--quick", help="Fewer repeats and smaller inputs: a smoke run.")
 ]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", help="Markdown file to write (default: a new folder under runs/bench/)."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
-    bench = typer.Typer(help="Benchmarks that write Markdown reports under reports/.")
+    bench = typer.Typer(help="Benchmarks that each write a Markdown report.")
     bench.command("variants")(variants_command)
-    _add_simple(bench, "loader", "normbench.bench.loader", "reports/bench_loader.md",
+    _add_simple(bench, "loader", "normbench.bench.loader", "bench_loader.md",
                 "Time the data loaders (images/s).")  # fmt: skip
-    _add_simple(bench, "step", "normbench.bench.train_step", "reports/bench_train_step.md",
+    _add_simple(bench, "step", "normbench.bench.train_step", "bench_train_step.md",
                 "Time one training step per variant and backbone.")  # fmt: skip
-    _add_simple(bench, "harness", "normbench.bench.harness", "reports/bench_harness.md",
+    _add_simple(bench, "harness", "normbench.bench.harness", "bench_harness.md",
                 "Measure the harness overhead (driver, store, scheduling).")  # fmt: skip
     app.add_typer(bench, name="bench")
 
 
+def default_output(name: str, filename: str, now: float | None = None) -> Path:
+    """`runs/bench/<name>-<YYYYmmdd-HHMMSS UTC>/<filename>`: a folder of its own per run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return Path("runs") / "bench" / f"{name}-{stamp}" / filename
+
+
+def _run(name: str, output: Path, runner: Any, **kwargs: Any) -> None:
+    """Say what runs and where it writes before the minutes of silence, then how long it took."""
+    started = time.monotonic()
+    print(f"normbench bench {name}: running; the report goes to {output}", file=sys.stderr)
+    written = runner(output, **kwargs)
+    print(f"wrote {written} in {time.monotonic() - started:.0f} s")
+
+
 def variants_command(
-    output: Annotated[Path, typer.Option("--output", help="Markdown file to write.")] = Path(
-        "reports/bench_variants.md"
-    ),
+    output: OutputOption = None,
     quick: QuickOption = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
@@ -47,20 +70,16 @@ def variants_command(
     """Time forward+backward and peak memory of every built-in variant against BatchNorm2d."""
     from normbench.bench.variants import run
 
-    print(f"wrote {run(output, quick=quick, device=device, threads=threads)}")
+    output = output or default_output("variants", "bench_variants.md")
+    _run("variants", output, run, quick=quick, device=device, threads=threads)
 
 
-def _add_simple(bench: typer.Typer, name: str, module: str, default: str, doc: str) -> None:
+def _add_simple(bench: typer.Typer, name: str, module: str, filename: str, doc: str) -> None:
     """Add `bench NAME [--output FILE] [--quick]` calling `module.run(output, quick=...)`."""
 
-    def command(
-        output: Annotated[Path, typer.Option("--output", help="Markdown file to write.")] = Path(
-            default
-        ),
-        quick: QuickOption = False,
-    ) -> None:
+    def command(output: OutputOption = None, quick: QuickOption = False) -> None:
         run = importlib.import_module(module).run
-        print(f"wrote {run(output, quick=quick)}")
+        _run(name, output or default_output(name, filename), run, quick=quick)
 
     command.__doc__ = doc
     bench.command(name)(command)

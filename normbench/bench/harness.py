@@ -84,7 +84,7 @@ def _direct(suite_path: Path, ckpt_root: Path) -> dict[str, Any]:
     train = 0.0
     for t in trials:
         records = list(run_trial(t.spec, checkpoint_dir=ckpt_root / t.trial_id))
-        train += float(records[-1]["elapsed_s"]) if records else 0.0
+        train += (records[-1]["elapsed_s"] or 0.0) if records else 0.0
     return {"wall_s": time.perf_counter() - t0, "train_s": train, "trials": len(trials)}
 
 

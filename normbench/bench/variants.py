@@ -1,5 +1,5 @@
 """Benchmark: forward+backward time and peak memory of every built-in variant against
-`torch.nn.BatchNorm2d`, written as a Markdown table (default `reports/bench_variants.md`).
+`torch.nn.BatchNorm2d`, written as a Markdown table (default: a new folder under `runs/bench/`).
 
 What is measured, and why:
 - One training step of the layer alone: `y = layer(x); y.backward(g)` with `x` requiring grad
@@ -98,8 +98,10 @@ def _bench_device(device: torch.device, quick: bool) -> tuple[list[str], list[st
     """The Markdown sections (one per input shape) for one device, and the missed targets."""
     settings = Settings(device, repeats=3 if quick else 15, min_sample_s=0.01 if quick else 0.1)
     sections, misses = [], []
-    for shape in QUICK_SHAPES if quick else SHAPES:
+    shapes = QUICK_SHAPES if quick else SHAPES
+    for k, shape in enumerate(shapes, 1):
         cases = _build_cases(shape, device)
+        print(f"  [{k}/{len(shapes)}] {device} {shape}: {len(cases)} layers", file=sys.stderr)
         _measure(cases, shape, settings)
         text, missed = _section(cases, shape, settings)
         sections.append(text)

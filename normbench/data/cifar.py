@@ -22,6 +22,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity, extract_archive
 
+from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DataSplits,
@@ -125,6 +126,7 @@ def load_cifar(
     )
 
 
+@DatasetFacts(train_images=50_000, channels=3, image_size=32)
 def cifar10(
     *,
     root: str | None = None,
@@ -148,6 +150,7 @@ def cifar10(
     )
 
 
+@DatasetFacts(train_images=50_000, channels=3, image_size=32)
 def cifar100(
     *,
     root: str | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DataSplits,
@@ -45,6 +46,7 @@ def load_digits_tensor(image_size: int) -> TensorSet:
     return TensorSet(resize_uint8(images, image_size), torch.as_tensor(bunch.target))
 
 
+@DatasetFacts(train_images=1437, channels=1, image_size=16)  # the 1797 images less the test split
 def digits(
     *,
     root: str | None = None,

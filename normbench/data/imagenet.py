@@ -15,6 +15,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
+from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DataSplits,
@@ -46,6 +47,7 @@ def _folder(root: Path, split: str) -> ImageFolder:
         ) from exc
 
 
+@DatasetFacts(train_images=1_281_167, channels=3, image_size=224)
 def imagenet(
     *,
     root: str | None = None,

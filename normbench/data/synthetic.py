@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DatasetOptionError,
@@ -61,6 +62,7 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return value
 
 
+@DatasetFacts(train_images=2000, channels=3, image_size=16, count_option="n_train")
 def synthetic(
     *,
     root: str | None = None,

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from normbench.contract import EpochRecord
 from normbench.errors import UserError
 
 
@@ -106,7 +107,7 @@ def _run_display(spec: Any, checkpoint_dir: Path | None) -> None:
     from normbench.engine.loop import run_trial
 
     console = Console()
-    records: list[dict[str, Any]] = []
+    records: list[EpochRecord] = []
     if console.is_terminal:
         records = _run_live(spec, checkpoint_dir, console)
     else:
@@ -116,7 +117,7 @@ def _run_display(spec: Any, checkpoint_dir: Path | None) -> None:
     _print_summary(console, spec, records)
 
 
-def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[dict[str, Any]]:
+def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[EpochRecord]:
     """Progress bars for epochs and batches, with a live loss/accuracy/speed line."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -128,7 +129,7 @@ def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[dict
         MofNCompleteColumn(),
         TextColumn("{task.fields[line]}"),
     )
-    records: list[dict[str, Any]] = []
+    records: list[EpochRecord] = []
     with Progress(*columns, console=console, transient=False) as progress:
         epochs = progress.add_task("epochs", total=spec.epochs, line="")
         batches = progress.add_task("batches", total=None, line="")
@@ -150,7 +151,7 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _epoch_line(record: dict[str, Any], epochs: int | None) -> str:
+def _epoch_line(record: EpochRecord, epochs: int | None) -> str:
     head = f"epoch {record['epoch']}" + (f"/{epochs}" if epochs else "")
     if record["status"] != "ok":
         return f"{head}  DIVERGED: {record.get('diverged_reason', '')}"
@@ -161,14 +162,13 @@ def _epoch_line(record: dict[str, Any], epochs: int | None) -> str:
     )
 
 
-def _print_summary(console: Any, spec: Any, records: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
+    from normbench.tables import print_table
 
     if not records:
         print("nothing to do: the checkpoint already holds the finished trial", file=sys.stderr)
         return
     title = f"{spec.variant} / {spec.backbone} / {spec.dataset} (seed {spec.seed})"
-    table = Table(title=title)
     cols = (
         "epoch",
         "status",
@@ -181,10 +181,8 @@ def _print_summary(console: Any, spec: Any, records: list[dict[str, Any]]) -> No
         "time s",
         "img/s",
     )
-    for c in cols:
-        table.add_column(c, justify="right")
-    for r in records:
-        table.add_row(
+    rows = [
+        (
             str(r["epoch"]),
             r["status"],
             _fmt(r["train_loss"], ".4f"),
@@ -196,7 +194,9 @@ def _print_summary(console: Any, spec: Any, records: list[dict[str, Any]]) -> No
             _fmt(r["epoch_time_s"], ".1f"),
             _fmt(r["images_per_s"], ".0f"),
         )
-    console.print(table)
+        for r in records
+    ]
+    print_table(cols, rows, title=title, right=cols, console=console)
     last = records[-1]
     console.print(
         f"final epoch {last['epoch']}: test top-1 {_fmt(last['test_top1'])}% "

@@ -1,4 +1,4 @@
-"""`run_trial`: the only training loop. It yields one record per epoch (keys in ARCHITECTURE.md).
+"""`run_trial`: the only training loop. It yields one record per epoch (`normbench.contract`).
 
 One epoch: train (at most `limit_batches` batches, lr stepped per batch), call `end_epoch()` on
 every submodule that has it, check the weights, evaluate val and test, probe condensation and
@@ -30,11 +30,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import probes
 from normbench.engine.build import Trial, build_trial
@@ -42,18 +43,7 @@ from normbench.engine.device import synchronize
 from normbench.engine.recipe import current_lr
 from normbench.engine.spec import TrialSpec
 
-# Record keys that measure speed or memory rather than what was computed.
-TIMING_KEYS = ("epoch_time_s", "train_time_s", "images_per_s", "elapsed_s", "peak_mem_mb")
-METRIC_KEYS = (
-    "train_loss",
-    "train_top1",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-)
+__all__ = ["METRIC_KEYS", "TIMING_KEYS", "run_trial"]  # the record keys: normbench.contract
 
 BatchCallback = Callable[[dict[str, Any]], None]
 
@@ -84,8 +74,8 @@ def run_trial(
     *,
     checkpoint_dir: str | Path | None = None,
     on_batch: BatchCallback | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Train `spec`, yielding one record per epoch; resume from `checkpoint_dir` if it holds one.
+) -> Iterator[EpochRecord]:
+    """Train `spec`, yielding one `EpochRecord` per epoch; resume from `checkpoint_dir` if any.
 
     A resumed trial yields only the epochs after its checkpoint (with `checkpoint_every` > 1
     that can repeat epochs the caller already saw: key records by epoch). A finished or
@@ -112,7 +102,7 @@ def run_trial(
         _update_state(state, record, epoch)
         if checkpoint_dir is not None and _should_save(spec, epoch, record):
             ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state))
-        yield record
+        yield cast(EpochRecord, record)
         if record["status"] != "ok":
             return
 

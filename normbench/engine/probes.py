@@ -10,9 +10,9 @@ which equals the mean of cos(f_i, f_j) over pairs i != j (the diagonal excluded;
 contributes 0, as in the eps-guarded Gram form). This is written here, independently of UBN's
 own running similarity, so the probe can check that layer rather than repeat it.
 
-The probe must not disturb training (spec §15, state pollution): it runs in eval mode under
-no_grad, restores every module's train flag, copies all buffers back afterwards (in case a
-plugin layer updates state in eval), and runs inside `torch.random.fork_rng` so the global RNG
+The probe must not disturb training (docs/variants.md#pitfalls, state pollution): it runs in eval
+mode under no_grad, restores every module's train flag, copies all buffers back afterwards (in case
+a plugin layer updates state in eval), and runs inside `torch.random.fork_rng` so the global RNG
 streams are untouched.
 """
 

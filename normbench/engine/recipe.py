@@ -3,9 +3,10 @@
 Weight decay. With `no_decay_norm_and_bias` ("four things" #3), every parameter with
 `ndim <= 1` (norm scales and shifts, biases, UBN/RBN calibration weights, SaBN's shared
 affine) goes to a group with weight decay 0; everything else keeps `recipe.weight_decay`.
-The rule is by shape, not by module, so it treats every variant alike (spec §1 point 8 keeps
-per-channel parameters (C,)). NOTE: BNET's affine kernel is (C, 1, k, k), so it is *still
-decayed* under this rule (spec §8); SaBN's branch embedding (K, 2C) is decayed too.
+The rule is by shape, not by module, so it treats every variant alike (docs/variants.md#contract
+point 8 keeps per-channel parameters (C,)). NOTE: BNET's affine kernel is (C, 1, k, k), so it is
+*still decayed* under this rule (docs/variants.md#bnet); SaBN's branch embedding (K, 2C) is decayed
+too.
 
 Schedule, stepped once per training batch (torch's own schedulers):
 - warm-up (`warmup_epochs` > 0): `LinearLR` from lr/W to lr over the first W batches, so

@@ -4,11 +4,11 @@ report is."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table as RichTable
 
 from normbench.reports import stats
 from normbench.reports.render import acc, p_text
 from normbench.reports.report import Report
+from normbench.tables import print_table
 
 TOP = 5  # rows per leaderboard in the terminal
 
@@ -16,12 +16,10 @@ TOP = 5  # rows per leaderboard in the terminal
 def print_summary(report: Report, console: Console | None = None, top: int = TOP) -> None:
     """Print each leaderboard's best `top` variants, the unfinished trials and the report path."""
     console = console or Console()
+    columns = ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "diverged")
     for t in report.tables:
-        rt = RichTable(title=t.title, title_justify="left")
-        for col in ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "diverged"):
-            rt.add_column(col, justify="left" if col == "variant" else "right")
-        for _, r in t.rows.head(top).iterrows():
-            rt.add_row(
+        rows = [
+            (
                 str(r["variant"]),
                 str(r["n"]),
                 acc(r["top1_mean"]),
@@ -30,9 +28,13 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
                 "n<3 pairs" if r["test_note"] == stats.TOO_FEW else p_text(r),
                 str(r["diverged"]),
             )
-        if len(t.rows) > top:
-            rt.caption = f"{len(t.rows) - top} more variants in the full report"
-        console.print(rt)
+            for _, r in t.rows.head(top).iterrows()
+        ]
+        more = len(t.rows) - top
+        caption = f"{more} more variants in the full report" if more > 0 else None
+        print_table(
+            columns, rows, title=t.title, caption=caption, right=columns[1:], console=console
+        )
     if not report.tables:
         console.print(f"{report.suite_name}: no trials stored yet.")
     if not report.did_not_finish.empty:

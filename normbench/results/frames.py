@@ -10,9 +10,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
+
+from normbench.contract import EpochRecord
 
 # Columns of `load_results`, in order.
 RESULT_COLUMNS = [
@@ -40,12 +42,12 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
     run_dir = Path(run_dir)
-    epochs: dict[str, dict[int, dict[str, Any]]] = {}
+    epochs: dict[str, dict[int, EpochRecord]] = {}
     first: dict[str, dict[str, Any]] = {}
     for rec in read_jsonl(run_dir / EPOCHS):
         tid = rec["trial_id"]
         first.setdefault(tid, rec)
-        epochs.setdefault(tid, {}).setdefault(int(rec["epoch"]), rec)
+        epochs.setdefault(tid, {}).setdefault(int(rec["epoch"]), cast(EpochRecord, rec))
     summaries = {rec["trial_id"]: rec for rec in read_jsonl(run_dir / TRIALS)}
     rows = []
     for tid in sorted(set(epochs) | set(summaries)):
@@ -77,25 +79,23 @@ def _config_columns(spec: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any
     }
 
 
-def _metric_columns(recs: list[dict[str, Any]]) -> dict[str, Any]:
+def _metric_columns(recs: list[EpochRecord]) -> dict[str, Any]:
     """Final, best-by-validation and cost columns from a trial's epoch records."""
     if not recs:
         return {"epochs": 0}
     last = recs[-1]
-    vals: list[tuple[float, dict[str, Any]]] = [
-        (r["val_top1"], r) for r in recs if _finite(r.get("val_top1"))
-    ]
-    best_val, best = max(vals, key=lambda vr: vr[0]) if vals else (math.nan, {})
-    speeds = [r["images_per_s"] for r in recs if _finite(r.get("images_per_s"))]
-    mems = [r["peak_mem_mb"] for r in recs if _finite(r.get("peak_mem_mb"))]
+    vals = [(v, r) for r in recs if (v := r["val_top1"]) is not None and math.isfinite(v)]
+    best_val, best = max(vals, key=lambda vr: vr[0]) if vals else (math.nan, None)
+    speeds = [v for r in recs if (v := r["images_per_s"]) is not None and math.isfinite(v)]
+    mems = [v for r in recs if (v := r["peak_mem_mb"]) is not None and math.isfinite(v)]
     return {
         "epochs": int(last["epoch"]),
         "final_test_top1": last.get("test_top1"),
         "final_test_top5": last.get("test_top5"),
         "final_val_top1": last.get("val_top1"),
         "best_val_top1": best_val,
-        "best_val_epoch": best.get("epoch"),
-        "test_top1_at_best_val": best.get("test_top1"),
+        "best_val_epoch": best["epoch"] if best else None,
+        "test_top1_at_best_val": best["test_top1"] if best else None,
         "wall_time_s": last.get("elapsed_s"),
         "images_per_s": sum(speeds) / len(speeds) if speeds else math.nan,
         "peak_mem_mb": max(mems) if mems else math.nan,
@@ -111,7 +111,3 @@ def _flat_epoch(rec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(k), dict):
             out[k] = json.dumps(out[k], sort_keys=True)
     return out
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)

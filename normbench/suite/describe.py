@@ -24,14 +24,6 @@ from normbench.suite.loader import Suite
 
 CPU_MACS_PER_S = 25e9  # per core
 GPU_MACS_PER_S = 8e12  # per GPU
-# data set -> (training images before the validation carve, channels, default image size)
-DATASET_FACTS: dict[str, tuple[int, int, int]] = {
-    "digits": (1437, 1, 16),
-    "cifar10": (50_000, 3, 32),
-    "cifar100": (50_000, 3, 32),
-    "imagenet": (1_281_167, 3, 224),
-    "synthetic": (1024, 3, 16),
-}
 
 
 def describe(suite: Suite) -> str:
@@ -90,7 +82,13 @@ def _cost(suite: Suite) -> list[str]:
     samples = suite.search.num_samples if suite.search else 1
     images = macs = 0.0
     for t in trials:
-        n, channels, size = _data_facts(t.spec)
+        facts = _data_facts(t.spec)
+        if facts is None:
+            return [
+                f"no cost estimate: data set {t.spec.dataset!r} declares no image count "
+                "(decorate its factory with normbench.contract.DatasetFacts)"
+            ]
+        n, channels, size = facts
         per_epoch = min(n, t.spec.limit_batches * t.spec.batch_size) if t.spec.limit_batches else n
         imgs = t.spec.epochs * per_epoch * samples
         images += imgs
@@ -114,13 +112,20 @@ def _cost(suite: Suite) -> list[str]:
     ]
 
 
-def _data_facts(spec: Any) -> tuple[int, int, int]:
-    n, channels, size = DATASET_FACTS.get(spec.dataset, (10_000, 3, 32))
+def _data_facts(spec: Any) -> tuple[int, int, int] | None:
+    """(training images after the validation carve, channels, image size) from the facts the
+    data set declares (`normbench.contract.DatasetFacts`) and the suite's data-set options."""
+    from normbench.contract import dataset_facts
+    from normbench.registry import DATASETS
+
+    facts = dataset_facts(DATASETS.get(spec.dataset).obj)
+    if facts is None:
+        return None
     opts = spec.dataset_options
-    size = opts.get("image_size") or size
-    if spec.dataset == "synthetic":
-        n = int(opts.get("n_train", n))
-    return int(n * (1 - float(opts.get("val_fraction", 0.1)))), channels, int(size)
+    n = int(opts.get(facts.count_option or "", facts.train_images))
+    size = int(opts.get("image_size") or facts.image_size)
+    channels = int(opts.get("channels") or facts.channels)
+    return int(n * (1 - float(opts.get("val_fraction", 0.1)))), channels, size
 
 
 @functools.cache

@@ -1,5 +1,9 @@
 """What `normbench run` shows while trials run: a rich Live table on a terminal, plain log
-lines otherwise (CI logs, pipes). Fed by the driver from Ray Tune's callback events."""
+lines otherwise (CI logs, pipes). Fed by the driver from Ray Tune's callback events.
+
+The suite ETA is the epochs left divided by the epochs finished per second in this session
+(so it accounts for trials running in parallel); trials not started yet count the mean epochs
+of the trials seen so far."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from normbench.contract import EpochRecord
+
 MAX_FINISHED_ROWS = 10
 
 
@@ -20,6 +26,7 @@ MAX_FINISHED_ROWS = 10
 class Row:
     label: str
     epochs: int
+    seed: int | None = None
     status: str = "pending"
     epoch: int = 0
     val_top1: float | None = None
@@ -45,11 +52,12 @@ class LiveView:
         self.total, self.done = total, done
         self.progress = Progress(
             TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console,
+            TextColumn("{task.fields[eta]}"), console=self.console,
         )  # fmt: skip
-        self.task = self.progress.add_task("trials", total=total, completed=done)
+        self.task = self.progress.add_task("trials", total=total, completed=done, eta="")
         self.live: Live | None = None
         self.started = time.monotonic()
+        self.epochs_done = 0  # epoch records received in this session
 
     @property
     def interactive(self) -> bool:
@@ -70,22 +78,25 @@ class LiveView:
             self.live = None
 
     # -- events from the driver ---------------------------------------------------------
-    def start(self, trial_id: str, label: str, epochs: int) -> None:
-        row = self.rows.setdefault(trial_id, Row(label, epochs))
+    def start(self, trial_id: str, label: str, epochs: int, seed: int | None = None) -> None:
+        row = self.rows.setdefault(trial_id, Row(label, epochs, seed))
         row.status = "running"
-        self._changed(f"start {label} [{trial_id}]")
+        self._changed(f"start {_name(row)} [{trial_id}]")
 
-    def record(self, trial_id: str, record: dict[str, Any]) -> None:
+    def record(self, trial_id: str, record: EpochRecord) -> None:
         row = self.rows.get(trial_id)
         if row is None:
             return
         row.epoch = int(record["epoch"])
         row.val_top1, row.test_top1 = record.get("val_top1"), record.get("test_top1")
         row.images_per_s, row.epoch_time_s = record.get("images_per_s"), record.get("epoch_time_s")
+        self.epochs_done += 1
+        eta = self.suite_eta_s()
+        self.progress.update(self.task, eta=_eta_text(eta))
         self._changed(
-            f"{row.label} [{trial_id}] epoch {row.epoch}/{row.epochs} "
+            f"{_name(row)} [{trial_id}] epoch {row.epoch}/{row.epochs} "
             f"val_top1={_num(row.val_top1)} test_top1={_num(row.test_top1)} "
-            f"images/s={_num(row.images_per_s, 0)}"
+            f"images/s={_num(row.images_per_s, 0)} {_eta_text(eta)}".rstrip()
         )
 
     def end(self, trial_id: str, status: str, reason: str | None = None) -> None:
@@ -94,13 +105,24 @@ class LiveView:
             row.status = status
         self.done += 1
         self.progress.update(self.task, completed=self.done)
-        label = row.label if row else trial_id
+        label = _name(row) if row else trial_id
         self._changed(f"{status} {label} [{trial_id}]" + (f": {reason}" if reason else ""))
 
     def add_done(self, n: int) -> None:
         """Count trials finished by an earlier run (a resumed search)."""
         self.done += n
         self.progress.update(self.task, completed=self.done)
+
+    def suite_eta_s(self, now: float | None = None) -> float | None:
+        """Seconds until every trial has finished, at this session's epochs per second."""
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        if self.epochs_done == 0 or elapsed <= 0 or not self.rows:
+            return None
+        rows = list(self.rows.values())
+        left: float = sum(max(r.epochs - r.epoch, 0) for r in rows if r.status == "running")
+        not_started = max(self.total - self.done - sum(r.status == "running" for r in rows), 0)
+        left += not_started * sum(r.epochs for r in rows) / len(rows)
+        return left * elapsed / self.epochs_done
 
     def note(self, text: str) -> None:
         self._changed(text)
@@ -118,13 +140,14 @@ class LiveView:
 
     def _render(self) -> Group:
         table = Table(expand=False)
-        for col in ("trial", "status", "epoch", "val top1", "test top1", "images/s", "ETA"):
+        for col in ("trial", "seed", "status", "epoch", "val top1", "test top1", "images/s", "ETA"):
             table.add_column(col, justify="left" if col in ("trial", "status") else "right")
         for row in self._visible():
             eta = row.eta_s()
             table.add_row(
-                row.label, row.status, f"{row.epoch}/{row.epochs}", _num(row.val_top1),
-                _num(row.test_top1), _num(row.images_per_s, 0),
+                row.label, "" if row.seed is None else str(row.seed), row.status,
+                f"{row.epoch}/{row.epochs}", _num(row.val_top1), _num(row.test_top1),
+                _num(row.images_per_s, 0),
                 "" if eta is None else _duration(eta),
             )  # fmt: skip
         return Group(table, self.progress)
@@ -135,6 +158,14 @@ class LiveView:
         running = [r for r in rows if r.status == "running"]
         finished = [r for r in rows if r.status not in ("running", "pending")]
         return running + finished[-max(MAX_FINISHED_ROWS, 0) :]
+
+
+def _name(row: Row) -> str:
+    return row.label if row.seed is None else f"{row.label} seed={row.seed}"
+
+
+def _eta_text(eta: float | None) -> str:
+    return "" if eta is None else f"suite ETA {_duration(eta)}"
 
 
 def _num(x: float | None, digits: int = 2) -> str:

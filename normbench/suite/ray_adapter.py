@@ -162,12 +162,12 @@ def _trainable(config: dict[str, Any]) -> None:
         if int(rec["epoch"]) > stored:  # records a killed driver never stored
             tune.report(_result(tid, rec))
     del payload
-    for rec in run_trial(spec, checkpoint_dir=ckpt_dir):
-        rec = {**rec, **_placement()}
+    for record in run_trial(spec, checkpoint_dir=ckpt_dir):
+        placed = {**record, **_placement()}
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
-            rec[CHECKPOINT_NOTE], note = note, None
+            placed[CHECKPOINT_NOTE], note = note, None
         ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
-        tune.report(_result(tid, rec), checkpoint=ckpt)  # uploads before returning
+        tune.report(_result(tid, placed), checkpoint=ckpt)  # uploads before returning
     if not task["checkpoint_root"]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the node-local copy; storage keeps it
 

@@ -23,8 +23,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
+from normbench.contract import EpochRecord
 from normbench.engine.spec import TrialSpec
 from normbench.errors import RunDirError, UserError
 from normbench.results.store import RunStore
@@ -225,7 +226,7 @@ class Driver:
         label = " ".join(str(cell[k]) for k in ("variant", "backbone") if k in cell) or tid
         if self.context:
             label += f" #{tid[:6]}"
-        self.view.start(tid, label, spec.epochs)
+        self.view.start(tid, label, spec.epochs, seed=spec.seed)
 
     def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None:
         from normbench.suite.ray_adapter import CHECKPOINT_NOTE
@@ -239,7 +240,7 @@ class Driver:
         extra = {"spec": spec.to_dict(), "cell": self._cell(tid)}
         self.store.append_epoch(tid, record, extra=extra)
         self.last[tid] = record
-        self.view.record(tid, record)
+        self.view.record(tid, cast(EpochRecord, record))  # Ray hands results over as dicts
 
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None:
         self.store.note_checkpoint(spec.trial_id, epoch, ref)

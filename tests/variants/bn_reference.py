@@ -1,4 +1,4 @@
-"""Batch norm written from the formulas of spec §2, for the variant tests (float64).
+"""Batch norm written from the formulas of docs/variants.md#bncore, for the variant tests (float64).
 
 Independent of the code under test: explicit means and biased variances over (N, H, W), the
 EMA rule with an unbiased running variance, and torch's counter rule for momentum None.

@@ -1,4 +1,5 @@
-"""BatchGroupNorm2d (spec §10): equals BN at G = C, and a hand reference from the formulas."""
+"""BatchGroupNorm2d (docs/variants.md#bgn): equals BN at G = C, and a hand reference from the
+formulas."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_g_equals_c_is_batchnorm_over_steps() -> None:
 
 
 def _reference_train(x, gamma, beta, groups, rm, rv, momentum, eps=1e-5):
-    """Spec §10 by hand: reshape (N, G, M), mean, biased var, running var unbiased (n = N*M)."""
+    """docs/variants.md#bgn by hand: reshape (N, G, M), mean, biased var, running var unbiased
+    (n = N*M)."""
     n, c, h, w = x.shape
     xr = x.reshape(n, groups, -1)
     mu = xr.mean(dim=(0, 2))
@@ -87,7 +89,8 @@ def test_grouped_statistics_match_hand_reference(channels, groups, hw, spatial) 
 
 @pytest.mark.parametrize(("training", "offset"), [(True, 0.0), (True, 50.0), (False, 3.0)])
 def test_grouped_gradients_match_autograd_of_hand_reference(training, offset) -> None:
-    """G < C runs a hand-written backward: compare all gradients with autograd of spec §10."""
+    """G < C runs a hand-written backward: compare all gradients with autograd of
+    docs/variants.md#bgn."""
     torch.manual_seed(5)
     layer = BatchGroupNorm2d(8, num_groups=2, momentum=0.3, dtype=DT)
     _randomise(layer, 6)

@@ -1,4 +1,5 @@
-"""BN, IN and GN wrappers (spec §3-5): equal to torch's modules and to the formulas, float64."""
+"""BN, IN and GN wrappers (docs/variants.md#bn, docs/variants.md#in, docs/variants.md#gn): equal to
+torch's modules and to the formulas, float64."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_bn_tiny_batch_error_names_layer_and_shape() -> None:
         layer(torch.randn(1, C, 1, 1))
     assert int(layer.num_batches_tracked) == 0 and not layer.running_mean.any()
     layer.eval()(torch.randn(1, C, 1, 1))  # eval uses the running statistics: fine
-    layer.train()(torch.randn(1, C, 2, 2))  # a batch of 1 with H·W > 1 trains (spec §3)
+    layer.train()(torch.randn(1, C, 2, 2))  # a batch of 1 with H·W > 1 trains (docs/variants.md#bn)
     assert int(layer.num_batches_tracked) == 1
 
 
@@ -121,7 +122,8 @@ def test_in_running_stats_follow_the_contract(momentum: float | None) -> None:
     xs = inputs((3, C, 4, 4), steps=3)
     for x in xs:
         layer(x)
-        count += 1  # torch's IN leaves the counter at 0; the contract counts (spec §1.2)
+        # torch's IN leaves the counter at 0; the contract counts (docs/variants.md#contract)
+        count += 1
         f = 1.0 / count if momentum is None else momentum
         hw = x.shape[2] * x.shape[3]
         mean = (1 - f) * mean + f * x.mean(dim=(2, 3)).mean(0)
@@ -130,7 +132,8 @@ def test_in_running_stats_follow_the_contract(momentum: float | None) -> None:
     torch.testing.assert_close(layer.running_var, var)
     assert int(layer.num_batches_tracked) == 3
     x = xs[0]
-    expected = (x - c4(mean)) / torch.sqrt(c4(var) + 1e-5)  # eval: not IN any more (spec §4)
+    # eval: not IN any more (docs/variants.md#in)
+    expected = (x - c4(mean)) / torch.sqrt(c4(var) + 1e-5)
     torch.testing.assert_close(layer.eval()(x), expected)
 
 
@@ -198,7 +201,8 @@ def test_gn_ignores_momentum_and_one_element_groups_give_beta() -> None:
     layer = GroupNorm2d(C, num_groups=C, momentum=None)
     with torch.no_grad():
         layer.bias.copy_(torch.arange(C, dtype=torch.float32))
-    y = layer(torch.randn(2, C, 1, 1))  # one value per group: output β, no error (spec §5)
+    # one value per group: output β, no error (docs/variants.md#gn)
+    y = layer(torch.randn(2, C, 1, 1))
     torch.testing.assert_close(y, c4(layer.bias.detach()).expand(2, C, 1, 1))
 
 

@@ -1,4 +1,4 @@
-"""BNET (spec §8): BN followed by a per-channel k×k affine, checked against BN and two
+"""BNET (docs/variants.md#bnet): BN followed by a per-channel k×k affine, checked against BN and two
 references of the depthwise sum (shifted slices, and `F.conv2d`), float64."""
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def test_random_kernel_matches_both_references(kernel_size: int, momentum) -> No
         torch.testing.assert_close(y, shifted_sum(x_hat, w, b))
         torch.testing.assert_close(y, conv_reference(x_hat, w, b))
     assert_buffers(layer, bn)
-    x = inputs((2, C, 1, 1), steps=1, seed=4)[0]  # 1×1 maps: only the centre tap (spec §8)
+    # 1×1 maps: only the centre tap (docs/variants.md#bnet)
+    x = inputs((2, C, 1, 1), steps=1, seed=4)[0]
     expected = bn(x, False) * c4(w[:, 0, kernel_size // 2, kernel_size // 2]) + c4(b)
     torch.testing.assert_close(layer.eval()(x), expected)
 

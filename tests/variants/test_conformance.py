@@ -1,77 +1,55 @@
-"""The variant contract (`normbench.testing.VariantConformance`) for all eleven built-ins,
-looked up by registry name, exactly as a plugin author would run it."""
+"""The variant contract (`normbench.testing.VariantConformance`) for every registered variant,
+built-in or installed plugin, looked up by registry name exactly as a plugin author would run it.
+
+No hand-written class per variant: one `VariantConformance` subclass is generated for each
+name in the registry (a new built-in is covered the moment it is registered), plus a few extra
+option sets. `SETTINGS` adapts a check's inputs where a layer needs it; it never skips a check.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.registry import VARIANTS
 from normbench.testing import VariantConformance
 from normbench.variants import GroupNorm2d
 
-
-class TestBN(VariantConformance):
-    variant = "bn"
-
-
-class TestBNWithoutRunningStats(VariantConformance):
-    variant = "bn"
-    options = {"track_running_stats": False}
-    batch_independent_eval = False  # eval normalises with the batch's statistics
-
-
-class TestIN(VariantConformance):
-    variant = "in"
-    # IN raises on 1×1 maps (spec §4), which resnet18's last stage reaches at 32×32
-    resnet_input_shape = (2, 3, 64, 64)
+# Inputs a layer needs for the contract checks, by registry name.
+SETTINGS: dict[str, dict[str, Any]] = {
+    # IN raises on 1×1 maps (docs/variants.md#in), which resnet18's last stage reaches at 32×32
+    "in": {"resnet_input_shape": (2, 3, 64, 64)},
+}
+# Option sets worth checking besides the defaults: (name, options, settings).
+EXTRA_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    # eval normalises with the batch's statistics
+    ("bn", {"track_running_stats": False}, {"batch_independent_eval": False}),
+    ("bnet", {"kernel_size": 5, "init": "zero"}, {}),
+    ("sabn", {"num_branches": 3}, {}),
+]
 
 
-class TestGN(VariantConformance):
-    variant = "gn"
+def _conformance_class(name: str, options: dict[str, Any], settings: dict[str, Any]) -> type:
+    suffix = "".join(f"_{k}_{v}" for k, v in options.items())
+    attrs = {"variant": name, "options": options, **SETTINGS.get(name, {}), **settings}
+    return type(f"TestConformance_{name}{suffix}", (VariantConformance,), attrs)
 
 
-class TestIEBN(VariantConformance):
-    variant = "iebn"
+# Built-ins and installed plugins (entry points); not variants a test file registered earlier.
+REGISTERED = [e.name for e in VARIANTS.entries() if not e.source.startswith(("file:", "module:"))]
+GENERATED = [_conformance_class(name, {}, {}) for name in REGISTERED]
+GENERATED += [_conformance_class(*config) for config in EXTRA_CONFIGS]
+globals().update({cls.__name__: cls for cls in GENERATED})  # collected by pytest as classes
 
 
-class TestRBN(VariantConformance):
-    variant = "rbn"
-
-
-class TestBNET(VariantConformance):
-    variant = "bnet"
-
-
-class TestBNETZeroInit(VariantConformance):
-    variant = "bnet"
-    options = {"kernel_size": 5, "init": "zero"}
-
-
-class TestSaBN(VariantConformance):
-    variant = "sabn"
-
-
-class TestSaBNThreeBranches(VariantConformance):
-    variant = "sabn"
-    options = {"num_branches": 3}
-
-
-class TestBGN(VariantConformance):
-    variant = "bgn"
-
-
-class TestGhostBN(VariantConformance):
-    variant = "ghost_bn"
-
-
-class TestUBN(VariantConformance):
-    variant = "ubn"
-
-
-class TestFourThings(VariantConformance):
-    variant = "fourthings"
+def test_every_registered_variant_has_a_conformance_class() -> None:
+    covered = {cls.variant for cls in GENERATED}
+    assert set(REGISTERED) <= covered
+    assert {"bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ghost_bn", "ubn"} <= covered
 
 
 class TestClassReference(VariantConformance):

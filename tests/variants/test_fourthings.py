@@ -1,5 +1,5 @@
-"""FourThingsNorm2d (spec §13) against a numpy port of the official TF algorithm and its
-special cases (BN, BGN, GN)."""
+"""FourThingsNorm2d (docs/variants.md#fourthings) against a numpy port of the official TF algorithm
+and its special cases (BN, BGN, GN)."""
 
 from __future__ import annotations
 

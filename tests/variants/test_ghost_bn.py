@@ -1,4 +1,5 @@
-"""GhostBatchNorm2d (spec §11) against nn.BatchNorm2d run chunk by chunk, as the official loop."""
+"""GhostBatchNorm2d (docs/variants.md#ghost-bn) against nn.BatchNorm2d run chunk by chunk, as the
+official loop."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def test_one_ghost_batch_equals_batchnorm_exactly() -> None:
 
 
 def test_closed_form_ema_by_hand() -> None:
-    """r_K = (1-m)^K r_0 + sum_b m (1-m)^(K-b) s_b with unbiased variances (spec §11)."""
+    """r_K = (1-m)^K r_0 + sum_b m (1-m)^(K-b) s_b with unbiased variances
+    (docs/variants.md#ghost-bn)."""
     layer = GhostBatchNorm2d(2, ghost_batch_size=3, momentum=0.2, dtype=DT)
     x = torch.randn(8, 2, 2, 2, dtype=DT)
     layer(x)

@@ -1,4 +1,5 @@
-"""IEBN (spec §6) and RBN (spec §7) against hand references of the spec's formulas, float64.
+"""IEBN (docs/variants.md#iebn) and RBN (docs/variants.md#rbn) against hand references of the spec's
+formulas, float64.
 
 Parameters are set to random non-initial values and copied into the reference, which is
 written with plain tensor ops (`bn_reference`), so autograd through it gives reference
@@ -61,7 +62,8 @@ def test_matches_reference_over_steps(cls, options, reference, momentum) -> None
     bn = RefBN(C, momentum=momentum)
     for x in inputs(SHAPE, steps=3):
         torch.testing.assert_close(layer(x), reference(params, bn, x, True))
-        assert_buffers(layer, bn)  # RBN: statistics of x_c, counter as BN (spec §6, §7)
+        # RBN: statistics of x_c, counter as BN (docs/variants.md#iebn, docs/variants.md#rbn)
+        assert_buffers(layer, bn)
     x = inputs((2, C, 5, 5), steps=1, seed=1)[0]
     torch.testing.assert_close(layer.eval()(x), reference(params, bn, x, False))
 
@@ -92,7 +94,8 @@ def test_gradients_match_reference(cls, options, reference, training) -> None:
     [(IEBN2d, 1 / (1 + math.exp(1.0))), (RepresentativeBatchNorm2d, 1 / (1 + math.exp(-1.0)))],
 )
 def test_at_init_equals_scaled_bn(cls, scale: float) -> None:
-    """IEBN = sigmoid(−1)·BN ≈ 0.269·BN and RBN = sigmoid(1)·BN ≈ 0.731·BN at init (§14)."""
+    """IEBN = sigmoid(−1)·BN ≈ 0.269·BN and RBN = sigmoid(1)·BN ≈ 0.731·BN at init
+    (docs/variants.md#tests)."""
     layer, bn = cls(C, dtype=DT), RefBN(C)
     for x in inputs(SHAPE, steps=2):
         torch.testing.assert_close(layer(x), scale * bn(x, True))
@@ -135,7 +138,7 @@ def test_rbn_running_mean_records_the_centred_mean() -> None:
 
 
 def test_rbn_does_not_mutate_its_input_and_keeps_autograd_working() -> None:
-    """The official `input += ...` breaks both; ours is out of place (spec §7)."""
+    """The official `input += ...` breaks both; ours is out of place (docs/variants.md#rbn)."""
     layer = RepresentativeBatchNorm2d(C, dtype=DT)
     randomize(layer)
     z = inputs(SHAPE, steps=1)[0].requires_grad_()
@@ -163,8 +166,9 @@ def test_tiny_batch_error_names_layer_and_shape(cls) -> None:
     ("dtype", "offset", "tol"), [(torch.float32, 1e3, 1e-3), (torch.bfloat16, 0.0, 5e-2)]
 )
 def test_low_precision_and_large_offsets_stay_accurate(cls, reference, dtype, offset, tol) -> None:
-    """Two-pass statistics in fp32 (spec §3, §15): no E[x²] − E[x]² cancellation at a mean of
-    1000 in float32, and bf16 input gives bf16 output close to the float64 reference."""
+    """Two-pass statistics in fp32 (docs/variants.md#bn, docs/variants.md#pitfalls): no
+    E[x²] − E[x]² cancellation at a mean of 1000 in float32, and bf16 input gives bf16 output
+    close to the float64 reference."""
     layer = cls(C, dtype=DT)
     params = randomize(layer)
     x64 = inputs(SHAPE, steps=1)[0] + offset

@@ -1,4 +1,5 @@
-"""The contract options (spec §1.1) are checked by one rule set for all eleven built-ins.
+"""The contract options (docs/variants.md#contract point 1) are checked by one rule set for all
+eleven built-ins.
 
 Each invalid value must raise ValueError at construction with a message naming the layer
 class, the option and the offending value; valid edge values must construct.

@@ -1,4 +1,4 @@
-"""SaBN (spec §9): BN equivalence, per-sample index against a hand reference, index
+"""SaBN (docs/variants.md#sabn): BN equivalence, per-sample index against a hand reference, index
 precedence (argument > `sabn_index` context > zeros) and index validation, float64."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """A one-element training statistic gives one clear ValueError naming the layer and the input
-shape (spec §15), before any buffer changes; larger statistics and eval still work."""
+shape (docs/variants.md#pitfalls), before any buffer changes; larger statistics and eval still
+work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""UnifiedBatchNorm2d (spec §12) through the equivalences and invariants of spec §14."""
+"""UnifiedBatchNorm2d (docs/variants.md#ubn) through the equivalences and invariants of
+docs/variants.md#tests."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def test_fct_with_tau_plus_inf_freezes_from_the_first_batch(sim_init) -> None:
 
 
 def test_batch_of_one_first_is_bn_while_similarity_unset() -> None:
-    """B = 1 skips step 2, so s_hat is still unset and step 3 says condensed (spec §12)."""
+    """B = 1 skips step 2, so s_hat is still unset and step 3 says condensed
+    (docs/variants.md#ubn)."""
     layer = UnifiedBatchNorm2d(4, tau=math.inf, **PLAIN, dtype=DT)
     x = _random_batch(0, batch=1)
     mu = x.mean(dim=(0, 2, 3), keepdim=True)
@@ -109,7 +111,8 @@ def test_rectifications_without_fct_are_sigmoid_one_times_bn_at_init() -> None:
 
 
 def _ubn_reference(x, params, affine_rect, stats=None):
-    """Spec §12 steps 1, 4, 5, 6 on full tensors (autograd gives the reference gradients)."""
+    """docs/variants.md#ubn steps 1, 4, 5, 6 on full tensors (autograd gives the reference
+    gradients)."""
     cw, sw, sb, weight, bias = params
     x_c = x + cw[None, :, None, None] * x.mean(dim=(2, 3), keepdim=True)
     if stats is None:  # batch statistics of x_c
