@@ -134,7 +134,8 @@ class EpochRecord(TypedDict):
     epoch_time_s: float | None  # the whole epoch: training, hooks, evaluation, probes
     train_time_s: float | None  # the training pass alone
     images_per_s: float | None  # training images / train_time_s
-    peak_mem_mb: float | None  # peak GPU memory allocated, or peak RSS on a CPU
+    peak_mem_mb: float | None  # MiB, the trial's own peak (normbench/engine/memory.py)
+    peak_mem_method: str | None  # how: "cuda_max_allocated" or "cpu_profiler_step_peak"
     elapsed_s: float | None  # sum of epoch_time_s so far, across resumes
     params: int
     device: str

@@ -11,8 +11,9 @@ records apart from the timing keys (`TIMING_KEYS`).
 Timing keys: `train_time_s` is the training pass alone (`images_per_s` = training images /
 `train_time_s`); `epoch_time_s` is the whole epoch (training, hooks, evaluation, probes);
 `elapsed_s` sums `epoch_time_s` over all epochs so far, across resumes. `peak_mem_mb` is the
-peak allocated GPU memory of the training pass, or the process's peak RSS on a CPU. `lr` is
-the rate the epoch's last training batch used.
+trial's own peak (`normbench.engine.memory`: CUDA's allocator peak since the trial started, or
+on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the rate the
+epoch's last training batch used.
 
 Divergence: a non-finite training loss stops the epoch before the optimiser steps on it; a
 non-finite parameter or buffer after an epoch has the same effect. Either way the trial yields
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from torch import nn
 
 from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
-from normbench.engine import probes
+from normbench.engine import memory, probes
 from normbench.engine.build import Trial, build_trial
 from normbench.engine.device import synchronize
 from normbench.engine.recipe import current_lr
@@ -92,9 +92,10 @@ def run_trial(
         return  # finished or diverged: nothing to build
     trial = build_trial(spec)
     state = _restore(trial, payload) if payload is not None else _State()
+    meter = _memory_meter(trial)
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
-        record = _run_epoch(trial, epoch, on_batch)
+        record = _run_epoch(trial, epoch, on_batch, meter)
         record["epoch_time_s"] = time.perf_counter() - started
         state.elapsed_s += record["epoch_time_s"]
         record["elapsed_s"] = state.elapsed_s
@@ -130,15 +131,16 @@ def _should_save(spec: TrialSpec, epoch: int, record: dict[str, Any]) -> bool:
     return last or epoch % spec.checkpoint_every == 0
 
 
-def _run_epoch(trial: Trial, epoch: int, on_batch: BatchCallback | None) -> dict[str, Any]:
+def _run_epoch(
+    trial: Trial, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+) -> dict[str, Any]:
     """Train, end-of-epoch hooks, checks, evaluation and probes for one epoch."""
-    if trial.runtime.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trial.runtime.device)
-    result = _train_epoch(trial, epoch, on_batch)
+    result = _train_epoch(trial, epoch, on_batch, meter)
     if result.diverged is None:
         _end_epoch(trial.model)
         result.diverged = _non_finite_state(trial.model)
     record = _base_record(trial, epoch, result)
+    record.update(peak_mem_mb=meter.mb(), peak_mem_method=meter.method)
     if result.diverged is not None:
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
@@ -160,7 +162,8 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
         epoch_time_s=None,  # set by run_trial once evaluation and probes are done
         train_time_s=result.seconds,
         images_per_s=result.images / result.seconds if result.seconds > 0 else None,
-        peak_mem_mb=_peak_mem_mb(trial.runtime.device),
+        peak_mem_mb=None,  # set by _run_epoch from the trial's memory meter
+        peak_mem_method=None,
         elapsed_s=None,
         params=trial.params,
         device=str(trial.runtime.device),
@@ -171,7 +174,9 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
     return record
 
 
-def _train_epoch(trial: Trial, epoch: int, on_batch: BatchCallback | None) -> _TrainResult:
+def _train_epoch(
+    trial: Trial, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+) -> _TrainResult:
     """One pass over the training loader; stops before stepping on a non-finite loss."""
     rt = trial.runtime
     trial.model.train()
@@ -186,7 +191,8 @@ def _train_epoch(trial: Trial, epoch: int, on_batch: BatchCallback | None) -> _T
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
         x = rt.to_input(x)
-        loss, logits = _train_step(trial, x, y)
+        with meter.step():
+            loss, logits = _train_step(trial, x, y)
         if loss is None:
             why = f"non-finite training loss at batch {i + 1} of epoch {epoch}"
             why += f"; {_non_finite_source(trial, x)}"
@@ -196,7 +202,7 @@ def _train_epoch(trial: Trial, epoch: int, on_batch: BatchCallback | None) -> _T
         if on_batch is not None:
             on_batch(_progress(epoch, i, trial, loss_sum, int(correct), seen, start))
     synchronize(rt.device)
-    seconds = time.perf_counter() - start
+    seconds = meter.training_seconds(time.perf_counter() - start)
     if seen == 0:
         return _TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
     return _TrainResult(loss_sum / seen, 100.0 * int(correct) / seen, seen, seconds, lr)
@@ -319,11 +325,13 @@ def _condensation(trial: Trial) -> dict[str, float]:
     return probes.condensation(trial.model, trial.runtime.to_input(probe), trial.runtime.autocast())
 
 
-def _peak_mem_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated this epoch, or the process's peak RSS on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _memory_meter(trial: Trial) -> memory.PeakMemory:
+    """The trial's peak-memory meter, started (see `normbench.engine.memory`)."""
+    meter = memory.PeakMemory(
+        trial.runtime.device, lambda: memory.trial_tensors(trial.model, trial.optimizer)
+    )
+    meter.start()
+    return meter
 
 
 def _payload(trial: Trial, state: _State) -> dict[str, Any]:
