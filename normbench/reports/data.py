@@ -6,7 +6,9 @@ limit_batches); trials of one cell may differ only in `seed` and in fields that 
 not results (threads, device, checkpointing, plugin paths). A *leaderboard* is a cell without
 the variant; its variants must share everything but the variant itself (name, options,
 placement): recipe, data set and its options, backbone options. The suites must also agree on
-`target_accuracy` and on any paper number they both give. Cells present in only one directory
+`target_accuracy`. Published reference numbers never block a merge: rows from several sources
+(the UBN paper and pytorch-cifar100 for one cell, say) all stay, one column per source in the
+report; identical rows count once. Cells present in only one directory
 simply add rows (e.g. a second run with more variants). The same trial id in two directories
 (a copied or resumed run) counts once: the most finished copy wins.
 """
@@ -56,6 +58,8 @@ class Results:
     reference: tuple[dict[str, Any], ...]
     # trial id -> epoch -> {layer: condensation}, layers in model order (outermost first)
     condensation: dict[str, dict[int, dict[str, float]]]
+    # trial id -> epoch -> {layer: {key: value}} (the layers' `diagnostics()`), model order
+    diagnostics: dict[str, dict[int, dict[str, dict[str, float]]]]
 
 
 def load_runs(run_dirs: list[Path]) -> Results:
@@ -74,17 +78,25 @@ def load_runs(run_dirs: list[Path]) -> Results:
     epochs = epochs.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
     target = next((r.suite.get("target_accuracy") for r in runs if r.suite), None)
     refs = _merged_reference(runs)
-    return Results(tuple(runs), trials, epochs, target, refs, _condensation(runs))
+    return Results(
+        tuple(runs),
+        trials,
+        epochs,
+        target,
+        refs,
+        _per_layer(runs, "condensation"),
+        _per_layer(runs, "diagnostics"),
+    )
 
 
-def _condensation(runs: list[RunInfo]) -> dict[str, dict[int, dict[str, float]]]:
+def _per_layer(runs: list[RunInfo], key: str) -> dict[str, dict[int, dict[str, Any]]]:
     """Read from the JSONL itself: load_epochs sorts the layer keys, losing model order."""
-    out: dict[str, dict[int, dict[str, float]]] = {}
+    out: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
         for rec in read_jsonl(run.path / EPOCHS):
-            cond = rec.get("condensation")
-            if isinstance(cond, dict) and cond:
-                out.setdefault(rec["trial_id"], {}).setdefault(int(rec["epoch"]), cond)
+            value = rec.get(key)
+            if isinstance(value, dict) and value:
+                out.setdefault(rec["trial_id"], {}).setdefault(int(rec["epoch"]), value)
     return out
 
 
@@ -171,7 +183,6 @@ def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame
                     f"{where}: {what} {name} (batch {r['batch_size']}) differs in {diff[0]} "
                     f"({diff[1]!r} vs {diff[2]!r})"
                 )
-    _merged_reference([a, b], where)
 
 
 def _first_difference(
@@ -189,20 +200,13 @@ def _first_difference(
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
-def _merged_reference(runs: list[RunInfo], where: str | None = None) -> tuple[dict, ...]:
-    """Union of the suites' reference rows; the same row with other numbers is refused."""
-    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+def _merged_reference(runs: list[RunInfo]) -> tuple[dict, ...]:
+    """Union of the suites' reference rows, in suite order; identical rows count once. Rows
+    of one cell from several sources all stay (the report gives each source its column)."""
+    seen: dict[str, dict[str, Any]] = {}
     for run in runs:
         for ref in run.suite.get("reference") or []:
-            key = tuple(ref.get(k) for k in ("dataset", "backbone", "variant", "batch_size"))
-            old = seen.setdefault(key, ref)
-            for k in ("top1", "top5"):
-                if old.get(k) != ref.get(k):
-                    name = "/".join(map(str, key[:3]))
-                    raise ReportError(
-                        f"{where or 'cannot merge run directories'}: reference {name} "
-                        f"differs in {k} ({old.get(k)} vs {ref.get(k)})"
-                    )
+            seen.setdefault(json.dumps(ref, sort_keys=True, default=str), ref)
     return tuple(seen.values())
 
 

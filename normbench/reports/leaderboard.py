@@ -5,13 +5,21 @@ pruned and interrupted trials are counted in the row and listed in `did_not_fini
 dropped silently. The headline accuracy is the final-epoch test top-1. The best epoch is
 chosen on the validation split; a trial without one falls back to best-on-test, and that is
 labelled wherever it is shown.
+
+In a search, a row is one sampled configuration (the searched values in its label): seeds
+are pooled only within a configuration. The paired tests of a table against its BN row are
+one family: their p-values are Holm-adjusted across the table's rows.
+
+Time-to-target uses one target per table: the suite's reference top-1 for BN on that data
+set and backbone when it gives one (UBN Table 8: "time to reach BN's final accuracy"), else
+the suite's `target_accuracy`, else 95% of the table's best mean final top-1.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -20,6 +28,7 @@ from normbench.reports import stats
 from normbench.reports.data import Results
 
 BASELINE = "bn"
+UBN_DEFAULT_TAU = 0.15  # UnifiedBatchNorm2d's default `tau` (records before it was logged)
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
 _TABLE_KEYS = ["dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches"]
 
@@ -35,18 +44,24 @@ class Table:
     limit_batches: int | None
     rows: pd.DataFrame
     target: float | None
-    target_source: str  # "suite" or "default"
+    target_source: str  # "reference", "suite" or "default"
     selection: str  # how the best epoch was chosen: "val", "test" or "mixed"
     baseline: str | None  # label of the BN row, if any
     # variant label -> completed trial ids, in the suite's variant order (for plots)
     members: dict[str, tuple[str, ...]]
+    target_note: str = ""  # where a reference target comes from (its source)
+    smoke: str | None = None  # why this is a smoke run (--max-epochs / --limit-batches), or None
+    sources: tuple[str, ...] = ()  # reference sources with a number in this table, in order
+    best_config: str | None = None  # a search's best configuration, in words
+    # variant label -> the UBN threshold tau its trials used (for the FCT plots)
+    taus: dict[str, float] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
         parts = [self.dataset, self.backbone, f"batch {self.batch_size}", epochs]
-        if self.limit_batches:
-            parts.append(f"smoke: {self.limit_batches} batches/epoch")
+        if self.smoke:
+            parts.append(f"SMOKE RUN ({self.smoke})")
         return " · ".join(str(p) for p in parts)
 
     @property
@@ -61,7 +76,8 @@ def build_tables(res: Results) -> list[Table]:
     df = res.trials
     if df.empty:
         return []
-    df = df.assign(variant_key=[_variant_key(r) for _, r in df.iterrows()])
+    paths = _search_paths(res)
+    df = df.assign(variant_key=[_variant_key(r, paths) for _, r in df.iterrows()])
     order = _suite_order(res)
     rank = [order.get(str(label), len(order)) for label in df["label"]]
     df = df.assign(_rank=rank).sort_values(["_rank", "trial_id"], kind="stable")
@@ -93,8 +109,29 @@ def _suite_order(res: Results) -> dict[str, int]:
     return order
 
 
-def _variant_key(row: pd.Series) -> tuple[str, str]:
-    return str(row["label"]), str(row["options"])
+def _search_paths(res: Results) -> tuple[str, ...]:
+    """Spec paths a search samples outside the layer's options (e.g. `recipe.lr`)."""
+    paths: dict[str, None] = {}
+    for run in res.runs:
+        for path in (run.suite.get("search") or {}).get("space") or {}:
+            if not str(path).startswith("variant_options."):
+                paths[str(path)] = None
+    return tuple(paths)
+
+
+def _variant_key(row: pd.Series, paths: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(label, options JSON): one row per configuration, searched values included."""
+    if not paths:
+        return str(row["label"]), str(row["options"])
+    opts = json.loads(row["options"]) if row["options"] else {}
+    spec = json.loads(row["spec"]) if isinstance(row.get("spec"), str) else {}
+    for path in paths:
+        value: Any = spec
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            opts[path] = value
+    return str(row["label"]), json.dumps(opts, sort_keys=True)
 
 
 def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
@@ -107,19 +144,31 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
     for vkey in dict.fromkeys(df["variant_key"]):
         trials = df[df["variant_key"] == vkey]
         row = _row(labels[vkey], trials, res, base_by_seed, is_base=vkey == baseline)
-        row.update(_paper(res.reference, dataset, trials.iloc[0], labels[vkey], row["top1_mean"]))
+        row.update(_paper(res.reference, dataset, trials.iloc[0], labels[vkey], row))
         rows.append(row)
     table = (
         pd.DataFrame(rows)
         .sort_values("top1_mean", ascending=False, na_position="last", kind="stable")
         .reset_index(drop=True)
     )
-    target, source = _target(res.target_accuracy, table)
+    table["p_holm"] = stats.holm(list(table["p_value"]))
+    sources = tuple(
+        dict.fromkeys(str(r.get("source")) for r in res.reference if _ref_col(r, "top1") in table)
+    )
+    bn_ref = _bn_reference(res.reference, dataset, df.iloc[0], batch_size)
+    target: float | None
+    if bn_ref is not None:
+        target, source = float(bn_ref["top1"]), "reference"
+    else:
+        target, source = _target(res.target_accuracy, table)
     table = _add_targets(table, df, res.epochs, labels, target)
     sel = set(table["best_selection"].dropna())
     selection = "mixed" if len(sel) > 1 else (sel.pop() if sel else "val")
     base_label = labels.get(baseline) if baseline else None
     members = {labels[k]: tuple(done[done["variant_key"] == k]["trial_id"]) for k in labels}
+    taus = {
+        labels[k]: tau for k in labels if (tau := _tau(df[df["variant_key"] == k], res)) is not None
+    }
     return Table(
         str(dataset),
         str(backbone),
@@ -132,6 +181,89 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         selection,
         base_label,
         members,
+        target_note=f"BN in {bn_ref.get('source')}" if bn_ref is not None else "",
+        smoke=smoke_text(res, set(df["run"])),
+        sources=sources,
+        best_config=_best_config(table, df, labels, res),
+        taus=taus,
+    )
+
+
+def smoke_text(res: Results, runs: set[str] | None = None) -> str | None:
+    """Why the runs (all, or those in `runs`) are smoke runs: the caps they ran with."""
+    caps: dict[str, None] = {}
+    for run in res.runs:
+        if runs is not None and str(run.path) not in runs:
+            continue
+        if run.suite.get("max_epochs") is not None:
+            caps[f"--max-epochs {run.suite['max_epochs']}"] = None
+        if run.suite.get("limit_batches") is not None:
+            caps[f"--limit-batches {run.suite['limit_batches']}"] = None
+    return ", ".join(caps) or None
+
+
+def _bn_reference(
+    refs: tuple[dict, ...], dataset: Any, trial: pd.Series, batch_size: Any
+) -> dict | None:
+    """The first reference row (suite order) giving BN's top-1 on this data set and backbone."""
+    names = {str(trial["backbone_label"]).lower(), str(trial["backbone"]).lower()}
+    for ref in refs:
+        if (
+            str(ref.get("dataset")).lower() == str(dataset).lower()
+            and str(ref.get("backbone")).lower() in names
+            and str(ref.get("variant")).lower() == BASELINE
+            and ref.get("batch_size") in (None, batch_size)
+            and ref.get("top1") is not None
+        ):
+            return ref
+    return None
+
+
+def _tau(trials: pd.DataFrame, res: Results) -> float | None:
+    """The FCT threshold of a UBN-like row: its `tau` option, else the layers' logged `tau`,
+    else UBN's default when its layers log a running similarity; None for other layers."""
+    for opts in trials["options"]:
+        tau = (json.loads(opts) if opts else {}).get("tau")
+        if isinstance(tau, int | float):
+            return float(tau)
+    for tid in trials["trial_id"]:
+        for layers in res.diagnostics.get(tid, {}).values():
+            for diag in layers.values():
+                if "tau" in diag and diag["tau"] is not None:
+                    return float(diag["tau"])
+                if "running_sim" in diag:
+                    return UBN_DEFAULT_TAU
+    return None
+
+
+def _best_config(
+    table: pd.DataFrame, df: pd.DataFrame, labels: dict[tuple[str, str], str], res: Results
+) -> str | None:
+    """A search's best configuration: the row with the best mean of the search metric over its
+    completed trials (pruned and failed trials never count), metric as the suite names it."""
+    search = next((r.suite["search"] for r in res.runs if r.suite.get("search")), None)
+    if not search or len(table) < 2:
+        return None
+    metric = str(search.get("metric", "val_top1"))
+    column = f"final_{metric}"
+    if column not in df:
+        return None
+    done = df[df["status"] == "completed"]
+    scores = {}
+    for key, label in labels.items():
+        values = pd.to_numeric(done[done["variant_key"] == key][column], errors="coerce").dropna()
+        if not values.empty:
+            scores[label] = float(values.mean())
+    if not scores:
+        return None
+    pick = max if search.get("mode", "max") == "max" else min
+    best = pick(scores, key=scores.__getitem__)
+    row = table.set_index("variant").loc[best]
+    where = "validation" if metric.startswith("val") else "the TEST split (optimistic)"
+    return (
+        f"Best configuration (chosen on {where}, `{metric}` {search.get('mode', 'max')}, over "
+        f"completed trials only): **{best}**, mean {metric} {scores[best]:.2f} over "
+        f"{int(row['n'])} seed(s); its final test top-1 {row['top1_mean']:.2f}."
     )
 
 
@@ -181,7 +313,7 @@ def _row(
 ) -> dict[str, Any]:
     done = trials[trials["status"] == "completed"]
     top1 = [float(v) for v in done["final_test_top1"].dropna()]
-    low, high = stats.bootstrap_ci(top1)
+    ci = stats.mean_ci(top1)
     row: dict[str, Any] = {
         "variant": label,
         "n": len(top1),
@@ -189,24 +321,60 @@ def _row(
         "not_finished": int((~trials["status"].isin(["completed", "diverged"])).sum()),
         "top1_mean": stats.mean(top1),
         "top1_std": stats.sample_std(top1),
-        "top1_ci_low": low,
-        "top1_ci_high": high,
+        "top1_ci_low": ci.low,
+        "top1_ci_high": ci.high,
+        "top1_ci_method": ci.method,
         "top5_mean": stats.mean([float(v) for v in done["final_test_top5"].dropna()]),
     }
     row.update(_vs_baseline(_by_seed(done), base, is_base))
     row.update(_best_epoch(done, res.epochs))
     row.update(_cost(done))
+    row.update(_frozen(done, res))
     row["source"] = _source(trials)
     return row
 
 
+def _frozen(done: pd.DataFrame, res: Results) -> dict[str, Any]:
+    """Share of layer-steps normalized with frozen running statistics (UBN's FCT firing), from
+    the last epoch's layer diagnostics (`frozen_steps` and `batch_steps` count from step 1);
+    NaN for layers that log no such counts."""
+    frozen = total = 0.0
+    found = False
+    for tid in done["trial_id"]:
+        epochs = res.diagnostics.get(tid, {})
+        if not epochs:
+            continue
+        for diag in epochs[max(epochs)].values():
+            if diag.get("frozen_steps") is None or diag.get("batch_steps") is None:
+                continue
+            found = True
+            frozen += float(diag["frozen_steps"])
+            total += float(diag["frozen_steps"]) + float(diag["batch_steps"])
+    share = frozen / total if found and total > 0 else math.nan
+    return {"frozen_share": share, "frozen_steps": frozen if found else math.nan}
+
+
 def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) -> dict:
+    nan = math.nan
     if is_base or not base:
         note = "baseline" if is_base else "no BN baseline"
-        return {"diff_vs_bn": math.nan, "p_value": math.nan, "n_pairs": 0, "test_note": note}
+        return {
+            "diff_vs_bn": nan,
+            "diff_ci_low": nan,
+            "diff_ci_high": nan,
+            "p_value": nan,
+            "n_pairs": 0,
+            "test_note": note,
+        }
     r = stats.paired_test(mine, base)
-    p = math.nan if r.p_value is None else r.p_value
-    return {"diff_vs_bn": r.mean_diff, "p_value": p, "n_pairs": r.n_pairs, "test_note": r.note}
+    return {
+        "diff_vs_bn": r.mean_diff,
+        "diff_ci_low": r.diff_low,
+        "diff_ci_high": r.diff_high,
+        "p_value": nan if r.p_value is None else r.p_value,
+        "n_pairs": r.n_pairs,
+        "test_note": r.note,
+    }
 
 
 def _best_epoch(done: pd.DataFrame, epochs: pd.DataFrame) -> dict[str, Any]:
@@ -241,12 +409,21 @@ def _cost(done: pd.DataFrame) -> dict[str, Any]:
         return [float(v) for v in pd.to_numeric(done[name], errors="coerce").dropna()]
 
     params = col("params")
+    # Peak memory only where the trial measured its own (records carry the method); older
+    # records hold the worker process's lifetime RSS, which depends on trial order.
+    measured = done[done["peak_mem_method"].notna()]
+    mem = [float(v) for v in pd.to_numeric(measured["peak_mem_mb"], errors="coerce").dropna()]
+    methods = sorted(set(measured["peak_mem_method"].astype(str)))
     return {
         "wall_time_s_mean": stats.mean(col("wall_time_s")),
         "wall_time_s_std": stats.sample_std(col("wall_time_s")),
+        "train_time_s_mean": stats.mean(col("train_time_s")),
+        "train_time_s_std": stats.sample_std(col("train_time_s")),
         "images_per_s_mean": stats.mean(col("images_per_s")),
         "images_per_s_std": stats.sample_std(col("images_per_s")),
-        "peak_mem_mb_mean": stats.mean(col("peak_mem_mb")),
+        "peak_mem_mb_mean": stats.mean(mem),
+        "peak_mem_mb_std": stats.sample_std(mem),
+        "peak_mem_method": ",".join(methods) or None,
         "params": int(params[0]) if params else None,
     }
 
@@ -262,11 +439,18 @@ def _source(trials: pd.DataFrame) -> str:
     return s
 
 
+def _ref_col(ref: dict, what: str) -> str:
+    """The rows' column of one source's published number: `paper_top1[UBN Table 3]`."""
+    return f"paper_{what}[{ref.get('source')}]"
+
+
 def _paper(
-    refs: tuple[dict, ...], dataset: str, trial: pd.Series, label: str, mean_top1: float
+    refs: tuple[dict, ...], dataset: str, trial: pd.Series, label: str, row: dict[str, Any]
 ) -> dict[str, Any]:
-    """The suite's reference number for this row (matched by label, else registry name)."""
+    """Every source's reference numbers for this row (matched by label, else registry name):
+    `paper_top1[src]`, `paper_top5[src]` and `diff_vs_paper[src]` (our mean minus theirs)."""
     names = {str(trial["backbone_label"]).lower(), str(trial["backbone"]).lower()}
+    out: dict[str, Any] = {}
     for want in (label.lower(), str(trial["variant"]).lower()):
         for ref in refs:
             if (
@@ -275,14 +459,15 @@ def _paper(
                 and str(ref.get("variant")).lower() == want
                 and ref.get("batch_size") in (None, trial["batch_size"])
                 and ref.get("top1") is not None
+                and _ref_col(ref, "top1") not in out
             ):
                 top1 = float(ref["top1"])
-                return {
-                    "paper_top1": top1,
-                    "diff_vs_paper": mean_top1 - top1,
-                    "paper_source": ref.get("source"),
-                }
-    return {"paper_top1": math.nan, "diff_vs_paper": math.nan, "paper_source": None}
+                out[_ref_col(ref, "top1")] = top1
+                out[_ref_col(ref, "top5")] = (
+                    math.nan if ref.get("top5") is None else float(ref["top5"])
+                )
+                out[f"diff_vs_paper[{ref.get('source')}]"] = row["top1_mean"] - top1
+    return out
 
 
 def _target(suite_target: float | None, table: pd.DataFrame) -> tuple[float | None, str]:
@@ -321,7 +506,7 @@ def _add_targets(
         out["epochs_to_target_mean"].append(
             stats.mean([float(h.epoch) for h in reached if h.epoch])
         )
-        secs = [h.elapsed_s for h in reached if h.elapsed_s is not None]
+        secs = [h.train_time_s for h in reached if h.train_time_s is not None]
         out["time_to_target_s_mean"].append(stats.mean(secs))
         out["reached"].append(f"{len(reached)}/{len(trials)}")
     return table.assign(**out)

@@ -2,10 +2,13 @@
 
 - accuracy curves per leaderboard: test top-1 per epoch, mean over seeds with a min-max band;
 - feature condensation per layer over epochs (UBN Figure 2 style): one panel per variant,
-  one line per norm layer coloured by depth, and UBN's 0.3 diagnostic line;
-- the FCT search: UBN's threshold tau against the search objective, from the Optuna study in
-  RUN_DIR/optuna.db (Optuna's storage API; no torch) or, without one, from the trials' options;
-- cost vs accuracy: wall time and images/s against final top-1, with std error bars.
+  one line per norm layer coloured by depth, and the threshold tau each UBN row ran with;
+- UBN's running similarity per layer over training against its tau (when does FCT fire);
+- a search: the objective against each searched parameter, one figure per Optuna study in
+  RUN_DIR/optuna.db (optuna.visualization.matplotlib.plot_slice; completed trials only), or,
+  without a study, tau against the final accuracy from the trials' options;
+- cost vs accuracy: training time and images/s against final top-1, with std error bars;
+- the overall ranking's critical-difference diagram (scikit-posthocs).
 Each function returns the path it wrote, or None when the data has nothing to show.
 """
 
@@ -28,7 +31,6 @@ from matplotlib.ticker import MaxNLocator
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import Table
 
-CONDENSATION_LINE = 0.3  # UBN Fig. 2: above ~0.3 features are condensed (diagnostic only)
 PAPER_TAU = 0.15  # UBN's default threshold (Sec 4.3.2)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -124,7 +126,10 @@ def condensation(table: Table, res: Results, path: Path) -> Path | None:
         ax = axes.flat[n]
         for i, layer in enumerate(curves.columns):
             ax.plot(curves.index, curves[layer], color=cmap(norm(i)), lw=1, marker=".", ms=3)
-        ax.axhline(CONDENSATION_LINE, color="red", ls="--", lw=1, label="0.3 (UBN diagnostic)")
+        tau = table.taus.get(variant)
+        if tau is not None:
+            ax.axhline(tau, color="red", ls="--", lw=1, label=f"τ = {tau:g} (FCT threshold)")
+            ax.legend(fontsize="x-small", loc="best")
         ax.set_title(variant)
         ax.grid(alpha=0.3)
         _epoch_ticks(ax, curves.index)
@@ -135,7 +140,6 @@ def condensation(table: Table, res: Results, path: Path) -> Path | None:
     for ax in axes.flat[max(len(panels) - cols, 0) : len(panels)]:
         ax.set_xlabel("epoch")
         ax.xaxis.set_tick_params(labelbottom=True)
-    axes.flat[0].legend(fontsize="x-small", loc="best")
     bar = fig.colorbar(ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), shrink=0.8)
     bar.set_label("layer depth (0 = first norm layer)")
     bar.locator = MaxNLocator(integer=True)
@@ -160,14 +164,57 @@ def _layer_curves(ids: tuple[str, ...], res: Results) -> pd.DataFrame:
     return wide[sorted(wide.columns, key=order.__getitem__)]
 
 
+def running_similarity(table: Table, res: Results, path: Path) -> Path | None:
+    """Per UBN row: each layer's running similarity (`running_sim` diagnostic, mean over
+    seeds) at the end of each epoch, against the row's tau: above tau the layer uses batch
+    statistics, below it frozen running statistics."""
+    panels = {}
+    for variant, ids in table.members.items():
+        if variant not in table.taus:
+            continue
+        rows = [
+            (epoch, layer, diag["running_sim"])
+            for tid in ids
+            for epoch, layers in res.diagnostics.get(tid, {}).items()
+            for layer, diag in layers.items()
+            if diag.get("running_sim") is not None
+        ]
+        if rows:
+            df = pd.DataFrame(rows, columns=["epoch", "layer", "value"])
+            order = list(dict.fromkeys(df["layer"]))
+            wide = df.pivot_table(index="epoch", columns="layer", values="value", aggfunc="mean")
+            panels[variant] = wide[order]
+    if not panels:
+        return None
+    fig = _figure(7.5, 3.6 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    cmap = colormaps["viridis"]
+    for ax, (variant, curves) in zip(axes, panels.items(), strict=True):
+        norm = Normalize(0, max(curves.shape[1] - 1, 1))
+        for i, layer in enumerate(curves.columns):
+            ax.plot(curves.index, curves[layer], color=cmap(norm(i)), lw=1, marker=".", ms=3)
+        tau = table.taus[variant]
+        share = table.rows.set_index("variant")["frozen_share"].get(variant)
+        frozen = "" if share is None or pd.isna(share) else f"; frozen steps {100 * share:.1f}%"
+        ax.axhline(tau, color="red", ls="--", lw=1.2, label=f"τ = {tau:g}")
+        ax.set(title=f"{variant}{frozen}", xlabel="epoch", ylabel="running similarity ŝ")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", loc="best")
+        _epoch_ticks(ax, curves.index)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), shrink=0.8)
+    bar.set_label("layer depth (0 = first, 1 = last norm layer)")
+    fig.suptitle(f"UBN running similarity per layer vs τ: {table.title}")
+    return _save(fig, path)
+
+
 def cost_vs_accuracy(table: Table, path: Path) -> Path | None:
-    """Wall time (s) and images/s against final top-1 (%), error bars = std over seeds."""
+    """Training time (s) and images/s against final top-1 (%), error bars = std over seeds."""
     rows = table.rows[table.rows["n"] > 0]
     if rows.empty:
         return None
     fig = _figure(11, 4.4 + 0.15 * len(rows))
     style = styles(table)
-    panels = [("wall_time_s", "training wall time (s)"), ("images_per_s", "images / second")]
+    panels = [("train_time_s", "training time (s)"), ("images_per_s", "training images / second")]
     for ax, (col, xlabel) in zip(fig.subplots(1, 2), panels, strict=True):
         for _, r in rows.iterrows():
             s = style.get(r["variant"], {})
@@ -192,13 +239,61 @@ def _err(x: Any) -> float | None:
     return None if x is None or pd.isna(x) else float(x)
 
 
+def search_slices(res: Results, folder: Path, smoke: str | None = None) -> list[Path]:
+    """The objective against each searched parameter, one PNG per Optuna study in the run
+    directories (optuna.visualization.matplotlib.plot_slice: completed trials only)."""
+    import warnings
+
+    import optuna
+    from optuna.visualization.matplotlib import plot_slice
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = []
+    for run in res.runs:
+        db = run.path / "optuna.db"
+        if not db.exists():
+            continue
+        storage = optuna.storages.get_storage(f"sqlite:///{db.resolve()}")
+        for name in optuna.get_all_study_names(storage=storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not done:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot_slice(study)
+            ax = axes.flat[0] if hasattr(axes, "flat") else axes
+            fig: Any = ax.figure
+            title = f"Search {_short_study(name)}: objective vs each parameter (completed trials)"
+            fig.suptitle(title + (f"\nSMOKE RUN ({smoke})" if smoke else ""))
+            slug = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)[:60]
+            path = folder / f"search_{slug}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            out.append(path)
+    return out
+
+
+def critical_difference(ranking: Any, path: Path, smoke: str | None = None) -> Path | None:
+    """scikit-posthocs' critical-difference diagram of the overall ranking (3+ variants)."""
+    if ranking is None or ranking.nemenyi is None:
+        return None
+    import scikit_posthocs as sp
+
+    fig = _figure(8, 2.2 + 0.25 * len(ranking.mean_rank))
+    ax = fig.add_subplot()
+    sp.critical_difference_diagram(ranking.mean_rank, ranking.nemenyi, ax=ax)
+    title = f"Mean rank over {len(ranking.scores)} leaderboards (bar: Nemenyi p >= 0.05)"
+    ax.set_title(title + (f"\nSMOKE RUN ({smoke})" if smoke else ""), fontsize="small")
+    return _save(fig, path)
+
+
 def fct_search(res: Results, path: Path) -> Path | None:
-    """tau vs objective: from the Optuna studies when present, else from stored trials."""
-    points = _optuna_points(res)
-    search = next((r.suite.get("search") for r in res.runs if r.suite.get("search")), None)
-    ylabel = f"{(search or {}).get('metric', 'objective')} (search objective)"
-    if points.empty:
-        points, ylabel = _option_points(res)
+    """tau vs final accuracy from the trials' options, for runs without an Optuna study."""
+    points, ylabel = _option_points(res)
     if points.empty or points["tau"].nunique() < 2:
         return None
     fig = _figure(7, 4.5)
@@ -224,31 +319,6 @@ def fct_search(res: Results, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
     return _save(fig, path)
-
-
-def _optuna_points(res: Results) -> pd.DataFrame:
-    rows = []
-    for run in res.runs:
-        db = run.path / "optuna.db"
-        if not db.exists():
-            continue
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        url = f"sqlite:///{db.resolve()}"
-        storage = optuna.storages.get_storage(url)
-        for name in optuna.get_all_study_names(storage=storage):
-            study = optuna.load_study(study_name=name, storage=storage)
-            for t in study.get_trials(deepcopy=False):
-                tau = next((v for k, v in t.params.items() if k.split(".")[-1] == "tau"), None)
-                value = t.value if t.value is not None else _last(t.intermediate_values)
-                if tau is not None and value is not None:
-                    rows.append((_short_study(name), t.state.name, float(tau), float(value)))
-    return pd.DataFrame(rows, columns=["study", "state", "tau", "value"])
-
-
-def _last(values: dict[int, float]) -> float | None:
-    return values[max(values)] if values else None
 
 
 def _short_study(name: str) -> str:

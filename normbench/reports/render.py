@@ -12,7 +12,7 @@ import pandas as pd
 
 from normbench.reports import stats
 from normbench.reports.data import Results
-from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, Table
+from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, Table, smoke_text
 
 DASH = "—"
 
@@ -57,11 +57,39 @@ def _best_cell(row: Mapping[str, Any], table_selection: str) -> str:
     return text
 
 
+def _ci(low: Any, high: Any, method: Any = None) -> str:
+    if low is None or pd.isna(low):
+        return DASH
+    text = f"[{acc(low)}, {acc(high)}]"
+    return text + " (bootstrap)" if method == stats.BOOTSTRAP_METHOD else text
+
+
+def _spread(mean: Any, std: Any, fmt: str = ".1f") -> str:
+    """`mean ± std` over seeds (the mean alone for one seed)."""
+    if mean is None or pd.isna(mean):
+        return DASH
+    return num(mean, fmt) + ("" if std is None or pd.isna(std) else f" ± {num(std, fmt)}")
+
+
+def holm_text(row: Mapping[str, Any]) -> str:
+    p = row.get("p_holm")
+    if p is None or pd.isna(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _frozen_text(row: Mapping[str, Any]) -> str:
+    share = row.get("frozen_share")
+    if share is None or pd.isna(share):
+        return DASH
+    return f"{100 * share:.1f}%"
+
+
 def table_markdown(t: Table) -> str:
     """One leaderboard as a Markdown table; optional columns only when they say something."""
     rows = t.rows
-    paper = rows["paper_top1"].notna().any()
     source = (rows["source"] != "built-in").any()
+    frozen = rows["frozen_share"].notna().any()
     head = [
         "variant",
         "n",
@@ -69,16 +97,19 @@ def table_markdown(t: Table) -> str:
         "std",
         "95% CI",
         "top-5",
-        "Δ vs BN",
+        "Δ vs BN [95% CI]",
         "p (paired t)",
+        "p (Holm)",
         "pairs",
         _best_header(t.selection),
     ]
-    head += ["paper top-1", "Δ vs paper"] if paper else []
+    for k, _ in enumerate(t.sources, 1):
+        head += [f"ref [{k}] top-1", f"ref [{k}] top-5", f"Δ vs [{k}]"]
+    head += ["frozen (FCT)"] if frozen else []
     head += [
         "epochs→target",
-        "time→target (s)",
-        "wall time (s)",
+        "train time→target (s)",
+        "train time (s)",
         "img/s",
         "peak mem (MB)",
         "params",
@@ -88,37 +119,79 @@ def table_markdown(t: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in rows.iterrows():
         name = f"**{r['variant']}**" if r["variant"] == t.baseline else r["variant"]
-        ci = (
-            DASH
-            if pd.isna(r["top1_ci_low"])
-            else (f"[{acc(r['top1_ci_low'])}, {acc(r['top1_ci_high'])}]")
-        )
+        diff = acc(r["diff_vs_bn"], signed=True)
+        if not pd.isna(r["diff_ci_low"]):
+            diff += f" [{acc(r['diff_ci_low'], True)}, {acc(r['diff_ci_high'], True)}]"
         cells = [
             name,
             str(r["n"]),
             acc(r["top1_mean"]),
             acc(r["top1_std"]),
-            ci,
+            _ci(r["top1_ci_low"], r["top1_ci_high"], r["top1_ci_method"]),
             acc(r["top5_mean"]),
-            acc(r["diff_vs_bn"], signed=True),
+            diff,
             p_text(r),
+            holm_text(r),
             str(r["n_pairs"]) if r["n_pairs"] else DASH,
             _best_cell(r, t.selection),
         ]
-        if paper:
-            cells += [acc(r["paper_top1"]), acc(r["diff_vs_paper"], signed=True)]
+        for src in t.sources:
+            cells += [
+                acc(r.get(f"paper_top1[{src}]")),
+                acc(r.get(f"paper_top5[{src}]")),
+                acc(r.get(f"diff_vs_paper[{src}]"), signed=True),
+            ]
+        cells += [_frozen_text(r)] if frozen else []
         cells += [
             f"{num(r['epochs_to_target_mean'])} ({r['reached']})",
             num(r["time_to_target_s_mean"]),
-            num(r["wall_time_s_mean"]),
-            num(r["images_per_s_mean"], ".0f"),
-            num(r["peak_mem_mb_mean"]),
+            _spread(r["train_time_s_mean"], r["train_time_s_std"]),
+            _spread(r["images_per_s_mean"], r["images_per_s_std"], ".0f"),
+            _spread(r["peak_mem_mb_mean"], r["peak_mem_mb_std"]),
             _params(r["params"]),
             _diverged(r),
         ]
         cells += [r["source"]] if source else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table_notes(t: Table) -> list[str]:
+    """Sentences under a table: sources, the FCT's firing, what the memory column measured."""
+    out = [
+        f"[{k}] {src}" + ("  " if k < len(t.sources) else "") for k, src in enumerate(t.sources, 1)
+    ]
+    out += [""] if out else []
+    for _, r in t.rows.iterrows():
+        if r["n"] and not pd.isna(r["frozen_share"]) and r["frozen_steps"] == 0:
+            tau = t.taus.get(str(r["variant"]))
+            at = f" at τ = {tau:g}" if tau is not None else ""
+            out += [
+                f"**The FCT threshold never fired for {r['variant']}**{at}: in all {r['n']} "
+                "seed(s) every layer normalized every training step with batch statistics, "
+                "so this row measures UBN without its feature-condensation threshold.",
+                "",
+            ]
+    methods = {str(m) for m in t.rows["peak_mem_method"].dropna()}
+    if (t.rows["n"] > 0).any() and not methods:
+        out += [
+            "Peak memory: these records predate per-trial measurement (they hold the worker "
+            "process's lifetime peak, which grows with trial order), so the column is empty.",
+            "",
+        ]
+    elif methods:
+        how = ", ".join(_MEM_METHODS.get(m, m) for m in sorted(methods))
+        out += [f"Peak memory measured as: {how}.", ""]
+    if t.best_config:
+        out += [t.best_config, ""]
+    return out
+
+
+_MEM_METHODS = {
+    "cpu_profiler_step_peak": "CPU, torch profiler peak of the first training steps plus "
+    "parameters, buffers, gradients and optimiser state (data set not counted)",
+    "cuda_max_allocated": "CUDA `max_memory_allocated` since the trial started",
+}
 
 
 def _diverged(r: Mapping[str, Any]) -> str:
@@ -129,6 +202,12 @@ def _diverged(r: Mapping[str, Any]) -> str:
 def target_line(t: Table) -> str:
     if t.target is None:
         return "Target accuracy: none (no completed trial)."
+    if t.target_source == "reference":
+        return (
+            f"Target accuracy: {acc(t.target)}% test top-1 (the reference top-1 of "
+            f"{t.target_note}: time for each layer to reach BN's published accuracy, "
+            "as UBN Table 8)."
+        )
     if t.target_source == "suite":
         return f"Target accuracy: {acc(t.target)}% test top-1 (`target_accuracy` of the suite)."
     return (
@@ -139,12 +218,21 @@ def target_line(t: Table) -> str:
 
 
 def header(res: Results) -> list[str]:
-    """What the run was: suite, description, dates, device, commit, trial counts."""
+    """What the run was: suite, description, how it was run, dates, device, commit, trials."""
     suites = [r.suite for r in res.runs if r.suite]
     names = list(dict.fromkeys(str(s.get("name")) for s in suites)) or [res.runs[0].path.name]
-    out = [f"# normbench report: {' + '.join(names)}", ""]
+    smoke = smoke_text(res)
+    title = f"# normbench report: {' + '.join(names)}"
+    out = [title + (f" (SMOKE RUN: {smoke})" if smoke else ""), ""]
+    if smoke:
+        out += [
+            f"**Smoke run** ({smoke}): a shortened check that the suite runs, not a result. "
+            "Its numbers are not comparable with the suite's full length or with papers.",
+            "",
+        ]
     for text in dict.fromkeys(str(s["description"]) for s in suites if s.get("description")):
-        out += [text, ""]
+        out += [f"Suite description: {text}", ""]
+    out += _as_run(res)
     for run in res.runs:
         env = run.environment
         commit = (env.get("git_commit") or "unknown")[:12]
@@ -162,6 +250,27 @@ def header(res: Results) -> list[str]:
     return out + [""]
 
 
+def _as_run(res: Results) -> list[str]:
+    """The run as it was run: epochs, seeds and batch caps from the trials, and the overrides."""
+    df = res.trials
+    if df.empty:
+        return []
+    epochs = sorted({int(e) for e in df["epochs_planned"].dropna()})
+    seeds = sorted({int(x) for x in df["seed"].dropna()})
+    limits = sorted({int(x) for x in df["limit_batches"].dropna()})
+    limit = ", ".join(map(str, limits)) + " batches/epoch" if limits else "full epochs"
+    out = [
+        f"- As run: {', '.join(map(str, epochs))} epoch(s) per trial, {len(seeds)} seed(s) "
+        f"({', '.join(map(str, seeds))}), {limit}"
+    ]
+    overrides = [o for run in res.runs for o in (run.suite.get("overrides") or [])]
+    if overrides:
+        out.append(
+            "- Overrides: " + ", ".join(f"`{o}`" for o in dict.fromkeys(map(str, overrides)))
+        )
+    return out
+
+
 def _last_result(res: Results) -> str | None:
     """When the newest epoch record was written (the runner stamps `finished_at`), UTC."""
     if "finished_at" not in res.epochs:
@@ -174,25 +283,35 @@ def _last_result(res: Results) -> str | None:
 
 LEGEND = f"""## How to read the tables
 
-- **variant**: the suite's label, with the layer's options when the label does not show
-  them; the BN baseline is in bold. **n**: completed seeds the statistics use.
+- **variant**: the suite's label, with the layer's options (and, in a search, the sampled
+  values) when the label does not show them; the BN baseline is in bold. **n**: completed
+  seeds the statistics use; in a search, seeds are pooled only within one configuration.
 - **top-1 (final)**: mean final-epoch test top-1 (%) over the n seeds. **std**: sample
   standard deviation (ddof=1), "—" for n=1. **top-5**: mean final-epoch test top-5.
-- **95% CI**: percentile bootstrap of the mean (scipy.stats.bootstrap, RNG seed
-  {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples); with 2-5 seeds it is rough.
-- **Δ vs BN**: mean over matching seeds of (variant − BN) final top-1, in points; **p (paired
-  t)**: two-sided paired t-test (scipy.stats.ttest_rel) on those seeds; **pairs**: how many.
-  Below {stats.MIN_PAIRS} pairs no p-value is given: too few seeds for any claim.
+- **95% CI**: Student's t-interval of the mean over seeds (scipy.stats), which holds at the 3
+  seeds suites use; from {stats.BOOTSTRAP_MIN_N} seeds on a percentile bootstrap (RNG seed
+  {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples), marked "(bootstrap)".
+- **Δ vs BN [95% CI]**: mean over matching seeds of (variant − BN) final top-1, in points, with
+  the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
+  two-sided paired t-test (scipy.stats.ttest_rel) of one row against BN; **p (Holm)**: the
+  same p-values adjusted for the table's number of comparisons with BN (Holm, statsmodels);
+  read "significant" only off the Holm column. **pairs**: matching seeds. Below
+  {stats.MIN_PAIRS} pairs no p-value is given: too few seeds for any claim.
 - **best top-1 @ epoch**: mean test top-1 at the epoch with the best *validation* top-1, and
   the mean of that epoch. Runs without a validation split fall back to the best *test* epoch,
   labelled "best-on-test": an optimistic number, shown only for comparison with papers.
-- **paper top-1** / **Δ vs paper**: the suite's published reference and our mean minus it.
-- **epochs→target** / **time→target (s)**: first epoch (and training wall time) at which a
-  seed's test top-1 reached the target, mean over the seeds that did (reached/completed in
-  brackets); UBN Table 8 compares norms this way.
-- **wall time (s)**: training wall time of the whole trial; **img/s**: training images per
-  second (mean over epochs); **peak mem (MB)**: peak GPU memory allocated (on a CPU: the
-  process's peak resident memory); **params**: trainable parameters.
+- **ref [k] top-1 / top-5**, **Δ vs [k]**: the numbers source [k] (listed under the table)
+  publishes for this row, and our mean top-1 minus theirs; one set of columns per source.
+- **frozen (FCT)**: share of UBN's layer-steps normalized with frozen running statistics
+  (its feature-condensation threshold fired), over all layers and seeds; 0% means UBN never
+  used it.
+- **epochs→target** / **train time→target (s)**: first epoch (and the training time up to
+  it, evaluation excluded) at which a seed's test top-1 reached the table's target, mean over
+  the seeds that did (reached/completed in brackets); UBN Table 8 compares norms this way.
+- **train time (s)**: training time of the whole trial (evaluation and probes excluded);
+  **img/s**: training images per second; both mean ± std over seeds (wall times on a shared
+  machine vary). **peak mem (MB)**: the trial's own peak memory (how it was measured is said
+  under the table); **params**: trainable parameters.
 - **diverged**: seeds that diverged (listed below with their reason).
 - Statistics use completed trials only; diverged, failed, pruned and interrupted trials are
   listed under "Did not finish" with their reason. Accuracies are in %, 2 decimals.
@@ -201,20 +320,29 @@ LEGEND = f"""## How to read the tables
 
 
 def markdown(
-    res: Results, tables: list[Table], dnf: pd.DataFrame, plots: Mapping[str, list[Path]]
+    res: Results,
+    tables: list[Table],
+    dnf: pd.DataFrame,
+    plots: Mapping[str, list[Path]],
+    ranking: list[str] | None = None,
 ) -> str:
-    """The whole report; `plots` maps a table slug (or "search") to image paths, relative."""
+    """The whole report; `plots` maps a table slug (or "search", "ranking") to image paths,
+    relative; `ranking` is the overall ranking's Markdown, when there is one."""
     out = header(res) + [LEGEND]
     if not tables:
         out += ["No trials are stored in this run directory yet.", ""]
     for t in tables:
         out += [f"## {t.title}", "", target_line(t), "", table_markdown(t), ""]
+        out += table_notes(t)
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots.get(t.slug, [])]
         out += [""] if plots.get(t.slug) else []
+    if ranking:
+        out += ranking
+        out += [f"![{p.stem}]({p.as_posix()})" for p in plots.get("ranking", [])] + [""]
     out += ["## Did not finish", ""]
     out += [dnf_markdown(dnf), ""]
     if plots.get("search"):
-        out += ["## FCT threshold search", ""]
+        out += ["## Search", ""]
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots["search"]] + [""]
     return "\n".join(out).rstrip() + "\n"
 
@@ -247,6 +375,7 @@ def leaderboard_csv(tables: list[Table]) -> pd.DataFrame:
             "limit_batches": t.limit_batches,
             "target": t.target,
             "target_source": t.target_source,
+            "smoke": t.smoke or "",
         }
         frames.append(t.rows.assign(**keys)[[*keys, *t.rows.columns]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

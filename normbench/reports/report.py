@@ -11,7 +11,8 @@ import pandas as pd
 
 from normbench.reports import plots, render
 from normbench.reports.data import Results, load_runs
-from normbench.reports.leaderboard import Table, build_tables, did_not_finish
+from normbench.reports.leaderboard import Table, build_tables, did_not_finish, smoke_text
+from normbench.reports.ranking import Ranking, overall_ranking, ranking_markdown
 
 PLOTS = "plots"
 
@@ -26,6 +27,7 @@ class Report:
     tables: list[Table]
     did_not_finish: pd.DataFrame
     files: list[Path] = field(default_factory=list)  # every file written, plots included
+    ranking: Ranking | None = None  # across leaderboards, when there are several
 
     @property
     def suite_name(self) -> str:
@@ -56,14 +58,18 @@ def build_report(
     output.mkdir(parents=True, exist_ok=True)
     tables = build_tables(res)
     dnf = did_not_finish(res)
-    files, links = _plots(res, tables, output)
+    ranking = overall_ranking(tables)
+    files, links = _plots(res, tables, ranking, output)
     files += _csv(tables, dnf, output)
     md = output / "leaderboard.md"
-    md.write_text(render.markdown(res, tables, dnf, links))
-    return Report(output, md, res, tables, dnf, [md, *files])
+    section = ranking_markdown(ranking) if ranking is not None else None
+    md.write_text(render.markdown(res, tables, dnf, links, section))
+    return Report(output, md, res, tables, dnf, [md, *files], ranking)
 
 
-def _plots(res: Results, tables: list[Table], out: Path) -> tuple[list[Path], dict]:
+def _plots(
+    res: Results, tables: list[Table], ranking: Ranking | None, out: Path
+) -> tuple[list[Path], dict]:
     """Write every plot that has data; returns the files and links relative to `out`."""
     files: list[Path] = []
     links: dict[str, list[Path]] = {}
@@ -71,16 +77,25 @@ def _plots(res: Results, tables: list[Table], out: Path) -> tuple[list[Path], di
         for kind, make in (
             ("curves", lambda t, p: plots.accuracy_curves(t, res, p)),
             ("condensation", lambda t, p: plots.condensation(t, res, p)),
+            ("fct", lambda t, p: plots.running_similarity(t, res, p)),
             ("cost", plots.cost_vs_accuracy),
         ):
             path = make(t, out / PLOTS / f"{kind}_{t.slug}.png")
             if path is not None:
                 files.append(path)
                 links.setdefault(t.slug, []).append(path.relative_to(out))
-    search = plots.fct_search(res, out / PLOTS / "fct_search.png")
-    if search is not None:
-        files.append(search)
-        links["search"] = [search.relative_to(out)]
+    smoke = smoke_text(res)
+    searches = plots.search_slices(res, out / PLOTS, smoke)
+    if not searches:
+        tau_plot = plots.fct_search(res, out / PLOTS / "fct_search.png")
+        searches = [tau_plot] if tau_plot is not None else []
+    if searches:
+        files += searches
+        links["search"] = [p.relative_to(out) for p in searches]
+    cd = plots.critical_difference(ranking, out / PLOTS / "ranking_cd.png", smoke)
+    if cd is not None:
+        files.append(cd)
+        links["ranking"] = [cd.relative_to(out)]
     return files, links
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from normbench.reports import stats
-from normbench.reports.render import acc, p_text
+from normbench.reports.render import acc, holm_text, p_text
 from normbench.reports.report import Report
 from normbench.tables import print_table
 
@@ -16,7 +16,7 @@ TOP = 5  # rows per leaderboard in the terminal
 def print_summary(report: Report, console: Console | None = None, top: int = TOP) -> None:
     """Print each leaderboard's best `top` variants, the unfinished trials and the report path."""
     console = console or Console()
-    columns = ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "diverged")
+    columns = ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "p (Holm)", "diverged")
     for t in report.tables:
         rows = [
             (
@@ -26,6 +26,7 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
                 acc(r["top1_std"]),
                 acc(r["diff_vs_bn"], signed=True),
                 "n<3 pairs" if r["test_note"] == stats.TOO_FEW else p_text(r),
+                holm_text(r),
                 str(r["diverged"]),
             )
             for _, r in t.rows.head(top).iterrows()

@@ -21,7 +21,7 @@ RESULT_COLUMNS = [
     "trial_id", "variant", "label", "backbone", "dataset", "batch_size", "seed", "epochs_planned",
     "options", "cell", "status", "reason", "epochs", "final_test_top1", "final_test_top5",
     "final_val_top1", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "wall_time_s",
-    "images_per_s", "peak_mem_mb", "params", "variant_source",
+    "train_time_s", "images_per_s", "peak_mem_mb", "peak_mem_method", "params", "variant_source",
 ]  # fmt: skip
 
 
@@ -88,6 +88,7 @@ def _metric_columns(recs: list[EpochRecord]) -> dict[str, Any]:
     best_val, best = max(vals, key=lambda vr: vr[0]) if vals else (math.nan, None)
     speeds = [v for r in recs if (v := r["images_per_s"]) is not None and math.isfinite(v)]
     mems = [v for r in recs if (v := r["peak_mem_mb"]) is not None and math.isfinite(v)]
+    trains = [r.get("train_time_s") for r in recs]
     return {
         "epochs": int(last["epoch"]),
         "final_test_top1": last.get("test_top1"),
@@ -97,8 +98,15 @@ def _metric_columns(recs: list[EpochRecord]) -> dict[str, Any]:
         "best_val_epoch": best["epoch"] if best else None,
         "test_top1_at_best_val": best["test_top1"] if best else None,
         "wall_time_s": last.get("elapsed_s"),
+        # training only (no evaluation, probes, checkpoints); NaN if an epoch did not record it
+        "train_time_s": (
+            sum(t for t in trains if t is not None)
+            if all(t is not None and math.isfinite(t) for t in trains)
+            else math.nan
+        ),
         "images_per_s": sum(speeds) / len(speeds) if speeds else math.nan,
         "peak_mem_mb": max(mems) if mems else math.nan,
+        "peak_mem_method": last.get("peak_mem_method"),
         "params": last.get("params"),
         "variant_source": last.get("variant_source"),
     }

@@ -1,0 +1,102 @@
+"""An overall ranking of variants across a report's leaderboards (cells = data set x backbone x
+batch size x length), by rank-based statistics for comparing methods over several data sets
+(Demšar, "Statistical Comparisons of Classifiers over Multiple Data Sets", JMLR 2006):
+
+- each cell ranks the variants present in *every* cell by mean final test top-1 (1 = best,
+  ties share the average rank); the mean rank over cells orders the variants;
+- Friedman's test (scipy.stats.friedmanchisquare; 3 variants or more) asks whether the ranks
+  differ more than chance would make them;
+- Nemenyi's post-hoc test (scikit-posthocs' `posthoc_nemenyi_friedman`) gives the pairwise
+  p-values behind the critical-difference diagram (scikit-posthocs'
+  `critical_difference_diagram`): variants joined by a bar are not told apart at 0.05.
+
+With few cells these tests have little power; the ranking says so rather than hiding it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from normbench.reports.leaderboard import Table
+
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Cells x variants scores, the mean ranks and the tests on them."""
+
+    scores: pd.DataFrame  # index: cell title, columns: variant, values: mean final top-1
+    mean_rank: pd.Series  # variant -> mean rank (1 = best), ascending
+    friedman_stat: float
+    friedman_p: float  # NaN with fewer than 3 variants
+    nemenyi: pd.DataFrame | None  # pairwise p-values (variants x variants)
+
+
+def overall_ranking(tables: list[Table]) -> Ranking | None:
+    """The ranking of the variants common to every table; None below 2 tables or 2 variants."""
+    if len(tables) < 2:
+        return None
+    rows = {}
+    for t in tables:
+        done = t.rows[t.rows["n"] > 0].set_index("variant")["top1_mean"]
+        rows[t.title] = done[~done.index.duplicated()]
+    scores = pd.DataFrame(rows).T.dropna(axis=1)  # variants with a number in every cell
+    if scores.shape[1] < 2:
+        return None
+    ranks = scores.rank(axis=1, ascending=False, method="average")
+    mean_rank = ranks.mean().sort_values(kind="stable")
+    stat = p = math.nan
+    nemenyi = None
+    if scores.shape[1] >= 3:
+        import scikit_posthocs as sp
+        from scipy import stats
+
+        res = stats.friedmanchisquare(*(scores[c].to_numpy() for c in scores.columns))
+        stat, p = float(res.statistic), float(res.pvalue)
+        nemenyi = sp.posthoc_nemenyi_friedman(scores.to_numpy())
+        nemenyi.index = nemenyi.columns = list(scores.columns)
+    return Ranking(scores, mean_rank, stat, p, nemenyi)
+
+
+def ranking_markdown(r: Ranking) -> list[str]:
+    """The ranking section of the report."""
+    cells = len(r.scores)
+    out = [
+        f"## Overall ranking across {cells} leaderboards",
+        "",
+        "Each leaderboard ranks the variants present in all of them by mean final test top-1 "
+        "(1 = best; ties share the average rank). Variants missing from a leaderboard are left "
+        "out of this ranking.",
+        "",
+        "| variant | mean rank | "
+        + " | ".join(f"rank in [{i}]" for i in range(1, cells + 1))
+        + " |",
+        "|---|---|" + "---|" * cells,
+    ]
+    ranks = r.scores.rank(axis=1, ascending=False, method="average")
+    for variant, mean in r.mean_rank.items():
+        per_cell = " | ".join(f"{v:g}" for v in ranks[variant])
+        out.append(f"| {variant} | {mean:.2f} | {per_cell} |")
+    out += [""] + [f"[{i}] {title}  " for i, title in enumerate(r.scores.index, 1)]
+    out[-1] = out[-1].rstrip()
+    out.append("")
+    if math.isnan(r.friedman_p):
+        out += ["Friedman test: needs at least 3 variants common to every leaderboard.", ""]
+    else:
+        verdict = (
+            "the ranks differ more than chance explains"
+            if r.friedman_p < ALPHA
+            else "no evidence that the ranks differ"
+        )
+        out += [
+            f"Friedman test (scipy.stats.friedmanchisquare) over {cells} leaderboards: "
+            f"χ² = {r.friedman_stat:.2f}, p = {r.friedman_p:.3g} ({verdict} at {ALPHA}). "
+            "The diagram below joins variants that Nemenyi's post-hoc test (scikit-posthocs) "
+            f"does not separate at {ALPHA}.",
+            "",
+        ]
+    return out
