@@ -276,3 +276,140 @@ def test_run_dir_without_trials_gives_an_empty_report(tmp_path: Path) -> None:
     shutil.copy(FIXTURE / "suite.resolved.json", run)
     rep = build_report([run])
     assert rep.tables == [] and "No trials are stored" in rep.markdown.read_text()
+
+
+def test_frozen_share_from_ubn_counters_and_never_fired_sentence(report, tmp_path: Path) -> None:
+    frozen = total = 0.0
+    for recs in _completed(FIXTURE)["ubn"].values():
+        for diag in recs[-1]["diagnostics"].values():  # counters are cumulative
+            frozen += diag["frozen_steps"]
+            total += diag["frozen_steps"] + diag["batch_steps"]
+    assert frozen > 0 and _row(report, "ubn")["frozen_share"] == pytest.approx(frozen / total)
+    assert np.isnan(_row(report, "bn")["frozen_share"])
+    assert "never fired" not in report.markdown.read_text()
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+
+    def calm(rec: dict) -> dict:
+        for diag in (rec.get("diagnostics") or {}).values():
+            diag["batch_steps"] += diag["frozen_steps"]
+            diag["frozen_steps"] = 0.0
+        return rec
+
+    _rewrite(run / "epochs.jsonl", calm)
+    text = build_report([run]).markdown.read_text()
+    assert "**The FCT threshold never fired for ubn** at τ = 0.3" in text
+    assert "| 0.0% |" in text
+
+
+def test_reference_sources_coexist_across_merged_runs(tmp_path: Path) -> None:
+    """Two suites give BN's cell different numbers from different sources: both columns show,
+    the merge is never refused (issue: 'reference ... differs in top1')."""
+    other = tmp_path / "other"
+    ref = {
+        "dataset": "synthetic",
+        "backbone": "resnet20",
+        "variant": "bn",
+        "batch_size": None,
+        "top1": 57.39,
+        "top5": 83.0,
+        "source": "pytorch-cifar100",
+        "note": None,
+    }
+    make_fixture.write_run(other, seeds=(5,), unfinished=False, suite_changes={"reference": [ref]})
+    rep = build_report([FIXTURE, other], tmp_path / "out")
+    (table,) = rep.tables
+    assert table.sources == ("made-up paper, Table 1", "other code base", "pytorch-cifar100")
+    bn = table.rows.set_index("variant").loc["bn"]
+    assert bn["paper_top1[pytorch-cifar100]"] == 57.39 and bn["paper_top5[pytorch-cifar100]"] == 83
+    text = rep.markdown.read_text()
+    assert "[3] pytorch-cifar100" in text and "ref [3] top-5" in text
+
+
+def test_smoke_run_is_labelled_in_heading_tables_csv_and_plots(tmp_path: Path) -> None:
+    run = tmp_path / "smoke"
+    make_fixture.write_run(
+        run,
+        seeds=(0,),
+        unfinished=False,
+        suite_changes={"max_epochs": 3, "limit_batches": 2, "overrides": ["seeds=1"]},
+    )
+    rep = build_report([run])
+    text = rep.markdown.read_text()
+    assert text.startswith(
+        "# normbench report: fixture_small (SMOKE RUN: --max-epochs 3, --limit-batches 2)"
+    )
+    assert "- As run: 3 epoch(s) per trial, 1 seed(s) (0), full epochs" in text
+    assert "- Overrides: `seeds=1`" in text
+    assert "## synthetic · resnet20 · batch 32 · 3 epochs · SMOKE RUN (" in text
+    board = (rep.output / "leaderboard.csv").read_text().splitlines()
+    assert "smoke" in board[0].split(",") and "--max-epochs 3" in board[1]
+    assert rep.tables[0].title in rep.tables[0].title  # plots take their title from the table
+
+
+def test_search_over_a_recipe_key_gives_one_row_per_configuration(tmp_path: Path) -> None:
+    """A search over recipe.lr: one row per sampled lr (never pooled as seeds), and the best
+    configuration on validation over completed trials only (a pruned trial never wins)."""
+    run = tmp_path / "search"
+    search = {"metric": "val_top1", "mode": "max", "space": {"recipe.lr": {"type": "float"}}}
+    make_fixture.write_run(
+        run, variants=("bn",), unfinished=False, suite_changes={"search": search}
+    )
+    lrs = {0: 0.1, 1: 0.05, 2: 0.01}
+
+    def sample(rec: dict) -> dict:
+        if rec.get("spec") and rec["spec"]["variant"] == "bn":
+            rec["spec"]["recipe"]["lr"] = lrs[rec["spec"]["seed"]]
+        return rec
+
+    _rewrite(run / "trials.jsonl", sample)
+    _rewrite(run / "epochs.jsonl", sample)
+    done = _completed(run)["bn"]
+    finals = {lrs[s]: recs[-1]["val_top1"] for s, recs in done.items()}
+    best_lr = max(finals, key=finals.__getitem__)
+    # the best configuration's trial was in fact pruned: the next best must win
+    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    for t in trials:
+        if t["spec"]["variant"] == "bn" and t["spec"]["recipe"]["lr"] == best_lr:
+            t["status"] = "pruned"
+    (run / "trials.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trials))
+    rep = build_report([run])
+    rows = rep.tables[0].rows.set_index("variant")
+    labels = {f"bn(recipe.lr={lr:g})" for lr in lrs.values()}
+    assert labels <= set(rows.index) and all(rows.loc[lb, "n"] <= 1 for lb in labels)
+    runner_up = max((lr for lr in finals if lr != best_lr), key=finals.__getitem__)
+    assert f"**bn(recipe.lr={runner_up:g})**" in rep.tables[0].best_config
+    assert "chosen on validation" in rep.markdown.read_text()
+
+
+def test_overall_ranking_across_leaderboards(tmp_path: Path) -> None:
+    """Two leaderboards (batch 32 and 64) of bn/ubn/gn: mean ranks, Friedman's test against
+    scipy, Nemenyi p-values from scikit-posthocs, and the critical-difference diagram."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_fixture.write_run(a, variants=("bn", "ubn", "gn"), unfinished=False)
+    make_fixture.write_run(b, variants=("bn", "ubn", "gn"), seeds=(7, 8), unfinished=False)
+
+    def batch64(rec: dict) -> dict:
+        for key in ("spec", "cell"):
+            if rec.get(key):
+                rec[key]["batch_size"] = 64
+        return rec
+
+    _rewrite(b / "trials.jsonl", batch64)
+    _rewrite(b / "epochs.jsonl", batch64)
+    rep = build_report([a, b], tmp_path / "out")
+    assert len(rep.tables) == 2 and rep.ranking is not None
+    scores = np.array(
+        [
+            [t.rows.set_index("variant").loc[v, "top1_mean"] for v in ("bn", "ubn", "gn")]
+            for t in rep.tables
+        ]
+    )
+    ranks = np.vstack([sps.rankdata(-row) for row in scores])
+    expect = dict(zip(("bn", "ubn", "gn"), ranks.mean(axis=0), strict=True))
+    assert rep.ranking.mean_rank.to_dict() == pytest.approx(expect)
+    assert rep.ranking.friedman_p == pytest.approx(sps.friedmanchisquare(*scores.T).pvalue)
+    assert rep.ranking.nemenyi.shape == (3, 3)
+    text = rep.markdown.read_text()
+    assert "## Overall ranking across 2 leaderboards" in text and "Friedman test" in text
+    assert (rep.output / "plots" / "ranking_cd.png").read_bytes()[:4] == b"\x89PNG"

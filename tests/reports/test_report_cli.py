@@ -42,8 +42,9 @@ def test_report_command_writes_report_and_prints_summary(tmp_path: Path, capsys)
 
 
 def test_reports_never_import_torch(tmp_path: Path) -> None:
-    """A fresh interpreter builds a full report without torch, including the FCT search plot
-    read from an Optuna study (one cheap test for both: importing optuna is the slow part)."""
+    """A fresh interpreter builds a full report without torch, including the search plot that
+    Optuna renders from the study (one cheap test for both: importing optuna is the slow part);
+    the pruned trial with the best value is not drawn (completed trials only)."""
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run)
     code = textwrap.dedent(f"""
@@ -56,13 +57,17 @@ def test_reports_never_import_torch(tmp_path: Path) -> None:
         for tau, v in ((0.1, 50.0), (0.3, 52.0)):
             s.add_trial(optuna.trial.create_trial(params={{"variant_options.tau": tau}},
                                                   distributions=d, value=v))
+        s.add_trial(optuna.trial.create_trial(params={{"variant_options.tau": 0.2}},
+            distributions=d, intermediate_values={{1: 99.0}},
+            state=optuna.trial.TrialState.PRUNED))
         import normbench.reports
         from normbench.reports import build_report, print_summary
         rep = build_report([{str(run)!r}])
         print_summary(rep)
-        png = rep.output / "plots" / "fct_search.png"
+        png = rep.output / "plots" / "search_fct.png"
         assert png.read_bytes()[:4] == b"\\x89PNG"
-        assert "## FCT threshold search" in rep.markdown.read_text()
+        assert "## Search" in rep.markdown.read_text()
+        assert "(plots/search_fct.png)" in rep.markdown.read_text()
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
