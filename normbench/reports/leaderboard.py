@@ -12,7 +12,8 @@ one family: their p-values are Holm-adjusted across the table's rows.
 
 Time-to-target uses one target per table: the suite's reference top-1 for BN on that data
 set and backbone when it gives one (UBN Table 8: "time to reach BN's final accuracy"), else
-the suite's `target_accuracy`, else 95% of the table's best mean final top-1.
+the suite's `target_accuracy`, else BN's mean final top-1 in the same table (Table 8 as
+measured within one run), else 95% of the table's best mean final top-1.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Table:
     limit_batches: int | None
     rows: pd.DataFrame
     target: float | None
-    target_source: str  # "reference", "suite" or "default"
+    target_source: str  # "reference", "suite", "baseline" or "default"
     selection: str  # how the best epoch was chosen: "val", "test" or "mixed"
     baseline: str | None  # label of the BN row, if any
     # variant label -> completed trial ids, in the suite's variant order (for plots)
@@ -160,7 +161,8 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
     if bn_ref is not None:
         target, source = float(bn_ref["top1"]), "reference"
     else:
-        target, source = _target(res.target_accuracy, table)
+        base_top1 = _baseline_top1(table, labels.get(baseline) if baseline else None)
+        target, source = _target(res.target_accuracy, table, base_top1)
     table = _add_targets(table, df, res.epochs, labels, target)
     sel = set(table["best_selection"].dropna())
     selection = "mixed" if len(sel) > 1 else (sel.pop() if sel else "val")
@@ -470,9 +472,23 @@ def _paper(
     return out
 
 
-def _target(suite_target: float | None, table: pd.DataFrame) -> tuple[float | None, str]:
+def _baseline_top1(table: pd.DataFrame, label: str | None) -> float | None:
+    """BN's mean final top-1 in this table (None without a completed BN row)."""
+    if label is None:
+        return None
+    value = table.set_index("variant")["top1_mean"].get(label)
+    return None if value is None or pd.isna(value) else round(float(value), 2)
+
+
+def _target(
+    suite_target: float | None, table: pd.DataFrame, base_top1: float | None = None
+) -> tuple[float | None, str]:
+    """The suite's target, else BN's final top-1 in this run (UBN Table 8), else 95% of the
+    best mean final top-1."""
     if suite_target is not None:
         return float(suite_target), "suite"
+    if base_top1 is not None:
+        return base_top1, "baseline"
     best = table["top1_mean"].max()
     if pd.isna(best):
         return None, "default"

@@ -210,6 +210,12 @@ def target_line(t: Table) -> str:
         )
     if t.target_source == "suite":
         return f"Target accuracy: {acc(t.target)}% test top-1 (`target_accuracy` of the suite)."
+    if t.target_source == "baseline":
+        return (
+            f"Target accuracy: {acc(t.target)}% test top-1 (BN's mean final top-1 in this "
+            "table: time for each layer to reach BN's final accuracy, as UBN Table 8; the "
+            "suite sets no target and gives no BN reference)."
+        )
     return (
         f"Target accuracy: {acc(t.target)}% test top-1 (default: "
         f"{DEFAULT_TARGET_FRACTION:.0%} of the best mean final top-1 in this table; "

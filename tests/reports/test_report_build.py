@@ -176,9 +176,21 @@ def test_plots_are_written_as_png(report) -> None:
         assert f"(plots/{n})" in report.markdown.read_text()
 
 
-def test_default_target_and_best_on_test_without_val(tmp_path: Path) -> None:
+def test_target_is_bns_final_in_the_same_table_without_reference_or_suite_target(
+    tmp_path: Path,
+) -> None:
     run = tmp_path / "run"
     make_fixture.write_run(run, target=None, unfinished=False, references=False)
+    final = [recs[-1]["test_top1"] for recs in _completed(run)["bn"].values()]
+    (table,) = build_report([run]).tables
+    assert (table.target, table.target_source) == (round(np.mean(final), 2), "baseline")
+
+
+def test_default_target_and_best_on_test_without_val(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_fixture.write_run(
+        run, target=None, unfinished=False, references=False, variants=("ubn", "gn")
+    )
     lines = [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
     for rec in lines:
         rec["val_top1"] = None  # a run without a validation split
@@ -190,9 +202,9 @@ def test_default_target_and_best_on_test_without_val(tmp_path: Path) -> None:
     assert table.target == round(0.95 * table.rows["top1_mean"].max(), 2)
     assert table.selection == "test"
     best_test = np.mean(
-        [max(r["test_top1"] for r in recs) for recs in _completed(run)["bn"].values()]
+        [max(r["test_top1"] for r in recs) for recs in _completed(run)["gn"].values()]
     )
-    assert table.rows.set_index("variant").loc["bn", "best_top1_mean"] == pytest.approx(best_test)
+    assert table.rows.set_index("variant").loc["gn", "best_top1_mean"] == pytest.approx(best_test)
     text = rep.markdown.read_text()
     assert "best-on-test top-1 @ epoch" in text and "default: 95%" in text
 
