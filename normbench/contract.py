@@ -31,7 +31,9 @@ class VariantClass(Protocol):
     """A normalization layer class: `Variant(num_features, *, options..., eps=1e-5,
     momentum=0.1, device=None, dtype=None)` (docs/variants.md#contract). Optional module hooks
     the loop calls when present: `end_epoch() -> None` after each training epoch, and
-    `diagnostics() -> dict[str, float]` for the epoch record."""
+    `diagnostics() -> dict[str, float]` for the epoch record. Optional class hook the registry
+    calls at validation: `check_options(options, *, batch_size=None, widths=None) ->
+    dict[str, str]` ({option: message}; normbench/options.py)."""
 
     paper: str  # "Title (venue year), arXiv id"
     batch_dependent: bool  # statistics mix samples of a batch (BN family) or not (IN, GN)

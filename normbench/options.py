@@ -126,12 +126,17 @@ def _unknown_or_mistyped(
             default = allowed[key]
             problems.append(
                 OptionProblem(
-                    f"{kind} {name!r} option {key!r} expects a {type(default).__name__} like "
+                    f"{kind} {name!r} option {key!r} expects {_article(default)} like "
                     f"the default {default!r}, but got {value!r}",
                     option=str(key),
                 )
             )
     return problems
+
+
+def _article(default: Any) -> str:
+    kind = type(default).__name__
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _call_hook(

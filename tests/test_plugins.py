@@ -230,3 +230,33 @@ def test_broken_entry_points_are_reported_and_builtins_still_load(
     assert code == 0
     assert {"bn", "fine"} <= {row["name"] for row in json.loads(out)}
     assert err.count("normbench: warning: variant plugin") == 2 and "'missing'" in err
+
+
+def test_entry_point_that_exits_on_import_is_reported_and_normbench_keeps_running(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: a plugin calling sys.exit() on import made normbench exit without a word."""
+    _install_distribution(tmp_path, "nb_ep_exits", "exits = nb_ep_exits_mod:Thing\n")
+    (tmp_path / "nb_ep_exits_mod.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry._reset_all()
+    broken = VARIANTS.broken()
+    assert "it called sys.exit(3)" in broken["exits"] and "nb_ep_exits 1.2.3" in broken["exits"]
+    assert "bn" in list_variants()
+    with pytest.raises(PluginError, match="it called sys.exit"):
+        create_norm("exits", 3)
+
+
+def test_option_hook_is_the_same_door_for_create_norm_and_suites(fresh: None) -> None:
+    """The registry calls a layer's check_options hook with what the caller knows: without a
+    batch size (create_norm) Ghost BN's rule cannot apply; with one it names the option."""
+    assert create_norm("ghost_bn", 4, ghost_batch_size=24).ghost_batch_size == 24
+    problems = VARIANTS.check_options("ghost_bn", {"ghost_batch_size": 24}, batch_size=64)
+    assert [(p.option, p.message) for p in problems] == [
+        ("ghost_batch_size", "variant 'ghost_bn': ghost_batch_size=24 must divide batch size 64")
+    ]
+    assert VARIANTS.check_options("ghost_bn", {"ghost_batch_size": 16}, batch_size=64) == []
+    widths = frozenset({16, 32, 64})
+    (gn,) = VARIANTS.check_options("gn", {"num_groups": 12}, widths=widths)
+    assert gn.option == "num_groups" and "[16, 32, 64]" in gn.message
+    assert VARIANTS.check_options("gn", {}, widths=widths) == []  # the default 32 may fall back

@@ -105,7 +105,9 @@ def groups_dividing_widths(options: dict[str, Any], widths: Iterable[int] | None
     bad = sorted(w for w in widths if w % groups)  # type: ignore[operator]
     if not bad:
         return {}
+    every = sorted(widths)
+    listed = f"{bad}" if bad == every else f"{bad} (widths: {every})"
     return {
-        "num_groups": f"num_groups={groups} does not divide the norm widths {bad} (widths: "
-        f"{sorted(widths)}); the layer would silently use gcd(G, C) there"
+        "num_groups": f"num_groups={groups} does not divide the norm widths {listed}; the layer "
+        "would silently use gcd(G, C) there"
     }

@@ -40,7 +40,9 @@ def pydantic_problems(exc: ValidationError) -> list[tuple[Path, str]]:
         else:
             msg = _MESSAGES.get(kind) or err["msg"].removeprefix("Value error, ")
             if kind != "missing" and "input" in err and not isinstance(err["input"], dict):
-                msg += f" (got {err['input']!r})"
+                if "but got" not in msg:  # our validators name the value themselves
+                    got = repr(err["input"])
+                    msg += f" (got {got if len(got) <= 80 else got[:77] + '...'})"
         out.append((loc, msg))
     return out
 

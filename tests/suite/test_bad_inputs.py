@@ -125,9 +125,9 @@ CASES: dict[str, Case] = {
     # -- sizes bounded before anything allocates -----------------------------------------
     "file_too_large": Case(suite() + "#" * (1 << 20) + "\n", "larger than 1048576 bytes"),
     "epochs_above_limit": Case(suite(train="{epochs: 100000}"), "less than or equal to 10000 (got 100000)"),
-    "batch_above_limit": Case(suite(batch_sizes="[1000000]"), "between 1 and 65536 (the limit), but got [1000000]"),
+    "batch_above_limit": Case(suite(batch_sizes="[1000000]"), "batch_sizes: every value must be between 1 and 65536 (the limit), but got [1000000]"),
     "seed_value_above_limit": Case(suite(seeds="[1099511627776]"), "between 0 and 4294967295 (the limit)"),
-    "seed_list_too_long": Case(suite(seeds="[" + ", ".join(map(str, range(1001))) + "]"), "at most 1000 items"),
+    "seed_list_too_long": Case(suite(seeds="[" + ", ".join(map(str, range(1001))) + "]"), "at most 1000 items after validation, not 1001 (got [0, 1, 2"),
     "matrix_too_big": Case(suite(seeds="1000", batch_sizes="[" + ", ".join(str(2 * i + 2) for i in range(11)) + "]"), "the trial matrix has 11000 cells"),
     "eval_batch_above_limit": Case(suite(train=train("eval_batch_size: 100000")), "less than or equal to 65536"),
     "image_size_above_limit": Case(suite(dataset="{name: digits, image_size: 100000}"), "less than or equal to 4096"),
@@ -235,7 +235,7 @@ CASES: dict[str, Case] = {
     "plugin_hook_rule": Case(suite(variants=variant("k: 3", "corpus_norm"), plugins="[p.py]"), "variants[0].options.k: variant 'corpus_norm': k=3 cannot run at batch size 16", files={"p.py": PLUGIN_VARIANT}),
     "plugin_hook_raises": Case(suite(variants=variant("k: 0", "corpus_norm"), plugins="[p.py]"), "check_options failed: ZeroDivisionError", files={"p.py": PLUGIN_VARIANT}),
     "plugin_constructor_exits": Case(suite(variants=variant("k: 5", "corpus_norm"), plugins="[p.py]"), "rejects these options at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): it called sys.exit('constructor exits')", files={"p.py": PLUGIN_VARIANT}),
-    "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects a int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
 }  # fmt: skip
 
 
