@@ -6,6 +6,8 @@ Option checks live in `_options`.
 `num_batches_tracked` rule of `nn.BatchNorm2d` (docs/variants.md#bncore): momentum None means a
 cumulative average (factor 1/num_batches_tracked), 0 means no update.
 
+`FxLeaf` makes `torch.fx.symbolic_trace` record each layer as one call (see its docstring).
+
 `ContractNorm` checks and stores the contract arguments of every variant built from scratch
 (BGN, GhostBN, FourThings, UBN register their own state on top).
 
@@ -19,7 +21,10 @@ kernel with ones and crash on RBN's `weight=None`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,6 +61,36 @@ def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: i
         )
 
 
+def leaf_forward(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """`layer.forward_impl(x, *args)`; `torch.fx` records a call to this, not its body."""
+    return layer.forward_impl(x, *args)
+
+
+# NOTE: fx patches this module's global during symbolic tracing, so a traced model holds one
+# `leaf_forward(layer, x)` node per normbench layer, as it holds one `call_module` node per
+# torch norm layer (torch.nn modules are fx leaves). The input checks and the shape-dependent
+# choices (ghost batches, groups, the UBN decision) then run, as Python, when the traced graph
+# runs. `torch.compile` and `torch.func` do not use fx's patching: they see the whole body.
+torch.fx.wrap("leaf_forward")
+
+
+class FxLeaf:
+    """Mixin: `forward(x)` runs `forward_impl(x)` through the fx-wrapped `leaf_forward`.
+
+    `torch.fx.symbolic_trace` cannot trace Python control flow on shapes (a shape check, the
+    number of ghost batches); torch's own norm layers avoid it by being fx leaf modules. A
+    normbench layer is recorded as one `leaf_forward` call instead, with the same effect.
+    `torch.jit.script` is not supported (the layers use Python features it does not
+    compile: `*args`, closures passed as coefficient functions); use `torch.compile`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return leaf_forward(self, x)
+
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def gap(x: torch.Tensor) -> torch.Tensor:
     """Global average pool per (n, c), kept as (N, C, 1, 1)."""
     return x.mean(dim=(2, 3), keepdim=True)
@@ -75,12 +110,34 @@ def buffer(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def update_factor(module: nn.Module, momentum: float | None) -> float:
-    """Increment `num_batches_tracked` and return this step's EMA factor (torch's rule)."""
+    """Increment `num_batches_tracked` and return this step's EMA factor (torch's rule).
+
+    For `F.batch_norm`, which takes a Python float: momentum None (a cumulative average) then
+    reads the counter on the host, as `nn.BatchNorm2d` does. `update_running_stats` avoids it.
+    """
     counter = buffer(module, "num_batches_tracked")
     counter.add_(1)
     if momentum is None:
         return 1.0 / float(counter.item())
     return momentum
+
+
+def factor_tensor(
+    module: nn.Module, momentum: float | None, enabled: torch.Tensor | None = None
+) -> torch.Tensor | float:
+    """Increment `num_batches_tracked` (by `enabled`, a bool tensor, if given) and return this
+    step's EMA factor, 0 where not enabled; on the device, without a host sync."""
+    counter = buffer(module, "num_batches_tracked")
+    if enabled is None:
+        counter.add_(1)
+        return 1.0 / counter if momentum is None else momentum
+    counter.add_(enabled.to(counter.dtype))
+    factor = (
+        1.0 / counter.clamp_min(1)
+        if momentum is None
+        else torch.full_like(enabled, momentum, dtype=torch.float32)
+    )
+    return torch.where(enabled, factor, 0.0)
 
 
 def bn_core(
@@ -152,7 +209,7 @@ def register_affine(
     )
 
 
-class ContractNorm(nn.Module):
+class ContractNorm(FxLeaf, nn.Module):
     """Base of the variants built from scratch: checks and stores the contract arguments.
 
     `num_features`, `eps` and `momentum` (docs/variants.md#contract) are validated, naming the
@@ -254,13 +311,24 @@ def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def update_running_stats(
-    module: nn.Module, mean: torch.Tensor, var: torch.Tensor, n: int, momentum: float | None
+    module: nn.Module,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    n: int,
+    momentum: float | None,
+    enabled: torch.Tensor | None = None,
 ) -> None:
     """BN's buffer rule (docs/variants.md#bncore) for batch statistics computed outside
-    `F.batch_norm`: counter += 1, r ← (1−f)·r + f·v, with the variance stored unbiased (n/(n−1))."""
-    factor = update_factor(module, momentum)
+    `F.batch_norm`: counter += 1, r ← (1−f)·r + f·v, with the variance stored unbiased (n/(n−1)).
+
+    `enabled` (a 0-d bool tensor) makes the whole update conditional on the device (UBN's
+    decision): no host sync, so `torch.compile(fullgraph=True)` traces it.
+    """
     with torch.no_grad():
         running_mean = buffer(module, "running_mean")
         running_var = buffer(module, "running_var")
+        factor = factor_tensor(module, momentum, enabled)
+        if isinstance(factor, torch.Tensor):
+            factor = factor.to(running_mean.dtype)
         running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
-        running_var.lerp_((var.detach() * (n / (n - 1))).to(running_var.dtype), factor)
+        running_var.lerp_((var.detach() * (n / max(n - 1, 1))).to(running_var.dtype), factor)

@@ -1,4 +1,4 @@
-"""Fused per-instance affine normalisation: one statistics pass, one affine pass, exact grads.
+"""Per-instance affine normalisation: chunked on an eager CPU, composite elsewhere; any order.
 
 Every BN-family layer built here (BGN with G | C, GhostBN, IEBN, RBN, UBN, FourThings) maps its
 input, per (sample, channel), by an affine function whose coefficients depend on the
@@ -9,42 +9,46 @@ on parameters:
 
 `fused_instance_affine(x, coefficients, *params)` computes m and v, calls
 `coefficients(m, v, *params) -> (A, Y)` (ordinary torch ops on (N, C) tensors, so autograd
-differentiates them), and writes y = x·A + (Y − m·A) in one pass. Its backward needs two
-reductions, S_g = Σ_hw g and S_gc = Σ_hw g·(x − m), then the small graph's vector-Jacobian
-product with (S_gc, S_g), then one pass for the input gradient
+differentiates them) and writes y. Two implementations of the same function:
 
-    dL/dx = g·A + (x − m)·2·dL/dv / HW + (dL/dm − S_g·A) / HW
+* Eager on a CPU (`_fast_path`): two autograd Functions, `_InstanceMoments` (chunked two-pass
+  moments) and `_InstanceAffine` (one affine pass; backward: the reductions S_g = Σ_hw g and
+  S_gc = Σ_hw g·(x − m) in one chunked pass). Autograd joins them through the coefficient
+  graph, so dL/dx = g·A + (x − m)·2·dL/dv / HW + dL/dm / HW: exact, centred (no cancellation
+  of Σ g·x − m·Σ g for a large offset). On CPU a fresh full-size tensor costs a page-faulting
+  allocation, so the centred temporaries live in cache-sized chunks of samples. Neither
+  backward is `once_differentiable`: under create_graph (double backward, gradient
+  penalties) they switch to differentiable ops.
+* Under `torch.compile` or a `torch.func` transform, and off the CPU: composite ops
+  (`torch.var_mean`, `addcmul` on the centred input), which Dynamo traces with no graph break
+  and Inductor fuses into a few loops; autograd differentiates them to any order.
 
-(the −S_g·A removes the explicit −m of (x − m), which `coefficients` does not see). That is the
-chain rule, so the gradients are exact; working in centred terms avoids the cancellation of
-Σ g·x − m·Σ g for inputs with a large offset.
+Precision: the moments and the (N, C) coefficient graph run in at least fp32 with autocast
+disabled (`statistics_precision`), whatever the input dtype or the autocast state (bf16
+autocast would otherwise run the block-averaging matmul in bf16); y has the input's dtype and
+memory format (channels_last included).
 
-Why not autograd on full tensors: on CPU a fresh full-size tensor costs a page-faulting
-allocation that dominates the step (about as long as three reading passes). This path allocates
-two full-size tensors per step (y and dL/dx), as `F.batch_norm` does. The moments are two-pass
-(docs/variants.md#pitfalls: never E[x²] − E[x]²); the centred temporaries live in cache-sized chunks
-of samples, so the passes only read the activation. fp16/bf16 inputs get fp32 statistics; y and
-dL/dx have the input's dtype and memory format (channels_last included).
+The batch statistics of every BN-family layer come from these per-instance moments through
+`block_moments` here or `_core.batch_moments` (the two functions where a cross-device
+reduction of the moments would go).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+Coefficients = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
 # Elements per chunk (1 MiB of fp32): the centred temporaries go to one scratch buffer that
 # stays in cache; fresh full-size temporaries would cost page-faulting allocations.
 CHUNK_ELEMENTS = 1 << 18
 
-Coefficients = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Index = tuple[slice, slice]
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _nc11(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +86,7 @@ def _view(scratch: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scratch[: like.numel()].view(like.shape)
 
 
-def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and biased variance over (H, W), (N, C) each, two-pass, no grad."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     mean = x.new_empty(x.shape[:2], dtype=dtype)
@@ -110,68 +114,98 @@ def _grad_reductions(
     return sums, dots
 
 
-def _input_grad(
-    g: torch.Tensor, x: torch.Tensor, m: torch.Tensor, a: torch.Tensor, p: torch.Tensor, q: Any
-) -> torch.Tensor:
-    """dL/dx = g·A + (x − m)·P + Q, chunk by chunk into one tensor shaped like x."""
+def _fast_path(x: torch.Tensor) -> bool:
+    """Eager CPU without a torch.func transform: the chunked kernels (see the docstring)."""
+    return (
+        x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """(m, v) = per-instance mean and biased variance of x over (H, W), chunked forward.
+
+    Backward dL/dx = dL/dm / HW + (x − m)·2·dL/dv / HW: chunked when only first-order
+    gradients are wanted; in differentiable ops (recomputing m from x) under create_graph.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> Any:
+        mean, var = chunked_moments(x)
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> Any:
+        x, mean = ctx.saved_tensors
+        hw = x.shape[2] * x.shape[3]
+        p, q = 2.0 * g_var / hw, g_mean / hw
+        if torch.is_grad_enabled():  # double backward: differentiable in x
+            centred = x.to(mean.dtype) - _nc11(x.to(mean.dtype).mean(dim=(2, 3)))
+            return (centred * _nc11(p) + _nc11(q)).to(x.dtype)
+        return _input_grad(x, mean, p, q)
+
+
+class _InstanceAffine(torch.autograd.Function):
+    """y = (x − m)·A + Y per (n, c); backward reductions S_g = Σ g, S_gc = Σ g·(x − m) in one
+    chunked pass (centred: no cancellation for a large offset)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, mean, scale)
+        shift = at_mean - mean * scale  # fp32 or wider: a bf16 x is promoted, then rounded once
+        return torch.addcmul(_nc11(shift), x, _nc11(scale)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        x, mean, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiable ops
+            centred = x.to(mean.dtype) - _nc11(mean)
+            s_g = g.to(mean.dtype).sum(dim=(2, 3))
+            s_gc = (g.to(mean.dtype) * centred).sum(dim=(2, 3))
+        else:
+            s_g, s_gc = _grad_reductions(g, x, mean)
+        grad_x = (g * _nc11(scale)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, -s_g * scale, s_gc, s_g
+
+
+def _input_grad(x: torch.Tensor, m: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """(x − m)·P + Q, chunk by chunk into one tensor shaped like x."""
     out = torch.empty_like(x)
     dt = x.dtype
-    m, a, p, q = (_nc11(t).to(dt) for t in (m, a, p, q))
+    m, p, q = (_nc11(t).to(dt) for t in (m, p, q))
     for idx in _chunks(x):
         part = out[idx]
         torch.sub(x[idx], m[idx], out=part)
         torch.addcmul(q[idx], part, p[idx], out=part)
-        part.addcmul_(g[idx], a[idx])
     return out
 
 
-class _FusedInstanceAffine(torch.autograd.Function):
-    """y = (x − m)·A + Y with (A, Y) = coefficients(m, v, *params); see the module docstring."""
+def stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype statistics of `x` are computed in: at least fp32 (float64 stays float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, coefficients: Coefficients, *params: Any) -> Any:
-        mean, var = moments(x)
-        leaves = [mean.requires_grad_(), var.requires_grad_()]
-        leaves += [p.detach().requires_grad_(p.requires_grad) for p in params]
-        with torch.enable_grad():
-            scale, at_mean = coefficients(*leaves)
-        ctx.save_for_backward(x)
-        ctx.graph = (leaves, scale, at_mean)
-        with torch.no_grad():
-            shift = (at_mean - mean * scale).to(x.dtype)
-            return torch.addcmul(_nc11(shift), x, _nc11(scale.to(x.dtype)))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> Any:
-        (x,) = ctx.saved_tensors
-        leaves, scale, at_mean = ctx.graph
-        mean = leaves[0].detach()
-        s_g, s_gc = _grad_reductions(g, x, mean)
-        wanted = [i for i, t in enumerate(leaves) if t.requires_grad]
-        # A coefficient may be constant (UBN without norm_rect on running statistics: A).
-        pairs = [(scale, s_gc), (at_mean, s_g)]
-        outputs = [(t, s.to(t.dtype)) for t, s in pairs if t.requires_grad]
-        grads: Any = [None] * len(wanted)
-        if outputs:
-            grads = torch.autograd.grad(
-                [t for t, _ in outputs],
-                [leaves[i] for i in wanted],
-                [s for _, s in outputs],
-                retain_graph=True,
-                allow_unused=True,
-            )
-        found: list[Any] = [None] * len(leaves)
-        for i, grad in zip(wanted, grads, strict=True):
-            found[i] = grad
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            a = scale.detach()
-            g_mean = -s_g * a if found[0] is None else found[0] - s_g * a
-            hw = x.shape[2] * x.shape[3]
-            p = torch.zeros_like(a) if found[1] is None else 2.0 * found[1] / hw
-            grad_x = _input_grad(g, x, mean, a, p, g_mean / hw)
-        return grad_x, None, *found[2:]
+@contextlib.contextmanager
+def statistics_precision(x: torch.Tensor) -> Iterator[None]:
+    """Autocast off for the statistics of `x` (on its device type): they stay fp32 or wider.
+
+    `torch.compile` traces this context manager (no graph break).
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        yield
+
+
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) mean and biased variance over (H, W), (N, C) each, in `stats_dtype(x)`.
+
+    `torch.var_mean` (a single-kernel, cancellation-free reduction); differentiable.
+    """
+    var, mean = torch.var_mean(x.to(stats_dtype(x)), dim=(2, 3), correction=0)
+    return mean, var
 
 
 def fused_instance_affine(
@@ -179,11 +213,20 @@ def fused_instance_affine(
 ) -> torch.Tensor:
     """Apply y = (x − m)·A + Y per (n, c), (A, Y) = coefficients(m, v, *params), (N, C) each.
 
-    `coefficients` runs once, in the forward, with gradients enabled; it may update buffers
-    under `torch.no_grad()` (running statistics). Parameter gradients come from autograd on
-    its (N, C) graph, the input gradient from one fused pass.
+    x: (N, C, H, W), any floating dtype; m, v: the per-instance moments of x (N, C) in at least
+    fp32. `coefficients` may update buffers under `torch.no_grad()` (running statistics); it
+    runs with autocast disabled. Returns y with x's shape, dtype and memory format.
     """
-    return _FusedInstanceAffine.apply(x, coefficients, *params)
+    with statistics_precision(x):
+        if _fast_path(x):
+            mean, var = _InstanceMoments.apply(x)
+            scale, at_mean = coefficients(mean, var, *params)
+            return _InstanceAffine.apply(x, mean, scale, at_mean)
+        mean, var = instance_moments(x)
+        scale, at_mean = coefficients(mean, var, *params)
+        centred = x.to(mean.dtype) - _nc11(mean)
+        y = torch.addcmul(_nc11(at_mean), centred, _nc11(scale))
+    return y.to(x.dtype)
 
 
 def block_moments(
@@ -196,12 +239,13 @@ def block_moments(
     and FourThings statistics. Law of total variance, exact and free of cancellation:
     σ² = mean v_nc + mean (m_nc − μ)² over the block's (n, c). Returns μ, σ² (K, G) and a
     function expanding a (K, G) tensor to (N, C) (each (n, c) gets its block's value).
-    Differentiable (autograd on (N, C) tensors).
+    Differentiable; call it with autocast disabled (`statistics_precision`): the averaging
+    is a matmul, which autocast would run in bf16.
     """
     n, c = mean.shape
     k, g, device = len(sizes), c // channels_per_group, mean.device
     counts = torch.tensor(sizes, device=device)
-    block = torch.repeat_interleave(torch.arange(k, device=device), counts)  # (N,)
+    block = torch.repeat_interleave(torch.arange(k, device=device), counts, output_size=n)
     # (K, N) averaging matrix: row b holds 1/|b| on block b's samples.
     average = F.one_hot(block, k).T.to(mean.dtype) / counts[:, None].to(mean.dtype)
 

@@ -108,7 +108,7 @@ class BatchGroupNorm2d(ContractNorm):
         register_affine(self, num_features, device, dtype)
         register_bn_buffers(self, self.num_groups, device, dtype)  # (G,) statistics
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         n, c, h, w = x.shape
         per_sample = c * h * w

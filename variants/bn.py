@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import check_batch_statistics, check_input
+from ._core import FxLeaf, check_batch_statistics, check_input
 from ._options import check_torch_norm_options
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(FxLeaf, nn.BatchNorm2d):
     """`nn.BatchNorm2d` with normbench's constructor contract and clearer input errors."""
 
     paper = (
@@ -57,8 +57,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         )
         super().__init__(num_features, **options, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training or not self.track_running_stats:
             check_batch_statistics(self, x, x.numel() // x.shape[1])
-        return super().forward(x)
+        return nn.BatchNorm2d.forward(self, x)

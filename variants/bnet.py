@@ -90,7 +90,7 @@ class BNET2d(RunningStatsNorm):
     def options_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, init={self.init!r}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         x_hat = self.normalize(x)
         return F.conv2d(

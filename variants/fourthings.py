@@ -131,7 +131,7 @@ class FourThingsNorm2d(ContractNorm):
         # Raw moments E[x] and E[x^2] (initialised to 0 and 1), not a mean and a variance.
         register_bn_buffers(self, num_features, device, dtype, var_name="running_sq_mean")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training:
             return self._train_forward(x)

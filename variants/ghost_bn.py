@@ -114,7 +114,7 @@ class GhostBatchNorm2d(ContractNorm):
         register_affine(self, num_features, device, dtype)
         register_bn_buffers(self, num_features, device, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training:
             n, c, h, w = x.shape
@@ -163,18 +163,19 @@ class GhostBatchNorm2d(ContractNorm):
     def _sequential_update(self, means: torch.Tensor, variances: torch.Tensor) -> None:
         """Apply K EMA updates (one per ghost batch, in order) in closed form; counter += K."""
         k = means.shape[0]
-        t0 = int(self.num_batches_tracked.item())
-        self.num_batches_tracked.add_(k)
         dtype, device = means.dtype, means.device
+        keep: float | torch.Tensor
         if self.momentum is None:  # cumulative average: factor 1/count at each ghost update
+            t0 = self.num_batches_tracked.to(dtype)  # on the device: no host sync
             keep = t0 / (t0 + k)
-            weights = torch.full((k,), 1.0 / (t0 + k), dtype=dtype, device=device)
+            weights = (1.0 / (t0 + k)).expand(k)
         else:
             m = self.momentum
             keep = (1.0 - m) ** k
             # Ghost batch b (1-based) is decayed K-b times after its own update.
             powers = torch.arange(k - 1, -1, -1, dtype=dtype, device=device)
             weights = m * (1.0 - m) ** powers
+        self.num_batches_tracked.add_(k)
         self.running_mean.mul_(keep).add_(weights @ means)
         self.running_var.mul_(keep).add_(weights @ variances)
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._core import check_input
+from ._core import FxLeaf, check_input
 from ._options import check_common, check_int, groups_dividing_widths
 
 
@@ -46,7 +46,7 @@ def effective_groups(num_features: int, num_groups: int, channels_per_group: int
     return math.gcd(num_groups, num_features)
 
 
-class GroupNorm2d(nn.GroupNorm):
+class GroupNorm2d(FxLeaf, nn.GroupNorm):
     """`nn.GroupNorm` taking C first (`norm_layer(C)`) with a gcd fallback for the groups."""
 
     paper = "Group Normalization (ECCV 2018), arXiv 1803.08494"
@@ -79,9 +79,9 @@ class GroupNorm2d(nn.GroupNorm):
         self.channels_per_group = channels_per_group
         self.momentum = momentum  # contract only: GN has no running statistics
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_channels)
-        return super().forward(x)
+        return nn.GroupNorm.forward(self, x)
 
     def extra_repr(self) -> str:
         return (

@@ -82,7 +82,7 @@ class IEBN2d(RunningStatsNorm):
             self.weight_readjust.zero_()
             self.bias_readjust.fill_(-1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training:
             check_batch_statistics(self, x, x.numel() // x.shape[1])

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import check_batch_statistics, check_input, update_factor
+from ._core import FxLeaf, check_batch_statistics, check_input, update_factor
 from ._options import check_torch_norm_options
 
 
-class InstanceNorm2d(nn.InstanceNorm2d):
+class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
     """Instance norm with affine on by default and normbench's constructor contract."""
 
     paper = (
@@ -59,7 +59,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         )
         super().__init__(num_features, **options, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         use_input_stats = self.training or not self.track_running_stats
         if use_input_stats:

@@ -95,7 +95,7 @@ class RepresentativeBatchNorm2d(RunningStatsNorm):
     def options_repr(self) -> str:
         return f"affine={self.affine}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         calibration = (self.center_weight, self.scale_weight, self.scale_bias)
         affine = (self.weight, self.bias) if self.affine else ()

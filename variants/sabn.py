@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _core
 from ._core import RunningStatsNorm, check_input
 from ._options import check_int
 
@@ -90,7 +91,10 @@ class SandwichBatchNorm2d(RunningStatsNorm):
     def options_repr(self) -> str:
         return f"num_branches={self.num_branches}"
 
-    def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
+        return _core.leaf_forward(self, x, index)  # one fx node, see `_core.FxLeaf`
+
+    def forward_impl(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
         check_input(self, x, self.num_features)
         k = self.resolve_index(x, index)
         c = self.num_features

@@ -8,10 +8,11 @@ Training forward, per layer and call:
 1. x_c = x + w_m * GAP(x)                                   (RBN centering; norm_rect)
 2. s_B = mean_{i != j} cos(f_i, f_j); s_hat <- s_B on the first batch (sim_init="first_batch"),
    else s_hat <- (1 - alpha) s_hat + alpha s_B; sim_count += 1   (no_grad, fp32; B = 1 skips)
-3. condensed = s_hat > tau ("step"; True while s_hat is unset) or the flag set by end_epoch()
-   ("epoch"); forced True when fct is off or num_batches_tracked < min_updates
+3. condensed = the flag set by end_epoch() ("epoch", the default) or s_hat > tau ("step"; True
+   while s_hat is unset); forced True when fct is off or num_batches_tracked < min_updates
 4. condensed: x_hat = BNcore(x_c) with batch statistics and a momentum update (torch rules);
-   otherwise x_hat = (x_c - running_mean) / sqrt(running_var + eps), no update, frozen_steps += 1
+   otherwise (below_tau="running") x_hat = (x_c - running_mean) / sqrt(running_var + eps), no
+   update, frozen_steps += 1
 5. x_s = x_hat * sigmoid(w_v * GAP(x_hat) + b_v)            (RBN scaling; norm_rect)
 6. y = DWConv_kxk(x_s) + bias, identity init                (BNET affine; affine_rect)
    or y = gamma * x_s + beta without affine_rect.
@@ -39,9 +40,29 @@ Ablation presets (paper Sec 4.3.1; `ABLATION_PRESETS`):
     BN+Stats Rectification  fct=True  norm_rect=False affine_rect=False
     UBN                     fct=True  norm_rect=True  affine_rect=True
 
-Choices and deviations (the paper is silent on these; docs/variants.md#ubn marks them as ours):
-* Eq. (3) is not available: the condensed branch is ordinary BN training and the other branch
-  normalises with the frozen running statistics, without gradient through them.
+When the decision is made [paper]: Sec 4.1 says the similarity is computed "in every training
+iteration" and the feature condensation is "evaluated at the end of each epoch"; so the default
+`decide="epoch"` keeps one decision per epoch: the harness calls `end_epoch()`, which sets
+`condensed <- s_hat > tau`, and every step of the next epoch follows it (epoch 1 is BN, the
+flag starts True). `decide="step"` (an option, not the paper) re-decides at every step.
+
+Where the paper is ambiguous, the reading is an option and the default says why:
+* Which tensor the similarity is computed on: `sim_source="input"` (the layer input, the
+  paper's "batch X" of Sec 3.3.1) or "centered" (x_c); `sim_features="flatten"` (vec of each
+  sample, C·H·W) or "gap" (C). Default: the literal reading, the input, flattened.
+* The body of Eq. (3) is not available. Sec 3.3.1 says that below tau "the previously
+  accumulated statistics are used and not updated with the current batch": `below_tau=
+  "running"` (default, the literal reading) normalises with the running statistics, without
+  gradient through them; "batch_no_update" reads "used" as "kept": it normalises with the
+  batch statistics and only skips the running update. Above tau both are ordinary BN training.
+
+The decision never leaves the device: the branches are blended with `torch.where` on the 0-d
+bool buffer `condensed` (no `.item()`), so a training step has no host sync and
+`torch.compile(fullgraph=True)` traces it. The one exception is a degenerate input whose
+statistic has a single value (N·H·W = 1): raising the clear error of docs/variants.md#pitfalls then needs the
+decision on the host.
+
+Other choices (the paper is silent on these; docs/variants.md#ubn marks them as ours):
 * The similarity is computed (and s_hat tracked for `diagnostics()`) even when fct is off, so
   the BN ablation row logs its condensation too; it then has no effect on the output.
 * cosine eps is 1e-8 (torch's `cosine_similarity` default); the spec does not fix it.
@@ -71,7 +92,7 @@ from normbench.variants._core import (
     register_bn_buffers,
     update_running_stats,
 )
-from normbench.variants._fused import fused_instance_affine
+from normbench.variants._fused import fused_instance_affine, statistics_precision
 from normbench.variants._options import (
     check_bool,
     check_choice,
@@ -126,10 +147,11 @@ class UnifiedBatchNorm2d(ContractNorm):
     """BN with a feature-condensation threshold on the statistics, RBN calibration, BNET affine.
 
     Constructor contract: `UnifiedBatchNorm2d(num_features, *, tau=0.15, alpha=0.1,
-    decide="step", fct=True, norm_rect=True, affine_rect=True, kernel_size=3,
+    decide="epoch", fct=True, norm_rect=True, affine_rect=True, kernel_size=3,
     sim_source="input", sim_features="flatten", sim_init="first_batch", min_updates=0,
-    eps=1e-5, momentum=0.1, device=None, dtype=None)`. The harness calls `end_epoch()` after
-    each training epoch and logs `diagnostics()`.
+    below_tau="running", eps=1e-5, momentum=0.1, device=None, dtype=None)`. Input and output
+    (N, C, H, W). The harness calls `end_epoch()` after each training epoch (the default
+    decision is per epoch, paper Sec 4.1) and logs `diagnostics()`.
     """
 
     paper = (
@@ -151,7 +173,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         *,
         tau: float = 0.15,
         alpha: float = 0.1,
-        decide: str = "step",
+        decide: str = "epoch",
         fct: bool = True,
         norm_rect: bool = True,
         affine_rect: bool = True,
@@ -160,6 +182,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         sim_features: str = "flatten",
         sim_init: str = "first_batch",
         min_updates: int = 0,
+        below_tau: str = "running",
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         device: torch.device | str | None = None,
@@ -182,6 +205,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         self.sim_features = check_choice(name, "sim_features", sim_features, ("flatten", "gap"))
         self.sim_init = check_choice(name, "sim_init", sim_init, ("first_batch", "zero"))
         self.min_updates = check_int(name, "min_updates", min_updates, minimum=0)
+        self.below_tau = check_choice(name, "below_tau", below_tau, ("running", "batch_no_update"))
         self._init_parameters(device, dtype)
         self._init_buffers(device, dtype)
 
@@ -213,9 +237,10 @@ class UnifiedBatchNorm2d(ContractNorm):
         self.register_buffer("condensed", torch.tensor(True, device=device))
         self.register_buffer("frozen_steps", torch.tensor(0, dtype=torch.long, device=device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        use_batch = self._train_decision(x) if self.training else False  # eval: running stats
+        # eval: running statistics; training: a Python True or a 0-d bool tensor (on device)
+        use_batch = self._train_decision(x) if self.training else False
         coefficients = partial(self._coefficients, use_batch, x.numel() // x.shape[1])
         x_s = fused_instance_affine(x, coefficients, *self._coefficient_params())
         if not self.affine_rect:
@@ -235,7 +260,12 @@ class UnifiedBatchNorm2d(ContractNorm):
         return rect + (() if self.affine_rect else (self.weight, self.bias))
 
     def _coefficients(
-        self, use_batch: bool, count: int, mean: torch.Tensor, var: torch.Tensor, *params: Any
+        self,
+        use_batch: bool | torch.Tensor,
+        count: int,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        *params: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1, 4, 5 (and 6 without affine_rect) as x_s = (x − mean)·A + Y per (n, c).
 
@@ -245,12 +275,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         """
         rect = params[:3] if self.norm_rect else ()
         mean_c = mean * (1 + rect[0]) if rect else mean
-        if use_batch:  # condensed: BNcore with batch statistics and a buffer update
-            mu, batch_var = batch_moments(mean_c, var)
-            update_running_stats(self, mu, batch_var, count, self.momentum)
-            invstd = torch.rsqrt(batch_var + self.eps)
-        else:  # frozen running statistics (training, not condensed) or eval
-            mu, invstd = self.running_mean, torch.rsqrt(self.running_var + self.eps)
+        mu, invstd = self._statistics(use_batch, count, mean_c, var)
         at_mean = (mean_c - mu) * invstd  # GAP(x̂), (N, C)
         scale = invstd.expand_as(at_mean)
         if rect:  # x_s = x̂ · sigmoid(w_v·GAP(x̂) + b_v)
@@ -261,16 +286,46 @@ class UnifiedBatchNorm2d(ContractNorm):
             scale, at_mean = scale * gamma, at_mean * gamma + beta
         return scale, at_mean
 
-    def _train_decision(self, x: torch.Tensor) -> bool:
-        """Steps 2-3: similarity and decision; True means batch statistics (condensed)."""
+    def _statistics(
+        self, use_batch: bool | torch.Tensor, count: int, mean_c: torch.Tensor, var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4: (μ, 1/sqrt(σ² + eps)), (C,) each, and the running update when condensed.
+
+        `use_batch` True: batch statistics of x_c (and the update); False: running statistics;
+        a 0-d bool tensor: chosen on the device by `torch.where` (no host sync).
+        """
+        running = self.running_mean, torch.rsqrt(self.running_var + self.eps)
+        if use_batch is False:
+            return running
+        mu, batch_var = batch_moments(mean_c, var)
+        batch = mu, torch.rsqrt(batch_var + self.eps)
+        if use_batch is True:
+            update_running_stats(self, mu, batch_var, count, self.momentum)
+            return batch
+        assert isinstance(use_batch, torch.Tensor)
+        update_running_stats(self, mu, batch_var, count, self.momentum, enabled=use_batch)
+        if self.below_tau == "batch_no_update":
+            return batch
+        return (
+            torch.where(use_batch, batch[0], running[0].to(mu.dtype)),
+            torch.where(use_batch, batch[1], running[1].to(mu.dtype)),
+        )
+
+    def _train_decision(self, x: torch.Tensor) -> bool | torch.Tensor:
+        """Steps 2-3: similarity and decision; True means batch statistics (condensed).
+
+        Returns Python True when fct is off, else a 0-d bool tensor that stays on the device.
+        """
         with torch.no_grad():
             self._update_similarity(x)
             condensed = self._decision()
             self.condensed.fill_(condensed)
-        if condensed:
+        if x.numel() // x.shape[1] <= 1 and (
+            condensed is True or self.below_tau == "batch_no_update" or bool(condensed)
+        ):  # a one-value statistic (a shape, so this host read never happens in training)
             check_batch_statistics(self, x, x.numel() // x.shape[1])
-        else:
-            self.frozen_steps.add_(1)
+        if isinstance(condensed, torch.Tensor):
+            self.frozen_steps.add_(condensed.logical_not().to(self.frozen_steps.dtype))
         return condensed
 
     def _update_similarity(self, x: torch.Tensor) -> None:
@@ -278,12 +333,13 @@ class UnifiedBatchNorm2d(ContractNorm):
         b = x.shape[0]
         if b < 2:
             return
-        source = x
-        if self.sim_source == "centered" and self.norm_rect:  # x_c = x + w_m·GAP(x)
-            source = x + per_channel(self.center_weight).to(x.dtype) * gap(x)
-        # (B, C, H, W) -> (B, C) per-sample GAP, or (B, C*H*W) flattened.
-        feats = source.mean(dim=(2, 3)) if self.sim_features == "gap" else _flatten(source)
-        s_b = average_pairwise_cosine(feats).to(self.running_sim.dtype)
+        with statistics_precision(x):  # fp32 whatever the autocast (the mat-vec, the norms)
+            source = x
+            if self.sim_source == "centered" and self.norm_rect:  # x_c = x + w_m·GAP(x)
+                source = x + per_channel(self.center_weight).to(x.dtype) * gap(x)
+            # (B, C, H, W) -> (B, C) per-sample GAP, or (B, C*H*W) flattened.
+            feats = source.mean(dim=(2, 3)) if self.sim_features == "gap" else _flatten(source)
+            s_b = average_pairwise_cosine(feats).to(self.running_sim.dtype)
         ema = torch.lerp(self.running_sim, s_b, self.alpha)
         unset = self.sim_count == 0
         first = s_b if self.sim_init == "first_batch" else ema
@@ -291,8 +347,11 @@ class UnifiedBatchNorm2d(ContractNorm):
         self.running_sim.copy_(torch.where(unset, first, ema))
         self.sim_count.add_(1)
 
-    def _decision(self) -> bool:
-        """Step 3: condensed (batch statistics) or not (frozen running statistics)."""
+    def _decision(self) -> bool | torch.Tensor:
+        """Step 3: condensed (batch statistics) or not (frozen running statistics).
+
+        Python True when fct is off; otherwise a 0-d bool tensor, never read on the host.
+        """
         if not self.fct:
             return True
         if self.decide == "epoch":
@@ -301,7 +360,7 @@ class UnifiedBatchNorm2d(ContractNorm):
             cond = (self.sim_count == 0) | (self.running_sim > self.tau)
         if self.min_updates > 0:
             cond = cond | (self.num_batches_tracked < self.min_updates)
-        return bool(cond.item())
+        return cond
 
     def end_epoch(self) -> None:
         """Epoch-level decision (paper Sec 4.1): in "epoch" mode, condensed <- s_hat > tau."""
@@ -327,5 +386,6 @@ class UnifiedBatchNorm2d(ContractNorm):
             f"fct={self.fct}, norm_rect={self.norm_rect}, affine_rect={self.affine_rect}, "
             f"kernel_size={self.kernel_size}, sim_source={self.sim_source!r}, "
             f"sim_features={self.sim_features!r}, sim_init={self.sim_init!r}, "
-            f"min_updates={self.min_updates}, eps={self.eps}, momentum={self.momentum}"
+            f"min_updates={self.min_updates}, below_tau={self.below_tau!r}, "
+            f"eps={self.eps}, momentum={self.momentum}"
         )

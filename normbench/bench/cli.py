@@ -4,6 +4,8 @@
     normbench bench loader    -> bench_loader.md      (normbench.bench.loader)
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
+    normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu; one line and
+                                                       exit 0 without a GPU)
 
 Each report goes to a fresh folder `runs/bench/<name>-<UTC time>/` unless `--output FILE` says
 otherwise, so a run from the repository root never overwrites the committed `reports/` copy;
@@ -42,6 +44,7 @@ def register(app: typer.Typer) -> None:
                 "Time one training step per variant and backbone.")  # fmt: skip
     _add_simple(bench, "harness", "normbench.bench.harness", "bench_harness.md",
                 "Measure the harness overhead (driver, store, scheduling).")  # fmt: skip
+    bench.command("gpu")(gpu_command)
     app.add_typer(bench, name="bench")
 
 
@@ -66,12 +69,28 @@ def variants_command(
     threads: Annotated[
         int | None, typer.Option("--threads", help="torch CPU threads (default: torch's).")
     ] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="Add a torch.compile(fullgraph=True) row per layer.")
+    ] = False,
 ) -> None:
     """Time forward+backward and peak memory of every built-in variant against BatchNorm2d."""
     from normbench.bench.variants import run
 
     output = output or default_output("variants", "bench_variants.md")
-    _run("variants", output, run, quick=quick, device=device, threads=threads)
+    _run("variants", output, run, quick=quick, device=device, threads=threads, compile=compile)
+
+
+def gpu_command(output: OutputOption = None, quick: QuickOption = False) -> None:
+    """GPU check: layers under bf16 + channels_last + compile vs eager fp32, the training step
+    on CUDA, a 2-epoch quickstart; one line and exit 0 without a GPU."""
+    import torch
+
+    from normbench.bench.gpu import NO_GPU, run
+
+    if not torch.cuda.is_available():
+        print(NO_GPU)
+        return
+    _run("gpu", output or default_output("gpu", "bench_gpu.md"), run, quick=quick)
 
 
 def _add_simple(bench: typer.Typer, name: str, module: str, filename: str, doc: str) -> None:

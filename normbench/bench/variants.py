@@ -22,11 +22,15 @@ What is measured, and why:
   `torch.cuda.max_memory_allocated()` minus the allocation before the step.
 - CUDA (when present): bf16 input under bf16 autocast, as after an autocast conv;
   `torch.cuda.synchronize()` before every clock read.
+- `compile=True` adds a "(compiled)" row per layer: `torch.compile(layer, fullgraph=True)`
+  (Inductor), warmed up (compiled) before timing; its ratio is to eager BN. Targets are judged
+  on the eager rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import statistics
 import sys
@@ -69,7 +73,12 @@ class Settings:
 
 
 def run(
-    output: Path, *, quick: bool = False, device: str = "auto", threads: int | None = None
+    output: Path,
+    *,
+    quick: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    compile: bool = False,
 ) -> Path:
     """Benchmark every built-in variant on each device; write Markdown to `output`.
 
@@ -82,7 +91,7 @@ def run(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
-        results = [_bench_device(dev, quick) for dev in devices]
+        results = [_bench_device(dev, quick, compile) for dev in devices]
         sections = [text for texts, _ in results for text in texts]
         misses = [miss for _, found in results for miss in found]
         text = "\n".join([_header(quick), _summary(misses), *sections])
@@ -94,13 +103,13 @@ def run(
     return output
 
 
-def _bench_device(device: torch.device, quick: bool) -> tuple[list[str], list[str]]:
+def _bench_device(device: torch.device, quick: bool, compile: bool) -> tuple[list[str], list[str]]:
     """The Markdown sections (one per input shape) for one device, and the missed targets."""
     settings = Settings(device, repeats=3 if quick else 15, min_sample_s=0.01 if quick else 0.1)
     sections, misses = [], []
     shapes = QUICK_SHAPES if quick else SHAPES
     for k, shape in enumerate(shapes, 1):
-        cases = _build_cases(shape, device)
+        cases = _build_cases(shape, device, compile)
         print(f"  [{k}/{len(shapes)}] {device} {shape}: {len(cases)} layers", file=sys.stderr)
         _measure(cases, shape, settings)
         text, missed = _section(cases, shape, settings)
@@ -119,8 +128,9 @@ def _devices(device: str) -> list[torch.device]:
     return [torch.device(device)]
 
 
-def _build_cases(shape: tuple[int, ...], device: torch.device) -> list[Case]:
-    """The two references, every built-in with default options, and Ghost BN with N/4."""
+def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) -> list[Case]:
+    """The two references, every built-in with default options, and Ghost BN with N/4
+    (with `compile`, each followed by its compiled copy, which is judged on no target)."""
     from normbench.registry import BUILTIN, VARIANTS
     from normbench.variants_api import create_norm
 
@@ -139,7 +149,14 @@ def _build_cases(shape: tuple[int, ...], device: torch.device) -> list[Case]:
         cases.append(Case(label, name, options, create_norm(name, c, **options)))
     for case in cases:
         case.layer.to(device).train()
-    return cases
+    if not compile:
+        return cases
+    with_compiled = []
+    for case in cases:
+        layer = torch.compile(copy.deepcopy(case.layer), fullgraph=True)
+        compiled = Case(f"{case.label} (compiled)", "", case.options, layer)  # type: ignore[arg-type]
+        with_compiled += [case, compiled]
+    return with_compiled
 
 
 def _inputs(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,7 +317,7 @@ def _diagnostics(cases: list[Case]) -> list[str]:
     """Layers with a `diagnostics()` hook (UBN): which path they took during the run."""
     out = []
     for case in cases:
-        diagnostics = getattr(case.layer, "diagnostics", None)
+        diagnostics = getattr(getattr(case.layer, "_orig_mod", case.layer), "diagnostics", None)
         if diagnostics is not None:
             items = ", ".join(f"{k}={v:g}" for k, v in diagnostics().items())
             out.append(f"- {case.label} after the run: {items}")
@@ -317,7 +334,8 @@ def _header(quick: bool) -> str:
 
 
 _METHOD = (
-    "Method: one layer alone in training mode, eager, `y = layer(x); y.backward(g)` with "
+    "Method: one layer alone in training mode, eager (and, with --compile, a "
+    "`torch.compile(fullgraph=True)` row per layer), `y = layer(x); y.backward(g)` with "
     "grads set to None before each step; post-ReLU Gaussian input; layers timed interleaved "
     "(order rotated per repeat). Peak MB is the most memory the allocator held above the "
     "start of the step (CPU: `torch.profiler` allocation events; CUDA: "

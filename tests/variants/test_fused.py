@@ -1,8 +1,9 @@
-"""`_fused`: chunked two-pass moments and the fused per-instance affine with its hand backward.
+"""`_fused`: per-instance moments, the per-instance affine and its gradients of any order.
 
-The chunk size is patched down so that the tiny test tensors are cut into many chunks along
-samples and channels (ragged last chunks, planes larger than a chunk), the cases the benchmark
-shapes exercise at full size.
+Eager CPU runs the chunked kernels (`_InstanceMoments`, `_InstanceAffine`); the chunk size is
+patched down so that the tiny test tensors are cut into many chunks along samples and
+channels (ragged last chunks, planes larger than a chunk). Under torch.compile or torch.func
+the composite path runs; both are compared with autograd on full tensors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ import pytest
 import torch
 
 from normbench.variants import _fused
-from normbench.variants._fused import block_moments, fused_instance_affine, moments
+from normbench.variants._fused import (
+    block_moments,
+    chunked_moments,
+    fused_instance_affine,
+    instance_moments,
+)
 
 DT = torch.float64
 CHUNKS = [1, 5, 7, 24, 1 << 18]  # elements per chunk: below a plane, odd, whole samples, all
@@ -28,9 +34,9 @@ def test_moments_match_torch(chunk, channels_last) -> None:
     x = torch.randn(5, 3, 4, 2, dtype=DT) * 3 + 100.0
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    mean, var = moments(x)
-    torch.testing.assert_close(mean, x.mean(dim=(2, 3)))
-    torch.testing.assert_close(var, x.var(dim=(2, 3), unbiased=False))
+    for mean, var in (chunked_moments(x), instance_moments(x)):
+        torch.testing.assert_close(mean, x.mean(dim=(2, 3)))
+        torch.testing.assert_close(var, x.var(dim=(2, 3), unbiased=False))
 
 
 def _coefficients(mean, var, gamma, beta, w):
@@ -51,9 +57,13 @@ def _reference(x, gamma, beta, w):
     return x_hat * gamma[None, :, None, None] * gate + beta[None, :, None, None]
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_fused_affine_output_and_gradients_match_autograd(chunk, channels_last, offset) -> None:
+def test_fused_affine_output_and_gradients_match_autograd(
+    chunk, channels_last, offset, fast, monkeypatch
+) -> None:
+    monkeypatch.setattr(_fused, "_fast_path", lambda x: fast)
     gen = torch.Generator().manual_seed(chunk)
     x = torch.randn(5, 3, 4, 2, generator=gen, dtype=DT) * 2 + offset
     if channels_last:
@@ -95,6 +105,48 @@ def test_block_moments_match_direct_block_statistics() -> None:
             torch.testing.assert_close(mu[k, grp], block.mean())
             torch.testing.assert_close(block_var[k, grp], block.var(unbiased=False))
     assert torch.equal(expand(mu)[6, 3], mu[2, 1]) and expand(mu).shape == (7, 4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_second_order_gradients_match_finite_differences(fast, monkeypatch) -> None:
+    """gradgradcheck through the affine and the coefficient graph (gradient penalties)."""
+    monkeypatch.setattr(_fused, "_fast_path", lambda x: fast)
+    monkeypatch.setattr(_fused, "CHUNK_ELEMENTS", 5)
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(3, 2, 3, 2, generator=gen, dtype=DT) + 1).requires_grad_()
+    params = [(torch.rand(2, generator=gen, dtype=DT) + 0.5).requires_grad_() for _ in range(3)]
+
+    def fn(*inputs: torch.Tensor) -> torch.Tensor:
+        return fused_instance_affine(inputs[0], _coefficients, *inputs[1:])
+
+    assert torch.autograd.gradgradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_bf16_autocast_keeps_statistics_in_fp32() -> None:
+    """Under bf16 autocast the block matmul and the coefficients stay fp32: the output is the
+    fp32 computation on the same (bf16) input, rounded once to bf16."""
+    x = (torch.randn(8, 4, 3, 3) * 2 + 3).bfloat16()
+    gamma, beta = torch.rand(4) + 0.5, torch.randn(4)
+
+    def blocks(mean, var, weight, bias):
+        from normbench.variants._fused import block_affine
+
+        mu, block_var, expand = block_moments(mean, var, [3, 3, 2], 2)
+        assert mu.dtype == torch.float32
+        return block_affine(mean, mu, block_var, expand, weight, bias, 1e-5)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fused_instance_affine(x, blocks, gamma, beta)
+    expected = fused_instance_affine(x.float(), blocks, gamma, beta)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected.bfloat16(), atol=0, rtol=0)
+
+
+def test_fast_path_only_in_eager_cpu_without_transforms() -> None:
+    x = torch.empty(2, 3, 4, 4)
+    assert _fused._fast_path(x)
+    assert not _fused._fast_path(torch.empty(2, 3, 4, 4, device="meta"))
+    assert torch.func.vmap(lambda t: torch.tensor(_fused._fast_path(t)))(x).logical_not().all()
 
 
 def test_one_chunk_off_cpu() -> None:

@@ -56,7 +56,7 @@ def test_two_element_statistics_train(cls, options, shape) -> None:
 
 
 def test_ubn_frozen_branch_needs_no_batch_statistics() -> None:
-    layer = UnifiedBatchNorm2d(4, tau=math.inf)
+    layer = UnifiedBatchNorm2d(4, tau=math.inf, decide="step")
     layer(torch.randn(3, 4, 2, 2))  # sets s_hat; tau = inf then freezes every later step
     y = layer(torch.randn(1, 4, 1, 1))
     assert torch.isfinite(y).all() and int(layer.frozen_steps) == 2

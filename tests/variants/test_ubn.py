@@ -76,7 +76,7 @@ def test_fct_with_tau_minus_inf_equals_batchnorm() -> None:
 @pytest.mark.parametrize("sim_init", ["first_batch", "zero"])
 def test_fct_with_tau_plus_inf_freezes_from_the_first_batch(sim_init) -> None:
     # s_hat is set by step 2 before the decision of step 3, so it is never "unset" here.
-    layer = UnifiedBatchNorm2d(4, tau=math.inf, sim_init=sim_init, **PLAIN, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=math.inf, sim_init=sim_init, **PLAIN, dtype=DT)
     mean0, var0 = layer.running_mean.clone(), layer.running_var.clone()
     for step in range(3):
         x = (_random_batch(step) * 3 + 1).requires_grad_()
@@ -93,7 +93,7 @@ def test_fct_with_tau_plus_inf_freezes_from_the_first_batch(sim_init) -> None:
 def test_batch_of_one_first_is_bn_while_similarity_unset() -> None:
     """B = 1 skips step 2, so s_hat is still unset and step 3 says condensed
     (docs/variants.md#ubn)."""
-    layer = UnifiedBatchNorm2d(4, tau=math.inf, **PLAIN, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=math.inf, **PLAIN, dtype=DT)
     x = _random_batch(0, batch=1)
     mu = x.mean(dim=(0, 2, 3), keepdim=True)
     var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
@@ -133,7 +133,7 @@ def _ubn_reference(x, params, affine_rect, stats=None):
 def test_gradients_match_autograd_of_the_formulas(branch, affine_rect, offset) -> None:
     """Random parameters and buffers; every gradient against autograd of the spec's formulas."""
     tau = {"condensed": -math.inf, "frozen": math.inf, "eval": 0.15}[branch]
-    layer = UnifiedBatchNorm2d(4, tau=tau, affine_rect=affine_rect, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=tau, affine_rect=affine_rect, dtype=DT)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in layer.parameters():
@@ -159,7 +159,7 @@ def test_gradients_match_autograd_of_the_formulas(branch, affine_rect, offset) -
 @pytest.mark.parametrize("branch", ["frozen", "eval"])
 def test_running_statistics_without_norm_rect_backpropagate(branch) -> None:
     """No calibration and a conv affine: the fused scale is a constant, yet x gets gradients."""
-    layer = UnifiedBatchNorm2d(4, tau=math.inf, norm_rect=False, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=math.inf, norm_rect=False, dtype=DT)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=DT))
@@ -228,7 +228,7 @@ def test_centered_source_uses_the_rbn_centered_input() -> None:
 
 
 def test_step_decision_uses_the_updated_similarity() -> None:
-    layer = UnifiedBatchNorm2d(4, tau=0.5, alpha=0.9, **PLAIN, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=0.5, alpha=0.9, **PLAIN, dtype=DT)
     layer(_random_batch(0, condensed=True))  # s_hat ~ 1 > tau: BN
     assert bool(layer.condensed) and int(layer.num_batches_tracked) == 1
     layer(_random_batch(1))  # s_hat = 0.1 s_hat + 0.9 s_B ~ 0.1 < tau: frozen
@@ -256,7 +256,7 @@ def test_epoch_mode_decides_only_in_end_epoch() -> None:
 
 
 def test_end_epoch_is_a_no_op_in_step_mode_and_before_any_similarity() -> None:
-    step = UnifiedBatchNorm2d(4, tau=math.inf)
+    step = UnifiedBatchNorm2d(4, decide="step", tau=math.inf)
     step.end_epoch()
     assert bool(step.condensed)
     epoch = UnifiedBatchNorm2d(4, decide="epoch", tau=math.inf)
@@ -265,7 +265,7 @@ def test_end_epoch_is_a_no_op_in_step_mode_and_before_any_similarity() -> None:
 
 
 def test_min_updates_forces_batch_statistics_first() -> None:
-    layer = UnifiedBatchNorm2d(4, tau=math.inf, min_updates=2, **PLAIN, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=math.inf, min_updates=2, **PLAIN, dtype=DT)
     for _ in range(2):
         layer(_random_batch(0))
         assert bool(layer.condensed)
@@ -289,7 +289,7 @@ def test_eval_uses_running_statistics_and_changes_nothing() -> None:
 
 
 def test_diagnostics_after_a_few_steps() -> None:
-    layer = UnifiedBatchNorm2d(4, tau=math.inf, min_updates=1, alpha=0.5, dtype=DT)
+    layer = UnifiedBatchNorm2d(4, decide="step", tau=math.inf, min_updates=1, alpha=0.5, dtype=DT)
     s_hat = None
     for step in range(3):
         x = _random_batch(step)
@@ -326,7 +326,7 @@ def test_parameters_buffers_and_presets() -> None:
     assert buffers["condensed"].dtype == torch.bool
     plain = UnifiedBatchNorm2d(8, **ABLATION_PRESETS["bn_stats_rect"])
     assert plain.weight.shape == (8,) and plain.center_weight is None and plain.fct
-    assert "kernel_size=5" in repr(layer) and "decide='step'" in repr(layer)
+    assert "kernel_size=5" in repr(layer) and "decide='epoch'" in repr(layer)
 
 
 def test_channels_last_matches_contiguous() -> None:

@@ -1,0 +1,72 @@
+"""The timm adapter against timm itself: normbench's `bn` in timm's norm+act slots is timm's
+own BatchNormAct2d (same keys, same outputs), every variant fills every slot with timm's
+activation, and models that cannot take it raise instead of swapping silently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+
+from normbench.timm_norm import create_model, norm_act_layer  # noqa: E402
+from normbench.variants import BUILTIN_VARIANTS  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_bn_matches_timm_batchnormact() -> None:
+    """EfficientNet: norm+act slots with SiLU and without activation, bound by timm."""
+    torch.manual_seed(0)
+    reference = timm.create_model("efficientnet_b0", num_classes=5)
+    ours = create_model("efficientnet_b0", "bn", num_classes=5)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for training in (True, False):
+        reference.train(training)
+        ours.train(training)
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.bn1.running_mean, reference.bn1.running_mean)
+
+
+@pytest.mark.parametrize("variant", list(BUILTIN_VARIANTS))
+def test_every_variant_fills_every_slot_with_timms_activation(variant) -> None:
+    with torch.device("meta"):
+        reference = timm.create_model("efficientnet_b0")
+        ours = create_model("efficientnet_b0", variant)
+    slots = {n: m for n, m in reference.named_modules() if type(m).__name__ == "BatchNormAct2d"}
+    assert slots
+    for name, ref in slots.items():
+        mine = ours.get_submodule(name)
+        assert isinstance(mine, BUILTIN_VARIANTS[variant]), name
+        assert type(mine.act) is type(ref.act), name  # SiLU where timm has SiLU, else Identity
+
+
+@pytest.mark.parametrize("variant", ["ubn"])
+def test_trains_in_a_regnet(variant) -> None:
+    model = create_model("regnetx_002", variant, num_classes=3, variant_options={})
+    y = model(torch.randn(2, 3, 64, 64))
+    y.sum().backward()
+    assert y.shape == (2, 3) and torch.isfinite(model.stem.conv.weight.grad).all()
+
+
+def test_options_reach_the_layer_and_bad_names_fail() -> None:
+    with torch.device("meta"):
+        model = timm.create_model("efficientnet_b0", norm_layer=norm_act_layer("gn", num_groups=4))
+    assert model.bn1.num_groups == 4
+    with pytest.raises(Exception, match="nope"):
+        norm_act_layer("nope")
+
+
+def test_models_that_cannot_take_it_raise() -> None:
+    with pytest.raises(ValueError, match="plain normalization slots"):
+        create_model("resnet18", "ubn")  # norm_layer(C), then its own ReLU
+    with pytest.raises(ValueError, match="does not take a norm_layer argument"):
+        create_model("mobilenetv3_small_050", "ubn")  # sets norm_layer itself
