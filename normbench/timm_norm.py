@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from normbench.registry import VARIANTS
-from normbench.variants_api import check_options
 
 TIMM_MISSING = (
     "normbench's timm adapter needs timm, which is not installed: pip install 'normbench[timm]'"
@@ -111,7 +110,7 @@ def norm_act_layer(variant: str, **options: Any) -> Callable[..., nn.Module]:
     """
     _timm()
     entry = VARIANTS.get(variant)
-    check_options(entry.name, entry.obj, options)
+    VARIANTS.require_options(entry.name, options)
     return functools.partial(_norm_act_class(entry.obj, entry.name), **options)
 
 

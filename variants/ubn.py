@@ -59,8 +59,8 @@ Where the paper is ambiguous, the reading is an option and the default says why:
 The decision never leaves the device: the branches are blended with `torch.where` on the 0-d
 bool buffer `condensed` (no `.item()`), so a training step has no host sync and
 `torch.compile(fullgraph=True)` traces it. The one exception is a degenerate input whose
-statistic has a single value (N·H·W = 1): raising the clear error of docs/variants.md#pitfalls then needs the
-decision on the host.
+statistic has a single value (N·H·W = 1): raising the clear error of docs/variants.md#pitfalls
+then needs the decision on the host.
 
 Other choices (the paper is silent on these; docs/variants.md#ubn marks them as ours):
 * The similarity is computed (and s_hat tracked for `diagnostics()`) even when fct is off, so
