@@ -14,7 +14,8 @@ Reference (see suites/*.yaml for commented examples):
               ...}                  # other keys: the data set's own options (signature-checked)
     backbones: [resnet50, {name: resnet20, options: {width: 32}, label: r20w32}]
     variants: [bn, {name: gn, options: {num_groups: 16}, label: gn16,
-                    placement: last-in-block}]   # placement overrides train.placement
+                    placement: last-in-block,    # placement overrides train.placement
+                    recipe: {norm_weight_decay: 0}}]  # and recipe train's decay keys
     batch_sizes: [128]
     seeds: 3                        # a count means seeds 0..n-1; or a list [0, 5, 7]
     train: {epochs (required), lr, lr_reference_batch, momentum, nesterov, weight_decay,
@@ -95,8 +96,20 @@ class BackboneEntry(NamedEntry):
     pass
 
 
+class DecayOverride(Strict):
+    """Weight-decay settings of one variant entry (a cell group); unset keys keep `train:`."""
+
+    weight_decay: float | None = Field(default=None, ge=0)
+    norm_weight_decay: float | None = Field(default=None, ge=0)
+    bias_weight_decay: float | None = Field(default=None, ge=0)
+    norm_decay_toward: Literal["zero", "identity"] | None = None
+    no_decay_norm_and_bias: bool | None = None
+
+
 class VariantEntry(NamedEntry):
     placement: Placement | None = None  # overrides train.placement for this variant
+    # overrides train's weight-decay keys for this variant's cells (e.g. "four things" #3)
+    recipe: DecayOverride | None = None
 
 
 class DatasetModel(BaseModel):
