@@ -103,6 +103,20 @@ def test_evaluate_picks_alpha_on_validation(finished_run: Path, capsys) -> None:
     assert line["test_top1"] == pytest.approx(_top1(model, trial.data.test))
     assert line["device"] == "cpu" and line["torch"] == torch.__version__
 
+    # the report's extra row, labelled with the setting, beside the trained score
+    from normbench.reports.evaluations import evaluation_markdown
+
+    rows = [r for r in evaluation_markdown([finished_run]).splitlines() if "chosen on val" in r]
+    trained = [
+        json.loads(x)["test_top1"]
+        for x in (finished_run / "epochs.jsonl").read_text().splitlines()
+        if json.loads(x)["trial_id"] == tid
+    ][-1]
+    assert rows == [
+        f"| digits | resnet20 | fourthings | 32 | example weight alpha chosen on val | 1 | "
+        f"{line['test_top1']:.2f} | {trained:.2f} | {line['test_top1'] - trained:+.2f} | {best:g} |"
+    ]
+
     # a rerun resumes: nothing evaluated twice
     with pytest.raises(SystemExit):
         main(["evaluate", str(finished_run), "--set", f"example_weights={grid}",
