@@ -145,7 +145,7 @@ def _run_epoch(
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
     for split in ("val", "test"):
-        loss, top1, top5 = _evaluate(trial, getattr(trial.data, split, None))
+        loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None))
         record.update({f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5})
     record["condensation"] = _condensation(trial)
     record["diagnostics"] = probes.diagnostics(trial.model)
@@ -293,7 +293,7 @@ def _non_finite_source(trial: Trial, x: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def _evaluate(trial: Trial, loader: Any) -> tuple[float | None, ...]:
+def evaluate(trial: Trial, loader: Any) -> tuple[float | None, ...]:
     """(loss, top-1 %, top-5 %) of the model in eval mode on `loader`; Nones without one."""
     if loader is None:
         return None, None, None

@@ -1,12 +1,23 @@
 """Optimiser, learning-rate schedule and loss built from a `Recipe`.
 
-Weight decay. With `no_decay_norm_and_bias` ("four things" #3), every parameter with
-`ndim <= 1` (norm scales and shifts, biases, UBN/RBN calibration weights, SaBN's shared
-affine) goes to a group with weight decay 0; everything else keeps `recipe.weight_decay`.
-The rule is by shape, not by module, so it treats every variant alike (docs/variants.md#contract
-point 8 keeps per-channel parameters (C,)). NOTE: BNET's affine kernel is (C, 1, k, k), so it is
-*still decayed* under this rule (docs/variants.md#bnet); SaBN's branch embedding (K, 2C) is decayed
-too.
+Weight decay (L2, added to the gradient inside SGD as torch does) has one switch per kind of
+parameter, each with one meaning:
+- `norm_weight_decay`: every parameter of a normalization layer, found by module type (a
+  registered variant, or a torch `_NormBase`/`GroupNorm`/`LayerNorm`), whatever its shape:
+  gamma and beta, BNET's and UBN's depthwise affine kernels, RBN/UBN calibration weights and
+  SaBN's branch tables;
+- `bias_weight_decay`: the `bias` of every other module (convolutions, linear layers);
+- `weight_decay`: everything else. Either switch left at None takes `weight_decay`.
+- `norm_decay_toward="identity"` ("four things" #3: L2 on beta and on gamma - 1, Summers &
+  Dinneen, ICLR 2020, arXiv 1906.03548, Sec 3.3) pulls each norm layer's `.weight` toward
+  the identity affine instead of 0: a (C,) gamma toward 1, a depthwise (C, 1, k, k) kernel
+  toward the centred delta kernel, SaBN's branch gammas (its table's first C columns)
+  toward 1. The gradient then gets `norm_weight_decay * (w - I)`, the
+  exact analogue of torch's `weight_decay * w`. Other norm parameters still decay toward 0.
+- `no_decay_norm_and_bias=True` is an alias of `norm_weight_decay=0, bias_weight_decay=0`
+  (unlike its first version, which chose by `ndim <= 1`, it now also frees BNET/UBN kernels
+  and SaBN tables, and it still decays nothing but those two kinds).
+Parameters with equal settings share one SGD group, so the default recipe has one group.
 
 Schedule, stepped once per training batch (torch's own schedulers):
 - warm-up (`warmup_epochs` > 0): `LinearLR` from lr/W to lr over the first W batches, so
@@ -24,6 +35,8 @@ we reproduce the intended boundaries instead.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,23 +58,140 @@ class RecipeError(UserError, ValueError):
     """A recipe whose numbers cannot describe a schedule."""
 
 
-def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """SGD parameter groups: one decayed group, plus a no-decay group for ndim <= 1 params."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not recipe.no_decay_norm_and_bias:
-        return [{"params": params, "weight_decay": recipe.weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class DecayTargetSGD(SGD):
+    """torch's SGD, plus groups whose L2 term pulls toward the identity affine.
+
+    A group with `decay_toward="identity"` gets `weight_decay * (w - I)` added to each
+    gradient before the ordinary SGD step (with the group's own weight decay switched off for
+    that step), where I is 1 for a (C,) gamma and the centred delta for a (C, 1, k, k) kernel.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        saved = []
+        for group in self.param_groups:
+            wd = group["weight_decay"]
+            if group.get("decay_toward") != "identity" or wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(p, alpha=wd)
+                    _identity_view(p.grad).sub_(wd)  # grad += wd * (p - I)
+            saved.append((group, wd))
+            group["weight_decay"] = 0.0
+        try:
+            super().step()
+        finally:
+            for group, wd in saved:
+                group["weight_decay"] = wd
+        return loss
+
+
+def _identity_view(t: torch.Tensor) -> torch.Tensor:
+    """The entries of `t` that are 1 in the identity affine: all of a (C,) gamma, the gamma
+    columns [0, C) of a SaBN (K, 2C) branch table, the centre tap of each channel of a
+    depthwise (C, 1, k, k) kernel."""
+    if t.ndim == 1:
+        return t
+    if t.ndim == 2:
+        return t[:, : t.shape[1] // 2]
+    k = t.shape[-1]
+    return t[:, 0, k // 2, k // 2]
+
+
+def _has_identity(name: str, p: torch.Tensor) -> bool:
+    if p.ndim == 1:
+        return True
+    if p.ndim == 2:  # only SaBN's branch table (K, 2C)
+        return name.endswith("embed.weight") and p.shape[1] % 2 == 0
+    return p.ndim == 4 and p.shape[1] == 1 and p.shape[2] == p.shape[3] and p.shape[3] % 2 == 1
+
+
+# Norm-layer parameters that hold a scale gamma: `.weight` (gamma or a BNET/UBN kernel) and
+# SaBN's branch table `embed.weight` (gamma_k in columns [0, C), beta_k in [C, 2C)).
+_SCALES = ("weight", "embed.weight")
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """A normalization layer: a registered variant (built-in or plugin) or a torch norm."""
+    from normbench.registry import VARIANTS
+
+    types = tuple(e.obj for e in VARIANTS.entries() if isinstance(e.obj, type))
+    torch_norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    return isinstance(module, types + torch_norms)
+
+
+def decays(recipe: Recipe) -> tuple[float, float, float]:
+    """(other, norm, bias) weight decay after the alias and the None defaults."""
+    check_recipe(recipe)
+    wd = recipe.weight_decay
+    if recipe.no_decay_norm_and_bias:
+        return wd, 0.0, 0.0
+    norm = wd if recipe.norm_weight_decay is None else recipe.norm_weight_decay
+    bias = wd if recipe.bias_weight_decay is None else recipe.bias_weight_decay
+    return wd, norm, bias
+
+
+def _classify(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Trainable parameters by kind: "norm_weight", "norm", "bias", "other"."""
+    kinds: dict[str, list[tuple[str, nn.Parameter]]] = {
+        k: [] for k in ("norm_weight", "norm", "bias", "other")
+    }
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        if not is_norm_module(module):
+            continue
+        for name, p in module.named_parameters():
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            kind = "norm_weight" if name in _SCALES else "norm"
+            kinds[kind].append((f"{mod_name}.{name}".lstrip("."), p))
+    for name, p in model.named_parameters():
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        kinds["bias" if name.rsplit(".", 1)[-1] == "bias" else "other"].append((name, p))
+    return kinds
+
+
+def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
+    """SGD parameter groups (see the module docstring); equal settings share one group.
+
+    Raises RecipeError when `norm_decay_toward="identity"` meets a norm `.weight` with no
+    identity value (neither (C,) nor a depthwise (C, 1, k, k) kernel with odd k).
+    """
+    wd, norm, bias = decays(recipe)
+    kinds = _classify(model)
+    toward = recipe.norm_decay_toward if norm != 0 else "zero"
+    if toward == "identity":
+        bad = [f"{n} {tuple(p.shape)}" for n, p in kinds["norm_weight"] if not _has_identity(n, p)]
+        if bad:
+            raise RecipeError(
+                "recipe: norm_decay_toward='identity' needs each norm layer's .weight to be "
+                f"(C,) or a depthwise (C, 1, k, k) kernel with odd k, but got {', '.join(bad)}"
+            )
+    settings = {
+        "other": (wd, "zero"),
+        "bias": (bias, "zero"),
+        "norm": (norm, "zero"),
+        "norm_weight": (norm, toward),
+    }
+    groups: dict[tuple[float, str], list[nn.Parameter]] = {}
+    for kind in ("other", "norm_weight", "norm", "bias"):
+        if kinds[kind]:
+            groups.setdefault(settings[kind], []).extend(p for _, p in kinds[kind])
+    return [{"params": ps, "weight_decay": d, "decay_toward": t} for (d, t), ps in groups.items()]
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
     """SGD with momentum (Nesterov when asked) over `param_groups`."""
     check_recipe(recipe)
-    return SGD(
+    return DecayTargetSGD(
         param_groups(model, recipe),
         lr=recipe.lr,
         momentum=recipe.momentum,
@@ -74,6 +204,26 @@ def check_recipe(recipe: Recipe) -> None:
     """Raise RecipeError for numbers no schedule can follow."""
     if recipe.lr <= 0:
         raise RecipeError(f"recipe: lr must be > 0, but got lr={recipe.lr}")
+    for name in ("weight_decay", "norm_weight_decay", "bias_weight_decay"):
+        value = getattr(recipe, name)
+        if value is not None and value < 0:
+            raise RecipeError(f"recipe: {name} must be >= 0, but got {name}={value}")
+    if recipe.norm_decay_toward not in ("zero", "identity"):
+        raise RecipeError(
+            "recipe: norm_decay_toward must be one of zero, identity, "
+            f"but got {recipe.norm_decay_toward!r}"
+        )
+    explicit = {
+        k: v
+        for k in ("norm_weight_decay", "bias_weight_decay")
+        if (v := getattr(recipe, k)) not in (None, 0, 0.0)
+    }
+    if recipe.no_decay_norm_and_bias and explicit:
+        given = ", ".join(f"{k}={v}" for k, v in explicit.items())
+        raise RecipeError(
+            "recipe: no_decay_norm_and_bias=true means norm_weight_decay=0 and "
+            f"bias_weight_decay=0, but {given} is also set; drop one of the two"
+        )
     if recipe.nesterov and recipe.momentum <= 0:
         raise RecipeError(f"recipe: nesterov needs momentum > 0, got momentum={recipe.momentum}")
     if recipe.warmup_epochs < 0:

@@ -35,8 +35,16 @@ class Recipe:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    # "four things" #3: no weight decay on norm parameters and biases (ndim <= 1) when True.
+    weight_decay: float = 5e-4  # L2 on every parameter the two switches below leave alone
+    # L2 on every parameter of a normalization layer (gamma, beta, BNET/UBN kernels, RBN/UBN
+    # calibration weights, SaBN tables); None: `weight_decay`. See `normbench.engine.recipe`.
+    norm_weight_decay: float | None = None
+    # L2 on the biases of the other layers (convolutions, linear); None: `weight_decay`.
+    bias_weight_decay: float | None = None
+    # "zero": L2 pulls norm parameters toward 0; "identity": each norm layer's `.weight`
+    # (gamma, or a BNET depthwise kernel) toward the identity affine (gamma 1), the rest to 0.
+    norm_decay_toward: Literal["zero", "identity"] = "zero"
+    # Alias kept for old suites: True means norm_weight_decay=0 and bias_weight_decay=0.
     no_decay_norm_and_bias: bool = False
     warmup_epochs: float = 0.0  # linear warm-up per batch, from lr/warmup_batches to lr
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"

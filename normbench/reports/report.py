@@ -63,8 +63,16 @@ def build_report(
     files += _csv(tables, dnf, output)
     md = output / "leaderboard.md"
     section = ranking_markdown(ranking) if ranking is not None else None
-    md.write_text(render.markdown(res, tables, dnf, links, section))
+    md.write_text(render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
     return Report(output, md, res, tables, dnf, [md, *files], ranking)
+
+
+def _evaluations(dirs: list[Path]) -> str:
+    """Extra rows from `normbench evaluate` (RUN_DIR/evaluations.jsonl), if any."""
+    from normbench.reports.evaluations import evaluation_markdown
+
+    text = evaluation_markdown(dirs)
+    return "\n" + text if text else ""
 
 
 def _plots(

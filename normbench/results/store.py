@@ -2,8 +2,9 @@
 
 Layout (see ARCHITECTURE.md): `suite.yaml`, `suite.resolved.json`, `environment.json`,
 `epochs.jsonl` (one line per trial-epoch), `trials.jsonl` (one line per finished trial),
-`checkpoints/<trial_id>/`, `optuna.db`, `.lock`, and with remote checkpoint storage
-`remote_checkpoints.jsonl` (where Ray uploaded each trial's latest checkpoint).
+`checkpoints/<trial_id>/`, `optuna.db`, `.lock`, with remote checkpoint storage
+`remote_checkpoints.jsonl` (where Ray uploaded each trial's latest checkpoint), and after
+`normbench evaluate` `evaluations.jsonl` (post-hoc evaluations of finished checkpoints).
 
 Why append-only JSONL: a driver killed with SIGKILL leaves at worst one torn last line.
 Each line goes out in a single `os.write` followed by `fsync`, so every line before it is
@@ -38,6 +39,8 @@ from normbench.errors import RunDirError, RunDirWarning
 EPOCHS = "epochs.jsonl"
 TRIALS = "trials.jsonl"
 REMOTE_CHECKPOINTS = "remote_checkpoints.jsonl"
+# `normbench evaluate`: one line per (trial, inference-time setting) of a finished checkpoint.
+EVALUATIONS = "evaluations.jsonl"
 # Statuses of a finished trial; "pruned" is a search trial stopped early by ASHA.
 DONE_STATUSES = ("completed", "diverged", "pruned")
 # Keys a line of each file must hold to be read at all (see `read_jsonl`).
@@ -61,7 +64,7 @@ class RunStore:
         self._fds: dict[str, int] = {}
         self._seen: set[tuple[str, int]] = set()
         self._trials: dict[str, dict[str, Any]] = {}
-        for name in (EPOCHS, TRIALS, REMOTE_CHECKPOINTS):
+        for name in (EPOCHS, TRIALS, REMOTE_CHECKPOINTS, EVALUATIONS):
             _cut_torn_tail(self.run_dir / name)
         for rec in read_jsonl(self.run_dir / EPOCHS):
             self._seen.add((rec["trial_id"], int(rec["epoch"])))
@@ -175,6 +178,13 @@ class RunStore:
     def note_checkpoint(self, trial_id: str, epoch: int, ref: str) -> None:
         """Where Ray uploaded a trial's latest checkpoint (remote storage only)."""
         self._append(REMOTE_CHECKPOINTS, {"trial_id": trial_id, "epoch": epoch, "ref": ref})
+
+    def append_evaluation(self, line: dict[str, Any]) -> None:
+        """One post-hoc evaluation of a finished checkpoint (`normbench evaluate`)."""
+        self._append(EVALUATIONS, line)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.run_dir / EVALUATIONS))
 
     def checkpoint_refs(self) -> dict[str, str]:
         """Latest uploaded checkpoint per trial (a later line wins)."""

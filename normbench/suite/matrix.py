@@ -77,10 +77,12 @@ def _fmt(v: Any) -> str:
 
 
 def _key(entry: NamedEntry) -> tuple[str, str, str]:
+    recipe = getattr(entry, "recipe", None)
     return (
         entry.name.lower(),
         repr(sorted(entry.options.items())),
-        str(getattr(entry, "placement", None)),
+        str(getattr(entry, "placement", None))
+        + (repr(sorted(recipe.model_dump(exclude_none=True).items())) if recipe else ""),
     )
 
 
@@ -191,6 +193,8 @@ def build_trials(
         if t.lr_reference_batch:  # linear scaling rule
             lr = t.lr * c.batch_size / t.lr_reference_batch
             recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
+        if c.variant.recipe is not None:  # a cell group's own weight decay
+            recipe = dataclasses.replace(recipe, **c.variant.recipe.model_dump(exclude_none=True))
         spec = base.replace(
             variant=c.variant.name.lower(),
             backbone=c.backbone.name.lower(),

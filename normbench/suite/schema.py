@@ -14,12 +14,15 @@ Reference (see suites/*.yaml for commented examples):
               ...}                  # other keys: the data set's own options (signature-checked)
     backbones: [resnet50, {name: resnet20, options: {width: 32}, label: r20w32}]
     variants: [bn, {name: gn, options: {num_groups: 16}, label: gn16,
-                    placement: last-in-block}]   # placement overrides train.placement
+                    placement: last-in-block,    # placement overrides train.placement
+                    recipe: {norm_weight_decay: 0}}]  # and recipe train's decay keys
     batch_sizes: [128]
     seeds: 3                        # a count means seeds 0..n-1; or a list [0, 5, 7]
     train: {epochs (required), lr, lr_reference_batch, momentum, nesterov, weight_decay,
-            no_decay_norm_and_bias, warmup_epochs, schedule: multistep|cosine|constant,
-            milestones, gamma, label_smoothing, grad_clip, device, amp, channels_last, compile,
+            norm_weight_decay, bias_weight_decay, norm_decay_toward: zero|identity,
+            no_decay_norm_and_bias (alias: both decays 0), warmup_epochs,
+            schedule: multistep|cosine|constant, milestones, gamma, label_smoothing, grad_clip,
+            device, amp, channels_last, compile,
             limit_batches, placement: everywhere|last-in-block, sabn_index, probe,
             probe_batch_size, eval_batch_size, num_threads, checkpoint_every}
     resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
@@ -93,8 +96,20 @@ class BackboneEntry(NamedEntry):
     pass
 
 
+class DecayOverride(Strict):
+    """Weight-decay settings of one variant entry (a cell group); unset keys keep `train:`."""
+
+    weight_decay: float | None = Field(default=None, ge=0)
+    norm_weight_decay: float | None = Field(default=None, ge=0)
+    bias_weight_decay: float | None = Field(default=None, ge=0)
+    norm_decay_toward: Literal["zero", "identity"] | None = None
+    no_decay_norm_and_bias: bool | None = None
+
+
 class VariantEntry(NamedEntry):
     placement: Placement | None = None  # overrides train.placement for this variant
+    # overrides train's weight-decay keys for this variant's cells (e.g. "four things" #3)
+    recipe: DecayOverride | None = None
 
 
 class DatasetModel(BaseModel):
@@ -120,6 +135,10 @@ class TrainModel(Strict):
     momentum: float = Field(default=_R.momentum, ge=0, lt=1)
     nesterov: bool = _R.nesterov
     weight_decay: float = Field(default=_R.weight_decay, ge=0)
+    # normbench.engine.recipe says what each decay covers; None takes weight_decay.
+    norm_weight_decay: float | None = Field(default=_R.norm_weight_decay, ge=0)
+    bias_weight_decay: float | None = Field(default=_R.bias_weight_decay, ge=0)
+    norm_decay_toward: Literal["zero", "identity"] = _R.norm_decay_toward
     no_decay_norm_and_bias: bool = _R.no_decay_norm_and_bias
     warmup_epochs: float = Field(default=_R.warmup_epochs, ge=0)
     schedule: Literal["multistep", "cosine", "constant"] = _R.schedule
@@ -139,6 +158,21 @@ class TrainModel(Strict):
     eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0, le=MAX_BATCH)
     num_threads: int | None = Field(default=None, gt=0, le=4096)
     checkpoint_every: int = Field(default=_T.checkpoint_every, gt=0)
+
+    @model_validator(mode="after")
+    def _decay_alias(self) -> TrainModel:
+        given = {
+            k: v
+            for k in ("norm_weight_decay", "bias_weight_decay")
+            if (v := getattr(self, k)) not in (None, 0.0)
+        }
+        if self.no_decay_norm_and_bias and given:
+            raise ValueError(
+                "no_decay_norm_and_bias: true means norm_weight_decay: 0 and bias_weight_decay: "
+                f"0, but {', '.join(f'{k}: {v}' for k, v in given.items())} is also set; "
+                "drop one of the two"
+            )
+        return self
 
     @model_validator(mode="after")
     def _milestones(self) -> TrainModel:

@@ -100,17 +100,89 @@ class _Net(nn.Module):
         self.frozen = nn.Parameter(torch.zeros(3), requires_grad=False)
 
 
-def test_weight_decay_exclusion_by_ndim() -> None:
+def _names(net: nn.Module, group: dict) -> set[str]:
+    names = {id(p): n for n, p in net.named_parameters()}
+    return {names[id(p)] for p in group["params"]}
+
+
+def test_alias_frees_norm_parameters_and_other_biases() -> None:
     net = _Net()
     on = param_groups(net, Recipe(weight_decay=1e-4, no_decay_norm_and_bias=True))
-    names = {id(p): n for n, p in net.named_parameters()}
-    decayed = {names[id(p)] for p in on[0]["params"]}
-    free = {names[id(p)] for p in on[1]["params"]}
-    assert decayed == {"conv.weight", "bnet_kernel", "fc.weight"}
-    assert free == {"conv.bias", "bn.weight", "bn.bias", "scalar", "fc.bias"}
-    assert (on[0]["weight_decay"], on[1]["weight_decay"]) == (1e-4, 0.0)
+    assert [g["weight_decay"] for g in on] == [1e-4, 0.0]
+    # by module, not by shape: a bare 4-D parameter outside a norm layer and a 0-D one decay
+    assert _names(net, on[0]) == {"conv.weight", "bnet_kernel", "scalar", "fc.weight"}
+    assert _names(net, on[1]) == {"bn.weight", "bn.bias", "conv.bias", "fc.bias"}
     off = param_groups(net, Recipe(weight_decay=1e-4))
     assert len(off) == 1 and len(off[0]["params"]) == 8  # every trainable parameter
+
+
+def test_norm_and_bias_decay_are_separate_switches() -> None:
+    from normbench.variants_api import create_norm
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        create_norm("ubn", 4),
+        create_norm("bnet", 4),
+        create_norm("sabn", 4, num_branches=2),
+        nn.Conv2d(4, 4, 1, bias=True),
+    )
+    groups = param_groups(net, Recipe(weight_decay=1e-4, norm_weight_decay=0.0))
+    by_wd = {g["weight_decay"]: _names(net, g) for g in groups}
+    assert by_wd[0.0] == {
+        "1.center_weight", "1.scale_weight", "1.scale_bias", "1.weight", "1.bias",  # UBN
+        "2.weight", "2.bias",  # BNET kernel (4, 1, 3, 3) and bias
+        "3.weight", "3.bias", "3.embed.weight",  # SaBN and its branch table
+    }  # fmt: skip
+    assert by_wd[1e-4] == {"0.weight", "0.bias", "4.weight", "4.bias"}
+    groups = param_groups(net, Recipe(weight_decay=1e-4, bias_weight_decay=0.0))
+    by_wd = {g["weight_decay"]: _names(net, g) for g in groups}
+    assert by_wd[0.0] == {"0.bias", "4.bias"}
+
+
+def test_gamma_decays_toward_one_as_hand_computed() -> None:
+    """SGD with momentum, two steps: v <- mu v + g + wd (w - I); w <- w - lr v, where I is 1 for
+    BN's gamma and the centred delta for BNET's kernel; beta still decays toward 0."""
+    from normbench.variants_api import create_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(create_norm("bn", 3), create_norm("bnet", 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    lr, mu, wd = 0.1, 0.9, 0.05
+    recipe = Recipe(lr=lr, momentum=mu, weight_decay=0.0, norm_weight_decay=wd,
+                    norm_decay_toward="identity")  # fmt: skip
+    opt = build_optimizer(net, recipe)
+    ident = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    ident["0.weight"] += 1.0
+    ident["1.weight"][:, 0, 1, 1] = 1.0
+    w = {n: p.detach().clone() for n, p in net.named_parameters()}
+    v = {n: torch.zeros_like(p) for n, p in w.items()}
+    for step in range(2):
+        grads = {n: torch.full_like(p, 0.3 * (step + 1)) for n, p in w.items()}
+        for n, p in net.named_parameters():
+            p.grad = grads[n].clone()
+        opt.step()
+        for n in w:
+            v[n] = mu * v[n] + grads[n] + wd * (w[n] - ident[n]) if step else (
+                grads[n] + wd * (w[n] - ident[n]))  # fmt: skip
+            w[n] = w[n] - lr * v[n]
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.detach(), w[n], rtol=0, atol=1e-6, msg=n)
+    assert all(g["weight_decay"] in (0.0, wd) for g in opt.param_groups)  # restored after step
+
+
+def test_decay_alias_contradiction_is_refused() -> None:
+    recipe = Recipe(no_decay_norm_and_bias=True, norm_weight_decay=1e-4)
+    with pytest.raises(RecipeError, match="no_decay_norm_and_bias=true means"):
+        param_groups(nn.Linear(2, 2), recipe)
+
+
+def test_identity_decay_refuses_a_weight_without_identity() -> None:
+    net = nn.Sequential(nn.LayerNorm([2, 3]))  # weight (2, 3): no identity rule
+    match = r"norm_decay_toward='identity' needs .*0.weight \(2, 3\)"
+    with pytest.raises(RecipeError, match=match):
+        param_groups(net, Recipe(norm_decay_toward="identity"))
 
 
 def test_nesterov_and_momentum_reach_sgd() -> None:
