@@ -170,3 +170,13 @@ def test_describe_counts_images(loaded):
     assert f"estimated images processed: {5 * 1293 * 33:.3g}" in text
     smoke = describe(load_suite(SUITES / "quickstart.yaml", limit_batches=2, max_epochs=1))
     assert f"estimated images processed: {1 * 2 * 64 * 33:.3g}" in smoke
+
+
+def test_cifar10_suites_do_not_rotate(loaded):
+    # The UBN paper states random cropping (and flipping) for CIFAR-10; RandomRotation(15) comes
+    # from the pytorch-cifar100 code behind its CIFAR-100 recipe only (CIFAR10_AUGMENT has none).
+    cifar10 = [s for s in loaded.values() if s.trials()[0].spec.dataset == "cifar10"]
+    assert cifar10
+    for suite in cifar10:
+        for t in suite.trials():
+            assert (t.spec.dataset_options.get("augment") or {}).get("rotation", 0) == 0, suite.name
