@@ -20,7 +20,8 @@ Reference (see suites/*.yaml for commented examples):
     train: {epochs (required), lr, lr_reference_batch, momentum, nesterov, weight_decay,
             no_decay_norm_and_bias, warmup_epochs, schedule: multistep|cosine|constant,
             milestones, gamma, label_smoothing, grad_clip, device, amp, channels_last, compile,
-            limit_batches, placement: everywhere|last-in-block, sabn_index, probe,
+            limit_batches, placement: everywhere|last-in-block|except-shortcut (unset:
+            each variant's official placement, normbench.models.placement), sabn_index, probe,
             probe_batch_size, eval_batch_size, num_threads, checkpoint_every}
     resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
     max_concurrent: null            # cap on trials at once
@@ -68,7 +69,7 @@ MAX_RETRIES = 100
 
 _R = Recipe()
 _T = TrialSpec(variant="", backbone="", dataset="", epochs=1)
-Placement = Literal["everywhere", "last-in-block"]
+Placement = Literal["everywhere", "last-in-block", "except-shortcut"]
 
 
 class Strict(BaseModel):

@@ -112,6 +112,8 @@ def test_table3_matrix_recipe_and_references(loaded):
     )
     assert (spec.epochs, spec.batch_size, spec.dataset) == (200, 128, "cifar100")
     assert spec.dataset_options["augment"]["rotation"] == 15
+    placement = {t.spec.variant: t.spec.placement for t in suite.trials()}
+    assert placement["iebn"] == "except-shortcut" and placement["bnet"] == "everywhere"
     rows = {
         (r["backbone"], r["variant"]): (r["top1"], r["top5"])
         for r in suite.reference
