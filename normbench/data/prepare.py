@@ -46,7 +46,7 @@ def prepare_dataset(name: str, options: dict[str, Any], *, fetch: bool = True) -
     `DatasetLoadError` (any other failure of the factory), each with a one-line message.
     """
     fn = DATASETS.get(name).obj
-    factory, _ = _split_options(name, fn, dict(options))
+    factory, _ = _split_options(name, dict(options))
     cls = _CIFAR.get(fn)
     if cls is not None and not fetch:
         root = Path(factory["root"] or default_root()).expanduser().resolve()
