@@ -2,19 +2,27 @@
 
 Files are looked for in `root` (torchvision's layout): the extracted folder
 `cifar-10-batches-py/` or `cifar-100-python/`, or the archive `cifar-10-python.tar.gz` /
-`cifar-100-python.tar.gz`, which is extracted in place (no network needed). With
+`cifar-100-python.tar.gz`, which is extracted in place (no network needed; into a private
+folder renamed into place, so concurrent readers never see half a folder). With
 `download=True` a missing archive is downloaded by torchvision. Anything else missing or
-corrupted raises `DatasetNotFoundError` with one message saying what to put where.
+corrupted raises `DatasetNotFoundError` with one message saying what to put where and whether
+a download was tried. Every file is checked against torchvision's md5 of the genuine file.
+`normbench run` does all of this once, in the driver, before any trial starts
+(`normbench.suite.preflight`).
 
 Constants come from the recipes the built-in suites follow (pytorch-cifar100 / UBN):
 augmentation random crop 32 with padding 4 and horizontal flip; RandomRotation(15) is in the
-pytorch-cifar100 code and is switched on by the Table 3 suite (`augment: {rotation: 15}`),
-off by default here.
+pytorch-cifar100 code behind the UBN paper's CIFAR-100 recipe and is switched on by the
+CIFAR-100 suites (`augment: {rotation: 15}`), off by default here (the UBN paper's CIFAR-10
+recipe names random cropping and flipping only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,7 @@ from normbench.data.base import (
     resize_uint8,
 )
 from normbench.errors import DatasetNotFoundError
+from normbench.registry import one_line
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -45,10 +54,13 @@ def default_root() -> str:
     return os.environ.get("NORMBENCH_DATA") or str(Path("~/.cache/normbench/data").expanduser())
 
 
-def _missing_message(cls: type[CIFAR10], root: Path, detail: str) -> str:
+def _missing_message(cls: type[CIFAR10], root: Path, detail: str, *, download: bool) -> str:
+    what = f"put {cls.filename} (or the extracted {cls.base_folder}/ folder) in {root}"
+    if download:
+        return f"{cls.__name__} data not found in {root}: {detail}; {what}"
     return (
-        f"{cls.__name__} data not found in {root}: {detail}; put {cls.filename} (or the "
-        f"extracted {cls.base_folder}/ folder) in {root}, or set download: true when online"
+        f"{cls.__name__} data not found in {root}: {detail}; download: false, so no download "
+        f"was tried; {what}, or set download: true when online"
     )
 
 
@@ -59,28 +71,54 @@ def _corrupted(cls: type[CIFAR10], root: Path) -> list[str]:
     return [name for name, md5 in listed if not check_integrity(str(folder / name), md5)]
 
 
+def find_files(cls: type[CIFAR10], root: Path) -> str:
+    """What `root` holds, without writing anything: "folder" (extracted, md5s pass),
+    "archive" (a genuine archive, not extracted yet), "corrupted" or "missing"."""
+    if (root / cls.base_folder).is_dir():
+        return "corrupted" if _corrupted(cls, root) else "folder"
+    if (root / cls.filename).is_file():
+        return "archive" if check_integrity(str(root / cls.filename), cls.tgz_md5) else "corrupted"
+    return "missing"
+
+
+def _extract(cls: type[CIFAR10], root: Path) -> None:
+    """Extract the archive into a private folder, then rename it into place: a concurrent
+    reader sees either no folder or a complete one (the rename is atomic on one file system)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cls.base_folder}-", dir=root))
+    try:
+        extract_archive(str(root / cls.filename), str(tmp))
+        with contextlib.suppress(OSError):  # another process renamed its copy first
+            os.rename(tmp / cls.base_folder, root / cls.base_folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
     """Make the extracted folder exist and pass its md5 checks, or raise one clear error."""
     if not (root / cls.base_folder).is_dir() and (root / cls.filename).is_file():
         if not check_integrity(str(root / cls.filename), cls.tgz_md5):
             raise DatasetNotFoundError(
-                _missing_message(
-                    cls, root, f"{cls.filename} fails its md5 check (incomplete download?)"
-                )
+                f"{cls.__name__} data not found in {root}: {cls.filename} fails its md5 check "
+                f"(an incomplete download?); replace it with a complete copy, or delete it"
+                + (" and the run downloads it again" if download else "")
             )
-        extract_archive(str(root / cls.filename), str(root))
+        _extract(cls, root)
     if download and _corrupted(cls, root):
         try:
+            root.mkdir(parents=True, exist_ok=True)
             cls(str(root), train=True, download=True)
         except Exception as exc:  # offline, proxy, disk full...
+            why = one_line(f"{type(exc).__name__}: {exc}")
             raise DatasetNotFoundError(
-                _missing_message(cls, root, f"download failed ({type(exc).__name__}: {exc})")
+                _missing_message(cls, root, f"download was tried and failed ({why})", download=True)
             ) from exc
     bad = _corrupted(cls, root)
     if bad:
         folder = root / cls.base_folder
         what = "missing" if not folder.is_dir() else f"{', '.join(bad)} missing or corrupted"
-        raise DatasetNotFoundError(_missing_message(cls, root, f"{folder} {what}"))
+        raise DatasetNotFoundError(
+            _missing_message(cls, root, f"{folder} {what}", download=download)
+        )
 
 
 def _load_split(cls: type[CIFAR10], root: Path, train: bool) -> TensorSet:

@@ -127,12 +127,16 @@ def _build_data(spec: TrialSpec, runtime: Runtime) -> Any:
 
 
 def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The backbone with the spec's variant in the spec's placement.
+    """The backbone with the spec's variant in the spec's placement
+    (`normbench.models.placement`).
 
     "last-in-block" (BNET's official placement) puts the variant only in the last norm of
-    each residual block and plain BN everywhere else.
+    each residual block and plain BN everywhere else; "except-shortcut" (IEBN's official
+    placement) keeps plain BN in the shortcut projections.
     """
     from normbench.models import create_backbone
+    from normbench.models.placement import keep_bn_in_shortcuts
+    from normbench.registry import VARIANTS
     from normbench.variants_api import norm_layer
 
     variant = norm_layer(spec.variant, **spec.variant_options)
@@ -141,7 +145,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     else:
         norm, last = variant, None
     try:
-        return create_backbone(
+        model = create_backbone(
             spec.backbone,
             num_classes,
             norm,
@@ -156,6 +160,9 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
             f"backbone {spec.backbone!r} with variant {spec.variant!r} "
             f"(placement {spec.placement!r}) cannot be built: {exc}"
         ) from exc
+    if spec.placement == "except-shortcut":
+        keep_bn_in_shortcuts(model, VARIANTS.get(spec.variant).obj, norm_layer("bn"))
+    return model
 
 
 def _variant_source(name: str) -> str:

@@ -67,8 +67,9 @@ class TrialSpec:
     # data-set options: root, download, image_size, val_fraction, augment flags ...
     dataset_options: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe = field(default_factory=Recipe)
-    # "everywhere" (default) or "last-in-block" (BNET's official placement)
-    placement: Literal["everywhere", "last-in-block"] = "everywhere"
+    # "everywhere" (default), "last-in-block" (BNET's official placement) or "except-shortcut"
+    # (IEBN's official placement); see normbench.models.placement
+    placement: Literal["everywhere", "last-in-block", "except-shortcut"] = "everywhere"
     sabn_index: Literal["zeros", "augmented"] = "zeros"
     device: str = "auto"  # "auto" picks cuda when available
     amp: bool | None = None  # None: bf16 autocast on CUDA only
@@ -123,8 +124,8 @@ class TrialSpec:
                 ),
                 (
                     "placement",
-                    "one of 'everywhere', 'last-in-block'",
-                    self.placement in ("everywhere", "last-in-block"),
+                    "one of 'everywhere', 'last-in-block', 'except-shortcut'",
+                    self.placement in ("everywhere", "last-in-block", "except-shortcut"),
                 ),
                 (
                     "sabn_index",

@@ -31,6 +31,12 @@ def run(
     plugins: list[Path] | None = typer.Option(
         None, "--plugin", help="Python file registering variants/backbones (repeatable)."
     ),
+    allow_autoscaling: bool = typer.Option(
+        False,
+        "--allow-autoscaling",
+        help="Accept per-trial resources that no node has yet (a cluster that adds nodes on "
+        "demand); without it such a suite is refused instead of waiting forever.",
+    ),
     storage: str | None = typer.Option(
         None,
         "--storage",
@@ -39,6 +45,10 @@ def run(
     ),
 ) -> int:
     """Run every trial of SUITE that the run directory does not hold yet.
+
+    Before Ray starts and before anything is written, a preflight checks the output
+    directory, the cluster address, that each trial's resources fit on a node, and the data
+    (downloaded or extracted once, here); --dry-run prints what it found.
 
     An existing run directory is resumed: finished trials are skipped, interrupted ones continue
     from their last checkpoint.
@@ -56,6 +66,7 @@ def run(
         limit_batches=limit_batches,
         plugins=tuple(str(p) for p in plugins or ()),
         storage=storage,
+        allow_autoscaling=allow_autoscaling,
     )
     return execute(req)
 

@@ -204,7 +204,7 @@ def build_trials(
             backbone_options=dict(c.backbone.options),
             dataset_options=dict(base.dataset_options),
             recipe=recipe,
-            placement=c.variant.placement or t.placement,
+            placement=c.variant.placement or _train_placement(t, c.variant.name),
         )
         cell = {
             "dataset": spec.dataset,
@@ -266,3 +266,12 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
     if recipe:
         changes["recipe"] = dataclasses.replace(spec.recipe, **recipe)
     return spec.replace(**changes)
+
+
+def _train_placement(train: Any, variant: str) -> str:
+    """`train.placement` when the suite sets it, else the variant's official placement."""
+    from normbench.models.placement import default_placement
+
+    if "placement" in train.model_fields_set:
+        return str(train.placement)
+    return default_placement(variant)

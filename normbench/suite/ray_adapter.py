@@ -71,7 +71,9 @@ class Events(Protocol):
     def on_start(self, spec: TrialSpec) -> None: ...
     def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None: ...
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None: ...
-    def on_end(self, spec: TrialSpec, error: str | None) -> None: ...
+    def on_end(
+        self, spec: TrialSpec, reason: str | None, *, error: dict[str, Any] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,17 @@ def _short_dirname(trial: Any) -> str:
 
 # ---------------------------------------------------------------- inside the Ray worker
 def _trainable(config: dict[str, Any]) -> None:
-    """Ray function trainable: replay unstored records, then train and report each epoch."""
+    """Ray function trainable. Any exception leaves with its reason attached (see `_Reason`),
+    so the driver can store it however Ray reports the failure."""
+    try:
+        _train(config)
+    except Exception as exc:
+        exc.add_note(REASON_MARK + json.dumps(_Reason.of(exc).to_dict()))
+        raise
+
+
+def _train(config: dict[str, Any]) -> None:
+    """Replay unstored records, then train and report each epoch."""
     from normbench.engine.checkpoint import load_or_quarantine
     from normbench.engine.loop import run_trial
 
@@ -251,7 +263,8 @@ class _Relay(tune.Callback):
         self.events.on_end(self._spec(trial), None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.events.on_end(self._spec(trial), _reason(trial.get_error()))
+        reason = _Reason.of_trial(trial)
+        self.events.on_end(self._spec(trial), reason.line(), error=reason.to_dict())
 
 
 class _Silent(tune.ProgressReporter):
@@ -273,12 +286,83 @@ def _uri(checkpoint: Any) -> str:
     return f"{ {'gcs': 'gs'}.get(scheme, scheme) }://{path}"
 
 
-def _reason(error: BaseException | None) -> str:
-    """The last meaningful line of a trial's error (Ray wraps it in a long traceback)."""
-    if error is None:
-        return "failed (no error recorded by Ray)"
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(error).__name__
+REASON_MARK = "normbench-trial-error: "
+TRACEBACK_LINES = 8
+
+
+@dataclass(frozen=True)
+class _Reason:
+    """Why a trial failed: exception type, message, and the last lines of its traceback.
+
+    Ray 2.60 writes a trial's error to a text file before it calls `on_trial_error`, but
+    `trial.get_error()` reads the copy in the experiment storage, which may not be synced yet
+    (it returns None then). So the trainable attaches the reason to the exception as a note
+    (`REASON_MARK` + JSON), which Ray's traceback text carries, and the driver reads the
+    local error file itself; failures outside the trainable (a dead worker, a placement
+    error) fall back to the last line of Ray's own text.
+    """
+
+    type: str
+    message: str
+    traceback: tuple[str, ...] = ()
+    where: str | None = None  # "file.py:LINE in function" of the innermost frame
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Reason:
+        import traceback as tb
+
+        frames = tb.extract_tb(exc.__traceback__)
+        where = None
+        if frames:
+            last = frames[-1]
+            where = f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+        lines = [
+            ln.rstrip()
+            for chunk in tb.format_exception(type(exc), exc, exc.__traceback__)
+            for ln in chunk.splitlines()
+            if ln.strip() and not ln.startswith(REASON_MARK)
+        ]
+        return cls(type(exc).__name__, str(exc), tuple(lines[-TRACEBACK_LINES:]), where)
+
+    @classmethod
+    def of_trial(cls, trial: Any) -> _Reason:
+        text = ""
+        path = getattr(trial, "error_file", None)
+        if path and os.path.isfile(path):
+            with open(path, errors="replace") as f:
+                text = f.read()
+        if not text:
+            error = trial.get_error()
+            text = "" if error is None else str(error)
+        return cls.parse(text)
+
+    @classmethod
+    def parse(cls, text: str) -> _Reason:
+        """The last attempt's reason from Ray's error text (notes first, else its last line)."""
+        marked = [ln for ln in text.splitlines() if ln.startswith(REASON_MARK)]
+        if marked:
+            d = json.loads(marked[-1][len(REASON_MARK) :])
+            return cls(d["type"], d["message"], tuple(d["traceback"]), d.get("where"))
+        lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        if not lines:
+            return cls("RayError", "the trial failed and Ray recorded no error text")
+        kind, sep, msg = lines[-1].strip().partition(": ")
+        if not sep or " " in kind:
+            kind, msg = "RayError", lines[-1].strip()
+        return cls(kind, msg, tuple(lines[-TRACEBACK_LINES:]))
+
+    def line(self) -> str:
+        """One line for trials.jsonl's `reason`, the live view and the report."""
+        msg = " ".join(self.message.split()) or "(no message)"
+        return f"{self.type}: {msg}" + (f" [at {self.where}]" if self.where else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": list(self.traceback),
+            "where": self.where,
+        }
 
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[], None]:
@@ -340,6 +424,15 @@ def _loopback_only() -> Callable[[], None]:
 def warm_worker() -> None:
     """Ray worker set-up hook: import what every trial needs."""
     import normbench.engine.loop  # noqa: F401  (pulls in torch, models, data)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """CPUs and GPUs of every alive node of the joined cluster."""
+    return [
+        {"CPU": float(n["Resources"].get("CPU", 0)), "GPU": float(n["Resources"].get("GPU", 0))}
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
 
 
 def cluster_resources() -> dict[str, float]:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -47,40 +48,53 @@ class RunRequest:
     plugins: tuple[str, ...] = ()
     storage: str | None = None  # checkpoint storage URI; None: RUN_DIR itself
     num_cpus: int | None = None  # local Ray only; None: os.cpu_count()
+    allow_autoscaling: bool = False  # trials may ask for more than any node has today
 
 
 def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
-    """Run (or describe) a suite. Returns 0, or 1 when some trial failed."""
+    """Run (or describe) a suite. Returns 0, or 1 when some trial failed or the report could
+    not be written. A refused preflight raises PreflightError before anything is written."""
     from normbench.suite.loader import load_suite
+    from normbench.suite.preflight import run_preflight
 
     stream = stream or sys.stdout
     overrides = tuple(req.overrides) + _plugin_overrides(req.suite, req.plugins)
     suite = load_suite(
         req.suite, overrides=overrides, max_epochs=req.max_epochs, limit_batches=req.limit_batches
     )
-    if req.dry_run:
-        print(_describe(suite), file=stream)
-        return 0
     run_dir = Path(req.output) if req.output else Path("runs") / suite.name
     if req.resume and not (run_dir / "suite.resolved.json").exists():
         raise RunDirError(f"--resume: {run_dir} holds no run to resume (no suite.resolved.json)")
-    with RunStore(run_dir) as store:
-        store.write_suite(suite)
-        store.write_environment(environment())
-        _restore_lost_records(store, stream)
-        ray = _RayOnDemand(req.address, req.num_cpus, store)
-        try:
+    found = run_preflight(
+        suite,
+        run_dir,
+        address=req.address,
+        num_cpus=req.num_cpus,
+        allow_autoscaling=req.allow_autoscaling,
+        fetch=not req.dry_run,
+    )
+    ray = _RayOnDemand(req.address, req.num_cpus, found.shutdown)
+    if req.dry_run:
+        ray.stop()
+        print(_describe(suite) + "\n\n" + found.text(), file=stream)
+        return 0
+    try:
+        with RunStore(run_dir) as store:
+            store.write_suite(suite)
+            store.write_environment(environment())
+            _restore_lost_records(store, stream)
+            ray.store = store
             failed = Driver(store, suite, req.storage, stream, ray.start).run()
-        finally:
-            ray.stop()
-        counts: dict[str, int] = {}
-        for tid in store.trial_ids():
-            status = (store.summary(tid) or {}).get("status", "interrupted")
-            counts[status] = counts.get(status, 0) + 1
+            counts: dict[str, int] = {}
+            for tid in store.trial_ids():
+                status = (store.summary(tid) or {}).get("status", "interrupted")
+                counts[status] = counts.get(status, 0) + 1
+    finally:
+        ray.stop()
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
-    _build_report(run_dir, stream)
-    return 1 if failed else 0
+    reported = _build_report(run_dir, stream)
+    return 1 if failed or not reported else 0
 
 
 def _restore_lost_records(store: RunStore, stream: TextIO) -> None:
@@ -104,18 +118,24 @@ def _restore_lost_records(store: RunStore, stream: TextIO) -> None:
 
 
 class _RayOnDemand:
-    """Starts (or joins) Ray the first time a trial must run: a finished run never starts it."""
+    """Starts (or joins) Ray the first time a trial must run: a finished run never starts it.
+    A cluster the preflight already joined (`shutdown` given) is used as it is."""
 
-    def __init__(self, address: str | None, num_cpus: int | None, store: RunStore) -> None:
-        self.address, self.num_cpus, self.store = address, num_cpus, store
-        self.shutdown: Any = None
+    def __init__(
+        self, address: str | None, num_cpus: int | None, shutdown: Callable[[], None] | None
+    ) -> None:
+        self.address, self.num_cpus, self.shutdown = address, num_cpus, shutdown
+        self.store: RunStore | None = None
+        self._noted = False
 
     def start(self) -> None:
-        if self.shutdown is None:
-            from normbench.suite import ray_adapter
+        from normbench.suite import ray_adapter
 
+        if self.shutdown is None:
             self.shutdown = ray_adapter.init_ray(self.address, num_cpus=self.num_cpus)
+        if self.store is not None and not self._noted:
             self.store.write_environment(environment(ray_adapter.cluster_resources()))
+            self._noted = True
 
     def stop(self) -> None:
         if self.shutdown is not None:
@@ -245,15 +265,19 @@ class Driver:
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None:
         self.store.note_checkpoint(spec.trial_id, epoch, ref)
 
-    def on_end(self, spec: TrialSpec, error: str | None) -> None:
+    def on_end(
+        self, spec: TrialSpec, reason: str | None, *, error: dict[str, Any] | None = None
+    ) -> None:
         tid = spec.trial_id
         if tid in self.finished:
             return
         last = self.last.get(tid) or self.store.last_record(tid)
-        status, reason = _status(spec, last, error, searched=bool(self.context))
+        status, reason = _status(spec, last, reason, searched=bool(self.context))
         extra: dict[str, Any] = {"variant_source": (last or {}).get("variant_source")}
         if tid in self.notes:
             extra["notes"] = self.notes[tid]
+        if error is not None:
+            extra["error"] = error  # type, message, last traceback lines
         if self.context:
             extra["study"] = self.context["study"]
             extra["value"] = (last or {}).get(self.suite.search.metric)
@@ -348,14 +372,20 @@ def _describe(suite: Any) -> str:
     return "\n".join(lines)
 
 
-def _build_report(run_dir: Path, stream: TextIO) -> None:
-    """Write the run's report when normbench.reports is available; never fail the run."""
+def _build_report(run_dir: Path, stream: TextIO) -> bool:
+    """Write the run's report; False (and a line on stderr) when it could not be written.
+    Results are stored either way, and `normbench report RUN_DIR` can retry."""
     try:
         from normbench.reports import build_report
-    except ImportError:
-        return
-    try:
+
         out = build_report([run_dir], run_dir / "report")
-        print(f"report: {out}", file=stream)
     except Exception as exc:  # a report bug must not hide finished results
-        print(f"normbench: warning: report not written: {exc}", file=stream)
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(
+            f"normbench: error: report not written ({why}); the results are stored in "
+            f"{run_dir}: retry with `normbench report {run_dir}`",
+            file=sys.stderr,
+        )
+        return False
+    print(f"report: {out}", file=stream)
+    return True

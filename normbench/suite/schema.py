@@ -23,7 +23,8 @@ Reference (see suites/*.yaml for commented examples):
             no_decay_norm_and_bias (alias: both decays 0), warmup_epochs,
             schedule: multistep|cosine|constant, milestones, gamma, label_smoothing, grad_clip,
             device, amp, channels_last, compile,
-            limit_batches, placement: everywhere|last-in-block, sabn_index, probe,
+            limit_batches, placement: everywhere|last-in-block|except-shortcut (unset:
+            each variant's official placement, normbench.models.placement), sabn_index, probe,
             probe_batch_size, eval_batch_size, num_threads, checkpoint_every}
     resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
     max_concurrent: null            # cap on trials at once
@@ -71,7 +72,7 @@ MAX_RETRIES = 100
 
 _R = Recipe()
 _T = TrialSpec(variant="", backbone="", dataset="", epochs=1)
-Placement = Literal["everywhere", "last-in-block"]
+Placement = Literal["everywhere", "last-in-block", "except-shortcut"]
 
 
 class Strict(BaseModel):

@@ -128,3 +128,14 @@ def test_search_persists_study_and_a_rerun_continues_it(
     assert len(_lines(run / "trials.jsonl")) == 2
     assert len(optuna.load_study(study_name="lrsearch", storage=f"sqlite:///{run / 'optuna.db'}")
                .get_trials()) == 2  # fmt: skip
+
+
+def test_a_report_that_cannot_be_written_is_an_error(tmp_path: Path, capsys) -> None:
+    from normbench.suite.runner import _build_report
+
+    out = io.StringIO()
+    assert _build_report(tmp_path / "no_run_here", out) is False
+    err = capsys.readouterr().err
+    assert err.startswith("normbench: error: report not written (")
+    assert f"retry with `normbench report {tmp_path / 'no_run_here'}`" in err
+    assert len(err.strip().splitlines()) == 1 and out.getvalue() == ""

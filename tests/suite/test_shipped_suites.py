@@ -118,6 +118,8 @@ def test_table3_matrix_recipe_and_references(loaded):
     )
     assert (spec.epochs, spec.batch_size, spec.dataset) == (200, 128, "cifar100")
     assert spec.dataset_options["augment"]["rotation"] == 15
+    placement = {t.spec.variant: t.spec.placement for t in suite.trials()}
+    assert placement["iebn"] == "except-shortcut" and placement["bnet"] == "everywhere"
     rows = {
         (r["backbone"], r["variant"]): (r["top1"], r["top5"])
         for r in suite.reference
@@ -219,3 +221,13 @@ def test_fourthings_cell_groups(loaded):
     assert decay["bn_decay_to_1"].norm_decay_toward == "identity"
     assert decay["bn"].norm_weight_decay is None and decay["bn"].norm_decay_toward == "zero"
     assert all(t.spec.dataset_options["val_fraction"] > 0 for t in trials)  # alpha is tuned on val
+
+
+def test_cifar10_suites_do_not_rotate(loaded):
+    # The UBN paper states random cropping (and flipping) for CIFAR-10; RandomRotation(15) comes
+    # from the pytorch-cifar100 code behind its CIFAR-100 recipe only (CIFAR10_AUGMENT has none).
+    cifar10 = [s for s in loaded.values() if s.trials()[0].spec.dataset == "cifar10"]
+    assert cifar10
+    for suite in cifar10:
+        for t in suite.trials():
+            assert (t.spec.dataset_options.get("augment") or {}).get("rotation", 0) == 0, suite.name

@@ -1,0 +1,252 @@
+"""Every shipped suite (suites/*.yaml, so a new file is covered without editing this test) runs
+through the CLI to a written report, on small data sets written in the real on-disk formats:
+CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders) and an ImageFolder
+tree. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
+`--limit-batches`, `--plugin`, `--address`). All runs share one local 2-CPU Ray cluster,
+joined with `--address` as a user joins theirs, instead of paying Ray's start-up per suite.
+
+The generated CIFAR files cannot match torchvision's md5 of the genuine files, so a small
+plugin (`--plugin`, loaded by the driver and by every trial) puts their true md5s into
+torchvision's lists: every file is still hashed and checked, as for users.
+
+Also here, on the same cluster: a plugin layer that raises in training with `retries: 0`
+keeps its exception type, message and traceback in trials.jsonl, `load_results` and the
+report's "Did not finish" table.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from normbench.cli import main  # noqa: E402
+from normbench.results import load_results  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from cifar_files import write_cifar10, write_cifar100  # noqa: E402
+
+SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
+CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
+         "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
+SMOKE_BATCH = 32  # at most; a suite's smallest batch size when smaller
+TIMES: dict[str, float] = {}
+
+TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
+from torchvision.datasets import CIFAR10, CIFAR100
+
+MD5 = {md5!r}
+for cls in (CIFAR10, CIFAR100):
+    m = MD5[cls.__name__]
+    cls.train_list = [[n, m[n]] for n, _ in cls.train_list]
+    cls.test_list = [[n, m[n]] for n, _ in cls.test_list]
+    cls.meta = {{**cls.meta, "md5": m[cls.meta["filename"]]}}
+    cls.tgz_md5 = m["archive"]
+'''
+
+
+@dataclass
+class DataFiles:
+    src: Path  # src/<cifar folder>, src/<archive>, src/imagenet/{train,val}/<class>/*.png
+    plugin: Path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
+    src = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    md5: dict[str, dict[str, str]] = {}
+    md5["CIFAR10"] = write_cifar10(src, rng, per_batch=40, n_test=20)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=20)[0]
+    for folder, archive, cls in CIFAR.values():
+        with tarfile.open(src / archive, "w:gz") as tar:
+            tar.add(src / folder, arcname=folder)
+        md5[cls]["archive"] = _md5(src / archive)
+    for split, n in (("train", 10), ("val", 2)):
+        for c in range(6):
+            (src / "imagenet" / split / f"n{c:08d}").mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+                Image.fromarray(img).save(src / "imagenet" / split / f"n{c:08d}" / f"{i}.png")
+    plugin = src / "trust_generated_cifar.py"
+    plugin.write_text(TRUST_PLUGIN.format(md5=md5))
+    return DataFiles(src, plugin)
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """One 2-CPU Ray node with its own temp dir, for every run of this module (as in
+    test_cluster.py: Ray's driver rewrites 127.0.0.1 to the node's own address, so a node bound
+    to loopback only could not be joined by address)."""
+    mp = pytest.MonkeyPatch()
+    tmp = tempfile.mkdtemp(prefix="nbs", dir="/tmp")
+    mp.setenv("RAY_TMPDIR", tmp)
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False},
+    )
+    try:
+        yield c
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        mp.undo()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if TIMES:
+            print("\nsuite smoke times: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
+
+
+def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int) -> list[str]:
+    """The user's flags that make `suite` a smoke run on the generated data."""
+    flags = ["--max-epochs", "1", "--limit-batches", "1", "--plugin", str(data.plugin)]
+    sets = {
+        "seeds": "1",
+        "batch_sizes": json.dumps([min(min(suite["batch_sizes"]), SMOKE_BATCH)]),
+        "backbones": json.dumps(suite["backbones"][:1]),
+        "variants": json.dumps(suite["variants"][:2]),
+        "resources.cpus": "1",
+        "resources.gpus": "0",
+    }
+    for key in ("include", "exclude"):
+        if key in suite:
+            sets[key] = "[]"
+    if "search" in suite:
+        sets["search.num_samples"] = "2"
+        sets["search.grace_period"] = "1"
+    name = suite["dataset"]["name"]
+    if name in CIFAR:
+        folder, archive, _ = CIFAR[name]
+        # the archive (extracted once by the driver) and the extracted folder, by turns
+        what = archive if index % 2 == 0 else folder
+        (shutil.copy if what == archive else shutil.copytree)(data.src / what, root / what)
+        sets["dataset.root"] = str(root)
+    elif name == "imagenet":
+        sets["dataset.root"] = str(data.src / "imagenet")
+        sets["dataset.image_size"] = "32"
+    for k, v in sets.items():
+        flags += ["--set", f"{k}={v}"]
+    return flags
+
+
+def run_cli(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return int(exit_.value.code or 0)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _turn(path: Path) -> int:
+    """Which data format this suite gets: alternate among the suites of one data set."""
+    name = yaml.safe_load(path.read_text())["dataset"]["name"]
+    same = [p for p in SUITES if yaml.safe_load(p.read_text())["dataset"]["name"] == name]
+    return same.index(path)
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suite_reaches_its_report(
+    path: Path, data: DataFiles, cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    suite = yaml.safe_load(path.read_text())
+    flags = shrink_flags(suite, data, tmp_path, _turn(path))
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    code = run_cli(["run", str(path), "-o", str(out), "--address", cluster.address, *flags])
+    TIMES[path.stem] = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert code == 0, err
+    trials = _jsonl(out / "trials.jsonl")
+    expected = {"completed", "pruned"} if "search" in suite else {"completed"}
+    assert trials and {t["status"] for t in trials} <= expected, trials
+    assert all(t["spec"]["epochs"] == 1 and t["spec"]["limit_batches"] == 1 for t in trials)
+    board = (out / "report" / "leaderboard.md").read_text()
+    for t in trials:
+        assert t["cell"]["variant"] in board
+    if suite["dataset"]["name"] in CIFAR:  # the driver extracted the archive, once
+        folder = CIFAR[suite["dataset"]["name"]][0]
+        assert (tmp_path / folder).is_dir()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{folder}")]
+
+
+BOOM = """
+from torch import nn
+from normbench import register_variant
+
+
+@register_variant("boom_norm")
+class BoomNorm(nn.BatchNorm2d):
+    paper = "A layer that fails in training (normbench tests, none)"
+    batch_dependent = True
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+
+    def forward(self, x):
+        if self.training and x.shape[0] > 8:  # real batches only; the contract check uses 4
+            raise ValueError(f"boom_norm cannot normalise {x.shape[1]} channels today")
+        return super().forward(x)
+"""
+
+FAILING = """
+version: 1
+name: failing_layer
+dataset: {name: synthetic, image_size: 16, n_train: 96, n_test: 16, num_classes: 4}
+backbones: [{name: resnet20, options: {width: 4}}]
+variants: [bn, boom_norm]
+batch_sizes: [16]
+seeds: [0]
+train: {epochs: 1, lr: 0.05, schedule: constant, probe: false, device: cpu}
+resources: {cpus: 1, gpus: 0}
+plugins: [boom.py]
+retries: 0
+"""
+
+
+def test_failing_layer_keeps_its_reason(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "boom.py").write_text(BOOM)
+    (tmp_path / "s.yaml").write_text(FAILING)
+    out = tmp_path / "run"
+    code = run_cli(["run", str(tmp_path / "s.yaml"), "-o", str(out), "--address", cluster.address])
+    assert code == 1  # a trial failed; the suite still finished and reported
+    failed = [t for t in _jsonl(out / "trials.jsonl") if t["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["cell"]["variant"] == "boom_norm"
+    message = "boom_norm cannot normalise 4 channels today"
+    reason = failed[0]["reason"]
+    assert reason.startswith(f"ValueError: {message} [at boom.py:") and "in forward]" in reason
+    error = failed[0]["error"]
+    assert (error["type"], error["message"]) == ("ValueError", message)
+    assert error["traceback"][-1] == f"ValueError: {message}"
+    assert any("boom.py" in line for line in error["traceback"])
+    df = load_results(out).set_index("variant")
+    assert df.loc["boom_norm", "status"] == "failed"
+    assert df.loc["boom_norm", "reason"] == reason
+    board = (out / "report" / "leaderboard.md").read_text()
+    assert "## Did not finish" in board
+    assert message in board.split("## Did not finish")[1]
