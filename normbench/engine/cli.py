@@ -24,6 +24,28 @@ class OptionSyntaxError(UserError, ValueError):
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+
+
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="key=value: example_weights=[0,0.05,0.1], recalibrate_batches=50, "
+            "trials=[ID], dataset_root=PATH, device=cpu (repeatable).",
+        ),
+    ] = None,
+) -> int:
+    """Evaluate finished checkpoints under inference-time settings (no retraining): the
+    example weight alpha chosen on validation, and recalibrated running statistics. Appends
+    to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
+    from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
+
+    written = evaluate_run(run_dir, parse_settings(set_))
+    print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
+    return 0
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:

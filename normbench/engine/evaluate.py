@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
@@ -342,27 +341,3 @@ def _recalibration_mode(model: nn.Module, layers: list[nn.Module]) -> Iterator[N
             for n, b in model.named_buffers():
                 if n not in stats:
                     b.copy_(saved[n])
-
-
-# -- CLI ------------------------------------------------------------------------------------
-def evaluate_command(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="key=value: example_weights=[0,0.05,0.1], recalibrate_batches=50, "
-            "trials=[ID], dataset_root=PATH, device=cpu (repeatable).",
-        ),
-    ] = None,
-) -> int:
-    """Evaluate finished checkpoints under inference-time settings (no retraining): the
-    example weight alpha chosen on validation, and recalibrated running statistics. Appends
-    to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
-    written = evaluate_run(run_dir, parse_settings(set_))
-    print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
-    return 0
-
-
-def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
