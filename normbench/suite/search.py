@@ -353,13 +353,13 @@ class SearchSession:
         self.active: dict[str, int] = {}  # trial id -> study trial number (this run)
         self.waiters: dict[str, list[int]] = {}  # duplicates of an active trial
         self.params: dict[str, dict[str, Any]] = {}  # trial id -> sampled parameters
-        finished = 0
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING:
-                self._settle(t.number, dict(t.params))
-            elif t.user_attrs.get("nb_status") in FINISHED:
-                finished += 1
-        self.finished = finished
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self._settle(t.number, dict(t.params))
+        self.finished = sum(
+            t.user_attrs.get("nb_status") in FINISHED
+            for t in self.study.get_trials(deepcopy=False)
+        )
+        finished = self.finished
         self.new = max(search.num_samples - finished - len(self.resume), 0)
         self.asked = 0
         self._unused: Iterator[dict[str, Any]] | None = None
