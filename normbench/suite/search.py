@@ -356,8 +356,7 @@ class SearchSession:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self._settle(t.number, dict(t.params))
         self.finished = sum(
-            t.user_attrs.get("nb_status") in FINISHED
-            for t in self.study.get_trials(deepcopy=False)
+            t.user_attrs.get("nb_status") in FINISHED for t in self.study.get_trials(deepcopy=False)
         )
         finished = self.finished
         self.new = max(search.num_samples - finished - len(self.resume), 0)
