@@ -116,9 +116,9 @@ def _metric_columns(recs: list[EpochRecord]) -> dict[str, Any]:
     }
 
 
-def _environment(recs: list[dict[str, Any]]) -> str | None:
+def _environment(recs: list[EpochRecord]) -> str | None:
     """The trial's environment as sorted JSON (a resumed trial never changes it), or None."""
-    envs = {json.dumps(r["environment"], sort_keys=True) for r in recs if r.get("environment")}
+    envs = {json.dumps(r.get("environment"), sort_keys=True) for r in recs if r.get("environment")}
     return envs.pop() if len(envs) == 1 else (None if not envs else "mixed")
 
 

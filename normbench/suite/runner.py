@@ -309,7 +309,10 @@ class Driver:
             self.notes.setdefault(tid, []).append(note)
             self.view.note(f"warning: {note}")
         extra = {"spec": spec.to_dict(), "cell": self._cell(tid, spec)}
-        self.store.append_epoch(tid, record, extra={**extra, **self._search_fields(tid, spec)})
+        searched = self._search_fields(tid, spec)
+        if searched:  # on epoch lines "params" is the parameter count
+            searched["search_params"] = searched.pop("params")
+        self.store.append_epoch(tid, record, extra={**extra, **searched})
         if self.context.get("session") is not None:
             self.context["session"].report(tid, record)
         self.last[tid] = record

@@ -108,6 +108,18 @@ def distribution(p: Any) -> tuple[Any, list[tuple[str, str]]]:
         return None, [("type", str(exc))]
 
 
+def optuna_space(space: dict[str, Any]) -> dict[str, Any]:
+    """{path: Optuna distribution} for a suite space; ValueError naming what `distribution`
+    refuses (the suite checks report the same problems with file:line first)."""
+    out: dict[str, Any] = {}
+    for path, p in space.items():
+        dist, found = distribution(p)
+        if dist is None:
+            raise ValueError(f"{path}.{found[0][0]}: {found[0][1]}")
+        out[path] = dist
+    return out
+
+
 @dataclass(frozen=True)
 class Space:
     """A define-by-run search space over TrialSpec paths.
@@ -380,7 +392,7 @@ class SearchSession:
             ))  # fmt: skip
         for tid, first in started.items():
             if first.get("study") == self.name and tid not in mine:
-                self.study.enqueue_trial(first.get("params") or {})
+                self.study.enqueue_trial(first.get("search_params") or {})
                 self.notes.append(f"trial {tid} will resume from its checkpoint")
         self.notes.insert(0, f"study {self.name} rebuilt from trials.jsonl ({len(rows)} finished)")
 

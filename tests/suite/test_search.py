@@ -226,7 +226,7 @@ def test_a_deleted_study_is_rebuilt_from_the_run_directory(tmp_path: Path) -> No
     a, b = s.suggest(), s.suggest()
     _finish(s, a, done, value=5.0)
     (tmp_path / "optuna.db").unlink()
-    started = {s.trial_id(b["params"]): {"study": "study", "params": b["params"]}}
+    started = {s.trial_id(b["params"]): {"study": "study", "search_params": b["params"]}}
     rebuilt = _session(path, done, started)
     assert rebuilt.notes[0] == "study study rebuilt from trials.jsonl (1 finished)"
     assert rebuilt.finished == 1 and rebuilt.new == 2
