@@ -266,6 +266,19 @@ class Driver:
             ray_adapter.run([self._task(trial.spec, searched=True)], plan, self)
         finally:
             session.close()
+        self._note_best(name)
+
+    def _note_best(self, study: str) -> None:
+        """One line with the best finished sample per variant (and so overall)."""
+        from normbench.suite.search import best_per_variant
+
+        rows = [self.store.summary(t) or {} for t in self.store.completed()]
+        mine = [r for r in rows if r.get("study") == study]
+        best = best_per_variant(mine, self.suite.search.mode)
+        if best:
+            parts = [f"{v}: {b['value']:.2f} {b.get('params')}" for v, b in sorted(best.items())]
+            self.view.note(f"search {study}: best {self.suite.search.metric} per variant: "
+                           + "; ".join(parts))  # fmt: skip
 
     # -- Events ---------------------------------------------------------------------------
     def _cell(self, tid: str, spec: TrialSpec | None = None) -> dict[str, Any]:
