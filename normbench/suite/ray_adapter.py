@@ -208,16 +208,26 @@ def _train(config: dict[str, Any]) -> None:
     ckpt_dir = _checkpoint_dir(task, tid)
     stored = int(task["stored_epochs"].get(tid, 0))
     payload, note = load_or_quarantine(ckpt_dir, trial_id=tid)
-    for rec in (payload or {}).get("records", []):
+    records = list((payload or {}).get("records", []))
+    del payload
+    reported = False
+    for rec in records:
         if int(rec["epoch"]) > stored:  # records a killed driver never stored
             tune.report(_result(tid, rec))
-    del payload
+            reported = True
     for record in run_trial(spec, checkpoint_dir=ckpt_dir):
         placed = {**record, **_placement()}
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
             placed[CHECKPOINT_NOTE], note = note, None
         ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
         tune.report(_result(tid, placed), checkpoint=ckpt)  # uploads before returning
+        reported = True
+    if not reported:
+        # Finished and fully stored, but its summary line was lost with a killed driver: report
+        # the last record again (the store ignores the repeat) so searchers and schedulers get
+        # their metric and the driver writes the summary.
+        for rec in records[-1:]:
+            tune.report(_result(tid, rec))
     if not task["checkpoint_root"]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the node-local copy; storage keeps it
 
