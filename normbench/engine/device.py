@@ -54,8 +54,8 @@ class Runtime:
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda if cuda else None,
+            "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda) if cuda else None,
             "cudnn": torch.backends.cudnn.version() if cuda else None,
         }
 
