@@ -82,7 +82,9 @@ def train_command(
     ] = None,
     suite: Annotated[
         Path | None,
-        typer.Option(help="Take the whole trial from this suite (with --trial): same records."),
+        typer.Option(
+            help="Take the whole trial from this suite file or run directory (with --trial)."
+        ),
     ] = None,
     trial: Annotated[
         str | None, typer.Option(help="Trial id (or unique prefix) of --suite; see --dry-run.")
@@ -147,23 +149,43 @@ class TrainArgumentError(UserError, ValueError):
 
 
 def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> Any:
-    """The spec of trial `trial` (id or unique prefix) of the suite file, after overrides."""
-    from normbench.suite.loader import load_suite
-
+    """The spec of trial `trial` (id or unique prefix) of a suite file (after overrides), or
+    of a run directory (any stored trial, searched ones included)."""
     if suite is None or not trial:
-        raise TrainArgumentError("--suite FILE and --trial ID go together")
-    loaded = load_suite(suite, overrides=overrides)
-    if loaded.search is not None:
-        raise TrainArgumentError(
-            f"{suite}: a search suite's trials are sampled; take a searched trial's spec from "
-            "its run directory (trials.jsonl) instead"
-        )
-    matches = [t for t in loaded.trials() if t.trial_id.startswith(trial)]
+        raise TrainArgumentError("--suite FILE (or RUN_DIR) and --trial ID go together")
+    if suite.is_dir():
+        specs = _stored_specs(suite)
+    else:
+        from normbench.suite.loader import load_suite
+
+        loaded = load_suite(suite, overrides=overrides)
+        if loaded.search is not None:
+            raise TrainArgumentError(
+                f"{suite}: a search suite's trials are sampled; pass its run directory as "
+                "--suite to train one of them"
+            )
+        specs = {t.trial_id: t.spec for t in loaded.trials()}
+    matches = [tid for tid in specs if tid.startswith(trial)]
     if len(matches) != 1:
-        ids = ", ".join(t.trial_id for t in loaded.trials()[:8])
+        ids = ", ".join(list(specs)[:8])
         what = "matches no trial" if not matches else "matches several trials"
         raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...)")
-    return matches[0].spec
+    return specs[matches[0]]
+
+
+def _stored_specs(run_dir: Path) -> dict[str, Any]:
+    """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
+    from normbench.engine.spec import TrialSpec
+    from normbench.results.store import EPOCHS, TRIALS, read_jsonl
+
+    specs: dict[str, Any] = {}
+    for name in (TRIALS, EPOCHS):
+        for line in read_jsonl(run_dir / name):
+            if line.get("spec") and line["trial_id"] not in specs:
+                specs[line["trial_id"]] = TrialSpec.from_dict(line["spec"])
+    if not specs:
+        raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
+    return specs
 
 
 def _run_json(spec: Any, checkpoint_dir: Path | None) -> None:
