@@ -144,6 +144,9 @@ class EpochRecord(TypedDict):
     variant_source: str
     condensation: dict[str, float | None]  # layer -> similarity probe (docs/variants.md#ubn)
     diagnostics: dict[str, dict[str, float | None]]  # layer -> its diagnostics()
+    # what can change a number without changing the experiment (Runtime.environment();
+    # docs/reproducibility.md): device, threads, dtype, deterministic flags, versions
+    environment: dict[str, Any]
     diverged_epoch: NotRequired[int]
     diverged_reason: NotRequired[str]
     # added by the Ray adapter and the store
@@ -153,6 +156,9 @@ class EpochRecord(TypedDict):
     trial_id: NotRequired[str]
     spec: NotRequired[dict[str, Any]]  # the trial's spec and suite cell, on stored lines
     cell: NotRequired[dict[str, Any]]
+    study: NotRequired[str]  # searched trials: the Optuna study, trial number and parameters
+    study_trial: NotRequired[int | None]
+    search_params: NotRequired[dict[str, Any] | None]
 
 
 RECORD_KEYS: frozenset[str] = frozenset(EpochRecord.__annotations__)

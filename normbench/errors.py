@@ -74,3 +74,8 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"it called sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Terminated(BaseException):
+    """The driver got SIGTERM. A BaseException, so neither Ray nor Tune swallows it; the run
+    stops, keeping every finished result (a rerun resumes)."""

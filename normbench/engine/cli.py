@@ -65,13 +65,26 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def train_command(
-    variant: Annotated[str, typer.Option(help="Normalization variant (see `normbench variants`).")],
-    backbone: Annotated[str, typer.Option(help="Backbone, e.g. resnet20, resnet18.")],
-    dataset: Annotated[str, typer.Option(help="Data set, e.g. digits, synthetic, cifar10.")],
+    variant: Annotated[
+        str | None, typer.Option(help="Normalization variant (see `normbench variants`).")
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone, e.g. resnet20, resnet18.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set, e.g. digits, synthetic, cifar10.")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order, augmentation.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, momentum 0.9).")] = 0.1,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs (per batch).")] = 1.0,
+    schedule: Annotated[
+        str, typer.Option(help="Learning-rate schedule: cosine, multistep or constant.")
+    ] = "cosine",
+    milestone: Annotated[
+        list[int] | None, typer.Option("--milestone", help="Multistep decay epoch (repeatable).")
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Variant option key=value (repeatable).")
     ] = None,
@@ -83,8 +96,23 @@ def train_command(
         int | None, typer.Option(help="At most this many training batches per epoch (smoke).")
     ] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1' ...")] = "auto",
+    num_threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
+    ] = None,
     plugin: Annotated[
         list[Path] | None, typer.Option("--plugin", help="Plugin file to load (repeatable).")
+    ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the whole trial from this suite file or run directory (with --trial)."
+        ),
+    ] = None,
+    trial: Annotated[
+        str | None, typer.Option(help="Trial id (or unique prefix) of --suite; see --dry-run.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Suite override, as for `normbench run`.")
     ] = None,
     checkpoint_dir: Annotated[
         Path | None, typer.Option(help="Save a checkpoint here each epoch; resume from it.")
@@ -93,27 +121,93 @@ def train_command(
         bool, typer.Option("--json", help="Print the records as JSON lines, nothing else.")
     ] = False,
 ) -> None:
-    """Train one model and print its per-epoch results."""
+    """Train one model and print its per-epoch results.
+
+    Either name the trial with flags (the defaults are the quickstart recipe: batch 64, SGD
+    lr 0.1, one warm-up epoch, cosine decay), or take it whole from a suite with
+    `--suite FILE --trial ID`: the records then equal the suite trial's in the same
+    environment (the suite's thread count included)."""
     from normbench.engine.spec import Recipe, TrialSpec
 
-    spec = TrialSpec(
-        variant=variant,
-        backbone=backbone,
-        dataset=dataset,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        variant_options=parse_key_values(option, "--option"),
-        dataset_options=parse_key_values(dataset_option, "--dataset-option"),
-        recipe=Recipe(lr=lr),
-        device=device,
-        limit_batches=limit_batches,
-        plugins=tuple(str(p.expanduser().resolve()) for p in plugin or []),
-    ).validate()
+    if suite is not None or trial is not None:
+        spec = suite_trial(suite, trial, set_ or [])
+    else:
+        missing = [f"--{n}" for n, v in (("variant", variant), ("backbone", backbone),
+                                         ("dataset", dataset)) if not v]  # fmt: skip
+        if missing:
+            raise TrainArgumentError(
+                f"normbench train needs {', '.join(missing)} (or --suite FILE --trial ID)"
+            )
+        spec = TrialSpec(
+            variant=str(variant),
+            backbone=str(backbone),
+            dataset=str(dataset),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            variant_options=parse_key_values(option, "--option"),
+            dataset_options=parse_key_values(dataset_option, "--dataset-option"),
+            recipe=Recipe(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                warmup_epochs=warmup_epochs,
+                schedule=schedule,  # type: ignore[arg-type]
+                milestones=tuple(milestone or ()),
+            ),
+            device=device,
+            limit_batches=limit_batches,
+            num_threads=num_threads,
+            plugins=tuple(str(p.expanduser().resolve()) for p in plugin or []),
+        )
     if as_json:
         _run_json(spec, checkpoint_dir)
     else:
         _run_display(spec, checkpoint_dir)
+
+
+class TrainArgumentError(UserError, ValueError):
+    """`normbench train` flags that do not name one trial."""
+
+
+def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> Any:
+    """The spec of trial `trial` (id or unique prefix) of a suite file (after overrides), or
+    of a run directory (any stored trial, searched ones included)."""
+    if suite is None or not trial:
+        raise TrainArgumentError("--suite FILE (or RUN_DIR) and --trial ID go together")
+    if suite.is_dir():
+        specs = _stored_specs(suite)
+    else:
+        from normbench.suite.loader import load_suite
+
+        loaded = load_suite(suite, overrides=overrides)
+        if loaded.search is not None:
+            raise TrainArgumentError(
+                f"{suite}: a search suite's trials are sampled; pass its run directory as "
+                "--suite to train one of them"
+            )
+        specs = {t.trial_id: t.spec for t in loaded.trials()}
+    matches = [tid for tid in specs if tid.startswith(trial)]
+    if len(matches) != 1:
+        ids = ", ".join(list(specs)[:8])
+        what = "matches no trial" if not matches else "matches several trials"
+        raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...)")
+    return specs[matches[0]]
+
+
+def _stored_specs(run_dir: Path) -> dict[str, Any]:
+    """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
+    from normbench.engine.spec import TrialSpec
+    from normbench.results.store import EPOCHS, TRIALS, read_jsonl
+
+    specs: dict[str, Any] = {}
+    for name in (TRIALS, EPOCHS):
+        for line in read_jsonl(run_dir / name):
+            if line.get("spec") and line["trial_id"] not in specs:
+                specs[line["trial_id"]] = TrialSpec.from_dict(line["spec"])
+    if not specs:
+        raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
+    return specs
 
 
 def _run_json(spec: Any, checkpoint_dir: Path | None) -> None:

@@ -8,10 +8,13 @@ numbers the CPU tests compare.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 import sys
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -36,6 +39,26 @@ class Runtime:
     compile: bool
     num_threads: int
 
+    def environment(self) -> dict[str, Any]:
+        """What can change a number without changing the experiment: stored in every epoch
+        record and checkpoint (a trial never resumes in a different one; see
+        `environment_difference`). Bit-exactness per setting: docs/reproducibility.md."""
+        cuda = self.device.type == "cuda"
+        return {
+            "device_type": self.device.type,
+            "device_name": torch.cuda.get_device_name(self.device) if cuda else _cpu_name(),
+            "num_threads": self.num_threads,
+            "dtype": "bfloat16-autocast" if self.amp else "float32",
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda) if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
+        }
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on this device when amp is on, else a no-op context."""
         if not self.amp:
@@ -56,6 +79,31 @@ class Runtime:
             model.to(memory_format=torch.channels_last)
         # torch.compile is typed as returning a Callable; given a Module it returns a Module.
         return cast(nn.Module, torch.compile(model)) if self.compile else model
+
+
+def environment_difference(saved: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """'num_threads=2 vs 1, torch=...' for the keys two environments disagree on, else None
+    (also None for a checkpoint written before environments were recorded)."""
+    if not saved:
+        return None
+    diffs = [
+        f"{k}={saved.get(k)!r} then, {current[k]!r} now"
+        for k in current
+        if k in saved and saved[k] != current[k]
+    ]
+    return ", ".join(diffs) or None
+
+
+@functools.cache
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else platform.processor(), else 'cpu'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -39,7 +39,7 @@ from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import memory, probes
 from normbench.engine.build import Trial, build_trial
-from normbench.engine.device import synchronize
+from normbench.engine.device import environment_difference, synchronize
 from normbench.engine.recipe import current_lr
 from normbench.engine.spec import TrialSpec
 
@@ -91,6 +91,8 @@ def run_trial(
     if payload is not None and (payload["status"] != "ok" or payload["epoch"] >= spec.epochs):
         return  # finished or diverged: nothing to build
     trial = build_trial(spec)
+    if payload is not None:
+        _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload) if payload is not None else _State()
     meter = _memory_meter(trial)
     for epoch in range(state.epoch + 1, spec.epochs + 1):
@@ -106,6 +108,20 @@ def run_trial(
         yield cast(EpochRecord, record)
         if record["status"] != "ok":
             return
+
+
+class EnvironmentChangedError(ckpt.CheckpointError):
+    """A checkpoint written in another execution environment (threads, device, versions)."""
+
+
+def _check_environment(spec: TrialSpec, payload: dict[str, Any], now: dict[str, Any]) -> None:
+    diff = environment_difference(payload.get("environment"), now)
+    if diff:
+        raise EnvironmentChangedError(
+            f"trial {spec.trial_id} cannot resume in a different environment ({diff}): its "
+            "finished epochs would mix with epochs computed differently; rerun with the original "
+            "settings, or run it into another --output"
+        )
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -167,6 +183,7 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
         elapsed_s=None,
         params=trial.params,
         device=str(trial.runtime.device),
+        environment=trial.runtime.environment(),
         variant_source=trial.variant_source,
         condensation={},
         diagnostics={},
@@ -347,6 +364,7 @@ def _payload(trial: Trial, state: _State) -> dict[str, Any]:
         "optimizer": trial.optimizer.state_dict(),
         "scheduler": trial.scheduler.state_dict(),
         "rng": ckpt.rng_state(),
+        "environment": trial.runtime.environment(),
     }
 
 

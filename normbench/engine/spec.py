@@ -1,8 +1,22 @@
 """`TrialSpec`: everything one trial needs, as a frozen, JSON-serialisable value.
 
-A trial's identity is a hash of its resolved spec (`trial_id`), so a rerun recognises
-finished and interrupted trials. Fields that do not change the result (`num_threads`,
-`device` when "auto", `checkpoint_every`) are left out of the hash.
+Every field says once, in its metadata, what it is (`ROLE`):
+
+* `identity`: changes what the trial computes; part of the trial id (`trial_id` hashes the
+  resolved spec), of a suite's compatibility check and of report grouping. `epochs` and
+  `limit_batches` are identity too, and are also its *length* (`LENGTH_FIELDS`): a truncated
+  run is a different trial, but belongs to the same family of trials.
+* `environment`: where and how fast it runs (device, CPU threads). Not in the id, so moving a
+  suite to another machine keeps its trials; but it can change numbers (thread count changes
+  float reduction order), so it is recorded in every epoch record and a trial never resumes
+  from a checkpoint written in a different environment (`engine.environment`).
+* `location`: where files are (plugin paths beyond their file names, the data set's `root`
+  and `download`); never changes a number.
+* `bookkeeping`: how often to checkpoint; never changes a number.
+
+Every "which fields matter" list (trial id, resume checks, the store's compatibility check,
+the searchable paths, the matrix's shared settings) is derived from these tags. `TrialSpec` and
+`Recipe` validate themselves on construction (as Optuna's distributions do).
 """
 
 from __future__ import annotations
@@ -21,11 +35,20 @@ class SpecError(UserError, ValueError):
     """A trial spec whose values no trial can run with."""
 
 
-# Fields that change how fast a trial runs, not what it computes.
-_NOT_IN_ID = ("num_threads", "device", "checkpoint_every")
+ROLE = "role"
+IDENTITY, ENVIRONMENT, LOCATION, BOOKKEEPING = "identity", "environment", "location", "bookkeeping"
 # Data-set options that say where the files are, not what they are: moving the data (or the
 # suite folder with its plugins) must not turn finished trials into new ones.
-_DATASET_NOT_IN_ID = ("root", "download")
+DATASET_LOCATION_OPTIONS = ("root", "download")
+# Identity fields that only say how long a trial runs (a truncated run is the same family).
+LENGTH_FIELDS = ("epochs", "limit_batches")
+
+
+def _f(default: Any = dataclasses.MISSING, *, role: str = IDENTITY, factory: Any = None) -> Any:
+    meta = {ROLE: role}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,33 @@ class Recipe:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"recipe.{name} must be {rule}, but got {name}={getattr(self, name)!r}"
+            for name, rule, ok in (
+                ("lr", "a number > 0", _number(self.lr) and self.lr > 0),
+                ("momentum", "a number in [0, 1)",
+                 _number(self.momentum) and 0 <= self.momentum < 1),
+                ("weight_decay", "a number >= 0",
+                 _number(self.weight_decay) and self.weight_decay >= 0),
+                ("warmup_epochs", "a number >= 0",
+                 _number(self.warmup_epochs) and self.warmup_epochs >= 0),
+                ("schedule", "one of 'multistep', 'cosine', 'constant'",
+                 self.schedule in ("multistep", "cosine", "constant")),
+                ("gamma", "a number > 0", _number(self.gamma) and self.gamma > 0),
+                ("label_smoothing", "a number in [0, 1)",
+                 _number(self.label_smoothing) and 0 <= self.label_smoothing < 1),
+                ("grad_clip", "None or a number > 0",
+                 self.grad_clip is None or (_number(self.grad_clip) and self.grad_clip > 0)),
+                ("milestones", "increasing epochs >= 1",
+                 all(_int_at_least(m, 1) for m in self.milestones)
+                 and list(self.milestones) == sorted(set(self.milestones))),
+            )
+            if not ok
+        ]  # fmt: skip
+        if problems:
+            raise SpecError("trial spec: " + "; ".join(problems))
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -62,16 +112,16 @@ class TrialSpec:
     epochs: int
     batch_size: int = 128
     seed: int = 0
-    variant_options: dict[str, Any] = field(default_factory=dict)
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-    # data-set options: root, download, image_size, val_fraction, augment flags ...
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    recipe: Recipe = field(default_factory=Recipe)
+    variant_options: dict[str, Any] = _f(factory=dict)
+    backbone_options: dict[str, Any] = _f(factory=dict)
+    # data-set options: root, download (location), image_size, val_fraction, augment flags ...
+    dataset_options: dict[str, Any] = _f(factory=dict)
+    recipe: Recipe = _f(factory=Recipe)
     # "everywhere" (default), "last-in-block" (BNET's official placement) or "except-shortcut"
     # (IEBN's official placement); see normbench.models.placement
     placement: Literal["everywhere", "last-in-block", "except-shortcut"] = "everywhere"
     sabn_index: Literal["zeros", "augmented"] = "zeros"
-    device: str = "auto"  # "auto" picks cuda when available
+    device: str = _f("auto", role=ENVIRONMENT)  # "auto" picks cuda when available
     amp: bool | None = None  # None: bf16 autocast on CUDA only
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False
@@ -79,9 +129,12 @@ class TrialSpec:
     eval_batch_size: int = 512
     probe: bool = True  # per-layer feature condensation on a fixed probe batch each epoch
     probe_batch_size: int = 32
-    plugins: tuple[str, ...] = ()
-    num_threads: int | None = None
-    checkpoint_every: int = 1
+    plugins: tuple[str, ...] = ()  # identity by file name, location by the rest of the path
+    num_threads: int | None = _f(None, role=ENVIRONMENT)
+    checkpoint_every: int = _f(1, role=BOOKKEEPING)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -146,15 +199,44 @@ class TrialSpec:
 
     @property
     def trial_id(self) -> str:
-        d = self.to_dict()
-        for k in _NOT_IN_ID:
-            d.pop(k, None)
-        d["dataset_options"] = {
-            k: v for k, v in d["dataset_options"].items() if k not in _DATASET_NOT_IN_ID
-        }
-        d["plugins"] = [Path(p).name for p in d["plugins"]]
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def fields_with(*roles: str) -> tuple[str, ...]:
+    """Names of the TrialSpec fields tagged with one of `roles`, in declaration order."""
+    return tuple(
+        f.name for f in dataclasses.fields(TrialSpec) if f.metadata.get(ROLE, IDENTITY) in roles
+    )
+
+
+def identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The identity part of a spec dict (what `trial_id` hashes): environment and bookkeeping
+    fields dropped, locations reduced to what they name (plugin file names, no data root)."""
+    drop = set(fields_with(ENVIRONMENT, BOOKKEEPING))
+    d = {k: v for k, v in spec.items() if k not in drop}
+    if "dataset_options" in d:
+        d["dataset_options"] = {
+            k: v for k, v in d["dataset_options"].items() if k not in DATASET_LOCATION_OPTIONS
+        }
+    if "plugins" in d:
+        d["plugins"] = [Path(p).name for p in d["plugins"]]
+    return d
+
+
+def family(spec: dict[str, Any]) -> dict[str, Any]:
+    """The identity without its length (`LENGTH_FIELDS`): smoke, truncated and full runs of
+    one experiment share a family."""
+    return {k: v for k, v in identity(spec).items() if k not in LENGTH_FIELDS}
+
+
+def environment_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The execution-environment fields of a spec dict."""
+    return {k: spec.get(k) for k in fields_with(ENVIRONMENT)}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _int_at_least(value: Any, low: int) -> bool:
@@ -167,3 +249,18 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     return x
+
+
+def environment_conflict(spec: TrialSpec, recorded: dict[str, Any] | None) -> str | None:
+    """How `spec`'s environment fields disagree with an epoch record's `environment` (the one
+    a stored, unfinished trial ran in), or None. Checked by the driver before any trial
+    starts; the worker checks the full environment against the checkpoint."""
+    if not recorded:
+        return None
+    diffs = []
+    if spec.num_threads is not None and recorded.get("num_threads") not in (None, spec.num_threads):
+        diffs.append(f"num_threads={recorded['num_threads']} then, {spec.num_threads} now")
+    wanted = spec.device.partition(":")[0]
+    if spec.device != "auto" and recorded.get("device_type") not in (None, wanted):
+        diffs.append(f"device {recorded['device_type']!r} then, {wanted!r} now")
+    return ", ".join(diffs) or None

@@ -22,6 +22,7 @@ RESULT_COLUMNS = [
     "options", "cell", "status", "reason", "epochs", "final_test_top1", "final_test_top5",
     "final_val_top1", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "wall_time_s",
     "train_time_s", "images_per_s", "peak_mem_mb", "peak_mem_method", "params", "variant_source",
+    "environment",
 ]  # fmt: skip
 
 
@@ -109,13 +110,22 @@ def _metric_columns(recs: list[EpochRecord]) -> dict[str, Any]:
         "peak_mem_method": last.get("peak_mem_method"),
         "params": last.get("params"),
         "variant_source": last.get("variant_source"),
+        # JSON of the execution environment (device, threads, dtype, versions); a cell whose
+        # seeds differ here ran in different environments (normbench.engine.device).
+        "environment": _environment(recs),
     }
+
+
+def _environment(recs: list[EpochRecord]) -> str | None:
+    """The trial's environment as sorted JSON (a resumed trial never changes it), or None."""
+    envs = {json.dumps(r.get("environment"), sort_keys=True) for r in recs if r.get("environment")}
+    return envs.pop() if len(envs) == 1 else (None if not envs else "mixed")
 
 
 def _flat_epoch(rec: dict[str, Any]) -> dict[str, Any]:
     """Drop the spec copy; nested per-layer dicts become JSON strings."""
     out = {k: v for k, v in rec.items() if k not in ("spec", "cell")}
-    for k in ("condensation", "diagnostics"):
+    for k in ("condensation", "diagnostics", "environment"):
         if isinstance(out.get(k), dict):
             out[k] = json.dumps(out[k], sort_keys=True)
     return out

@@ -51,7 +51,6 @@ _REQUIRED = {
 }
 # Top-level keys of the resolved suite that do not change any result.
 _EXECUTION_KEYS = ("resources", "max_concurrent", "retries", "plugins", "path", "overrides")
-_LENGTH_AND_SPEED = ("epochs", "limit_batches", "num_threads", "device", "checkpoint_every")
 
 
 class RunStore:
@@ -204,6 +203,16 @@ class RunStore:
         """Ids of trials that need no more work (completed, diverged or pruned)."""
         return {t for t, rec in self._trials.items() if rec["status"] in DONE_STATUSES}
 
+    def started(self) -> dict[str, dict[str, Any]]:
+        """First epoch line of each trial with epochs but no finished summary (interrupted or
+        failed): it carries the trial's spec, cell and, in a search, its parameters."""
+        first: dict[str, dict[str, Any]] = {}
+        done = self.completed()
+        for rec in read_jsonl(self.run_dir / EPOCHS):
+            if rec["trial_id"] not in done:
+                first.setdefault(rec["trial_id"], rec)
+        return first
+
     def summary(self, trial_id: str) -> dict[str, Any] | None:
         return self._trials.get(trial_id)
 
@@ -237,8 +246,10 @@ def _search_key(resolved: dict[str, Any]) -> Any:
 
 
 def family(spec: dict[str, Any]) -> str:
-    """Hash of a spec without its length (epochs, limit_batches) and speed-only fields."""
-    d = {k: v for k, v in spec.items() if k not in _LENGTH_AND_SPEED}
+    """Hash of a spec's identity without its length (`normbench.engine.spec.family`)."""
+    from normbench.engine.spec import family as spec_family
+
+    d = spec_family(spec)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

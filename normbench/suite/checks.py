@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from normbench.engine.spec import Recipe, TrialSpec
+from normbench.engine.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.errors import UserError, closest
 from normbench.options import OptionProblem, freeze, norm_widths
 from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
@@ -127,23 +127,34 @@ def _check_cell(c: RawCell, last: bool) -> Problems:
     return located(found, (*c.variant_path, "options"), {"batch_size": c.batch_path})
 
 
-_SEARCHABLE = {f.name for f in dataclasses.fields(TrialSpec)} - {
-    "variant",
-    "backbone",
-    "dataset",
-    "seed",
-    "plugins",
-    "device",
-    "num_threads",
-    "checkpoint_every",
-}
+# Searchable: identity fields (environment, location and bookkeeping fields never change what
+# a trial computes, so searching them is meaningless), except the data set and the seed.
+_SEARCHABLE = set(fields_with(IDENTITY)) - {"dataset", "seed", "plugins"}
 
 
 def check_search(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """Each search dimension must name a TrialSpec field every searched cell understands."""
+    """Each search dimension must name a TrialSpec field every searched cell understands, and
+    the space must build exactly as written (`normbench.suite.search.space_problems`)."""
     if model.search is None:
         return []
-    return check_search_paths(list(model.search.space), {c.variant.name.lower() for c in cells})
+    from normbench.suite.search import space_problems
+
+    searched = set(model.search.space)
+    variants = set() if "variant" in searched else {c.variant.name.lower() for c in cells}
+    problems = check_search_paths(list(model.search.space), variants)
+    return problems or space_problems(model.search, _bases(cells))
+
+
+def _bases(cells: list[RawCell]) -> list[TrialSpec]:
+    """The searched cells as specs (what the search space is conditional on)."""
+    return [
+        TrialSpec(
+            variant=c.variant.name.lower(), backbone=c.backbone.name.lower(), dataset="",
+            epochs=1, batch_size=c.batch_size, variant_options=dict(c.variant.options),
+            backbone_options=dict(c.backbone.options),
+        )
+        for c in cells
+    ]  # fmt: skip
 
 
 def check_search_paths(paths: list[str], variants: set[str]) -> Problems:

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from normbench.engine.spec import Recipe, TrialSpec
-from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
+from normbench.suite.schema import (
+    BackboneEntry,
+    NamedEntry,
+    SuiteModel,
+    TrainModel,
+    VariantEntry,
+)
 from normbench.suite.yamlmap import Path
 
 # Short names for options that commonly tell two entries of one variant apart in a label.
@@ -219,22 +225,34 @@ def build_trials(
     return list(trials.values())
 
 
+# `train` keys that shape specs without being a spec field of their own.
+TRAIN_ONLY_KEYS = ("lr_reference_batch",)
+# TrialSpec fields of `train` that `_base_spec` (or the cell) resolves rather than copies.
+_RESOLVED = ("epochs", "limit_batches", "num_threads", "placement")
+
+
+def unwired_train_keys() -> list[str]:
+    """`train` keys that reach no trial: neither a Recipe nor a TrialSpec field, nor a key
+    handled on purpose. A test keeps this empty, so a new suite key is wired or refused."""
+    targets = {f.name for f in dataclasses.fields(Recipe)} | {
+        f.name for f in dataclasses.fields(TrialSpec)
+    }
+    return sorted(set(TrainModel.model_fields) - targets - set(TRAIN_ONLY_KEYS))
+
+
 def _base_spec(
     model: SuiteModel, plugins: tuple[str, ...], max_epochs: int | None, limit: int | None
 ) -> TrialSpec:
     """The fields every trial of the suite shares (recipe, data set, engine settings)."""
     t = model.train
-    recipe = Recipe(**{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)})
-    recipe = dataclasses.replace(recipe, milestones=tuple(t.milestones))
-    shared: tuple[str, ...] = (
-        "sabn_index",
-        "device",
-        "amp",
-        "channels_last",
-        "compile",
-        "eval_batch_size",
+    recipe = Recipe(
+        **{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)}
+        | {"milestones": tuple(t.milestones)}
     )
-    shared += ("probe", "probe_batch_size", "checkpoint_every")
+    spec_fields = {f.name for f in dataclasses.fields(TrialSpec)}
+    shared = {
+        k: getattr(t, k) for k in TrainModel.model_fields if k in spec_fields and k not in _RESOLVED
+    }
     dataset_options = model.dataset.model_dump()
     return TrialSpec(
         variant="",
@@ -246,15 +264,22 @@ def _base_spec(
         limit_batches=limit or t.limit_batches,
         plugins=plugins,
         num_threads=t.num_threads or max(1, int(model.resources.cpus)),
-        **{k: getattr(t, k) for k in shared},
+        placement=t.placement,
+        **shared,
     )
 
 
 def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
     """The spec with search parameters set by dotted path: 'recipe.lr', 'variant_options.tau',
-    'dataset_options.x', 'backbone_options.x' or a top-level field such as 'batch_size'."""
+    'dataset_options.x', 'backbone_options.x' or a top-level field such as 'batch_size'.
+
+    A searched `variant` (or `backbone`) that differs from the spec's starts from no options:
+    the cell's options belong to the cell's layer; the sampled ones are set on top."""
     changes: dict[str, Any] = {}
     recipe: dict[str, Any] = {}
+    for owner in ("variant", "backbone"):
+        if owner in params and params[owner] != getattr(spec, owner):
+            changes[f"{owner}_options"] = {}
     for path, value in params.items():
         head, _, rest = path.partition(".")
         if head == "recipe":

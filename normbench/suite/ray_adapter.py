@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from normbench.engine.spec import TrialSpec
+from normbench.errors import Terminated
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TBX per trial
@@ -41,6 +43,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 import ray  # noqa: E402  (after the environment above: Tune reads it at import)
 from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 
 # Record key set on the first record a trial yields after its invalid checkpoint was moved
 # aside; the driver turns it into a note on the trial's summary line instead of storing it.
@@ -86,7 +89,7 @@ class Plan:
     retries: int
     storage_path: str  # Tune's experiment folder (a local path or a URI)
     name: str
-    searcher: Any = None  # a Ray Searcher built by normbench.suite.search
+    searcher: Any = None  # a normbench.suite.search.SearchSession (ask/tell on the study)
     num_samples: int = 1
     scheduler: Any = None
     metric: str | None = None
@@ -98,22 +101,24 @@ def spec_of(config: dict[str, Any]) -> TrialSpec:
     from normbench.suite.matrix import apply_params
 
     spec = TrialSpec.from_dict(config["task"]["spec"])
-    params = {k: v for k, v in config.items() if k != "task"}
+    params = config.get("params")
     return apply_params(spec, params) if params else spec
 
 
 def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     """Run grid tasks (one Ray trial each) or one search task (`plan.searcher` set)."""
     trainable = tune.with_resources(_trainable, {"cpu": plan.cpus, "gpu": plan.gpus})
+    searcher = None
     if plan.searcher is None:
         space = {"task": tune.grid_search([t.to_config() for t in tasks])}
     else:
         space = {"task": tasks[0].to_config()}
+        searcher = _StudySearcher(plan.searcher)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=plan.searcher,
+            search_alg=searcher,
             scheduler=plan.scheduler,
             metric=plan.metric if plan.searcher or plan.scheduler else None,
             mode=plan.mode if plan.searcher or plan.scheduler else None,
@@ -138,10 +143,43 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # after ray.init, which sets its own
     try:
         tuner.fit()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         tune_logger.setLevel(level)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class _StudySearcher(Searcher):
+    """Ray Tune searcher over a `SearchSession`: each new Ray trial is one asked (or resumed)
+    study trial. Results reach the study through the driver (`Events.on_end`), after the
+    store has them, so this class only proposes."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        self._metric, self._mode = metric, mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict[Any, Any] | None:
+        config = self.session.suggest()
+        return Searcher.FINISHED if config is None else config  # type: ignore[return-value]
+
+    def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+        return None
+
+    def save(self, checkpoint_path: str) -> None:
+        return None  # the Optuna study is the searcher's state
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
 
 
 def _short_dirname(trial: Any) -> str:
@@ -170,16 +208,26 @@ def _train(config: dict[str, Any]) -> None:
     ckpt_dir = _checkpoint_dir(task, tid)
     stored = int(task["stored_epochs"].get(tid, 0))
     payload, note = load_or_quarantine(ckpt_dir, trial_id=tid)
-    for rec in (payload or {}).get("records", []):
+    records = list((payload or {}).get("records", []))
+    del payload
+    reported = False
+    for rec in records:
         if int(rec["epoch"]) > stored:  # records a killed driver never stored
             tune.report(_result(tid, rec))
-    del payload
+            reported = True
     for record in run_trial(spec, checkpoint_dir=ckpt_dir):
         placed = {**record, **_placement()}
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
             placed[CHECKPOINT_NOTE], note = note, None
         ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
         tune.report(_result(tid, placed), checkpoint=ckpt)  # uploads before returning
+        reported = True
+    if not reported:
+        # Finished and fully stored, but its summary line was lost with a killed driver: report
+        # the last record again (the store ignores the repeat) so searchers and schedulers get
+        # their metric and the driver writes the summary.
+        for rec in records[-1:]:
+            tune.report(_result(tid, rec))
     if not task["checkpoint_root"]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the node-local copy; storage keeps it
 

@@ -28,7 +28,7 @@ from typing import Any, TextIO, cast
 
 from normbench.contract import EpochRecord
 from normbench.engine.spec import TrialSpec
-from normbench.errors import RunDirError, UserError
+from normbench.errors import RunDirError, Terminated, UserError
 from normbench.results.store import RunStore
 from normbench.suite.live import LiveView
 
@@ -89,6 +89,13 @@ def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
             for tid in store.trial_ids():
                 status = (store.summary(tid) or {}).get("status", "interrupted")
                 counts[status] = counts.get(status, 0) + 1
+    except Terminated:
+        print(
+            f"normbench: stopped by SIGTERM; finished trials are stored in {run_dir}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 143
     finally:
         ray.stop()
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -170,6 +177,7 @@ class Driver:
         """Run every unfinished trial; returns how many failed."""
         trials = self.suite.trials()
         done = self.store.completed()
+        self._check_environments(trials)
         if self.suite.search is None:
             total, already = len(trials), sum(t.trial_id in done for t in trials)
         else:
@@ -181,6 +189,22 @@ class Driver:
                 for trial in trials:
                     self._run_search(trial, single=len(trials) == 1)
         return self.failed
+
+    def _check_environments(self, trials: list[Any]) -> None:
+        """Refuse, before Ray starts, to resume a trial in another environment (threads)."""
+        from normbench.engine.spec import environment_conflict
+
+        specs = {t.trial_id: t.spec for t in trials}
+        base = trials[0].spec if self.suite.search is not None and trials else None
+        for tid, first in sorted(self.store.started().items()):
+            spec = specs.get(tid) or base
+            diff = spec and environment_conflict(spec, first.get("environment"))
+            if diff:
+                raise RunDirError(
+                    f"trial {tid} in {self.store.run_dir} ran in another environment ({diff}); "
+                    "it cannot resume there: rerun with the original resources.cpus / "
+                    "train.num_threads / train.device, or use another --output"
+                )
 
     def _plan(self, **search: Any) -> Any:
         from normbench.suite import ray_adapter
@@ -220,29 +244,69 @@ class Driver:
         url = search.storage_url(cfg, self.store.run_dir)
         name = search.study_name(cfg, self.suite.name, trial.spec, single)
         done = {t: self.store.summary(t) or {} for t in self.store.completed()}
-        study = search.prepare_study(cfg, url, name, trial.spec, done)
-        self.view.add_done(cfg.num_samples - study.remaining)
-        self.context = {"cell": trial.cell, "study": name}
-        if study.remaining == 0:
+        session = search.SearchSession(cfg, url, name, trial.spec, done, self.store.started())
+        for note in session.notes:
+            self.view.note(note)
+        self.view.add_done(min(session.finished, cfg.num_samples))
+        self.context = {"cell": trial.cell, "study": name, "session": session}
+        if session.total == 0:
             return
-        self.view.note(f"search {name}: {study.remaining} trials to run ({study.resumed} resumed)")
+        self.view.note(
+            f"search {name}: {session.total} trials to run ({len(session.resume)} resumed)"
+        )
         self.start_ray()
         plan = self._plan(
-            searcher=search.build_searcher(cfg, study),
-            num_samples=study.remaining,
+            searcher=session,
+            num_samples=session.total,
             scheduler=search.build_scheduler(cfg, trial.spec.epochs),
             metric=cfg.metric,
             mode=cfg.mode,
         )
-        ray_adapter.run([self._task(trial.spec, searched=True)], plan, self)
+        try:
+            ray_adapter.run([self._task(trial.spec, searched=True)], plan, self)
+        finally:
+            session.close()
+        self._note_best(name)
+
+    def _note_best(self, study: str) -> None:
+        """One line with the best finished sample per variant (and so overall)."""
+        from normbench.suite.search import best_per_variant
+
+        rows = [self.store.summary(t) or {} for t in self.store.completed()]
+        mine = [r for r in rows if r.get("study") == study]
+        best = best_per_variant(mine, self.suite.search.mode)
+        if best:
+            parts = [f"{v}: {b['value']:.2f} {b.get('params')}" for v, b in sorted(best.items())]
+            self.view.note(f"search {study}: best {self.suite.search.metric} per variant: "
+                           + "; ".join(parts))  # fmt: skip
 
     # -- Events ---------------------------------------------------------------------------
-    def _cell(self, tid: str) -> dict[str, Any]:
-        return self.cells.get(tid) or dict(self.context.get("cell", {}))
+    def _cell(self, tid: str, spec: TrialSpec | None = None) -> dict[str, Any]:
+        """A grid trial's cell; a searched trial's is its cell's with the searched axes."""
+        if tid in self.cells:
+            return self.cells[tid]
+        cell = dict(self.context.get("cell", {}))
+        if spec is not None:
+            for axis in ("variant", "backbone"):
+                if cell.get(f"{axis}_name") != getattr(spec, axis):
+                    cell[axis] = cell[f"{axis}_name"] = getattr(spec, axis)
+            cell["batch_size"] = spec.batch_size
+        return cell
+
+    def _search_fields(self, tid: str, spec: TrialSpec) -> dict[str, Any]:
+        """What a searched trial's lines carry: its study, trial number and parameters."""
+        session = self.context.get("session")
+        if session is None:
+            return {}
+        return {
+            "study": self.context["study"],
+            "study_trial": session.active.get(tid),
+            "params": session.params_of(spec),
+        }
 
     def on_start(self, spec: TrialSpec) -> None:
         tid = spec.trial_id
-        cell = self._cell(tid)
+        cell = self._cell(tid, spec)
         label = " ".join(str(cell[k]) for k in ("variant", "backbone") if k in cell) or tid
         if self.context:
             label += f" #{tid[:6]}"
@@ -257,8 +321,13 @@ class Driver:
             note = record.pop(CHECKPOINT_NOTE)
             self.notes.setdefault(tid, []).append(note)
             self.view.note(f"warning: {note}")
-        extra = {"spec": spec.to_dict(), "cell": self._cell(tid)}
-        self.store.append_epoch(tid, record, extra=extra)
+        extra = {"spec": spec.to_dict(), "cell": self._cell(tid, spec)}
+        searched = self._search_fields(tid, spec)
+        if searched:  # on epoch lines "params" is the parameter count
+            searched["search_params"] = searched.pop("params")
+        self.store.append_epoch(tid, record, extra={**extra, **searched})
+        if self.context.get("session") is not None:
+            self.context["session"].report(tid, record)
         self.last[tid] = record
         self.view.record(tid, cast(EpochRecord, record))  # Ray hands results over as dicts
 
@@ -279,9 +348,12 @@ class Driver:
         if error is not None:
             extra["error"] = error  # type, message, last traceback lines
         if self.context:
-            extra["study"] = self.context["study"]
+            extra.update(self._search_fields(tid, spec))
             extra["value"] = (last or {}).get(self.suite.search.metric)
-        self.store.finish_trial(tid, spec.to_dict(), self._cell(tid), status, reason, **extra)
+        cell = self._cell(tid, spec)
+        self.store.finish_trial(tid, spec.to_dict(), cell, status, reason, **extra)
+        if self.context.get("session") is not None:  # store first, then the study
+            self.context["session"].finish(tid, {**extra, "status": status})
         self.finished.add(tid)
         self.failed += status == "failed"
         self.view.end(tid, status, reason)

@@ -127,3 +127,27 @@ def test_bad_spec_is_a_user_error() -> None:
         next(run_trial(tiny(epochs=0)))
     with pytest.raises(UserError, match="unknown variant"):
         next(run_trial(tiny("no_such_norm")))
+
+
+def test_environment_in_every_record_and_a_resume_elsewhere_is_refused(tmp_path: Path) -> None:
+    """The thread count (like device, dtype and versions) is recorded, and a trial never
+    resumes from a checkpoint written with another one: one line naming the difference."""
+    from normbench.engine.loop import EnvironmentChangedError
+
+    longer = tiny(epochs=3)
+    ckpt = list(run_trial(longer))  # uninterrupted
+    env = ckpt[0]["environment"]
+    assert env["num_threads"] == 1 and env["device_type"] == "cpu"
+    assert env["dtype"] == "float32" and env["torch"] and "deterministic_algorithms" in env
+    assert {r["environment"]["num_threads"] for r in ckpt} == {1}
+    # A 3-epoch trial killed after epoch 2 (its checkpoint), resumed with 2 threads.
+    stopped = list(zip(range(2), run_trial(longer, checkpoint_dir=tmp_path / "c"), strict=False))
+    assert len(stopped) == 2
+    with pytest.raises(EnvironmentChangedError) as exc:
+        list(run_trial(longer.replace(num_threads=2), checkpoint_dir=tmp_path / "c"))
+    msg = str(exc.value)
+    assert "\n" not in msg and f"trial {longer.trial_id} cannot resume" in msg
+    assert "num_threads=1 then, 2 now" in msg
+    # Same environment: it resumes and ends exactly like the uninterrupted run.
+    resumed = list(run_trial(longer, checkpoint_dir=tmp_path / "c"))
+    assert strip(resumed) == strip(ckpt[2:])

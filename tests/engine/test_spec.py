@@ -50,3 +50,27 @@ def test_trial_id_ignores_where_data_and_plugins_live() -> None:
     p1 = base.replace(plugins=("/home/x/suites/my_norm.py",))
     p2 = base.replace(plugins=("/shared/suites/my_norm.py",))
     assert p1.trial_id == p2.trial_id != base.trial_id
+
+
+def test_every_field_has_one_role_and_the_lists_derive_from_it() -> None:
+    from normbench.engine.spec import ENVIRONMENT, IDENTITY, LOCATION, fields_with, identity
+    from normbench.results.store import family
+    from normbench.suite.matrix import unwired_train_keys
+
+    assert fields_with(ENVIRONMENT) == ("device", "num_threads")
+    assert fields_with(LOCATION) == ()  # locations live inside plugins and dataset_options
+    assert "num_threads" not in identity(spec().to_dict())
+    assert set(fields_with(IDENTITY)) >= {"variant", "recipe", "epochs", "amp", "plugins"}
+    # A run moved to another machine keeps its family (the store's compatibility check).
+    assert family(spec().to_dict()) == family(spec(num_threads=8, device="cuda").to_dict())
+    # Every `train` key of the suite schema reaches a spec field or is handled on purpose.
+    assert unwired_train_keys() == []
+
+
+def test_spec_and_recipe_validate_on_construction() -> None:
+    with pytest.raises(SpecError, match="recipe.lr must be a number > 0"):
+        Recipe(lr=0)
+    with pytest.raises(SpecError, match="milestones must be increasing"):
+        Recipe(milestones=(3, 2))
+    with pytest.raises(SpecError, match="epochs=0"):
+        TrialSpec(variant="bn", backbone="resnet20", dataset="digits", epochs=0)

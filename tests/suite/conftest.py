@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,3 +19,17 @@ def ray_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="nbt", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    """Environment for a `normbench` subprocess: its own short Ray temp dir and a marker that
+    finds every process it starts (driver, raylet, workers), all killed afterwards."""
+    from test_resume_kill import _marked_pids
+
+    marker = f"nbkill-{uuid.uuid4().hex[:8]}"
+    ray_tmp = tempfile.mkdtemp(prefix="nbr", dir="/tmp")  # short: Ray's socket paths are limited
+    yield {**os.environ, "RAY_TMPDIR": ray_tmp, "NB_TEST_MARKER": marker}
+    for pid in _marked_pids(marker):  # never leave our Ray behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,16 +55,6 @@ def _wait_gone(marker: str, timeout: float) -> list[int]:
     while (left := _marked_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
-
-
-@pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    marker = f"nbkill-{uuid.uuid4().hex[:8]}"
-    ray_tmp = tempfile.mkdtemp(prefix="nbr", dir="/tmp")  # short: Ray's socket paths are limited
-    yield {**os.environ, "RAY_TMPDIR": ray_tmp, "NB_TEST_MARKER": marker}
-    for pid in _marked_pids(marker):  # never leave our Ray behind, even when the test fails
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from normbench.cli import main
 from normbench.suite.loader import load_suite
-from normbench.suite.matrix import apply_params
 from normbench.suite.runner import RunRequest, execute
-from normbench.suite.search import optuna_space, prepare_study
 
 GRID = """
 version: 1
@@ -72,30 +69,6 @@ def test_dry_run_lists_trials_and_creates_nothing(tmp_path: Path, capsys, monkey
     for t in load_suite(suite).trials():
         assert t.trial_id in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
-
-
-def test_stale_study_trials_are_failed_and_enqueued_once(tmp_path: Path) -> None:
-    suite_path = tmp_path / "s.yaml"
-    suite_path.write_text(SEARCH)
-    suite = load_suite(suite_path)
-    cfg, base = suite.search, suite.trials()[0].spec
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(storage=url, study_name="lrsearch", direction="maximize")
-    space = optuna_space(cfg.space)
-    stale = study.ask(fixed_distributions=space)  # a driver died while this trial ran
-    finished = study.ask(fixed_distributions=space)  # ... and this one finished, untold
-    done_id = apply_params(base, finished.params).trial_id
-    done = {done_id: {"study": "lrsearch", "value": 42.0}}
-    plan = prepare_study(cfg, url, "lrsearch", base, done)
-    assert (plan.remaining, plan.resumed) == (1, 1)  # 2 samples, 1 finished in the store
-    plan = prepare_study(cfg, url, "lrsearch", base, done)  # a second restart: no duplicate
-    trials = optuna.load_study(study_name="lrsearch", storage=url).get_trials()
-    states = {t.number: t.state for t in trials}
-    assert states[stale.number] == TrialState.FAIL
-    assert states[finished.number] == TrialState.COMPLETE
-    assert trials[finished.number].value == 42.0
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [stale.params]
 
 
 @pytest.mark.slow
