@@ -116,7 +116,7 @@ def _build_data(spec: TrialSpec, runtime: Runtime) -> Any:
 
     return build_data(
         spec.dataset,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size * spec.devices,  # the optimiser batch; devices take slices
         eval_batch_size=spec.eval_batch_size,
         device=runtime.device,
         seed=spec.seed,

@@ -37,7 +37,7 @@ from torch import nn
 
 from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
-from normbench.engine import memory, probes
+from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
 from normbench.engine.device import environment_difference, synchronize
 from normbench.engine.recipe import current_lr
@@ -85,6 +85,7 @@ def run_trial(
     (epoch, batch, batches, loss, top1, images_per_s) for live displays.
     """
     spec.validate()
+    par = distributed.setup(spec)
     payload = None
     if checkpoint_dir is not None:
         payload = ckpt.load_checkpoint(checkpoint_dir, trial_id=spec.trial_id)
@@ -95,15 +96,16 @@ def run_trial(
         _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload) if payload is not None else _State()
     meter = _memory_meter(trial)
+    run = _Run(trial, par, par.wrap(trial.model, trial.forward))
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
-        record = _run_epoch(trial, epoch, on_batch, meter)
+        record = _run_epoch(run, epoch, on_batch, meter)
         record["epoch_time_s"] = time.perf_counter() - started
         state.elapsed_s += record["epoch_time_s"]
         record["elapsed_s"] = state.elapsed_s
         record = _finite_or_none(record)
         _update_state(state, record, epoch)
-        if checkpoint_dir is not None and _should_save(spec, epoch, record):
+        if checkpoint_dir is not None and par.writer and _should_save(spec, epoch, record):
             ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state))
         yield cast(EpochRecord, record)
         if record["status"] != "ok":
@@ -147,11 +149,23 @@ def _should_save(spec: TrialSpec, epoch: int, record: dict[str, Any]) -> bool:
     return last or epoch % spec.checkpoint_every == 0
 
 
+@dataclass
+class _Run:
+    """A trial as this process trains it: `train_forward` is what a training step calls (the
+    DDP wrapper or the virtual-device split); `trial.forward` evaluates."""
+
+    trial: Trial
+    par: distributed.Parallel
+    train_forward: nn.Module
+
+
 def _run_epoch(
-    trial: Trial, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
 ) -> dict[str, Any]:
     """Train, end-of-epoch hooks, checks, evaluation and probes for one epoch."""
-    result = _train_epoch(trial, epoch, on_batch, meter)
+    trial = run.trial
+    result = _train_epoch(run, epoch, on_batch, meter)
+    run.par.sync_buffers(trial.model)  # rank 0's running statistics everywhere
     if result.diverged is None:
         _end_epoch(trial.model)
         result.diverged = _non_finite_state(trial.model)
@@ -161,7 +175,7 @@ def _run_epoch(
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
     for split in ("val", "test"):
-        loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None))
+        loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None), run.par)
         record.update({f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5})
     record["condensation"] = _condensation(trial)
     record["diagnostics"] = probes.diagnostics(trial.model)
@@ -182,6 +196,8 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
         peak_mem_method=None,
         elapsed_s=None,
         params=trial.params,
+        devices=trial.spec.devices,
+        optimizer_batch_size=trial.spec.devices * trial.spec.batch_size,
         device=str(trial.runtime.device),
         environment=trial.runtime.environment(),
         variant_source=trial.variant_source,
@@ -192,9 +208,14 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
 
 
 def _train_epoch(
-    trial: Trial, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
 ) -> _TrainResult:
-    """One pass over the training loader; stops before stepping on a non-finite loss."""
+    """One pass over the training loader; stops before stepping on a non-finite loss.
+
+    The loader serves the optimiser batch; with DDP each rank trains on its slice, and the
+    loss (so the divergence check) and the hits are summed over ranks.
+    """
+    trial, par = run.trial, run.par
     rt = trial.runtime
     trial.model.train()
     trial.data.train.set_epoch(epoch - 1)
@@ -207,19 +228,21 @@ def _train_epoch(
         if i >= trial.batches_per_epoch:
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        x = rt.to_input(x)
+        images = int(y.shape[0])
+        x, y = rt.to_input(par.shard(x)), par.shard(y)
         with meter.step():
-            loss, logits = _train_step(trial, x, y)
+            loss, logits = _train_step(run, x, y)
         if loss is None:
             why = f"non-finite training loss at batch {i + 1} of epoch {epoch}"
             why += f"; {_non_finite_source(trial, x)}"
             return _TrainResult(None, None, seen, time.perf_counter() - start, lr, why)
-        loss_sum, seen = loss_sum + loss * int(y.shape[0]), seen + int(y.shape[0])
+        loss_sum, seen = loss_sum + loss * images, seen + images
         correct += (logits.argmax(dim=1) == y).sum()
         if on_batch is not None:
             on_batch(_progress(epoch, i, trial, loss_sum, int(correct), seen, start))
     synchronize(rt.device)
     seconds = meter.training_seconds(time.perf_counter() - start)
+    correct = par.all_sum(correct)
     if seen == 0:
         return _TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
     return _TrainResult(loss_sum / seen, 100.0 * int(correct) / seen, seen, seconds, lr)
@@ -241,14 +264,18 @@ def _progress(
     }
 
 
-def _train_step(trial: Trial, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, Any]:
-    """Forward, backward and (only for a finite loss) an optimiser and scheduler step."""
-    with trial.runtime.autocast():
-        logits = trial.forward(x)
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, Any]:
+    """Forward, backward and (only for a finite loss) an optimiser and scheduler step.
+
+    The returned loss is the mean over the optimiser batch (all ranks agree on it)."""
+    trial = run.trial
+    with trial.runtime.autocast(), run.par.statistics():
+        logits = run.train_forward(x)
     loss = trial.criterion(logits.float(), y)
     trial.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    value = float(loss.detach())  # one sync per batch: the divergence check needs it
+    # one sync per batch: the divergence check needs it
+    value = float(run.par.all_sum(loss.detach())) / run.par.ranks
     if not math.isfinite(value):
         return None, None
     if trial.spec.recipe.grad_clip is not None:
@@ -310,28 +337,32 @@ def _non_finite_source(trial: Trial, x: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def evaluate(trial: Trial, loader: Any) -> tuple[float | None, ...]:
-    """(loss, top-1 %, top-5 %) of the model in eval mode on `loader`; Nones without one."""
+def evaluate(
+    trial: Trial, loader: Any, par: distributed.Parallel | None = None
+) -> tuple[float | None, ...]:
+    """(loss, top-1 %, top-5 %) of the model in eval mode on `loader`; Nones without one.
+
+    With DDP (`par`) each rank evaluates every N-th batch and the sums are all-reduced."""
     if loader is None:
         return None, None, None
+    par = par or distributed.SINGLE
     model, rt = trial.model, trial.runtime
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=rt.device)
-    hits = torch.zeros(2, dtype=torch.int64, device=rt.device)
-    seen = 0
-    for x, y in loader:
+    hits = torch.zeros(3, dtype=torch.int64, device=rt.device)  # top-1, top-5, seen
+    for x, y in par.eval_batches(loader):
         with rt.autocast():
             logits = trial.forward(rt.to_input(x)).float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (N, k)
         match = top == y[:, None]  # (N, k)
-        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum()])
-        seen += int(y.shape[0])
+        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum(), hits.new_tensor(len(y))])
     model.train()
+    loss, h = par.all_sum(loss), par.all_sum(hits).tolist()
+    seen = h[2]
     if seen == 0:
         return None, None, None
-    h = hits.tolist()
     return float(loss) / seen, 100.0 * h[0] / seen, 100.0 * h[1] / seen
 
 

@@ -37,6 +37,9 @@ class SpecError(UserError, ValueError):
 
 ROLE = "role"
 IDENTITY, ENVIRONMENT, LOCATION, BOOKKEEPING = "identity", "environment", "location", "bookkeeping"
+# Data-parallel fields left out of the id at their defaults, so a single-device trial keeps the
+# id it had before they existed.
+_DEFAULT_NOT_IN_ID = {"devices": 1, "stats_scope": "device"}
 # Data-set options that say where the files are, not what they are: moving the data (or the
 # suite folder with its plugins) must not turn finished trials into new ones.
 DATASET_LOCATION_OPTIONS = ("root", "download")
@@ -132,6 +135,14 @@ class TrialSpec:
     plugins: tuple[str, ...] = ()  # identity by file name, location by the rest of the path
     num_threads: int | None = _f(None, role=ENVIRONMENT)
     checkpoint_every: int = _f(1, role=BOOKKEEPING)
+    # Data parallelism (normbench.engine.distributed): `batch_size` is per device, so one
+    # optimiser step sees devices * batch_size images. "ddp": one DDP rank per device (Ray
+    # Train workers); "virtual": all devices in one process, statistics per device slice;
+    # both compute the same, so `parallel` is environment.
+    devices: int = 1
+    parallel: Literal["ddp", "virtual"] = _f("ddp", role=ENVIRONMENT)
+    # "device": each device normalises its own slice; "global": moments over all devices.
+    stats_scope: Literal["device", "global"] = "device"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -185,6 +196,17 @@ class TrialSpec:
                     "one of 'zeros', 'augmented'",
                     self.sabn_index in ("zeros", "augmented"),
                 ),
+                ("devices", "an integer >= 1", _int_at_least(self.devices, 1)),
+                (
+                    "parallel",
+                    "one of 'ddp', 'virtual'",
+                    self.parallel in ("ddp", "virtual"),
+                ),
+                (
+                    "stats_scope",
+                    "one of 'device', 'global'",
+                    self.stats_scope in ("device", "global"),
+                ),
                 (
                     "seed",
                     "an integer",
@@ -199,7 +221,11 @@ class TrialSpec:
 
     @property
     def trial_id(self) -> str:
-        blob = json.dumps(identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
+        d = identity(self.to_dict())
+        for k, default in _DEFAULT_NOT_IN_ID.items():
+            if d.get(k) == default:
+                d.pop(k)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
