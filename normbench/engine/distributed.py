@@ -19,9 +19,10 @@ same (each slice starts from the buffers device 0 ended the last step with; devi
 is kept). After each training epoch the ranks copy rank 0's buffers, so end-of-epoch hooks,
 checks, evaluation and probes see one model.
 
-`stats_scope: global` normalises with moments over all N slices (SyncBatchNorm's rule, for
-every layer that declares `global_stats = True`): with DDP through the moments hook of
-`normbench.variants._scope`, in virtual mode by not splitting the batch at all.
+`stats_scope: global` normalises with moments over all N slices (SyncBatchNorm's rule,
+generalised: the layer computes what it computes on the whole N x B batch). In virtual mode
+that is the unsplit batch, for every layer. With DDP it needs moments all-reduced inside the
+layers, which this version does not have yet: the suite loader refuses it.
 
 Only rank 0 writes checkpoints; every rank restores the same file. The training loss, the
 divergence check and the evaluation sums are all-reduced, so every rank takes the same
@@ -89,14 +90,6 @@ class Parallel:
         with torch.no_grad():
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
-
-    def statistics(self) -> contextlib.AbstractContextManager[None]:
-        """The context of a training forward: global moments across ranks when asked."""
-        if self.mode == "ddp" and self.stats_scope == "global":
-            from normbench.variants import _scope
-
-            return _scope.global_statistics(dist.group.WORLD)
-        return contextlib.nullcontext()
 
     def wrap(self, model: nn.Module, forward: nn.Module) -> nn.Module:
         """What a training step calls: DDP around `model`, or the virtual-device split."""

@@ -201,3 +201,30 @@ def _search_variant_option(option: str, variants: set[str], where: Path) -> Prob
                 )
             ]
     return []
+
+
+def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
+    """Data-parallel rules: resources are per device; global statistics need virtual mode."""
+    problems: Problems = []
+    gpus, devices = model.resources.gpus, model.train.devices
+    if gpus > 1:
+        n = f"{gpus:g}" if gpus == int(gpus) else "N"
+        problems.append(
+            (
+                ("resources", "gpus"),
+                f"gpus: {gpus:g} is per device, and a trial has train.devices: {devices}; "
+                f"for a {n}-GPU data-parallel trial write `train: {{devices: {n}}}` and "
+                f"`resources: {{gpus: 1}}`",
+            )
+        )
+    t = model.train
+    if t.stats_scope == "global" and t.devices > 1 and t.parallel == "ddp":
+        problems.append(
+            (
+                ("train", "stats_scope"),
+                "stats_scope: global runs with parallel: virtual only in this version (moments "
+                "over the whole devices x batch_size batch); write `parallel: virtual` or "
+                "`stats_scope: device`",
+            )
+        )
+    return problems

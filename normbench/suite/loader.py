@@ -163,6 +163,7 @@ def _validate(
     names = checks.check_names(model, cells)
     found += names + checks.check_cells(model, cells, names)
     found += checks.check_search(model, cells)
+    found += checks.check_parallel(model, cells)
     if not found:
         found += _search_space_problems(model)
     if found:

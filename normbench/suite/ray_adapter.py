@@ -107,7 +107,10 @@ def spec_of(config: dict[str, Any]) -> TrialSpec:
 
 def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     """Run grid tasks (one Ray trial each) or one search task (`plan.searcher` set)."""
-    trainable = tune.with_resources(_trainable, {"cpu": plan.cpus, "gpu": plan.gpus})
+    workers = (plan.cpus, plan.gpus)  # per device: what each Ray Train worker asks for
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, worker_resources=workers), _trial_resources(plan)
+    )
     searcher = None
     if plan.searcher is None:
         space = {"task": tune.grid_search([t.to_config() for t in tasks])}
@@ -186,18 +189,41 @@ def _short_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _trial_resources(plan: Plan) -> Callable[[dict[str, Any]], Any]:
+    """Resources per Tune trial: the plan's, or for a DDP trial next to nothing for the
+    function that drives Ray Train (its workers ask for the plan's resources each)."""
+
+    def request(config: dict[str, Any]) -> Any:
+        spec = spec_of(config)
+        if _is_ddp(spec):
+            return tune.PlacementGroupFactory([DRIVER_BUNDLE])
+        return tune.PlacementGroupFactory([{"CPU": plan.cpus, "GPU": plan.gpus}])
+
+    return request
+
+
+# The Tune trial of a DDP trial only waits on its Ray Train run, so it asks for no CPU: N
+# workers of `cpus` each fit on N * cpus CPUs. Tune refuses an empty bundle, hence one byte.
+DRIVER_BUNDLE = {"memory": 1}
+
+
+def _is_ddp(spec: TrialSpec) -> bool:
+    return spec.devices > 1 and spec.parallel == "ddp"
+
+
 # ---------------------------------------------------------------- inside the Ray worker
-def _trainable(config: dict[str, Any]) -> None:
+def _trainable(config: dict[str, Any], worker_resources: tuple[float, float] = (1, 0)) -> None:
     """Ray function trainable. Any exception leaves with its reason attached (see `_Reason`),
-    so the driver can store it however Ray reports the failure."""
+    so the driver can store it however Ray reports the failure. `worker_resources` (cpus,
+    gpus) are what each Ray Train worker of a multi-device trial asks for."""
     try:
-        _train(config)
+        _train(config, worker_resources)
     except Exception as exc:
         exc.add_note(REASON_MARK + json.dumps(_Reason.of(exc).to_dict()))
         raise
 
 
-def _train(config: dict[str, Any]) -> None:
+def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> None:
     """Replay unstored records, then train and report each epoch."""
     from normbench.engine.checkpoint import load_or_quarantine
     from normbench.engine.loop import run_trial
@@ -215,6 +241,9 @@ def _train(config: dict[str, Any]) -> None:
         if int(rec["epoch"]) > stored:  # records a killed driver never stored
             tune.report(_result(tid, rec))
             reported = True
+    if _is_ddp(spec):
+        _run_data_parallel(task, spec, ckpt_dir, worker_resources)
+        return
     for record in run_trial(spec, checkpoint_dir=ckpt_dir):
         placed = {**record, **_placement()}
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
@@ -230,6 +259,73 @@ def _train(config: dict[str, Any]) -> None:
             tune.report(_result(tid, rec))
     if not task["checkpoint_root"]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # the node-local copy; storage keeps it
+
+
+def _run_data_parallel(
+    task: dict[str, Any], spec: TrialSpec, ckpt_dir: str, resources: tuple[float, float]
+) -> None:
+    """Ray's Train-inside-Tune pattern: a TorchTrainer of `spec.devices` workers, each running
+    `run_trial`; rank 0's records reach Tune through `TuneReportCallback`.
+
+    The plan's resources are per worker (per device); DDP uses NCCL on GPUs, gloo on CPUs.
+    """
+    from ray import train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    if not task["checkpoint_root"]:
+        raise RuntimeError(
+            "a multi-device trial needs the run directory on storage every node reaches "
+            "(--output on a shared folder); --storage URI is not supported for devices > 1"
+        )
+    cpus, gpus = resources
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir},
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        scaling_config=train.ScalingConfig(
+            num_workers=spec.devices,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus},
+        ),
+        run_config=train.RunConfig(
+            name=f"train_{spec.trial_id}",
+            storage_path=str(Path(task["checkpoint_root"]).parent / "ray" / "train"),
+            failure_config=train.FailureConfig(max_failures=0),  # Tune's retries own restarts
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker (one device): `run_trial` on this rank, one report per epoch."""
+    from ray import train
+
+    from normbench.engine.loop import run_trial
+
+    spec = TrialSpec.from_dict(config["spec"])
+    changes: dict[str, Any] = {"num_threads": spec.num_threads or _assigned_cpus()}
+    if spec.device == "auto":
+        from ray.train.torch import get_device
+
+        changes["device"] = str(get_device()) if _cuda() else "cpu"
+    spec = spec.replace(**changes)
+    rank = train.get_context().get_world_rank()
+    for rec in run_trial(spec, checkpoint_dir=config["checkpoint_dir"]):
+        # every rank reports (a barrier); Tune gets rank 0's
+        train.report(_result(spec.trial_id, {**rec, **_placement()}) if rank == 0 else {})
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _assigned_cpus() -> int:
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(int(math.floor(cpus)), 1)
 
 
 def _fit_to_worker(spec: TrialSpec) -> TrialSpec:

@@ -25,7 +25,8 @@ Reference (see suites/*.yaml for commented examples):
             device, amp, channels_last, compile,
             limit_batches, placement: everywhere|last-in-block|except-shortcut (unset:
             each variant's official placement, normbench.models.placement), sabn_index, probe,
-            probe_batch_size, eval_batch_size, num_threads, checkpoint_every}
+            probe_batch_size, eval_batch_size, num_threads, checkpoint_every,
+            devices, parallel: ddp|virtual, stats_scope: device|global}
     resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
     max_concurrent: null            # cap on trials at once
     retries: 0                      # re-runs of a failed trial (from its checkpoint)
@@ -159,6 +160,10 @@ class TrainModel(Strict):
     eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0, le=MAX_BATCH)
     num_threads: int | None = Field(default=None, gt=0, le=4096)
     checkpoint_every: int = Field(default=_T.checkpoint_every, gt=0)
+    # Data parallelism: batch_sizes are per device; resources are per device (per worker).
+    devices: int = Field(default=_T.devices, gt=0)
+    parallel: Literal["ddp", "virtual"] = _T.parallel
+    stats_scope: Literal["device", "global"] = _T.stats_scope
 
     @model_validator(mode="after")
     def _decay_alias(self) -> TrainModel:

@@ -1,0 +1,146 @@
+"""Data-parallel trials: DDP (gloo, 2 ranks) equals virtual devices step by step for every
+built-in layer; a killed 2-rank trial resumes from rank 0's checkpoint; the loader's refusals.
+
+One pair of gloo processes per module runs every DDP trial (process start-up dominates).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from normbench.engine import checkpoint as ckpt
+from normbench.engine.loop import TIMING_KEYS, run_trial
+from normbench.engine.spec import SpecError, TrialSpec
+from normbench.variants import BUILTIN_VARIANTS
+
+# Options that make each layer's batch dependence visible at 8 samples per device.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "ghost_bn": {"ghost_batch_size": 4},
+    "fourthings": {"examples_per_group": 4, "channels_per_group": 2},
+    "bgn": {"num_groups": 2},
+    "ubn": {"tau": 0.3},
+}
+LAYERS = sorted(BUILTIN_VARIANTS)
+KILL_AT_EPOCH = 2  # the resume test's ranks die in the first batch of this epoch
+
+
+def _spec(variant: str, **changes: Any) -> TrialSpec:
+    spec = TrialSpec(
+        variant=variant,
+        backbone="resnet20",
+        dataset="synthetic",
+        epochs=2,
+        batch_size=8,
+        devices=2,
+        variant_options=OPTIONS.get(variant, {}),
+        dataset_options={"image_size": 8, "n_train": 64, "n_test": 24, "num_classes": 4},
+        backbone_options={"width": 4},
+        limit_batches=2,
+        device="cpu",
+        probe=False,
+        num_threads=1,
+    )
+    return spec.replace(**changes)
+
+
+def _losses(spec: TrialSpec, checkpoint_dir: Path | None = None) -> tuple[list, list]:
+    """(running training loss after every batch, records) of one run of `spec`."""
+    losses: list[float] = []
+    records = list(
+        run_trial(spec, checkpoint_dir=checkpoint_dir, on_batch=lambda p: losses.append(p["loss"]))
+    )
+    return losses, records
+
+
+def _rank(rank: int, init: str, out: str, kill: bool) -> None:
+    """One DDP rank: every layer's trial, then the resume test's trial (killed when `kill`)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        if not kill:
+            for name in LAYERS:
+                losses, records = _losses(_spec(name), Path(out) / name)
+                if rank == 0:
+                    torch.save((losses, records), Path(out) / f"{name}.result")
+        spec = _spec("ubn", epochs=3)
+
+        def crash(progress: dict) -> None:
+            if kill and progress["epoch"] == KILL_AT_EPOCH:
+                os._exit(3)  # as a kill -9: no clean-up, no exception handling
+
+        records = list(run_trial(spec, checkpoint_dir=Path(out) / "resume", on_batch=crash))
+        if rank == 0:
+            torch.save(records, Path(out) / "resumed.result")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(out: Path, *, kill: bool) -> None:
+    init = f"file://{tempfile.mktemp(prefix='nbddp', dir=out)}"
+    mp.start_processes(_rank, args=(init, str(out), kill), nprocs=2, start_method="spawn")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    with pytest.raises(mp.ProcessExitedException):
+        _spawn(out, kill=True)  # both ranks die in epoch 2 of the resume trial
+    _spawn(out, kill=False)  # every layer, then the resume trial continues
+    return out
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_ddp_equals_virtual_devices_step_by_step(ddp_runs: Path, name: str) -> None:
+    ddp_losses, ddp_records = torch.load(ddp_runs / f"{name}.result", weights_only=False)
+    losses, records = _losses(_spec(name, parallel="virtual"))
+    assert len(losses) == len(ddp_losses) == 4
+    torch.testing.assert_close(ddp_losses, losses, rtol=1e-5, atol=1e-6)
+    for ddp_rec, rec in zip(ddp_records, records, strict=True):
+        assert (ddp_rec["devices"], ddp_rec["optimizer_batch_size"]) == (2, 16)
+        for key in ("train_loss", "train_top1", "val_loss", "test_loss", "test_top1"):
+            assert ddp_rec[key] == pytest.approx(rec[key], rel=1e-4, abs=1e-5), key
+    # Parameters and running statistics after the last step (rank 0's checkpoint).
+    ddp_model = ckpt.load_checkpoint(ddp_runs / name)["model"]
+    virtual = Path(tempfile.mkdtemp(dir=ddp_runs))
+    list(run_trial(_spec(name, parallel="virtual"), checkpoint_dir=virtual))
+    model = ckpt.load_checkpoint(virtual)["model"]
+    for key, value in model.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ddp_model[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(ddp_model[key], value), key
+
+
+def test_virtual_devices_differ_from_one_large_batch() -> None:
+    """The split is real: per-device statistics are not the statistics of all 16 samples."""
+    split, _ = _losses(_spec("bn", parallel="virtual", epochs=1))
+    whole, _ = _losses(_spec("bn", parallel="virtual", epochs=1, stats_scope="global"))
+    assert split[0] != pytest.approx(whole[0], rel=1e-4)
+    big, _ = _losses(_spec("bn", devices=1, batch_size=16, epochs=1))
+    assert whole == pytest.approx(big, rel=1e-6)  # global scope = one batch of 2 x 8
+
+
+def test_killed_two_rank_trial_resumes_to_the_uninterrupted_records(ddp_runs: Path) -> None:
+    resumed = torch.load(ddp_runs / "resumed.result", weights_only=False)
+    assert [r["epoch"] for r in resumed] == [2, 3]  # epoch 1 came from rank 0's checkpoint
+    _, whole = _losses(_spec("ubn", epochs=3, parallel="virtual"))
+    stored = ckpt.read_records(ddp_runs / "resume")
+    assert [r["epoch"] for r in stored] == [1, 2, 3]
+    for got, want in zip(stored, whole, strict=True):
+        for key, value in want.items():
+            if key in TIMING_KEYS or not isinstance(value, float):
+                continue
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def test_ddp_without_a_process_group_is_refused() -> None:
+    with pytest.raises(SpecError, match="parallel 'virtual'"):
+        next(run_trial(_spec("bn")))
