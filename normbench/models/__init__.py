@@ -13,7 +13,7 @@ Families, one module each:
 - `vgg`: VGG with norm layers, CIFAR layout: vgg11, vgg13, vgg16, vgg19.
 - `inception_v4`: Inception-v4 for 32x32 inputs: inceptionv4.
 - `imagenet`: torchvision's ImageNet ResNets: imagenet_resnet18/34/50/101/152,
-  imagenet_resnext50_32x4d.
+  imagenet_resnext50_32x4d, imagenet_res2net50.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from normbench.errors import UserError
-from normbench.models import cifar_resnet, imagenet, inception_v4, small_resnet, vgg
+from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.registry import BACKBONES
 
@@ -34,6 +34,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **vgg.FACTORIES,
     **inception_v4.FACTORIES,
     **imagenet.FACTORIES,
+    **res2net.FACTORIES,
 }
 
 

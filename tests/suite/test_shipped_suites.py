@@ -31,6 +31,8 @@ EXPECTED_TRIALS = {
     "ubn_time_to_bn": 3 * 2 * 3,
     "fourthings": 7 * 3 + 6 * 3,
     "bgn_small_batch": 4 * 2 * 3,
+    "imagenet_table2": 3 * 2,
+    "imagenet_table2_resnet50": 2,
 }
 
 TABLE3 = {  # (backbone, variant): (top-1, top-5), UBN Table 3
