@@ -31,7 +31,6 @@ decisions and rank 0's record describes the whole trial.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
