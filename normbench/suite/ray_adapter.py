@@ -204,7 +204,7 @@ def _trial_resources(plan: Plan) -> Callable[[dict[str, Any]], Any]:
 
 # The Tune trial of a DDP trial only waits on its Ray Train run, so it asks for no CPU: N
 # workers of `cpus` each fit on N * cpus CPUs. Tune refuses an empty bundle, hence one byte.
-DRIVER_BUNDLE = {"memory": 1}
+DRIVER_BUNDLE: dict[str, float] = {"memory": 1}
 
 
 def _is_ddp(spec: TrialSpec) -> bool:
@@ -279,6 +279,7 @@ def _run_data_parallel(
             "(--output on a shared folder); --storage URI is not supported for devices > 1"
         )
     cpus, gpus = resources
+    callbacks: list[Any] = [TuneReportCallback()]  # Ray types it as a Tune callback
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir},
@@ -292,7 +293,7 @@ def _run_data_parallel(
             name=f"train_{spec.trial_id}",
             storage_path=str(Path(task["checkpoint_root"]).parent / "ray" / "train"),
             failure_config=train.FailureConfig(max_failures=0),  # Tune's retries own restarts
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
         ),
     )
     trainer.fit()
