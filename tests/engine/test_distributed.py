@@ -110,14 +110,16 @@ def test_ddp_equals_virtual_devices_step_by_step(ddp_runs: Path, name: str) -> N
         for key in ("train_loss", "train_top1", "val_loss", "test_loss", "test_top1"):
             assert ddp_rec[key] == pytest.approx(rec[key], rel=1e-3, abs=1e-5), key
     # Parameters and running statistics after the last step (rank 0's checkpoint).
-    # NOTE: IN and GN on 2x2 maps (4 values per statistic) amplify rounding the most, so
-    # single weights can differ by more than 1e-3 relative while each tensor agrees in norm.
+    # NOTE: IN and GN (4 groups at width 4) on 2x2 maps normalise 4 values per statistic: one
+    # fp32 step's gradient already carries ~4e-5 relative rounding error (BN: ~3e-7, measured
+    # against float64), which four momentum steps grow to ~5e-3 on small tensors.
+    tolerance = 1e-2 if name in ("in", "gn") else 1e-3
     ddp_model = ckpt.load_checkpoint(ddp_runs / name)["model"]
     model = ckpt.load_checkpoint(virtual)["model"]
     for key, value in model.items():
         if value.is_floating_point():  # relative L2 distance per tensor
             gap = float((ddp_model[key] - value).norm())
-            assert gap <= 1e-3 * float(value.norm()) + 1e-6, (key, gap)
+            assert gap <= tolerance * float(value.norm()) + 1e-6, (key, gap)
         else:
             assert torch.equal(ddp_model[key], value), key
 
