@@ -140,6 +140,8 @@ class EpochRecord(TypedDict):
     peak_mem_method: str | None  # how: "cuda_max_allocated" or "cpu_profiler_step_peak"
     elapsed_s: float | None  # sum of epoch_time_s so far, across resumes
     params: int
+    devices: int  # data-parallel devices of the trial (train.devices)
+    optimizer_batch_size: int  # images per optimiser step: devices x batch_size
     device: str
     variant_source: str
     condensation: dict[str, float | None]  # layer -> similarity probe (docs/variants.md#ubn)
