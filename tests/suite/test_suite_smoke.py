@@ -129,6 +129,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
         "variants": json.dumps(suite["variants"][:2]),
         "resources.cpus": "1",
         "resources.gpus": "0",
+        "train.parallel": "virtual",  # multi-device suites on one device, as a user would
     }
     for key in ("include", "exclude"):
         if key in suite:
