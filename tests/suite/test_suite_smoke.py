@@ -147,6 +147,8 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     elif name == "imagenet":
         sets["dataset.root"] = str(data.src / "imagenet")
         sets["dataset.image_size"] = "32"
+        # 60 training images: 8 virtual devices x 4 fit (a batch is per device)
+        sets["batch_sizes"] = "[4]"
     for k, v in sets.items():
         flags += ["--set", f"{k}={v}"]
     return flags
