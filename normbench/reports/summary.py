@@ -42,4 +42,4 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
         counts = report.did_not_finish["status"].value_counts().to_dict()
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         console.print(f"[yellow]Did not finish: {text} (reasons in the report)[/yellow]")
-    console.print(f"Full report: {report.markdown}")
+    console.print(f"Full report: {report.markdown}", soft_wrap=True)  # a path never wraps

@@ -15,7 +15,7 @@ from normbench.engine.recipe import (
     current_lr,
     param_groups,
 )
-from normbench.engine.spec import Recipe
+from normbench.engine.spec import Recipe, SpecError
 
 CIFAR100 = Recipe(
     lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, milestones=(60, 120, 160), gamma=0.2
@@ -85,8 +85,8 @@ def test_bad_recipes_raise_user_errors() -> None:
             epochs=10,
             batches_per_epoch=2,
         )
-    with pytest.raises(RecipeError, match="lr must be > 0"):
-        build_optimizer(nn.Linear(1, 1), Recipe(lr=0.0))
+    with pytest.raises(SpecError, match="recipe.lr must be a number > 0"):
+        Recipe(lr=0.0)  # a recipe validates itself on construction
 
 
 class _Net(nn.Module):

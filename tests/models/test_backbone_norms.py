@@ -113,8 +113,19 @@ def last_norm_names(name: str) -> set[str]:
     return {f"layer{s}.{j}.{attr}" for s, n in enumerate(blocks, 1) for j in range(n)}
 
 
+# Backbones built as one flat Sequential (stem modules 0-3, then one module per block).
+FLAT_LAST_NORMS = {"imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)}}
+
+
 def test_blocks_table_covers_every_residual_backbone() -> None:
-    assert sorted(BLOCKS) == sorted(RESIDUAL)
+    assert sorted([*BLOCKS, *FLAT_LAST_NORMS]) == sorted(RESIDUAL)
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_LAST_NORMS))
+def test_last_norm_layer_in_flat_backbones(name: str) -> None:
+    model = create_backbone(name, 10, OneGroupNorm, last_norm_layer=LastNorm)
+    got = {n for n, m in model.named_modules() if isinstance(m, LastNorm)}
+    assert got == FLAT_LAST_NORMS[name]
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ EXPECTED = {
     *("vgg11", "vgg13", "vgg16", "vgg19", "inceptionv4"),
     *(f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)),
     "imagenet_resnext50_32x4d",
+    "imagenet_res2net50",
 }
 
 
