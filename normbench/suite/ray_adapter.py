@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,11 +147,15 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # after ray.init, which sets its own
+    # SIGTERM ends the run with one line (after ray.init, which sets its own handler); only the
+    # main thread may install a handler, so a driver run from another thread keeps Python's.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         tuner.fit()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         tune_logger.setLevel(level)
 
 
