@@ -151,6 +151,12 @@ def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) ->
         case.layer.to(device).train()
     if not compile:
         return cases
+    # Every layer's forward runs through the same function in variants/_core.py, and Dynamo
+    # keeps one cache (guarded on the module's type) per function: one entry per compiled
+    # layer here (and one per input shape), more than the default limit of 8. The previous
+    # shape's compiled layers are no longer timed, so their entries are dropped first.
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(cases))
     with_compiled = []
     for case in cases:
         layer = torch.compile(copy.deepcopy(case.layer), fullgraph=True)
