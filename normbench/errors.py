@@ -76,6 +76,11 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class Terminated(BaseException):
-    """The driver got SIGTERM. A BaseException, so neither Ray nor Tune swallows it; the run
-    stops, keeping every finished result (a rerun resumes)."""
+class Terminated(KeyboardInterrupt):
+    """The driver got SIGTERM; the run stops, keeping every finished result (a rerun resumes).
+
+    A KeyboardInterrupt, because the handler may run inside one of Ray's blocking calls
+    (`ray.wait` checks signals from C++): Ray turns a KeyboardInterrupt into a plain one (the
+    driver's handler remembers the signal, so it still knows it was SIGTERM), while any other
+    exception raised there comes out as a SystemError with a traceback. Tune's loop catches
+    only `Exception`, so either ends `tuner.fit()` at once."""

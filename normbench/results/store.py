@@ -4,7 +4,9 @@ Layout (see ARCHITECTURE.md): `suite.yaml`, `suite.resolved.json`, `environment.
 `epochs.jsonl` (one line per trial-epoch), `trials.jsonl` (one line per finished trial),
 `checkpoints/<trial_id>/`, `optuna.db`, `.lock`, with remote checkpoint storage
 `remote_checkpoints.jsonl` (where Ray uploaded each trial's latest checkpoint), and after
-`normbench evaluate` `evaluations.jsonl` (post-hoc evaluations of finished checkpoints).
+`normbench evaluate` `evaluations.jsonl` (post-hoc evaluations of finished checkpoints), and
+after `normbench run --restart-changed` `superseded/<time>/` (the records and checkpoints of
+trials restarted from scratch, see `RunStore.supersede`).
 
 Why append-only JSONL: a driver killed with SIGKILL leaves at worst one torn last line.
 Each line goes out in a single `os.write` followed by `fsync`, so every line before it is
@@ -29,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,8 @@ TRIALS = "trials.jsonl"
 REMOTE_CHECKPOINTS = "remote_checkpoints.jsonl"
 # `normbench evaluate`: one line per (trial, inference-time setting) of a finished checkpoint.
 EVALUATIONS = "evaluations.jsonl"
+# Records of trials restarted from scratch (`normbench run --restart-changed`), kept aside.
+SUPERSEDED = "superseded"
 # Statuses of a finished trial; "pruned" is a search trial stopped early by ASHA.
 DONE_STATUSES = ("completed", "diverged", "pruned")
 # Keys a line of each file must hold to be read at all (see `read_jsonl`).
@@ -206,12 +211,49 @@ class RunStore:
     def started(self) -> dict[str, dict[str, Any]]:
         """First epoch line of each trial with epochs but no finished summary (interrupted or
         failed): it carries the trial's spec, cell and, in a search, its parameters."""
-        first: dict[str, dict[str, Any]] = {}
-        done = self.completed()
-        for rec in read_jsonl(self.run_dir / EPOCHS):
-            if rec["trial_id"] not in done:
-                first.setdefault(rec["trial_id"], rec)
-        return first
+        return _first_lines(self.run_dir, self.completed())
+
+    # -- restarts -------------------------------------------------------------------------
+    def supersede(self, trial_ids: set[str], why: dict[str, str]) -> Path:
+        """Set unfinished trials back to "never ran", keeping what they had on disk.
+
+        Their lines of `epochs.jsonl`, `trials.jsonl` (a failed attempt's summary) and
+        `remote_checkpoints.jsonl` move to `RUN_DIR/superseded/<time>/` (same names), their
+        checkpoint folders to its `checkpoints/`, and `why` ({trial_id: reason}) to its
+        `reason.json`; so readers (`load_results`, reports, resume) see only what the trials
+        record from now on. Nothing is deleted. Returns the archive folder.
+
+        Crash-safe in this order: the archive is written in full before any file of the run
+        is replaced (each atomically); a kill half-way leaves the old lines in both places,
+        and the next restart archives them again (into a new folder).
+        """
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        archive = self.run_dir / SUPERSEDED / stamp
+        n = 1
+        while archive.exists():
+            n += 1
+            archive = self.run_dir / SUPERSEDED / f"{stamp}-{n}"
+        archive.mkdir(parents=True)
+        _atomic_write(archive / "reason.json", json.dumps(why, indent=2, sort_keys=True) + "\n")
+        kept: dict[str, bytes] = {}
+        for name in (EPOCHS, TRIALS, REMOTE_CHECKPOINTS):
+            keep, moved = _split_lines(self.run_dir / name, trial_ids)
+            if moved:
+                _atomic_write(archive / name, moved.decode())
+                kept[name] = keep
+        for tid in sorted(trial_ids):
+            ckpt = self.run_dir / "checkpoints" / tid
+            if ckpt.exists():
+                (archive / "checkpoints").mkdir(exist_ok=True)
+                os.replace(ckpt, archive / "checkpoints" / tid)
+        for name, keep in kept.items():
+            fd = self._fds.pop(name, None)  # an O_APPEND fd would keep writing the old file
+            if fd is not None:
+                os.close(fd)
+            _atomic_write(self.run_dir / name, keep.decode())
+        self._seen = {(t, e) for t, e in self._seen if t not in trial_ids}
+        self._trials = {t: r for t, r in self._trials.items() if t not in trial_ids}
+        return archive
 
     def summary(self, trial_id: str) -> dict[str, Any] | None:
         return self._trials.get(trial_id)
@@ -231,6 +273,42 @@ class RunStore:
             if rec["trial_id"] == trial_id and (last is None or rec["epoch"] >= last["epoch"]):
                 last = rec
         return last
+
+
+def started_trials(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """`RunStore.started` without opening the store: reads only (no lock, no torn-tail cut),
+    so a check that refuses a rerun leaves the run directory as it was."""
+    run_dir = Path(run_dir)
+    summaries: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl(run_dir / TRIALS):
+        summaries[rec["trial_id"]] = rec
+    done = {t for t, rec in summaries.items() if rec["status"] in DONE_STATUSES}
+    return _first_lines(run_dir, done)
+
+
+def _first_lines(run_dir: Path, done: set[str]) -> dict[str, dict[str, Any]]:
+    first: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl(run_dir / EPOCHS):
+        if rec["trial_id"] not in done:
+            first.setdefault(rec["trial_id"], rec)
+    return first
+
+
+def _split_lines(path: Path, trial_ids: set[str]) -> tuple[bytes, bytes]:
+    """(lines to keep, lines of `trial_ids`) of a JSONL file, each line byte for byte;
+    a damaged line stays where it is."""
+    if not path.exists():
+        return b"", b""
+    keep: list[bytes] = []
+    moved: list[bytes] = []
+    for raw in path.read_bytes().splitlines(keepends=True):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        mine = isinstance(obj, dict) and obj.get("trial_id") in trial_ids
+        (moved if mine else keep).append(raw)
+    return b"".join(keep), b"".join(moved)
 
 
 def fingerprint(resolved: dict[str, Any]) -> str:
@@ -341,4 +419,4 @@ def _json_default(x: Any) -> Any:
 # The readers live in their own module to keep this one short; re-exported here.
 from normbench.results.frames import load_epochs, load_results  # noqa: E402
 
-__all__ = ["RunStore", "load_epochs", "load_results", "read_jsonl", "fingerprint"]
+__all__ = ["RunStore", "load_epochs", "load_results", "read_jsonl", "fingerprint", "started_trials"]

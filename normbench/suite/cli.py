@@ -37,6 +37,13 @@ def run(
         help="Accept per-trial resources that no node has yet (a cluster that adds nodes on "
         "demand); without it such a suite is refused instead of waiting forever.",
     ),
+    restart_changed: bool = typer.Option(
+        False,
+        "--restart-changed",
+        help="Restart from scratch the unfinished trials that ran in another execution "
+        "environment (threads, device) instead of refusing to resume them; their earlier "
+        "records and checkpoints move to RUN_DIR/superseded/.",
+    ),
     storage: str | None = typer.Option(
         None,
         "--storage",
@@ -51,7 +58,8 @@ def run(
     (downloaded or extracted once, here); --dry-run prints what it found.
 
     An existing run directory is resumed: finished trials are skipped, interrupted ones continue
-    from their last checkpoint.
+    from their last checkpoint (in the same execution environment only; see
+    --restart-changed). SIGTERM stops the run with one line and exit status 143.
     """
     from normbench.suite.runner import RunRequest, execute
 
@@ -67,6 +75,7 @@ def run(
         plugins=tuple(str(p) for p in plugins or ()),
         storage=storage,
         allow_autoscaling=allow_autoscaling,
+        restart_changed=restart_changed,
     )
     return execute(req)
 

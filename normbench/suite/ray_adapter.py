@@ -18,6 +18,7 @@ so far, and a resumed trial replays those the store lacks before training on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,13 +28,12 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from normbench.engine.spec import TrialSpec
-from normbench.errors import Terminated
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TBX per trial
@@ -147,20 +147,10 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
-    # SIGTERM ends the run with one line (after ray.init, which sets its own handler); only the
-    # main thread may install a handler, so a driver run from another thread keeps Python's.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         tuner.fit()
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
         tune_logger.setLevel(level)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
 
 
 class _StudySearcher(Searcher):
@@ -531,14 +521,16 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[]
     }
     if address:
         common.pop("include_dashboard")
-        ray.init(address=address, **common)
+        with _keep_sigterm_handler():
+            ray.init(address=address, **common)
         return ray.shutdown
     # Workers Ray pre-starts import torch and the engine while Tune sets up, so the first
     # trial does not pay for it (seconds on a small machine).
     env = {"worker_process_setup_hook": f"{__name__}.warm_worker"}
     undo = _loopback_only()
     try:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), runtime_env=env, **common)
+        with _keep_sigterm_handler():
+            ray.init(num_cpus=num_cpus or os.cpu_count(), runtime_env=env, **common)
     except BaseException:
         undo()
         raise
@@ -550,6 +542,19 @@ def init_ray(address: str | None, *, num_cpus: int | None = None) -> Callable[[]
             undo()
 
     return shutdown
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """`ray.init` installs its own SIGTERM handler (`sys.exit(15)`: no message, and a
+    SystemExit raised inside Ray's C++ calls); the driver's own one stays in place instead."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _loopback_only() -> Callable[[], None]:

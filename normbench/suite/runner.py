@@ -17,11 +17,14 @@ import importlib
 import importlib.metadata as md
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -49,22 +52,47 @@ class RunRequest:
     storage: str | None = None  # checkpoint storage URI; None: RUN_DIR itself
     num_cpus: int | None = None  # local Ray only; None: os.cpu_count()
     allow_autoscaling: bool = False  # trials may ask for more than any node has today
+    restart_changed: bool = False  # restart trials that ran in another environment
 
 
 def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
     """Run (or describe) a suite. Returns 0, or 1 when some trial failed or the report could
-    not be written. A refused preflight raises PreflightError before anything is written."""
+    not be written, or 143 after SIGTERM (one line on stderr; every finished epoch is stored
+    and a rerun resumes). A refused preflight or environment check raises a UserError before
+    anything is written and before Ray starts."""
+    with _SigtermGuard() as guard:
+        try:
+            return _execute(req, stream or sys.stdout, guard)
+        except KeyboardInterrupt:
+            if not guard.received:
+                raise  # Ctrl-C: the CLI's "aborted"
+        where = guard.run_dir
+        if guard.opened and where is not None:
+            print(
+                f"normbench: stopped by SIGTERM; finished trials are stored in {where}; "
+                "rerun the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print("normbench: stopped by SIGTERM before any trial ran; nothing was run",
+                  file=sys.stderr)  # fmt: skip
+        return 143
+
+
+def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
     from normbench.suite.loader import load_suite
     from normbench.suite.preflight import run_preflight
 
-    stream = stream or sys.stdout
     overrides = tuple(req.overrides) + _plugin_overrides(req.suite, req.plugins)
     suite = load_suite(
         req.suite, overrides=overrides, max_epochs=req.max_epochs, limit_batches=req.limit_batches
     )
     run_dir = Path(req.output) if req.output else Path("runs") / suite.name
+    guard.run_dir = run_dir
     if req.resume and not (run_dir / "suite.resolved.json").exists():
         raise RunDirError(f"--resume: {run_dir} holds no run to resume (no suite.resolved.json)")
+    # Reads only: a refused rerun leaves the run directory byte for byte as it was.
+    changed = check_environments(suite, run_dir, restart=req.restart_changed)
     found = run_preflight(
         suite,
         run_dir,
@@ -80,28 +108,119 @@ def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
         return 0
     try:
         with RunStore(run_dir) as store:
+            guard.opened = True
             store.write_suite(suite)
             store.write_environment(environment())
+            driver = Driver(store, suite, req.storage, stream, ray.start)
+            if changed:
+                driver.notes.update(_restart(store, changed, stream))
             _restore_lost_records(store, stream)
             ray.store = store
-            failed = Driver(store, suite, req.storage, stream, ray.start).run()
+            failed = driver.run()
             counts: dict[str, int] = {}
             for tid in store.trial_ids():
                 status = (store.summary(tid) or {}).get("status", "interrupted")
                 counts[status] = counts.get(status, 0) + 1
-    except Terminated:
-        print(
-            f"normbench: stopped by SIGTERM; finished trials are stored in {run_dir}; "
-            "rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 143
     finally:
-        ray.stop()
+        with guard.deferred():  # a SIGTERM now must not cut Ray's shutdown short
+            ray.stop()
+    if guard.received:
+        raise Terminated()
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
     reported = _build_report(run_dir, stream)
     return 1 if failed or not reported else 0
+
+
+class _SigtermGuard:
+    """SIGTERM ends `normbench run` with one line and exit status 143 (128 + 15).
+
+    The handler raises `Terminated` (a KeyboardInterrupt: see its docstring) wherever the main
+    thread is, then ignores further SIGTERMs, so Ray's shutdown runs to its end; inside
+    `deferred()` it only takes note. Nothing else is needed for the results: every store line
+    is written whole, checkpoints are replaced atomically, and a rerun resumes. `ray.init`
+    installs its own handler, which `ray_adapter.init_ray` undoes. Only the main thread may
+    install a handler, so a driver run from another thread keeps Python's.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.run_dir: Path | None = None
+        self.opened = False  # the run directory was opened (something may be stored)
+        self._defer = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _SigtermGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = not self.received
+        self.received = True
+        if first and not self._defer:
+            raise Terminated()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+
+
+def check_environments(suite: Any, run_dir: Path, *, restart: bool) -> dict[str, str]:
+    """{trial_id: difference} of the unfinished trials of `run_dir` that ran in another
+    execution environment than this run gives them (threads, device). Without `restart` the
+    first one is refused (RunDirError); reads the run directory only, so a refusal changes
+    nothing on disk, and comes before Ray starts."""
+    from normbench.engine.spec import environment_conflict
+    from normbench.results.store import started_trials
+
+    if not (run_dir / "epochs.jsonl").is_file():
+        return {}
+    trials = suite.trials()
+    specs = {t.trial_id: t.spec for t in trials}
+    base = trials[0].spec if suite.search is not None and trials else None
+    changed: dict[str, str] = {}
+    for tid, first in sorted(started_trials(run_dir).items()):
+        spec = specs.get(tid) or base
+        diff = spec and environment_conflict(spec, first.get("environment"))
+        if not diff:
+            continue
+        if not restart:
+            raise RunDirError(
+                f"trial {tid} in {run_dir} ran in another environment ({diff}); it cannot "
+                "resume there: rerun with the original resources.cpus / train.num_threads / "
+                "train.device, or pass --restart-changed to restart such trials from scratch "
+                "(their old records are kept aside), or use another --output"
+            )
+        changed[tid] = diff
+    return changed
+
+
+def _restart(store: RunStore, changed: dict[str, str], stream: TextIO) -> dict[str, list[str]]:
+    """Supersede the records and checkpoints of trials restarted with --restart-changed;
+    returns the note each one's summary line will carry."""
+    why = {tid: f"environment changed ({diff})" for tid, diff in changed.items()}
+    archive = store.supersede(set(changed), why)
+    shown = archive.relative_to(store.run_dir)
+    notes: dict[str, list[str]] = {}
+    for tid, diff in sorted(changed.items()):
+        note = (
+            f"restarted from scratch (--restart-changed): it had run in another environment "
+            f"({diff}); its earlier records and checkpoint are in {shown}/"
+        )
+        notes[tid] = [note]
+        print(f"trial {tid}: {note}", file=stream)
+    return notes
 
 
 def _restore_lost_records(store: RunStore, stream: TextIO) -> None:
@@ -177,7 +296,6 @@ class Driver:
         """Run every unfinished trial; returns how many failed."""
         trials = self.suite.trials()
         done = self.store.completed()
-        self._check_environments(trials)
         if self.suite.search is None:
             total, already = len(trials), sum(t.trial_id in done for t in trials)
         else:
@@ -189,22 +307,6 @@ class Driver:
                 for trial in trials:
                     self._run_search(trial, single=len(trials) == 1)
         return self.failed
-
-    def _check_environments(self, trials: list[Any]) -> None:
-        """Refuse, before Ray starts, to resume a trial in another environment (threads)."""
-        from normbench.engine.spec import environment_conflict
-
-        specs = {t.trial_id: t.spec for t in trials}
-        base = trials[0].spec if self.suite.search is not None and trials else None
-        for tid, first in sorted(self.store.started().items()):
-            spec = specs.get(tid) or base
-            diff = spec and environment_conflict(spec, first.get("environment"))
-            if diff:
-                raise RunDirError(
-                    f"trial {tid} in {self.store.run_dir} ran in another environment ({diff}); "
-                    "it cannot resume there: rerun with the original resources.cpus / "
-                    "train.num_threads / train.device, or use another --output"
-                )
 
     def _plan(self, **search: Any) -> Any:
         from normbench.suite import ray_adapter
