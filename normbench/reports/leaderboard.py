@@ -110,12 +110,18 @@ def _suite_order(res: Results) -> dict[str, int]:
     return order
 
 
+# Searched spec fields a row or table shows already: the layer is the row's label (its options
+# are in `options`), the backbone and batch size are table keys.
+_SHOWN = ("variant", "backbone", "batch_size")
+
+
 def _search_paths(res: Results) -> tuple[str, ...]:
-    """Spec paths a search samples outside the layer's options (e.g. `recipe.lr`)."""
+    """Spec paths a search samples outside the layer's options and the table keys (e.g.
+    `recipe.lr`, `backbone_options.width`): each value is a configuration of its own."""
     paths: dict[str, None] = {}
     for run in res.runs:
         for path in (run.suite.get("search") or {}).get("space") or {}:
-            if not str(path).startswith("variant_options."):
+            if not str(path).startswith("variant_options.") and path not in _SHOWN:
                 paths[str(path)] = None
     return tuple(paths)
 
@@ -262,11 +268,25 @@ def _best_config(
     best = pick(scores, key=scores.__getitem__)
     row = table.set_index("variant").loc[best]
     where = "validation" if metric.startswith("val") else "the TEST split (optimistic)"
-    return (
+    text = (
         f"Best configuration (chosen on {where}, `{metric}` {search.get('mode', 'max')}, over "
         f"completed trials only): **{best}**, mean {metric} {scores[best]:.2f} over "
         f"{int(row['n'])} seed(s); its final test top-1 {row['top1_mean']:.2f}."
     )
+    # A search over several layers: the best configuration of each, too.
+    layer = {labels[k]: str(v) for k, v in zip(df["variant_key"], df["variant"], strict=True)}
+    per: dict[str, str] = {}
+    for label in sorted(scores, key=scores.__getitem__, reverse=pick is max):
+        per.setdefault(layer[label], label)
+    if len(per) > 1:
+        text += (
+            " Best per layer: "
+            + "; ".join(
+                f"{name}: **{label}** ({metric} {scores[label]:.2f})" for name, label in per.items()
+            )
+            + "."
+        )
+    return text
 
 
 def _int(x: Any) -> int | None:
@@ -333,7 +353,29 @@ def _row(
     row.update(_cost(done))
     row.update(_frozen(done, res))
     row["source"] = _source(trials)
+    row["environments"] = environment_difference(done)
     return row
+
+
+def environment_difference(done: pd.DataFrame) -> str | None:
+    """How the execution environments of a row's completed trials differ ("num_threads 1 / 2"),
+    or None when they ran in one (or recorded none). A row's seeds that ran in different
+    environments differ by the environment too, not only by the seed (docs/reproducibility.md)."""
+    if "environment" not in done:
+        return None
+    envs = sorted({str(e) for e in done["environment"].dropna()})
+    if len(envs) < 2:
+        return None
+    parsed = [json.loads(e) if e.startswith("{") else {} for e in envs]
+    keys = sorted({k for env in parsed for k in env})
+    diffs = []
+    for k in keys:
+        values = list(dict.fromkeys(json.dumps(env.get(k)) for env in parsed))
+        if len(values) > 1:
+            diffs.append(f"{k} {' / '.join(v.strip(chr(34)) for v in values)}")
+    if "mixed" in envs:
+        diffs.append("a trial resumed in another environment")
+    return "; ".join(diffs) or f"{len(envs)} environments"
 
 
 def _frozen(done: pd.DataFrame, res: Results) -> dict[str, Any]:

@@ -172,6 +172,14 @@ def table_notes(t: Table) -> list[str]:
                 "so this row measures UBN without its feature-condensation threshold.",
                 "",
             ]
+    for _, r in t.rows.iterrows():
+        if isinstance(r.get("environments"), str):
+            out += [
+                f"**The seeds of {r['variant']} ran in different execution environments** "
+                f"({r['environments']}): its spread and its comparisons include the "
+                "environment's effect, not only the seeds' (docs/reproducibility.md).",
+                "",
+            ]
     methods = {str(m) for m in t.rows["peak_mem_method"].dropna()}
     if (t.rows["n"] > 0).any() and not methods:
         out += [
