@@ -159,6 +159,24 @@ def test_num_samples_above_a_discrete_space_is_refused(tmp_path: Path, capsys) -
     ]
 
 
+def test_num_samples_above_a_conditional_discrete_space_is_refused(tmp_path: Path, capsys) -> None:
+    """BN has no tau, so variant x tau holds 1 + 2 configurations, not 2 x 2."""
+    space = """    variant: {type: categorical, choices: [bn, ubn]}
+    variant_options.tau: {type: categorical, choices: [0.1, 0.3]}"""
+    path = _suite(tmp_path, space=space, num=4)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), "--dry-run"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"normbench: error: {path}:10: search.num_samples: num_samples=4 exceeds the 3 "
+        "distinct configurations of the search space; use num_samples: 3 to run each once"
+    ]
+    ok = _suite(tmp_path, space=space, num=3)
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(ok), "--dry-run", "--output", str(tmp_path / "run")])
+    assert exit_.value.code == 0
+
+
 @pytest.mark.parametrize(
     "param, message",
     [
