@@ -4,7 +4,10 @@
 The contract (docs/variants.md#contract, ARCHITECTURE.md): `Variant(num_features, *, options...,
 eps=1e-5, momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight`
 and `.bias` attributes (None allowed), class attributes `paper: str` and `batch_dependent: bool`,
-and `forward(x)` returning a tensor of x's shape and dtype.
+and `forward(x)` returning a tensor of x's shape and dtype. Optional: `global_stats: bool`, True
+when a batch-dependent layer computes its statistics over every device's batch inside
+`normbench.variants.global_statistics` (docs/variants.md#plugin-global-statistics); without it,
+`stats_scope: global` on several devices is refused for the layer.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def _class_problem(cls: Any) -> str | None:
         return "must define the class attribute paper: str ('Title (venue year), arXiv id')"
     if not isinstance(getattr(cls, "batch_dependent", None), bool):
         return "must define the class attribute batch_dependent: bool"
+    if not isinstance(getattr(cls, "global_stats", False), bool):
+        return "the class attribute global_stats must be a bool (True: supports stats_scope global)"
     return None
 
 

@@ -7,6 +7,15 @@ through the same call a plugin uses.
 
 from __future__ import annotations
 
+from normbench.variants._fused import (
+    all_sum,
+    fused_instance_affine,
+    gather_rows,
+    global_scope,
+    global_statistics,
+    own_rows,
+    statistics_ranks,
+)
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
@@ -33,4 +42,17 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "fourthings": FourThingsNorm2d,
 }
 
-__all__ = [*(c.__name__ for c in BUILTIN_VARIANTS.values()), "BUILTIN_VARIANTS", "sabn_index"]
+# `all_sum` ... `statistics_ranks`: global statistics across data-parallel ranks, for plugins
+# (docs/variants.md#plugin-global-statistics).
+__all__ = [
+    *(c.__name__ for c in BUILTIN_VARIANTS.values()),
+    "BUILTIN_VARIANTS",
+    "sabn_index",
+    "all_sum",
+    "fused_instance_affine",
+    "gather_rows",
+    "global_scope",
+    "global_statistics",
+    "own_rows",
+    "statistics_ranks",
+]

@@ -28,6 +28,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ._fused import fused_instance_affine, global_scope
 from ._options import check_common
 
 
@@ -160,6 +161,16 @@ def bn_core(
     """
     if use_batch_stats:
         check_batch_statistics(module, x, x.numel() // x.shape[1])
+        if global_scope():  # statistics of every rank's batch: through the moments
+            return batch_norm_instances(
+                module,
+                x,
+                update_running=update_running,
+                momentum=momentum,
+                eps=eps,
+                weight=weight,
+                bias=bias,
+            )
     factor = 0.0
     if use_batch_stats and update_running:
         factor = update_factor(module, momentum)
@@ -174,6 +185,40 @@ def bn_core(
         factor,
         eps,
     )
+
+
+def batch_norm_instances(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    update_running: bool,
+    momentum: float | None,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`bn_core` with batch statistics, computed from per-instance moments (`_fused`).
+
+    The same function as `F.batch_norm` in training (μ, biased σ² over (N, H, W), the buffer
+    rule of docs/variants.md#bncore with n = N·H·W); inside `_fused.global_statistics` N is
+    every rank's batch, so this is SyncBatchNorm. x: (N, C, H, W); weight, bias: (C,) or None.
+    """
+    plane = x.shape[2] * x.shape[3]
+
+    def coefficients(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, batch_var = batch_moments(mean, var)
+        if update_running:
+            update_running_stats(module, mu, batch_var, mean.shape[0] * plane, momentum)
+        invstd = torch.rsqrt(batch_var + eps)
+        scale = invstd.expand_as(mean)  # (N, C)
+        at_mean = (mean - mu) * invstd
+        if weight is not None:
+            scale, at_mean = scale * weight, at_mean * weight
+        if bias is not None:
+            at_mean = at_mean + bias
+        return scale, at_mean
+
+    return fused_instance_affine(x, coefficients)
 
 
 def register_bn_buffers(
@@ -284,7 +329,8 @@ class RunningStatsNorm(ContractNorm):
             return self.running_mean, torch.rsqrt(self.running_var + self.eps)
         check_batch_statistics(self, x, x.numel() // x.shape[1])
         mu, batch_var = batch_moments(mean, var)
-        update_running_stats(self, mu, batch_var, x.numel() // x.shape[1], self.momentum)
+        count = mean.shape[0] * x.shape[2] * x.shape[3]  # N·H·W of the whole (global) batch
+        update_running_stats(self, mu, batch_var, count, self.momentum)
         return mu, torch.rsqrt(batch_var + self.eps)
 
     def options_repr(self) -> str:

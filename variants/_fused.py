@@ -29,8 +29,18 @@ autocast would otherwise run the block-averaging matmul in bf16); y has the inpu
 memory format (channels_last included).
 
 The batch statistics of every BN-family layer come from these per-instance moments through
-`block_moments` here or `_core.batch_moments` (the two functions where a cross-device
-reduction of the moments would go).
+`block_moments` here or `_core.batch_moments`.
+
+Global statistics across devices (`global_statistics`): inside that context (a data-parallel
+trial with `stats_scope: global` installs it around each training forward) every rank's
+per-instance moments (N, C) are exchanged before `coefficients` runs, so `coefficients` sees
+the moments of the whole R x N batch (rank order) and computes what the layer computes on that
+batch on one device: block statistics, counts, running-statistics updates. Each rank then keeps
+its own rows of (A, Y). The exchange is one differentiable all-reduce of the moments
+zero-padded to (R x N, C) (`torch.distributed.nn.functional.all_reduce`: its backward
+all-reduces the gradient, so each rank's moments receive the gradient of the sum of all ranks'
+losses, SyncBatchNorm's rule). This is exact: adding zeros rounds nothing. Layers whose fast
+path is `F.batch_norm` route through `fused_instance_affine` while the context is active.
 """
 
 from __future__ import annotations
@@ -43,6 +53,89 @@ import torch
 import torch.nn.functional as F
 
 Coefficients = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Scope:
+    """The process group whose ranks' batches the statistics span (None: this batch only).
+
+    A plain module attribute, not a ContextVar: Dynamo guards on it, so a compiled layer
+    outside the context traces no collective (the single-device path stays one graph).
+    """
+
+    group: Any = None
+
+
+@contextlib.contextmanager
+def global_statistics(group: Any = None) -> Iterator[None]:
+    """Batch statistics over every rank's batch of `group` (default: the whole world).
+
+    Every rank must run the same layers on batches of equal size inside the context (a
+    training step of a DDP trial). Nested use is not supported.
+    """
+    import torch.distributed as dist
+
+    _Scope.group = group if group is not None else dist.group.WORLD
+    try:
+        yield
+    finally:
+        _Scope.group = None
+
+
+def global_scope() -> bool:
+    """Whether the statistics span every rank's batch (inside `global_statistics`)."""
+    return _Scope.group is not None
+
+
+def statistics_ranks() -> int:
+    """Ranks whose batches the statistics span: the world size inside `global_statistics`,
+    else 1. A layer's whole batch is `statistics_ranks() * N` samples."""
+    if _Scope.group is None:
+        return 1
+    return _world(_Scope.group)[1]
+
+
+def _world(group: Any) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+@torch.compiler.disable  # a collective: eager, between compiled regions
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` (N, ...) stacked in rank order, (R x N, ...); `t` outside the context.
+
+    Differentiable (the backward sends each rank the gradient of the sum of all ranks' losses
+    with respect to its own rows). Every rank must pass the same shape.
+    """
+    if _Scope.group is None:
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    rank, world = _world(_Scope.group)
+    n = t.shape[0]
+    pad = [0, 0] * (t.dim() - 1) + [rank * n, (world - 1 - rank) * n]
+    return all_reduce(F.pad(t, pad), group=_Scope.group)
+
+
+def own_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """This rank's N rows of a (R x N, ...) tensor from `gather_rows`; `t` outside the context."""
+    if _Scope.group is None:
+        return t
+    rank = _world(_Scope.group)[0]
+    return t[rank * n : (rank + 1) * n]
+
+
+@torch.compiler.disable
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over the ranks inside `global_statistics` (no gradient); `t` outside it."""
+    if _Scope.group is None:
+        return t
+    import torch.distributed as dist
+
+    t = t.detach().clone()
+    dist.all_reduce(t, group=_Scope.group)
+    return t
+
 
 # Elements per chunk (1 MiB of fp32): the centred temporaries go to one scratch buffer that
 # stays in cache; fresh full-size temporaries would cost page-faulting allocations.
@@ -220,13 +313,32 @@ def fused_instance_affine(
     with statistics_precision(x):
         if _fast_path(x):
             mean, var = _InstanceMoments.apply(x)
-            scale, at_mean = coefficients(mean, var, *params)
+            scale, at_mean = _global_coefficients(coefficients, mean, var, params)
             return _InstanceAffine.apply(x, mean, scale, at_mean)
         mean, var = instance_moments(x)
-        scale, at_mean = coefficients(mean, var, *params)
+        scale, at_mean = _global_coefficients(coefficients, mean, var, params)
         centred = x.to(mean.dtype) - _nc11(mean)
         y = torch.addcmul(_nc11(at_mean), centred, _nc11(scale))
     return y.to(x.dtype)
+
+
+def _global_coefficients(
+    coefficients: Coefficients, mean: torch.Tensor, var: torch.Tensor, params: tuple[Any, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`coefficients` on the whole batch's moments (inside `global_statistics`), this rank's rows.
+
+    (A, Y) may broadcast over samples ((1, C) or (C,)): only (R x N, C) results are sliced.
+    """
+    if _Scope.group is None:
+        return coefficients(mean, var, *params)
+    n = mean.shape[0]
+    scale, at_mean = coefficients(gather_rows(mean), gather_rows(var), *params)
+    whole = n * statistics_ranks()
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        return own_rows(t, n) if t.dim() == 2 and t.shape[0] == whole else t
+
+    return mine(scale), mine(at_mean)
 
 
 def block_moments(

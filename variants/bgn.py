@@ -42,6 +42,7 @@ from torch import nn
 
 from normbench.variants._core import (
     ContractNorm,
+    batch_norm_instances,
     check_batch_statistics,
     check_input,
     per_channel,
@@ -50,7 +51,12 @@ from normbench.variants._core import (
     update_factor,
     update_running_stats,
 )
-from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._fused import (
+    block_affine,
+    block_moments,
+    fused_instance_affine,
+    global_scope,
+)
 from normbench.variants._options import check_bool, check_int, groups_dividing_widths
 
 
@@ -70,6 +76,7 @@ class BatchGroupNorm2d(ContractNorm):
 
     paper = "Batch Group Normalization (arXiv 2020), arXiv 2012.02782"
     batch_dependent = True
+    global_stats = True
 
     @classmethod
     def check_options(
@@ -150,10 +157,21 @@ class BatchGroupNorm2d(ContractNorm):
     def _batch_norm_view(self, x: torch.Tensor) -> torch.Tensor:
         """G = C (BN, affine fused) or spatial groups: `F.batch_norm` on the (N, G, M) view."""
         n, c, h, w = x.shape
-        factor = update_factor(self, self.momentum) if self.training else 0.0
         # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
         x3 = x.reshape(n, self.num_groups, c * h * w // self.num_groups)
         fused = self.num_groups == c
+        if self.training and global_scope():  # every rank's batch: through the moments
+            y = batch_norm_instances(
+                self,
+                x3.unsqueeze(3),  # (N, G, M, 1): a group is an instance "channel"
+                update_running=True,
+                momentum=self.momentum,
+                eps=self.eps,
+                weight=self.weight if fused else None,
+                bias=self.bias if fused else None,
+            )
+            return self._spatial_affine(y.reshape(n, c, h, w), fused)
+        factor = update_factor(self, self.momentum) if self.training else 0.0
         y = F.batch_norm(
             x3,
             self.running_mean,
@@ -165,7 +183,10 @@ class BatchGroupNorm2d(ContractNorm):
             self.eps,
         )
         # (N, G, M) -> (N, C, H, W), then the per-channel affine.
-        y = y.reshape(n, c, h, w)
+        return self._spatial_affine(y.reshape(n, c, h, w), fused)
+
+    def _spatial_affine(self, y: torch.Tensor, fused: bool) -> torch.Tensor:
+        """The per-channel affine after the (N, G, M) normalisation (none if already fused)."""
         if fused:
             return y
         # Parameters cast to the input dtype: fp32 parameters must not promote a half output.

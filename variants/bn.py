@@ -11,7 +11,9 @@ the buffers, counter and state_dict keys are exactly torch's. What this class ad
 * the normbench constructor contract (options keyword-only, `norm_layer(C)` works);
 * a ValueError for a non-4-D input or a wrong channel count, and for a one-element statistic
   (N·H·W = 1 in training), naming the layer and the input shape instead of torch's generic
-  message.
+  message;
+* global statistics across data-parallel ranks (`_fused.global_statistics`): the same
+  function through the per-instance moments, i.e. SyncBatchNorm.
 
 Note: torchvision's ResNet init loop sets weight←1, bias←0 on every `nn.BatchNorm2d`, which is
 BN's own initialisation, but it crashes on `weight=None`: `affine=False` cannot be used inside
@@ -23,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import FxLeaf, check_batch_statistics, check_input
+from ._core import FxLeaf, batch_norm_instances, check_batch_statistics, check_input
+from ._fused import global_scope
 from ._options import check_torch_norm_options
 
 
@@ -35,6 +38,7 @@ class BatchNorm2d(FxLeaf, nn.BatchNorm2d):
         "Covariate Shift (ICML 2015), arXiv 1502.03167"
     )
     batch_dependent = True
+    global_stats = True
 
     def __init__(
         self,
@@ -61,4 +65,14 @@ class BatchNorm2d(FxLeaf, nn.BatchNorm2d):
         check_input(self, x, self.num_features)
         if self.training or not self.track_running_stats:
             check_batch_statistics(self, x, x.numel() // x.shape[1])
+            if global_scope():  # every rank's batch (SyncBatchNorm): through the moments
+                return batch_norm_instances(
+                    self,
+                    x,
+                    update_running=self.training and self.track_running_stats,
+                    momentum=self.momentum,
+                    eps=self.eps,
+                    weight=self.weight,
+                    bias=self.bias,
+                )
         return nn.BatchNorm2d.forward(self, x)

@@ -49,6 +49,7 @@ class BNET2d(RunningStatsNorm):
         "arXiv 2011.14150"
     )
     batch_dependent = True
+    global_stats = True
 
     def __init__(
         self,

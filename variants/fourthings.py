@@ -41,8 +41,6 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import nn
 
@@ -55,7 +53,12 @@ from normbench.variants._core import (
     register_bn_buffers,
     update_factor,
 )
-from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._fused import (
+    block_affine,
+    block_moments,
+    fused_instance_affine,
+    statistics_ranks,
+)
 from normbench.variants._options import check_float, check_optional_int
 
 
@@ -95,6 +98,7 @@ class FourThingsNorm2d(ContractNorm):
         "arXiv 1906.03548"
     )
     batch_dependent = True
+    global_stats = True
     weight: nn.Parameter
     bias: nn.Parameter
     running_mean: torch.Tensor
@@ -139,15 +143,18 @@ class FourThingsNorm2d(ContractNorm):
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        epg = n if self.examples_per_group is None else min(self.examples_per_group, n)
-        check_batch_statistics(self, x, min(chunk_sizes(n, epg)) * self.channels_per_group * h * w)
-        return fused_instance_affine(
-            x, partial(self._coefficients, chunk_sizes(n, epg)), self.weight, self.bias
+        whole = n * statistics_ranks()  # the batch of every rank with global statistics
+        epg = self._examples_per_group(whole)
+        check_batch_statistics(
+            self, x, min(chunk_sizes(whole, epg)) * self.channels_per_group * h * w
         )
+        return fused_instance_affine(x, self._coefficients, self.weight, self.bias)
+
+    def _examples_per_group(self, n: int) -> int:
+        return n if self.examples_per_group is None else min(self.examples_per_group, n)
 
     def _coefficients(
         self,
-        sizes: list[int],
         mean: torch.Tensor,
         var: torch.Tensor,
         weight: torch.Tensor,
@@ -161,6 +168,8 @@ class FourThingsNorm2d(ContractNorm):
         with torch.no_grad():
             batch_mean, batch_var, _ = block_moments(mean, var, [mean.shape[0]], 1)
             self._update_moments(batch_mean[0], batch_var[0])
+        n = mean.shape[0]  # the whole batch (every rank's with global statistics)
+        sizes = chunk_sizes(n, self._examples_per_group(n))
         mu, block_var, expand = block_moments(mean, var, sizes, self.channels_per_group)
         return block_affine(mean, mu, block_var, expand, weight, bias, self.eps)
 

@@ -46,13 +46,20 @@ from torch import nn
 from normbench.variants._chunked import chunk_length, chunk_sizes
 from normbench.variants._core import (
     ContractNorm,
+    batch_norm_instances,
     check_batch_statistics,
     check_input,
     register_affine,
     register_bn_buffers,
     update_factor,
 )
-from normbench.variants._fused import block_affine, block_moments, fused_instance_affine
+from normbench.variants._fused import (
+    block_affine,
+    block_moments,
+    fused_instance_affine,
+    global_scope,
+    statistics_ranks,
+)
 from normbench.variants._options import check_int, check_optional_int
 
 
@@ -68,6 +75,7 @@ class GhostBatchNorm2d(ContractNorm):
         "training of neural networks (NeurIPS 2017), arXiv 1705.08741"
     )
     batch_dependent = True
+    global_stats = True
 
     @classmethod
     def check_options(
@@ -118,13 +126,24 @@ class GhostBatchNorm2d(ContractNorm):
         check_input(self, x, self.num_features)
         if self.training:
             n, c, h, w = x.shape
+            whole = n * statistics_ranks()  # the batch of every rank with global statistics
             chunk = chunk_length(
-                n, ghost_batch_size=self.ghost_batch_size, num_splits=self.num_splits
+                whole, ghost_batch_size=self.ghost_batch_size, num_splits=self.num_splits
             )
-            check_batch_statistics(self, x, min(chunk_sizes(n, chunk)) * h * w)
-            if n > chunk:  # several ghost batches: a per-(n, c) affine of x
-                coefficients = partial(self._coefficients, chunk_sizes(n, chunk), h * w)
+            check_batch_statistics(self, x, min(chunk_sizes(whole, chunk)) * h * w)
+            if whole > chunk:  # several ghost batches: a per-(n, c) affine of x
+                coefficients = partial(self._coefficients, chunk, h * w)
                 return fused_instance_affine(x, coefficients, self.weight, self.bias)
+            if global_scope():  # one ghost batch spanning the ranks: SyncBatchNorm
+                return batch_norm_instances(
+                    self,
+                    x,
+                    update_running=True,
+                    momentum=self.momentum,
+                    eps=self.eps,
+                    weight=self.weight,
+                    bias=self.bias,
+                )
         # Eval, or one ghost batch in training: plain BN on the module buffers.
         factor = update_factor(self, self.momentum) if self.training else 0.0
         return F.batch_norm(
@@ -140,7 +159,7 @@ class GhostBatchNorm2d(ContractNorm):
 
     def _coefficients(
         self,
-        sizes: list[int],
+        chunk: int,
         plane: int,
         mean: torch.Tensor,
         var: torch.Tensor,
@@ -153,6 +172,7 @@ class GhostBatchNorm2d(ContractNorm):
         μ_b = mean_n mean_nc, σ²_b = mean_n var_nc + mean_n (mean_nc − μ_b)², n in b; exact.
         The buffers get the K sequential EMA updates with the unbiased σ²_b.
         """
+        sizes = chunk_sizes(mean.shape[0], chunk)  # N: the whole batch (every rank's if global)
         mu, ghost_var, expand = block_moments(mean, var, sizes, 1)  # (K, C) each
         with torch.no_grad():
             values = torch.tensor(sizes, dtype=mean.dtype, device=mean.device)[:, None] * plane

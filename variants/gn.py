@@ -51,6 +51,7 @@ class GroupNorm2d(FxLeaf, nn.GroupNorm):
 
     paper = "Group Normalization (ECCV 2018), arXiv 1803.08494"
     batch_dependent = False
+    global_stats = True
 
     @classmethod
     def check_options(

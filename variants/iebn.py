@@ -55,6 +55,7 @@ class IEBN2d(RunningStatsNorm):
         "(AAAI 2020), arXiv 1908.04008"
     )
     batch_dependent = True
+    global_stats = True
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
         "2016), arXiv 1607.08022"
     )
     batch_dependent = False
+    global_stats = True
 
     def __init__(
         self,

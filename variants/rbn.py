@@ -56,6 +56,7 @@ class RepresentativeBatchNorm2d(RunningStatsNorm):
         "no arXiv id (CVF open access)"
     )
     batch_dependent = True
+    global_stats = True
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class SandwichBatchNorm2d(RunningStatsNorm):
         "Heterogeneity (WACV 2022), arXiv 2102.11382"
     )
     batch_dependent = True
+    global_stats = True
 
     def __init__(
         self,

@@ -92,7 +92,13 @@ from normbench.variants._core import (
     register_bn_buffers,
     update_running_stats,
 )
-from normbench.variants._fused import fused_instance_affine, statistics_precision
+from normbench.variants._fused import (
+    all_sum,
+    fused_instance_affine,
+    global_scope,
+    statistics_precision,
+    statistics_ranks,
+)
 from normbench.variants._options import (
     check_bool,
     check_choice,
@@ -128,6 +134,9 @@ def average_pairwise_cosine(features: torch.Tensor, eps: float = COSINE_EPS) -> 
     inv = 1.0 / norms.clamp_min(eps)
     total = inv @ f  # S = f^T (1/||f||), one mat-vec: (D,)
     unit_sq = (norms * inv).square().sum()
+    if global_scope():  # the pairs of every rank's batch: S, sum ||u_i||^2 and B are sums
+        total, unit_sq = all_sum(total), all_sum(unit_sq)
+        b = b * statistics_ranks()
     return (total.dot(total) - unit_sq) / (b * (b - 1))
 
 
@@ -159,6 +168,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         "Batch Normalization and a Unified Framework (ECCV 2024), arXiv 2311.15993"
     )
     batch_dependent = True
+    global_stats = True
     running_mean: torch.Tensor
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -241,7 +251,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         check_input(self, x, self.num_features)
         # eval: running statistics; training: a Python True or a 0-d bool tensor (on device)
         use_batch = self._train_decision(x) if self.training else False
-        coefficients = partial(self._coefficients, use_batch, x.numel() // x.shape[1])
+        coefficients = partial(self._coefficients, use_batch, x.shape[2] * x.shape[3])
         x_s = fused_instance_affine(x, coefficients, *self._coefficient_params())
         if not self.affine_rect:
             return x_s
@@ -262,7 +272,7 @@ class UnifiedBatchNorm2d(ContractNorm):
     def _coefficients(
         self,
         use_batch: bool | torch.Tensor,
-        count: int,
+        plane: int,
         mean: torch.Tensor,
         var: torch.Tensor,
         *params: Any,
@@ -275,7 +285,8 @@ class UnifiedBatchNorm2d(ContractNorm):
         """
         rect = params[:3] if self.norm_rect else ()
         mean_c = mean * (1 + rect[0]) if rect else mean
-        mu, invstd = self._statistics(use_batch, count, mean_c, var)
+        # N·H·W of the whole batch (every rank's with global statistics)
+        mu, invstd = self._statistics(use_batch, mean.shape[0] * plane, mean_c, var)
         at_mean = (mean_c - mu) * invstd  # GAP(x̂), (N, C)
         scale = invstd.expand_as(at_mean)
         if rect:  # x_s = x̂ · sigmoid(w_v·GAP(x̂) + b_v)

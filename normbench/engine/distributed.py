@@ -21,8 +21,15 @@ checks, evaluation and probes see one model.
 
 `stats_scope: global` normalises with moments over all N slices (SyncBatchNorm's rule,
 generalised: the layer computes what it computes on the whole N x B batch). In virtual mode
-that is the unsplit batch, for every layer. With DDP it needs moments all-reduced inside the
-layers, which this version does not have yet: the suite loader refuses it.
+that is the unsplit batch. With DDP, `Parallel.statistics()` installs
+`normbench.variants.global_statistics` around each training forward: inside a batch-dependent
+layer the per-instance moments (N, C) of every rank are exchanged by one differentiable
+all-reduce before the statistics are formed (variants/_fused.py, the one place), so ghost
+batches, example groups and UBN's similarity span the ranks exactly as on one device. Each
+rank then makes the same running-statistics update (that of the whole batch), so DDP's buffer
+broadcast copies equal values. Equality with one process on the concatenated batch is tested
+for every built-in layer (tests/engine/test_global_stats.py). A layer takes part only if it
+declares `global_stats = True`; the suite loader refuses others with several devices.
 
 Only rank 0 writes checkpoints; every rank restores the same file. The training loss, the
 divergence check and the evaluation sums are all-reduced, so every rank takes the same
@@ -31,6 +38,7 @@ decisions and rank 0's record describes the whole trial.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 
 from normbench.engine.spec import SpecError, TrialSpec
+from normbench.variants._fused import global_statistics
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,14 @@ class Parallel:
         with torch.no_grad():
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
+
+    def statistics(self) -> contextlib.AbstractContextManager[None]:
+        """The context of a training forward: with DDP and `stats_scope: global`, the
+        batch-dependent layers normalise with the moments of every rank's batch
+        (`normbench.variants._fused.global_statistics`); nothing otherwise."""
+        if self.mode == "ddp" and self.stats_scope == "global":
+            return global_statistics()
+        return contextlib.nullcontext()
 
     def wrap(self, model: nn.Module, forward: nn.Module) -> nn.Module:
         """What a training step calls: DDP around `model`, or the virtual-device split."""

@@ -269,7 +269,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float | No
 
     The returned loss is the mean over the optimiser batch (all ranks agree on it)."""
     trial = run.trial
-    with trial.runtime.autocast():
+    with trial.runtime.autocast(), run.par.statistics():
         logits = run.train_forward(x)
     loss = trial.criterion(logits.float(), y)
     trial.optimizer.zero_grad(set_to_none=True)

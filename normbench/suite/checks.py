@@ -204,7 +204,8 @@ def _search_variant_option(option: str, variants: set[str], where: Path) -> Prob
 
 
 def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """Data-parallel rules: resources are per device; global statistics need virtual mode."""
+    """Data-parallel rules: resources are per device; global statistics need layers that
+    support them."""
     problems: Problems = []
     gpus, devices = model.resources.gpus, model.train.devices
     if gpus > 1:
@@ -218,13 +219,35 @@ def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
             )
         )
     t = model.train
-    if t.stats_scope == "global" and t.devices > 1 and t.parallel == "ddp":
-        problems.append(
-            (
-                ("train", "stats_scope"),
-                "stats_scope: global runs with parallel: virtual only in this version (moments "
-                "over the whole devices x batch_size batch); write `parallel: virtual` or "
-                "`stats_scope: device`",
+    if t.stats_scope == "global" and t.devices > 1:
+        problems += _global_stats_support(cells)
+    return problems
+
+
+def _global_stats_support(cells: list[RawCell]) -> Problems:
+    """`stats_scope: global` over several devices needs layers that declare `global_stats`.
+
+    Refused with either `parallel` (virtual mode could run any layer on the unsplit batch, but
+    a suite must mean the same on DDP ranks and virtual devices).
+    """
+    problems: Problems = []
+    seen: set[str] = set()
+    for cell in cells:
+        name = cell.variant.name.lower()
+        if name in seen or name not in VARIANTS:
+            continue
+        seen.add(name)
+        cls = VARIANTS.get(name).obj
+        if (
+            getattr(cls, "batch_dependent", False)
+            and getattr(cls, "global_stats", False) is not True
+        ):
+            problems.append(
+                (
+                    cell.variant_path,
+                    f"variant {name!r} does not declare global_stats = True (moments "
+                    "all-reduced across devices), so it cannot run with stats_scope: global "
+                    "on several devices; use `stats_scope: device` or another variant",
+                )
             )
-        )
     return problems

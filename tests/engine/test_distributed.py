@@ -161,7 +161,6 @@ def test_suite_refusals(tmp_path: Path) -> None:
     cases = {
         "train: {epochs: 1}\nresources: {gpus: 8}\n": "write `train: {devices: 8}` and "
         "`resources: {gpus: 1}`",
-        "train: {epochs: 1, devices: 2, stats_scope: global}\n": "write `parallel: virtual`",
     }
     for i, (tail, message) in enumerate(cases.items()):
         path = tmp_path / f"s{i}.yaml"
@@ -169,6 +168,7 @@ def test_suite_refusals(tmp_path: Path) -> None:
         with pytest.raises(SuiteError, match=re.escape(message)):
             load_suite(path)
     path = tmp_path / "ok.yaml"
-    ok = "train: {epochs: 1, devices: 2, parallel: virtual, stats_scope: global}\n"
-    path.write_text(base + ok)
-    assert load_suite(path).trials()[0].spec.devices == 2
+    for parallel in ("virtual", "ddp"):
+        ok = f"train: {{epochs: 1, devices: 2, parallel: {parallel}, stats_scope: global}}\n"
+        path.write_text(base + ok)
+        assert load_suite(path).trials()[0].spec.stats_scope == "global"

@@ -235,6 +235,7 @@ CASES: dict[str, Case] = {
     "plugin_hook_rule": Case(suite(variants=variant("k: 3", "corpus_norm"), plugins="[p.py]"), "variants[0].options.k: variant 'corpus_norm': k=3 cannot run at batch size 16", files={"p.py": PLUGIN_VARIANT}),
     "plugin_hook_raises": Case(suite(variants=variant("k: 0", "corpus_norm"), plugins="[p.py]"), "check_options failed: ZeroDivisionError", files={"p.py": PLUGIN_VARIANT}),
     "plugin_constructor_exits": Case(suite(variants=variant("k: 5", "corpus_norm"), plugins="[p.py]"), "rejects these options at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): it called sys.exit('constructor exits')", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_without_global_stats": Case(suite(variants="[bn, corpus_norm]", plugins="[p.py]", train=train("devices: 2, stats_scope: global")), "variants[1]: variant 'corpus_norm' does not declare global_stats = True (moments all-reduced across devices), so it cannot run with stats_scope: global on several devices; use `stats_scope: device` or another variant", files={"p.py": PLUGIN_VARIANT}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
 }  # fmt: skip
 
