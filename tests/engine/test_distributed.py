@@ -30,6 +30,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "ubn": {"tau": 0.3},
 }
 LAYERS = sorted(BUILTIN_VARIANTS)
+GLOBAL_LAYERS = ("bn", "ubn")  # SyncBatchNorm; UBN with its similarity over both ranks
 KILL_AT_EPOCH = 2  # the resume test's ranks die in the first batch of this epoch
 
 
@@ -71,6 +72,11 @@ def _rank(rank: int, init: str, out: str, kill: bool) -> None:
                 losses, records = _losses(_spec(name), Path(out) / name)
                 if rank == 0:
                     torch.save((losses, records), Path(out) / f"{name}.result")
+            for name in GLOBAL_LAYERS:  # stats_scope: global through the same loop
+                spec = _spec(name, stats_scope="global")
+                losses, records = _losses(spec, Path(out) / f"{name}-global")
+                if rank == 0:
+                    torch.save((losses, records), Path(out) / f"{name}-global.result")
         spec = _spec("ubn", epochs=3)
 
         def crash(progress: dict) -> None:
@@ -122,6 +128,20 @@ def test_ddp_equals_virtual_devices_step_by_step(ddp_runs: Path, name: str) -> N
             assert gap <= tolerance * float(value.norm()) + 1e-6, (key, gap)
         else:
             assert torch.equal(ddp_model[key], value), key
+
+
+@pytest.mark.parametrize("name", GLOBAL_LAYERS)
+def test_ddp_global_scope_trial_equals_one_large_batch(ddp_runs: Path, name: str) -> None:
+    """A DDP trial with stats_scope: global trains like one process on the 2 x 8 batch."""
+    ddp_losses, ddp_records = torch.load(ddp_runs / f"{name}-global.result", weights_only=False)
+    losses, records = _losses(_spec(name, parallel="virtual", stats_scope="global"))
+    assert len(losses) == len(ddp_losses) == 4
+    torch.testing.assert_close(ddp_losses, losses, rtol=1e-5, atol=1e-6)  # every step
+    device_scope, _ = torch.load(ddp_runs / f"{name}.result", weights_only=False)
+    assert device_scope[0] != pytest.approx(ddp_losses[0], rel=1e-4)  # the scope is real
+    for ddp_rec, rec in zip(ddp_records, records, strict=True):
+        for key in ("train_loss", "val_loss", "test_loss", "test_top1"):
+            assert ddp_rec[key] == pytest.approx(rec[key], rel=1e-3, abs=1e-5), key
 
 
 def test_virtual_devices_differ_from_one_large_batch() -> None:
