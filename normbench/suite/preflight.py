@@ -7,7 +7,8 @@ In order (cheapest first; the data check comes last because it may download or e
    probe file is created and removed in the nearest existing folder);
 2. `--address`: a `ray://` address needs the Ray client extra (`ray[client]`); the cluster must
    answer (a TCP connection first, so a wrong host fails in seconds, then Ray's own join);
-3. resources: each trial's `cpus`/`gpus` must fit on one node, else Ray would keep the trial
+3. resources: each trial's `cpus`/`gpus` must fit on one node (a DDP trial: `devices` such
+   bundles, one per Ray Train worker, on any nodes), else Ray would keep the trial
    pending forever. Local Ray offers this machine's CPUs (or `num_cpus`) and CUDA devices; a
    cluster's nodes are read once joined. `--allow-autoscaling` skips the check for clusters
    that add nodes on demand;
@@ -205,23 +206,52 @@ def join_cluster(address: str) -> Callable[[], None]:
 
 
 def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: bool) -> str:
-    """Each trial's resources must fit on one node (a trial never spans nodes)."""
+    """Each trial's resources must fit: one node for a one-device trial; for a DDP trial of N
+    devices, N per-device bundles (Ray Train workers, which may sit on different nodes)."""
     cpus, gpus = suite.resources.cpus, suite.resources.gpus
-    ask = f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''}"
-    fits = any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes)
-    if fits:
+    devices = _ddp_devices(suite)
+    ask = _amount(cpus, gpus)
+    if devices > 1:
+        ask = f"{devices} devices x ({ask}) = {_amount(devices * cpus, devices * gpus)}"
+    if _slots(nodes, cpus, gpus) >= devices:
         return f"resources: each trial asks for {ask}; fits on {where}"
     if allow_autoscaling:
         return f"resources: each trial asks for {ask}; no node has it now (--allow-autoscaling)"
     most = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
     has = f"{most.get('CPU', 0):g} CPUs and {most.get('GPU', 0):g} GPUs"
     has = has if len(nodes) == 1 else f"at most {has} per node ({len(nodes)} nodes)"
+    lower = (
+        "resources.cpus=1 --set resources.gpus=0"
+        if devices == 1
+        else ("resources.cpus=1 --set resources.gpus=0, or train.devices")
+    )
     raise PreflightError(
         f"{suite.path}: resources: each trial asks for {ask}, but {where} has {has}, so no "
-        "trial could ever start; lower them (e.g. --set resources.cpus=1 --set "
-        "resources.gpus=0), join a bigger cluster with --address, or pass --allow-autoscaling "
-        "if the cluster adds nodes on demand"
+        f"trial could ever start; lower them (e.g. --set {lower}), join a bigger cluster with "
+        "--address, or pass --allow-autoscaling if the cluster adds nodes on demand"
     )
+
+
+def _amount(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''}"
+
+
+def _ddp_devices(suite: Any) -> int:
+    """The most devices a trial of the suite runs as DDP ranks (1: none; virtual devices share
+    one process and its resources)."""
+    ranks = [t.spec.devices for t in suite.trials() if t.spec.parallel == "ddp"]
+    return max(ranks, default=1)
+
+
+def _slots(nodes: Nodes, cpus: float, gpus: float) -> int:
+    """How many bundles of (cpus, gpus) the nodes hold together (each bundle on one node)."""
+    total = 0
+    for n in nodes:
+        fit = [
+            int(n.get(kind, 0) // need) for kind, need in (("CPU", cpus), ("GPU", gpus)) if need > 0
+        ]
+        total += min(fit) if fit else 1 << 30
+    return total
 
 
 # ------------------------------------------------------------------------- data

@@ -4,6 +4,7 @@ naming the problem and where, no traceback, nothing written on disk, and Ray nev
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -164,3 +165,22 @@ def test_batch_larger_than_the_training_set(where: Path, capsys: pytest.CaptureF
         "synthetic (after val_fraction 0.1 is held out); training drops the last incomplete "
         "batch, so no step would run: use a smaller batch or more data"
     )
+
+
+def test_resources_of_a_ddp_trial_are_per_device(
+    where: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-device trial of 2 CPUs each needs 4 CPUs: refused on 2, naming the total."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # local Ray offers this machine's CPUs
+    two = SUITE.replace("device: cpu}", "device: cpu, devices: 2}")
+    msg = refuse(where, capsys, "--set", "resources.cpus=2", suite=two)
+    assert msg.startswith(
+        f"{where / 's.yaml'}: resources: each trial asks for 2 devices x (2 CPUs and 0 GPUs) = "
+        "4 CPUs and 0 GPUs, but this machine has 2 CPUs and 0 GPUs, so no trial could ever start"
+    ), msg
+    assert "train.devices" in msg
+    with pytest.raises(SystemExit) as exit_:  # 1 CPU per device: 2 bundles fit on 2 CPUs
+        main(["run", "s.yaml", "--dry-run"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "each trial asks for 2 devices x (1 CPU and 0 GPUs) = 2 CPUs and 0 GPUs; fits" in out
