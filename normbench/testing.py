@@ -187,6 +187,7 @@ class VariantConformance:
         cls = self.variant_class()
         assert isinstance(getattr(cls, "paper", None), str) and cls.paper, "class attr `paper`"
         assert isinstance(getattr(cls, "batch_dependent", None), bool), "`batch_dependent`"
+        assert isinstance(getattr(cls, "global_stats", False), bool), "`global_stats`"
         params = list(inspect.signature(cls).parameters.values())
         assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         names = {p.name for p in params}
