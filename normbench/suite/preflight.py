@@ -4,7 +4,8 @@ or a half-written run directory. `--dry-run` runs the same checks and prints wha
 
 In order (cheapest first; the data check comes last because it may download or extract):
 1. the output directory: not a file, not inside another run's directory, and writable (a
-   probe file is created and removed in the nearest existing folder);
+   probe file is created and removed in the nearest existing folder); `--storage` with DDP
+   trials is refused (their ranks share checkpoints through the run directory);
 2. `--address`: a `ray://` address needs the Ray client extra (`ray[client]`); the cluster must
    answer (a TCP connection first, so a wrong host fails in seconds, then Ray's own join);
 3. resources: each trial's `cpus`/`gpus` must fit on one node (a DDP trial: `devices` such
@@ -64,11 +65,13 @@ def run_preflight(
     num_cpus: int | None,
     allow_autoscaling: bool,
     fetch: bool,
+    storage: str | None = None,
 ) -> Preflight:
     """All checks in order; raises PreflightError at the first refusal (and leaves no
     connection open). `fetch=False` (--dry-run) downloads and extracts nothing."""
     found = Preflight()
     found.lines.append(check_output(run_dir))
+    check_storage(suite, storage)
     try:
         nodes, where = _nodes(found, address, num_cpus)
         found.lines.append(check_resources(suite, nodes, where, allow_autoscaling))
@@ -79,6 +82,19 @@ def run_preflight(
             found.shutdown = None
         raise
     return found
+
+
+def check_storage(suite: Any, storage: str | None) -> None:
+    """`--storage` uploads one process's checkpoint folder through Tune; the ranks of a DDP
+    trial share theirs through the run directory, so the two do not combine (yet)."""
+    devices = _ddp_devices(suite)
+    if storage and devices > 1:
+        raise PreflightError(
+            f"{suite.path}: --storage {storage} is not supported for trials with "
+            f"train.devices: {devices} (the DDP ranks share checkpoints through the run "
+            "directory); drop --storage and put --output on a folder every node reaches, or "
+            "use train.parallel: virtual"
+        )
 
 
 # ------------------------------------------------------------------------- output directory

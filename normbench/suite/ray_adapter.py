@@ -237,7 +237,7 @@ def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> Non
             tune.report(_result(tid, rec))
             reported = True
     if _is_ddp(spec):
-        _run_data_parallel(task, spec, ckpt_dir, worker_resources)
+        _run_data_parallel(task, spec, ckpt_dir, worker_resources, note)
         return
     for record in run_trial(spec, checkpoint_dir=ckpt_dir):
         placed = {**record, **_placement()}
@@ -257,10 +257,15 @@ def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> Non
 
 
 def _run_data_parallel(
-    task: dict[str, Any], spec: TrialSpec, ckpt_dir: str, resources: tuple[float, float]
+    task: dict[str, Any],
+    spec: TrialSpec,
+    ckpt_dir: str,
+    resources: tuple[float, float],
+    note: str | None = None,
 ) -> None:
     """Ray's Train-inside-Tune pattern: a TorchTrainer of `spec.devices` workers, each running
-    `run_trial`; rank 0's records reach Tune through `TuneReportCallback`.
+    `run_trial`; rank 0's records reach Tune through `TuneReportCallback` (the first one
+    carrying `note`, a quarantined checkpoint, as on the one-device path).
 
     The plan's resources are per worker (per device); DDP uses NCCL on GPUs, gloo on CPUs.
     """
@@ -277,7 +282,7 @@ def _run_data_parallel(
     callbacks: list[Any] = [TuneReportCallback()]  # Ray types it as a Tune callback
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir},
+        train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir, "note": note},
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=train.ScalingConfig(
             num_workers=spec.devices,
@@ -308,9 +313,13 @@ def _train_worker(config: dict[str, Any]) -> None:
         changes["device"] = str(get_device()) if _cuda() else "cpu"
     spec = spec.replace(**changes)
     rank = train.get_context().get_world_rank()
+    note = config.get("note")
     for rec in run_trial(spec, checkpoint_dir=config["checkpoint_dir"]):
+        placed = {**rec, **_placement()}
+        if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
+            placed[CHECKPOINT_NOTE], note = note, None
         # every rank reports (a barrier); Tune gets rank 0's
-        train.report(_result(spec.trial_id, {**rec, **_placement()}) if rank == 0 else {})
+        train.report(_result(spec.trial_id, placed) if rank == 0 else {})
 
 
 def _cuda() -> bool:

@@ -100,6 +100,7 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
         num_cpus=req.num_cpus,
         allow_autoscaling=req.allow_autoscaling,
         fetch=not req.dry_run,
+        storage=req.storage,
     )
     ray = _RayOnDemand(req.address, req.num_cpus, found.shutdown)
     if req.dry_run:

@@ -184,3 +184,14 @@ def test_resources_of_a_ddp_trial_are_per_device(
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "each trial asks for 2 devices x (1 CPU and 0 GPUs) = 2 CPUs and 0 GPUs; fits" in out
+
+
+def test_storage_with_a_ddp_trial_is_refused(where: Path, capsys: pytest.CaptureFixture) -> None:
+    two = SUITE.replace("device: cpu}", "device: cpu, devices: 2}")
+    msg = refuse(where, capsys, "--storage", "s3://bucket/nb", suite=two)
+    assert msg == (
+        f"{where / 's.yaml'}: --storage s3://bucket/nb is not supported for trials with "
+        "train.devices: 2 (the DDP ranks share checkpoints through the run directory); drop "
+        "--storage and put --output on a folder every node reaches, or use train.parallel: "
+        "virtual"
+    )

@@ -1,0 +1,93 @@
+"""A 2-worker data-parallel suite through `normbench run`: Ray Train's TorchTrainer inside the
+Tune trial (gloo on CPU), `stats_scope: global`. The run is killed (SIGKILL of its whole
+process group) once an epoch is stored, then rerun: the trial resumes from rank 0's checkpoint
+and its records equal an uninterrupted trial's (the same trial as virtual devices in this
+process, which the engine tests prove equal to DDP step by step).
+
+Local Ray with num_cpus=2, bound to 127.0.0.1 (as `normbench run` always starts it), in the
+`env` fixture's own temp dir; every process it started is killed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_resume_kill import _lines, _start, _wait_gone
+
+from normbench.contract import METRIC_KEYS
+from normbench.engine.loop import TIMING_KEYS, run_trial
+from normbench.suite.loader import load_suite
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+SUITE = f"""
+version: 1
+name: ddp2
+dataset: {{name: synthetic, image_size: 8, n_train: 64, n_test: 32, num_classes: 4}}
+backbones: [{{name: resnet20, options: {{width: 4}}}}]
+variants: [{{name: ubn, options: {{tau: 0.3}}}}]
+batch_sizes: [8]
+seeds: [0]
+train: {{epochs: {EPOCHS}, lr: 0.05, schedule: constant, probe: false, device: cpu,
+        devices: 2, stats_scope: global}}
+resources: {{cpus: 1, gpus: 0}}
+"""
+
+RUN = (
+    "import sys; from pathlib import Path; from normbench.suite.runner import RunRequest, execute;"
+    "sys.exit(execute(RunRequest(suite=Path(sys.argv[1]), output=Path(sys.argv[2]), num_cpus=2)))"
+)
+
+
+def _kill_after_first_epoch(proc: subprocess.Popen, run: Path, timeout: float = 240) -> None:
+    """SIGKILL the group once the trial has stored an epoch (so rank 0 has checkpointed it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _lines(run / "epochs.jsonl"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the run never stored an epoch (or ended first)")
+
+
+def test_killed_ddp_suite_resumes_to_the_uninterrupted_records(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    suite, run = tmp_path / "suite.yaml", tmp_path / "run"
+    suite.write_text(SUITE)
+    cmd = [sys.executable, "-c", RUN, str(suite), str(run)]
+    _kill_after_first_epoch(_start(cmd, env, tmp_path / "first.log"), run)
+    assert not _wait_gone(env["NB_TEST_MARKER"], 30), "Ray processes survived the kill"
+    stored = [e["epoch"] for e in _lines(run / "epochs.jsonl")]
+    assert stored and max(stored) < EPOCHS and not _lines(run / "trials.jsonl")
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert not _wait_gone(env["NB_TEST_MARKER"], 30)
+
+    (trial,) = _lines(run / "trials.jsonl")
+    assert trial["status"] == "completed"
+    records = _lines(run / "epochs.jsonl")
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    logged = [int(line.split(" epoch ")[1].split("/")[0]) for line in second.stdout.splitlines()
+              if " epoch " in line and "/" in line.split(" epoch ")[1]]  # fmt: skip
+    assert logged and min(logged) > max(stored)  # resumed, not restarted
+
+    spec = load_suite(suite).trials()[0].spec.replace(parallel="virtual", num_threads=1)
+    whole = list(run_trial(spec))
+    for got, want in zip(records, whole, strict=True):
+        assert (got["devices"], got["optimizer_batch_size"]) == (2, 16)
+        for key in METRIC_KEYS:
+            value = want.get(key)
+            if key in TIMING_KEYS or not isinstance(value, float):
+                continue
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (got["epoch"], key)
