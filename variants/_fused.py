@@ -37,10 +37,10 @@ per-instance moments (N, C) are exchanged before `coefficients` runs, so `coeffi
 the moments of the whole R x N batch (rank order) and computes what the layer computes on that
 batch on one device: block statistics, counts, running-statistics updates. Each rank then keeps
 its own rows of (A, Y). The exchange is one differentiable all-reduce of the moments
-zero-padded to (R x N, C) (`torch.distributed.nn.functional.all_reduce`: its backward
-all-reduces the gradient, so each rank's moments receive the gradient of the sum of all ranks'
-losses, SyncBatchNorm's rule). This is exact: adding zeros rounds nothing. Layers whose fast
-path is `F.batch_norm` route through `fused_instance_affine` while the context is active.
+zero-padded to (R x N, C) (`_AllReduceSum`: its backward all-reduces the gradient, so each
+rank's moments receive the gradient of the sum of all ranks' losses, SyncBatchNorm's rule).
+This is exact: adding zeros rounds nothing. Layers whose fast path is `F.batch_norm` route
+through `fused_instance_affine` while the context is active.
 """
 
 from __future__ import annotations
@@ -109,12 +109,31 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     """
     if _Scope.group is None:
         return t
-    from torch.distributed.nn.functional import all_reduce
-
     rank, world = _world(_Scope.group)
     n = t.shape[0]
     pad = [0, 0] * (t.dim() - 1) + [rank * n, (world - 1 - rank) * n]
-    return all_reduce(F.pad(t, pad), group=_Scope.group)
+    return _AllReduceSum.apply(F.pad(t, pad), _Scope.group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; backward: the sum over ranks of the gradients (d of Σ_r loss_r).
+
+    What `torch.distributed.nn.functional.all_reduce` does (deprecated in torch 2.14); the
+    backward is this Function again, so a double backward works too.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = t.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        return _AllReduceSum.apply(grad, ctx.group), None
 
 
 def own_rows(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,6 +10,12 @@ Two measurements, written as Markdown with the machine described:
    of 2 x `--batch`, normalised as one batch (`stats_scope: global` in virtual mode) and as two
    virtual devices (`stats_scope: device`, `normbench.engine.distributed.split_statistics`).
    The ratio is what per-device statistics cost in one process.
+3. Global vs device statistics under DDP, per layer: the step of 1. with 2 gloo ranks and each
+   built-in batch-dependent layer, with `stats_scope: device` (plain DDP) and `global` (the
+   per-instance moments all-reduced inside every norm layer, `global_statistics`). The ratio
+   is what synchronised statistics cost (collective latency per layer, forward and backward).
+
+`--quick` is a smoke run (tiny batch, 2 steps): it checks the script, not the numbers.
 
 Run it on a quiet machine (numbers on a loaded one are meaningless):
 
@@ -19,6 +25,7 @@ Run it on a quiet machine (numbers on a loaded one are meaningless):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -69,6 +76,49 @@ def _ddp_rank(rank: int, world: int, init: str, args: Any, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _scope_rank(rank: int, world: int, init: str, args: Any, out: str) -> None:
+    """Per batch-dependent layer: median DDP step with device scope, then with global scope."""
+    from normbench.variants import BUILTIN_VARIANTS, global_statistics
+
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        medians: dict[str, tuple[float, float]] = {}
+        for name in sorted(n for n, c in BUILTIN_VARIANTS.items() if c.batch_dependent):
+            pair = []
+            for scope in ("device", "global"):
+                torch.manual_seed(0)
+                model = nn.parallel.DistributedDataParallel(
+                    _model(name, **SCOPE_OPTIONS.get(name, {}))
+                )
+                with global_statistics() if scope == "global" else contextlib.nullcontext():
+                    times = _step_times(model, args.batch, args.steps, args.warmup)
+                pair.append(statistics.median(times))
+            medians[name] = (pair[0], pair[1])
+        if rank == 0:
+            torch.save(medians, out)
+    finally:
+        dist.destroy_process_group()
+
+
+# Options that keep every layer's statistics batch-dependent at small batches.
+SCOPE_OPTIONS: dict[str, dict[str, Any]] = {"ghost_bn": {"num_splits": 2}}
+
+
+def global_scope_rows(args: Any) -> list[str]:
+    rows = [
+        "| layer | device scope (ms) | global scope (ms) | ratio |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        init, out = f"file://{tmp}/init", f"{tmp}/scope.pt"
+        mp.start_processes(_scope_rank, args=(2, init, args, out), nprocs=2, start_method="spawn")
+        medians = torch.load(out)
+    for name, (device, whole) in medians.items():
+        rows.append(f"| {name} | {device * 1e3:.1f} | {whole * 1e3:.1f} | {whole / device:.2f} |")
+    return rows
+
+
 def ddp_rows(args: Any) -> list[str]:
     rows = ["| ranks | images/step | median step (ms) | images/s |", "|---|---|---|---|"]
     for world in (1, 2):
@@ -116,14 +166,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 2 steps")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.warmup = 8, 2, 1
     load = os.getloadavg()
     lines = [
         "# Data-parallel steps on CPU (gloo) and per-device statistics",
         "",
         f"Command: `python -m normbench.bench.ddp --batch {args.batch} --threads "
-        f"{args.threads} --steps {args.steps} --warmup {args.warmup}`. Method: see "
-        "`normbench/bench/ddp.py`.",
+        f"{args.threads} --steps {args.steps} --warmup {args.warmup}`"
+        + (" (`--quick`: a smoke run, not a measurement)" if args.quick else "")
+        + ". Method: see `normbench/bench/ddp.py`.",
         "",
         "## DDP step, ResNet-20 with BN, per-device batch fixed",
         "",
@@ -132,6 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         "## Per-device statistics in one process (virtual devices), per layer",
         "",
         *scope_rows(args),
+        "",
+        "## Global vs device statistics under DDP (2 gloo ranks), per layer",
+        "",
+        f"ResNet-20, {args.batch} images per rank; global: every norm layer all-reduces the "
+        "per-instance moments (forward) and their gradient (backward).",
+        "",
+        *global_scope_rows(args),
         "",
         *machine_table(describe_machine(load=load)),
         "",

@@ -56,7 +56,8 @@ def _kill_after_first_epoch(proc: subprocess.Popen, run: Path, timeout: float = 
             return
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the run never stored an epoch (or ended first)")
+    log = (run.parent / "first.log").read_text()[-3000:]
+    pytest.fail(f"the run never stored an epoch (or ended first); its log ends:\n{log}")
 
 
 def test_killed_ddp_suite_resumes_to_the_uninterrupted_records(
