@@ -2,6 +2,9 @@
 
 A trial with `devices: N` trains with an optimiser batch of N x `batch_size`. The loader serves
 that whole batch on every rank (same seed, same order); device r takes rows [r*B, (r+1)*B).
+That keeps one data path and the data order of virtual mode, at a cost for folder (ImageNet)
+data: every rank decodes and augments all N x B images of a step and keeps B, i.e. N times
+the decoding work of its share (in-memory data sets only index their tensors).
 
 * `parallel: ddp`: one process per device (Ray Train workers, or any launcher that has set up
   `torch.distributed` with N ranks), `torch.nn.parallel.DistributedDataParallel` around the
