@@ -9,8 +9,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 
 @pytest.fixture
@@ -33,3 +37,42 @@ def env() -> Iterator[dict[str, str]]:
     for pid in _marked_pids(marker):  # never leave our Ray behind, even when the test fails
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Cluster]:
+    """One Ray cluster on this machine for every test that joins a cluster by address
+    (`--address`, as a user joins theirs), started once per test session instead of once per
+    module: two nodes of 1 CPU each, the head with one logical GPU (trials still run on the
+    CPU), each with its own short temp dir. Tests that need a fresh local Ray start their own.
+
+    The nodes take the machine's address, not 127.0.0.1: Ray's driver rewrites 127.0.0.1 to
+    the node's own address, so a loopback-only node could not be joined by address.
+    RAY_TMPDIR is set only while the nodes start (they and their workers keep it), so the
+    cluster's address file stays in its own folder and a later local `ray.init()` never finds
+    and joins this cluster by mistake.
+    """
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix="nbq", dir="/tmp")  # short: Ray's socket paths are limited
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", tmp)
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False},
+        )
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+        except BaseException:
+            cluster.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    try:
+        yield cluster
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

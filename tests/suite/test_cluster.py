@@ -1,17 +1,14 @@
 """`normbench run --address` on a real two-node Ray cluster simulated on this machine:
 trials spread over both nodes, a failing trial is retried then recorded as failed without
 stopping the suite, and logical GPUs are scheduled (two 0.5-GPU trials share one GPU) while
-the trials themselves run on the CPU."""
+the trials themselves run on the CPU. The cluster (tests/suite/conftest.py) is the one the
+suite smoke tests join too."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +22,6 @@ from normbench.results import load_results  # noqa: E402
 from normbench.suite.runner import RunRequest, execute  # noqa: E402
 
 BOOM = """
-import os
 from torch import nn
 from normbench import register_variant
 
@@ -42,7 +38,7 @@ class Boom(nn.BatchNorm2d):
         if self.training and x.shape[0] > 8:  # real batches only; the contract check uses 4
             import ray
 
-            with open(os.environ["NB_BOOM_LOG"], "a") as f:
+            with open(ATTEMPTS_LOG, "a") as f:
                 f.write(f"attempt {ray.get_runtime_context().get_node_id()}\\n")
             raise RuntimeError("boom: this variant always fails in training")
         return super().forward(x)
@@ -64,38 +60,20 @@ retries: {retries}
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    mp = pytest.MonkeyPatch()
-    ray_tmp = tempfile.mkdtemp(prefix="nbc", dir="/tmp")
-    mp.setenv("RAY_TMPDIR", ray_tmp)
-    mp.setenv("NB_BOOM_LOG", str(tmp_path_factory.mktemp("boom") / "attempts.log"))
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    try:
-        yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        mp.undo()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
 def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
 
 
 def test_trials_spread_over_nodes_and_failures_are_recorded(
-    cluster: Cluster, tmp_path: Path
+    ray_cluster: Cluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "boom.py").write_text(BOOM)
+    log = tmp_path / "attempts.log"  # each training attempt of `boom` adds its node's id
+    (tmp_path / "boom.py").write_text(BOOM.replace("ATTEMPTS_LOG", repr(str(log))))
     suite = tmp_path / "s.yaml"
     suite.write_text(_suite("[bn, boom]", "{cpus: 1, gpus: 0}", "cpu", retries=1))
     run, out = tmp_path / "run", io.StringIO()
     req = RunRequest(
-        suite, output=run, address=cluster.address, plugins=(str(tmp_path / "boom.py"),)
+        suite, output=run, address=ray_cluster.address, plugins=(str(tmp_path / "boom.py"),)
     )
     assert execute(req, stream=out) == 1  # a failed trial: exit status 1, suite finished
     df = load_results(run).set_index("variant")
@@ -103,7 +81,7 @@ def test_trials_spread_over_nodes_and_failures_are_recorded(
     failed = df.loc["boom"]
     assert sorted(failed.status) == ["failed", "failed"]
     assert all("boom: this variant always fails" in r for r in failed.reason)
-    attempts = Path(os.environ["NB_BOOM_LOG"]).read_text().split()[1::2]
+    attempts = log.read_text().split()[1::2]
     assert len(attempts) == 4  # two boom trials, each tried 1 + retries(1) times
     # Two 1-CPU nodes: the first two trials start together, one on each node.
     nodes = {r["ray_node_id"] for r in _records(run)} | set(attempts)
@@ -111,12 +89,12 @@ def test_trials_spread_over_nodes_and_failures_are_recorded(
 
 
 def test_fractional_logical_gpus_are_scheduled_and_trials_run_on_cpu(
-    cluster: Cluster, tmp_path: Path
+    ray_cluster: Cluster, tmp_path: Path
 ) -> None:
     suite = tmp_path / "g.yaml"
     suite.write_text(_suite("[bn]", "{cpus: 0.5, gpus: 0.5}", "auto"))
     run = tmp_path / "run"
-    req = RunRequest(suite, output=run, address=cluster.address)
+    req = RunRequest(suite, output=run, address=ray_cluster.address)
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(execute, req, stream=io.StringIO())
         free_gpu = _min_free_gpu_while(future)

@@ -139,10 +139,14 @@ def test_a_local_ray_listens_on_loopback_only(ray_tmp: Path, monkeypatch) -> Non
     from normbench.suite.ray_adapter import init_ray
 
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    before = {p.pid for p in psutil.Process().children()}  # e.g. the session's shared cluster
     shutdown = init_ray(None, num_cpus=1)
     try:
         assert ray.util.get_node_ip_address() == "127.0.0.1"
-        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        # This Ray's processes: the driver, what it started and what those started (workers).
+        started = [p for p in psutil.Process().children() if p.pid not in before]
+        procs = [psutil.Process(), *started]
+        procs += [c for p in started for c in p.children(recursive=True)]
         listening = set()
         for proc in procs:
             try:

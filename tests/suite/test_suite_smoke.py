@@ -2,8 +2,14 @@
 through the CLI to a written report, on small data sets written in the real on-disk formats:
 CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders) and an ImageFolder
 tree. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
-`--limit-batches`, `--plugin`, `--address`). All runs share one local 2-CPU Ray cluster,
-joined with `--address` as a user joins theirs, instead of paying Ray's start-up per suite.
+`--limit-batches`, `--plugin`, `--address`): one epoch of one batch, one seed, the suite's
+first backbone and first two variants (BN and a layer compared with it where the suite
+has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
+Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
+samples; what each suite adds (its data set and format, its backbone, its layers' options
+and per-layer recipes, devices, reference numbers, the search) still runs. All runs share
+the test session's Ray cluster (tests/suite/conftest.py, two 1-CPU nodes), joined with
+`--address` as a user joins theirs, instead of paying Ray's start-up per suite.
 
 The generated CIFAR files cannot match torchvision's md5 of the genuine files, so a small
 plugin (`--plugin`, loaded by the driver and by every trial) puts their true md5s into
@@ -17,10 +23,10 @@ report's "Did not finish" table.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,8 +51,7 @@ from cifar_files import write_cifar10, write_cifar100  # noqa: E402
 SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
-SMOKE_BATCH = 32  # at most; a suite's smallest batch size when smaller
-TIMES: dict[str, float] = {}
+SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -72,8 +77,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     src = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
-    md5["CIFAR10"] = write_cifar10(src, rng, per_batch=40, n_test=20)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=20)[0]
+    md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
@@ -96,37 +101,28 @@ def _md5(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """One 2-CPU Ray node with its own temp dir, for every run of this module (as in
-    test_cluster.py: Ray's driver rewrites 127.0.0.1 to the node's own address, so a node bound
-    to loopback only could not be joined by address)."""
-    mp = pytest.MonkeyPatch()
-    tmp = tempfile.mkdtemp(prefix="nbs", dir="/tmp")
-    mp.setenv("RAY_TMPDIR", tmp)
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False},
-    )
-    try:
-        yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        mp.undo()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if TIMES:
-            print("\nsuite smoke times: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
+def times() -> Iterator[dict[str, float]]:
+    """Wall time of each suite's run, printed after the module (seen with `pytest -s`)."""
+    times: dict[str, float] = {}
+    yield times
+    if times:
+        print("\nsuite smoke times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
 
 
 def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int) -> list[str]:
     """The user's flags that make `suite` a smoke run on the generated data."""
     flags = ["--max-epochs", "1", "--limit-batches", "1", "--plugin", str(data.plugin)]
+    variants = suite["variants"][:2]
+    batch = min(min(suite["batch_sizes"]), SMOKE_BATCH)
+    for v in variants:  # Ghost BN needs whole ghost batches
+        ghost = v.get("options", {}).get("ghost_batch_size") if isinstance(v, dict) else None
+        batch = math.lcm(batch, ghost or 1)
     sets = {
         "seeds": "1",
-        "batch_sizes": json.dumps([min(min(suite["batch_sizes"]), SMOKE_BATCH)]),
+        "batch_sizes": json.dumps([batch]),
         "backbones": json.dumps(suite["backbones"][:1]),
-        "variants": json.dumps(suite["variants"][:2]),
+        "variants": json.dumps(variants),
+        "train.probe_batch_size": "8",  # the condensation probe still runs, on 8 images
         "resources.cpus": "1",
         "resources.gpus": "0",
         "train.parallel": "virtual",  # multi-device suites on one device, as a user would
@@ -147,8 +143,8 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     elif name == "imagenet":
         sets["dataset.root"] = str(data.src / "imagenet")
         sets["dataset.image_size"] = "32"
-        # 60 training images: 8 virtual devices x 4 fit (a batch is per device)
-        sets["batch_sizes"] = "[4]"
+        # 60 training images: 8 virtual devices x 2 fit (a batch is per device)
+        sets["batch_sizes"] = "[2]"
     for k, v in sets.items():
         flags += ["--set", f"{k}={v}"]
     return flags
@@ -173,14 +169,19 @@ def _turn(path: Path) -> int:
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
 def test_shipped_suite_reaches_its_report(
-    path: Path, data: DataFiles, cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+    path: Path,
+    data: DataFiles,
+    ray_cluster: Cluster,
+    times: dict[str, float],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     suite = yaml.safe_load(path.read_text())
     flags = shrink_flags(suite, data, tmp_path, _turn(path))
     out = tmp_path / "run"
     t0 = time.perf_counter()
-    code = run_cli(["run", str(path), "-o", str(out), "--address", cluster.address, *flags])
-    TIMES[path.stem] = time.perf_counter() - t0
+    code = run_cli(["run", str(path), "-o", str(out), "--address", ray_cluster.address, *flags])
+    times[path.stem] = time.perf_counter() - t0
     err = capsys.readouterr().err
     assert code == 0, err
     trials = _jsonl(out / "trials.jsonl")
@@ -231,12 +232,13 @@ retries: 0
 
 
 def test_failing_layer_keeps_its_reason(
-    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+    ray_cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "boom.py").write_text(BOOM)
     (tmp_path / "s.yaml").write_text(FAILING)
     out = tmp_path / "run"
-    code = run_cli(["run", str(tmp_path / "s.yaml"), "-o", str(out), "--address", cluster.address])
+    address = ray_cluster.address
+    code = run_cli(["run", str(tmp_path / "s.yaml"), "-o", str(out), "--address", address])
     assert code == 1  # a trial failed; the suite still finished and reported
     failed = [t for t in _jsonl(out / "trials.jsonl") if t["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["cell"]["variant"] == "boom_norm"
