@@ -519,7 +519,8 @@ def _baseline_top1(table: pd.DataFrame, label: str | None) -> float | None:
     if label is None:
         return None
     value = table.set_index("variant")["top1_mean"].get(label)
-    return None if value is None or pd.isna(value) else round(float(value), 2)
+    # NOTE: unrounded: BN's own seeds must reach BN's target (the report rounds for display).
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _target(
@@ -534,7 +535,7 @@ def _target(
     best = table["top1_mean"].max()
     if pd.isna(best):
         return None, "default"
-    return round(DEFAULT_TARGET_FRACTION * float(best), 2), "default"
+    return DEFAULT_TARGET_FRACTION * float(best), "default"
 
 
 def _add_targets(
