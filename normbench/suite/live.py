@@ -44,17 +44,24 @@ class LiveView:
     """One row per trial (status, epoch, accuracy, images/s, ETA) and overall progress."""
 
     def __init__(
-        self, total: int, done: int = 0, *, stream: TextIO | None = None, console: Any = None
+        self,
+        total: int,
+        done: int | None = 0,
+        *,
+        stream: TextIO | None = None,
+        console: Any = None,
     ) -> None:
+        """`done`: trials finished by earlier runs; None while not yet known (a search counts
+        its finished samples when its study is opened, `add_done`)."""
         self.stream = stream or sys.stdout
         self.console = console or Console(file=self.stream)
         self.rows: dict[str, Row] = {}
-        self.total, self.done = total, done
+        self.total, self.done, self.done_known = total, done or 0, done is not None
         self.progress = Progress(
             TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"), console=self.console,
         )  # fmt: skip
-        self.task = self.progress.add_task("trials", total=total, completed=done, eta="")
+        self.task = self.progress.add_task("trials", total=total, completed=self.done, eta="")
         self.live: Live | None = None
         self.started = time.monotonic()
         self.epochs_done = 0  # epoch records received in this session
@@ -68,7 +75,8 @@ class LiveView:
             self.live = Live(self._render(), console=self.console, refresh_per_second=2)
             self.live.__enter__()
         else:
-            self._log(f"{self.total} trials, {self.done} already finished")
+            known = f", {self.done} already finished" if self.done_known else ""
+            self._log(f"{self.total} trials{known}")
         return self
 
     def __exit__(self, *exc: Any) -> None:

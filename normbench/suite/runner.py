@@ -300,7 +300,7 @@ class Driver:
         if self.suite.search is None:
             total, already = len(trials), sum(t.trial_id in done for t in trials)
         else:
-            total, already = self.suite.search.num_samples * len(trials), 0
+            total, already = self.suite.search.num_samples * len(trials), None
         with LiveView(total, already, stream=self.stream) as self._view:
             if self.suite.search is None:
                 self._run_grid([t for t in trials if t.trial_id not in done])
@@ -352,11 +352,12 @@ class Driver:
             self.view.note(note)
         self.view.add_done(min(session.finished, cfg.num_samples))
         self.context = {"cell": trial.cell, "study": name, "session": session}
+        self.view.note(
+            f"search {name}: {session.finished} of {cfg.num_samples} samples finished earlier, "
+            f"{session.total} to run ({len(session.resume)} resumed)"
+        )
         if session.total == 0:
             return
-        self.view.note(
-            f"search {name}: {session.total} trials to run ({len(session.resume)} resumed)"
-        )
         self.start_ray()
         plan = self._plan(
             searcher=session,

@@ -36,3 +36,15 @@ def test_eta_counts_unstarted_trials_at_the_mean_epochs_seen() -> None:
     view.end("b", "completed")
     # 1 epoch per 6 s; left: 2 (a) + 1 unstarted x mean(4, 2) = 3 -> 5 epochs
     assert view.suite_eta_s(now=view.started + 6.0) == 5 * 6.0
+
+
+def test_the_header_claims_finished_trials_only_when_it_knows_them() -> None:
+    grid, search = io.StringIO(), io.StringIO()
+    with LiveView(total=4, done=1, stream=grid):
+        pass
+    # A search counts its finished samples when it opens its study (a note of its own).
+    with LiveView(total=6, done=None, stream=search) as view:
+        view.add_done(5)
+    assert grid.getvalue().splitlines()[0].endswith("4 trials, 1 already finished")
+    assert search.getvalue().splitlines()[0].endswith("6 trials")
+    assert view.done == 5
