@@ -7,6 +7,7 @@ through the same call a plugin uses.
 
 from __future__ import annotations
 
+from normbench.variants._core import FxLeaf, check_input
 from normbench.variants._fused import (
     all_sum,
     fused_instance_affine,
@@ -14,7 +15,9 @@ from normbench.variants._fused import (
     global_scope,
     global_statistics,
     own_rows,
+    statistics_precision,
     statistics_ranks,
+    stats_dtype,
 )
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
@@ -42,12 +45,17 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "fourthings": FourThingsNorm2d,
 }
 
-# `all_sum` ... `statistics_ranks`: global statistics across data-parallel ranks, for plugins
-# (docs/variants.md#plugin-global-statistics).
+# For plugins: `FxLeaf` and `check_input` (traceable input checks), `statistics_precision` and
+# `stats_dtype` (fp32 statistics under autocast), `all_sum` ... `statistics_ranks` (global
+# statistics across data-parallel ranks, docs/variants.md#plugin-global-statistics).
 __all__ = [
     *(c.__name__ for c in BUILTIN_VARIANTS.values()),
     "BUILTIN_VARIANTS",
     "sabn_index",
+    "FxLeaf",
+    "check_input",
+    "statistics_precision",
+    "stats_dtype",
     "all_sum",
     "fused_instance_affine",
     "gather_rows",
