@@ -64,7 +64,7 @@ def _missing_message(cls: type[CIFAR10], root: Path, detail: str, *, download: b
     )
 
 
-def _corrupted(cls: type[CIFAR10], root: Path) -> list[str]:
+def corrupted_files(cls: type[CIFAR10], root: Path) -> list[str]:
     """Files of the extracted folder that are missing or fail torchvision's md5 check."""
     listed = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
     folder = root / cls.base_folder
@@ -75,7 +75,7 @@ def find_files(cls: type[CIFAR10], root: Path) -> str:
     """What `root` holds, without writing anything: "folder" (extracted, md5s pass),
     "archive" (a genuine archive, not extracted yet), "corrupted" or "missing"."""
     if (root / cls.base_folder).is_dir():
-        return "corrupted" if _corrupted(cls, root) else "folder"
+        return "corrupted" if corrupted_files(cls, root) else "folder"
     if (root / cls.filename).is_file():
         return "archive" if check_integrity(str(root / cls.filename), cls.tgz_md5) else "corrupted"
     return "missing"
@@ -103,16 +103,21 @@ def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
                 + (" and the run downloads it again" if download else "")
             )
         _extract(cls, root)
-    if download and _corrupted(cls, root):
+    bad = corrupted_files(cls, root)
+    if download and bad:
+        folder = root / cls.base_folder
+        found = f"{folder}: {', '.join(bad)} missing or corrupted; " if folder.is_dir() else ""
         try:
             root.mkdir(parents=True, exist_ok=True)
             cls(str(root), train=True, download=True)
         except Exception as exc:  # offline, proxy, disk full...
             why = one_line(f"{type(exc).__name__}: {exc}")
             raise DatasetNotFoundError(
-                _missing_message(cls, root, f"download was tried and failed ({why})", download=True)
+                _missing_message(
+                    cls, root, f"{found}download was tried and failed ({why})", download=True
+                )
             ) from exc
-    bad = _corrupted(cls, root)
+    bad = corrupted_files(cls, root)
     if bad:
         folder = root / cls.base_folder
         what = "missing" if not folder.is_dir() else f"{', '.join(bad)} missing or corrupted"

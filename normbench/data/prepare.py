@@ -19,7 +19,15 @@ from typing import Any
 
 from normbench.data.base import DataSplits
 from normbench.data.build import _split_options, size
-from normbench.data.cifar import CIFAR10, CIFAR100, cifar10, cifar100, default_root, find_files
+from normbench.data.cifar import (
+    CIFAR10,
+    CIFAR100,
+    cifar10,
+    cifar100,
+    corrupted_files,
+    default_root,
+    find_files,
+)
 from normbench.errors import UserError
 from normbench.registry import DATASETS, one_line
 
@@ -56,8 +64,12 @@ def prepare_dataset(name: str, options: dict[str, Any], *, fetch: bool = True) -
                 name, None, f"{root / cls.filename} found (md5 ok); extracted once at run time"
             )
         if state != "folder" and factory["download"]:
+            if state == "corrupted" and (root / cls.base_folder).is_dir():
+                state = f"{', '.join(corrupted_files(cls, root))} of {cls.base_folder}/ corrupted"
             return DataReport(
-                name, None, f"not in {root} ({state}); downloaded once at run time (download: true)"
+                name,
+                None,
+                f"not in {root} ({state}); a download is tried once at run time (download: true)",
             )
     try:
         splits = fn(**factory)

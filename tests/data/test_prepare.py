@@ -53,8 +53,36 @@ def test_missing_with_download_is_not_refused_by_a_dry_run(tmp_path: Path) -> No
     report = prepare_dataset("cifar10", {"root": str(tmp_path), "download": True}, fetch=False)
     assert report.train_size is None
     assert report.found == (
-        f"not in {tmp_path} (missing); downloaded once at run time (download: true)"
+        f"not in {tmp_path} (missing); a download is tried once at run time (download: true)"
     )
     with pytest.raises(DatasetNotFoundError, match="download: false, so no download was tried"):
         prepare_dataset("cifar10", {"root": str(tmp_path)}, fetch=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupted_folder_is_named_file_by_file_with_download_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _archive_only(tmp_path, monkeypatch)
+    prepare_dataset("cifar100", {"root": str(root)})  # extracts the genuine archive
+    (root / "cifar-100-python.tar.gz").unlink()
+    train = root / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:-10])  # a truncated copy
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(CIFAR100, "download", offline)
+    options = {"root": str(root), "download": True}
+    dry = prepare_dataset("cifar100", options, fetch=False)
+    assert dry.found == (
+        f"not in {root} (train of cifar-100-python/ corrupted); a download is tried once at run "
+        "time (download: true)"
+    )
+    with pytest.raises(DatasetNotFoundError) as err:
+        prepare_dataset("cifar100", options)
+    assert str(err.value) == (
+        f"CIFAR100 data not found in {root}: {root / 'cifar-100-python'}: train missing or "
+        "corrupted; download was tried and failed (OSError: Network is unreachable); put "
+        f"cifar-100-python.tar.gz (or the extracted cifar-100-python/ folder) in {root}"
+    )
