@@ -191,7 +191,14 @@ def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> 
     if len(matches) != 1:
         ids = ", ".join(list(specs)[:8])
         what = "matches no trial" if not matches else "matches several trials"
-        raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...)")
+        hint = ""
+        if not matches and not suite.is_dir():
+            # --max-epochs, --limit-batches and --set change a trial's id: the run knows it.
+            hint = (
+                "; for a trial of a run made with --set, --max-epochs or --limit-batches, "
+                "pass its run directory as --suite"
+            )
+        raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...){hint}")
     return specs[matches[0]]
 
 

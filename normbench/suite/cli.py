@@ -13,7 +13,9 @@ def run(
         None, "--output", "-o", help="Run directory (default: runs/<suite name>)."
     ),
     address: str | None = typer.Option(
-        None, "--address", help="Ray cluster: 'auto' or ray://host:port (default: local Ray)."
+        None,
+        "--address",
+        help="Ray cluster: 'auto', HOST:6379 (GCS) or ray://HOST:10001 (default: local Ray).",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Require an existing run directory and continue it."

@@ -56,3 +56,14 @@ def test_user_mistakes_exit_2(capsys, extra, message) -> None:
     code, _, err = run([*ARGS, *extra], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_suite_trial_unknown_says_where_capped_ids_live(capsys) -> None:
+    suite = str(Path(__file__).resolve().parents[2] / "suites" / "quickstart.yaml")
+    code, _, err = run(["train", "--suite", suite, "--trial", "ffffffffffff"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--trial 'ffffffffffff' matches no trial of" in err
+    assert err.rstrip().endswith(
+        "for a trial of a run made with --set, --max-epochs or --limit-batches, pass its run "
+        "directory as --suite"
+    )
