@@ -39,12 +39,16 @@ def env() -> Iterator[dict[str, str]]:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Cluster]:
-    """One Ray cluster on this machine for every test that joins a cluster by address
-    (`--address`, as a user joins theirs), started once per test session instead of once per
-    module: two nodes of 1 CPU each, the head with one logical GPU (trials still run on the
-    CPU), each with its own short temp dir. Tests that need a fresh local Ray start their own.
+    """A Ray cluster on this machine for the tests of one module that join a cluster by
+    address (`--address`, as a user joins theirs): two nodes of 1 CPU each, the head with one
+    logical GPU (trials still run on the CPU), each with its own short temp dir. Tests that
+    need a fresh local Ray start their own.
+
+    NOTE: per module, not per session: a session-wide cluster, started by the first module
+    that used it, refused every actor ("SchedulingCancelled") by the time the smoke module
+    ran in a full CI run, after the kill and DDP tests in between; alone, both modules pass.
 
     The nodes take the machine's address, not 127.0.0.1: Ray's driver rewrites 127.0.0.1 to
     the node's own address, so a loopback-only node could not be joined by address.
