@@ -8,7 +8,6 @@ Regenerate the golden file after an intended change of the report's text:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import make_fixture
 from scipy import stats as sps
 
 from normbench.reports import ReportError, build_report
@@ -23,18 +23,6 @@ from normbench.reports import ReportError, build_report
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "run_small"
 GOLDEN = HERE / "golden" / "leaderboard.md"
-
-
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_fixture", HERE / "fixtures" / "make_fixture.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_fixture = _fixture_module()
 
 
 def _records(run: Path) -> dict[str, list[dict]]:

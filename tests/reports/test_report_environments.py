@@ -5,27 +5,13 @@ and names the best configuration overall and per layer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from fixtures import make_fixture
 
 from normbench.cli import main
-
-HERE = Path(__file__).resolve().parent
-
-
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_fixture", HERE / "fixtures" / "make_fixture.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_fixture = _fixture_module()
 
 
 def _env(threads: int) -> dict:
