@@ -119,14 +119,15 @@ def load_suite(
     if not isinstance(data, dict):
         raise SuiteError([smap.problem((), "the suite must be a mapping of keys to values")])
     problems = apply_overrides(data, list(overrides), smap)
+    root_moved = _resolve_root(data, file, smap)
     model, trials, found = _validate(data, file, smap, max_epochs, limit_batches)
     problems += _format(found, smap)
     if problems or model is None:
         raise SuiteError(problems)
     plugins = _resolve_plugins(data.get("plugins"), file)
     text = original
-    if overrides or list(plugins) != data.get("plugins", []):
-        # a copy of the suite elsewhere (RUN_DIR/suite.yaml) must find the same plugin files
+    if overrides or root_moved or list(plugins) != data.get("plugins", []):
+        # a copy of the suite elsewhere (RUN_DIR/suite.yaml) must find the same files
         text = _redump({**data, "plugins": list(plugins)} if plugins else data, file, overrides)
     return _make_suite(
         model, file, text, tuple(overrides), (max_epochs, limit_batches), plugins, trials
@@ -210,6 +211,21 @@ def _resolve_plugins(raw: Any, file: Path) -> tuple[str, ...]:
     return tuple(str((base / Path(p).expanduser()).resolve()) for p in raw if isinstance(p, str))
 
 
+def _resolve_root(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
+    """Make a relative `dataset.root` absolute, in place: relative to the suite file's folder
+    when the file says it (as plugin paths are), to the current directory when `--set` does.
+    Trials run in Ray's own working directories, so only an absolute root names the same
+    folder there. Returns whether the value changed."""
+    dataset = data.get("dataset")
+    root = dataset.get("root") if isinstance(dataset, dict) else None
+    if not isinstance(root, str) or not root:
+        return False
+    base = Path.cwd() if ("dataset", "root") in smap.overrides else file.resolve().parent
+    resolved = str((base / Path(root).expanduser()).resolve())
+    dataset["root"] = resolved  # type: ignore[index]
+    return resolved != root
+
+
 def _format(found: list[tuple[KeyPath, str]], smap: SourceMap) -> list[str]:
     """Problems as text, ordered by line, duplicates dropped."""
 
@@ -226,7 +242,7 @@ def _format(found: list[tuple[KeyPath, str]], smap: SourceMap) -> list[str]:
 
 
 def _redump(data: dict[str, Any], file: Path, overrides: tuple[str, ...] | list[str]) -> str:
-    head = [f"# normbench: {file.name} with plugin paths made absolute and overrides applied:"]
+    head = [f"# normbench: {file.name}, plugin and data paths made absolute, overrides applied:"]
     head += [f"#   --set {o}" for o in overrides]
     return "\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False)
 

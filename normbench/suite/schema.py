@@ -12,6 +12,8 @@ Reference (see suites/*.yaml for commented examples):
     dataset: {name: cifar100, root: null, download: false, image_size: null,
               val_fraction: 0.1, split_seed: 0, augment: {crop_padding, hflip, rotation},
               ...}                  # other keys: the data set's own options (signature-checked)
+                                    # a relative root: from this file's folder (from the
+                                    # current directory when given by --set)
     backbones: [resnet50, {name: resnet20, options: {width: 32}, label: r20w32}]
     variants: [bn, {name: gn, options: {num_groups: 16}, label: gn16,
                     placement: last-in-block,    # placement overrides train.placement

@@ -351,3 +351,27 @@ def test_text_keeps_plugins_findable_from_elsewhere(tmp_path):
     again = load_suite(elsewhere / "suite.yaml")
     assert again.plugins == suite.plugins == (str(plugin.resolve()),)
     assert [t.trial_id for t in again.trials()] == [t.trial_id for t in suite.trials()]
+
+
+def test_relative_dataset_root_is_made_absolute(tmp_path, monkeypatch):
+    """Trials run in Ray's own working directories: a relative root is resolved at load time,
+    against the suite file's folder when the file says it, the current directory under --set."""
+    (tmp_path / "suites").mkdir()
+    path = tmp_path / "suites" / "s.yaml"
+    path.write_text(
+        HEAD.replace("  image_size: 8\n", "  image_size: 8\n  root: ../data\n")
+        + "variants: [bn]\nbatch_sizes: [16]\ntrain: {epochs: 1}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    suite = load_suite(path)
+    assert suite.dataset["root"] == str(tmp_path / "data")
+    # the copy written to RUN_DIR/suite.yaml names the same folder from anywhere
+    copy = tmp_path / "run" / "suite.yaml"
+    copy.parent.mkdir()
+    copy.write_text(suite.text)
+    assert load_suite(copy).dataset["root"] == str(tmp_path / "data")
+    by_flag = load_suite(path, overrides=["dataset.root=cifar"])
+    assert by_flag.dataset["root"] == str(elsewhere / "cifar")
+    assert load_suite(path, overrides=["dataset.root=/abs/x"]).dataset["root"] == "/abs/x"
