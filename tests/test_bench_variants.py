@@ -76,6 +76,7 @@ def test_quick_run_writes_every_builtin(tmp_path: Path, monkeypatch: pytest.Monk
         ("loader", "normbench.bench.loader", "bench_loader.md"),
         ("step", "normbench.bench.train_step", "bench_train_step.md"),
         ("harness", "normbench.bench.harness", "bench_harness.md"),
+        ("ddp", "normbench.bench.ddp", "bench_ddp.md"),
     ],
 )
 def test_bench_commands_call_their_module(

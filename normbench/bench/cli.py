@@ -4,6 +4,7 @@
     normbench bench loader    -> bench_loader.md      (normbench.bench.loader)
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
+    normbench bench ddp       -> bench_ddp.md         (normbench.bench.ddp; gloo on CPU)
     normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu; one line and
                                                        exit 0 without a GPU)
 
@@ -44,6 +45,8 @@ def register(app: typer.Typer) -> None:
                 "Time one training step per variant and backbone.")  # fmt: skip
     _add_simple(bench, "harness", "normbench.bench.harness", "bench_harness.md",
                 "Measure the harness overhead (driver, store, scheduling).")  # fmt: skip
+    _add_simple(bench, "ddp", "normbench.bench.ddp", "bench_ddp.md",
+                "Time DDP steps (1 vs 2 gloo ranks) and statistics scope per layer.")  # fmt: skip
     bench.command("gpu")(gpu_command)
     app.add_typer(bench, name="bench")
 

@@ -19,7 +19,7 @@ Two measurements, written as Markdown with the machine described:
 
 Run it on a quiet machine (numbers on a loaded one are meaningless):
 
-    python -m normbench.bench.ddp --output reports/bench_ddp.md
+    normbench bench ddp --output reports/bench_ddp.md   (or python -m normbench.bench.ddp)
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def _scope_rank(rank: int, world: int, init: str, args: Any, out: str) -> None:
                     times = _step_times(model, args.batch, args.steps, args.warmup)
                 pair.append(statistics.median(times))
             medians[name] = (pair[0], pair[1])
+            if rank == 0:
+                print(f"  global vs device scope, {name}: done", flush=True)
         if rank == 0:
             torch.save(medians, out)
     finally:
@@ -153,30 +155,33 @@ def scope_rows(args: Any) -> list[str]:
                 statistics.median(_step_times(model, 2 * args.batch, args.steps, args.warmup))
             )
         whole, per_device = medians
+        print(f"  virtual devices, {name}: done", flush=True)
         rows.append(
             f"| {name} | {whole * 1e3:.1f} | {per_device * 1e3:.1f} | {per_device / whole:.2f} |"
         )
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("reports/bench_ddp.md"))
-    parser.add_argument("--batch", type=int, default=64, help="images per device")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 2 steps")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.batch, args.steps, args.warmup = 8, 2, 1
+def run(
+    output: Path,
+    *,
+    quick: bool = False,
+    batch: int = 32,
+    threads: int = 1,
+    steps: int = 10,
+    warmup: int = 2,
+) -> Path:
+    """Write the report to `output`; `quick` is a smoke run (batch 8, 2 steps)."""
+    if quick:
+        batch, steps, warmup = 8, 2, 1
+    args = argparse.Namespace(batch=batch, threads=threads, steps=steps, warmup=warmup)
     load = os.getloadavg()
     lines = [
         "# Data-parallel steps on CPU (gloo) and per-device statistics",
         "",
-        f"Command: `python -m normbench.bench.ddp --batch {args.batch} --threads "
-        f"{args.threads} --steps {args.steps} --warmup {args.warmup}`"
-        + (" (`--quick`: a smoke run, not a measurement)" if args.quick else "")
+        f"Command: `python -m normbench.bench.ddp --batch {batch} --threads "
+        f"{threads} --steps {steps} --warmup {warmup}`"
+        + (" (`--quick`: a smoke run, not a measurement)" if quick else "")
         + ". Method: see `normbench/bench/ddp.py`.",
         "",
         "## DDP step, ResNet-20 with BN, per-device batch fixed",
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Global vs device statistics under DDP (2 gloo ranks), per layer",
         "",
-        f"ResNet-20, {args.batch} images per rank; global: every norm layer all-reduces the "
+        f"ResNet-20, {batch} images per rank; global: every norm layer all-reduces the "
         "per-instance moments (forward) and their gradient (backward).",
         "",
         *global_scope_rows(args),
@@ -197,9 +202,22 @@ def main(argv: list[str] | None = None) -> None:
         *machine_table(describe_machine(load=load)),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    print(f"wrote {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(lines))
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("reports/bench_ddp.md"))
+    parser.add_argument("--batch", type=int, default=32, help="images per device")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 2 steps")
+    args = parser.parse_args(argv)
+    options = {k: getattr(args, k) for k in ("quick", "batch", "threads", "steps", "warmup")}
+    print(f"wrote {run(args.output, **options)}")
 
 
 if __name__ == "__main__":
