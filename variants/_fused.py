@@ -15,10 +15,13 @@ differentiates them) and writes y. Two implementations of the same function:
   moments) and `_InstanceAffine` (one affine pass; backward: the reductions S_g = Σ_hw g and
   S_gc = Σ_hw g·(x − m) in one chunked pass). Autograd joins them through the coefficient
   graph, so dL/dx = g·A + (x − m)·2·dL/dv / HW + dL/dm / HW: exact, centred (no cancellation
-  of Σ g·x − m·Σ g for a large offset). On CPU a fresh full-size tensor costs a page-faulting
-  allocation, so the centred temporaries live in cache-sized chunks of samples. Neither
-  backward is `once_differentiable`: under create_graph (double backward, gradient
-  penalties) they switch to differentiable ops.
+  of Σ g·x − m·Σ g for a large offset). The first-order input gradient is written in one
+  pass: `_InstanceAffine`'s backward hands g and A to `_InstanceMoments`'s backward (through
+  a shared `_Handoff`; autograd runs it later, as it needs the gradient of m), which writes
+  all three terms at once, instead of two full-size gradients that autograd then adds. On
+  CPU a fresh full-size tensor costs a page-faulting allocation, so the centred temporaries
+  live in cache-sized chunks of samples. Neither backward is `once_differentiable`: under
+  create_graph (double backward, gradient penalties) they switch to differentiable ops.
 * Under `torch.compile` or a `torch.func` transform, and off the CPU: composite ops
   (`torch.var_mean`, `addcmul` on the centred input), which Dynamo traces with no graph break
   and Inductor fuses into a few loops; autograd differentiates them to any order.
@@ -235,17 +238,27 @@ def _fast_path(x: torch.Tensor) -> bool:
     )
 
 
+class _Handoff:
+    """The affine term of dL/dx (g and A), passed from `_InstanceAffine`'s backward to
+    `_InstanceMoments`'s backward of the same call, which adds it in its own pass."""
+
+    def __init__(self) -> None:
+        self.grad: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 class _InstanceMoments(torch.autograd.Function):
     """(m, v) = per-instance mean and biased variance of x over (H, W), chunked forward.
 
-    Backward dL/dx = dL/dm / HW + (x − m)·2·dL/dv / HW: chunked when only first-order
-    gradients are wanted; in differentiable ops (recomputing m from x) under create_graph.
+    Backward dL/dx = dL/dm / HW + (x − m)·2·dL/dv / HW (+ g·A when `_InstanceAffine` handed
+    it over): chunked when only first-order gradients are wanted; in differentiable ops
+    (recomputing m from x) under create_graph.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> Any:
+    def forward(ctx: Any, x: torch.Tensor, handoff: _Handoff) -> Any:
         mean, var = chunked_moments(x)
         ctx.save_for_backward(x, mean)
+        ctx.handoff = handoff
         return mean, var
 
     @staticmethod
@@ -255,8 +268,9 @@ class _InstanceMoments(torch.autograd.Function):
         p, q = 2.0 * g_var / hw, g_mean / hw
         if torch.is_grad_enabled():  # double backward: differentiable in x
             centred = x.to(mean.dtype) - _nc11(x.to(mean.dtype).mean(dim=(2, 3)))
-            return (centred * _nc11(p) + _nc11(q)).to(x.dtype)
-        return _input_grad(x, mean, p, q)
+            return (centred * _nc11(p) + _nc11(q)).to(x.dtype), None
+        affine, ctx.handoff.grad = ctx.handoff.grad, None
+        return _input_grad(x, mean, p, q, affine), None
 
 
 class _InstanceAffine(torch.autograd.Function):
@@ -265,34 +279,59 @@ class _InstanceAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
+        ctx: Any,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        at_mean: torch.Tensor,
+        handoff: _Handoff,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, mean, scale)
+        ctx.handoff = handoff
         shift = at_mean - mean * scale  # fp32 or wider: a bf16 x is promoted, then rounded once
         return torch.addcmul(_nc11(shift), x, _nc11(scale)).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
         x, mean, scale = ctx.saved_tensors
+        grad_x = None
         if torch.is_grad_enabled():  # double backward: differentiable ops
             centred = x.to(mean.dtype) - _nc11(mean)
             s_g = g.to(mean.dtype).sum(dim=(2, 3))
             s_gc = (g.to(mean.dtype) * centred).sum(dim=(2, 3))
+            if ctx.needs_input_grad[0]:
+                grad_x = (g * _nc11(scale)).to(x.dtype)
         else:
             s_g, s_gc = _grad_reductions(g, x, mean)
-        grad_x = (g * _nc11(scale)).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, -s_g * scale, s_gc, s_g
+            if ctx.needs_input_grad[0]:  # NOTE: x's moments node needs d/dm, so it runs next
+                ctx.handoff.grad = (g, scale)
+        return grad_x, -s_g * scale, s_gc, s_g, None
 
 
-def _input_grad(x: torch.Tensor, m: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """(x − m)·P + Q, chunk by chunk into one tensor shaped like x."""
+def _input_grad(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(x − m)·P + Q (+ g·A with `affine` = (g, A)), chunk by chunk into one tensor like x."""
     out = torch.empty_like(x)
     dt = x.dtype
     m, p, q = (_nc11(t).to(dt) for t in (m, p, q))
+    g, a = affine if affine is not None else (None, None)
+    a = _nc11(a).to(dt) if a is not None else None
+    scratch = _scratch(x, dt) if g is not None else None
     for idx in _chunks(x):
         part = out[idx]
         torch.sub(x[idx], m[idx], out=part)
         torch.addcmul(q[idx], part, p[idx], out=part)
+        if g is not None and a is not None and scratch is not None:
+            # NOTE: a product then a sum, each rounded, the same floats as the two terms
+            # autograd adds; addcmul_ rounds once (fused), 1 ulp apart in about a third of
+            # the elements, and with it a 2-rank DDP UBN trial drifted from its virtual-device
+            # twin (stem weight 0.5% apart after 4 steps; tests/engine/test_distributed.py).
+            part.add_(torch.mul(g[idx], a[idx], out=_view(scratch, part)))
     return out
 
 
@@ -331,9 +370,10 @@ def fused_instance_affine(
     """
     with statistics_precision(x):
         if _fast_path(x):
-            mean, var = _InstanceMoments.apply(x)
+            handoff = _Handoff()
+            mean, var = _InstanceMoments.apply(x, handoff)
             scale, at_mean = _global_coefficients(coefficients, mean, var, params)
-            return _InstanceAffine.apply(x, mean, scale, at_mean)
+            return _InstanceAffine.apply(x, mean, scale, at_mean, handoff)
         mean, var = instance_moments(x)
         scale, at_mean = _global_coefficients(coefficients, mean, var, params)
         centred = x.to(mean.dtype) - _nc11(mean)
