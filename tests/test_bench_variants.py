@@ -31,6 +31,30 @@ def test_targets_use_paired_ratios_in_the_same_repeat() -> None:
     assert (text, result) == ("<= 1.2x (BN + dwconv)", "pass") and parts == pytest.approx(1.1)
     assert bench._target(ubn, ref, dw)[1] == "**miss**"
     assert bench._target(_case("gn", "gn", [1, 1, 1]), ref, dw) == ("-", "", None)
+    compiled = bench.Case(
+        "ubn (compiled)", "ubn", {}, nn.Identity(), [2.6, 3.9, 6.5], compiled=True
+    )
+    assert bench._target(compiled, ref, dw) == ("-", "", pytest.approx(1.3))
+
+
+def test_parts_are_the_references_by_name_with_compiled_rows() -> None:
+    """With --compile the compiled BN row sits between BN and the depthwise conv: BNET is
+    still judged against eager BN + eager dwconv, and its compiled row against the compiled
+    pair (a positional pick once divided BNET by BN + compiled BN: 2.05x instead of 0.97x)."""
+    cases = [
+        _case(bench.REF, "", [1.0, 1.0, 1.0]),
+        bench.Case(f"{bench.REF} (compiled)", "", {}, nn.Identity(), [0.5] * 3, compiled=True),
+        _case(bench.DWCONV, "", [3.0, 3.0, 3.0]),
+        bench.Case(f"{bench.DWCONV} (compiled)", "", {}, nn.Identity(), [5.0] * 3, compiled=True),
+        _case("bnet", "bnet", [4.0, 4.0, 4.0]),
+        bench.Case("bnet (compiled)", "bnet", {}, nn.Identity(), [6.6] * 3, compiled=True),
+    ]
+    settings = bench.Settings(torch.device("cpu"), 3, 0.0)
+    text, misses = bench._section(cases, (8, 4, 2, 2), settings)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()]
+    rows = {row[0]: row for row in cells if len(row) == 7}
+    assert rows["bnet"][3] == "1.00" and rows["bnet"][6] == "pass" and not misses
+    assert rows["bnet (compiled)"][2] == "6.60" and rows["bnet (compiled)"][3] == "1.20"
 
 
 def test_cpu_peak_memory_covers_output_and_input_gradient() -> None:

@@ -23,8 +23,9 @@ What is measured, and why:
 - CUDA (when present): bf16 input under bf16 autocast, as after an autocast conv;
   `torch.cuda.synchronize()` before every clock read.
 - `compile=True` adds a "(compiled)" row per layer: `torch.compile(layer, fullgraph=True)`
-  (Inductor), warmed up (compiled) before timing; its ratio is to eager BN. Targets are judged
-  on the eager rows.
+  (Inductor), warmed up (compiled) before timing; its ratio is to eager BN, and BNET's and
+  UBN's ratio to the parts is to compiled BN + compiled dwconv. Targets are judged on the
+  eager rows.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Case:
     layer: nn.Module
     times: list[float] = field(default_factory=list)  # seconds per step, one per repeat
     peak_bytes: int = 0
+    compiled: bool = False  # a torch.compile copy: judged on no target
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) ->
     with_compiled = []
     for case in cases:
         layer = torch.compile(copy.deepcopy(case.layer), fullgraph=True)
-        compiled = Case(f"{case.label} (compiled)", "", case.options, layer)  # type: ignore[arg-type]
+        compiled = Case(
+            f"{case.label} (compiled)", case.variant, case.options, layer, compiled=True
+        )  # type: ignore[arg-type]
         with_compiled += [case, compiled]
     return with_compiled
 
@@ -268,7 +272,11 @@ def _paired_median(num: Case, den: list[Case]) -> float:
 
 
 def _target(case: Case, ref: Case, dw: Case) -> tuple[str, str, float | None]:
-    """(target text, pass/miss, ratio to the parts) for a case."""
+    """(target text, pass/miss, ratio to the parts) for a case; a compiled case gets its
+    ratio to the parts (`ref` and `dw` then being the compiled references) and no target."""
+    if case.compiled:
+        parts = _paired_median(case, [ref, dw]) if case.variant in PARTS_TARGETS else None
+        return "-", "", parts
     if case.variant in RATIO_TARGETS:
         limit = RATIO_TARGETS[case.variant]
         ok = _paired_median(case, [ref]) <= limit
@@ -284,7 +292,7 @@ def _section(
     cases: list[Case], shape: tuple[int, ...], settings: Settings
 ) -> tuple[str, list[str]]:
     """One device and shape: the Markdown table, and a line per missed target."""
-    ref, dw = cases[0], cases[1]
+    by_label = {case.label: case for case in cases}
     dtype = "bf16 autocast" if settings.device.type == "cuda" else "float32"
     where = f"{settings.device.type}, input {'x'.join(map(str, shape))}, {dtype}"
     misses = []
@@ -298,7 +306,10 @@ def _section(
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for case in cases:
-        target, result, parts = _target(case, ref, dw)
+        suffix = " (compiled)" if case.compiled else ""
+        ref = by_label[REF]  # every ratio to BN is to eager BN
+        parts_ref, dw = by_label[REF + suffix], by_label[DWCONV + suffix]
+        target, result, parts = _target(case, parts_ref, dw)
         ratio = _paired_median(case, [ref])
         if result == "**miss**":
             got = f"{ratio:.2f}x BN" if parts is None else f"{parts:.2f}x (BN + dwconv)"
