@@ -30,13 +30,11 @@ What is measured, and why:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import torch
 from torch import nn
 
 from normbench.bench.machine import describe_machine
+from normbench.engine.memory import quiet_native_stderr
 from normbench.errors import UserError
 
 SHAPES = ((128, 64, 32, 32), (128, 256, 8, 8))
@@ -161,10 +160,9 @@ def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) ->
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(cases))
     with_compiled = []
     for case in cases:
-        layer = torch.compile(copy.deepcopy(case.layer), fullgraph=True)
-        compiled = Case(
-            f"{case.label} (compiled)", case.variant, case.options, layer, compiled=True
-        )  # type: ignore[arg-type]
+        layer: nn.Module = torch.compile(copy.deepcopy(case.layer), fullgraph=True)  # type: ignore[assignment]
+        label = f"{case.label} (compiled)"
+        compiled = Case(label, case.variant, case.options, layer, compiled=True)
         with_compiled += [case, compiled]
     return with_compiled
 
@@ -238,7 +236,7 @@ def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with (
-        _quiet_native_stderr(),
+        quiet_native_stderr(),
         profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
     ):
         step()
@@ -248,21 +246,6 @@ def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
         current += event.nbytes()  # positive: allocation, negative: free
         peak = max(peak, current)
     return peak
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 while the profiler runs: libkineto logs start/stop lines
-    there from C++, which KINETO_LOG_LEVEL does not fully switch off."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # -- report ---------------------------------------------------------------------------------

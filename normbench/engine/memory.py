@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -117,11 +118,13 @@ class _Window:
 
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet, where kineto is not yet loaded
         self._prof = profile(use_kineto=True, use_cpu=True, profile_memory=True)
-        self._prof.__enter__()
+        with quiet_native_stderr():  # only the profiler's own start, never the step
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._prof.__exit__(*exc)
+        with quiet_native_stderr():
+            self._prof.__exit__(*exc)
 
     def peak_bytes(self) -> int:
         """Highest running sum of allocation (+) and free (-) sizes, in time order."""
@@ -130,6 +133,22 @@ class _Window:
             return 0
         events = _cpu_memory_events(results)
         return max(itertools.accumulate(n for _, n in events), default=0)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for the block: libkineto logs profiler start/stop lines there
+    from C++ (`USDT: ... profiler_start`), which KINETO_LOG_LEVEL does not switch off. Keep
+    the block to the profiler's own calls: anything else written to stderr meanwhile is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cpu_memory_events(results: Any) -> list[tuple[int, int]]:

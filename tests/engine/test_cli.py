@@ -38,6 +38,14 @@ def test_train_json_records(capsys, tmp_path) -> None:
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
+def test_train_json_stderr_has_no_profiler_log(capfd) -> None:
+    """The CPU peak-memory window starts torch's profiler, whose C++ side logs start/stop
+    lines straight to file descriptor 2 (`capfd` sees them, `capsys` would not)."""
+    code, out, err = run([*ARGS, "--json"], capfd)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "profiler_start" not in err and "profiler_stop" not in err, err
+
+
 def test_train_plain_output_and_summary(capsys) -> None:
     code, out, _ = run(ARGS, capsys)
     assert code == 0
