@@ -2,7 +2,8 @@
 Tune trial (gloo on CPU), `stats_scope: global`. The run is killed (SIGKILL of its whole
 process group) once an epoch is stored, then rerun: the trial resumes from rank 0's checkpoint
 and its records equal an uninterrupted trial's (the same trial as virtual devices in this
-process, which the engine tests prove equal to DDP step by step).
+process, which the engine tests prove equal to DDP step by step). Then a planted pickle in place
+of rank 0's checkpoint: it never runs, and the trial restarts with a note in its summary.
 
 Local Ray with num_cpus=2, bound to 127.0.0.1 (as `normbench run` always starts it), in the
 `env` fixture's own temp dir; every process it started is killed afterwards.
@@ -11,6 +12,7 @@ Local Ray with num_cpus=2, bound to 127.0.0.1 (as `normbench run` always starts 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import pytest
 from test_resume_kill import _lines, _start, _wait_gone
 
 from normbench.contract import METRIC_KEYS
+from normbench.engine import checkpoint as ckpt
 from normbench.engine.loop import TIMING_KEYS, run_trial
 from normbench.suite.loader import load_suite
 
@@ -92,3 +95,31 @@ def test_killed_ddp_suite_resumes_to_the_uninterrupted_records(
             if key in TIMING_KEYS or not isinstance(value, float):
                 continue
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (got["epoch"], key)
+
+    # A checkpoint that is not normbench's (a planted pickle) never runs on any rank: the
+    # driver's check moves it aside, the 2-worker trial restarts from scratch with the note
+    # in its summary, and its records are the same lines (same seed, same data order).
+    epochs_before = (run / "epochs.jsonl").read_bytes()
+    marker = tmp_path / "pwned"
+    with open(run / "checkpoints" / trial["trial_id"] / "checkpoint.pt", "wb") as f:
+        pickle.dump({"format_version": ckpt.FORMAT_VERSION, "x": _Payload(marker)}, f)
+    (run / "trials.jsonl").unlink()  # as if the driver died before the summary line
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert not _wait_gone(env["NB_TEST_MARKER"], 30)
+    assert not marker.exists()
+    (summary,) = _lines(run / "trials.jsonl")
+    assert summary["status"] == "completed" and summary["epochs"] == EPOCHS
+    (note,) = summary["notes"]
+    assert "is not a valid normbench checkpoint" in note and "restarted the trial" in note
+    assert (run / "epochs.jsonl").read_bytes() == epochs_before
+
+
+class _Payload:
+    """Unpickling it would create `marker`: proof that a planted checkpoint ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
