@@ -16,6 +16,7 @@ suite runs the same code on CPU with a cheap backend.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,9 @@ SHAPE = (64, 64, 32, 32)
 QUICK_SHAPE = (16, 32, 16, 16)
 # bf16 has 8 significant bits: a difference within a few bf16 steps of |ref| + 1 is rounding.
 TOLERANCE = 0.05
+# The suite asks for no GPU, and Ray hides every GPU from a trial that asked for none
+# (CUDA_VISIBLE_DEVICES=""): half a GPU per trial (two at a time), one seed, 2 epochs.
+QUICKSTART_FLAGS = ["--max-epochs", "2", "--set", "resources.gpus=0.5", "--set", "seeds=1"]
 NO_GPU = "normbench bench gpu: no CUDA device visible to torch, nothing to check (exit 0)."
 
 
@@ -74,6 +78,9 @@ def compare_layer(
     """Check the registry variant `name` (default options) as described in the module doc."""
     from normbench.variants_api import create_norm
 
+    # Every layer's forward is one function (variants/_core.py) and Dynamo caches per function,
+    # at most `recompile_limit` (8) entries: without a reset the 9th layer fails to compile.
+    torch._dynamo.reset()
     torch.manual_seed(0)
     reference = create_norm(name, shape[1]).to(device).train()
     candidate = copy.deepcopy(reference).to(memory_format=torch.channels_last)
@@ -161,7 +168,7 @@ def _quickstart(device: torch.device) -> str:
     with tempfile.TemporaryDirectory(prefix="nbgpu") as tmp:
         out = Path(tmp) / "quickstart"
         cmd = [sys.executable, "-m", "normbench", "run", str(suite), "-o", str(out)]
-        cmd += ["--max-epochs", "2"]
+        cmd += QUICKSTART_FLAGS
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
@@ -169,7 +176,19 @@ def _quickstart(device: torch.device) -> str:
         board = out / "report" / "leaderboard.md"
         if proc.returncode != 0 or not board.is_file():
             return text + "```\n" + (proc.stderr or proc.stdout)[-3000:] + "\n```\n"
-        return text + board.read_text().replace("\n# ", "\n### ")
+        return (
+            text + _devices_line(out / "epochs.jsonl") + board.read_text().replace("\n# ", "\n### ")
+        )
+
+
+def _devices_line(epochs: Path) -> str:
+    """Which devices the quickstart's epochs ran on (records' `device`): CUDA, or a warning."""
+    devices = sorted(
+        {json.loads(line).get("device", "?") for line in epochs.open() if line.strip()}
+    )
+    if devices and all(d.startswith("cuda") for d in devices):
+        return f"Every epoch ran on {', '.join(devices)}.\n\n"
+    return f"**Not on CUDA**: the epochs ran on {', '.join(devices) or 'nothing'}.\n\n"
 
 
 def run(output: Path, *, quick: bool = False) -> Path | None:
@@ -177,14 +196,27 @@ def run(output: Path, *, quick: bool = False) -> Path | None:
     if not torch.cuda.is_available():
         print(NO_GPU)
         return None
+    return write_report(output, torch.device("cuda"), quick=quick)
+
+
+def write_report(
+    output: Path,
+    device: torch.device,
+    *,
+    quick: bool = False,
+    backend: str = "inductor",
+    quickstart: bool = True,
+) -> Path:
+    """The report of `run` on `device`: the tests run it on the CPU with a cheap `backend` and
+    without the quickstart (which `normbench run` tests cover)."""
     from normbench.bench import train_step
     from normbench.variants import BUILTIN_VARIANTS
 
-    device = torch.device("cuda")
     shape = QUICK_SHAPE if quick else SHAPE
-    checks = [compare_layer(name, shape, device) for name in BUILTIN_VARIANTS]
+    checks = [compare_layer(name, shape, device, backend=backend) for name in BUILTIN_VARIANTS]
     with tempfile.TemporaryDirectory(prefix="nbgpu") as tmp:
-        step_report = train_step.run(Path(tmp) / "step.md", quick=quick).read_text()
+        step = train_step.run(Path(tmp) / "step.md", quick=quick, devices=[device.type])
+        step_report = step.read_text()
     machine = "\n".join(f"- {k}: {v}" for k, v in describe_machine().items())
     text = "\n".join(
         [
@@ -193,10 +225,10 @@ def run(output: Path, *, quick: bool = False) -> Path | None:
             machine,
             "",
             layer_section(checks, shape, device),
-            "## Training step on CUDA (normbench.bench.train_step)",
+            f"## Training step on {device.type} (normbench.bench.train_step)",
             "",
             step_report.replace("\n# ", "\n### "),
-            _quickstart(device),
+            _quickstart(device) if quickstart else "",
         ]
     )
     output = Path(output)

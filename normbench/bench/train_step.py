@@ -59,9 +59,11 @@ class Plan:
     warmup: int
 
 
-def run(output: Path, *, quick: bool = False) -> Path:
-    """Time every variant on each backbone and device; write Markdown to `output`."""
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+def run(output: Path, *, quick: bool = False, devices: list[str] | None = None) -> Path:
+    """Time every variant on each backbone and device (default: the CPU, and CUDA when there
+    is one); write Markdown to `output`."""
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     sections = []
     for name in devices:
         rt = build_runtime(name, amp=None, channels_last=None, compile=False, num_threads=None)
