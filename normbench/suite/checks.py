@@ -219,6 +219,15 @@ def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
             )
         )
     t = model.train
+    if t.device.startswith("cuda") and gpus == 0:
+        problems.append(
+            (
+                ("train", "device"),
+                f"{t.device!r} needs a GPU, but resources.gpus is 0: Ray hides every GPU from "
+                "a trial that asks for none; set `resources: {gpus: 1}` (or 0.5 to share one "
+                "GPU between two trials)",
+            )
+        )
     if t.stats_scope == "global" and t.devices > 1:
         problems += _global_stats_support(cells)
     return problems

@@ -153,6 +153,7 @@ CASES: dict[str, Case] = {
     "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "milestones must be positive and increasing"),
     "cpus_0": Case(suite(resources="{cpus: 0}"), "resources.cpus"),
     "gpus_negative": Case(suite(resources="{gpus: -1}"), "resources.gpus"),
+    "cuda_without_gpus": Case(suite(train=train("device: cuda"), resources="{cpus: 1, gpus: 0}"), "train.device: 'cuda' needs a GPU, but resources.gpus is 0: Ray hides every GPU from a trial that asks for none"),
     "max_concurrent_0": Case(suite(max_concurrent="0"), "max_concurrent"),
     "retries_negative": Case(suite(retries="-1"), "retries"),
     "num_samples_0": Case(suite(variants="[ubn]", search="{num_samples: 0, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "search.num_samples"),
