@@ -106,11 +106,18 @@ def check_cells(model: SuiteModel, cells: list[RawCell], known: Problems) -> Pro
         if key in done:
             continue
         done.add(key)
-        problems += _check_cell(c, placement == "last-in-block")
+        problems += _check_cell(c, placement == "last-in-block", _statistics_devices(model))
     return problems
 
 
-def _check_cell(c: RawCell, last: bool) -> Problems:
+def _statistics_devices(model: SuiteModel) -> int:
+    """Devices whose batches a batch-dependent layer normalises together: all of them with
+    `stats_scope: global` (its statistics batch is devices x batch_size), else one."""
+    t = model.train
+    return t.devices if t.stats_scope == "global" else 1
+
+
+def _check_cell(c: RawCell, last: bool, devices: int = 1) -> Problems:
     backbone = c.backbone.name
     built = BACKBONES.check_options(backbone, c.backbone.options, build=True, last_in_block=last)
     if built:
@@ -120,10 +127,18 @@ def _check_cell(c: RawCell, last: bool) -> Problems:
         c.variant.name,
         c.variant.options,
         build=True,
-        batch_size=c.batch_size,
+        batch_size=c.batch_size * devices,
         widths=widths,
         _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
+    if devices > 1:  # say where a batch size the file does not show comes from
+        shown, note = (
+            f"batch size {c.batch_size * devices}",
+            f" ({devices} devices x {c.batch_size}, stats_scope: global)",
+        )
+        found = [
+            dataclasses.replace(p, message=p.message.replace(shown, shown + note)) for p in found
+        ]
     return located(found, (*c.variant_path, "options"), {"batch_size": c.batch_path})
 
 

@@ -153,6 +153,8 @@ CASES: dict[str, Case] = {
     "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "milestones must be positive and increasing"),
     "cpus_0": Case(suite(resources="{cpus: 0}"), "resources.cpus"),
     "gpus_negative": Case(suite(resources="{gpus: -1}"), "resources.gpus"),
+    "ghost_batch_over_global_batch": Case(suite(variants=variant("ghost_batch_size: 48", "ghost_bn"), train=train("devices: 2, stats_scope: global")), "ghost_batch_size=48 must divide batch size 32 (2 devices x 16, stats_scope: global)"),
+    "ghost_batch_over_device_batch": Case(suite(variants=variant("ghost_batch_size: 32", "ghost_bn"), train=train("devices: 2")), "ghost_batch_size=32 must divide batch size 16"),
     "cuda_without_gpus": Case(suite(train=train("device: cuda"), resources="{cpus: 1, gpus: 0}"), "train.device: 'cuda' needs a GPU, but resources.gpus is 0: Ray hides every GPU from a trial that asks for none"),
     "max_concurrent_0": Case(suite(max_concurrent="0"), "max_concurrent"),
     "retries_negative": Case(suite(retries="-1"), "retries"),

@@ -375,3 +375,17 @@ def test_relative_dataset_root_is_made_absolute(tmp_path, monkeypatch):
     by_flag = load_suite(path, overrides=["dataset.root=cifar"])
     assert by_flag.dataset["root"] == str(elsewhere / "cifar")
     assert load_suite(path, overrides=["dataset.root=/abs/x"]).dataset["root"] == "/abs/x"
+
+
+def test_a_ghost_batch_may_span_devices_under_global_statistics(tmp_path):
+    """With `stats_scope: global` the layer normalises devices x batch_size images together
+    (tests/engine/test_global_stats.py), so a ghost batch of two devices' batches is valid."""
+    text = HEAD + (
+        "variants: [{name: ghost_bn, options: {ghost_batch_size: 32}}]\nbatch_sizes: [16]\n"
+        "train: {epochs: 1, devices: 2, stats_scope: global}\n"
+    )
+    suite = load_suite(write(tmp_path, text))
+    (trial,) = suite.trials()
+    assert (trial.spec.batch_size, trial.spec.devices) == (16, 2)
+    with pytest.raises(SuiteError, match=r"ghost_batch_size=32 must divide batch size 16"):
+        load_suite(write(tmp_path, text.replace("stats_scope: global", "stats_scope: device")))
