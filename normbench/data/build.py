@@ -22,6 +22,7 @@ import torch
 
 from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
 from normbench.data.folder_loader import FolderLoader, build_transform
+from normbench.data.shard import Shard
 from normbench.data.tensor_loader import Normalizer, TensorLoader, epoch_generator
 from normbench.errors import UnknownNameError
 from normbench.registry import DATASETS, closest
@@ -38,7 +39,8 @@ _PROBE_STREAM = 2
 
 
 class Loader(Protocol):
-    """What the engine iterates: normalised float (x, y) batches on the training device."""
+    """What the engine iterates: normalised float (x, y) batches on the training device, this
+    rank's part only (`normbench.data.shard`); `batch_size` and `len` count this rank's."""
 
     batch_size: int
 
@@ -111,6 +113,7 @@ def _make_loader(
     augment: Augment,
     limit_batches: int | None,
     num_workers: int | None,
+    shard: Shard,
 ) -> Loader:
     common: dict[str, Any] = dict(
         batch_size=batch_size,
@@ -121,6 +124,7 @@ def _make_loader(
         augment=augment,
         seed=seed,
         limit_batches=limit_batches if train else None,
+        shard=shard,
     )
     if isinstance(split, TensorSet):
         return TensorLoader(split, **common)
@@ -160,15 +164,22 @@ def build_data(
     seed: int,
     limit_batches: int | None = None,
     probe_batch_size: int = 32,
+    shard: Shard | None = None,
     **dataset_options: Any,
 ) -> Data:
     """Load data set `name` (any registered factory) and wrap its splits in loaders.
 
     `seed` (the trial seed) drives the shuffle order, the augmentation and the probe batch;
-    `split_seed` (a data-set option, default 0) drives the validation split.
+    `split_seed` (a data-set option, default 0) drives the validation split. With a
+    data-parallel `shard` (rank r of N; `normbench.data.shard`) the loaders serve this rank's
+    part only: `batch_size` images of each training batch of N x `batch_size`, and every N-th
+    evaluation batch of `eval_batch_size`.
     """
     fn = DATASETS.get(name).obj
-    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size)
+    shard = shard or Shard()
+    batch_size = _check_batch("batch_size", batch_size)
+    # the options are checked against the optimiser batch, as suite validation checks them
+    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size * shard.ranks)
     splits = fn(**factory_opts)
     if not isinstance(splits, DataSplits):
         raise TypeError(
@@ -182,17 +193,18 @@ def build_data(
         augment=augment,
         limit_batches=limit_batches,
         num_workers=loader_opts.get("num_workers"),
+        shard=shard,
     )
     train = _make_loader(
         splits,
         splits.train,
         train=True,
-        batch_size=_check_batch("batch_size", batch_size),
+        batch_size=batch_size,
         **common,
     )
     if len(train) == 0:
         raise DatasetOptionError(
-            f"batch_size {batch_size} is larger than the {size(splits.train)}"
+            f"batch_size {batch_size * shard.ranks} is larger than the {size(splits.train)}"
             f" training images of dataset {name!r} (training drops a "
             f"last incomplete batch)"
         )

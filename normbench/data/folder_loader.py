@@ -5,24 +5,27 @@ same `set_epoch` / `len` behaviour and drop_last for training. Workers decode an
 into uint8 tensors (4x less to move than float); conversion and normalisation happen on the
 device.
 
-Reproducibility without depending on the worker count: the sampler yields (index, seed)
-pairs drawn from a generator seeded from (seed, epoch), and each sample's transform runs
-under `torch.manual_seed(sample_seed)` inside `fork_rng`, so a sample's crop and flip depend
-only on (seed, epoch, position), and the caller's global RNG is left untouched.
+Reproducibility without depending on the worker count or on how many data-parallel ranks
+share the batch: each epoch's (index, sample_seed) pairs are drawn from a generator seeded
+from (seed, epoch), and each sample's transform runs under `torch.manual_seed(sample_seed)`
+inside `fork_rng`, so a sample's crop and flip depend only on (seed, epoch, position), and the
+caller's global RNG is left untouched. A rank decodes only its own samples
+(`normbench.data.shard`), and they come out bit-identical to the same rows of the batch one
+process would decode.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from normbench.data.base import Augment, DatasetOptionError
+from normbench.data.shard import Shard
 from normbench.data.tensor_loader import Normalizer, epoch_generator
 
 
@@ -61,26 +64,24 @@ class SeededTransform(Dataset):
             return self.transform(img), int(label)
 
 
-class EpochSampler(Sampler):
-    """Yields (index, sample_seed): shuffled per (seed, epoch) for training, in order else."""
-
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if not self.shuffle:
-            return ((i, 0) for i in range(self.n))
-        g = epoch_generator(self.seed, self.epoch, stream=1)
-        order = torch.randperm(self.n, generator=g).tolist()
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
-        return iter(zip(order, seeds, strict=True))
+def epoch_keys(n: int, shuffle: bool, seed: int, epoch: int) -> list[tuple[int, int]]:
+    """The (index, sample_seed) of every sample of an epoch, in the order they are served:
+    shuffled per (seed, epoch) for training (every rank draws the same), in order else."""
+    if not shuffle:
+        return [(i, 0) for i in range(n)]
+    g = epoch_generator(seed, epoch, stream=1)
+    order = torch.randperm(n, generator=g).tolist()
+    seeds = torch.randint(0, 2**62, (n,), generator=g).tolist()
+    return list(zip(order, seeds, strict=True))
 
 
 class FolderLoader:
-    """DataLoader over a Dataset of PIL images, yielding normalised float (x, y) on device."""
+    """DataLoader over a Dataset of PIL images, yielding normalised float (x, y) on device.
+
+    `batch_size` is what one batch holds on this rank; with a data-parallel `shard` (rank r of
+    N) the loader decodes and serves only that rank's part (`normbench.data.shard`): B rows of
+    each global batch of N x B in training, every N-th batch in evaluation.
+    """
 
     def __init__(
         self,
@@ -96,13 +97,14 @@ class FolderLoader:
         seed: int = 0,
         limit_batches: int | None = None,
         num_workers: int | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.train, self.batch_size, self.limit_batches = train, int(batch_size), limit_batches
         self.dataset = SeededTransform(
             data, build_transform(image_size, augment or Augment(), train)
         )
-        self.sampler = EpochSampler(len(self.dataset), train, int(seed))
+        self.seed, self.shard = int(seed), shard or Shard()
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.epoch = 0
         self.normalize = Normalizer(mean, std, self.device)
@@ -112,25 +114,32 @@ class FolderLoader:
         return len(self.dataset)
 
     def __len__(self) -> int:
-        n = self.num_samples
-        full = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        n, bs = self.num_samples, self.batch_size
+        if not self.train:
+            return len(self.shard.eval_batches(n, bs))
+        full = self.shard.train_batches(n, bs)
         return full if self.limit_batches is None else min(full, self.limit_batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The (index, sample_seed) keys of each batch this rank serves in `epoch`: exactly
+        the samples it decodes (no more, even with `limit_batches`)."""
+        n, bs = self.num_samples, self.batch_size
+        keys = epoch_keys(n, self.train, self.seed, epoch)
+        if self.train:
+            return [keys[self.shard.train_rows(k, bs)] for k in range(len(self))]
+        return [keys[self.shard.eval_rows(k, bs, n)] for k in self.shard.eval_batches(n, bs)]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch, self.epoch = self.epoch, self.epoch + 1
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.batches(epoch),
             num_workers=self.num_workers,
-            drop_last=self.train,
             pin_memory=self.device.type == "cuda",
         )
-        for k, (x, y) in enumerate(loader):  # x: uint8 (B, C, H, W)
-            if k >= len(self):
-                break
+        for x, y in loader:  # x: uint8 (B, C, H, W)
             x = x.to(self.device, non_blocking=True)
             yield self.normalize(x), y.to(self.device, non_blocking=True)

@@ -17,7 +17,6 @@ batch; the few dropped images differ every epoch because the order is reshuffled
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from normbench.data.base import Augment, TensorSet
+from normbench.data.shard import Shard
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -129,6 +129,10 @@ class TensorLoader:
     train=True: shuffled, augmented, drop_last, optionally limited to `limit_batches` per
     epoch. train=False: in order, no augmentation, every sample (last batch may be short).
     Iterating advances the epoch by one; `set_epoch(e)` pins the next epoch to e.
+
+    `batch_size` is what one batch holds on this rank; with a data-parallel `shard` (rank r of
+    N) the loader serves only that rank's part (`normbench.data.shard`): B rows of each global
+    batch of N x B in training, every N-th batch in evaluation.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class TensorLoader:
         augment: Augment | None = None,
         seed: int = 0,
         limit_batches: int | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
@@ -152,6 +157,7 @@ class TensorLoader:
         self.augment = augment or Augment()
         self.seed = int(seed)
         self.limit_batches = limit_batches
+        self.shard = shard or Shard()
         self.epoch = 0
         self.normalize = Normalizer(mean, std, self.device)
 
@@ -160,8 +166,10 @@ class TensorLoader:
         return int(self.labels.shape[0])
 
     def __len__(self) -> int:
-        n = self.num_samples
-        full = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        n, bs = self.num_samples, self.batch_size
+        if not self.train:
+            return len(self.shard.eval_batches(n, bs))
+        full = self.shard.train_batches(n, bs)
         return full if self.limit_batches is None else min(full, self.limit_batches)
 
     def set_epoch(self, epoch: int) -> None:
@@ -171,13 +179,13 @@ class TensorLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         n, bs = self.num_samples, self.batch_size
         if not self.train:
-            for k in range(len(self)):
-                s = slice(k * bs, min((k + 1) * bs, n))
+            for k in self.shard.eval_batches(n, bs):
+                s = self.shard.eval_rows(k, bs, n)
                 yield self.normalize(self.images[s]), self.labels[s]
             return
         order, params = self.epoch_plan(epoch)
         for k in range(len(self)):
-            s = slice(k * bs, (k + 1) * bs)
+            s = self.shard.train_rows(k, bs)
             idx = order[s]
             x = self.images[idx]  # uint8 (B, C, H, W)
             if self.augment != Augment():
@@ -185,8 +193,8 @@ class TensorLoader:
             yield self.normalize(x), self.labels[idx]
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, AugmentParams]:
-        """The sample order and per-position augmentation parameters of a training epoch,
-        drawn on the CPU from (seed, epoch) and moved to the device."""
+        """The sample order and per-position augmentation parameters of a training epoch
+        (all ranks draw the same), drawn on the CPU from (seed, epoch) and moved to the device."""
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(self.num_samples, generator=g)
         params = draw_params(self.num_samples, self.augment, g)

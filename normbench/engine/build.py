@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from normbench.engine.device import Runtime, build_runtime
 from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
 from normbench.engine.spec import SpecError, TrialSpec
 from normbench.errors import UserError
+
+if TYPE_CHECKING:
+    from normbench.data.shard import Shard
 
 
 @dataclass
@@ -69,8 +72,12 @@ def spec_refusals(spec: TrialSpec) -> dict[str, str]:
     return out
 
 
-def build_trial(spec: TrialSpec) -> Trial:
-    """Everything `run_trial` needs, freshly initialised from `spec.seed`."""
+def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
+    """Everything `run_trial` needs, freshly initialised from `spec.seed`.
+
+    `shard`: the data-parallel rank this process is (`Parallel.shard`); its loaders serve
+    only that rank's part of each batch. None: one process serving whole batches.
+    """
     load_plugins(spec)
     refusals = spec_refusals(spec)
     if refusals:
@@ -85,7 +92,7 @@ def build_trial(spec: TrialSpec) -> Trial:
     if runtime.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(spec.seed)
-    data = _build_data(spec, runtime)
+    data = _build_data(spec, runtime, shard)
     model = build_model(spec, num_classes=data.num_classes, in_channels=data.in_channels)
     forward = runtime.prepare(model)
     batches = len(data.train)
@@ -111,17 +118,20 @@ def build_trial(spec: TrialSpec) -> Trial:
     )
 
 
-def _build_data(spec: TrialSpec, runtime: Runtime) -> Any:
+def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
     from normbench.data import build_data
 
+    ranks = 1 if shard is None else shard.ranks
     return build_data(
         spec.dataset,
-        batch_size=spec.batch_size * spec.devices,  # the optimiser batch; devices take slices
+        # the optimiser batch is devices x batch_size; each of the shard's ranks loads its part
+        batch_size=spec.batch_size * spec.devices // ranks,
         eval_batch_size=spec.eval_batch_size,
         device=runtime.device,
         seed=spec.seed,
         limit_batches=spec.limit_batches,
         probe_batch_size=spec.probe_batch_size,
+        shard=shard,
         **spec.dataset_options,
     )
 

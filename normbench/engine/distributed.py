@@ -1,10 +1,12 @@
 """Data-parallel trials: N devices as DDP ranks, or N virtual devices in one process.
 
-A trial with `devices: N` trains with an optimiser batch of N x `batch_size`. The loader serves
-that whole batch on every rank (same seed, same order); device r takes rows [r*B, (r+1)*B).
-That keeps one data path and the data order of virtual mode, at a cost for folder (ImageNet)
-data: every rank decodes and augments all N x B images of a step and keeps B, i.e. N times
-the decoding work of its share (in-memory data sets only index their tensors).
+A trial with `devices: N` trains with an optimiser batch of N x `batch_size`, in the order one
+process would draw it (every rank draws the epoch order from the same seed). With DDP each
+rank's loaders load only that rank's part (`Parallel.shard`, the partition is decided in
+`normbench.data.shard`): rows [r*B, (r+1)*B) of every global batch in training, which are
+exactly the rows device r normalises in virtual mode, and every N-th evaluation batch. So a
+rank decodes and augments only the images it uses (folder data: each sample's crop and flip
+are seeded per sample, so they do not depend on who decodes it), and the loop never slices.
 
 * `parallel: ddp`: one process per device (Ray Train workers, or any launcher that has set up
   `torch.distributed` with N ranks), `torch.nn.parallel.DistributedDataParallel` around the
@@ -42,7 +44,7 @@ decisions and rank 0's record describes the whole trial.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from normbench.data.shard import Shard
 from normbench.engine.spec import SpecError, TrialSpec
 from normbench.variants._fused import global_statistics
 
@@ -73,12 +76,11 @@ class Parallel:
         """Whether this process writes checkpoints (rank 0)."""
         return self.rank == 0
 
-    def shard(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a global batch (N*B, ...) -> (B, ...); the batch as is otherwise."""
-        if self.mode != "ddp":
-            return t
-        b = t.shape[0] // self.devices
-        return t[self.rank * b : (self.rank + 1) * b]
+    @property
+    def shard(self) -> Shard:
+        """The part of the data this process loads (`normbench.data.shard`): rank r of N with
+        DDP, every whole batch otherwise."""
+        return Shard(self.rank, self.ranks)
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of `t` over ranks (a new tensor); `t` itself in one process."""
@@ -87,12 +89,6 @@ class Parallel:
         t = t.clone()
         dist.all_reduce(t)
         return t
-
-    def eval_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
-        """Evaluation batches of this rank: every N-th, starting at the rank."""
-        for i, batch in enumerate(loader):
-            if i % self.ranks == self.rank:
-                yield batch
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Every rank takes rank 0's buffers (DDP does this before each training forward)."""

@@ -91,7 +91,7 @@ def run_trial(
         payload = ckpt.load_checkpoint(checkpoint_dir, trial_id=spec.trial_id)
     if payload is not None and (payload["status"] != "ok" or payload["epoch"] >= spec.epochs):
         return  # finished or diverged: nothing to build
-    trial = build_trial(spec)
+    trial = build_trial(spec, shard=par.shard)
     if payload is not None:
         _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload) if payload is not None else _State()
@@ -212,8 +212,9 @@ def _train_epoch(
 ) -> _TrainResult:
     """One pass over the training loader; stops before stepping on a non-finite loss.
 
-    The loader serves the optimiser batch; with DDP each rank trains on its slice, and the
-    loss (so the divergence check) and the hits are summed over ranks.
+    With DDP the loader serves this rank's slice of each optimiser batch (`Parallel.shard`);
+    the loss (so the divergence check) and the hits are summed over ranks, and the image
+    counts are those of the optimiser batch.
     """
     trial, par = run.trial, run.par
     rt = trial.runtime
@@ -228,8 +229,8 @@ def _train_epoch(
         if i >= trial.batches_per_epoch:
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        images = int(y.shape[0])
-        x, y = rt.to_input(par.shard(x)), par.shard(y)
+        images = int(y.shape[0]) * par.ranks  # every rank holds as many
+        x = rt.to_input(x)
         with meter.step():
             loss, logits = _train_step(run, x, y)
         if loss is None:
@@ -342,7 +343,8 @@ def evaluate(
 ) -> tuple[float | None, ...]:
     """(loss, top-1 %, top-5 %) of the model in eval mode on `loader`; Nones without one.
 
-    With DDP (`par`) each rank evaluates every N-th batch and the sums are all-reduced."""
+    With DDP (`par`) each rank's loader serves its batches (every N-th, `Parallel.shard`) and
+    the sums are all-reduced."""
     if loader is None:
         return None, None, None
     par = par or distributed.SINGLE
@@ -350,7 +352,7 @@ def evaluate(
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     hits = torch.zeros(3, dtype=torch.int64, device=rt.device)  # top-1, top-5, seen
-    for x, y in par.eval_batches(loader):
+    for x, y in loader:
         with rt.autocast():
             logits = trial.forward(rt.to_input(x)).float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()

@@ -1,17 +1,21 @@
-"""ImageFolder data sets (`imagenet`) through the DataLoader path, on a tiny tree."""
+"""ImageFolder data sets (`imagenet`) through the DataLoader path, on a tiny tree; a
+data-parallel rank decodes only its part of each batch."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.datasets import DatasetFolder
 
 from normbench.data import build_data
 from normbench.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from normbench.data.shard import Shard
 from normbench.errors import DatasetNotFoundError
 
 
@@ -79,3 +83,74 @@ def test_missing_tree_says_where(tmp_path: Path) -> None:
     assert str(tmp_path / "train") in str(err.value)
     with pytest.raises(DatasetNotFoundError, match="needs dataset_options.root"):
         build_data("imagenet", batch_size=4, eval_batch_size=4, device="cpu", seed=0)
+
+
+# -- data-parallel ranks: each decodes only its part ---------------------------------------
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(split folder, file index) of every image decoded in this process, in order."""
+    calls: list[tuple[str, int]] = []
+    original = DatasetFolder.__getitem__
+
+    def counting(self: DatasetFolder, index: int) -> tuple[object, int]:
+        calls.append((Path(self.root).name, index))
+        return original(self, index)
+
+    monkeypatch.setattr(DatasetFolder, "__getitem__", counting)
+    return calls
+
+
+def _pass(loader: Any, decoded: list, epoch: int | None = None) -> tuple[list, list]:
+    """(batches, images decoded) of one pass over `loader`."""
+    if epoch is not None:
+        loader.set_epoch(epoch)
+    decoded.clear()
+    batches = list(loader)
+    return batches, list(decoded)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_train_rank_decodes_only_its_rows_of_each_global_batch(
+    tree: Path, decoded: list, ranks: int
+) -> None:
+    b = 2
+    whole = _build(tree, batch_size=ranks * b).train  # one process: the N x B batches
+    want = [_pass(whole, decoded, epoch) for epoch in (0, 1)]
+    assert want[0][1] != want[1][1]  # the order changes with the epoch
+    for r in range(ranks):
+        part = _build(tree, batch_size=b, shard=Shard(r, ranks)).train
+        assert len(part) == len(whole) == 8 // (ranks * b)  # every rank takes as many steps
+        for epoch, (batches, calls) in zip((0, 1), want, strict=True):
+            got, got_calls = _pass(part, decoded, epoch)
+            assert len(got) == len(batches)
+            rows = slice(r * b, (r + 1) * b)
+            for (x, y), (wx, wy) in zip(got, batches, strict=True):
+                assert torch.equal(x, wx[rows]) and torch.equal(y, wy[rows])  # bit for bit
+            # the single process decoded each batch's rows in order: the rank decodes its own
+            mine = [calls[k * ranks * b + r * b + j] for k in range(len(batches)) for j in range(b)]
+            assert got_calls == mine
+
+
+def test_limit_batches_decodes_only_the_served_batches(tree: Path, decoded: list) -> None:
+    part = _build(tree, batch_size=2, shard=Shard(1, 2), limit_batches=1).train
+    batches, calls = _pass(part, decoded, 0)
+    assert len(part) == len(batches) == 1 and len(calls) == 2
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_eval_rank_decodes_only_every_nth_batch(tree: Path, decoded: list, ranks: int) -> None:
+    whole = _build(tree, eval_batch_size=1)
+    for split in ("val", "test"):  # 4 images each: 4 batches of 1
+        batches, calls = _pass(getattr(whole, split), decoded)
+        assert len(batches) == len(calls) == 4
+        seen = []
+        for r in range(ranks):
+            part = _build(tree, batch_size=2, eval_batch_size=1, shard=Shard(r, ranks))
+            part = getattr(part, split)
+            got, got_calls = _pass(part, decoded)
+            assert len(part) == len(got) == len(range(r, 4, ranks))
+            for (x, y), (wx, wy) in zip(got, batches[r::ranks], strict=True):
+                assert torch.equal(x, wx) and torch.equal(y, wy)
+            assert got_calls == calls[r::ranks]
+            seen += got_calls
+        assert sorted(seen) == sorted(calls)  # the ranks' sums cover every image once

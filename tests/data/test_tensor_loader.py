@@ -9,6 +9,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from normbench.data.base import Augment, TensorSet
+from normbench.data.shard import Shard
 from normbench.data.tensor_loader import AugmentParams, TensorLoader, augment_uint8
 
 MEAN, STD = (0.25, 0.5, 0.75), (0.2, 0.3, 0.4)
@@ -30,6 +31,7 @@ def _loader(
     seed: int = 0,
     train: bool = True,
     limit: int | None = None,
+    shard: Shard | None = None,
 ) -> TensorLoader:
     return TensorLoader(
         data,
@@ -41,6 +43,7 @@ def _loader(
         augment=aug,
         seed=seed,
         limit_batches=limit,
+        shard=shard,
     )
 
 
@@ -164,3 +167,32 @@ def test_turning_one_augmentation_off_keeps_the_order() -> None:
     full = _epoch(_loader(data, Augment(crop_padding=2, hflip=True)), 1)
     plain = _epoch(_loader(data, Augment()), 1)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(full, plain, strict=True))
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_rank_serves_only_its_rows_of_each_global_batch(ranks: int) -> None:
+    data, aug, b = _data(), Augment(crop_padding=2, hflip=True, rotation=15.0), 3
+    whole = _loader(data, aug, bs=ranks * b, seed=4)  # one process: the N x B batches
+    for r in range(ranks):
+        part = _loader(data, aug, bs=b, seed=4, shard=Shard(r, ranks))
+        assert len(part) == len(whole) == 24 // (ranks * b)  # every rank takes as many steps
+        for epoch in (0, 1):
+            rows = slice(r * b, (r + 1) * b)
+            for (x, y), (wx, wy) in zip(_epoch(part, epoch), _epoch(whole, epoch), strict=True):
+                assert torch.equal(x, wx[rows]) and torch.equal(y, wy[rows])  # bit for bit
+    assert len(_loader(data, aug, bs=b, shard=Shard(1, ranks), limit=1)) == 1
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_eval_rank_serves_every_nth_batch(ranks: int) -> None:
+    data = _data(23)
+    whole = list(_loader(data, Augment(), bs=5, train=False))  # 5 batches, the last of 3
+    served = []
+    for r in range(ranks):
+        part = _loader(data, Augment(), bs=5, train=False, shard=Shard(r, ranks))
+        got = list(part)
+        assert len(part) == len(got) == len(whole[r::ranks])
+        for (x, y), (wx, wy) in zip(got, whole[r::ranks], strict=True):
+            assert torch.equal(x, wx) and torch.equal(y, wy)
+        served += [int(i) for _, y in got for i in y]
+    assert sorted(served) == list(range(23))  # the ranks' sums cover every image once

@@ -1,5 +1,6 @@
 """Data-parallel trials: DDP (gloo, 2 ranks) equals virtual devices step by step for every
-built-in layer; a killed 2-rank trial resumes from rank 0's checkpoint; the loader's refusals.
+built-in layer and on folder (ImageFolder PNG) data, where each rank decodes only its part; a
+killed 2-rank trial resumes from rank 0's checkpoint; the loader's refusals.
 
 One pair of gloo processes per module runs every DDP trial (process start-up dominates).
 """
@@ -12,10 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
+from torchvision.datasets import DatasetFolder
 
 from normbench.engine import checkpoint as ckpt
 from normbench.engine.loop import TIMING_KEYS, run_trial
@@ -53,6 +57,38 @@ def _spec(variant: str, **changes: Any) -> TrialSpec:
     return spec.replace(**changes)
 
 
+def _folder_spec(root: Path, **changes: Any) -> TrialSpec:
+    """BN on an ImageFolder tree (`_write_tree`): 2 steps of 2 x 4 images, and 3 validation and
+    5 test batches of 2, so the ranks evaluate unequal numbers of batches."""
+    options = {"root": str(root), "image_size": 12, "val_fraction": 0.25, "num_workers": 0}
+    spec = _spec("bn", dataset="imagenet", dataset_options=options, batch_size=4, epochs=1)
+    return spec.replace(eval_batch_size=2, **changes)
+
+
+def _write_tree(root: Path) -> None:
+    """root/{train,val}/<class>/*.png: 3 classes, 8 train and 3 val 12x12 RGB images each."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c in range(3):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
+
+
+def _count_decodes() -> list[int]:
+    """From now on, record every image this process decodes (the index of each call)."""
+    calls: list[int] = []
+    original = DatasetFolder.__getitem__
+
+    def counting(self: DatasetFolder, index: int) -> tuple[Any, Any]:
+        calls.append(index)
+        return original(self, index)
+
+    DatasetFolder.__getitem__ = counting  # type: ignore[method-assign]
+    return calls
+
+
 def _losses(spec: TrialSpec, checkpoint_dir: Path | None = None) -> tuple[list, list]:
     """(running training loss after every batch, records) of one run of `spec`."""
     losses: list[float] = []
@@ -77,6 +113,11 @@ def _rank(rank: int, init: str, out: str, kill: bool) -> None:
                 losses, records = _losses(spec, Path(out) / f"{name}-global")
                 if rank == 0:
                     torch.save((losses, records), Path(out) / f"{name}-global.result")
+            decoded = _count_decodes()
+            losses, records = _losses(_folder_spec(Path(out) / "tree"), Path(out) / "folder")
+            torch.save(len(decoded), Path(out) / f"folder-decoded-{rank}.result")
+            if rank == 0:
+                torch.save((losses, records), Path(out) / "folder.result")
         spec = _spec("ubn", epochs=3)
 
         def crash(progress: dict) -> None:
@@ -98,6 +139,7 @@ def _spawn(out: Path, *, kill: bool) -> None:
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
+    _write_tree(out / "tree")
     with pytest.raises(mp.ProcessExitedException):
         _spawn(out, kill=True)  # both ranks die in epoch 2 of the resume trial
     _spawn(out, kill=False)  # every layer, then the resume trial continues
@@ -128,6 +170,32 @@ def test_ddp_equals_virtual_devices_step_by_step(ddp_runs: Path, name: str) -> N
             assert gap <= tolerance * float(value.norm()) + 1e-6, (key, gap)
         else:
             assert torch.equal(ddp_model[key], value), key
+
+
+def test_ddp_on_folder_data_equals_virtual_devices(
+    ddp_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rank decodes only its own images (which ones: tests/data/test_folder_loader.py),
+    and the trial is still the virtual-device trial on whole batches, in training and in
+    evaluation."""
+    ddp_losses, ddp_records = torch.load(ddp_runs / "folder.result", weights_only=False)
+    with monkeypatch.context() as m:
+        m.setattr(DatasetFolder, "__getitem__", DatasetFolder.__getitem__)  # restored after
+        decoded = _count_decodes()
+        losses, records = _losses(_folder_spec(ddp_runs / "tree", parallel="virtual"))
+    per_rank = [torch.load(ddp_runs / f"folder-decoded-{r}.result") for r in (0, 1)]
+    # One process decodes the 18 probe images (probe_batch_size 32, capped at the 18 training
+    # images), 2 steps x 8, the 6 validation and the 9 test images. Each rank decodes the probe
+    # too, and its 2 x 4 training rows, 2 of 3 (rank 0) or 1 of 3 validation batches of 2,
+    # and 3 of 5 (5 images) or 2 of 5 (4 images) test batches: every other image once.
+    assert len(decoded) == 18 + 16 + 6 + 9
+    assert per_rank == [18 + 8 + 4 + 5, 18 + 8 + 2 + 4]
+    assert len(losses) == len(ddp_losses) == 2
+    torch.testing.assert_close(ddp_losses, losses, rtol=1e-5, atol=1e-6)  # every step
+    (ddp_rec,), (rec,) = ddp_records, records
+    assert (ddp_rec["devices"], ddp_rec["optimizer_batch_size"]) == (2, 8)
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1"):
+        assert ddp_rec[key] == pytest.approx(rec[key], rel=1e-3, abs=1e-5), key
 
 
 @pytest.mark.parametrize("name", GLOBAL_LAYERS)
