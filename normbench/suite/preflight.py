@@ -294,12 +294,18 @@ def check_data(suite: Any, *, fetch: bool) -> list[str]:
 def _check_batches(
     suite: Any, name: str, options: dict[str, Any], n: int, specs: list[Any]
 ) -> None:
-    batch = max(s.batch_size for s in specs)
+    spec = max(specs, key=lambda s: s.batch_size * s.devices)  # a step takes devices x batch
+    batch = spec.batch_size * spec.devices
     if batch <= n:
         return
     held = options.get("val_fraction", 0.1)
+    what = (
+        f"batch {batch}"
+        if spec.devices == 1
+        else (f"the optimiser batch {batch} ({spec.devices} devices x {spec.batch_size})")
+    )
     raise PreflightError(
-        f"{suite.path}: batch_sizes: batch {batch} is larger than the {n} training images of "
+        f"{suite.path}: batch_sizes: {what} is larger than the {n} training images of "
         f"{name} (after val_fraction {held:g} is held out); training drops the last incomplete "
         "batch, so no step would run: use a smaller batch or more data"
     )

@@ -167,6 +167,18 @@ def test_batch_larger_than_the_training_set(where: Path, capsys: pytest.CaptureF
     )
 
 
+def test_optimiser_batch_of_several_devices_larger_than_the_training_set(
+    where: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """3 devices x 16 = 48 images a step: more than the 36 training images, though 16 fit."""
+    three = SUITE.replace("device: cpu}", "device: cpu, devices: 3, parallel: virtual}")
+    msg = refuse(where, capsys, "--set", "batch_sizes=[16]", suite=three)
+    assert msg.startswith(
+        f"{where / 's.yaml'}: batch_sizes: the optimiser batch 48 (3 devices x 16) is larger "
+        "than the 36 training images of synthetic"
+    )
+
+
 def test_resources_of_a_ddp_trial_are_per_device(
     where: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
