@@ -44,6 +44,10 @@ def _timm() -> Any:
     return timm
 
 
+# The default of `act_layer`: not passed, i.e. a plain norm slot (`norm_layer(C)`).
+_PLAIN_SLOT: Any = object()
+
+
 class _NormAct:
     """Mixin: y = act(drop(norm(x))), with timm's `BatchNormAct2d` keyword arguments."""
 
@@ -54,12 +58,20 @@ class _NormAct:
         num_features: int,
         *,
         apply_act: bool = True,
-        act_layer: Any = nn.ReLU,
+        act_layer: Any = _PLAIN_SLOT,
         act_kwargs: dict[str, Any] | None = None,
         inplace: bool = True,
         drop_layer: Callable[[], nn.Module] | None = None,
         **norm_options: Any,
     ) -> None:
+        if act_layer is _PLAIN_SLOT:  # timm's norm+act slots always pass it (None: no act)
+            raise ValueError(
+                f"{type(self).__name__} (norm_act_layer({self.variant_name!r})) was built "
+                "as a plain norm layer, without the act_layer that timm's norm+act "
+                "slots pass: this model applies its own activation after its norms (e.g. timm's "
+                "ResNet), so a norm+act layer would apply it twice. Pass "
+                f"normbench.variants_api.norm_layer({self.variant_name!r}) as its norm_layer"
+            )
         for flag, default in (("affine", True), ("track_running_stats", True)):
             if flag in norm_options and not _accepts(type(self).__mro__[2], flag):
                 if norm_options.pop(flag) != default:

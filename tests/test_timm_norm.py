@@ -66,7 +66,10 @@ def test_options_reach_the_layer_and_bad_names_fail() -> None:
 
 
 def test_models_that_cannot_take_it_raise() -> None:
-    with pytest.raises(ValueError, match="plain normalization slots"):
+    with pytest.raises(ValueError, match="a norm\\+act layer would apply it twice"):
         create_model("resnet18", "ubn")  # norm_layer(C), then its own ReLU
+    # the same through timm itself, as the README shows it: never a second ReLU after bn2
+    with pytest.raises(ValueError, match=r"Pass normbench.variants_api.norm_layer\('ubn'\)"):
+        timm.create_model("resnet18", norm_layer=norm_act_layer("ubn"))
     with pytest.raises(ValueError, match="does not take a norm_layer argument"):
         create_model("mobilenetv3_small_050", "ubn")  # sets norm_layer itself
