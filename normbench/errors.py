@@ -84,3 +84,9 @@ class Terminated(KeyboardInterrupt):
     driver's handler remembers the signal, so it still knows it was SIGTERM), while any other
     exception raised there comes out as a SystemError with a traceback. Tune's loop catches
     only `Exception`, so either ends `tuner.fit()` at once."""
+
+
+class RunStopped(RuntimeError):
+    """Ray Tune gave up on the whole run, e.g. after Ray's memory monitor killed a trial's
+    worker (Tune 2.x raises for a `ray.exceptions.OutOfMemoryError` instead of failing that
+    trial). Finished results are stored; trials that were running resume on a rerun."""

@@ -148,9 +148,25 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
     try:
-        tuner.fit()
+        fit(tuner)
     finally:
         tune_logger.setLevel(level)
+
+
+def fit(tuner: Any) -> None:
+    """`tuner.fit()`; Tune's own crash on a Ray error it does not handle (its actor manager
+    raises RuntimeError for a worker killed by Ray's memory monitor) becomes `RunStopped` with
+    Ray's first line, so the driver can report it in one line and keep what is stored."""
+    from normbench.errors import RunStopped
+
+    try:
+        tuner.fit()
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, ray.exceptions.RayError):
+            raise
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise RunStopped(f"{type(cause).__name__}: {first}") from exc
 
 
 class _StudySearcher(Searcher):

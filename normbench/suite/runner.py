@@ -31,7 +31,7 @@ from typing import Any, TextIO, cast
 
 from normbench.contract import EpochRecord
 from normbench.engine.spec import TrialSpec
-from normbench.errors import RunDirError, Terminated, UserError
+from normbench.errors import RunDirError, RunStopped, Terminated, UserError
 from normbench.results.store import RunStore
 from normbench.suite.live import LiveView
 
@@ -107,6 +107,7 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
         ray.stop()
         print(_describe(suite) + "\n\n" + found.text(), file=stream)
         return 0
+    stopped: RunStopped | None = None
     try:
         with RunStore(run_dir) as store:
             guard.opened = True
@@ -117,7 +118,10 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
                 driver.notes.update(_restart(store, changed, stream))
             _restore_lost_records(store, stream)
             ray.store = store
-            failed = driver.run()
+            try:
+                failed = driver.run()
+            except RunStopped as exc:  # stored results stay; the report shows them
+                stopped, failed = exc, True
             counts: dict[str, int] = {}
             for tid in store.trial_ids():
                 status = (store.summary(tid) or {}).get("status", "interrupted")
@@ -130,6 +134,12 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
     reported = _build_report(run_dir, stream)
+    if stopped is not None:
+        print(
+            f"normbench: Ray Tune stopped the run ({stopped}); finished trials are stored in "
+            f"{run_dir}; trials that were running resume when you rerun the same command",
+            file=sys.stderr,
+        )
     return 1 if failed or not reported else 0
 
 
