@@ -56,11 +56,18 @@ class Table:
     best_config: str | None = None  # a search's best configuration, in words
     # variant label -> the UBN threshold tau its trials used (for the FCT plots)
     taus: dict[str, float] = field(default_factory=dict)
+    # (devices, stats_scope) when the trials ran on several devices (all alike), else None
+    devices: tuple[int, str] | None = None
 
     @property
     def title(self) -> str:
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-        parts = [self.dataset, self.backbone, f"batch {self.batch_size}", epochs]
+        batch = f"batch {self.batch_size}"
+        if self.devices is not None and self.batch_size is not None:
+            n, scope = self.devices
+            where = "per device" if scope == "device" else "over all devices"
+            batch += f" per device x {n} devices ({n * self.batch_size} a step, statistics {where})"
+        parts = [self.dataset, self.backbone, batch, epochs]
         if self.smoke:
             parts.append(f"SMOKE RUN ({self.smoke})")
         return " · ".join(str(p) for p in parts)
@@ -194,7 +201,18 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         sources=sources,
         best_config=_best_config(table, df, labels, res),
         taus=taus,
+        devices=_devices(df),
     )
+
+
+def _devices(df: pd.DataFrame) -> tuple[int, str] | None:
+    """(devices, stats_scope) of a table's trials when they ran on several devices."""
+    specs = [json.loads(s) for s in df["spec"] if isinstance(s, str)] if "spec" in df else []
+    found = {(int(s.get("devices", 1)), str(s.get("stats_scope", "device"))) for s in specs}
+    if len(found) != 1:
+        return None
+    (n, scope) = found.pop()
+    return (n, scope) if n > 1 else None
 
 
 def smoke_text(res: Results, runs: set[str] | None = None) -> str | None:

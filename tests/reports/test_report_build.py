@@ -419,3 +419,22 @@ def test_overall_ranking_across_leaderboards(tmp_path: Path) -> None:
     text = rep.markdown.read_text()
     assert "## Overall ranking across 2 leaderboards" in text and "Friedman test" in text
     assert (rep.output / "plots" / "ranking_cd.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_multi_device_table_says_devices_step_batch_and_statistics_scope(
+    tmp_path: Path,
+) -> None:
+    """The records of 3-device trials (batch 128 per device) head a table that says so."""
+    run = tmp_path / "run"
+    make_fixture.write_run(run, unfinished=False)
+    batch = build_report([run]).tables[0].batch_size
+    for name in ("epochs.jsonl", "trials.jsonl"):
+        lines = [json.loads(x) for x in (run / name).read_text().splitlines()]
+        for rec in lines:
+            if "spec" in rec:
+                rec["spec"] = {**rec["spec"], "devices": 3, "stats_scope": "global"}
+        (run / name).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (table,) = build_report([run]).tables
+    assert f"batch {batch} per device x 3 devices ({3 * batch} a step, statistics over all " in (
+        table.title
+    )
