@@ -30,6 +30,8 @@ EXTRA_CONFIGS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("bn", {"track_running_stats": False}, {"batch_independent_eval": False}),
     ("bnet", {"kernel_size": 5, "init": "zero"}, {}),
     ("sabn", {"num_branches": 3}, {}),
+    # ghost batches of 2: the first sample's statistics come from it and the second only
+    ("ghost_bn", {"ghost_batch_size": 2}, {}),
 ]
 
 
