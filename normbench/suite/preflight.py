@@ -236,14 +236,14 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     most = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
     has = f"{most.get('CPU', 0):g} CPUs and {most.get('GPU', 0):g} GPUs"
     has = has if len(nodes) == 1 else f"at most {has} per node ({len(nodes)} nodes)"
-    lower = (
-        "resources.cpus=1 --set resources.gpus=0"
-        if devices == 1
-        else ("resources.cpus=1 --set resources.gpus=0, or train.devices")
-    )
+    # suggest only what would lower the ask: per-device resources above 1 CPU / 0 GPUs, devices
+    lower = [f"--set resources.cpus={min(cpus, 1):g}"] if cpus > 1 else []
+    lower += ["--set resources.gpus=0"] if gpus > 0 else []
+    lower += [f"--set train.devices={max(_slots(nodes, cpus, gpus), 1)}"] if devices > 1 else []
+    hint = f"lower them (e.g. {' '.join(lower)})" if lower else "lower them"
     raise PreflightError(
         f"{suite.path}: resources: each trial asks for {ask}, but {where} has {has}, so no "
-        f"trial could ever start; lower them (e.g. --set {lower}), join a bigger cluster with "
+        f"trial could ever start; {hint}, join a bigger cluster with "
         "--address, or pass --allow-autoscaling if the cluster adds nodes on demand"
     )
 

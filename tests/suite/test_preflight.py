@@ -190,7 +190,10 @@ def test_resources_of_a_ddp_trial_are_per_device(
         f"{where / 's.yaml'}: resources: each trial asks for 2 devices x (2 CPUs and 0 GPUs) = "
         "4 CPUs and 0 GPUs, but this machine has 2 CPUs and 0 GPUs, so no trial could ever start"
     ), msg
-    assert "train.devices" in msg
+    assert "lower them (e.g. --set resources.cpus=1 --set train.devices=1)" in msg
+    # already 1 CPU per device: only fewer devices would fit, and the hint says just that
+    msg = refuse(where, capsys, "--set", "train.devices=4", suite=two)
+    assert "lower them (e.g. --set train.devices=2)" in msg, msg
     with pytest.raises(SystemExit) as exit_:  # 1 CPU per device: 2 bundles fit on 2 CPUs
         main(["run", "s.yaml", "--dry-run"])
     assert exit_.value.code == 0
