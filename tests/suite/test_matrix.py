@@ -184,7 +184,9 @@ def test_ids_differ_for_every_result_relevant_change(tmp_path):
         ids.add(t.trial_id)
     # speed-only settings keep the id
     for change in ("train.device=cuda", "train.num_threads=4", "train.checkpoint_every=5"):
-        t = load_suite(write(tmp_path, GRID, "x.yaml"), overrides=[change]).trials()[0]
+        gpus = ["resources.gpus=1"] if "cuda" in change else []  # a CUDA trial must ask for one
+        overrides = [change, *gpus]
+        t = load_suite(write(tmp_path, GRID, "x.yaml"), overrides=overrides).trials()[0]
         assert t.trial_id == base.trial_id, change
 
 
