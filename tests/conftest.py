@@ -5,6 +5,10 @@ README's command; pytest-xdist with `--dist loadgroup`, set in pyproject.toml).
   length-limited), so whatever Ray it starts, in this process or in a subprocess, keeps its
   sessions, sockets and `ray_current_cluster` file there: a local `ray.init()` never finds and
   joins a cluster another test (or another user of the machine) started.
+- Ray's memory monitor is off in every Ray the tests start (`RAY_memory_monitor_refresh_ms=0`,
+  unless set): it kills a worker when the machine's memory use passes 95%, whoever uses it,
+  and on a machine shared with other Ray runs it failed a trial of test_resume_kill
+  ("RayError: ... out of memory"; the rerun then completed it: two summary lines).
 - The tests of a module that shares a module- or session-scoped fixture defined here (a Ray
   cluster, a set of DDP runs, a finished run directory) run on one worker, in one go, so the
   fixture is built once instead of once per worker (`xdist_group`, named after the module).
@@ -13,6 +17,7 @@ README's command; pytest-xdist with `--dist loadgroup`, set in pyproject.toml).
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +26,10 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")  # inherited by every Ray
 
 
 @pytest.fixture(autouse=True)
