@@ -74,7 +74,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Say so when this pytest and pytest-xdist ignore the groups (pytest 9.2 with xdist 3.8:
     pytest-dev/pytest-xdist#1386): the tests still pass, but each worker builds the shared
     fixtures again (a second Ray cluster, a second set of DDP runs)."""
-    if not session.config.getvalue("loadgroup"):  # set on xdist workers under --dist loadgroup
+    if not getattr(session.config.option, "loadgroup", False):  # xdist workers, loadgroup only
         return
     grouped = [i for i in session.items if i.get_closest_marker("xdist_group") is not None]
     if grouped and "@" not in grouped[0].nodeid:
