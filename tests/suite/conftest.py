@@ -18,25 +18,19 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A short Ray temp dir (socket paths are length-limited), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="nbt", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    """Environment for a `normbench` subprocess: its own short Ray temp dir and a marker that
-    finds every process it starts (driver, raylet, workers), all killed afterwards."""
+def env(ray_tmp: Path) -> Iterator[dict[str, str]]:
+    """Environment for a `normbench` subprocess: the test's own Ray temp dir (tests/conftest.py)
+    and a marker that finds every process it starts (driver, raylet, workers), all killed
+    afterwards. Only those: the test that runs beside this one (pytest -n 2) is never touched."""
     from test_resume_kill import _marked_pids
 
     marker = f"nbkill-{uuid.uuid4().hex[:8]}"
-    ray_tmp = tempfile.mkdtemp(prefix="nbr", dir="/tmp")  # short: Ray's socket paths are limited
-    yield {**os.environ, "RAY_TMPDIR": ray_tmp, "NB_TEST_MARKER": marker}
+    yield {**os.environ, "RAY_TMPDIR": str(ray_tmp), "NB_TEST_MARKER": marker}
     for pid in _marked_pids(marker):  # never leave our Ray behind, even when the test fails
-        os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # exited since it was listed
+            pass
 
 
 @pytest.fixture(scope="module")

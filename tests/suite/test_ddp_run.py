@@ -11,16 +11,14 @@ Local Ray with num_cpus=2, bound to 127.0.0.1 (as `normbench run` always starts 
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_resume_kill import _lines, _start, _wait_gone
+from test_resume_kill import _kill_group, _lines, _start, _wait_gone
 
 from normbench.contract import METRIC_KEYS
 from normbench.engine import checkpoint as ckpt
@@ -52,13 +50,13 @@ RUN = (
 def _kill_after_first_epoch(proc: subprocess.Popen, run: Path, timeout: float = 480) -> None:
     """SIGKILL the group once the trial has stored an epoch (so rank 0 has checkpointed it)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+    while proc.poll() is None:
         if _lines(run / "epochs.jsonl"):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
+            return _kill_group(proc)
+        if time.monotonic() > deadline:
+            _kill_group(proc)
+            break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
     log = (run.parent / "first.log").read_text()[-3000:]
     pytest.fail(f"the run never stored an epoch (or ended first); its log ends:\n{log}")
 

@@ -91,6 +91,9 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
 
 
 def _kill_group(proc: subprocess.Popen, marker: str) -> None:
+    # The driver was never reaped (`_wait_for` returned while it ran), so its group id is
+    # still its own: no other process (the test beside this one) can be in that group.
+    assert proc.returncode is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not _wait_gone(marker, 30), "Ray processes survived the driver's SIGKILL"

@@ -97,15 +97,14 @@ def test_dry_run_refuses_the_same_and_prints_what_it_found(
     assert sorted(p.name for p in where.iterdir()) == ["s.yaml"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_address(where: Path, capsys: pytest.CaptureFixture) -> None:
-    port = _closed_port()  # on 127.0.0.2: Ray would rewrite 127.0.0.1 to the node's address
-    msg = refuse(where, capsys, "--address", f"127.0.0.2:{port}")
+    # A port bound but not listening refuses connections, and no other process (the test
+    # beside this one, pytest -n 2) can take it meanwhile. On 127.0.0.2: Ray would rewrite
+    # 127.0.0.1 to the node's address.
+    with socket.socket() as held:
+        held.bind(("127.0.0.2", 0))
+        port = held.getsockname()[1]
+        msg = refuse(where, capsys, "--address", f"127.0.0.2:{port}")
     assert msg == (
         f"--address 127.0.0.2:{port}: no Ray cluster answers at 127.0.0.2:{port} (Connection "
         "refused); start one with `ray start --head` or check the host and port"

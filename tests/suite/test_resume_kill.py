@@ -62,19 +62,28 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
-def _kill_mid_trial(proc: subprocess.Popen, run: Path, timeout: float = 150) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group (its own session: `_start`). Only while the driver
+    has not been reaped: a reaped driver's pid, hence its group id, may be reused by any
+    process, such as the test running beside this one."""
+    assert proc.returncode is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _kill_mid_trial(proc: subprocess.Popen, run: Path, timeout: float = 300) -> None:
     """SIGKILL the group once one trial is finished and another has stored an epoch."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+    while proc.poll() is None:
         done = {t["trial_id"] for t in _lines(run / "trials.jsonl")}
         started = {e["trial_id"] for e in _lines(run / "epochs.jsonl")}
         if done and started - done:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
+            return _kill_group(proc)
+        if time.monotonic() > deadline:
+            _kill_group(proc)
+            pytest.fail("the run never reached the middle of a trial")
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the run never reached the middle of a trial (or ended first)")
+    pytest.fail(f"the run ended (exit {proc.returncode}) before the middle of a trial")
 
 
 def test_kill_driver_mid_suite_then_resume(tmp_path: Path, env: dict[str, str]) -> None:

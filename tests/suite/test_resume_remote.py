@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,11 @@ def _lines(path: Path) -> list[dict]:
 def test_remote_checkpoint_restores_a_lost_epoch(
     tmp_path: Path, monkeypatch, ray_tmp: Path
 ) -> None:
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    # The trials keep their node-local checkpoint copies under TMPDIR (tempfile.gettempdir()
+    # in this test's own Ray workers): a folder of this test, not the machine's /tmp.
+    node_tmp = ray_tmp / "node"
+    node_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(node_tmp))
     suite, run, storage = tmp_path / "s.yaml", tmp_path / "run", tmp_path / "bucket"
     suite.write_text(SUITE)
     req = RunRequest(suite, output=run, storage=storage.as_uri(), num_cpus=2)
@@ -52,7 +55,8 @@ def test_remote_checkpoint_restores_a_lost_epoch(
     (run / "epochs.jsonl").write_text(json.dumps(original[0]) + "\n")
     (run / "trials.jsonl").unlink()
     # The node-local copy was removed when the trial ended: the rerun must download it.
-    assert not (Path(tempfile.gettempdir()) / "normbench-checkpoints" / tid).exists()
+    assert (node_tmp / "normbench-checkpoints").is_dir()
+    assert not (node_tmp / "normbench-checkpoints" / tid).exists()
 
     assert execute(req, stream=io.StringIO()) == 0
     again = _lines(run / "epochs.jsonl")

@@ -72,10 +72,7 @@ def test_dry_run_lists_trials_and_creates_nothing(tmp_path: Path, capsys, monkey
 
 
 @pytest.mark.slow
-def test_search_persists_study_and_a_rerun_continues_it(
-    tmp_path: Path, monkeypatch, ray_tmp: Path
-) -> None:
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+def test_search_persists_study_and_a_rerun_continues_it(tmp_path: Path) -> None:
     suite = tmp_path / "s.yaml"
     suite.write_text(SEARCH)
     run = tmp_path / "run"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -49,18 +48,15 @@ def finished_run(tmp_path_factory, request) -> Path:
     import shutil
     import tempfile
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="nbs", dir="/tmp"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="nbs", dir="/tmp"))  # short, as tests/conftest.py's
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = str(ray_tmp)
-    try:
-        root = tmp_path_factory.mktemp("finished")
-        (root / "s.yaml").write_text(SUITE)
-        run = root / "run"
-        request_ = RunRequest(root / "s.yaml", output=run, num_cpus=1)
-        assert execute(request_, stream=io.StringIO()) == 0
-    finally:
-        os.environ.pop("RAY_TMPDIR") if old is None else os.environ.update(RAY_TMPDIR=old)
+    root = tmp_path_factory.mktemp("finished")
+    (root / "s.yaml").write_text(SUITE)
+    run = root / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", str(ray_tmp))
+        req = RunRequest(root / "s.yaml", output=run, num_cpus=1)
+        assert execute(req, stream=io.StringIO()) == 0
     return run
 
 
@@ -76,9 +72,8 @@ def _copy(run: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_planted_checkpoint_never_runs_and_the_trial_restarts(
-    finished_run: Path, tmp_path: Path, monkeypatch, ray_tmp: Path
+    finished_run: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     suite, run = _copy(finished_run, tmp_path)
     epochs_before = (run / "epochs.jsonl").read_bytes()
     (tid,) = [t["trial_id"] for t in _lines(run / "trials.jsonl")]
@@ -133,12 +128,11 @@ def test_a_corrupt_line_is_skipped_with_a_warning_naming_it(
 
 
 @pytest.mark.slow
-def test_a_local_ray_listens_on_loopback_only(ray_tmp: Path, monkeypatch) -> None:
+def test_a_local_ray_listens_on_loopback_only() -> None:
     import ray
 
     from normbench.suite.ray_adapter import init_ray
 
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     before = {p.pid for p in psutil.Process().children()}  # e.g. the session's shared cluster
     shutdown = init_ray(None, num_cpus=1)
     try:
