@@ -16,7 +16,6 @@ suite runs the same code on CPU with a cheap backend.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import subprocess
 import sys
@@ -183,9 +182,9 @@ def _quickstart(device: torch.device) -> str:
 
 def _devices_line(epochs: Path) -> str:
     """Which devices the quickstart's epochs ran on (records' `device`): CUDA, or a warning."""
-    devices = sorted(
-        {json.loads(line).get("device", "?") for line in epochs.open() if line.strip()}
-    )
+    from normbench.results.store import read_jsonl
+
+    devices = sorted({rec.get("device", "?") for rec in read_jsonl(epochs)})
     if devices and all(d.startswith("cuda") for d in devices):
         return f"Every epoch ran on {', '.join(devices)}.\n\n"
     return f"**Not on CUDA**: the epochs ran on {', '.join(devices) or 'nothing'}.\n\n"

@@ -40,10 +40,8 @@ def describe(suite: Suite) -> str:
             f"{suite.limit_batches} (different trial ids from the full run)"
         )
     r = suite.resources
-    per = "per trial"
-    specs = [t.spec for t in suite.trials()[:1]]
-    if specs and specs[0].devices > 1 and specs[0].parallel == "ddp":
-        per = f"per device ({specs[0].devices} devices a trial)"
+    n = suite.ddp_devices
+    per = "per trial" if n == 1 else f"per device ({n} devices a trial)"
     lines.append(
         f"  resources {per}: {r.cpus:g} CPU, {r.gpus:g} GPU; max_concurrent="
         f"{suite.max_concurrent or 'unlimited'}; retries={suite.retries}"

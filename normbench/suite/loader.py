@@ -86,6 +86,12 @@ class Suite:
         """Trials in run order; for a search, one per grid cell (the base spec searched)."""
         return list(self._trials)
 
+    @property
+    def ddp_devices(self) -> int:
+        """The most devices a trial runs as DDP ranks (1: none; virtual devices share one
+        process and its resources). `resources` are per rank when this is above 1."""
+        return max((t.spec.devices for t in self._trials if t.spec.parallel == "ddp"), default=1)
+
     def to_json(self) -> dict[str, Any]:
         """The resolved suite for RUN_DIR/suite.resolved.json."""
         d = {
@@ -208,7 +214,13 @@ def _resolve_plugins(raw: Any, file: Path) -> tuple[str, ...]:
     if not isinstance(raw, list):
         return ()
     base = file.resolve().parent
-    return tuple(str((base / Path(p).expanduser()).resolve()) for p in raw if isinstance(p, str))
+    return tuple(_absolute(base, p) for p in raw if isinstance(p, str))
+
+
+def _absolute(base: Path, path: str) -> str:
+    """`path` (`~` expanded) made absolute against `base` when relative, as every path a
+    suite names is: Ray workers run in their own directories."""
+    return str((base / Path(path).expanduser()).resolve())
 
 
 def _resolve_root(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
@@ -221,7 +233,7 @@ def _resolve_root(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
     if not isinstance(root, str) or not root:
         return False
     base = Path.cwd() if ("dataset", "root") in smap.overrides else file.resolve().parent
-    resolved = str((base / Path(root).expanduser()).resolve())
+    resolved = _absolute(base, root)
     dataset["root"] = resolved  # type: ignore[index]
     return resolved != root
 

@@ -87,7 +87,7 @@ def run_preflight(
 def check_storage(suite: Any, storage: str | None) -> None:
     """`--storage` uploads one process's checkpoint folder through Tune; the ranks of a DDP
     trial share theirs through the run directory, so the two do not combine (yet)."""
-    devices = _ddp_devices(suite)
+    devices = suite.ddp_devices
     if storage and devices > 1:
         raise PreflightError(
             f"{suite.path}: --storage {storage} is not supported for trials with "
@@ -225,7 +225,7 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     """Each trial's resources must fit: one node for a one-device trial; for a DDP trial of N
     devices, N per-device bundles (Ray Train workers, which may sit on different nodes)."""
     cpus, gpus = suite.resources.cpus, suite.resources.gpus
-    devices = _ddp_devices(suite)
+    devices = suite.ddp_devices
     ask = _amount(cpus, gpus)
     if devices > 1:
         ask = f"{devices} devices x ({ask}) = {_amount(devices * cpus, devices * gpus)}"
@@ -250,13 +250,6 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
 
 def _amount(cpus: float, gpus: float) -> str:
     return f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''}"
-
-
-def _ddp_devices(suite: Any) -> int:
-    """The most devices a trial of the suite runs as DDP ranks (1: none; virtual devices share
-    one process and its resources)."""
-    ranks = [t.spec.devices for t in suite.trials() if t.spec.parallel == "ddp"]
-    return max(ranks, default=1)
 
 
 def _slots(nodes: Nodes, cpus: float, gpus: float) -> int:
