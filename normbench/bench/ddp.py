@@ -209,15 +209,17 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # options left out take run()'s defaults (argparse.SUPPRESS: absent from the namespace)
+    unset = argparse.SUPPRESS
     parser.add_argument("--output", type=Path, default=Path("reports/bench_ddp.md"))
-    parser.add_argument("--batch", type=int, default=32, help="images per device")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=unset, help="images per device")
+    parser.add_argument("--threads", type=int, default=unset, help="torch threads per rank")
+    parser.add_argument("--steps", type=int, default=unset)
+    parser.add_argument("--warmup", type=int, default=unset)
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, 2 steps")
-    args = parser.parse_args(argv)
-    options = {k: getattr(args, k) for k in ("quick", "batch", "threads", "steps", "warmup")}
-    print(f"wrote {run(args.output, **options)}")
+    options = vars(parser.parse_args(argv))
+    output = options.pop("output")
+    print(f"wrote {run(output, **options)}")
 
 
 if __name__ == "__main__":
