@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DataSplits,
+    carve_val_dataset,
     check_image_size,
-    check_val_fraction,
-    stratified_split,
 )
 from normbench.errors import DatasetNotFoundError
 
@@ -72,12 +70,7 @@ def imagenet(
             f"{base / 'val'} differ ({len(train_full.classes)} vs "
             f"{len(test.classes)} classes)"
         )
-    f = check_val_fraction(val_fraction)
-    if f > 0:
-        keep, held = stratified_split(train_full.targets, f, int(split_seed))
-        train, val = Subset(train_full, keep.tolist()), Subset(train_full, held.tolist())
-    else:
-        train, val = train_full, None
+    train, val = carve_val_dataset(train_full, train_full.targets, val_fraction, split_seed)
     return DataSplits(
         name="imagenet",
         train=train,
