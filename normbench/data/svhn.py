@@ -18,6 +18,7 @@ on the training pool (train, + extra) before the validation carve.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,8 @@ def _ensure_files(root: Path, download: bool, splits: tuple[str, ...]) -> None:
     bad = _problems(root, splits)
     if bad and download:
         for split, detail in bad.items():
-            download_or_raise(
-                "SVHN",
-                root,
-                detail,
-                _what(root, splits),
-                lambda s=split: SVHN(str(root), split=s, download=True),
-            )
+            fetch = functools.partial(SVHN, str(root), split=split, download=True)
+            download_or_raise("SVHN", root, detail, _what(root, splits), fetch)
         bad = _problems(root, splits)
     if bad:
         raise DatasetNotFoundError(
@@ -92,7 +88,9 @@ def _ensure_files(root: Path, download: bool, splits: tuple[str, ...]) -> None:
         )
 
 
-def _dry_run(*, root: str | None = None, download: bool = False, extra: bool = False, **_: Any):
+def _dry_run(
+    *, root: str | None = None, download: bool = False, extra: bool = False, **_: Any
+) -> str | None:
     base, splits = data_root(root), _splits(extra)
     bad = _problems(base, splits)
     if bad and download:

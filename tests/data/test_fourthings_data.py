@@ -272,3 +272,17 @@ def test_folder_sets_serve_normalised_batches(tmp_path: Path) -> None:
     x, y = next(iter(data.train))
     assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert data.info["loader"] == "FolderLoader" and data.num_classes == 200
+
+
+def test_a_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(self: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(SVHN, "download", offline)
+    with pytest.raises(DatasetNotFoundError) as err:
+        prepare_dataset("svhn", {"root": str(tmp_path), "download": True})
+    assert str(err.value) == (
+        f"SVHN data not found in {tmp_path}: train_32x32.mat missing; download was tried and "
+        "failed (OSError: Network is unreachable); put train_32x32.mat, test_32x32.mat (from "
+        f"http://ufldl.stanford.edu/housenumbers/) in {tmp_path}"
+    )
