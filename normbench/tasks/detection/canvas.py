@@ -173,7 +173,7 @@ def render_canvas(
             continue
         x, y, side = spot
         i = int(rng.integers(len(glyphs)))
-        glyph = Image.fromarray(glyphs[i]).resize((side, side), Image.BILINEAR)
+        glyph = Image.fromarray(glyphs[i]).resize((side, side), Image.Resampling.BILINEAR)
         ink = np.asarray(glyph, dtype=np.float64) / 255.0  # (side, side) in [0, 1]
         colour = rng.uniform(0.5, 1.0, size=3) * 255.0
         region = canvas[y : y + side, x : x + side]
