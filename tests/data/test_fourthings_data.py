@@ -286,3 +286,22 @@ def test_a_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.Monke
         "failed (OSError: Network is unreachable); put train_32x32.mat, test_32x32.mat (from "
         f"http://ufldl.stanford.edu/housenumbers/) in {tmp_path}"
     )
+
+
+def test_flowers102_archive_is_extracted_by_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import tarfile
+
+    fl = write_flowers102(tmp_path, np.random.default_rng(9), classes=2, per_split=1)
+    trust_flowers(monkeypatch, fl.md5)
+    home = tmp_path / "flowers-102"
+    with tarfile.open(home / "102flowers.tgz", "w:gz") as tar:  # the real archive holds jpg/
+        tar.add(home / "jpg", arcname="jpg")
+    shutil.rmtree(home / "jpg")
+    dry = prepare_dataset("flowers102", {"root": str(tmp_path)}, fetch=False)
+    assert dry.found == f"{home / '102flowers.tgz'} found; extracted once at run time"
+    assert not (home / "jpg").exists()
+    assert prepare_dataset("flowers102", {"root": str(tmp_path)}).train_size == 2
+    assert len(list((home / "jpg").iterdir())) == 6
