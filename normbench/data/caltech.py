@@ -29,7 +29,12 @@ from torch.utils.data import Subset
 from torchvision.datasets import Caltech256
 
 from normbench.contract import DatasetFacts
-from normbench.data.base import DatasetOptionError, DataSplits, carve_val_dataset, check_image_size
+from normbench.data.base import (
+    DatasetOptionError,
+    DataSplits,
+    carve_val_dataset,
+    check_image_size,
+)
 from normbench.data.files import (
     data_root,
     download_or_raise,
@@ -37,7 +42,7 @@ from normbench.data.files import (
     extract_once,
     missing_message,
 )
-from normbench.data.imagenet import IMAGENET_AUGMENT, IMAGENET_MEAN, IMAGENET_STD
+from normbench.data.imagenet import recipe_splits
 from normbench.errors import DatasetNotFoundError
 
 FOLDER = "256_ObjectCategories"
@@ -150,17 +155,12 @@ def caltech256(
     index = np.flatnonzero(mask)
     pool = Subset(full, index[pool_idx].tolist())
     train, val = carve_val_dataset(pool, labels[index[pool_idx]], val_fraction, split_seed)
-    return DataSplits(
-        name="caltech256",
-        train=train,
-        val=val,
-        test=Subset(full, index[test_idx].tolist()),
+    test = Subset(full, index[test_idx].tolist())
+    return recipe_splits(
+        "caltech256",
+        (train, val, test),
         num_classes=len(kept),
-        in_channels=3,
         image_size=size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        augment=IMAGENET_AUGMENT,
         info={
             "root": str(base),
             "val_split": "stratified",

@@ -27,7 +27,7 @@ from torchvision.datasets.folder import default_loader
 from normbench.contract import DatasetFacts
 from normbench.data.base import DataSplits, carve_val_dataset, check_image_size
 from normbench.data.files import data_root, dry_run, extract_once, missing_message
-from normbench.data.imagenet import IMAGENET_AUGMENT, IMAGENET_MEAN, IMAGENET_STD
+from normbench.data.imagenet import recipe_splits
 from normbench.errors import DatasetNotFoundError
 
 FOLDER = "CUB_200_2011"
@@ -146,16 +146,10 @@ def cub200(
     train_full = ImageList([paths[i] for i in tr], labels[tr].tolist())
     test = ImageList([paths[i] for i in te], labels[te].tolist())
     train, val = carve_val_dataset(train_full, labels[tr], val_fraction, split_seed)
-    return DataSplits(
-        name="cub200",
-        train=train,
-        val=val,
-        test=test,
+    return recipe_splits(
+        "cub200",
+        (train, val, test),
         num_classes=NUM_CLASSES,
-        in_channels=3,
         image_size=size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        augment=IMAGENET_AUGMENT,
         info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
     )

@@ -32,7 +32,7 @@ from normbench.data.files import (
     extract_once,
     missing_message,
 )
-from normbench.data.imagenet import IMAGENET_AUGMENT, IMAGENET_MEAN, IMAGENET_STD
+from normbench.data.imagenet import recipe_splits
 from normbench.errors import DatasetNotFoundError
 
 FOLDER = "flowers-102"
@@ -115,17 +115,12 @@ def flowers102(
     _ensure_files(base, download)
     train, val = (Flowers102(str(base), split=s) for s in ("train", "val"))
     with_val = check_val_fraction(val_fraction) > 0
-    return DataSplits(
-        name="flowers102",
-        train=train if with_val else ConcatDataset([train, val]),
-        val=val if with_val else None,
-        test=Flowers102(str(base), split="test"),
+    test = Flowers102(str(base), split="test")
+    return recipe_splits(
+        "flowers102",
+        (train, val, test) if with_val else (ConcatDataset([train, val]), None, test),
         num_classes=len(Flowers102.classes),
-        in_channels=3,
         image_size=size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        augment=IMAGENET_AUGMENT,
         info={
             "root": str(base),
             "val_split": "official (setid.mat)" if with_val else "none (train + val)",

@@ -11,7 +11,9 @@ serves as the test split; the validation split is carved from `train` (stratifie
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from normbench.contract import DatasetFacts
@@ -71,16 +73,37 @@ def imagenet(
             f"{len(test.classes)} classes)"
         )
     train, val = carve_val_dataset(train_full, train_full.targets, val_fraction, split_seed)
+    return recipe_splits(
+        "imagenet",
+        (train, val, test),
+        num_classes=len(train_full.classes),
+        image_size=size,
+        info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
+    )
+
+
+def recipe_splits(
+    name: str,
+    splits: tuple[Dataset, Dataset | None, Dataset],
+    *,
+    num_classes: int,
+    image_size: int,
+    info: dict[str, Any],
+) -> DataSplits:
+    """(train, val or None, test) Datasets of PIL images as `DataSplits` with ImageNet's
+    recipe and constants: RGB, its mean/std, random resized crop and flip (the folder data
+    sets: imagenet, caltech256, flowers102, cub200)."""
+    train, val, test = splits
     return DataSplits(
-        name="imagenet",
+        name=name,
         train=train,
         val=val,
         test=test,
-        num_classes=len(train_full.classes),
+        num_classes=num_classes,
         in_channels=3,
-        image_size=size,
+        image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         augment=IMAGENET_AUGMENT,
-        info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
+        info=info,
     )
