@@ -73,14 +73,18 @@ def to_coco_results(
 
 def coco_metrics(coco_gt: Any, results: list[dict[str, Any]], iou_type: IouType) -> dict:
     """{"box_AP": ..., "box_APl": ...} (or "mask_..." for "segm") in percent, None where
-    pycocotools reports -1; every AP is 0 when there is no detection at all."""
+    pycocotools reports -1 (no ground-truth object in that range)."""
+    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     names = [f"{PREFIX[iou_type]}_{s}" for s in STATS]
-    if not results:  # pycocotools cannot load an empty result list
-        return dict.fromkeys(names, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes fails on an empty list; no detection scores 0 where objects exist
+            coco_dt = COCO()
+            coco_dt.dataset = {**coco_gt.dataset, "annotations": []}
+            coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         ev.evaluate()
         ev.accumulate()
