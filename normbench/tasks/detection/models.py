@@ -68,11 +68,12 @@ def torchvision_v2_layout() -> Layout:
     return Layout()
 
 
-def small_layout(image_size: int) -> Layout:
-    """A detector that trains on `digits_coco` canvases on a CPU in minutes."""
+def small_layout(image_size: int, width: int = 64) -> Layout:
+    """A detector that trains on `digits_coco` canvases on a CPU in minutes; `width` is
+    the FPN and conv heads' (the box head's cost grows with its square, per RoI)."""
     return Layout(
-        width=64,
-        fc_width=256,
+        width=width,
+        fc_width=4 * width,
         anchor_sizes=(8, 16, 32, 64, 128),
         min_size=image_size,
         max_size=image_size,
