@@ -29,6 +29,16 @@ SIZE, STEPS, VAL = 48, 100, 16
 SPEC = CanvasSpec(n_train=2 * STEPS, n_val=VAL, size=SIZE, sides=(8, 18), seed=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: with two tests at a time on two cores (pytest -n 2), more threads
+    only wait for each other (OpenMP barriers on tiny tensors slowed this test 40x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
     files = digits_coco(SPEC, root=str(tmp_path_factory.mktemp("data")))
