@@ -5,7 +5,8 @@ untrained detector's.
 
 Cost: two detectors (ResNet-18 body, 32-channel FPN and heads, 48x48 canvases), each 100 steps
 of 2 images (2.7 GFLOP a step, torch's FlopCounterMode) and two evaluations of 16 canvases:
-about 580 GFLOP in all, 8 s per detector on this 2-core machine when idle (marked slow). With
+about 580 GFLOP in all (marked slow): 8 s per detector on this 2-core machine idle (two
+threads), 37-40 s at load average 13-18 (one thread, as the test runs). With
 one thread BN reached box AP50 3.1 (untrained 0.0) and GN 4.3 (0.005); with two, 5.9 and 5.4
 (the same steps, float sums in another order). The test asks for more than 1.0 and 10x the
 untrained detector's.
