@@ -19,7 +19,8 @@ Implementation [choice], by case:
   over the group's (n, c): exact, and free of E[x²] − E[x]² cancellation. One statistics pass
   and one affine pass (`normbench.variants._fused`, with a hand-derived backward) instead of
   `F.batch_norm` on a reshape plus a separate affine: about BN's cost on CPU.
-* G = C: `F.batch_norm` with the affine fused; this is BN, buffers included.
+* G = C: `F.batch_norm` on x with the affine fused; this is BN, buffers included (and the
+  memory format kept).
 * Spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
 
 Options [spec choice]: `num_groups=32`; the effective G is gcd(num_groups, C), so a channel is
@@ -43,13 +44,14 @@ from torch import nn
 from normbench.variants._core import (
     ContractNorm,
     batch_norm_instances,
+    batch_norm_training,
     check_batch_statistics,
     check_input,
     per_channel,
     register_affine,
     register_bn_buffers,
-    update_factor,
     update_running_stats,
+    values_per_channel,
 )
 from normbench.variants._fused import (
     block_affine,
@@ -126,7 +128,7 @@ class BatchGroupNorm2d(ContractNorm):
                 f"{tuple(x.shape)}"
             )
         if self.training:
-            check_batch_statistics(self, x, n * per_sample // self.num_groups)
+            check_batch_statistics(self, x, values_per_channel(x) * c // self.num_groups)
         if self.num_groups < c:  # channel groups: a per-(n, c) affine of x
             coefficients = partial(self._coefficients, h * w)
             return fused_instance_affine(x, coefficients, self.weight, self.bias)
@@ -147,7 +149,7 @@ class BatchGroupNorm2d(ContractNorm):
         """
         n, c = mean.shape
         cpg = c // self.num_groups
-        mu, group_var, expand = block_moments(mean, var, [n], cpg)  # (1, G) each
+        mu, group_var, expand = block_moments(mean, var, n, cpg)  # (1, G) each
         if self.training:
             update_running_stats(self, mu[0], group_var[0], n * cpg * plane, self.momentum)
         else:
@@ -155,34 +157,29 @@ class BatchGroupNorm2d(ContractNorm):
         return block_affine(mean, mu, group_var, expand, weight, bias, self.eps)
 
     def _batch_norm_view(self, x: torch.Tensor) -> torch.Tensor:
-        """G = C (BN, affine fused) or spatial groups: `F.batch_norm` on the (N, G, M) view."""
+        """G = C (BN on x itself, affine fused, any memory format) or spatial groups
+        (`F.batch_norm` on the (N, G, M) view, then the per-channel affine)."""
         n, c, h, w = x.shape
-        # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
-        x3 = x.reshape(n, self.num_groups, c * h * w // self.num_groups)
         fused = self.num_groups == c
+        # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
+        xg = x if fused else x.reshape(n, self.num_groups, c * h * w // self.num_groups)
+        weight, bias = (self.weight, self.bias) if fused else (None, None)
         if self.training and global_scope():  # every rank's batch: through the moments
             y = batch_norm_instances(
                 self,
-                x3.unsqueeze(3),  # (N, G, M, 1): a group is an instance "channel"
+                x if fused else xg.unsqueeze(3),  # (N, G, M, 1): a group is an instance channel
                 update_running=True,
                 momentum=self.momentum,
                 eps=self.eps,
-                weight=self.weight if fused else None,
-                bias=self.bias if fused else None,
+                weight=weight,
+                bias=bias,
             )
-            return self._spatial_affine(y.reshape(n, c, h, w), fused)
-        factor = update_factor(self, self.momentum) if self.training else 0.0
-        y = F.batch_norm(
-            x3,
-            self.running_mean,
-            self.running_var,
-            self.weight if fused else None,
-            self.bias if fused else None,
-            self.training,
-            factor,
-            self.eps,
-        )
-        # (N, G, M) -> (N, C, H, W), then the per-channel affine.
+        elif self.training:
+            y = batch_norm_training(self, xg, weight, bias, momentum=self.momentum, eps=self.eps)
+        else:
+            y = F.batch_norm(
+                xg, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
+            )
         return self._spatial_affine(y.reshape(n, c, h, w), fused)
 
     def _spatial_affine(self, y: torch.Tensor, fused: bool) -> torch.Tensor:
