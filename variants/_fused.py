@@ -315,6 +315,20 @@ def fused_instance_affine(
     return y.to(x.dtype)
 
 
+def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_n weights[n]·x[n], (C, H, W) in at least fp32, no gradient; x (N, C, H, W) in any
+    memory format is read once (a Triton operator on CUDA, a mat-vec elsewhere)."""
+    if _backend(x) == "cuda":
+        return _kernels.sample_weighted_sum(x, weights)
+    n, c, h, w = x.shape
+    dtype = stats_dtype(x)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # (N, H·W·C): a free view of channels_last, summed in that order
+        flat = weights.to(dtype) @ x.permute(0, 2, 3, 1).reshape(n, -1).to(dtype)
+        return flat.reshape(h, w, c).permute(2, 0, 1)
+    return (weights.to(dtype) @ x.reshape(n, -1).to(dtype)).reshape(c, h, w)
+
+
 def _global_coefficients(
     coefficients: Coefficients,
     mean: torch.Tensor,
