@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -374,18 +374,20 @@ def _step(
     return y.detach(), x.grad
 
 
-def _count_step(
-    name: str, options: dict[str, Any], shape: tuple[int, ...], dtype: torch.dtype,
-    device: torch.device, memory_format: torch.memory_format,
-) -> tuple[_Tally, bool, bool]:  # fmt: skip
-    """(tally of the second step, simulated, whether the output and input gradient kept
-    `memory_format`)."""
-    from normbench.variants_api import create_norm
-
+def count_step(
+    build: Callable[[], torch.nn.Module],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[_Tally, bool, bool]:
+    """(tally of a layer's second training step, simulated, whether the output and input
+    gradient kept `memory_format`); `build()` makes the layer, on `device` by default (the
+    conformance kit calls this for any variant class)."""
     with on_device(device) as simulated:
         torch.manual_seed(0)  # SaBN draws its branch affine at random
         with device:  # the default device of the layer's factory calls
-            layer = create_norm(name, shape[1], **options).train()
+            layer = build().train()
         x = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
 
         def autocast() -> Any:
@@ -417,10 +419,16 @@ def measure_layer(
     not here). Also steps a channels_last input to tell whether the layer keeps that format.
     Raises UnknownName (a UserError) for an unregistered name, UserError for bad options.
     """
+    from normbench.variants_api import create_norm
+
     device = torch.device(device)
     options = dict(options or {})
-    tally, simulated, _ = _count_step(name, options, shape, dtype, device, torch.contiguous_format)
-    _, _, kept = _count_step(name, options, shape, dtype, device, torch.channels_last)
+
+    def build() -> torch.nn.Module:
+        return create_norm(name, shape[1], **options)
+
+    tally, simulated, _ = count_step(build, shape, dtype, device)
+    _, _, kept = count_step(build, shape, dtype, device, torch.channels_last)
     ref = _reference(shape, dtype, device)
     return LayerTraffic(
         name=name,
@@ -451,7 +459,9 @@ def _reference(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     """BN's tally for this input (cached per shape, dtype and device)."""
     key = (tuple(shape), dtype, str(device))
     if key not in _REFERENCES:
-        _REFERENCES[key] = _count_step(
-            REFERENCE, {}, shape, dtype, device, torch.contiguous_format
+        from normbench.variants_api import create_norm
+
+        _REFERENCES[key] = count_step(
+            lambda: create_norm(REFERENCE, shape[1]), shape, dtype, device
         )[0]
     return _REFERENCES[key]

@@ -69,13 +69,19 @@ class TestPluginOptsOutOfCompile(VariantConformance):
 
     variant = _HostSyncBN
     reason = "reads the input on the host to validate it"
-    opt_out = {"compile": reason, "fx_trace": reason, "torch_func": reason}
+    opt_out = {"compile": reason, "fx_trace": reason, "torch_func": reason, "accelerator": reason}
 
 
 def test_compile_check_catches_a_host_sync() -> None:
     suite = type("TestSync", (VariantConformance,), {"variant": _HostSyncBN})()
     with pytest.raises(Exception, match="(?i)graph break|item|unsupported"):
         suite.test_compile_fullgraph_matches_eager()
+
+
+def test_accelerator_check_catches_a_host_sync() -> None:
+    suite = type("TestSync", (VariantConformance,), {"variant": _HostSyncBN})()
+    with pytest.raises(AssertionError, match="host syncs/copies"):
+        suite.test_accelerator_path_has_no_host_sync_and_keeps_channels_last()
 
 
 def test_opt_out_reports_the_reason_and_rejects_unknown_checks() -> None:
