@@ -149,8 +149,9 @@ def instance_input_grad(
         stats = (_stat(mean, x), _stat(p, x), _stat(q, x))
         has_g = g is not None and a is not None
         g_arg = g if g is not None else x
+        a_arg = _stat(a, x) if a is not None else stats[0]  # unread without g
         _kernels()["input_grad"][grid](
-            x, g_arg, dx, *stats, _stat(a, x) if has_g else stats[0],
+            x, g_arg, dx, *stats, a_arg,
             c, w, hw, *x.stride(), *g_arg.stride(), *dx.stride(),
             HAS_G=has_g, BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip

@@ -33,6 +33,7 @@ from torch import nn
 from ._core import (
     FxLeaf,
     batch_norm_training,
+    buffer,
     check_batch_statistics,
     check_input,
     update_running_stats,
@@ -113,7 +114,8 @@ class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
                 update_running_stats(self, mean.mean(dim=0), var.mean(dim=0), plane, self.momentum)
             centre, invstd = mean, torch.rsqrt(var + self.eps)
         else:
-            centre, invstd = self.running_mean, torch.rsqrt(self.running_var + self.eps)
+            centre = buffer(self, "running_mean")
+            invstd = torch.rsqrt(buffer(self, "running_var") + self.eps)
         scale = invstd.expand_as(mean)
         if affine:
             scale = scale * affine[0]

@@ -351,7 +351,9 @@ class UnifiedBatchNorm2d(ContractNorm):
         if b < 2:
             return
         centred = self.sim_source == "centered" and center_weight is not None
-        source_mean = mean * (1 + center_weight) if centred else mean  # GAP of the source
+        source_mean = mean  # the GAP of the similarity's source tensor
+        if centred and center_weight is not None:
+            source_mean = mean * (1 + center_weight)
         if self.sim_features == "gap":  # (B, C) features: every rank's rows already
             s_b = average_pairwise_cosine(source_mean)
         else:
@@ -360,7 +362,7 @@ class UnifiedBatchNorm2d(ContractNorm):
             inv = 1.0 / norms.clamp_min(COSINE_EPS)
             mine = own_rows(inv, x.shape[0])
             total = sample_weighted_sum(x, mine)  # (C, H, W)
-            if centred:  # + Σ_i w_m·GAP(x_i) / ||f_i||, constant over (H, W)
+            if centred and center_weight is not None:  # + Σ_i w_m·GAP(x_i) / ||f_i||
                 shift = center_weight * (mine @ own_rows(mean, x.shape[0]))
                 total = total + shift.to(total.dtype)[:, None, None]
             total = all_sum(total)

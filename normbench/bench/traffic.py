@@ -307,7 +307,7 @@ def backward_here(y: torch.Tensor, g: torch.Tensor) -> None:
             node = ready.pop()
             grads = buffers.pop(node)
             if type(node).__name__ == "AccumulateGrad":
-                _accumulate(node.variable, grads[0])
+                _accumulate(node.variable, grads[0])  # type: ignore[attr-defined]
                 continue
             outs = _call(node, grads)
             for (nxt, slot), grad in zip(node.next_functions, _as_tuple(outs), strict=False):
