@@ -38,17 +38,19 @@ class _Scope:
 
 
 @contextlib.contextmanager
-def global_statistics(group: Any = None) -> Iterator[None]:
+def global_statistics(group: Any = None, *, check_batches: bool = True) -> Iterator[None]:
     """Batch statistics over every rank's batch of `group` (default: the whole world).
 
     Every rank must run the same layers on batches of equal size inside the context (a
     training step of a DDP trial); unequal sizes raise ValueError on every rank at the first
-    layer (eager mode). Nested use is not supported.
+    layer (eager mode). That check reads two integers on the host once per context; a caller
+    whose ranks get equal batches by construction may skip it (`check_batches=False`; unequal
+    batches then fail in the backend). Nested use is not supported.
     """
     import torch.distributed as dist
 
     _Scope.group = group if group is not None else dist.group.WORLD
-    _Scope.checked = False
+    _Scope.checked = not check_batches
     try:
         yield
     finally:

@@ -81,7 +81,7 @@ def _batches() -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("momentum", [None, 0.1])
-@pytest.mark.parametrize(("name", "options", "stats"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("name", "options", "stats"), CASES, ids=[f"{n}{o}" for n, o, _ in CASES])
 def test_float64_running_statistics_to_1e_10(name, options, stats, momentum) -> None:
     layer = _layer(name, options, momentum).train()
     second = "running_sq_mean" if name == "fourthings" else "running_var"
