@@ -10,6 +10,7 @@ in any memory format; per-instance statistics (N, C) float32; dtypes fp16, bf16 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from typing import Any
@@ -31,10 +32,12 @@ def available(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and x.dtype in KERNEL_DTYPES and triton_installed()
 
 
-def _kernels() -> dict[str, Any]:
+def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    """Run kernel `name` on x's device (Triton launches on the current CUDA device)."""
     from normbench.variants import _triton
 
-    return _triton.kernels()
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _triton.kernels()[name][grid](*args, **meta)
 
 
 def _pow2(v: int) -> int:
@@ -74,8 +77,8 @@ def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.numel():
         bc, bhw = _blocks(x, elementwise=False)
         grid = (x.shape[0], _cdiv(x.shape[1], bc))
-        _kernels()["moments"][grid](
-            x, mean, var, *_geometry(x), *x.stride(), BLOCK_C=bc, BLOCK_HW=bhw
+        _launch(
+            x, "moments", grid, x, mean, var, *_geometry(x), *x.stride(), BLOCK_C=bc, BLOCK_HW=bhw
         )
     return mean, var
 
@@ -97,8 +100,20 @@ def instance_affine(
         c, w, hw = _geometry(x)
         grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
         stats = (_stat(mean, x), _stat(scale, x), _stat(at_mean, x))
-        _kernels()["affine"][grid](
-            x, y, *stats, c, w, hw, *x.stride(), *y.stride(), BLOCK_C=bc, BLOCK_HW=bhw
+        _launch(
+            x,
+            "affine",
+            grid,
+            x,
+            y,
+            *stats,
+            c,
+            w,
+            hw,
+            *x.stride(),
+            *y.stride(),
+            BLOCK_C=bc,
+            BLOCK_HW=bhw,
         )
     return y
 
@@ -118,7 +133,8 @@ def instance_grad_sums(
     if x.numel():
         bc, bhw = _blocks(x, elementwise=False)
         grid = (x.shape[0], _cdiv(x.shape[1], bc))
-        _kernels()["grad_sums"][grid](
+        _launch(
+            x, "grad_sums", grid,
             g, x, _stat(mean, x), s_g, s_gc, *_geometry(x), *x.stride(), *g.stride(),
             BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
@@ -150,7 +166,8 @@ def instance_input_grad(
         has_g = g is not None and a is not None
         g_arg = g if g is not None else x
         a_arg = _stat(a, x) if a is not None else stats[0]  # unread without g
-        _kernels()["input_grad"][grid](
+        _launch(
+            x, "input_grad", grid,
             x, g_arg, dx, *stats, a_arg,
             c, w, hw, *x.stride(), *g_arg.stride(), *dx.stride(),
             HAS_G=has_g, BLOCK_C=bc, BLOCK_HW=bhw,
@@ -171,7 +188,8 @@ def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if x.numel():
         bc, bhw = _blocks(x, elementwise=True)
         grid = (_cdiv(c, bc), _cdiv(h * w, bhw))
-        _kernels()["weighted_sum"][grid](
+        _launch(
+            x, "weighted_sum", grid,
             x, weights.to(STATS).contiguous(), out, n, c, w, h * w, *x.stride(),
             BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip

@@ -39,7 +39,7 @@ def _moments(
     s_w,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
-):  # noqa: E501, N803
+):
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -82,7 +82,7 @@ def _affine(
     t_w,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
-):  # noqa: E501, N803
+):
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -117,7 +117,7 @@ def _grad_sums(
     u_w,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
-):  # noqa: E501, N803
+):
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -163,7 +163,7 @@ def _input_grad(
     HAS_G: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
-):  # noqa: E501, N803
+):
     n = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -197,16 +197,18 @@ def _weighted_sum(
     s_w,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
-):  # noqa: E501, N803
+):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     ok = (c < C)[:, None] & (hw < HW)[None, :]
     off = c[:, None].to(tl.int64) * s_c + (hw // W)[None, :] * s_h + (hw % W)[None, :] * s_w
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    sample = x_ptr + off  # advanced by pointer arithmetic (64-bit): no n * s_n overflow
     for n in range(0, N):
         weight = tl.load(wt_ptr + n)
-        x = tl.load(x_ptr + n * s_n + off, mask=ok, other=0.0)
+        x = tl.load(sample, mask=ok, other=0.0)
         acc += x.to(tl.float32) * weight
+        sample += s_n
     tl.store(out_ptr + c[:, None] * HW + hw[None, :], acc, mask=ok)
 
 
