@@ -21,7 +21,10 @@ Implementation [choice], by case:
   `F.batch_norm` on a reshape plus a separate affine: about BN's cost on CPU.
 * G = C: `F.batch_norm` on x with the affine fused; this is BN, buffers included (and the
   memory format kept).
-* Spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
+* Spatial groups of whole rows (G = k·C with k | H, every group band j of rows in one channel):
+  the per-(n, group) affine on a view of x ((N, C·k, H/k, W), or (N·k, C, H/k, W) for
+  channels_last), as for channel groups.
+* Other spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
 
 Options [spec choice]: `num_groups=32`; the effective G is gcd(num_groups, C), so a channel is
 never split. With `allow_spatial_groups=True` a num_groups > C is kept as is: groups then split
@@ -132,7 +135,63 @@ class BatchGroupNorm2d(ContractNorm):
         if self.num_groups < c:  # channel groups: a per-(n, c) affine of x
             coefficients = partial(self._coefficients, h * w)
             return fused_instance_affine(x, coefficients, self.weight, self.bias)
+        bands = self.num_groups // c
+        layouts = (torch.contiguous_format, torch.channels_last)
+        if (
+            self.num_groups % c == 0
+            and bands > 1
+            and h % bands == 0
+            and any(x.is_contiguous(memory_format=f) for f in layouts)
+        ):
+            return self._row_bands(x, bands)
         return self._batch_norm_view(x)
+
+    def _row_bands(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Spatial groups of whole rows (G = k·C, k | H): group c·k + j is band j of channel
+        c, so y is a per-(n, group) affine of x on a view of it, one statistics pass and one
+        affine pass as for channel groups (no reshaping copy, the memory format kept)."""
+        n, c, h, w = x.shape
+        last = not x.is_contiguous()  # channels_last: the bands of a sample become rows
+        if last:  # (N, C, H, W) -> (N·k, C, H/k, W), still channels_last: a view
+            view = x.view(n, c, k, h // k, w).permute(0, 2, 1, 3, 4).reshape(n * k, c, h // k, w)
+        else:  # (N, C, H, W) -> (N, C·k, H/k, W): a view
+            view = x.view(n, c * k, h // k, w)
+        coefficients = partial(self._band_coefficients, k, last, (h // k) * w)
+        y = fused_instance_affine(view, coefficients, self.weight, self.bias)
+        if last:
+            return y.view(n, k, c, h // k, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+        return y.view(n, c, h, w)
+
+    def _band_coefficients(
+        self,
+        k: int,
+        last: bool,
+        plane: int,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) per (row, channel) of `_row_bands`'s view from its moments: as (N, G) with
+        g = c·k + j, BN's statistics per group over the samples, then back to the view."""
+        rows = mean.shape[0] // k if last else mean.shape[0]  # samples (every rank's)
+
+        def to_groups(t: torch.Tensor) -> torch.Tensor:  # (N·k, C) -> (N, G)
+            return t.view(rows, k, -1).transpose(1, 2).reshape(rows, -1) if last else t
+
+        def from_groups(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N·k, C)
+            return t.view(rows, -1, k).transpose(1, 2).reshape(rows * k, -1) if last else t
+
+        m, v = to_groups(mean), to_groups(var)
+        mu, group_var, expand = block_moments(m, v, rows, 1)  # (1, G) each
+        if self.training:
+            update_running_stats(self, mu[0], group_var[0], rows * plane, self.momentum)
+        else:
+            mu, group_var = self.running_mean[None], self.running_var[None]
+        c = weight.shape[0]
+        gamma, beta = (p[:, None].expand(c, k).reshape(-1) for p in (weight, bias))  # (G,)
+        scale, at_mean = block_affine(m, mu, group_var, expand, gamma, beta, self.eps)
+        return from_groups(scale), from_groups(at_mean)
 
     def _coefficients(
         self,

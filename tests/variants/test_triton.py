@@ -85,6 +85,7 @@ LAYERS = [
     ("fourthings", {"examples_per_group": 3, "channels_per_group": 2}),
     ("ubn", {"decide": "step"}),
     ("ubn", {"sim_source": "centered"}),
+    ("bgn", {"num_groups": 40, "allow_spatial_groups": True}),  # row bands on a view of x
 ]
 
 
