@@ -13,7 +13,8 @@ import torch
 
 from normbench import registry
 from normbench.bench import traffic
-from normbench.bench.traffic import TrafficCounter, backward_here, measure_layer, on_device
+from normbench.bench.simulate import backward_here, on_device
+from normbench.bench.traffic import TrafficCounter, measure_layer
 from normbench.variants import _fused
 
 SHAPE = (8, 16, 6, 6)  # small: every layer measures in well under a second

@@ -182,15 +182,10 @@ class BatchGroupNorm2d(ContractNorm):
         def from_groups(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N·k, C)
             return t.view(rows, -1, k).transpose(1, 2).reshape(rows * k, -1) if last else t
 
-        m, v = to_groups(mean), to_groups(var)
-        mu, group_var, expand = block_moments(m, v, rows, 1)  # (1, G) each
-        if self.training:
-            update_running_stats(self, mu[0], group_var[0], rows * plane, self.momentum)
-        else:
-            mu, group_var = self.running_mean[None], self.running_var[None]
         c = weight.shape[0]
         gamma, beta = (p[:, None].expand(c, k).reshape(-1) for p in (weight, bias))  # (G,)
-        scale, at_mean = block_affine(m, mu, group_var, expand, gamma, beta, self.eps)
+        m, v = to_groups(mean), to_groups(var)
+        scale, at_mean = self._group_affine(m, v, 1, rows * plane, gamma, beta)
         return from_groups(scale), from_groups(at_mean)
 
     def _coefficients(
@@ -208,9 +203,23 @@ class BatchGroupNorm2d(ContractNorm):
         """
         n, c = mean.shape
         cpg = c // self.num_groups
-        mu, group_var, expand = block_moments(mean, var, n, cpg)  # (1, G) each
+        return self._group_affine(mean, var, cpg, n * cpg * plane, weight, bias)
+
+    def _group_affine(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        cpg: int,
+        count: int,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) (N, C') when groups of `cpg` contiguous columns of the moments (N, C') pool
+        over all N rows: batch statistics (and the buffer update, `count` values per group)
+        in training, the running ones in eval."""
+        mu, group_var, expand = block_moments(mean, var, mean.shape[0], cpg)  # (1, G) each
         if self.training:
-            update_running_stats(self, mu[0], group_var[0], n * cpg * plane, self.momentum)
+            update_running_stats(self, mu[0], group_var[0], count, self.momentum)
         else:
             mu, group_var = self.running_mean[None], self.running_var[None]
         return block_affine(mean, mu, group_var, expand, weight, bias, self.eps)
