@@ -12,9 +12,9 @@ on the data (`nonzero`); host copies are tensors built from host data on the dev
 `torch.tensor(list, device=...)`).
 
 `measure_layer` runs one layer on the device it is given; without that device (a CUDA
-measurement on a CPU machine) it runs on FakeTensors of that device (`simulate`), which take the code path
-the device would take (device checks, autocast's CUDA rules, normbench's Triton operators)
-and compute only shapes. The step measured is the second training step (the first may
+measurement on a CPU machine) it runs on FakeTensors of that device (`simulate`), which take
+the code path the device would take (device checks, autocast's CUDA rules, normbench's Triton
+operators) and compute only shapes. The step measured is the second training step (the first may
 initialise state, e.g. UBN's similarity): `y = layer(x)` under autocast in the input's dtype
 (bf16 or fp16; none for fp32/fp64), then `y.backward(g)`.
 
