@@ -15,11 +15,24 @@ trial's own peak (`normbench.engine.memory`: CUDA's allocator peak since the tri
 on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the rate the
 epoch's last training batch used.
 
-Divergence: a non-finite training loss stops the epoch before the optimiser steps on it; a
-non-finite parameter or buffer after an epoch has the same effect. Either way the trial yields
-one last record with `status="diverged"`, `diverged_epoch` and `diverged_reason`, its metrics
-set to None, and ends without raising. (Any other non-finite number in a record, e.g. a
-layer diagnostic, is also written as None: records are strict JSON.)
+Divergence: a non-finite training loss stops the epoch, and the optimiser never steps on it;
+a non-finite parameter or buffer after an epoch has the same effect. Either way the trial
+yields one last record with `status="diverged"`, `diverged_epoch` and `diverged_reason`, its
+metrics set to None, and ends without raising. (Any other non-finite number in a record, e.g.
+a layer diagnostic, is also written as None: records are strict JSON.)
+
+No host sync per step: the loss check runs on the device (`_Divergence`), and the host reads
+its flag every `Runtime.check_every` steps (every step on a CPU, where a read costs nothing;
+`normbench.engine.device.CHECK_EVERY`) and at the end of the epoch, so a diverging trial stops
+within that many steps. Between reads, SGD's fused step skips its update on the device once a
+loss was non-finite (`found_inf`, the mechanism of torch's GradScaler), so the parameters stay
+those the first non-finite loss was computed with. Loss sums, hits and evaluation sums stay on
+the device until the epoch's end; `on_batch` is called at each read.
+
+Compile (`compile: true`): the trial fails with Dynamo's reason rather than run eagerly (no
+graph after its first step, or the recompile limit hit), and each record counts the graphs
+compiled and graph breaks met since the trial started in this process (`compile_graphs`,
+`compile_graph_breaks`; None without compile).
 """
 
 from __future__ import annotations
@@ -39,7 +52,12 @@ from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
-from normbench.engine.device import environment_difference, synchronize
+from normbench.engine.device import (
+    DeviceError,
+    compile_counts,
+    environment_difference,
+    synchronize,
+)
 from normbench.engine.recipe import current_lr
 from normbench.engine.spec import TrialSpec
 
@@ -94,7 +112,7 @@ def run_trial(
     trial = build_trial(spec, shard=par.shard)
     if payload is not None:
         _check_environment(spec, payload, trial.runtime.environment())
-    state = _restore(trial, payload) if payload is not None else _State()
+    state = _restore(trial, payload, par.rank) if payload is not None else _State()
     meter = _memory_meter(trial)
     run = _Run(trial, par, par.wrap(trial.model, trial.forward))
     for epoch in range(state.epoch + 1, spec.epochs + 1):
@@ -105,8 +123,10 @@ def run_trial(
         record["elapsed_s"] = state.elapsed_s
         record = _finite_or_none(record)
         _update_state(state, record, epoch)
-        if checkpoint_dir is not None and par.writer and _should_save(spec, epoch, record):
-            ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state))
+        if checkpoint_dir is not None and _should_save(spec, epoch, record):
+            rng = par.gather(ckpt.rng_state(trial.runtime.device))  # every rank takes part
+            if par.writer:
+                ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state, rng))
         yield cast(EpochRecord, record)
         if record["status"] != "ok":
             return
@@ -200,6 +220,7 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
         optimizer_batch_size=trial.spec.devices * trial.spec.batch_size,
         device=str(trial.runtime.device),
         environment=trial.runtime.environment(),
+        **_compile_record(trial),
         variant_source=trial.variant_source,
         condensation={},
         diagnostics={},
@@ -207,10 +228,42 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
     return record
 
 
+class _Divergence:
+    """The first step of an epoch (0-based) whose loss was not finite, kept on the device so
+    that checking a loss needs no host sync; `read()` is the one sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)  # -1: none yet
+        # 1.0 from the first non-finite loss on: the fused SGD step's `found_inf`
+        self.found = torch.zeros((), dtype=torch.float32, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss)
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+        self.found = torch.maximum(self.found, bad.float())
+
+    def read(self) -> int | None:
+        first = int(self.first)
+        return None if first < 0 else first
+
+
+@dataclass
+class _Epoch:
+    """What a training pass has added up, on the device, and its steps' (lr, images)."""
+
+    loss_sum: torch.Tensor  # float64: sum over steps of mean loss x images
+    correct: torch.Tensor  # int64
+    steps: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return sum(images for _, images in self.steps)
+
+
 def _train_epoch(
     run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
 ) -> _TrainResult:
-    """One pass over the training loader; stops before stepping on a non-finite loss.
+    """One pass over the training loader; stops at a non-finite loss (see the module doc).
 
     With DDP the loader serves this rank's slice of each optimiser batch (`Parallel.shard`);
     the loss (so the divergence check) and the hits are summed over ranks, and the image
@@ -220,70 +273,125 @@ def _train_epoch(
     rt = trial.runtime
     trial.model.train()
     trial.data.train.set_epoch(epoch - 1)
-    loss_sum, seen = 0.0, 0
-    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    sums = _Epoch(
+        torch.zeros((), dtype=torch.float64, device=rt.device),
+        torch.zeros((), dtype=torch.int64, device=rt.device),
+    )
+    watch = _Divergence(rt.device)
     lr = current_lr(trial.optimizer)
     synchronize(rt.device)
     start = time.perf_counter()
+    x = None
     for i, (x, y) in enumerate(trial.data.train):
         if i >= trial.batches_per_epoch:
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        images = int(y.shape[0]) * par.ranks  # every rank holds as many
         x = rt.to_input(x)
         with meter.step():
-            loss, logits = _train_step(run, x, y)
-        if loss is None:
-            why = f"non-finite training loss at batch {i + 1} of epoch {epoch}"
-            why += f"; {_non_finite_source(trial, x)}"
-            return _TrainResult(None, None, seen, time.perf_counter() - start, lr, why)
-        loss_sum, seen = loss_sum + loss * images, seen + images
-        correct += (logits.argmax(dim=1) == y).sum()
-        if on_batch is not None:
-            on_batch(_progress(epoch, i, trial, loss_sum, int(correct), seen, start))
+            loss, logits = _forward_backward(run, x, y)
+            watch.update(loss, i)
+            if (i + 1) % rt.check_every == 0 and watch.read() is not None:
+                return _diverged(run, epoch, watch, sums, (x, i + 1), time.perf_counter() - start)
+            _optimizer_step(trial, watch)
+        if i == 0 and rt.compile:
+            _require_graphs()
+        images = int(y.shape[0]) * par.ranks  # every rank holds as many
+        sums.loss_sum += loss * images
+        sums.correct += (logits.argmax(dim=1) == y).sum()
+        sums.steps.append((lr, images))
+        if on_batch is not None and (i + 1) % rt.check_every == 0:
+            on_batch(_progress(epoch, i, trial, sums, start))
+    if x is not None and watch.read() is not None:  # the steps since the last read
+        batch = (x, len(sums.steps))
+        return _diverged(run, epoch, watch, sums, batch, time.perf_counter() - start)
     synchronize(rt.device)
     seconds = meter.training_seconds(time.perf_counter() - start)
-    correct = par.all_sum(correct)
+    correct, seen = int(par.all_sum(sums.correct)), sums.seen
     if seen == 0:
         return _TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
-    return _TrainResult(loss_sum / seen, 100.0 * int(correct) / seen, seen, seconds, lr)
+    return _TrainResult(float(sums.loss_sum) / seen, 100.0 * correct / seen, seen, seconds, lr)
 
 
-def _progress(
-    epoch: int, i: int, trial: Trial, loss_sum: float, correct: int, seen: int, start: float
-) -> dict[str, Any]:
+def _diverged(
+    run: _Run,
+    epoch: int,
+    watch: _Divergence,
+    sums: _Epoch,
+    batch: tuple[torch.Tensor, int],
+    seconds: float,
+) -> _TrainResult:
+    """The result of an epoch whose step `watch.first` had a non-finite loss, read when
+    `batch` (its input and 1-based number: that step's, or a later one's) was the latest.
+    The parameters are those of that step (later steps were skipped on the device)."""
+    first = watch.read()
+    assert first is not None
+    lr, _ = sums.steps[first] if first < len(sums.steps) else (current_lr(run.trial.optimizer), 0)
+    why = f"non-finite training loss at batch {first + 1} of epoch {epoch}"
+    x, number = batch
+    source = _non_finite_source(run.trial, x)
+    if number != first + 1:
+        source += f" (on batch {number}, where the check read it)"
+    seen = sum(images for _, images in sums.steps[:first])
+    return _TrainResult(None, None, seen, seconds, lr, f"{why}; {source}")
+
+
+def _progress(epoch: int, i: int, trial: Trial, sums: _Epoch, start: float) -> dict[str, Any]:
     """The live-display numbers after batch i (0-based) of an epoch."""
     elapsed = time.perf_counter() - start
+    seen = sums.seen
     return {
         "epoch": epoch,
         "epochs": trial.spec.epochs,
         "batch": i + 1,
         "batches": trial.batches_per_epoch,
-        "loss": loss_sum / seen,
-        "top1": 100.0 * correct / seen,
+        "loss": float(sums.loss_sum) / seen,
+        "top1": 100.0 * int(sums.correct) / seen,
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
     }
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, Any]:
-    """Forward, backward and (only for a finite loss) an optimiser and scheduler step.
-
-    The returned loss is the mean over the optimiser batch (all ranks agree on it)."""
+def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Forward and backward of one batch: (the mean loss over the optimiser batch as a float64
+    device scalar, all ranks agreeing on it; the detached logits)."""
     trial = run.trial
     with trial.runtime.autocast(), run.par.statistics():
         logits = run.train_forward(x)
     loss = trial.criterion(logits.float(), y)
     trial.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    # one sync per batch: the divergence check needs it
-    value = float(run.par.all_sum(loss.detach())) / run.par.ranks
-    if not math.isfinite(value):
-        return None, None
+    return run.par.all_sum(loss.detach()).double() / run.par.ranks, logits.detach()
+
+
+def _optimizer_step(trial: Trial, watch: _Divergence) -> None:
+    """Clip, step and schedule. A fused SGD step is skipped on the device after a non-finite
+    loss; an unfused one (every step checked on the host first) never sees one."""
     if trial.spec.recipe.grad_clip is not None:
         nn.utils.clip_grad_norm_(trial.model.parameters(), trial.spec.recipe.grad_clip)
+    if trial.optimizer.defaults.get("fused"):
+        trial.optimizer.found_inf = watch.found  # type: ignore[attr-defined]
     trial.optimizer.step()
     trial.scheduler.step()
-    return value, logits.detach()
+
+
+class CompileError(DeviceError):
+    """A trial that asked for compile, but Dynamo compiled nothing of its model."""
+
+
+def _require_graphs() -> None:
+    """Refuse to train on eagerly after a first step that compiled no graph."""
+    if compile_counts()["compile_graphs"] == 0:
+        raise CompileError(
+            "compile: true, but torch.compile captured no graph of the model in its first "
+            "training step, so the trial would run eagerly while its records say compiled; "
+            "run with TORCH_LOGS=graph_breaks to see why, or set compile: false"
+        )
+
+
+def _compile_record(trial: Trial) -> dict[str, int | None]:
+    """The record's compile counts (None without compile)."""
+    if not trial.runtime.compile:
+        return {"compile_graphs": None, "compile_graph_breaks": None}
+    return dict(compile_counts())
 
 
 def _end_epoch(model: nn.Module) -> None:
@@ -351,7 +459,8 @@ def evaluate(
     model, rt = trial.model, trial.runtime
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=rt.device)
-    hits = torch.zeros(3, dtype=torch.int64, device=rt.device)  # top-1, top-5, seen
+    hits = torch.zeros(2, dtype=torch.int64, device=rt.device)  # top-1, top-5
+    seen = 0  # on the host: sums stay on the device until the end
     for x, y in loader:
         with rt.autocast():
             logits = trial.forward(rt.to_input(x)).float()
@@ -359,9 +468,11 @@ def evaluate(
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (N, k)
         match = top == y[:, None]  # (N, k)
-        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum(), hits.new_tensor(len(y))])
+        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum()])
+        seen += len(y)
     model.train()
-    loss, h = par.all_sum(loss), par.all_sum(hits).tolist()
+    totals = torch.cat([hits, hits.new_tensor([seen])])  # top-1, top-5, seen
+    loss, h = par.all_sum(loss), par.all_sum(totals).tolist()
     seen = h[2]
     if seen == 0:
         return None, None, None
@@ -384,7 +495,8 @@ def _memory_meter(trial: Trial) -> memory.PeakMemory:
     return meter
 
 
-def _payload(trial: Trial, state: _State) -> dict[str, Any]:
+def _payload(trial: Trial, state: _State, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint; `rng` holds every rank's RNG states, in rank order."""
     return {
         "trial_id": trial.spec.trial_id,
         "spec": trial.spec.to_dict(),
@@ -396,17 +508,21 @@ def _payload(trial: Trial, state: _State) -> dict[str, Any]:
         "model": trial.model.state_dict(),
         "optimizer": trial.optimizer.state_dict(),
         "scheduler": trial.scheduler.state_dict(),
-        "rng": ckpt.rng_state(),
+        "rng": rng,
         "environment": trial.runtime.environment(),
     }
 
 
-def _restore(trial: Trial, payload: dict[str, Any]) -> _State:
-    """Load a checkpoint into the built trial and return the loop state it carried."""
+def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
+    """Load a checkpoint into the built trial (this rank's RNG states) and return the loop
+    state it carried."""
     trial.model.load_state_dict(payload["model"])
+    fused = trial.optimizer.defaults.get("fused")
     trial.optimizer.load_state_dict(payload["optimizer"])
+    for group in trial.optimizer.param_groups:  # the saved groups carry the saver's choice
+        group["fused"] = fused
     trial.scheduler.load_state_dict(payload["scheduler"])
-    ckpt.set_rng_state(payload["rng"])
+    ckpt.set_rng_state(ckpt.rank_rng_state(payload["rng"], rank), trial.runtime.device)
     return _State(
         epoch=int(payload["epoch"]),
         elapsed_s=float(payload["elapsed_s"]),
