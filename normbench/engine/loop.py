@@ -21,13 +21,9 @@ yields one last record with `status="diverged"`, `diverged_epoch` and `diverged_
 metrics set to None, and ends without raising. (Any other non-finite number in a record, e.g.
 a layer diagnostic, is also written as None: records are strict JSON.)
 
-No host sync per step: the loss check runs on the device (`_Divergence`), and the host reads
-its flag every `Runtime.check_every` steps (every step on a CPU, where a read costs nothing;
-`normbench.engine.device.CHECK_EVERY`) and at the end of the epoch, so a diverging trial stops
-within that many steps. Between reads, SGD's fused step skips its update on the device once a
-loss was non-finite (`found_inf`, the mechanism of torch's GradScaler), so the parameters stay
-those the first non-finite loss was computed with. Loss sums, hits and evaluation sums stay on
-the device until the epoch's end; `on_batch` is called at each read.
+No host sync per step: the training pass (`normbench.engine.training`) checks losses on the
+device and reads the check every `Runtime.check_every` steps, and evaluation sums stay on the
+device until the end of a split.
 
 Compile (`compile: true`): the trial fails with Dynamo's reason rather than run eagerly (no
 graph after its first step, or the recompile limit hit), and each record counts the graphs
@@ -37,10 +33,9 @@ compiled and graph breaks met since the trial started in this process (`compile_
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -52,18 +47,20 @@ from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
-from normbench.engine.device import (
-    DeviceError,
-    compile_counts,
-    environment_difference,
-    synchronize,
-)
-from normbench.engine.recipe import current_lr
+from normbench.engine.device import environment_difference
 from normbench.engine.spec import TrialSpec
+from normbench.engine.training import (
+    BatchCallback,
+    CompileError,
+    Run,
+    TrainResult,
+    compile_record,
+    non_finite_state,
+    train_epoch,
+)
 
-__all__ = ["METRIC_KEYS", "TIMING_KEYS", "run_trial"]  # the record keys: normbench.contract
-
-BatchCallback = Callable[[dict[str, Any]], None]
+# the record keys come from normbench.contract
+__all__ = ["METRIC_KEYS", "TIMING_KEYS", "CompileError", "run_trial"]
 
 
 @dataclass
@@ -75,16 +72,6 @@ class _State:
     status: str = "ok"
     best: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _TrainResult:
-    loss: float | None
-    top1: float | None
-    images: int
-    seconds: float
-    lr: float
-    diverged: str | None = None  # why, when it diverged
 
 
 def run_trial(
@@ -114,7 +101,7 @@ def run_trial(
         _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload, par.rank) if payload is not None else _State()
     meter = _memory_meter(trial)
-    run = _Run(trial, par, par.wrap(trial.model, trial.forward))
+    run = Run(trial, par, par.wrap(trial.model, trial.forward))
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
         record = _run_epoch(run, epoch, on_batch, meter)
@@ -169,28 +156,19 @@ def _should_save(spec: TrialSpec, epoch: int, record: dict[str, Any]) -> bool:
     return last or epoch % spec.checkpoint_every == 0
 
 
-@dataclass
-class _Run:
-    """A trial as this process trains it: `train_forward` is what a training step calls (the
-    DDP wrapper or the virtual-device split); `trial.forward` evaluates."""
-
-    trial: Trial
-    par: distributed.Parallel
-    train_forward: nn.Module
-
-
 def _run_epoch(
-    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+    run: Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
 ) -> dict[str, Any]:
     """Train, end-of-epoch hooks, checks, evaluation and probes for one epoch."""
     trial = run.trial
-    result = _train_epoch(run, epoch, on_batch, meter)
+    result = train_epoch(run, epoch, on_batch, meter)
     run.par.sync_buffers(trial.model)  # rank 0's running statistics everywhere
     if result.diverged is None:
         _end_epoch(trial.model)
-        result.diverged = _non_finite_state(trial.model)
+        result.diverged = non_finite_state(trial.model)
     record = _base_record(trial, epoch, result)
     record.update(peak_mem_mb=meter.mb(), peak_mem_method=meter.method)
+    record.update(compile_record(trial))
     if result.diverged is not None:
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
@@ -199,10 +177,11 @@ def _run_epoch(
         record.update({f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5})
     record["condensation"] = _condensation(trial)
     record["diagnostics"] = probes.diagnostics(trial.model)
+    record.update(compile_record(trial))  # after evaluation compiled its graph
     return record
 
 
-def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, Any]:
+def _base_record(trial: Trial, epoch: int, result: TrainResult) -> dict[str, Any]:
     record: dict[str, Any] = {"epoch": epoch, "status": "ok"}
     record.update(dict.fromkeys(METRIC_KEYS))
     record.update(
@@ -220,178 +199,11 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
         optimizer_batch_size=trial.spec.devices * trial.spec.batch_size,
         device=str(trial.runtime.device),
         environment=trial.runtime.environment(),
-        **_compile_record(trial),
         variant_source=trial.variant_source,
         condensation={},
         diagnostics={},
     )
     return record
-
-
-class _Divergence:
-    """The first step of an epoch (0-based) whose loss was not finite, kept on the device so
-    that checking a loss needs no host sync; `read()` is the one sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first = torch.full((), -1, dtype=torch.int64, device=device)  # -1: none yet
-        # 1.0 from the first non-finite loss on: the fused SGD step's `found_inf`
-        self.found = torch.zeros((), dtype=torch.float32, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss)
-        self.first = torch.where(bad & (self.first < 0), step, self.first)
-        self.found = torch.maximum(self.found, bad.float())
-
-    def read(self) -> int | None:
-        first = int(self.first)
-        return None if first < 0 else first
-
-
-@dataclass
-class _Epoch:
-    """What a training pass has added up, on the device, and its steps' (lr, images)."""
-
-    loss_sum: torch.Tensor  # float64: sum over steps of mean loss x images
-    correct: torch.Tensor  # int64
-    steps: list[tuple[float, int]] = field(default_factory=list)
-
-    @property
-    def seen(self) -> int:
-        return sum(images for _, images in self.steps)
-
-
-def _train_epoch(
-    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
-) -> _TrainResult:
-    """One pass over the training loader; stops at a non-finite loss (see the module doc).
-
-    With DDP the loader serves this rank's slice of each optimiser batch (`Parallel.shard`);
-    the loss (so the divergence check) and the hits are summed over ranks, and the image
-    counts are those of the optimiser batch.
-    """
-    trial, par = run.trial, run.par
-    rt = trial.runtime
-    trial.model.train()
-    trial.data.train.set_epoch(epoch - 1)
-    sums = _Epoch(
-        torch.zeros((), dtype=torch.float64, device=rt.device),
-        torch.zeros((), dtype=torch.int64, device=rt.device),
-    )
-    watch = _Divergence(rt.device)
-    lr = current_lr(trial.optimizer)
-    synchronize(rt.device)
-    start = time.perf_counter()
-    x = None
-    for i, (x, y) in enumerate(trial.data.train):
-        if i >= trial.batches_per_epoch:
-            break
-        lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        x = rt.to_input(x)
-        with meter.step():
-            loss, logits = _forward_backward(run, x, y)
-            watch.update(loss, i)
-            if (i + 1) % rt.check_every == 0 and watch.read() is not None:
-                return _diverged(run, epoch, watch, sums, (x, i + 1), time.perf_counter() - start)
-            _optimizer_step(trial, watch)
-        if i == 0 and rt.compile:
-            _require_graphs()
-        images = int(y.shape[0]) * par.ranks  # every rank holds as many
-        sums.loss_sum += loss * images
-        sums.correct += (logits.argmax(dim=1) == y).sum()
-        sums.steps.append((lr, images))
-        if on_batch is not None and (i + 1) % rt.check_every == 0:
-            on_batch(_progress(epoch, i, trial, sums, start))
-    if x is not None and watch.read() is not None:  # the steps since the last read
-        batch = (x, len(sums.steps))
-        return _diverged(run, epoch, watch, sums, batch, time.perf_counter() - start)
-    synchronize(rt.device)
-    seconds = meter.training_seconds(time.perf_counter() - start)
-    correct, seen = int(par.all_sum(sums.correct)), sums.seen
-    if seen == 0:
-        return _TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
-    return _TrainResult(float(sums.loss_sum) / seen, 100.0 * correct / seen, seen, seconds, lr)
-
-
-def _diverged(
-    run: _Run,
-    epoch: int,
-    watch: _Divergence,
-    sums: _Epoch,
-    batch: tuple[torch.Tensor, int],
-    seconds: float,
-) -> _TrainResult:
-    """The result of an epoch whose step `watch.first` had a non-finite loss, read when
-    `batch` (its input and 1-based number: that step's, or a later one's) was the latest.
-    The parameters are those of that step (later steps were skipped on the device)."""
-    first = watch.read()
-    assert first is not None
-    lr, _ = sums.steps[first] if first < len(sums.steps) else (current_lr(run.trial.optimizer), 0)
-    why = f"non-finite training loss at batch {first + 1} of epoch {epoch}"
-    x, number = batch
-    source = _non_finite_source(run.trial, x)
-    if number != first + 1:
-        source += f" (on batch {number}, where the check read it)"
-    seen = sum(images for _, images in sums.steps[:first])
-    return _TrainResult(None, None, seen, seconds, lr, f"{why}; {source}")
-
-
-def _progress(epoch: int, i: int, trial: Trial, sums: _Epoch, start: float) -> dict[str, Any]:
-    """The live-display numbers after batch i (0-based) of an epoch."""
-    elapsed = time.perf_counter() - start
-    seen = sums.seen
-    return {
-        "epoch": epoch,
-        "epochs": trial.spec.epochs,
-        "batch": i + 1,
-        "batches": trial.batches_per_epoch,
-        "loss": float(sums.loss_sum) / seen,
-        "top1": 100.0 * int(sums.correct) / seen,
-        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
-    }
-
-
-def _forward_backward(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Forward and backward of one batch: (the mean loss over the optimiser batch as a float64
-    device scalar, all ranks agreeing on it; the detached logits)."""
-    trial = run.trial
-    with trial.runtime.autocast(), run.par.statistics():
-        logits = run.train_forward(x)
-    loss = trial.criterion(logits.float(), y)
-    trial.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    return run.par.all_sum(loss.detach()).double() / run.par.ranks, logits.detach()
-
-
-def _optimizer_step(trial: Trial, watch: _Divergence) -> None:
-    """Clip, step and schedule. A fused SGD step is skipped on the device after a non-finite
-    loss; an unfused one (every step checked on the host first) never sees one."""
-    if trial.spec.recipe.grad_clip is not None:
-        nn.utils.clip_grad_norm_(trial.model.parameters(), trial.spec.recipe.grad_clip)
-    if trial.optimizer.defaults.get("fused"):
-        trial.optimizer.found_inf = watch.found  # type: ignore[attr-defined]
-    trial.optimizer.step()
-    trial.scheduler.step()
-
-
-class CompileError(DeviceError):
-    """A trial that asked for compile, but Dynamo compiled nothing of its model."""
-
-
-def _require_graphs() -> None:
-    """Refuse to train on eagerly after a first step that compiled no graph."""
-    if compile_counts()["compile_graphs"] == 0:
-        raise CompileError(
-            "compile: true, but torch.compile captured no graph of the model in its first "
-            "training step, so the trial would run eagerly while its records say compiled; "
-            "run with TORCH_LOGS=graph_breaks to see why, or set compile: false"
-        )
-
-
-def _compile_record(trial: Trial) -> dict[str, int | None]:
-    """The record's compile counts (None without compile)."""
-    if not trial.runtime.compile:
-        return {"compile_graphs": None, "compile_graph_breaks": None}
-    return dict(compile_counts())
 
 
 def _end_epoch(model: nn.Module) -> None:
@@ -400,49 +212,6 @@ def _end_epoch(model: nn.Module) -> None:
         hook = getattr(module, "end_epoch", None)
         if callable(hook):
             hook()
-
-
-def _non_finite_tensor(model: nn.Module) -> str | None:
-    """The name of the first parameter or floating buffer holding a NaN or inf, else None."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, t in tensors:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name
-    return None
-
-
-def _non_finite_state(model: nn.Module) -> str | None:
-    """Why the model is unusable after an epoch (a NaN/inf parameter or buffer), else None."""
-    name = _non_finite_tensor(model)
-    return None if name is None else f"non-finite values in {name} after the epoch"
-
-
-def _non_finite_source(trial: Trial, x: torch.Tensor) -> str:
-    """Where a non-finite loss came from: the first layer (in forward order) whose output is
-    not finite on the batch, else a NaN/inf parameter or buffer. The forward runs on a copy
-    of the model, so the trial's own state is untouched; this runs once, when a trial diverges."""
-    model = copy.deepcopy(trial.model)
-    found: list[str] = []
-
-    def check(label: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            bad = isinstance(out, torch.Tensor) and out.is_floating_point()
-            if not found and bad and not bool(torch.isfinite(out).all()):
-                found.append(f"{label} ({type(module).__name__})")
-
-        return hook
-
-    for label, module in model.named_modules():
-        if label:  # a child's hook fires before its parent's: the first hit is the innermost
-            module.register_forward_hook(check(label))
-    with torch.no_grad(), trial.runtime.autocast():
-        model(x)
-    if found:
-        return f"first non-finite output: {found[0]}"
-    name = _non_finite_tensor(trial.model)
-    if name is not None:
-        return f"non-finite values in {name}"
-    return "every layer's output is finite (the loss itself overflowed)"
 
 
 @torch.no_grad()
