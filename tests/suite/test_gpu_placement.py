@@ -6,6 +6,7 @@ process decides its own device and threads from its own grant; the refusals come
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ def ray_with_two_gpus() -> Iterator[Any]:
 
     undo = ray_adapter._loopback_only()
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    # this test module is not importable in Ray's workers: ship its functions by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         yield ray
     finally:
@@ -61,9 +64,23 @@ def test_each_process_takes_device_and_threads_from_its_own_grant(ray_with_two_g
     # a trial given one GPU
     device, threads, ids = ray.get(fit.options(num_cpus=1, num_gpus=1).remote(spec, True, False))
     assert (device, threads, len(ids)) == ("cuda", 1, 1)
-    # the two DDP ranks of a trial: one GPU each (Ray Train's device of the local rank)
-    ranks = [fit.options(num_cpus=2, num_gpus=1).remote(spec, True, True) for _ in range(2)]
+    # the two DDP ranks of a trial, placed as Ray Train places them (one bundle each): one GPU
+    # each, the device of the local rank
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([{"CPU": 2, "GPU": 1}] * 2)
+    ray.get(group.ready())
+    ranks = [
+        fit.options(
+            num_cpus=2,
+            num_gpus=1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, i),
+        ).remote(spec, True, True)
+        for i in range(2)
+    ]
     got = ray.get(ranks)
+    remove_placement_group(group)
     assert sorted(g[0] for g in got) == ["cuda:0", "cuda:1"] and {g[1] for g in got} == {2}
 
 
