@@ -99,6 +99,16 @@ def test_deterministic_sets_cublas_before_cuda_and_the_next_trial_resets(monkeyp
         dev.build_runtime("cuda", deterministic=True, **build)
 
 
+def test_a_stored_trial_never_resumes_across_the_deterministic_switch() -> None:
+    from normbench.engine.spec import environment_conflict
+
+    spec = tiny(deterministic=True)
+    assert environment_conflict(spec, {"deterministic_algorithms": False}) == (
+        "deterministic=False then, True now"
+    )
+    assert environment_conflict(spec, {"deterministic_algorithms": True}) is None
+
+
 def test_a_deterministic_trial_runs_and_says_so() -> None:
     rec = next(run_trial(tiny(deterministic=True, epochs=1)))
     env = rec["environment"]
