@@ -205,9 +205,11 @@ def test_each_rank_restores_its_own_rng_states(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the loop without syncs
 class _HostReads(TorchFunctionMode):
-    """Counts the tensor -> Python conversions (each a host sync on a GPU)."""
+    """Counts the tensor -> Python conversions, each a host sync on a GPU, and the Python
+    numbers copied into a new tensor (on a GPU a copy from pageable memory, which waits)."""
 
-    READS = ("item", "__bool__", "__int__", "__float__", "tolist", "__index__")
+    READS = ("item", "__bool__", "__int__", "__float__", "tolist", "__index__", "new_tensor",
+             "tensor", "as_tensor")  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
