@@ -314,7 +314,7 @@ def _run_data_parallel(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir, "note": note},
-        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 and spec.device != "cpu" else "gloo"),
         scaling_config=train.ScalingConfig(
             num_workers=spec.devices,
             use_gpu=gpus > 0,
