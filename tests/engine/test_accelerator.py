@@ -165,41 +165,22 @@ def test_rng_states_of_four_gpus_resume_where_one_is_visible(monkeypatch) -> Non
     assert "cuda" not in ckpt.rng_state(torch.device("cpu"))
 
 
-def _rng_rank(rank: int, init: str, out: str) -> None:
-    """One of 2 gloo ranks whose generators differ: save every rank's states through rank 0
-    (as the loop does), then restore this rank's from the file and draw again."""
-    import torch.distributed as dist
-
-    from normbench.engine.distributed import Parallel
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
-        torch.manual_seed(100 + rank)
-        states = Parallel(2, "ddp", rank, "device").gather(ckpt.rng_state())
-        if rank == 0:
-            ckpt.save_checkpoint(out, {"trial_id": "t", "rng": states})
-        dist.barrier()
-        expected = torch.rand(4)
-        torch.manual_seed(0)  # where a retried process would start
-        saved = ckpt.load_checkpoint(out, trial_id="t")["rng"]  # type: ignore[index]
-        ckpt.set_rng_state(ckpt.rank_rng_state(saved, rank))
-        torch.save((torch.rand(4), expected), Path(out) / f"rank{rank}.result")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_each_rank_restores_its_own_rng_states(tmp_path: Path) -> None:
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    init = f"file://{tempfile.mktemp(prefix='nbrng', dir=tmp_path)}"
-    mp.start_processes(_rng_rank, args=(init, str(tmp_path)), nprocs=2, start_method="spawn")
-    draws = [torch.load(tmp_path / f"rank{r}.result") for r in (0, 1)]
-    for got, expected in draws:
-        assert torch.equal(got, expected)
-    assert not torch.equal(draws[0][0], draws[1][0])  # the ranks' streams really differ
-    states = [{"torch": torch.tensor([r])} for r in range(2)]
+    """A checkpoint holds one entry per rank (`Parallel.gather` collects them on rank 0; the
+    2-rank gloo trials of tests/engine/test_distributed.py save and resume through it): each
+    rank continues its own stream, not rank 0's."""
+    states, expected = [], []
+    for rank in (0, 1):  # two ranks whose generators differ
+        torch.manual_seed(100 + rank)
+        states.append(ckpt.rng_state())
+        expected.append(torch.rand(4))
+    ckpt.save_checkpoint(tmp_path, {"trial_id": "t", "rng": states})
+    saved = ckpt.load_checkpoint(tmp_path, trial_id="t")["rng"]  # type: ignore[index]
+    for rank in (1, 0):
+        torch.manual_seed(0)  # where a retried process would start
+        ckpt.set_rng_state(ckpt.rank_rng_state(saved, rank))
+        assert torch.equal(torch.rand(4), expected[rank])
+    assert not torch.equal(expected[0], expected[1])
     assert ckpt.rank_rng_state(states[0], 1) is states[0]  # one process's checkpoint
 
 
