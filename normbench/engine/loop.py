@@ -12,8 +12,8 @@ Timing keys: `train_time_s` is the training pass alone (`images_per_s` = trainin
 `train_time_s`); `epoch_time_s` is the whole epoch (training, hooks, evaluation, probes);
 `elapsed_s` sums `epoch_time_s` over all epochs so far, across resumes. `peak_mem_mb` is the
 trial's own peak (`normbench.engine.memory`: CUDA's allocator peak from the trial's second
-step on, or on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the rate the
-epoch's last training batch used.
+step on, or on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the
+rate the epoch's last training batch used.
 
 Divergence: a non-finite training loss stops the epoch, and the optimiser never steps on it;
 a non-finite parameter or buffer after an epoch has the same effect. Either way the trial
