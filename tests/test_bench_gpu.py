@@ -75,6 +75,10 @@ def test_checks_after_the_budget_are_skipped_saying_so() -> None:
     assert {c.result.summary for c in done if c.name not in CUDA_CHECKS} == {
         "the -1 s time budget was spent"
     }
+    # a per-layer loop stops at the deadline and says how many layers it left out
+    late = gpu.Context(torch.device("cpu"), gpu.QUICK_SHAPE, "aot_eager", ["bn", "gn"], 0.0)
+    result = gpu.check_channels_last(late)
+    assert result.summary == "kept by all 0 (2 layers not reached in the time budget)"
 
 
 def test_the_quickstart_slice_asks_ray_for_the_gpu_it_checks() -> None:

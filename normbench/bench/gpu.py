@@ -1,6 +1,6 @@
 """`normbench bench gpu`: the device check, one PASS/FAIL/SKIP line per check and one Markdown
-report, in at most `BUDGET_S` seconds on one GPU (a check that would start later is skipped,
-saying so).
+report, in about `BUDGET_S` seconds on one GPU: a check that would start later is skipped, and
+a per-layer loop stops at the deadline, each saying so (the layer in progress finishes).
 
 Checks (per layer: every built-in at its default options, one bf16 + channels_last training
 step; `normbench.bench.gpu_layers`):
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,23 +64,37 @@ class Check:
 
 @dataclass
 class Context:
-    """What every check runs with: the device, the layer input shape, the compile backend."""
+    """What every check runs with: the device, the layer input shape, the compile backend,
+    and the time (`time.monotonic()`) after which per-layer loops stop."""
 
     device: torch.device
     shape: tuple[int, int, int, int]
     backend: str
     layers: list[str] = field(default_factory=list)
+    deadline: float = float("inf")
+    unreached: list[str] = field(default_factory=list)  # layers the last loop did not reach
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def cases(self) -> list[gl.Case]:
-        return [gl.Case.build(name, self.shape, self.device) for name in self.layers]
+    def cases(self) -> Iterator[gl.Case]:
+        """Each layer's case, until the deadline (the rest land in `unreached`)."""
+        self.unreached = []
+        for i, name in enumerate(self.layers):
+            if time.monotonic() > self.deadline:
+                self.unreached = self.layers[i:]
+                return
+            yield gl.Case.build(name, self.shape, self.device)
 
 
-def verdict(bad: list[str], good: str, details: str = "") -> Result:
-    return Result("FAIL", "; ".join(bad), details) if bad else Result("PASS", good, details)
+def verdict(bad: list[str], good: str, details: str = "", ctx: Context | None = None) -> Result:
+    """FAIL naming what is bad, else PASS; either says which layers the budget left out."""
+    cut = f" ({len(ctx.unreached)} layers not reached in the time budget)" if ctx else ""
+    cut = cut if ctx and ctx.unreached else ""
+    if bad:
+        return Result("FAIL", "; ".join(bad) + cut, details)
+    return Result("PASS", good + cut, details)
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -111,8 +125,10 @@ def check_refusal(ctx: Context) -> Result:
 
 
 def check_channels_last(ctx: Context) -> Result:
-    lost = [case.name for case in ctx.cases() if not gl.keeps_channels_last(case)]
-    return verdict([f"lost by {', '.join(lost)}"] if lost else [], f"kept by all {len(ctx.layers)}")
+    cases = list(ctx.cases())
+    lost = [case.name for case in cases if not gl.keeps_channels_last(case)]
+    bad = [f"lost by {', '.join(lost)}"] if lost else []
+    return verdict(bad, f"kept by all {len(cases)}", ctx=ctx)
 
 
 def check_compiled(ctx: Context) -> Result:
@@ -123,14 +139,14 @@ def check_compiled(ctx: Context) -> Result:
         if not diff <= gl.TOLERANCE:
             bad.append(f"{case.name} differs by {diff:.2e}")
     details = table(["layer", "max relative difference (output, input grad, buffers)"], rows)
-    return verdict(bad, f"all {len(rows)} within {gl.TOLERANCE} ({ctx.backend})", details)
+    return verdict(bad, f"all {len(rows)} within {gl.TOLERANCE} ({ctx.backend})", details, ctx)
 
 
 def check_host_syncs(ctx: Context) -> Result:
     counts = {case.name: gl.host_syncs(case) for case in ctx.cases()}
     bad = [f"{n}: {c}" for n, c in counts.items() if c]
     details = table(["layer", "host syncs per step"], [[n, str(c)] for n, c in counts.items()])
-    return verdict(bad, f"none in any of {len(counts)}", details)
+    return verdict(bad, f"none in any of {len(counts)}", details, ctx)
 
 
 def check_traffic(ctx: Context) -> Result:
@@ -168,10 +184,11 @@ def run_checks(ctx: Context, *, budget_s: float = BUDGET_S, echo: bool = True) -
     """Every check in order; CUDA checks skipped without CUDA, and any check that would start
     after `budget_s` seconds skipped. Each line is printed as its check ends (`echo`)."""
     started, done = time.monotonic(), []
+    ctx.deadline = started + budget_s
     for name, fn, needs_cuda in checks():
         if needs_cuda and not ctx.cuda:
             result = Result("SKIP", "needs a CUDA device; none is visible to torch")
-        elif time.monotonic() - started > budget_s:
+        elif time.monotonic() > ctx.deadline:
             result = Result("SKIP", f"the {budget_s:.0f} s time budget was spent")
         else:
             result = fn(ctx)

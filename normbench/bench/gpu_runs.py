@@ -199,7 +199,7 @@ def _rank(rank: int, backend: str, init: str, out: str) -> None:
 # ------------------------------------------------------------------------- device time
 def check_layer_times(ctx: Context) -> Result:
     """Each layer's device time per training step, eager and compiled, against BN's (BNET and
-    UBN against BN plus a depthwise convolution of their kernel), until the budget ends."""
+    UBN against BN plus a depthwise convolution of their kernel), until the deadline."""
     rows, bad = [], []
     bn = gl.Case.build("bn", ctx.shape, ctx.device)
     base = {"eager": gl.device_ms(bn.step()), "compiled": _ms(bn, bn.layer, ctx)}
@@ -213,7 +213,8 @@ def check_layer_times(ctx: Context) -> Result:
         rows.append([case.name] + [f"{times[k]:.3f} ({ratios[k]:.2f}x)" for k in times])
         bad += [f"{case.name} {k} {r:.2f}x" for k, r in ratios.items() if r > TIME_LIMIT]
     details = table(["layer", "eager ms (x BN)", "compiled ms (x BN)"], rows)
-    return verdict(bad, f"every layer within {TIME_LIMIT}x BN, eager and compiled", details)
+    good = f"all {len(rows)} within {TIME_LIMIT}x BN, eager and compiled"
+    return verdict(bad, good, details, ctx)
 
 
 def _ms(case: gl.Case, module: torch.nn.Module, ctx: Context) -> float:
