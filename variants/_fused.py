@@ -272,8 +272,12 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
 def statistics_precision(x: torch.Tensor) -> Iterator[None]:
     """Autocast off for the statistics of `x` (on its device type): they stay fp32 or wider.
 
-    `torch.compile` traces this context manager (no graph break).
+    `torch.compile` traces this context manager (no graph break). The meta device has no
+    autocast (shape-only runs: there is nothing to turn off).
     """
+    if x.device.type == "meta":
+        yield
+        return
     with torch.autocast(device_type=x.device.type, enabled=False):
         yield
 

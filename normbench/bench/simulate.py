@@ -38,12 +38,15 @@ def on_device(device: torch.device) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def autocast_to(device: torch.device, dtype: torch.dtype, simulated: bool) -> Iterator[None]:
-    """Autocast to `dtype` (fp16/bf16) on `device`; none for fp32/fp64.
+    """Autocast to `dtype` (fp16/bf16) on `device`; none for fp32/fp64 or a device without
+    autocast (meta).
 
     On FakeTensors of a missing CUDA device, `torch.autocast` would disable itself (it checks
     the device), so the autocast state is set directly: the dispatcher applies CUDA's rules.
     """
-    if dtype not in (torch.float16, torch.bfloat16):
+    if dtype not in (torch.float16, torch.bfloat16) or not torch.amp.is_autocast_available(
+        device.type
+    ):
         yield
         return
     if not simulated:
