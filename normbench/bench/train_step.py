@@ -36,7 +36,7 @@ from torch import nn
 from normbench.bench.machine import describe_machine
 from normbench.engine.device import Runtime, build_runtime, synchronize
 from normbench.engine.recipe import build_optimizer
-from normbench.engine.spec import Recipe
+from normbench.spec import Recipe
 
 BACKBONES = ("resnet20", "resnet18")
 TARGET_BACKBONE, TARGET_RATIO = "resnet18", 1.5

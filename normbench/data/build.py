@@ -26,14 +26,10 @@ from normbench.data.shard import Shard
 from normbench.data.tensor_loader import Normalizer, TensorLoader, epoch_generator
 from normbench.errors import UnknownNameError
 from normbench.registry import DATASETS, closest
+from normbench.spec import DatasetOptions, declared
 
-FACTORY_DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "download": False,
-    "image_size": None,
-    "val_fraction": 0.1,
-    "split_seed": 0,
-}
+# The keywords every factory takes, with their defaults (declared in normbench.spec).
+FACTORY_DEFAULTS: dict[str, Any] = {d.name: d.default for d in declared(DatasetOptions)}
 LOADER_OPTIONS = ("augment", "num_workers")
 _PROBE_STREAM = 2
 

@@ -19,8 +19,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from normbench.engine.device import Runtime, build_runtime
 from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
-from normbench.engine.spec import SpecError, TrialSpec
 from normbench.errors import UserError
+from normbench.spec import SpecError, TrialSpec
 
 if TYPE_CHECKING:
     from normbench.data.shard import Shard

@@ -53,7 +53,7 @@ import torch.distributed as dist
 from torch import nn
 
 from normbench.data.shard import Shard
-from normbench.engine.spec import SpecError, TrialSpec
+from normbench.spec import SpecError, TrialSpec
 from normbench.variants._fused import global_statistics
 
 

@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from normbench.engine import checkpoint as ckpt
-from normbench.engine.spec import TrialSpec
 from normbench.errors import UserError
+from normbench.spec import TrialSpec
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
 STAT_BUFFERS = ("running_mean", "running_var", "running_sq_mean")

@@ -41,7 +41,7 @@ from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
 from normbench.engine.device import environment_difference, synchronize
 from normbench.engine.recipe import current_lr
-from normbench.engine.spec import TrialSpec
+from normbench.spec import TrialSpec
 
 __all__ = ["METRIC_KEYS", "TIMING_KEYS", "run_trial"]  # the record keys: normbench.contract
 

@@ -50,8 +50,8 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from normbench.engine.spec import Recipe
 from normbench.errors import UserError
+from normbench.spec import Recipe
 
 
 class RecipeError(UserError, ValueError):

@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from normbench.engine.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.errors import UserError, closest
 from normbench.options import OptionProblem, freeze, norm_widths
 from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
+from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.suite.matrix import RawCell
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path

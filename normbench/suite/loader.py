@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from normbench.engine.spec import TrialSpec
 from normbench.errors import SuiteError
+from normbench.spec import TrialSpec
 from normbench.suite import checks
 from normbench.suite.matrix import Trial, apply_params, build_trials, expand
 from normbench.suite.overrides import apply_overrides

@@ -18,14 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from normbench.engine.spec import Recipe, TrialSpec
-from normbench.suite.schema import (
-    BackboneEntry,
-    NamedEntry,
-    SuiteModel,
-    TrainModel,
-    VariantEntry,
-)
+from normbench.spec import Recipe, TrialSpec, declared
+from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
 
 # Short names for options that commonly tell two entries of one variant apart in a label.
@@ -225,19 +219,8 @@ def build_trials(
     return list(trials.values())
 
 
-# `train` keys that shape specs without being a spec field of their own.
-TRAIN_ONLY_KEYS = ("lr_reference_batch",)
-# TrialSpec fields of `train` that `_base_spec` (or the cell) resolves rather than copies.
+# Suite-key fields of TrialSpec that `_base_spec` (or the cell) resolves rather than copies.
 _RESOLVED = ("epochs", "limit_batches", "num_threads", "placement")
-
-
-def unwired_train_keys() -> list[str]:
-    """`train` keys that reach no trial: neither a Recipe nor a TrialSpec field, nor a key
-    handled on purpose. A test keeps this empty, so a new suite key is wired or refused."""
-    targets = {f.name for f in dataclasses.fields(Recipe)} | {
-        f.name for f in dataclasses.fields(TrialSpec)
-    }
-    return sorted(set(TrainModel.model_fields) - targets - set(TRAIN_ONLY_KEYS))
 
 
 def _base_spec(
@@ -245,13 +228,13 @@ def _base_spec(
 ) -> TrialSpec:
     """The fields every trial of the suite shares (recipe, data set, engine settings)."""
     t = model.train
-    recipe = Recipe(
-        **{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)}
-        | {"milestones": tuple(t.milestones)}
-    )
-    spec_fields = {f.name for f in dataclasses.fields(TrialSpec)}
+    values = t.model_dump()
+    recipe = Recipe(**{d.name: values[d.name] for d in declared(Recipe) if d.param.suite}
+                    | {"milestones": tuple(t.milestones)})  # fmt: skip
     shared = {
-        k: getattr(t, k) for k in TrainModel.model_fields if k in spec_fields and k not in _RESOLVED
+        d.name: values[d.name]
+        for d in declared(TrialSpec)
+        if d.param.suite and d.name not in _RESOLVED
     }
     dataset_options = model.dataset.model_dump()
     return TrialSpec(

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from normbench.engine.spec import TrialSpec
 from normbench.errors import UserError
+from normbench.spec import TrialSpec
 from normbench.suite.matrix import apply_params
 
 # Where a problem is, as a key path into the suite (rendered file:line by the loader).

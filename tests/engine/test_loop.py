@@ -9,8 +9,8 @@ import pytest
 
 from normbench.contract import RECORD_KEYS, REQUIRED_RECORD_KEYS
 from normbench.engine.loop import TIMING_KEYS, run_trial
-from normbench.engine.spec import Recipe, TrialSpec
 from normbench.registry import VARIANTS
+from normbench.spec import Recipe, TrialSpec
 
 PLUGIN = str(Path(__file__).with_name("plugin_tiny.py"))
 DATA = {"image_size": 8, "n_train": 200, "n_test": 64, "noise": 20.0}

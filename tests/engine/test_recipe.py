@@ -15,7 +15,7 @@ from normbench.engine.recipe import (
     current_lr,
     param_groups,
 )
-from normbench.engine.spec import Recipe, SpecError
+from normbench.spec import Recipe, SpecError
 
 CIFAR100 = Recipe(
     lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, milestones=(60, 120, 160), gamma=0.2

@@ -134,7 +134,7 @@ CASES: dict[str, Case] = {
     "num_samples_above_limit": Case(suite(variants="[ubn]", search="{num_samples: 1000000, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "less than or equal to 10000"),
     "retries_above_limit": Case(suite(retries="1000"), "less than or equal to 100"),
     # -- zeros and negatives that would divide or loop ------------------------------------
-    "epochs_0": Case(suite(train="{epochs: 0}"), "greater than 0"),
+    "epochs_0": Case(suite(train="{epochs: 0}"), "train.epochs: Input should be greater than or equal to 1 (got 0)"),
     "batch_0": Case(suite(batch_sizes="[0]"), "between 1 and 65536"),
     "seed_count_0": Case(suite(seeds="0"), "a seed count must be between 1 and 1000"),
     "seed_negative": Case(suite(seeds="[-1]"), "between 0 and 4294967295"),
@@ -150,7 +150,8 @@ CASES: dict[str, Case] = {
     "num_threads_0": Case(suite(train=train("num_threads: 0")), "train.num_threads"),
     "warmup_negative": Case(suite(train=train("warmup_epochs: -1")), "train.warmup_epochs"),
     "grad_clip_0": Case(suite(train=train("grad_clip: 0")), "train.grad_clip"),
-    "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "milestones must be positive and increasing"),
+    "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "train.milestones[0]: Input should be greater than or equal to 1 (got 0)"),
+    "milestones_decreasing": Case(suite(train="{epochs: 5, milestones: [3, 2]}"), "milestones must be increasing, each an integer >= 1, but got [3, 2]"),
     "cpus_0": Case(suite(resources="{cpus: 0}"), "resources.cpus"),
     "gpus_negative": Case(suite(resources="{gpus: -1}"), "resources.gpus"),
     "ghost_batch_over_global_batch": Case(suite(variants=variant("ghost_batch_size: 48", "ghost_bn"), train=train("devices: 2, stats_scope: global")), "ghost_batch_size=48 must divide batch size 32 (2 devices x 16, stats_scope: global)"),

@@ -29,7 +29,7 @@ import pytest
 from test_resume_kill import _marked_pids, _wait_gone
 
 from normbench.engine.loop import METRIC_KEYS
-from normbench.engine.spec import TrialSpec
+from normbench.spec import TrialSpec
 
 pytestmark = pytest.mark.slow
 SEED = 20241129  # the kill points are random, and the same on every CI run
