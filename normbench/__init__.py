@@ -29,7 +29,7 @@ _EXPORTS = {
     "sabn_index": "normbench.variants.sabn",
     "TrialSpec": "normbench.spec",
     "run_trial": "normbench.engine.loop",
-    "load_results": "normbench.results.store",
+    "load_results": "normbench.results.frames",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -21,7 +21,7 @@ with `param(...)`, which says:
 * its **default** (none: required) and one line of **help**.
 * where a user sets it: `suite=True` makes it a key of a suite's `train:` section
   (`normbench.suite.schema` builds the pydantic model from these fields); every field that
-  holds a value a command line can give is a `normbench train` flag (`normbench.engine.cli`
+  holds a value a command line can give is a `normbench train` flag (`normbench.cli_train`
   builds them, `flag=` renames one). `variant_override=True`: a suite's variant entry may set it
   for its own cells. `axis="variant"`: it tells the variants of one leaderboard apart.
 

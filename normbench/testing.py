@@ -99,7 +99,7 @@ class VariantConformance:
         if self.variant is None:
             raise TypeError(f"{type(self).__name__}: set the class attribute `variant`")
         if isinstance(self.variant, str):
-            from normbench.registry import VARIANTS
+            from normbench.variants_api import VARIANTS
 
             return VARIANTS.get(self.variant).obj
         return self.variant

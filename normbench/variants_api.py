@@ -1,5 +1,6 @@
-"""The public variant API: `create_norm`, `norm_layer`, `list_variants`, `register_variant`,
-`variant_info`, and the constructor-contract check applied to every plugin at registration.
+"""The variants' registry and public API: `VARIANTS`, `create_norm`, `norm_layer`,
+`list_variants`, `register_variant`, `variant_info`, the constructor-contract check applied to
+every plugin at registration, and the variants' option rules (`variant_rules`).
 
 The contract (docs/variants.md#contract, ARCHITECTURE.md): `Variant(num_features, *, options...,
 eps=1e-5, momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight`
@@ -18,11 +19,66 @@ from collections.abc import Callable
 from typing import Any
 
 from normbench.errors import UserError, describe_failure
-from normbench.registry import VARIANTS
+from normbench.options import OptionDoor, OptionProblem, freeze
+from normbench.registry import BUILTIN, Registry, kind_registry
 
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
 _YAML_SCALARS = (type(None), bool, int, float, str)
+
+
+def _builtin_variants(reg: Registry) -> None:
+    from normbench.variants import BUILTIN_VARIANTS  # lazy: the layers import torch
+
+    for name, cls in BUILTIN_VARIANTS.items():
+        reg.register(name, cls, source=BUILTIN)
+
+
+def variant_rules(
+    name: str, cls: Any, options: dict[str, Any], build: bool, context: dict[str, Any]
+) -> list[OptionProblem]:
+    """The variants' own option rules (normbench.options, step 3): a batch-dependent layer
+    cannot train at batch size 1; with `build`, the layer is built at every width."""
+    if context.get("batch_size") == 1 and getattr(cls, "batch_dependent", False):
+        return [
+            OptionProblem(
+                f"batch size 1 cannot train the batch-dependent variant {name!r} (it "
+                "needs more than one sample per statistic); use a batch-independent variant "
+                "such as gn or in",
+                context="batch_size",
+            )
+        ]
+    for width in sorted(context.get("widths") or ()) if build else ():
+        try:
+            _build_variant(cls, width, freeze(options))
+        except BaseException as exc:
+            where = context.get("_where") or ""
+            return [
+                OptionProblem(
+                    f"variant {name!r} rejects these options at a {width}-channel "
+                    f"layer{where}: {describe_failure(exc)}"
+                )
+            ]
+    return []
+
+
+@functools.cache
+def _build_variant(cls: type, width: int, options: tuple[tuple[str, Any], ...]) -> None:
+    """Construct once on the meta device (no memory); raises what the constructor raises."""
+    kwargs = dict(options)
+    try:
+        cls(width, **kwargs, device="meta")
+    except NotImplementedError:  # a layer whose init cannot run on meta tensors
+        cls(width, **kwargs)
+
+
+def default_placement(variant: str) -> str:
+    """Where `variant` goes when a suite names no placement: its class attribute
+    `default_placement` (its official code's placement, normbench.models.placement), else
+    "everywhere"."""
+    name = variant.lower()
+    cls = VARIANTS.get(name).obj if name in VARIANTS else None
+    return str(getattr(cls, "default_placement", None) or "everywhere")
 
 
 def register_variant(name: str | type | None = None) -> Any:
@@ -200,3 +256,12 @@ def variant_info(name: str) -> dict[str, Any]:
     except BaseException as exc:  # shown in the table, not a crash of the whole listing
         info["error"] = describe_failure(exc)
     return info
+
+
+VARIANTS = kind_registry(
+    "variant",
+    "normbench.variants",
+    _builtin_variants,
+    check=check_variant_contract,
+    door=OptionDoor("variant", skip=1, rules=variant_rules),
+)

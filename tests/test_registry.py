@@ -11,8 +11,8 @@ from torch import nn
 from normbench import registry
 from normbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from normbench.options import OptionDoor
-from normbench.registry import BUILTIN, Registry, _check_variant
-from normbench.variants_api import check_variant_contract, variant_info
+from normbench.registry import BUILTIN, Registry
+from normbench.variants_api import VARIANTS, check_variant_contract, variant_info
 
 
 class ToyNorm(nn.Module):
@@ -65,7 +65,7 @@ def _toy_registry() -> Registry:
         "variant",
         "normbench.tests.no_such_group",
         lambda reg: reg.register("toy", ToyNorm, source=BUILTIN),
-        check=_check_variant,
+        check=check_variant_contract,
         door=OptionDoor("variant", skip=1),
     )
 
@@ -193,7 +193,7 @@ def test_create_norm_builds_each_builtin(builtins_available: None, name: str) ->
     x = torch.randn(4, 16, 6, 6)
     layer.train()
     assert layer(x).shape == x.shape
-    assert registry.VARIANTS.get(name).source == BUILTIN
+    assert VARIANTS.get(name).source == BUILTIN
     assert isinstance(type(layer).paper, str) and type(layer).paper
     assert isinstance(type(layer).batch_dependent, bool)
     assert variant_info(name)["source"] == BUILTIN

@@ -88,7 +88,8 @@ def _plan(rt: Runtime, quick: bool) -> Plan:
 
 def _configs(batch: int) -> list[tuple[str, str, dict[str, object]]]:
     """(label, variant, options): BN first, then every built-in, then Ghost BN at N/4."""
-    from normbench.registry import BUILTIN, VARIANTS
+    from normbench.registry import BUILTIN
+    from normbench.variants_api import VARIANTS
 
     names = sorted(e.name for e in VARIANTS.entries() if e.source == BUILTIN and e.name != "bn")
     configs: list[tuple[str, str, dict[str, object]]] = [("bn", "bn", {})]

@@ -146,8 +146,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
-    from normbench.registry import VARIANTS
-    from normbench.variants_api import norm_layer
+    from normbench.variants_api import VARIANTS, norm_layer
 
     variant = norm_layer(spec.variant, **spec.variant_options)
     if spec.placement == "last-in-block":
@@ -176,7 +175,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
 
 
 def _variant_source(name: str) -> str:
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     return VARIANTS.get(name).source
 

@@ -118,7 +118,7 @@ _SCALES = ("weight", "embed.weight")
 
 def is_norm_module(module: nn.Module) -> bool:
     """A normalization layer: a registered variant (built-in or plugin) or a torch norm."""
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     types = tuple(e.obj for e in VARIANTS.entries() if isinstance(e.obj, type))
     torch_norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

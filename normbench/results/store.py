@@ -409,7 +409,4 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-# The readers live in their own module to keep this one short; re-exported here.
-from normbench.results.frames import load_epochs, load_results  # noqa: E402
-
-__all__ = ["RunStore", "load_epochs", "load_results", "read_jsonl", "fingerprint", "started_trials"]
+__all__ = ["RunStore", "read_jsonl", "fingerprint", "started_trials"]

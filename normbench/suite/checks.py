@@ -15,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from normbench.data import DATASETS
 from normbench.errors import UserError, closest
-from normbench.options import OptionProblem, freeze, norm_widths
-from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
+from normbench.models import BACKBONES
+from normbench.models.registry import norm_widths
+from normbench.options import OptionProblem, freeze
+from normbench.registry import Registry, load_plugin
 from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.suite.matrix import RawCell
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
+from normbench.variants_api import VARIANTS
 
 Problems = list[tuple[Path, str]]
 

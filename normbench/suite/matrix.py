@@ -278,7 +278,7 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
 
 def _train_placement(train: Any, variant: str) -> str:
     """`train.placement` when the suite sets it, else the variant's official placement."""
-    from normbench.models.placement import default_placement
+    from normbench.variants_api import default_placement
 
     if "placement" in train.model_fields_set:
         return str(train.placement)

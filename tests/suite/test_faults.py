@@ -154,7 +154,7 @@ def _train(source: Path, tid: str) -> list[str]:
     (`suite_trial`, then `run_trial`), in this process."""
     import torch
 
-    from normbench.engine.cli import suite_trial
+    from normbench.cli_train import suite_trial
     from normbench.engine.loop import run_trial
 
     threads = torch.get_num_threads()

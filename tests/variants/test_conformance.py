@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.registry import VARIANTS
 from normbench.testing import VariantConformance
 from normbench.variants import GroupNorm2d
+from normbench.variants_api import VARIANTS
 
 # Inputs a layer needs for the contract checks, by registry name.
 SETTINGS: dict[str, dict[str, Any]] = {

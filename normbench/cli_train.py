@@ -1,4 +1,8 @@
-"""`normbench train`: run one trial in this process, with a live display and a summary table.
+"""`normbench train` and `normbench evaluate`: one trial in this process, with a live display
+and a summary table; finished checkpoints re-scored under inference-time settings.
+
+A command module like `cli_variants`: above the suite (`--suite FILE --trial ID` takes a trial
+from a suite) and the engine (`run_trial`, `normbench.engine.evaluate`).
 
 On a terminal it shows an epoch progress bar and a live line (loss, accuracy, images/s); off a
 terminal it prints one plain line per epoch. `--json` prints only the records, one JSON object
@@ -56,7 +60,7 @@ def evaluate_command(
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
 
-    written = evaluate_run(run_dir, parse_settings(set_))
+    written = evaluate_run(run_dir, parse_settings(parse_key_values(set_, "--set")))
     print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
     return 0
 
@@ -180,7 +184,7 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
         **values.get("dataset_options", {}),
     }
     if "placement" not in values:
-        from normbench.models.placement import default_placement
+        from normbench.variants_api import default_placement
 
         values["placement"] = default_placement(values["variant"])
     recipe = {k: v for k, v in values.items() if by_name[k].owner is Recipe}

@@ -9,7 +9,7 @@ import pytest
 
 from normbench.cli import main
 
-PLUGIN = str(Path(__file__).with_name("plugin_tiny.py"))
+PLUGIN = str(Path(__file__).parent / "engine" / "plugin_tiny.py")
 ARGS = [
     "train", "--variant", "gn", "--backbone", "engine_tinynet", "--dataset", "synthetic",
     "--epochs", "2", "--batch-size", "16", "--limit-batches", "2", "--device", "cpu",
@@ -68,7 +68,7 @@ def test_user_mistakes_exit_2(capsys, extra, message) -> None:
 
 
 def test_train_suite_trial_unknown_says_where_capped_ids_live(capsys) -> None:
-    suite = str(Path(__file__).resolve().parents[2] / "suites" / "quickstart.yaml")
+    suite = str(Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml")
     code, _, err = run(["train", "--suite", suite, "--trial", "ffffffffffff"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--trial 'ffffffffffff' matches no trial of" in err
@@ -84,7 +84,7 @@ def test_flags_are_the_declared_fields_with_the_suites_defaults(tmp_path) -> Non
     import typer
 
     from normbench.cli import build_app
-    from normbench.engine.cli import spec_from_flags
+    from normbench.cli_train import spec_from_flags
     from normbench.spec import flat_fields
     from normbench.suite.loader import load_suite
 
