@@ -158,6 +158,20 @@ class Recipe:
     def __post_init__(self) -> None:
         _raise(rule_problems(self, "recipe."))
 
+    def decays(self) -> tuple[float, float, float]:
+        """(other, norm, bias) weight decay after the alias and the None defaults."""
+        wd = self.weight_decay
+        if self.no_decay_norm_and_bias:
+            return wd, 0.0, 0.0
+        norm = wd if self.norm_weight_decay is None else self.norm_weight_decay
+        bias = wd if self.bias_weight_decay is None else self.bias_weight_decay
+        return wd, norm, bias
+
+    @property
+    def decay_toward(self) -> str:
+        """Where norm parameters decay: "identity" when asked and their decay is not 0."""
+        return self.norm_decay_toward if self.decays()[1] != 0 else "zero"
+
 
 @dataclass(frozen=True)
 class DatasetOptions:

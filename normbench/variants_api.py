@@ -38,7 +38,9 @@ def variant_rules(
     name: str, cls: Any, options: dict[str, Any], build: bool, context: dict[str, Any]
 ) -> list[OptionProblem]:
     """The variants' own option rules (normbench.options, step 3): a batch-dependent layer
-    cannot train at batch size 1; with `build`, the layer is built at every width."""
+    cannot train at batch size 1; with `build`, the layer is built at every width (on the meta
+    device), and with `decay_toward="identity"` in the context it must name its identity
+    affine (`identity_targets`)."""
     if context.get("batch_size") == 1 and getattr(cls, "batch_dependent", False):
         return [
             OptionProblem(
@@ -48,28 +50,80 @@ def variant_rules(
                 context="batch_size",
             )
         ]
+    identity = context.get("decay_toward") == "identity"
     for width in sorted(context.get("widths") or ()) if build else ():
+        where = context.get("_where") or ""
         try:
-            _build_variant(cls, width, freeze(options))
+            layer = _build_variant(cls, width, freeze(options))
         except BaseException as exc:
-            where = context.get("_where") or ""
             return [
                 OptionProblem(
                     f"variant {name!r} rejects these options at a {width}-channel "
                     f"layer{where}: {describe_failure(exc)}"
                 )
             ]
+        try:
+            if identity:
+                identity_targets(layer)
+        except BaseException as exc:
+            return [
+                OptionProblem(
+                    f"variant {name!r} cannot decay toward its identity affine "
+                    f"(norm_decay_toward: identity) at a {width}-channel layer{where}: "
+                    f"{describe_failure(exc)}",
+                    context="decay_toward",
+                )
+            ]
     return []
 
 
 @functools.cache
-def _build_variant(cls: type, width: int, options: tuple[tuple[str, Any], ...]) -> None:
+def _build_variant(cls: type, width: int, options: tuple[tuple[str, Any], ...]) -> Any:
     """Construct once on the meta device (no memory); raises what the constructor raises."""
     kwargs = dict(options)
     try:
-        cls(width, **kwargs, device="meta")
+        return cls(width, **kwargs, device="meta")
     except NotImplementedError:  # a layer whose init cannot run on meta tensors
-        cls(width, **kwargs)
+        return cls(width, **kwargs)
+
+
+def identity_targets(layer: Any) -> dict[str, Any]:
+    """{parameter name: the value weight decay toward the identity affine pulls it to}, for
+    a normalization layer (`norm_decay_toward: identity`, "four things" #3: Summers & Dinneen,
+    ICLR 2020, arXiv 1906.03548, Sec 3.3); its other parameters decay toward 0.
+
+    The layer names them with its `decay_targets()` hook (BNET's kernel: the centred delta;
+    SaBN's branch table: 1 in its gamma columns), like timm models name `no_weight_decay()`.
+    Without the hook, a (C,) `.weight` is gamma (the norm_layer contract) and goes to 1, and a
+    layer without `.weight` has nothing to pull. Raises ValueError when the layer cannot
+    answer: no hook and a `.weight` of another shape, or a hook naming a parameter the layer
+    lacks or giving a target of another shape."""
+    import torch
+
+    params = dict(layer.named_parameters())
+    hook = getattr(layer, "decay_targets", None)
+    if hook is None:
+        weight = getattr(layer, "weight", None)
+        if weight is None:
+            return {}
+        if isinstance(weight, torch.Tensor) and weight.ndim == 1:
+            return {"weight": torch.ones_like(weight)}
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(
+            f"its .weight {shape} is not a (C,) gamma and it has no decay_targets() hook naming "
+            "what decay toward the identity affine pulls each parameter to"
+        )
+    targets = dict(hook())
+    for name, target in targets.items():
+        if name not in params:
+            raise ValueError(f"decay_targets() names {name!r}, which is not a parameter of it")
+        if not isinstance(target, torch.Tensor) or target.shape != params[name].shape:
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else repr(target)
+            raise ValueError(
+                f"decay_targets()[{name!r}] must be a tensor of the parameter's shape "
+                f"{tuple(params[name].shape)}, but got {got}"
+            )
+    return targets
 
 
 def default_placement(variant: str) -> str:

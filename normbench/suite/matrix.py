@@ -22,17 +22,6 @@ from normbench.spec import Recipe, TrialSpec, declared
 from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
 
-# Short names for options that commonly tell two entries of one variant apart in a label.
-_ABBREV = {
-    "num_groups": "G",
-    "channel_groups": "G",
-    "channels_per_group": "cpg",
-    "examples_per_group": "epg",
-    "ghost_batch_size": "ghost",
-    "eval_example_weight": "alpha",
-    "kernel_size": "k",
-}
-
 
 @dataclass(frozen=True)
 class Trial:
@@ -66,10 +55,24 @@ def label_of(entry: NamedEntry, ambiguous: bool) -> str:
     placement = getattr(entry, "placement", None)
     if not ambiguous or not (entry.options or placement):
         return entry.name.lower()
-    parts = [f"{_ABBREV.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
+    short = _option_labels(entry)
+    parts = [f"{short.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
     if placement:
         parts.append(placement)
     return f"{entry.name.lower()}({','.join(parts)})"
+
+
+def _option_labels(entry: NamedEntry) -> dict[str, str]:
+    """A variant's short option names for labels (its class attribute `option_labels`,
+    e.g. GN's {"num_groups": "G"}); none for backbones or unknown names."""
+    if not isinstance(entry, VariantEntry):
+        return {}
+    from normbench.variants_api import VARIANTS
+
+    name = entry.name.lower()
+    cls = VARIANTS.get(name).obj if name in VARIANTS else None
+    labels = getattr(cls, "option_labels", None)
+    return dict(labels) if isinstance(labels, dict) else {}
 
 
 def _fmt(v: Any) -> str:
@@ -189,12 +192,7 @@ def build_trials(
     t = model.train
     trials: dict[str, Trial] = {}
     for c in cells:
-        recipe = base.recipe
-        if t.lr_reference_batch:  # linear scaling rule
-            lr = t.lr * c.batch_size / t.lr_reference_batch
-            recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
-        if c.variant.recipe is not None:  # a cell group's own weight decay
-            recipe = dataclasses.replace(recipe, **c.variant.recipe.model_dump(exclude_none=True))
+        recipe = cell_recipe(model, c, base.recipe)
         spec = base.replace(
             variant=c.variant.name.lower(),
             backbone=c.backbone.name.lower(),
@@ -219,6 +217,26 @@ def build_trials(
     return list(trials.values())
 
 
+def cell_recipe(model: SuiteModel, c: RawCell, base: Recipe | None = None) -> Recipe:
+    """The recipe of one cell: `train:`'s (or `base`), the lr scaled to the cell's batch by the
+    linear scaling rule when asked, the variant entry's own weight decay on top."""
+    t = model.train
+    recipe = base or train_recipe(model)
+    if t.lr_reference_batch:  # linear scaling rule
+        lr = t.lr * c.batch_size / t.lr_reference_batch
+        recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
+    if c.variant.recipe is not None:  # a cell group's own weight decay
+        recipe = dataclasses.replace(recipe, **c.variant.recipe.model_dump(exclude_none=True))
+    return recipe
+
+
+def train_recipe(model: SuiteModel) -> Recipe:
+    """The `Recipe` fields of `train:`."""
+    values = model.train.model_dump()
+    return Recipe(**{d.name: values[d.name] for d in declared(Recipe) if d.param.suite}
+                  | {"milestones": tuple(values["milestones"])})  # fmt: skip
+
+
 # Suite-key fields of TrialSpec that `_base_spec` (or the cell) resolves rather than copies.
 _RESOLVED = ("epochs", "limit_batches", "num_threads", "placement")
 
@@ -229,8 +247,7 @@ def _base_spec(
     """The fields every trial of the suite shares (recipe, data set, engine settings)."""
     t = model.train
     values = t.model_dump()
-    recipe = Recipe(**{d.name: values[d.name] for d in declared(Recipe) if d.param.suite}
-                    | {"milestones": tuple(t.milestones)})  # fmt: skip
+    recipe = train_recipe(model)
     shared = {
         d.name: values[d.name]
         for d in declared(TrialSpec)

@@ -83,6 +83,27 @@ class CorpusNorm(nn.BatchNorm2d):
         return {}
 """
 
+# A .weight that is no (C,) gamma and no decay_targets() hook: it cannot say where L2 toward
+# the identity affine pulls it (issue 21).
+PLUGIN_NO_IDENTITY = """
+import torch
+from torch import nn
+from normbench import register_variant
+
+@register_variant("odd_norm")
+class OddNorm(nn.Module):
+    paper = "corpus (nowhere 2026)"
+    batch_dependent = False
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features, 2, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return x * self.weight[:, 0].view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+"""
+
 
 @dataclass
 class Case:
@@ -240,6 +261,8 @@ CASES: dict[str, Case] = {
     "plugin_hook_raises": Case(suite(variants=variant("k: 0", "corpus_norm"), plugins="[p.py]"), "check_options failed: ZeroDivisionError", files={"p.py": PLUGIN_VARIANT}),
     "plugin_constructor_exits": Case(suite(variants=variant("k: 5", "corpus_norm"), plugins="[p.py]"), "rejects these options at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): it called sys.exit('constructor exits')", files={"p.py": PLUGIN_VARIANT}),
     "plugin_without_global_stats": Case(suite(variants="[bn, corpus_norm]", plugins="[p.py]", train=train("devices: 2, stats_scope: global")), "variants[1]: variant 'corpus_norm' does not declare global_stats = True (moments all-reduced across devices), so it cannot run with stats_scope: global on several devices; use `stats_scope: device` or another variant", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_without_identity_affine": Case(suite(variants="[bn, odd_norm]", plugins="[p.py]", train=train("norm_decay_toward: identity")), "train.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine (norm_decay_toward: identity) at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): ValueError: its .weight (16, 2) is not a (C,) gamma and it has no decay_targets() hook", files={"p.py": PLUGIN_NO_IDENTITY}),
+    "plugin_without_identity_affine_in_entry": Case(suite(variants="[bn, {name: odd_norm, recipe: {norm_decay_toward: identity}}]", plugins="[p.py]"), "variants[1].recipe.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
 }  # fmt: skip
 
