@@ -28,7 +28,7 @@ import re
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ def _default_source(obj: Any) -> str:
 class Registry:
     """Case-insensitive name -> object table, filled by built-ins, entry points and files.
 
+    `builtins() -> {name: object}` gives the kind's built-ins, registered on first use (so a
+    kind's module need not import its heavy built-ins until a name is looked up).
     `check(obj) -> str | None` (optional) describes how a plugin's object breaks the contract;
     it runs for every non-built-in registration (after the whole plugin is imported, so a
     class may use helpers defined further down its file).
@@ -84,7 +86,7 @@ class Registry:
         self,
         kind: str,
         group: str,
-        builtins: Callable[[Registry], None],
+        builtins: Callable[[], Mapping[str, Any]],
         check: Callable[[Any], str | None] | None = None,
         door: OptionDoor | None = None,
     ) -> None:
@@ -144,7 +146,8 @@ class Registry:
                 return
             self._loaded = True  # set first: the built-ins register through self.register
             try:
-                self._builtins(self)
+                for name, obj in self._builtins().items():
+                    self.register(name, obj, source=BUILTIN)
             except BaseException:
                 self._entries.clear()
                 self._loaded = False
@@ -267,7 +270,7 @@ REGISTRIES: dict[str, Registry] = {}
 def kind_registry(
     kind: str,
     group: str,
-    builtins: Callable[[Registry], None],
+    builtins: Callable[[], Mapping[str, Any]],
     *,
     check: Callable[[Any], str | None] | None = None,
     door: OptionDoor | None = None,

@@ -20,18 +20,17 @@ from typing import Any
 
 from normbench.errors import UserError, describe_failure
 from normbench.options import OptionDoor, OptionProblem, freeze
-from normbench.registry import BUILTIN, Registry, kind_registry
+from normbench.registry import kind_registry
 
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
 _YAML_SCALARS = (type(None), bool, int, float, str)
 
 
-def _builtin_variants(reg: Registry) -> None:
+def _builtin_variants() -> dict[str, type]:
     from normbench.variants import BUILTIN_VARIANTS  # lazy: the layers import torch
 
-    for name, cls in BUILTIN_VARIANTS.items():
-        reg.register(name, cls, source=BUILTIN)
+    return BUILTIN_VARIANTS
 
 
 def variant_rules(

@@ -64,7 +64,7 @@ def _toy_registry() -> Registry:
     return Registry(
         "variant",
         "normbench.tests.no_such_group",
-        lambda reg: reg.register("toy", ToyNorm, source=BUILTIN),
+        lambda: {"toy": ToyNorm},
         check=check_variant_contract,
         door=OptionDoor("variant", skip=1),
     )
@@ -160,11 +160,11 @@ def test_reset_forgets_entries_and_reloads_builtins() -> None:
 def test_failing_builtins_leave_the_registry_retryable() -> None:
     calls = []
 
-    def builtins(reg: Registry) -> None:
+    def builtins() -> dict[str, type]:
         calls.append(1)
-        reg.register("toy", ToyNorm, source=BUILTIN)
         if len(calls) == 1:
             raise ImportError("half-written module")
+        return {"toy": ToyNorm}
 
     reg = Registry("variant", "normbench.tests.no_such_group", builtins)
     with pytest.raises(ImportError):

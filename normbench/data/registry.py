@@ -19,7 +19,7 @@ from normbench.data.imagenet import imagenet
 from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError, UserError
 from normbench.options import OptionDoor, OptionProblem
-from normbench.registry import BUILTIN, Registry, kind_registry
+from normbench.registry import kind_registry
 from normbench.spec import DatasetOptions, declared
 
 BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -33,11 +33,6 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
 # options the loaders take (`normbench.data.build`).
 FACTORY_DEFAULTS: dict[str, Any] = {d.name: d.default for d in declared(DatasetOptions)}
 LOADER_OPTIONS = ("augment", "num_workers")
-
-
-def _builtin_datasets(reg: Registry) -> None:
-    for name, fn in BUILTIN_DATASETS.items():
-        reg.register(name, fn, source=BUILTIN)
 
 
 def dataset_rules(
@@ -59,7 +54,7 @@ def _common_options() -> dict[str, Any]:
 DATASETS = kind_registry(
     "dataset",
     "normbench.datasets",
-    _builtin_datasets,
+    lambda: BUILTIN_DATASETS,
     door=OptionDoor("dataset", common=_common_options, rules=dataset_rules),
 )
 

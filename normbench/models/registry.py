@@ -21,7 +21,7 @@ from normbench.errors import UserError, describe_failure
 from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.options import OptionDoor, OptionProblem, freeze
-from normbench.registry import BUILTIN, Registry, kind_registry
+from normbench.registry import kind_registry
 
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **cifar_resnet.FACTORIES,
@@ -31,11 +31,6 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
 }
-
-
-def _builtin_backbones(reg: Registry) -> None:
-    for name, fn in BUILTIN_BACKBONES.items():
-        reg.register(name, fn, source=BUILTIN)
 
 
 def backbone_rules(
@@ -77,7 +72,7 @@ def norm_widths(backbone: str, options: tuple[tuple[str, Any], ...], last: bool)
 BACKBONES = kind_registry(
     "backbone",
     "normbench.backbones",
-    _builtin_backbones,
+    lambda: BUILTIN_BACKBONES,
     door=OptionDoor(
         "backbone",
         skip=2,
