@@ -33,7 +33,7 @@ class Param:
     variant_override: bool = False
     axis: str | None = None
     new: bool = False
-    keys: type | None = None  # a mapping field's known keys, declared as the fields of a class
+    keys: tuple[type, ...] = ()  # a mapping field's known keys: the fields of these classes
     check: tuple[str, Callable[[Any], bool]] | None = None  # (rule text, test) beyond bounds
     by_file_name: bool = False  # identity by file name, location by the rest of the path
 

@@ -66,6 +66,7 @@ from normbench.errors import UserError
 
 __all__ = [
     "BOOKKEEPING", "ENVIRONMENT", "IDENTITY", "LOCATION", "ROLES", "DatasetOptions", "Declared",
+    "LoaderOptions",
     "Param", "Recipe", "SpecError", "TrialSpec", "declared", "family", "family_hash",
     "fields_on", "fields_with", "flat_fields", "identity", "input_problems", "value_rule",
 ]  # fmt: skip
@@ -194,6 +195,20 @@ class DatasetOptions:
     split_seed: int = param(0, help="Seed of the train/validation split.")
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The options every data set's loaders take (`normbench.data.build`), as keys of
+    `TrialSpec.dataset_options` beside `DatasetOptions`; checked by the data sets' option
+    rules (`normbench.data.registry`)."""
+
+    augment: dict[str, Any] | bool | None = param(
+        None, help="{crop_padding, hflip, rotation} over the data set's own; false: none."
+    )
+    num_workers: int | None = param(
+        None, ge=0, help="DataLoader worker processes of folder data sets (None: up to 8)."
+    )
+
+
 Placement = Literal["everywhere", "last-in-block", "except-shortcut"]
 
 
@@ -217,7 +232,7 @@ class TrialSpec:
     dataset_options: dict[str, Any] = param(
         factory=dict,
         flag="--dataset-option",
-        keys=DatasetOptions,
+        keys=(DatasetOptions, LoaderOptions),
         help="Data-set option key=value: root, image_size, val_fraction, augment, ...",
     )
     recipe: Recipe = param(factory=Recipe, help="Optimiser and schedule.")
@@ -365,8 +380,8 @@ def _identity(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if dataclasses.is_dataclass(d.type) and isinstance(value, Mapping):
             value = _identity(d.type, value)  # type: ignore[arg-type]
-        elif p.keys is not None and isinstance(value, Mapping):
-            roles = {k.name: k.param.role for k in declared(p.keys)}
+        elif p.keys and isinstance(value, Mapping):
+            roles = {k.name: k.param.role for cls in p.keys for k in declared(cls)}
             value = {k: v for k, v in value.items() if roles.get(k, IDENTITY) == IDENTITY}
         elif p.by_file_name and isinstance(value, list | tuple):
             value = [Path(v).name for v in value]

@@ -20,7 +20,7 @@ from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError, UserError
 from normbench.options import OptionDoor, OptionProblem
 from normbench.registry import kind_registry
-from normbench.spec import DatasetOptions, declared
+from normbench.spec import DatasetOptions, LoaderOptions, declared
 
 BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "cifar10": cifar10,
@@ -29,10 +29,10 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": digits,
     "synthetic": synthetic,
 }
-# The keywords every factory takes, with their defaults (declared in normbench.spec), and the
-# options the loaders take (`normbench.data.build`).
+# The keywords every factory takes, with their defaults, and the options the loaders take
+# (`normbench.data.build`): both declared in normbench.spec.
 FACTORY_DEFAULTS: dict[str, Any] = {d.name: d.default for d in declared(DatasetOptions)}
-LOADER_OPTIONS = ("augment", "num_workers")
+LOADER_OPTIONS = tuple(d.name for d in declared(LoaderOptions))
 
 
 def dataset_rules(
