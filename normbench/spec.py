@@ -33,7 +33,8 @@ The bounds of the suite (`MAX_*`) live here because they are bounds of these fie
 of the trial id while it holds its default, so every stored trial keeps its id and resumes
 (`tests/test_trial_ids.py` pins the committed quickstart's 33 ids and one id per shipped suite,
 and fails when a field changes them). An environment, location or bookkeeping field never
-enters the id. A task (`task="classification"` in issue 22's plan) goes in the same way.
+enters the id. A field for other tasks than classification goes in the same way: `task`
+with the default "classification" and `new=True`, so every classification id stays.
 
 This module imports neither torch nor pydantic: the results store and the reports read it.
 """
@@ -66,9 +67,9 @@ from normbench.errors import UserError
 
 __all__ = [
     "BOOKKEEPING", "ENVIRONMENT", "IDENTITY", "LOCATION", "ROLES", "DatasetOptions", "Declared",
-    "LoaderOptions",
-    "Param", "Recipe", "SpecError", "TrialSpec", "declared", "family", "family_hash",
-    "fields_on", "fields_with", "flat_fields", "identity", "input_problems", "value_rule",
+    "LoaderOptions", "Param", "Recipe", "SpecError", "TrialSpec", "declared", "family",
+    "family_hash", "fields_on", "fields_with", "flat_fields", "identity", "input_problems",
+    "value_rule",
 ]  # fmt: skip
 
 
