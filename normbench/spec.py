@@ -13,7 +13,8 @@ with `param(...)`, which says:
     are run). Not in the id, so a suite moved to another machine keeps its trials; but it can
     change numbers (threads change float reduction order), so every epoch record carries it and
     a trial never resumes from a checkpoint written in a different environment.
-  - `location`: where files are (the data set's `root`); never changes a number.
+  - `location`: where files are and how they are read (the data set's `root`, the loader's
+    workers); never changes a number.
   - `bookkeeping`: how often to checkpoint; never changes a number.
   A mapping field may give its keys their own roles (`keys=`; the data set's `root`).
 * its **bounds** (`ge`, `gt`, `le`, `lt`; for a tuple, of each item) and its type (the
@@ -205,8 +206,13 @@ class LoaderOptions:
     augment: dict[str, Any] | bool | None = param(
         None, help="{crop_padding, hflip, rotation} over the data set's own; false: none."
     )
+    # how the files are read, not what they hold (each sample's augmentation is seeded per
+    # sample): more workers must not turn finished trials into new ones
     num_workers: int | None = param(
-        None, ge=0, help="DataLoader worker processes of folder data sets (None: up to 8)."
+        None,
+        role=LOCATION,
+        ge=0,
+        help="DataLoader worker processes of folder data sets (None: from the CPUs granted).",
     )
 
 
@@ -258,6 +264,13 @@ class TrialSpec:
         None, suite=True, help="Channels-last memory format (None: on CUDA only)."
     )
     compile: bool = param(False, suite=True, help="torch.compile the model.")
+    deterministic: bool = param(
+        False,
+        role=ENVIRONMENT,
+        suite=True,
+        help="Deterministic algorithms, cuDNN without autotuning, a fixed cuBLAS workspace "
+        "(normbench.engine.device.set_determinism): repeatable GPU runs at a speed cost.",
+    )
     limit_batches: int | None = param(
         None, ge=1, suite=True, help="Smoke mode: at most this many training batches per epoch."
     )
@@ -421,6 +434,9 @@ def environment_conflict(spec: TrialSpec, recorded: dict[str, Any] | None) -> st
     diffs = []
     if spec.num_threads is not None and recorded.get("num_threads") not in (None, spec.num_threads):
         diffs.append(f"num_threads={recorded['num_threads']} then, {spec.num_threads} now")
+    was = recorded.get("deterministic_algorithms")
+    if was is not None and was != spec.deterministic:
+        diffs.append(f"deterministic={was} then, {spec.deterministic} now")
     wanted = spec.device.partition(":")[0]
     if spec.device != "auto" and recorded.get("device_type") not in (None, wanted):
         diffs.append(f"device {recorded['device_type']!r} then, {wanted!r} now")

@@ -173,8 +173,9 @@ def param_groups(model: nn.Module, recipe: Recipe) -> tuple[list[dict[str, Any]]
     return out, targets
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
-    """SGD with momentum (Nesterov when asked) over `param_groups`."""
+def build_optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> Optimizer:
+    """SGD with momentum (Nesterov when asked) over `param_groups`. `fused`: torch's fused
+    kernel, which can skip a step on the device (`found_inf`; normbench.engine.loop)."""
     check_recipe(recipe)
     groups, targets = param_groups(model, recipe)
     return DecayTargetSGD(
@@ -184,6 +185,7 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        fused=fused or None,
     )
 
 

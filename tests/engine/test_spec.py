@@ -67,7 +67,7 @@ def test_every_field_has_one_role_and_the_lists_derive_from_it() -> None:
     from normbench.suite.schema import TrainModel
 
     assert all(d.param.role in ROLES and d.param.help for d in flat_fields())
-    assert fields_with(ENVIRONMENT) == ("device", "num_threads", "parallel")
+    assert fields_with(ENVIRONMENT) == ("device", "deterministic", "num_threads", "parallel")
     assert fields_with(LOCATION) == ()  # locations live inside plugins and dataset_options
     assert "num_threads" not in identity(spec().to_dict())
     assert set(fields_with(IDENTITY)) >= {"variant", "recipe", "epochs", "amp", "plugins"}
