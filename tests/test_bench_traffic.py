@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from normbench import registry
-from normbench.bench import traffic
-from normbench.bench.simulate import backward_here, on_device
-from normbench.bench.traffic import TrafficCounter, measure_layer
+from normbench import registry, traffic
+from normbench.bench.traffic import measure_layer
+from normbench.simulate import backward_here, on_device
+from normbench.traffic import TrafficCounter
 from normbench.variants import _fused
 
 SHAPE = (8, 16, 6, 6)  # small: every layer measures in well under a second
@@ -135,7 +135,7 @@ def fresh() -> Iterator[None]:
 def test_report_through_the_cli_lists_every_layer_and_a_plugin_over_the_bound(
     tmp_path: Path, fresh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from normbench.bench import traffic_report
+    from normbench.bench import traffic as traffic_report
     from normbench.cli import main
 
     monkeypatch.setattr(traffic_report, "QUICK_SHAPE", SHAPE)

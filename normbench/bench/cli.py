@@ -5,7 +5,7 @@
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
     normbench bench ddp       -> bench_ddp.md         (normbench.bench.ddp; gloo on CPU)
-    normbench bench traffic   -> bench_traffic.md     (normbench.bench.traffic_report; bytes
+    normbench bench traffic   -> bench_traffic.md     (normbench.bench.traffic; bytes
                                                        and host syncs per layer on the
                                                        accelerator path, simulated without one)
     normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu: the device check;
@@ -103,7 +103,7 @@ def traffic_command(
 ) -> None:
     """Bytes read and written and host syncs of one training step per layer (every registered
     variant) on the accelerator path, against 2x BN's."""
-    from normbench.bench.traffic_report import run
+    from normbench.bench.traffic import run
 
     output = output or default_output("traffic", "bench_traffic.md")
     _run("traffic", output, run, quick=quick, device=device, plugins=plugin or [])

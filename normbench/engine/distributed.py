@@ -55,7 +55,7 @@ from torch import nn
 
 from normbench.data.shard import Shard
 from normbench.engine.device import compile_module
-from normbench.engine.spec import SpecError, TrialSpec
+from normbench.spec import SpecError, TrialSpec
 from normbench.variants._fused import global_statistics
 
 
