@@ -20,8 +20,8 @@ from typing import Any
 from normbench.data.base import DataSplits
 from normbench.data.build import _split_options, size
 from normbench.data.files import dry_run_check
-from normbench.errors import UserError
-from normbench.registry import DATASETS, one_line
+from normbench.data.registry import DATASETS
+from normbench.errors import UserError, one_line
 
 
 class DatasetLoadError(UserError):

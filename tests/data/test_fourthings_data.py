@@ -60,7 +60,7 @@ def test_svhn_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def build_data_splits(name: str, **options: object):
-    from normbench.registry import DATASETS
+    from normbench.data.registry import DATASETS
 
     full = {"root": None, "download": False, "image_size": None, "val_fraction": 0.1}
     return DATASETS.get(name).obj(**{**full, "split_seed": 0, **options})
