@@ -20,6 +20,7 @@ from normbench.variants._fused import (
     statistics_ranks,
     stats_dtype,
 )
+from normbench.variants.auxbn import AuxBatchNorm2d, SaAuxBatchNorm2d
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
@@ -44,6 +45,8 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "ghost_bn": GhostBatchNorm2d,
     "ubn": UnifiedBatchNorm2d,
     "fourthings": FourThingsNorm2d,
+    "auxbn": AuxBatchNorm2d,
+    "saauxbn": SaAuxBatchNorm2d,
 }
 
 # For plugins: `BranchIndexed` and `branch_index` (layers with K branches chosen by an index the
