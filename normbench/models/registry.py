@@ -18,13 +18,22 @@ import torch
 from torch import nn
 
 from normbench.errors import UserError, describe_failure
-from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
+from normbench.models import (
+    cifar_resnet,
+    imagenet,
+    inception_v4,
+    preact_resnet,
+    res2net,
+    small_resnet,
+    vgg,
+)
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.options import OptionDoor, OptionProblem, freeze
 from normbench.registry import kind_registry
 
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **cifar_resnet.FACTORIES,
+    **preact_resnet.FACTORIES,
     **small_resnet.FACTORIES,
     **vgg.FACTORIES,
     **inception_v4.FACTORIES,
