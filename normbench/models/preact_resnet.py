@@ -12,7 +12,8 @@ with shortcut x, or a 1x1 conv (no norm) of `a` when the shape changes. There is
 ReLU after the last block (as in that code; the ECCV paper's final BN-ReLU is absent).
 PreActResNet-18 has 11,171,146 parameters with BN and 10 classes.
 
-`norm_layer` goes in every norm slot (norm1, norm2 of every block); `last_norm_layer` replaces
+`width` (default 64) sets the first stage's planes, the others 2x, 4x, 8x it (small models for
+CPU tests and smoke runs). `norm_layer` goes in every norm slot (norm1, norm2 of every block); `last_norm_layer` replaces
 norm2, the last norm of each residual branch; `zero_init_residual` zeroes norm2's weight, which
 with its bias at 0 makes each residual branch start at 0. Convs and the linear layer keep
 PyTorch's default init, as the official code does. The input normalisation the official model
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.models._common import NormLayer, check_bool, zero_norm_weight
+from normbench.models._common import NormLayer, check_bool, check_positive_int, zero_norm_weight
 from normbench.models.cifar_resnet import conv1x1, conv3x3
 
 
@@ -66,11 +67,13 @@ class PreActResNet(nn.Module):
         in_channels: int = 3,
         last_norm_layer: NormLayer | None = None,
         zero_init_residual: bool = False,
+        width: int = 64,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, 64)  # (N, in, 32, 32) -> (N, 64, 32, 32)
-        stages, c_in = [], 64
-        for planes, n, stride in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True):
+        self.conv1 = conv3x3(in_channels, width)  # (N, in, 32, 32) -> (N, width, 32, 32)
+        stages, c_in = [], width
+        planes_per_stage = (width, 2 * width, 4 * width, 8 * width)
+        for planes, n, stride in zip(planes_per_stage, blocks, (1, 2, 2, 2), strict=True):
             layer = []
             for s in [stride] + [1] * (n - 1):
                 layer.append(PreActBlock(c_in, planes, s, norm_layer, last_norm_layer))
@@ -88,7 +91,7 @@ class PreActResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.linear(torch.flatten(self.pool(x), 1))  # (N, 512, 1, 1) -> (N, 512)
+        return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w, 1, 1) -> (N, 8w)
 
 
 def preact_resnet18(
@@ -98,15 +101,19 @@ def preact_resnet18(
     in_channels: int = 3,
     last_norm_layer: NormLayer | None = None,
     zero_init_residual: bool = False,
+    width: int = 64,
 ) -> nn.Module:
-    """Pre-activation ResNet-18: 2 blocks per stage; 11.17M parameters with BN, 10 classes."""
+    """Pre-activation ResNet-18: 2 blocks per stage; 11.17M parameters with BN, 10 classes.
+    `width` is the first stage's planes (the paper's 64; stages width, 2x, 4x, 8x)."""
+    name = "preact_resnet18"
     return PreActResNet(
         (2, 2, 2, 2),
         num_classes,
         norm_layer,
         in_channels=in_channels,
         last_norm_layer=last_norm_layer,
-        zero_init_residual=check_bool("preact_resnet18", "zero_init_residual", zero_init_residual),
+        zero_init_residual=check_bool(name, "zero_init_residual", zero_init_residual),
+        width=check_positive_int(name, "width", width),
     )
 
 
