@@ -31,7 +31,9 @@ SaAuxBN: `weight` γ_sa ~ N(1, 0.02) and `bias` β_sa = 0 (C,); `embed.weight` (
 Deviations from the official code: the K BNs live as (K, C) rows of one layer instead of a
 `ModuleList` of `nn.BatchNorm2d` (`bn_list.k.*` maps to row k); SaAuxBN's shared affine is
 `weight`/`bias` instead of the embedding's last row (`embed.weight[K]`); the per-sample index
-(the official layers take one int per call); statistics per device only (no `global_stats`).
+(the official layers take one int per call); `global_stats`: inside `global_statistics` each
+branch's statistics span every rank's samples of that branch (the index rows are gathered with
+the moments), i.e. SyncBatchNorm per branch.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from torch import nn
 from . import _core
 from ._branch import BranchIndexed, Index, host_checks
 from ._core import ContractNorm, check_batch_statistics, check_input
-from ._fused import fused_instance_affine, stats_dtype
+from ._fused import fused_instance_affine, gather_rows, global_scope, stats_dtype
 from ._options import check_int
 
 
@@ -53,6 +55,7 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
     """K sets of BN statistics; a subclass gives the per-branch affine (`branch_affine`)."""
 
     batch_dependent = True
+    global_stats = True
     running_mean: torch.Tensor
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -101,8 +104,10 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
         check_input(self, x, self.num_features)
         k = self.resolve_index(x, index)
         weight, bias = self.branch_affine()
-        if isinstance(k, int):
+        if isinstance(k, int) and not (self.training and global_scope()):
             return self._one_branch(x, k, weight[k], bias[k])
+        if isinstance(k, int):  # statistics over every rank: through the per-sample path
+            k = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
         if not self.training:
             return self._per_sample_eval(x, k, weight, bias)
         return self._per_sample_training(x, k, weight, bias)
@@ -134,16 +139,17 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
         self, x: torch.Tensor, k: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         """Each branch's samples normalised by their own batch statistics, from per-instance
-        moments m, v (N, C) (law of total variance); the buffers of each branch present
-        move as BN's (docs/variants.md#bncore), with n = n_k·H·W."""
+        moments m, v (N, C) (law of total variance; every rank's rows inside
+        `global_statistics`); the buffers of each branch present move as BN's
+        (docs/variants.md#bncore), with n = n_k·H·W."""
         plane = x.shape[2] * x.shape[3]
-        if host_checks(k):  # on a GPU (or compiled) this check would cost a host sync
+        if host_checks(k) and not global_scope():  # on a GPU (or compiled): a host sync
             counts = torch.bincount(k, minlength=self.num_branches)
             check_batch_statistics(self, x, int(counts[counts > 0].min()) * plane)
         onehot = F.one_hot(k, self.num_branches)  # (N, K)
 
         def coefficients(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            members = onehot.to(mean.dtype)
+            members = gather_rows(onehot.to(mean.dtype))  # (R x N, K) as the moments
             counts = members.sum(dim=0)  # (K,)
             share = members / counts.clamp_min(1)  # (N, K): 1/n_k on branch k's samples
             branch_mean = share.T @ mean  # (K, C)
@@ -154,7 +160,7 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
             scale = members @ gain  # (N, C)
             return scale, torch.addcmul(members @ bias.to(mean.dtype), centred, scale)
 
-        return fused_instance_affine(x, coefficients, across_ranks=False)
+        return fused_instance_affine(x, coefficients)
 
     def _update_running(
         self, branch_mean: torch.Tensor, branch_var: torch.Tensor, n: torch.Tensor
