@@ -70,7 +70,8 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        super().__init__(num_features, eps=float(eps), momentum=momentum)
+        super().__init__(num_features, eps=eps, momentum=momentum)  # checks them
+        self.eps = float(eps)
         self.num_branches = check_int(type(self).__name__, "num_branches", num_branches, minimum=1)
         shape = (num_branches, num_features)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
