@@ -149,7 +149,9 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
             check_batch_statistics(self, x, int(counts[counts > 0].min()) * plane)
         onehot = F.one_hot(k, self.num_branches)  # (N, K)
 
-        def coefficients(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        def coefficients(
+            mean: torch.Tensor, var: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             members = gather_rows(onehot.to(mean.dtype))  # (R x N, K) as the moments
             counts = members.sum(dim=0)  # (K,)
             share = members / counts.clamp_min(1)  # (N, K): 1/n_k on branch k's samples

@@ -13,11 +13,12 @@ ReLU after the last block (as in that code; the ECCV paper's final BN-ReLU is ab
 PreActResNet-18 has 11,171,146 parameters with BN and 10 classes.
 
 `width` (default 64) sets the first stage's planes, the others 2x, 4x, 8x it (small models for
-CPU tests and smoke runs). `norm_layer` goes in every norm slot (norm1, norm2 of every block); `last_norm_layer` replaces
-norm2, the last norm of each residual branch; `zero_init_residual` zeroes norm2's weight, which
-with its bias at 0 makes each residual branch start at 0. Convs and the linear layer keep
-PyTorch's default init, as the official code does. The input normalisation the official model
-does inside itself is the data pipeline's (or the adversarial task's pixel-space wrapper) here.
+CPU tests and smoke runs). `norm_layer` goes in every norm slot (norm1, norm2 of every block);
+`last_norm_layer` replaces norm2, the last norm of each residual branch; `zero_init_residual`
+zeroes norm2's weight, which with its bias at 0 makes each residual branch start at 0. Convs and
+the linear layer keep PyTorch's default init, as the official code does. The input
+normalisation the official model does inside itself is the data pipeline's here (or the
+adversarial task's `PixelModel`).
 """
 
 from __future__ import annotations
