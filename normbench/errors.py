@@ -90,3 +90,14 @@ class RunStopped(RuntimeError):
     """Ray Tune gave up on the whole run, e.g. after Ray's memory monitor killed a trial's
     worker (Tune 2.x raises for a `ray.exceptions.OutOfMemoryError` instead of failing that
     trial). Finished results are stored; trials that were running resume on a rerun."""
+
+
+class StorageFullError(OSError):
+    """A write failed because its file system is full (ENOSPC), a quota is reached (EDQUOT)
+    or a file-size limit is hit (EFBIG). Its message names the file and the file system:
+    `normbench.results.paths.storage_full` builds it from the OSError of the failed write."""
+
+
+class DriverGone(RuntimeError):
+    """A trial worker found that the driver that started it no longer holds its run
+    directory (killed, or replaced by a rerun): it stops before writing anything."""
