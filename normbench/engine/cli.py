@@ -37,13 +37,21 @@ def evaluate_command(
             "trials=[ID], dataset_root=PATH, device=cpu (repeatable).",
         ),
     ] = None,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plugin",
+            help="Plugin file the trials were trained with (repeatable); a plugin path stored "
+            "in RUN_DIR is never imported.",
+        ),
+    ] = None,
 ) -> int:
     """Evaluate finished checkpoints under inference-time settings (no retraining): the
     example weight alpha chosen on validation, and recalibrated running statistics. Appends
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
 
-    written = evaluate_run(run_dir, parse_settings(set_))
+    written = evaluate_run(run_dir, parse_settings(set_), plugins=tuple(plugin or ()))
     print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
     return 0
 
@@ -100,7 +108,12 @@ def train_command(
         int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
     ] = None,
     plugin: Annotated[
-        list[Path] | None, typer.Option("--plugin", help="Plugin file to load (repeatable).")
+        list[Path] | None,
+        typer.Option(
+            "--plugin",
+            help="Plugin file to load (repeatable); with --suite RUN_DIR, each plugin file the "
+            "trial was trained with (a path stored in RUN_DIR is never imported).",
+        ),
     ] = None,
     suite: Annotated[
         Path | None,
@@ -130,7 +143,7 @@ def train_command(
     from normbench.engine.spec import Recipe, TrialSpec
 
     if suite is not None or trial is not None:
-        spec = suite_trial(suite, trial, set_ or [])
+        spec = suite_trial(suite, trial, set_ or [], plugins=tuple(plugin or ()))
     else:
         missing = [f"--{n}" for n, v in (("variant", variant), ("backbone", backbone),
                                          ("dataset", dataset)) if not v]  # fmt: skip
@@ -170,9 +183,12 @@ class TrainArgumentError(UserError, ValueError):
     """`normbench train` flags that do not name one trial."""
 
 
-def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> Any:
+def suite_trial(
+    suite: Path | None, trial: str | None, overrides: list[str], *, plugins: tuple[Path, ...] = ()
+) -> Any:
     """The spec of trial `trial` (id or unique prefix) of a suite file (after overrides), or
-    of a run directory (any stored trial, searched ones included)."""
+    of a run directory (any stored trial, searched ones included; its plugin files must be
+    among `plugins`, as a run directory never names code to run)."""
     if suite is None or not trial:
         raise TrainArgumentError("--suite FILE (or RUN_DIR) and --trial ID go together")
     if suite.is_dir():
@@ -199,19 +215,23 @@ def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> 
                 "pass its run directory as --suite"
             )
         raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...){hint}")
+    if suite.is_dir():
+        from normbench.engine.stored import spec_from_run
+
+        return spec_from_run(specs[matches[0]], plugins, trial_id=matches[0], where=suite)
     return specs[matches[0]]
 
 
 def _stored_specs(run_dir: Path) -> dict[str, Any]:
-    """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
-    from normbench.engine.spec import TrialSpec
+    """Trial id -> stored spec dict of every trial of a run directory (summary or first
+    epoch); turned into a TrialSpec only once picked (`engine.stored.spec_from_run`)."""
     from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
     specs: dict[str, Any] = {}
     for name in (TRIALS, EPOCHS):
         for line in read_jsonl(run_dir / name):
             if line.get("spec") and line["trial_id"] not in specs:
-                specs[line["trial_id"]] = TrialSpec.from_dict(line["spec"])
+                specs[line["trial_id"]] = line["spec"]
     if not specs:
         raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
     return specs
