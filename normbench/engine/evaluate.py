@@ -105,7 +105,8 @@ def evaluate_run(
         load_plugin(path)
     todo = _trials(run_dir, settings, plugins)
     written: list[dict[str, Any]] = []
-    with RunStore(run_dir, busy_hint="wait for it to finish, then evaluate") as store:
+    hint = "wait for it to finish, then evaluate"
+    with RunStore(run_dir, busy_hint=hint, role="evaluate") as store:
         done = {(e["trial_id"], e["setting"], _key(e["params"])) for e in store.evaluations()}
         for summary, spec in todo:
             jobs = [

@@ -31,7 +31,10 @@ _IGNORED_SPEC_KEYS = ("seed", "num_threads", "device", "checkpoint_every", "plug
 # Spec fields that tell the variants of one leaderboard apart.
 _VARIANT_SPEC_KEYS = ("variant", "variant_options", "placement")
 # Preference among copies of one trial id: the most finished first.
-_STATUS_RANK = {"completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "interrupted": 4}
+_STATUS_RANK = {
+    "completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "incomplete": 4, "running": 5,
+    "interrupted": 6,
+}  # fmt: skip
 
 
 class ReportError(UserError):

@@ -33,10 +33,11 @@ def release_lock(fd: int) -> None:
     os.close(fd)
 
 
-def acquire_lock(run_dir: Path, busy_hint: str) -> int:
+def acquire_lock(run_dir: Path, busy_hint: str, role: str) -> int:
     """Hold RUN_DIR/.lock (flock, released by the kernel when this process dies) and write
-    `<pid> <token>` into it; the token tells this driver's trial workers it still holds it
-    (`Lease`). A few quick retries ride out a reader's momentary probe (`lock_holder`)."""
+    `<pid> <token> <role>` into it: the token tells this driver's trial workers it still
+    holds it (`Lease`), the role ("run", "evaluate") tells readers what is going on. A few
+    quick retries ride out a reader's momentary probe (`lock_holder`)."""
     fd = paths.open_nofollow(run_dir / LOCK, os.O_RDWR | os.O_CREAT)
     for attempt in range(5):
         try:
@@ -53,7 +54,7 @@ def acquire_lock(run_dir: Path, busy_hint: str) -> int:
                 f"{holder}); {busy_hint}"
             ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {os.urandom(8).hex()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {os.urandom(8).hex()} {role}\n".encode(), 0)
     os.fsync(fd)
     return fd
 
@@ -63,8 +64,8 @@ def _holder_pid(raw: bytes) -> str:
     return words[0] if words and words[0].isdigit() else "unknown"
 
 
-def lock_holder(run_dir: str | os.PathLike[str]) -> str | None:
-    """The pid of the process holding `run_dir`'s lock, or None when nobody holds it.
+def lock_holder(run_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(pid, role) of the process holding `run_dir`'s lock, or None when nobody holds it.
     Reads only (a momentary shared flock; nothing is created or written)."""
     try:
         fd = paths.open_nofollow(Path(run_dir) / LOCK, os.O_RDONLY)
@@ -73,7 +74,9 @@ def lock_holder(run_dir: str | os.PathLike[str]) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _holder_pid(os.pread(fd, 128, 0))
+        raw = os.pread(fd, 128, 0)
+        words = raw.decode(errors="replace").split()
+        return _holder_pid(raw), (words[2] if len(words) > 2 else "run")
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

@@ -65,15 +65,18 @@ class RunStore:
     """Exclusive writer of one run directory. Use as a context manager (releases the lock).
 
     Opening refuses a run directory holding a symbolic link (`paths.refuse_links`) before
-    anything is written; `busy_hint` ends the message when another process holds the lock.
+    anything is written; `busy_hint` ends the message when another process holds the lock;
+    `role` ("run", "evaluate") is what readers see holding it.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, busy_hint: str = RUN_BUSY_HINT) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], *, busy_hint: str = RUN_BUSY_HINT, role: str = "run"
+    ) -> None:
         self.run_dir = Path(run_dir)
         if self.run_dir.exists():
             paths.refuse_links(self.run_dir, inside=f"run directory {self.run_dir}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = acquire_lock(self.run_dir, busy_hint)
+        self._lock_fd: int | None = acquire_lock(self.run_dir, busy_hint, role)
         self._fds: dict[str, int] = {}
         self._seen: set[tuple[str, int]] = set()
         self._trials: dict[str, dict[str, Any]] = {}

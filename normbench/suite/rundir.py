@@ -31,7 +31,7 @@ def check_run_dir(run_dir: Path, suite: Any) -> None:
     holder = lock_holder(run_dir)
     if holder is not None:
         raise RunDirError(
-            f"run directory {run_dir} is in use by another normbench process (pid {holder}); "
+            f"run directory {run_dir} is in use by another normbench process (pid {holder[0]}); "
             f"{RUN_BUSY_HINT}"
         )
     check_suite_fits(run_dir, suite)
