@@ -49,10 +49,19 @@ def evaluate_command(
     """Evaluate finished checkpoints under inference-time settings (no retraining): the
     example weight alpha chosen on validation, and recalibrated running statistics. Appends
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
+    from normbench.cli import stopped_line
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
 
-    written = evaluate_run(run_dir, parse_settings(set_), plugins=tuple(plugin or ()))
-    print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
+    target = Path(run_dir) / "evaluations.jsonl"
+    written: list[dict[str, Any]] = []
+    try:
+        evaluate_run(run_dir, parse_settings(set_), plugins=tuple(plugin or ()), written=written)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is appended stays
+        what, code = stopped_line(exc)
+        print(f"normbench: {what}; {len(written)} evaluation(s) appended to {target} are kept; "
+              "rerun the same command to do the rest", file=sys.stderr)  # fmt: skip
+        raise SystemExit(code) from None
+    print(f"{len(written)} evaluation(s) appended to {target}")
     return 0
 
 

@@ -63,26 +63,26 @@ class RunRequest:
 def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
     """Run (or describe) a suite. Returns 0, or 1 when some trial failed, the report could
     not be written or the storage is full (one line naming the file and its file system),
-    or 143 after SIGTERM (one line on stderr; every finished epoch is stored and a rerun
-    resumes). A refused preflight, run-directory or environment check raises a UserError
-    before anything is written and before Ray starts (`--dry-run` makes the same checks)."""
+    or 143 after SIGTERM / 130 after SIGINT (one line on stderr; every finished epoch is
+    stored and a rerun resumes). A refused preflight, run-directory or environment check
+    raises a UserError before anything is written and before Ray starts (`--dry-run` makes
+    the same checks)."""
     with _SigtermGuard() as guard:
         try:
             return _execute(req, stream or sys.stdout, guard)
         except KeyboardInterrupt:
-            if not guard.received:
-                raise  # Ctrl-C: the CLI's "aborted"
+            signal_name, code = ("SIGTERM", 143) if guard.received else ("SIGINT", 130)
         where = guard.run_dir
         if guard.opened and where is not None:
             print(
-                f"normbench: stopped by SIGTERM; finished trials are stored in {where}; "
+                f"normbench: stopped by {signal_name}; finished trials are stored in {where}; "
                 "rerun the same command to resume",
                 file=sys.stderr,
             )
         else:
-            print("normbench: stopped by SIGTERM before any trial ran; nothing was run",
+            print(f"normbench: stopped by {signal_name} before any trial ran; nothing was run",
                   file=sys.stderr)  # fmt: skip
-        return 143
+        return code
 
 
 def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
