@@ -10,7 +10,10 @@
 3. the kind's rules: a batch-dependent variant cannot train at batch size 1; with
    `build=True` a variant is constructed at every norm width the backbone has and a backbone
    is constructed with its norm layers recorded, on the meta device (no memory), so every
-   constructor refusal surfaces at validation; a data set's `augment` mapping is parsed;
+   constructor refusal surfaces at validation; a plugin variant is also run (train with
+   backward, and eval, on a (batch size, width, 4, 4) CPU batch) at every width, so a layer
+   that works only at some widths is refused before Ray starts; a data set's `augment`
+   mapping is parsed;
 4. the entry's own hook, when it defines one (a classmethod on a layer, an attribute of a
    factory function):
 
@@ -187,18 +190,38 @@ def _variant_rules(
                 context="batch_size",
             )
         ]
+    where = context.get("_where") or ""
     for width in sorted(context.get("widths") or ()) if build else ():
         try:
             _build_variant(entry.obj, width, freeze(options))
         except BaseException as exc:
-            where = context.get("_where") or ""
             return [
                 OptionProblem(
                     f"variant {entry.name!r} rejects these options at a {width}-channel "
                     f"layer{where}: {describe_failure(exc)}"
                 )
             ]
+    if build and entry.source != "built-in":  # plugin code: run it at every width, too
+        batch = max(int(n or 4), 2)
+        for width in sorted(context.get("widths") or ()):
+            problem = _run_variant(entry.obj, width, batch, freeze(options))
+            if problem:
+                return [
+                    OptionProblem(
+                        f"variant {entry.name!r} fails at a {width}-channel layer{where} (train "
+                        f"and eval forward of a ({batch}, {width}, 4, 4) batch): {problem}"
+                    )
+                ]
     return []
+
+
+@functools.cache
+def _run_variant(
+    cls: type, width: int, batch: int, options: tuple[tuple[str, Any], ...]
+) -> str | None:
+    from normbench.variants_api import behaviour_at
+
+    return behaviour_at(cls, width, batch, dict(options))
 
 
 @functools.cache

@@ -123,15 +123,18 @@ def _class_problem(cls: Any) -> str | None:
     return None
 
 
-def _behaviour_problem(cls: type) -> str | None:
-    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch."""
+def _behaviour_problem(
+    cls: type, width: int = 8, batch: int = 4, size: int = 5, **options: Any
+) -> str | None:
+    """Build cls(width, **options) and run train (with backward) and eval forwards on a
+    (batch, width, size, size) batch."""
     import torch
 
-    layer = cls(8)
+    layer = cls(width, **options)
     for attr in ("weight", "bias"):
         if not hasattr(layer, attr):
             return f"has no .{attr} attribute (set it to None when there is none)"
-    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    x = torch.randn(batch, width, size, size, requires_grad=True)
     for training in (True, False):
         layer.train(training)
         y = layer(x)
@@ -164,6 +167,20 @@ def check_variant_contract(cls: Any) -> str | None:
             return _behaviour_problem(cls)
     except BaseException as exc:  # plugin code: sys.exit() included
         return f"fails the contract check: {describe_failure(exc)}"
+
+
+def behaviour_at(cls: Any, width: int, batch: int, options: dict[str, Any]) -> str | None:
+    """How `cls(width, **options)` fails a train (with backward) and eval forward of a
+    (batch, width, 4, 4) batch, or None; run under a forked RNG (suite validation calls it for
+    plugin layers at every width a backbone gives them, before Ray starts)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _behaviour_problem(cls, width, batch, 4, **options)
+    except BaseException as exc:  # plugin code: sys.exit() included
+        return describe_failure(exc)
 
 
 def _json_safe(value: Any) -> Any:
