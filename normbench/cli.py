@@ -141,11 +141,19 @@ def _invoke(command: Any, argv: list[str] | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        _main(argv)
+    finally:  # a caller in this process (tests) keeps its own handler
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     _show_run_dir_warnings()
     command = typer.main.get_command(build_app())
     _set_metavars(command)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         rv = _invoke(command, argv)
     except SuiteError as exc:  # every problem of a suite at once, one line each

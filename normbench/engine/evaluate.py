@@ -48,7 +48,7 @@ from torch import nn
 from normbench.engine import checkpoint as ckpt
 from normbench.engine.spec import TrialSpec
 from normbench.errors import UserError
-from normbench.results.paths import trial_dir
+from normbench.results.paths import refuse_links, trial_dir
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
 STAT_BUFFERS = ("running_mean", "running_var", "running_sq_mean")
@@ -103,6 +103,7 @@ def evaluate_run(
     from normbench.results.store import RunStore
 
     run_dir = Path(run_dir)
+    refuse_links(run_dir, inside=f"run directory {run_dir}")  # before reading checkpoints
     for path in plugins:
         load_plugin(path)
     todo = _trials(run_dir, settings, plugins)
