@@ -40,7 +40,7 @@ backbones: [{name: resnet20, options: {width: 4}}]
 variants: [bn, user_ln, {name: gn, options: {num_groups: 2}}]
 batch_sizes: [32]
 seeds: [0]
-train: {epochs: 2, lr: 0.05, schedule: constant, probe: false, device: cpu}
+train: {epochs: 2, lr: 0.05, schedule: constant, probe: false, device: cpu, num_threads: 1}
 resources: {cpus: 1, gpus: 0}
 max_concurrent: 1
 """
@@ -94,6 +94,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "suite.yaml").write_text(SUITE)
     suite = load_suite(root / "suite.yaml")
     run = root / "run"
+    threads = torch.get_num_threads()  # the trials set 1, as a Ray worker would
     with RunStore(run) as store:
         store.write_suite(suite)
         for t in suite.trials():
@@ -102,6 +103,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 store.append_epoch(tid, dict(rec), extra=extra)
                 source = rec["variant_source"]
             store.finish_trial(tid, t.spec.to_dict(), t.cell, "completed", variant_source=source)
+    torch.set_num_threads(threads)
     return root
 
 
@@ -516,6 +518,70 @@ def test_dry_run_makes_every_refusal_the_run_makes(
         dry = _cli(["run", str(same), "--output", str(run), "--dry-run"], capsys)
         real = _cli(["run", str(same), "--output", str(run)], capsys)
     assert dry == real and dry[0] == 2 and "in use by another normbench process" in dry[1][0]
+
+
+@pytest.mark.slow
+def test_a_run_over_damaged_checkpoints_loses_and_falsifies_nothing(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through `normbench run` (Ray): an interrupted trial whose checkpoint runs code is
+    retrained with a note that never advises unsafe loading, in the report's Notes; one whose
+    checkpoint has a newer format fails naming both versions and keeps the file; a finished
+    trial that lost its last epoch line and whose checkpoint is unreadable is shown as
+    incomplete, then retrained (its old lines and checkpoint kept in superseded/), never
+    reported complete with a shorter history."""
+    here = tmp_path
+    for name in ("suite.yaml", "user_norm.py"):
+        shutil.copy(finished / name, here / name)
+    run = here / "run"
+    shutil.copytree(finished / "run", run)
+    ids = _ids(run)
+    original = {
+        t: [x for x in _lines(run / "epochs.jsonl") if x["trial_id"] == t] for t in ids.values()
+    }
+    _plant_torch_pickle(run, here)  # bn: interrupted (below), its checkpoint would run code
+    kept = [x for x in _lines(run / "trials.jsonl") if x["trial_id"] == ids["user_ln"]]
+    _write_lines(run / "trials.jsonl", kept)
+    gn = run / "checkpoints" / ids["gn"] / "checkpoint.pt"  # gn: interrupted, newer format
+    torch.save({**torch.load(gn, weights_only=True), "format_version": ckpt.FORMAT_VERSION + 1}, gn)
+    newer = gn.read_bytes()
+    lines = _lines(run / "epochs.jsonl")  # user_ln: finished, its last line lost, ...
+    lost = (ids["user_ln"], 2)
+    _write_lines(run / "epochs.jsonl", [x for x in lines if (x["trial_id"], x["epoch"]) != lost])
+    (run / "checkpoints" / ids["user_ln"] / "checkpoint.pt").write_bytes(
+        b"damaged"
+    )  # ...unreadable
+
+    code, err = _cli(["report", str(run)], capsys)
+    board = (run / "report" / "leaderboard.md").read_text()
+    assert code == 0 and f"`{ids['user_ln']}` | user_ln | resnet20 | 0 | incomplete | 1 |" in board
+    code, err = _cli(["run", str(here / "suite.yaml"), "--output", str(run)], capsys)
+    assert code == 1 and not [x for x in err if "Traceback" in x], err  # gn failed
+    assert not (here / MARKER).exists()
+    final = {x["trial_id"]: x for x in _lines(run / "trials.jsonl")}
+    bn, ln, g = final[ids["bn"]], final[ids["user_ln"]], final[ids["gn"]]
+    assert (bn["status"], ln["status"], g["status"]) == ("completed", "completed", "failed")
+    assert (
+        f"format {ckpt.FORMAT_VERSION + 1}, newer than the format {ckpt.FORMAT_VERSION}"
+        in g["reason"]
+    )
+    assert gn.read_bytes() == newer and not gn.with_name("checkpoint.pt.invalid").exists()
+    (bn_note,) = bn["notes"]
+    assert "holds the Python object" in bn_note and "restarted the trial from scratch" in bn_note
+    (ln_note,) = ln["notes"]
+    assert "retrained from scratch: epoch records [2] of its 2 epochs were lost" in ln_note
+    (archive,) = (run / "superseded").iterdir()
+    assert (archive / "checkpoints" / ids["user_ln"] / "checkpoint.pt").read_bytes() == b"damaged"
+    assert [x["epoch"] for x in _lines(archive / "epochs.jsonl")] == [1]
+    for tid in (ids["bn"], ids["user_ln"]):  # retrained with the same seed: the same numbers
+        now = [x for x in _lines(run / "epochs.jsonl") if x["trial_id"] == tid]
+        assert [(x["epoch"], x["test_top1"]) for x in now] == [
+            (x["epoch"], x["test_top1"]) for x in original[tid]
+        ]
+    board = (run / "report" / "leaderboard.md").read_text()
+    notes = board.split("## Notes")[1]
+    assert bn_note.split(";")[0] in notes and "retrained from scratch" in notes
+    assert "weights_only" not in board and "weights_only" not in json.dumps(final)
 
 
 def test_corpus_counts() -> None:
