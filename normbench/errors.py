@@ -94,8 +94,12 @@ class RunStopped(RuntimeError):
 
 class StorageFullError(OSError):
     """A write failed because its file system is full (ENOSPC), a quota is reached (EDQUOT)
-    or a file-size limit is hit (EFBIG). Its message names the file and the file system:
-    `normbench.results.paths.storage_full` builds it from the OSError of the failed write."""
+    or a file-size limit is hit (EFBIG). Its message (`strerror`, also its str) names the file
+    and the file system: `normbench.results.paths.storage_full` builds it from the OSError of
+    the failed write."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class DriverGone(RuntimeError):

@@ -153,9 +153,7 @@ def storage_full(exc: BaseException, path: str | os.PathLike[str]) -> StorageFul
     if isinstance(cause, StorageFullError):
         return cause
     why = os.strerror(cause.errno or errno.ENOSPC)
-    return StorageFullError(
-        cause.errno, f"{why} writing {path} ({describe_disk(Path(path))})", str(path)
-    )
+    return StorageFullError(cause.errno, f"{why} writing {path} ({describe_disk(Path(path))})")
 
 
 def full_cause(exc: BaseException | None) -> OSError | None:
@@ -186,8 +184,9 @@ def describe_disk(path: Path) -> str:
 
 
 def _size(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns at GiB
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -19,7 +19,6 @@ import importlib
 import importlib.metadata as md
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -496,8 +495,7 @@ class Driver:
         self.view.end(tid, status, reason)
         if (error or {}).get("type") == "StorageFullError" and self.full is None:
             # A trial's checkpoint did not fit: every other trial would fail the same way.
-            message = re.sub(r"^\[Errno \d+\] ", "", str((error or {}).get("message")))
-            self.full = StorageFullError(errno.ENOSPC, message)
+            self.full = StorageFullError(errno.ENOSPC, str((error or {}).get("message")))
             raise self.full
 
 
