@@ -126,10 +126,10 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def stopped_line(exc: KeyboardInterrupt) -> tuple[str, int]:
     """How a command stopped by a signal says so: ('stopped by SIGTERM', 143) or
-    ('interrupted by SIGINT', 130) (128 + the signal number, as a shell reports it)."""
+    ('stopped by SIGINT', 130) (128 + the signal number, as a shell reports it)."""
     if isinstance(exc, Terminated):
         return "stopped by SIGTERM", 143
-    return "interrupted by SIGINT", 130
+    return "stopped by SIGINT", 130
 
 
 def _invoke(command: Any, argv: list[str] | None) -> Any:

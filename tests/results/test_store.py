@@ -16,7 +16,6 @@ import pytest
 from normbench.errors import RunDirError
 from normbench.results import RunStore, load_epochs, load_results
 
-
 T1 = "0123456789ab"
 
 
@@ -68,7 +67,7 @@ def test_lines_are_deduped_and_torn_tail_is_ignored_then_cut(tmp_path: Path) -> 
     assert [json.loads(x)["val_top1"] for x in lines] == [10, 20]
     assert "spec" in json.loads(lines[0]) and "spec" not in json.loads(lines[1])
     with open(tmp_path / "epochs.jsonl", "a") as f:  # a driver killed mid-write
-        f.write('{"trial_id": "%s", "epoch": 3, "val_' % T1)
+        f.write(f'{{"trial_id": "{T1}", "epoch": 3, "val_')
     assert list(load_epochs(tmp_path)["epoch"]) == [1, 2]
     with RunStore(tmp_path) as store:
         assert store.last_epoch(T1) == 2
@@ -169,3 +168,55 @@ def test_write_suite_accepts_added_trials_and_refuses_incompatible(tmp_path: Pat
             store.write_suite(_suite(s1, search={"num_samples": 2}))
     saved = json.loads((tmp_path / "suite.resolved.json").read_text())
     assert saved["extra"] == "c" and os.path.exists(tmp_path / "suite.yaml")
+
+
+def test_a_full_disk_mid_append_leaves_whole_lines_and_names_the_file(tmp_path: Path) -> None:
+    """A write that lands short (the disk filled mid-line) or fails: the partial line is cut
+    off again, StorageFullError names the file and its file system, the next append (with
+    room again) starts on a fresh line and no reader sees a damaged line."""
+    import errno
+
+    from normbench.errors import StorageFullError
+
+    real = os.write
+    with RunStore(tmp_path) as store:
+        store.append_epoch(T1, _rec(1, 10, 11))
+        for fault in ("short", "raise"):
+
+            def full(fd: int, data: bytes, fault: str = fault) -> int:
+                if fault == "short":
+                    return real(fd, bytes(data)[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            os.write = full  # only for the append below (pytest writes nothing meanwhile)
+            try:
+                with pytest.raises(StorageFullError) as err:
+                    store.append_epoch(T1, _rec(2, 20, 21))
+            finally:
+                os.write = real
+            path = tmp_path / "epochs.jsonl"
+            assert str(err.value).startswith(
+                f"No space left on device writing {path} (file system "
+            )
+            assert path.read_text().count("\n") == 1 and path.read_text().endswith("\n")
+        store.append_epoch(T1, _rec(2, 20, 21))
+    assert list(load_epochs(tmp_path)["epoch"]) == [1, 2]
+
+
+def test_trial_ids_read_back_must_be_ids_before_any_path_is_built(tmp_path: Path) -> None:
+    """A line whose trial_id is not 12 hex digits is skipped with a warning; the store never
+    writes one; `trial_dir` refuses it."""
+    from normbench.errors import RunDirWarning
+    from normbench.results.paths import trial_dir
+
+    with RunStore(tmp_path) as store:
+        store.append_epoch(T1, _rec(1, 10, 11))
+        with pytest.raises(RunDirError, match="is not a trial id"):
+            store.append_epoch("../../x", _rec(1, 10, 11))
+    with open(tmp_path / "epochs.jsonl", "a") as f:
+        f.write(json.dumps({**_rec(1, 1, 1), "trial_id": "../../victim"}) + "\n")
+    with pytest.warns(RunDirWarning, match="epochs.jsonl:2: skipped a damaged line .*trial_id"):
+        assert list(load_epochs(tmp_path)["trial_id"]) == [T1]
+    with pytest.raises(RunDirError):
+        trial_dir(tmp_path / "checkpoints", "..")
+    assert trial_dir(tmp_path, T1) == tmp_path / T1
