@@ -29,7 +29,6 @@ import contextvars
 import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from normbench.errors import UserError
-from normbench.results.paths import storage_full
+from normbench.results.paths import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 2  # 2: loadable with weights_only=True (1 held NumPy arrays)
@@ -115,23 +114,15 @@ def save_checkpoint(checkpoint_dir: str | os.PathLike, payload: dict[str, Any]) 
     if directory.is_symlink():  # a planted link: never write through it
         raise CheckpointError(f"{directory} is a symbolic link; no checkpoint is written there")
     target = directory / CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = _Writer(f)
-            try:
-                torch.save({"format_version": FORMAT_VERSION, **payload}, writer)
-            except RuntimeError as exc:  # torch's serializer wraps the OSError of a write
-                raise (writer.error or exc) from None
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        full = storage_full(exc, target) if isinstance(exc, OSError) else None
-        if full is not None:
-            raise full from None
-        raise
+
+    def write(f: Any) -> None:
+        writer = _Writer(f)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, writer)
+        except RuntimeError as exc:  # torch's serializer wraps the OSError of a write
+            raise (writer.error or exc) from None
+
+    atomic_write(target, write)
     _fsync_dir(directory)
     return target
 

@@ -26,7 +26,9 @@ import errno
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from normbench.errors import RunDirError, StorageFullError
 
@@ -123,15 +125,18 @@ def make_dirs(path: Path, root: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `data` to a fresh file beside `path` (O_EXCL: never an existing file or link),
-    fsync it and rename it over `path`: readers see the old file or the new one, and a link
-    planted at `path` is replaced, not written through. A full disk raises StorageFullError."""
-    raw = data.encode() if isinstance(data, str) else data
+def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> None:
+    """Write `data` (or what `data(file)` writes) to a fresh file beside `path` (O_EXCL:
+    never an existing file or link), fsync it and rename it over `path`: readers see the old
+    file or the new one, and a link planted at `path` is replaced, not written through. A
+    full disk raises StorageFullError; either way the old file stays as it was."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
