@@ -58,8 +58,7 @@ def build_report(
     else:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
-    for entry in output.iterdir():  # the folder named is the user's; what is in it is not
-        refuse_links(entry, inside=f"the report folder {output}")
+    refuse_links(output, inside=f"the report folder {output}")  # the folder named is the user's
     tables = build_tables(res)
     dnf = did_not_finish(res)
     ranking = overall_ranking(tables)
@@ -74,7 +73,7 @@ def build_report(
 def _output_in_run(run_dir: Path) -> Path:
     """RUN_DIR/report, made without following a link planted in the run directory."""
     out = run_dir / "report"
-    refuse_links(out, inside=f"run directory {run_dir}")
+    refuse_links(out, inside=f"run directory {run_dir}", root_too=True)
     return make_dirs(out, run_dir)
 
 

@@ -82,12 +82,14 @@ def run_holder(run_dir: Path) -> str | None:
 def _status(
     summary: dict[str, Any] | None, stored: set[int], unfinished: str
 ) -> tuple[str, str | None]:
-    """A trial's status and reason: its summary's, "incomplete" when stored epoch lines are
-    missing from its finished epochs, `unfinished` without a summary."""
+    """A trial's status and reason: its summary's, "incomplete" when a finished trial's stored
+    epoch lines miss some of its epochs, `unfinished` without a summary."""
+    from normbench.results.store import DONE_STATUSES
+
     if summary is None:
         return unfinished, None
     finished = summary.get("epochs")
-    if isinstance(finished, int) and not isinstance(finished, bool):
+    if summary["status"] in DONE_STATUSES and isinstance(finished, int):
         missing = sorted(set(range(1, finished + 1)) - stored)
         if missing:
             return "incomplete", (

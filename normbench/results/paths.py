@@ -53,10 +53,11 @@ def trial_dir(root: str | os.PathLike[str], trial_id: object) -> Path:
 
 
 # -- links -----------------------------------------------------------------------------------
-def find_links(root: str | os.PathLike[str]) -> list[Path]:
-    """Every symbolic link at or below `root` (not following any), sorted."""
+def find_links(root: str | os.PathLike[str], *, root_too: bool = False) -> list[Path]:
+    """Every symbolic link below `root` (and `root` itself with `root_too`: the directory
+    the user named may be a link of theirs), not following any, sorted."""
     root = Path(root)
-    if root.is_symlink() and root.name != "":
+    if root_too and root.is_symlink():
         return [root]
     links: list[Path] = []
     for here, dirs, files in os.walk(root, followlinks=False):
@@ -67,11 +68,13 @@ def find_links(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(links)
 
 
-def refuse_links(root: str | os.PathLike[str], *, inside: str | os.PathLike[str]) -> None:
-    """RunDirError naming the first symbolic link at or below `root` (a planted one: normbench
-    never makes links) and where it points; `inside` is the run or report directory named in
-    the message. Nothing is read through the link and nothing is written."""
-    links = find_links(root)
+def refuse_links(
+    root: str | os.PathLike[str], *, inside: str | os.PathLike[str], root_too: bool = False
+) -> None:
+    """RunDirError naming the first symbolic link below `root` (at it too with `root_too`) (a
+    planted one: normbench never makes links) and where it points; `inside` is the run or
+    report directory named in the message. Nothing is read through the link or written."""
+    links = find_links(root, root_too=root_too)
     if not links:
         return
     first = links[0]

@@ -590,3 +590,23 @@ def test_corpus_counts() -> None:
           f"them: {TALLY['commands']}, handled: {TALLY['handled']}")  # fmt: skip
     if TALLY["directories"]:  # the corpus ran in this process (not split by -n or -k)
         assert TALLY["handled"] == TALLY["commands"]
+
+
+def test_the_output_folder_the_user_named_may_be_their_own_link(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Links are refused below a run directory, not the run directory a user names (`--output`
+    on a link to their scratch space), nor the report folder they name."""
+    real = tmp_path / "scratch" / "run"
+    real.parent.mkdir()
+    shutil.copytree(finished / "run", real)
+    shutil.copy(finished / "user_norm.py", tmp_path)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    (tmp_path / "run").symlink_to(real)
+    (tmp_path / "out").symlink_to(tmp_path / "scratch")
+    code, err = _cli(
+        ["run", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / "run")], capsys
+    )
+    assert code == 0 and not err, err
+    code, err = _cli(["report", str(tmp_path / "run"), "--output", str(tmp_path / "out")], capsys)
+    assert code == 0 and (tmp_path / "scratch" / "leaderboard.md").is_file()
