@@ -29,6 +29,7 @@ import contextvars
 import os
 import random
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,9 @@ def load_checkpoint(
     try:
         # weights_only=True: only tensors, numbers, strings and containers are unpickled, so a
         # crafted file cannot run code (see the module docstring).
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on an odd file (pickle protocol)
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a valid normbench checkpoint ({_why(exc)})") from None
     version = payload.get("format_version") if isinstance(payload, dict) else None
@@ -206,8 +209,10 @@ def _why(exc: Exception) -> str:
             f"it holds the Python object {named.group(1)}, and a checkpoint holds only tensors, "
             "numbers, strings and containers"
         )
-    if "weights_only" in text or "Weights only" in text:
-        return "it holds Python objects besides tensors, numbers, strings and containers"
+    refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if refused or "weights_only" in text or "Weights only" in text:
+        why = f" ({refused.group(1).strip()[:120]})" if refused else ""
+        return f"the loader that unpickles only tensors and plain values refused it{why}"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 

@@ -159,11 +159,14 @@ def _check_complete(run: Path, expected_trials: int) -> dict[str, list[dict]]:
 
 
 def _train_cli(source: Path, tid: str, env: dict[str, str]) -> list[str]:
-    """The trial run uninterrupted by `normbench train --suite SUITE|RUN_DIR --trial ID`."""
+    """The trial run uninterrupted by `normbench train --suite SUITE|RUN_DIR --trial ID`, in a
+    fresh process: its records, and nothing on stderr (torch's C++ allocator once logged
+    "Memory block of unknown size..." there from the memory profiler's window)."""
     out = subprocess.run(
         [sys.executable, "-m", "normbench", "train", "--suite", str(source), "--trial", tid,
          "--json"], env=env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
+    assert out.stderr == "", out.stderr
     return [_fields(json.loads(x)) for x in out.stdout.splitlines()]
 
 
