@@ -107,11 +107,12 @@ def _checkpoints(run: Path) -> dict[str, tuple[int, int]]:
 
 
 def _no_late_checkpoint(run: Path, marker: str, wait) -> None:  # type: ignore[no-untyped-def]
-    """The driver is gone (`wait` reaps it): after a second's grace for a write already under
-    way, the checkpoints stay as they are until every Ray process of the test is gone (trial
-    workers check the driver's lease before each write)."""
+    """The driver is gone (`wait` reaps it): after half a second's grace for a write already
+    under way, the checkpoints stay as they are until every Ray process of the test is gone
+    (trial workers check the driver's lease before each write; the mechanism itself is
+    tested in tests/engine/test_checkpoint.py)."""
     wait()
-    time.sleep(1.0)
+    time.sleep(0.5)
     state = _checkpoints(run)
     _wait_gone(marker, 30)
     assert _checkpoints(run) == state, "a trial worker wrote a checkpoint after its driver died"
