@@ -51,14 +51,16 @@ def evaluate_command(
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.cli import stopped_line
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
+    from normbench.results.store import read_jsonl
 
     target = Path(run_dir) / "evaluations.jsonl"
-    written: list[dict[str, Any]] = []
+    before = sum(1 for _ in read_jsonl(target))
     try:
-        evaluate_run(run_dir, parse_settings(set_), plugins=tuple(plugin or ()), written=written)
+        written = evaluate_run(run_dir, parse_settings(set_), plugins=tuple(plugin or ()))
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is appended stays
+        kept = sum(1 for _ in read_jsonl(target)) - before
         what, code = stopped_line(exc)
-        print(f"normbench: {what}; {len(written)} evaluation(s) appended to {target} are kept; "
+        print(f"normbench: {what}; {kept} evaluation(s) appended to {target} are kept; "
               "rerun the same command to do the rest", file=sys.stderr)  # fmt: skip
         raise SystemExit(code) from None
     print(f"{len(written)} evaluation(s) appended to {target}")

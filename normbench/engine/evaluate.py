@@ -92,10 +92,8 @@ def evaluate_run(
     *,
     plugins: tuple[str | Path, ...] = (),
     echo: Echo = print,
-    written: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines
-    (also appended to `written` as they are stored, for a caller that is interrupted).
+    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines.
 
     `plugins`: the plugin files the user names (`--plugin`); a plugin path stored in the run
     directory is never imported (`normbench.engine.stored`)."""
@@ -107,7 +105,7 @@ def evaluate_run(
     for path in plugins:
         load_plugin(path)
     todo = _trials(run_dir, settings, plugins)
-    written = [] if written is None else written
+    written: list[dict[str, Any]] = []
     hint = "wait for it to finish, then evaluate"
     with RunStore(run_dir, busy_hint=hint, role="evaluate") as store:
         done = {(e["trial_id"], e["setting"], _key(e["params"])) for e in store.evaluations()}

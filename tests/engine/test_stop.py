@@ -66,7 +66,7 @@ def test_train_stops_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         thread = _signal_when(lambda s=start: ckpt.exists() and ckpt.stat().st_mtime_ns > s, signum)  # noqa: B023
         status, out, err = _cli(argv, capsys)
         thread.join()
-        assert out.startswith("epoch ")
+        assert ckpt.is_file()  # it was training when the signal came
         assert (status, err.splitlines()) == (code, [f"normbench: stopped by {name}"])
     torch.set_num_threads(threads)
     assert signal.getsignal(signal.SIGTERM) == handler  # main put the caller's handler back
