@@ -44,7 +44,7 @@ def test_quickstart_asks_ray_for_the_gpu_and_says_where_it_ran(tmp_path) -> None
     suite = load_suite(Path(__file__).parents[1] / "suites" / "quickstart.yaml", overrides=sets)
     assert suite.resources.gpus == 0.5 and {t.spec.seed for t in suite.trials()} == {0}
     epochs = tmp_path / "epochs.jsonl"
-    rec = '{{"trial_id": "t{0}", "epoch": 1, "device": "{1}"}}\n'
+    rec = '{{"trial_id": "00000000000{0}", "epoch": 1, "device": "{1}"}}\n'
     epochs.write_text(rec.format(0, "cuda:0") + rec.format(1, "cuda:0"))
     assert gpu._devices_line(epochs).startswith("Every epoch ran on cuda:0")
     epochs.write_text(rec.format(0, "cuda:0") + rec.format(1, "cpu"))
