@@ -149,6 +149,10 @@ class EpochRecord(TypedDict):
     # what can change a number without changing the experiment (Runtime.environment();
     # docs/reproducibility.md): device, threads, dtype, deterministic flags, versions
     environment: dict[str, Any]
+    # compile: true: graphs torch.compile captured and graph breaks it met since the trial
+    # started in this process (a resumed trial counts again); None without compile
+    compile_graphs: NotRequired[int | None]
+    compile_graph_breaks: NotRequired[int | None]
     diverged_epoch: NotRequired[int]
     diverged_reason: NotRequired[str]
     # added by the Ray adapter and the store

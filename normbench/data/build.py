@@ -4,7 +4,9 @@ Dataset options (a suite's `dataset_options`) are of two kinds:
 - factory options, passed to the data-set factory: `root`, `download`, `image_size`,
   `val_fraction` (default 0.1; 0 = no validation split), `split_seed` (default 0), plus any
   options of that data set (e.g. synthetic's `n_train`);
-- loader options, used here: `augment` and `num_workers` (folder data sets only).
+- loader options, used here: `augment` and `num_workers` (folder data sets only; default: the
+  trial's CPUs but one, `normbench.data.folder_loader.default_workers`; not part of the
+  trial id).
 
 `augment` is a mapping that overrides the data set's defaults key by key,
 `{crop_padding: int >= 0, hflip: bool, rotation: float degrees in [0, 180]}`; `true` or null
@@ -114,6 +116,7 @@ def _make_loader(
     limit_batches: int | None,
     num_workers: int | None,
     shard: Shard,
+    cpus: int | None = None,
 ) -> Loader:
     common: dict[str, Any] = dict(
         batch_size=batch_size,
@@ -128,7 +131,9 @@ def _make_loader(
     )
     if isinstance(split, TensorSet):
         return TensorLoader(split, **common)
-    return FolderLoader(split, image_size=splits.image_size, num_workers=num_workers, **common)
+    return FolderLoader(
+        split, image_size=splits.image_size, num_workers=num_workers, cpus=cpus, **common
+    )
 
 
 def size(split: Any) -> int:
@@ -165,6 +170,7 @@ def build_data(
     limit_batches: int | None = None,
     probe_batch_size: int = 32,
     shard: Shard | None = None,
+    cpus: int | None = None,
     **dataset_options: Any,
 ) -> Data:
     """Load data set `name` (any registered factory) and wrap its splits in loaders.
@@ -173,7 +179,8 @@ def build_data(
     `split_seed` (a data-set option, default 0) drives the validation split. With a
     data-parallel `shard` (rank r of N; `normbench.data.shard`) the loaders serve this rank's
     part only: `batch_size` images of each training batch of N x `batch_size`, and every N-th
-    evaluation batch of `eval_batch_size`.
+    evaluation batch of `eval_batch_size`. `cpus`: the trial's CPUs, which size a folder data
+    set's decoding workers (None: this process's).
     """
     fn = DATASETS.get(name).obj
     shard = shard or Shard()
@@ -194,6 +201,7 @@ def build_data(
         limit_batches=limit_batches,
         num_workers=loader_opts.get("num_workers"),
         shard=shard,
+        cpus=cpus,
     )
     train = _make_loader(
         splits,

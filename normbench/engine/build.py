@@ -88,9 +88,8 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
         channels_last=spec.channels_last,
         compile=spec.compile,
         num_threads=spec.num_threads,
+        deterministic=spec.deterministic,
     )
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     seed_everything(spec.seed)
     data = _build_data(spec, runtime, shard)
     model = build_model(spec, num_classes=data.num_classes, in_channels=data.in_channels)
@@ -98,7 +97,8 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
     batches = len(data.train)
     if spec.limit_batches is not None:
         batches = min(batches, spec.limit_batches)
-    optimizer = build_optimizer(model, spec.recipe)
+    # fused SGD where the loop reads its divergence flag only every few steps (skips on device)
+    optimizer = build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
     scheduler = build_scheduler(
         optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
     )
@@ -132,6 +132,7 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
         limit_batches=spec.limit_batches,
         probe_batch_size=spec.probe_batch_size,
         shard=shard,
+        cpus=runtime.num_threads,
         **spec.dataset_options,
     )
 

@@ -188,8 +188,9 @@ def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
     return [{"params": ps, "weight_decay": d, "decay_toward": t} for (d, t), ps in groups.items()]
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
-    """SGD with momentum (Nesterov when asked) over `param_groups`."""
+def build_optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> Optimizer:
+    """SGD with momentum (Nesterov when asked) over `param_groups`. `fused`: torch's fused
+    kernel, which can skip a step on the device (`found_inf`; normbench.engine.loop)."""
     check_recipe(recipe)
     return DecayTargetSGD(
         param_groups(model, recipe),
@@ -197,6 +198,7 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        fused=fused or None,
     )
 
 

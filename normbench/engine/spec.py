@@ -40,9 +40,11 @@ IDENTITY, ENVIRONMENT, LOCATION, BOOKKEEPING = "identity", "environment", "locat
 # Data-parallel fields left out of the id at their defaults, so a single-device trial keeps the
 # id it had before they existed.
 _DEFAULT_NOT_IN_ID = {"devices": 1, "stats_scope": "device"}
-# Data-set options that say where the files are, not what they are: moving the data (or the
-# suite folder with its plugins) must not turn finished trials into new ones.
-DATASET_LOCATION_OPTIONS = ("root", "download")
+# Data-set options that say where the files are or how they are read, not what they are:
+# moving the data (or the suite folder with its plugins) or decoding it with more loader
+# workers (each sample's augmentation is seeded per sample) must not turn finished trials
+# into new ones.
+DATASET_LOCATION_OPTIONS = ("root", "download", "num_workers")
 # Identity fields that only say how long a trial runs (a truncated run is the same family).
 LENGTH_FIELDS = ("epochs", "limit_batches")
 
@@ -128,6 +130,9 @@ class TrialSpec:
     amp: bool | None = None  # None: bf16 autocast on CUDA only
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False
+    # deterministic algorithms, cuDNN without autotuning, a fixed cuBLAS workspace
+    # (normbench.engine.device.set_determinism): repeatable GPU runs at a speed cost
+    deterministic: bool = _f(False, role=ENVIRONMENT)
     limit_batches: int | None = None  # smoke mode: at most this many train batches per epoch
     eval_batch_size: int = 512
     probe: bool = True  # per-layer feature condensation on a fixed probe batch each epoch
@@ -197,6 +202,7 @@ class TrialSpec:
                     self.sabn_index in ("zeros", "augmented"),
                 ),
                 ("devices", "an integer >= 1", _int_at_least(self.devices, 1)),
+                ("deterministic", "true or false", isinstance(self.deterministic, bool)),
                 (
                     "parallel",
                     "one of 'ddp', 'virtual'",
@@ -286,6 +292,9 @@ def environment_conflict(spec: TrialSpec, recorded: dict[str, Any] | None) -> st
     diffs = []
     if spec.num_threads is not None and recorded.get("num_threads") not in (None, spec.num_threads):
         diffs.append(f"num_threads={recorded['num_threads']} then, {spec.num_threads} now")
+    was = recorded.get("deterministic_algorithms")
+    if was is not None and was != spec.deterministic:
+        diffs.append(f"deterministic={was} then, {spec.deterministic} now")
     wanted = spec.device.partition(":")[0]
     if spec.device != "auto" and recorded.get("device_type") not in (None, wanted):
         diffs.append(f"device {recorded['device_type']!r} then, {wanted!r} now")

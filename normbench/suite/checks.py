@@ -234,13 +234,24 @@ def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
             )
         )
     t = model.train
+    if 0 < gpus < 1 and devices > 1 and t.parallel == "ddp":
+        problems.append(
+            (
+                ("resources", "gpus"),
+                f"gpus: {gpus:g} is per device, so the {devices} DDP ranks of a trial would share "
+                "one GPU, which NCCL refuses; give each rank a whole GPU (`resources: {gpus: "
+                "1}`), or run the devices in one process on a shared GPU with `train.parallel: "
+                "virtual`",
+            )
+        )
     if t.device.startswith("cuda") and gpus == 0:
         problems.append(
             (
                 ("train", "device"),
-                f"{t.device!r} needs a GPU, but resources.gpus is 0: Ray hides every GPU from "
-                "a trial that asks for none; set `resources: {gpus: 1}` (or 0.5 to share one "
-                "GPU between two trials)",
+                f"{t.device!r} needs a GPU, but resources.gpus is 0: a trial that asks Ray for no "
+                "GPU is given none (it would share one unaccounted, since Ray >= 2.60 leaves "
+                "GPUs visible); set `resources: {gpus: 1}` (or 0.5 to share one GPU between "
+                "two trials)",
             )
         )
     if t.stats_scope == "global" and t.devices > 1:

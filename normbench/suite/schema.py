@@ -24,7 +24,7 @@ Reference (see suites/*.yaml for commented examples):
             norm_weight_decay, bias_weight_decay, norm_decay_toward: zero|identity,
             no_decay_norm_and_bias (alias: both decays 0), warmup_epochs,
             schedule: multistep|cosine|constant, milestones, gamma, label_smoothing, grad_clip,
-            device, amp, channels_last, compile,
+            device, amp, channels_last, compile, deterministic,
             limit_batches, placement: everywhere|last-in-block|except-shortcut (unset:
             each variant's official placement, normbench.models.placement), sabn_index, probe,
             probe_batch_size, eval_batch_size, num_threads, checkpoint_every,
@@ -154,6 +154,7 @@ class TrainModel(Strict):
     amp: bool | None = _T.amp
     channels_last: bool | None = _T.channels_last
     compile: bool = _T.compile
+    deterministic: bool = _T.deterministic
     limit_batches: int | None = Field(default=_T.limit_batches, gt=0)
     placement: Placement = _T.placement
     sabn_index: Literal["zeros", "augmented"] = _T.sabn_index

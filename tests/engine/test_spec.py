@@ -57,7 +57,7 @@ def test_every_field_has_one_role_and_the_lists_derive_from_it() -> None:
     from normbench.results.store import family
     from normbench.suite.matrix import unwired_train_keys
 
-    assert fields_with(ENVIRONMENT) == ("device", "num_threads", "parallel")
+    assert fields_with(ENVIRONMENT) == ("device", "deterministic", "num_threads", "parallel")
     assert fields_with(LOCATION) == ()  # locations live inside plugins and dataset_options
     assert "num_threads" not in identity(spec().to_dict())
     assert set(fields_with(IDENTITY)) >= {"variant", "recipe", "epochs", "amp", "plugins"}
