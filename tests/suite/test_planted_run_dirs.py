@@ -13,12 +13,13 @@ finished trial that lost an epoch line and whose checkpoint is unreadable) runs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,13 +399,31 @@ def _argv(command: str, here: Path, run: Path) -> list[str]:
     }[command]  # fmt: skip
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """One command in this process, as a fresh process would see the registries."""
-    from normbench.registry import _reset_all
+@contextlib.contextmanager
+def _without_plugin_files() -> Iterator[None]:
+    """The registries as a fresh process has them (no plugin file loaded) for the block, and
+    as they were afterwards: each command loads the plugin files it is told to, as a new
+    process would, and other tests of this process keep what they registered."""
+    from normbench import registry
 
-    _reset_all()
+    saved = {k: (dict(r._entries), dict(r._broken)) for k, r in registry.REGISTRIES.items()}
+    files = dict(registry._PLUGIN_FILES)
+    for r in registry.REGISTRIES.values():
+        r._entries = {k: e for k, e in r._entries.items() if not e.source.startswith("file:")}
+    registry._PLUGIN_FILES.clear()
+    try:
+        yield
+    finally:
+        for k, r in registry.REGISTRIES.items():
+            r._entries, r._broken = saved[k]
+        registry._PLUGIN_FILES.clear()
+        registry._PLUGIN_FILES.update(files)
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """One command in this process, with the registries a fresh process has."""
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
+    with _without_plugin_files(), pytest.raises(SystemExit) as exit_:
         main(argv)
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     return int(exit_.value.code or 0), err
@@ -456,13 +475,13 @@ def test_the_users_own_plugin_named_again_evaluates_and_trains(
     code, err = _cli(["evaluate", str(run), "--set", f"trials=[{tid}]", "--set",
                       "recalibrate_batches=1"], capsys)  # fmt: skip
     assert (code, err[-1:]) == (2, [err[-1]]) and "--plugin" in err[0] and "user_norm.py" in err[0]
-    with pytest.raises(SystemExit) as exit_:  # rebuilt with the user's file, checkpoint loaded
+    with _without_plugin_files(), pytest.raises(SystemExit) as exit_:  # the user's file
         main(["evaluate", str(run), "--plugin", str(plugin), "--set", f"trials=[{tid}]",
               "--set", "recalibrate_batches=1"])  # fmt: skip
     out = capsys.readouterr().out
     assert exit_.value.code == 0  # a layer without running statistics: nothing to recalibrate
     assert f"trial {tid}: recalibrated_stats does not apply" in out
-    with pytest.raises(SystemExit) as exit_:
+    with _without_plugin_files(), pytest.raises(SystemExit) as exit_:
         main(["train", "--suite", str(run), "--trial", tid, "--plugin", str(plugin), "--json"])
     assert exit_.value.code == 0
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
