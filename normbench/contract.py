@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict
 if TYPE_CHECKING:
     from torch import nn
 
-    from normbench.data.base import DataSplits
-
 NormLayer = Callable[[int], "nn.Module"]
 
 
@@ -61,7 +59,8 @@ class BackboneFactory(Protocol):
 
 class DatasetFactory(Protocol):
     """`fn(*, root, download, image_size, val_fraction, split_seed, **options) -> DataSplits`
-    (normbench/data/base.py), decorated with its `DatasetFacts`."""
+    (normbench/data/base.py, which holds torch tensors: typed Any here, so this module stays
+    below the data package), decorated with its `DatasetFacts`."""
 
     def __call__(
         self,
@@ -72,7 +71,7 @@ class DatasetFactory(Protocol):
         val_fraction: float,
         split_seed: int,
         **options: Any,
-    ) -> "DataSplits": ...
+    ) -> Any: ...
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

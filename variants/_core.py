@@ -21,6 +21,7 @@ kernel with ones and crash on RBN's `weight=None`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._fused import fused_instance_affine, global_scope
+from ._fused import fused_instance_affine, global_scope, statistics_ranks
 from ._options import check_common
 
 
@@ -62,6 +63,11 @@ def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: i
         )
 
 
+def values_per_channel(x: torch.Tensor) -> int:
+    """N·H·W of the statistics batch: every rank's batch inside `global_statistics`."""
+    return x.numel() // x.shape[1] * statistics_ranks()
+
+
 def leaf_forward(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
     """`layer.forward_impl(x, *args)`; `torch.fx` records a call to this, not its body."""
     return layer.forward_impl(x, *args)
@@ -75,21 +81,37 @@ def leaf_forward(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
 torch.fx.wrap("leaf_forward")
 
 
+def leaf_call(layer: Any, x: Any, *args: Any) -> Any:
+    """What a layer's `forward` does: one `leaf_forward` node inside a traced model; traced
+    alone (`torch.fx.symbolic_trace(layer)`, where the layer is the tracer's root and cannot be
+    an argument of its own graph), one call of the GraphModule's submodule `traced_leaf`, the
+    layer itself, so a lone layer traces and runs as it does inside a model."""
+    if isinstance(x, torch.fx.Proxy) and getattr(x.tracer, "root", None) is layer:
+        return x.tracer.create_proxy("call_module", "traced_leaf", (x, *args), {})
+    return leaf_forward(layer, x, *args)
+
+
 class FxLeaf:
     """Mixin: `forward(x)` runs `forward_impl(x)` through the fx-wrapped `leaf_forward`.
 
     `torch.fx.symbolic_trace` cannot trace Python control flow on shapes (a shape check, the
     number of ghost batches); torch's own norm layers avoid it by being fx leaf modules. A
-    normbench layer is recorded as one `leaf_forward` call instead, with the same effect.
+    normbench layer is recorded as one `leaf_forward` call instead, with the same effect; a
+    layer traced alone becomes a GraphModule calling it as its submodule (`leaf_call`).
     `torch.jit.script` is not supported (the layers use Python features it does not
     compile: `*args`, closures passed as coefficient functions); use `torch.compile`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return leaf_forward(self, x)
+        return leaf_call(self, x)
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def traced_leaf(self) -> FxLeaf:
+        """The layer itself: what a GraphModule of the layer traced alone holds and calls."""
+        return self
 
 
 def gap(x: torch.Tensor) -> torch.Tensor:
@@ -110,35 +132,58 @@ def buffer(module: nn.Module, name: str) -> torch.Tensor:
     return value
 
 
-def update_factor(module: nn.Module, momentum: float | None) -> float:
-    """Increment `num_batches_tracked` and return this step's EMA factor (torch's rule).
-
-    For `F.batch_norm`, which takes a Python float: momentum None (a cumulative average) then
-    reads the counter on the host, as `nn.BatchNorm2d` does. `update_running_stats` avoids it.
-    """
-    counter = buffer(module, "num_batches_tracked")
-    counter.add_(1)
-    if momentum is None:
-        return 1.0 / float(counter.item())
-    return momentum
-
-
 def factor_tensor(
     module: nn.Module, momentum: float | None, enabled: torch.Tensor | None = None
 ) -> torch.Tensor | float:
     """Increment `num_batches_tracked` (by `enabled`, a bool tensor, if given) and return this
-    step's EMA factor, 0 where not enabled; on the device, without a host sync."""
+    step's EMA factor, 0 where not enabled; on the device, without a host sync.
+
+    The factor is in the running statistics' dtype: 1/count in float64 for a float64 layer
+    (a float32 factor would move float64 buffers by about 1e-8 relative).
+    """
     counter = buffer(module, "num_batches_tracked")
+    dtype = buffer(module, "running_mean").dtype
     if enabled is None:
         counter.add_(1)
-        return 1.0 / counter if momentum is None else momentum
+        return 1.0 / counter.to(dtype) if momentum is None else momentum
     counter.add_(enabled.to(counter.dtype))
     factor = (
-        1.0 / counter.clamp_min(1)
+        1.0 / counter.clamp_min(1).to(dtype)
         if momentum is None
-        else torch.full_like(enabled, momentum, dtype=torch.float32)
+        else torch.full((), momentum, dtype=dtype, device=counter.device)
     )
     return torch.where(enabled, factor, 0.0)
+
+
+def batch_norm_training(
+    module: nn.Module,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    momentum: float | None,
+    eps: float,
+    norm: Callable[..., torch.Tensor] = F.batch_norm,
+) -> torch.Tensor:
+    """`norm(x, running_mean, running_var, weight, bias, True, factor, eps)` with the buffer
+    rule of docs/variants.md#bncore (`norm`: `F.batch_norm` or `F.instance_norm`).
+
+    Momentum None (a cumulative average, factor 1/count) never reads the counter on the host,
+    where `nn.BatchNorm2d` does (`float(num_batches_tracked)`, a GPU sync and a graph break):
+    the kernel writes this batch's statistics into fresh buffers (factor 1: exactly the batch
+    values), and the module's buffers move towards them by the factor on the device.
+    """
+    running_mean, running_var = buffer(module, "running_mean"), buffer(module, "running_var")
+    if momentum is not None:
+        buffer(module, "num_batches_tracked").add_(1)
+        return norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    batch_mean, batch_var = torch.zeros_like(running_mean), torch.ones_like(running_var)
+    y = norm(x, batch_mean, batch_var, weight, bias, True, 1.0, eps)
+    factor = factor_tensor(module, None)
+    with torch.no_grad():
+        running_mean.lerp_(batch_mean, factor)
+        running_var.lerp_(batch_var, factor)
+    return y
 
 
 def bn_core(
@@ -160,7 +205,7 @@ def bn_core(
     fused kernel apply a plain per-channel affine in the same pass.
     """
     if use_batch_stats:
-        check_batch_statistics(module, x, x.numel() // x.shape[1])
+        check_batch_statistics(module, x, values_per_channel(x))
         if global_scope():  # statistics of every rank's batch: through the moments
             return batch_norm_instances(
                 module,
@@ -171,10 +216,9 @@ def bn_core(
                 weight=weight,
                 bias=bias,
             )
-    factor = 0.0
     if use_batch_stats and update_running:
-        factor = update_factor(module, momentum)
-    use_buffers = update_running or not use_batch_stats
+        return batch_norm_training(module, x, weight, bias, momentum=momentum, eps=eps)
+    use_buffers = not use_batch_stats
     return F.batch_norm(
         x,
         buffer(module, "running_mean") if use_buffers else None,
@@ -182,7 +226,7 @@ def bn_core(
         weight,
         bias,
         use_batch_stats,
-        factor,
+        0.0,
         eps,
     )
 
@@ -237,6 +281,15 @@ def register_bn_buffers(
     module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
     module.register_buffer(var_name, torch.ones(num_features, device=device, dtype=dtype))
     module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+
+def identity_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The identity of a depthwise (C, 1, k, k) kernel with odd k: the centred delta (a
+    layer's `decay_targets()` for BNET's and UBN's affine kernels)."""
+    k = weight.shape[-1]
+    delta = torch.zeros_like(weight)
+    delta[:, 0, k // 2, k // 2] = 1.0
+    return delta
 
 
 def register_affine(
@@ -327,7 +380,7 @@ class RunningStatsNorm(ContractNorm):
         """
         if not self.training:
             return self.running_mean, torch.rsqrt(self.running_var + self.eps)
-        check_batch_statistics(self, x, x.numel() // x.shape[1])
+        check_batch_statistics(self, x, values_per_channel(x))
         mu, batch_var = batch_moments(mean, var)
         count = mean.shape[0] * x.shape[2] * x.shape[3]  # N·H·W of the whole (global) batch
         update_running_stats(self, mu, batch_var, count, self.momentum)
@@ -374,7 +427,5 @@ def update_running_stats(
         running_mean = buffer(module, "running_mean")
         running_var = buffer(module, "running_var")
         factor = factor_tensor(module, momentum, enabled)
-        if isinstance(factor, torch.Tensor):
-            factor = factor.to(running_mean.dtype)
         running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
         running_var.lerp_((var.detach() * (n / max(n - 1, 1))).to(running_var.dtype), factor)

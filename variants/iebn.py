@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._core import RunningStatsNorm, check_batch_statistics, check_input
+from ._core import RunningStatsNorm, check_batch_statistics, check_input, values_per_channel
 from ._fused import fused_instance_affine
 
 
@@ -56,6 +56,9 @@ class IEBN2d(RunningStatsNorm):
     )
     batch_dependent = True
     global_stats = True
+    # The official CIFAR ResNet (gbup-group/IEBN) keeps nn.BatchNorm2d in the downsample
+    # shortcut: a suite that names no placement uses this one (normbench.models.placement).
+    default_placement = "except-shortcut"
 
     def __init__(
         self,
@@ -86,7 +89,7 @@ class IEBN2d(RunningStatsNorm):
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training:
-            check_batch_statistics(self, x, x.numel() // x.shape[1])
+            check_batch_statistics(self, x, values_per_channel(x))
 
         def coefficients(
             mean: torch.Tensor,

@@ -10,8 +10,9 @@ step; `normbench.bench.gpu_layers`):
 3. `compiled matches eager per layer`: compiled bf16 against eager fp32 (Inductor on CUDA,
    `aot_eager` on a CPU), within bf16 rounding.
 4. `host syncs per layer` (CUDA): none in a training step, under torch's sync debug mode.
-5. `bytes per layer against the traffic model`: from `normbench.bench.traffic` (the layer side
-   of issue 20); said to be unwired while it is.
+5. `bytes per layer against the traffic model`: `normbench.traffic.measure_layer`, a bf16 step
+   counted at the dispatcher (on FakeTensors of CUDA without a GPU); at most 2x BN's bytes
+   (BNET and UBN: plus their depthwise convolution) and no host sync.
 6. `peak memory after warm-up` (CUDA): the engine's meter equals a steady step's allocator
    peak, without the first step's cuDNN autotuning.
 7. `killed and resumed trial`: a deterministic 2-epoch trial stopped after epoch 1 and resumed
@@ -30,27 +31,21 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from normbench.bench import gpu_layers as gl
+from normbench.bench.gpu_base import Context, Result, table, verdict
 from normbench.bench.machine import describe_machine
+
+__all__ = ["Check", "CheckFailed", "Context", "Result", "run", "table", "verdict"]
 
 BUDGET_S = 300.0
 SHAPE = (32, 64, 32, 32)
 QUICK_SHAPE = (8, 16, 8, 8)
-
-
-@dataclass(frozen=True)
-class Result:
-    """A check's verdict: `status` PASS, FAIL or SKIP; `details` Markdown for the report."""
-
-    status: str
-    summary: str
-    details: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,46 +55,6 @@ class Check:
 
     def line(self) -> str:
         return f"{self.result.status:<4}  {self.name}: {self.result.summary}"
-
-
-@dataclass
-class Context:
-    """What every check runs with: the device, the layer input shape, the compile backend,
-    and the time (`time.monotonic()`) after which per-layer loops stop."""
-
-    device: torch.device
-    shape: tuple[int, int, int, int]
-    backend: str
-    layers: list[str] = field(default_factory=list)
-    deadline: float = float("inf")
-    unreached: list[str] = field(default_factory=list)  # layers the last loop did not reach
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def cases(self) -> Iterator[gl.Case]:
-        """Each layer's case, until the deadline (the rest land in `unreached`)."""
-        self.unreached = []
-        for i, name in enumerate(self.layers):
-            if time.monotonic() > self.deadline:
-                self.unreached = self.layers[i:]
-                return
-            yield gl.Case.build(name, self.shape, self.device)
-
-
-def verdict(bad: list[str], good: str, details: str = "", ctx: Context | None = None) -> Result:
-    """FAIL naming what is bad, else PASS; either says which layers the budget left out."""
-    cut = f" ({len(ctx.unreached)} layers not reached in the time budget)" if ctx else ""
-    cut = cut if ctx and ctx.unreached else ""
-    if bad:
-        return Result("FAIL", "; ".join(bad) + cut, details)
-    return Result("PASS", good + cut, details)
-
-
-def table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 # ------------------------------------------------------------------------- the checks
@@ -150,12 +105,23 @@ def check_host_syncs(ctx: Context) -> Result:
 
 
 def check_traffic(ctx: Context) -> Result:
-    import importlib.util
+    """Each layer's bf16 training step counted at the dispatcher (`normbench.traffic`): on the
+    GPU when there is one, else on FakeTensors of CUDA (the code path a GPU takes)."""
+    from normbench.traffic import measure_layer
 
-    if importlib.util.find_spec("normbench.bench.traffic") is None:
-        return Result("SKIP", "not wired: normbench.bench.traffic (the layer side of issue 20) "
-                      "is not in this build")  # fmt: skip
-    return Result("SKIP", "not wired: normbench.bench.traffic exists, this check does not call it")
+    rows, bad, simulated = [], [], False
+    for name in ctx.names():
+        t = measure_layer(name, shape=ctx.shape, dtype=torch.bfloat16, device="cuda")
+        simulated = simulated or t.simulated
+        rows.append([name, f"{t.norm_bytes / t.bound_bytes * 2:.2f}", str(t.host_syncs),
+                     str(t.host_copies), "yes" if t.within_bound else "no"])  # fmt: skip
+        if not t.within_bound:
+            bad.append(f"{name} moves {t.norm_bytes / 2**20:.1f} MiB (bound "
+                       f"{t.bound_bytes / 2**20:.1f}), {t.host_syncs} host syncs")  # fmt: skip
+    where = "simulated CUDA (FakeTensors)" if simulated else "CUDA"
+    head = ["layer", "activation bytes x BN", "host syncs", "host copies", "within bound"]
+    good = f"all {len(rows)} within 2x BN's bytes with no host sync ({where})"
+    return verdict(bad, good, table(head, rows), ctx)
 
 
 CheckFn = Callable[[Context], Result]

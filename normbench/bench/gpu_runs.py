@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from normbench.bench import gpu_layers as gl
-from normbench.bench.gpu import Context, Result, table, verdict
-from normbench.engine.spec import Recipe, TrialSpec
+from normbench.bench.gpu_base import Context, Result, table, verdict
+from normbench.spec import Recipe, TrialSpec
 
 TIME_LIMIT = 2.5  # bandwidth-bound: 2x BN's bytes (issue 20's target) plus launch overhead
 QUICKSTART = Path("suites/quickstart.yaml")

@@ -16,27 +16,17 @@ keeps the defaults and `false` turns every augmentation off. Unknown option name
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
+from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet, parse_augment
 from normbench.data.folder_loader import FolderLoader, build_transform
+from normbench.data.registry import DATASETS, FACTORY_DEFAULTS, LOADER_OPTIONS
 from normbench.data.shard import Shard
 from normbench.data.tensor_loader import Normalizer, TensorLoader, epoch_generator
-from normbench.errors import UnknownNameError
-from normbench.registry import DATASETS, closest
 
-FACTORY_DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "download": False,
-    "image_size": None,
-    "val_fraction": 0.1,
-    "split_seed": 0,
-}
-LOADER_OPTIONS = ("augment", "num_workers")
 _PROBE_STREAM = 2
 
 
@@ -74,34 +64,6 @@ def _split_options(
     loader = {k: options[k] for k in LOADER_OPTIONS if k in options}
     factory = {**FACTORY_DEFAULTS, **{k: v for k, v in options.items() if k not in loader}}
     return factory, loader
-
-
-def parse_augment(default: Augment, value: Any) -> Augment:
-    """Apply a suite's `augment` value to a data set's default augmentation."""
-    if value is None or value is True:
-        return default
-    if value is False:
-        return Augment()
-    if not isinstance(value, dict):
-        raise DatasetOptionError(f"augment must be a mapping, true or false, but got {value!r}")
-    valid = [f.name for f in dataclasses.fields(Augment)]
-    for key in value:
-        if key not in valid:
-            raise UnknownNameError(
-                f"unknown augment option {key!r}{closest(str(key), valid)}; "
-                f"valid options: {', '.join(valid)}"
-            )
-    aug = dataclasses.replace(default, **value)
-    pad, rot = aug.crop_padding, aug.rotation
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise DatasetOptionError(f"augment.crop_padding must be an integer >= 0, but got {pad!r}")
-    if not isinstance(aug.hflip, bool):
-        raise DatasetOptionError(f"augment.hflip must be true or false, but got {aug.hflip!r}")
-    if isinstance(rot, bool) or not isinstance(rot, int | float) or not 0 <= rot <= 180:
-        raise DatasetOptionError(
-            f"augment.rotation must be a number of degrees in [0, 180], but got {rot!r}"
-        )
-    return dataclasses.replace(aug, rotation=float(rot))
 
 
 def _make_loader(

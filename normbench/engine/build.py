@@ -19,8 +19,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from normbench.engine.device import Runtime, build_runtime
 from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
-from normbench.engine.spec import SpecError, TrialSpec
 from normbench.errors import UserError
+from normbench.spec import SpecError, TrialSpec
 
 if TYPE_CHECKING:
     from normbench.data.shard import Shard
@@ -147,8 +147,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
-    from normbench.registry import VARIANTS
-    from normbench.variants_api import norm_layer
+    from normbench.variants_api import VARIANTS, norm_layer
 
     variant = norm_layer(spec.variant, **spec.variant_options)
     if spec.placement == "last-in-block":
@@ -177,7 +176,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
 
 
 def _variant_source(name: str) -> str:
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     return VARIANTS.get(name).source
 

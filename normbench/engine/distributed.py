@@ -55,7 +55,7 @@ from torch import nn
 
 from normbench.data.shard import Shard
 from normbench.engine.device import compile_module
-from normbench.engine.spec import SpecError, TrialSpec
+from normbench.spec import SpecError, TrialSpec
 from normbench.variants._fused import global_statistics
 
 
@@ -114,7 +114,9 @@ class Parallel:
         batch-dependent layers normalise with the moments of every rank's batch
         (`normbench.variants._fused.global_statistics`); nothing otherwise."""
         if self.mode == "ddp" and self.stats_scope == "global":
-            return global_statistics()
+            # every rank trains on B rows per step by construction (data/shard.py): the
+            # equal-batch check would only add a host read per step
+            return global_statistics(check_batches=False)
         return contextlib.nullcontext()
 
     def wrap(self, model: nn.Module, forward: nn.Module) -> nn.Module:

@@ -48,7 +48,6 @@ from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
 from normbench.engine.device import environment_difference
-from normbench.engine.spec import TrialSpec
 from normbench.engine.training import (
     BatchCallback,
     CompileError,
@@ -58,6 +57,7 @@ from normbench.engine.training import (
     non_finite_state,
     train_epoch,
 )
+from normbench.spec import TrialSpec
 
 # the record keys come from normbench.contract
 __all__ = ["METRIC_KEYS", "TIMING_KEYS", "CompileError", "run_trial"]

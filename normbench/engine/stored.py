@@ -4,7 +4,7 @@ RUN_DIR`): data, never code to run or a place to write.
 A stored spec names its plugin files by path, and a run directory on a shared folder can be
 written by others. So a stored plugin path is never imported: each plugin file the trial was
 trained with must be named again on the command line (`--plugin PATH`), matched by file name
-(the part of a plugin path that is in the trial id, `engine.spec.identity`), and the spec
+(the part of a plugin path that is in the trial id, `normbench.spec.identity`), and the spec
 takes the user's path. A stored `download: true` is dropped: reading a run never downloads
 into the data root it names (`--set dataset_root=...` moves it).
 """
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from normbench.engine.spec import TrialSpec
 from normbench.errors import PluginError, RunDirError, UserError
+from normbench.spec import TrialSpec
 
 
 def spec_from_run(

@@ -41,6 +41,7 @@ from typing import Any
 from normbench.errors import RunDirError, RunDirWarning
 from normbench.results import paths
 from normbench.results.lock import LOCK, RUN_BUSY_HINT, Lease, acquire_lock, release_lock
+from normbench.spec import family_hash
 
 EPOCHS = "epochs.jsonl"
 TRIALS = "trials.jsonl"
@@ -306,12 +307,12 @@ def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -
             f"{where} (its search section changed; only num_samples may); use another --output"
         )
     new_ids = {t["trial_id"] for t in new.get("trials", [])}
-    families = {family(t["spec"]) for t in new.get("trials", [])}
+    families = {family_hash(t["spec"]) for t in new.get("trials", [])}
     stored = _stored_specs(run_dir)
     if new.get("search"):  # searched trials are variations of the old base specs
         stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
     for tid, spec in sorted(stored.items()):
-        if tid not in new_ids and (spec is None or family(spec) not in families):
+        if tid not in new_ids and (spec is None or family_hash(spec) not in families):
             raise RunDirError(
                 f"{where}: stored trial {tid} is not a trial of the new suite, so results "
                 "would mix; use another --output, or only add trials to the suite"
@@ -373,14 +374,6 @@ def _search_key(resolved: dict[str, Any]) -> Any:
     """The search section without num_samples (a search may be extended)."""
     search = resolved.get("search")
     return {k: v for k, v in search.items() if k != "num_samples"} if search else search
-
-
-def family(spec: dict[str, Any]) -> str:
-    """Hash of a spec's identity without its length (`normbench.engine.spec.family`)."""
-    from normbench.engine.spec import family as spec_family
-
-    d = spec_family(spec)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -457,10 +450,4 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-# The readers live in their own module to keep this one short; re-exported here.
-from normbench.results.frames import load_epochs, load_results  # noqa: E402
-
-__all__ = [
-    "RunStore", "check_suite_fits", "fingerprint", "load_epochs", "load_results", "read_jsonl",
-    "started_trials",
-]  # fmt: skip
+__all__ = ["RunStore", "check_suite_fits", "read_jsonl", "fingerprint", "started_trials"]

@@ -177,7 +177,7 @@ def test_workers_come_from_the_trials_cpus_and_persist_between_epochs(tree: Path
 
 
 def test_num_workers_is_not_part_of_the_trial_id(tree: Path) -> None:
-    from normbench.engine.spec import TrialSpec
+    from normbench.spec import TrialSpec
 
     spec = TrialSpec(variant="bn", backbone="resnet18", dataset="imagenet", epochs=1,
                      dataset_options={"root": str(tree), "num_workers": 0})  # fmt: skip

@@ -17,8 +17,8 @@ from normbench.engine import checkpoint as ckpt
 from normbench.engine import device as dev
 from normbench.engine import memory
 from normbench.engine.loop import run_trial
-from normbench.engine.spec import Recipe
 from normbench.models import register_backbone
+from normbench.spec import Recipe
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def test_deterministic_sets_cublas_before_cuda_and_the_next_trial_resets(monkeyp
 
 
 def test_a_stored_trial_never_resumes_across_the_deterministic_switch() -> None:
-    from normbench.engine.spec import environment_conflict
+    from normbench.spec import environment_conflict
 
     spec = tiny(deterministic=True)
     assert environment_conflict(spec, {"deterministic_algorithms": False}) == (

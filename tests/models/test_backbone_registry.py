@@ -11,13 +11,14 @@ from torch import nn
 
 from normbench.errors import DuplicateNameError, UnknownNameError, UserError
 from normbench.models import (
+    BACKBONES,
     BUILTIN_BACKBONES,
     backbone_options,
     create_backbone,
     list_backbones,
     register_backbone,
 )
-from normbench.registry import BACKBONES, BUILTIN
+from normbench.registry import BUILTIN
 
 EXPECTED = {
     *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50"),

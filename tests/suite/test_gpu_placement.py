@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from normbench.cli import main
-from normbench.engine.spec import TrialSpec
+from normbench.spec import TrialSpec
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _fit(spec: dict[str, Any], cuda_visible: bool, rank: bool) -> tuple[str, int
     import ray.train.torch
     import torch
 
-    from normbench.engine.spec import TrialSpec
+    from normbench.spec import TrialSpec
     from normbench.suite import ray_adapter
 
     torch.cuda.is_available = lambda: cuda_visible  # type: ignore[assignment]
