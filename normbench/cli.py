@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from normbench import __version__
-from normbench.errors import RunDirWarning, SuiteError, Terminated, UserError
+from normbench.errors import RunDirWarning, SuiteError, Terminated, UserError, stopped_by
 
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -124,14 +124,6 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def stopped_line(exc: KeyboardInterrupt) -> tuple[str, int]:
-    """How a command stopped by a signal says so: ('stopped by SIGTERM', 143) or
-    ('stopped by SIGINT', 130) (128 + the signal number, as a shell reports it)."""
-    if isinstance(exc, Terminated):
-        return "stopped by SIGTERM", 143
-    return "stopped by SIGINT", 130
-
-
 def _invoke(command: Any, argv: list[str] | None) -> Any:
     """Parse and run one command. Not `command.main`: typer's turns Ctrl-C into a silent
     exit 130, and a stopped command must say so in one line."""
@@ -161,7 +153,7 @@ def _main(argv: list[str] | None) -> None:
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
-        what, code = stopped_line(exc)
+        what, code = stopped_by(exc)
         print(f"normbench: {what}", file=sys.stderr)
         raise SystemExit(code) from None
     except typer.Abort:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from normbench.contract import EpochRecord
-from normbench.errors import UserError
+from normbench.errors import UserError, stopped_by
 from normbench.spec import (
     IDENTITY,
     DatasetOptions,
@@ -66,7 +66,6 @@ def evaluate_command(
     """Evaluate finished checkpoints under inference-time settings (no retraining): the
     example weight alpha chosen on validation, and recalibrated running statistics. Appends
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
-    from normbench.cli import stopped_line
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
     from normbench.results.store import read_jsonl
 
@@ -77,7 +76,7 @@ def evaluate_command(
         written = evaluate_run(run_dir, settings, plugins=tuple(plugin or ()))
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is appended stays
         kept = sum(1 for _ in read_jsonl(target)) - before
-        what, code = stopped_line(exc)
+        what, code = stopped_by(exc)
         print(f"normbench: {what}; {kept} evaluation(s) appended to {target} are kept; "
               "rerun the same command to do the rest", file=sys.stderr)  # fmt: skip
         raise SystemExit(code) from None

@@ -86,6 +86,15 @@ class Terminated(KeyboardInterrupt):
     only `Exception`, so either ends `tuner.fit()` at once."""
 
 
+def stopped_by(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command stopped by a signal says so: ('stopped by SIGTERM', 143) for
+    `Terminated`, else ('stopped by SIGINT', 130) (128 + the signal number, as a shell
+    reports it)."""
+    if isinstance(exc, Terminated):
+        return "stopped by SIGTERM", 143
+    return "stopped by SIGINT", 130
+
+
 class RunStopped(RuntimeError):
     """Ray Tune gave up on the whole run, e.g. after Ray's memory monitor killed a trial's
     worker (Tune 2.x raises for a `ray.exceptions.OutOfMemoryError` instead of failing that
