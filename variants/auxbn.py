@@ -52,7 +52,8 @@ from ._options import check_int
 
 
 class _BranchStatsNorm(BranchIndexed, ContractNorm):
-    """K sets of BN statistics; a subclass gives the per-branch affine (`branch_affine`)."""
+    """K sets of BN statistics; a subclass registers its affine parameters (`init_affine`)
+    and gives the per-branch affine they make (`branch_affine`)."""
 
     batch_dependent = True
     global_stats = True
@@ -64,11 +65,11 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
         self,
         num_features: int,
         *,
-        num_branches: int,
-        eps: float,
-        momentum: float | None,
-        device: torch.device | str | None,
-        dtype: torch.dtype | None,
+        num_branches: int = 2,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum)  # checks them
         self.eps = float(eps)
@@ -81,6 +82,11 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
             "num_batches_tracked", torch.zeros(num_branches, dtype=torch.long, device=device)
         )
         self.context_index: Index | None = None  # set by `branch_index` (`_branch`)
+        self.init_affine({"device": device, "dtype": dtype})
+
+    def init_affine(self, kw: dict[str, Any]) -> None:
+        """Register the affine parameters (`kw`: the constructor's device and dtype)."""
+        raise NotImplementedError
 
     def reset_running_stats(self) -> None:
         """running_mean 0, running_var 1, counters 0, in every branch."""
@@ -205,27 +211,11 @@ class AuxBatchNorm2d(_BranchStatsNorm):
         "used in Sandwich Batch Normalization (WACV 2022), arXiv 2102.11382"
     )
 
-    def __init__(
-        self,
-        num_features: int,
-        *,
-        num_branches: int = 2,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            num_features,
-            num_branches=num_branches,
-            eps=eps,
-            momentum=momentum,
-            device=device,
-            dtype=dtype,
-        )
-        shape = (num_branches, num_features)
-        self.weight = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+    def init_affine(self, kw: dict[str, Any]) -> None:
+        """γ_k = 1, β_k = 0 in every branch (the official `nn.BatchNorm2d`s)."""
+        shape = (self.num_branches, self.num_features)
+        self.weight = nn.Parameter(torch.ones(shape, **kw))
+        self.bias = nn.Parameter(torch.zeros(shape, **kw))
 
     def branch_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight, self.bias
@@ -243,28 +233,11 @@ class SaAuxBatchNorm2d(_BranchStatsNorm):
         "Heterogeneity (WACV 2022), arXiv 2102.11382"
     )
 
-    def __init__(
-        self,
-        num_features: int,
-        *,
-        num_branches: int = 2,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            num_features,
-            num_branches=num_branches,
-            eps=eps,
-            momentum=momentum,
-            device=device,
-            dtype=dtype,
-        )
-        kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_features, **kw))
-        self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        self.embed = nn.Embedding(num_branches, 2 * num_features, **kw)
+    def init_affine(self, kw: dict[str, Any]) -> None:
+        """γ_sa, β_sa (C,) and the branch table (K, 2C), at `reset_parameters`' values."""
+        self.weight = nn.Parameter(torch.empty(self.num_features, **kw))
+        self.bias = nn.Parameter(torch.empty(self.num_features, **kw))
+        self.embed = nn.Embedding(self.num_branches, 2 * self.num_features, **kw)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

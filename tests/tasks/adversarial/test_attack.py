@@ -20,14 +20,6 @@ from normbench.tasks.adversarial.attack import PGDAttack, PixelModel, pgd
 MEAN, STD = (0.3, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def model_and_batch(seed: int = 0) -> tuple[PixelModel, torch.Tensor, torch.Tensor]:
     """A small pre-activation ResNet-18 with BN on 8x8 pixels, and a batch with saturated
     pixels (0 and 1), where the [0, 1] clip binds."""

@@ -21,14 +21,6 @@ from normbench.variants import AuxBatchNorm2d, branch_index
 from normbench.variants_api import norm_layer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(variant: str, width: int = 4, seed: int = 0, **options: object) -> PixelModel:
     torch.manual_seed(seed)
     net = create_backbone(
