@@ -1,0 +1,12 @@
+"""Tasks: what a trial trains and how it is scored (the contract: `normbench.contract.TaskClass`
+and `Scoring`; docs/tasks.md). `TASKS` is their registry, a kind like variants and backbones;
+`classification` is the built-in task. `base` holds the types a task's methods take and return.
+"""
+
+from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
+from normbench.tasks.registry import BUILTIN_TASKS, TASKS, create_task, register_task
+
+__all__ = [
+    "BUILTIN_TASKS", "TASKS", "Batch", "EvalContext", "ModelContext", "Step", "create_task",
+    "register_task",
+]  # fmt: skip
