@@ -111,9 +111,9 @@ def _scorings(runs: list[RunInfo]) -> dict[str, Scoring]:
             out.setdefault(task, Scoring.from_dict(stored))
     for run in runs:
         for rec in read_jsonl(run.path / EPOCHS):
-            task = (rec.get("spec") or {}).get("task", "classification")
-            if task not in out:
-                out[task] = scoring_of(rec)
+            if not isinstance(rec.get("spec"), dict):  # only a trial's first line has its spec
+                continue
+            out.setdefault(rec["spec"].get("task", "classification"), scoring_of(rec))
     return out
 
 

@@ -38,20 +38,21 @@ class Ranking:
     friedman_p: float  # NaN with fewer than 3 variants
     nemenyi: pd.DataFrame | None  # pairwise p-values (variants x variants)
     ranks: pd.DataFrame | None = None  # like `scores`: each cell's ranks, in its direction
-    # cell title -> whether its headline is higher-is-better (classification's: all True)
+    # cell title -> its headline's label and whether higher is better (classification: top-1)
     higher: dict[str, bool] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def overall_ranking(tables: list[Table]) -> Ranking | None:
     """The ranking of the variants common to every table; None below 2 tables or 2 variants."""
     if len(tables) < 2:
         return None
-    rows, higher = {}, {}
+    rows, higher, labels = {}, {}, {}
     for t in tables:
         h = t.headline
         done = t.rows[t.rows["n"] > 0].set_index("variant")[f"{h.name}_mean"]
         rows[t.title] = done[~done.index.duplicated()]
-        higher[t.title] = h.higher_is_better
+        higher[t.title], labels[t.title] = h.higher_is_better, h.label
     scores = pd.DataFrame(rows).T.dropna(axis=1)  # variants with a number in every cell
     if scores.shape[1] < 2:
         return None
@@ -69,7 +70,17 @@ def overall_ranking(tables: list[Table]) -> Ranking | None:
         stat, p = float(res.statistic), float(res.pvalue)
         nemenyi = sp.posthoc_nemenyi_friedman(oriented.to_numpy())
         nemenyi.index = nemenyi.columns = list(scores.columns)
-    return Ranking(scores, mean_rank, stat, p, nemenyi, ranks, higher)
+    return Ranking(scores, mean_rank, stat, p, nemenyi, ranks, higher, labels)
+
+
+def _by(r: Ranking) -> str:
+    """What the cells rank by: one headline's mean final test value, or each cell's own."""
+    labels = set(r.labels.values()) or {"top-1"}
+    if len(labels) > 1:
+        return "their task's headline metric (mean final test value), each in its direction"
+    (label,) = labels
+    way = "" if all(r.higher.values()) else " (lower is better)"
+    return f"mean final test {label}{way}"
 
 
 def ranking_markdown(r: Ranking) -> list[str]:
@@ -78,15 +89,9 @@ def ranking_markdown(r: Ranking) -> list[str]:
     out = [
         f"## Overall ranking across {cells} leaderboards",
         "",
-        "Each leaderboard ranks the variants present in all of them by mean final test top-1 "
+        f"Each leaderboard ranks the variants present in all of them by {_by(r)} "
         "(1 = best; ties share the average rank). Variants missing from a leaderboard are left "
-        "out of this ranking."
-        + (
-            ""
-            if all(r.higher.values())
-            else " A leaderboard of another task ranks by its own headline metric, in its "
-            "direction (lower is better where the task says so)."
-        ),
+        "out of this ranking.",
         "",
         "| variant | mean rank | "
         + " | ".join(f"rank in [{i}]" for i in range(1, cells + 1))

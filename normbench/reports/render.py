@@ -248,7 +248,7 @@ def _task_target_line(t: Table) -> str:
     """The target sentence of a task other than classification: its headline, its unit and
     its direction."""
     h = t.headline
-    way = "at least" if h.higher_is_better else "at most"
+    way = "at or above" if h.higher_is_better else "at or below"
     what = f"test {h.label}" + (f" ({h.unit})" if h.unit and h.unit != "%" else "")
     if t.target is None:
         return f"Target {what}: none (no completed trial)."
@@ -259,7 +259,7 @@ def _task_target_line(t: Table) -> str:
         "baseline": f"BN's mean final {h.label} in this table",
         "default": f"within 5% of the best mean final {h.label} in this table",
     }[t.target_source]
-    return f"Target {what}: {value} ({why}); a trial reaches it at {way} this value."
+    return f"Target {what}: {value} ({why}); a trial reaches it at its first epoch {way} it."
 
 
 def task_legend(tables: list[Table]) -> list[str]:
