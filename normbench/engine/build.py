@@ -45,7 +45,7 @@ class Trial:
     batches_per_epoch: int
     params: int
     variant_source: str
-    probe: torch.Tensor | None
+    probe: Any  # the condensation probe's inputs (None: no probe)
 
 
 def seed_everything(seed: int) -> None:
@@ -218,9 +218,12 @@ def _variant_source(name: str) -> str:
     return VARIANTS.get(name).source
 
 
-def _probe_batch(spec: TrialSpec, data: Any, runtime: Runtime) -> torch.Tensor | None:
-    """The fixed probe batch (first `probe_batch_size` samples of `data.probe`) on device."""
+def _probe_batch(spec: TrialSpec, data: Any, runtime: Runtime) -> Any:
+    """The fixed probe batch (first `probe_batch_size` samples of `data.probe`) on device: a
+    tensor of images, or the inputs a data set's own loader gives (e.g. a list of images)."""
     probe = getattr(data, "probe", None)
     if not spec.probe or probe is None:
         return None
-    return probe[: spec.probe_batch_size].to(runtime.device)
+    if isinstance(probe, torch.Tensor):
+        return probe[: spec.probe_batch_size].to(runtime.device)
+    return probe[: spec.probe_batch_size]

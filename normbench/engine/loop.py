@@ -275,7 +275,8 @@ def _condensation(trial: Trial) -> dict[str, float]:
     probe = trial.probe
     if probe is None:
         return {}
-    return probes.condensation(trial.model, trial.runtime.to_input(probe), trial.runtime.autocast())
+    x = trial.runtime.to_input(probe) if isinstance(probe, torch.Tensor) else probe
+    return probes.condensation(trial.model, x, trial.runtime.autocast())
 
 
 def _memory_meter(trial: Trial) -> memory.PeakMemory:
@@ -302,7 +303,15 @@ def _payload(trial: Trial, state: _State, rng: list[dict[str, Any]]) -> dict[str
         "scheduler": trial.scheduler.state_dict(),
         "rng": rng,
         "environment": trial.runtime.environment(),
+        **_task_state(trial.task),
     }
+
+
+def _task_state(task: Any) -> dict[str, Any]:
+    """A task's own training state, when it keeps one (`state_dict()`, e.g. a GAN's second
+    optimiser or a NAS controller; docs/tasks.md): saved beside the model's."""
+    state = getattr(task, "state_dict", None)
+    return {"task": state()} if callable(state) else {}
 
 
 def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
@@ -314,6 +323,8 @@ def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
     for group in trial.optimizer.param_groups:  # the saved groups carry the saver's choice
         group["fused"] = fused
     trial.scheduler.load_state_dict(payload["scheduler"])
+    if "task" in payload:
+        trial.task.load_state_dict(payload["task"])
     ckpt.set_rng_state(ckpt.rank_rng_state(payload["rng"], rank), trial.runtime.device)
     return _State(
         epoch=int(payload["epoch"]),

@@ -155,7 +155,9 @@ def train_epoch(
     seen = sums.seen
     if seen == 0:
         return TrainResult(None, {}, 0, seconds, lr, "the training loader yielded no batch")
-    metrics = {name: float(par.all_sum(v)) / seen for name, v in sums.sums.items()}
+    metrics: dict[str, float | None] = {
+        name: float(par.all_sum(v)) / seen for name, v in sums.sums.items()
+    }
     return TrainResult(float(sums.loss_sum) / seen, metrics, seen, seconds, lr)
 
 

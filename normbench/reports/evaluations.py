@@ -56,8 +56,8 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (dataset, backbone, variant, batch, setting), rows in groups.items():
-        key = f"test_{scoring_of(rows[0][0]).headline}"
-        new = [e[key] for e, _ in rows if e.get(key) is not None]
+        test = f"test_{scoring_of(rows[0][0]).headline}"
+        new = [e[test] for e, _ in rows if e.get(test) is not None]
         old = [t for _, t in rows if t is not None]
         values = ", ".join(f"{e['value']:g}" for e, _ in rows)
         diff = _mean(new) - _mean(old) if new and old else None

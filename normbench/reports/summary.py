@@ -18,8 +18,10 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
     console = console or Console()
     for t in report.tables:
         h = t.headline
-        columns = ("variant", "n", f"{h.label} (final)", "std", "Δ vs BN", "p", "p (Holm)")
-        columns += ("diverged",)
+        columns = (
+            *("variant", "n", f"{h.label} (final)", "std", "Δ vs BN", "p", "p (Holm)"),
+            "diverged",
+        )
         rows = [
             (
                 str(r["variant"]),

@@ -319,8 +319,10 @@ def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
         return problems
     found: dict[tuple[Path, str], None] = {}
     for backbone in dict.fromkeys(c.backbone.name.lower() for c in cells) or [None]:
-        context = {"dataset": model.dataset.name.lower(), "backbone": backbone}
-        for item in located(TASKS.check_options(name, options, **context), ("task", "options")):
+        checked = TASKS.check_options(
+            name, options, dataset=model.dataset.name.lower(), backbone=backbone
+        )
+        for item in located(checked, ("task", "options")):
             found[item] = None
     problems += list(found)
     scoring: Scoring = obj.scoring

@@ -99,7 +99,8 @@ class LiveView:
             return
         row.epoch = int(record["epoch"])
         row.headline = h = scoring_of(record).headline
-        row.val_score, row.test_score = record.get(f"val_{h}"), record.get(f"test_{h}")
+        values: dict[str, Any] = dict(record)
+        row.val_score, row.test_score = values.get(f"val_{h}"), values.get(f"test_{h}")
         row.images_per_s, row.epoch_time_s = record.get("images_per_s"), record.get("epoch_time_s")
         self.epochs_done += 1
         eta = self.suite_eta_s()

@@ -115,3 +115,39 @@ def test_registration_refuses_what_breaks_the_contract() -> None:
         with pytest.raises(PluginError, match=why):
             register_task("bad_task")(bad)
         assert "bad_task" not in TASKS
+
+
+# -- a task whose batches are lists (the structure of detection's) -------------------------
+SEGMENTATION = str(Path(__file__).with_name("plugin_segmentation.py"))
+load_plugin(SEGMENTATION)  # registers the digit_masks data set and digit_segmentation
+
+
+class TestDigitSegmentation(TaskConformance):
+    task = "digit_segmentation"
+    dataset = "digit_masks"
+    plugins = (SEGMENTATION,)
+    learn_lr = 0.5
+
+
+def test_segmentation_batches_are_lists_and_miou_matches_sklearn() -> None:
+    """The data set's own loader serves lists through the engine, and the task's mean IoU and
+    pixel accuracy equal scikit-learn's on the model's own predictions."""
+    from sklearn.metrics import accuracy_score, jaccard_score
+
+    from normbench.engine.loop import evaluate
+
+    kit = TestDigitSegmentation()
+    trial = kit.build()
+    images, targets = next(iter(trial.data.train))
+    assert isinstance(images, list) and isinstance(targets, list) and len(images) == 16
+    assert isinstance(trial.probe, list) and len(trial.probe) == 4  # the probe is a list too
+    values = evaluate(trial, trial.data.test)
+    truth, preds = [], []
+    trial.model.eval()
+    with torch.no_grad():
+        for images, targets in trial.data.test:
+            preds.append(trial.model(images).argmax(dim=1).flatten().numpy())
+            truth.append(torch.stack([t["mask"] for t in targets]).flatten().numpy())
+    y, p = np.concatenate(truth), np.concatenate(preds)
+    assert values["miou"] == pytest.approx(100 * jaccard_score(y, p, average="macro"))
+    assert values["pixel_acc"] == pytest.approx(100 * accuracy_score(y, p))
