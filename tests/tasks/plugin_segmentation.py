@@ -92,9 +92,7 @@ def digit_masks(
     split_seed: int = 0,
 ) -> DataSplits:
     """scikit-learn's digits (8 x 8 unless `image_size`) with a mask per image."""
-    base = digits(
-        image_size=image_size or 8, val_fraction=val_fraction, split_seed=split_seed
-    )
+    base = digits(image_size=image_size or 8, val_fraction=val_fraction, split_seed=split_seed)
     return DataSplits(
         "digit_masks", base.train, base.val, base.test, CLASSES, base.in_channels,
         base.image_size, base.mean, base.std, info=base.info, loader=MaskLoader,
