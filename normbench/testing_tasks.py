@@ -75,8 +75,13 @@ class TaskConformance:
         torch.set_num_threads(threads)
 
     def task_name(self) -> str:
-        """The task's registry name (a class is looked up among the registered ones)."""
+        """The task's registry name (a class is looked up among the registered ones), after
+        `plugins` are loaded (again, if a test emptied the registries)."""
+        from normbench.registry import load_plugin
         from normbench.tasks import TASKS
+
+        for path in self.plugins:
+            load_plugin(path)
 
         if self.task is None:
             raise TypeError(f"{type(self).__name__}: set the class attribute `task`")
