@@ -209,3 +209,18 @@ def test_an_unknown_task_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert _main(["run", str(suite), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "task.name: unknown task 'digit_regresion' (did you mean 'digit_regression'?)" in err
+
+
+def test_normbench_tasks_lists_headlines_and_directions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _main(["tasks", "--json", "--plugin", PLUGIN]) == 0
+    listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
+    assert (listed["classification"]["headline"], listed["classification"]["higher_is_better"]) == (
+        "top1",
+        True,
+    )
+    regression = listed["digit_regression"]
+    assert (regression["headline"], regression["higher_is_better"]) == ("rmse", False)
+    assert regression["options"] == {"huber_delta": 0.0}
+    assert regression["source"] == f"file:{Path(PLUGIN).resolve()}"
