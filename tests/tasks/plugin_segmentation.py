@@ -53,11 +53,9 @@ class MaskLoader:
         self.limit_batches, self.shard, self.epoch = limit_batches, shard or Shard(), 0
 
     def __len__(self) -> int:
-        n, bs = len(self.labels), self.batch_size
-        if not self.train:
-            return len(self.shard.eval_batches(n, bs))
-        full = self.shard.train_batches(n, bs)
-        return full if self.limit_batches is None else min(full, self.limit_batches)
+        return self.shard.num_batches(
+            len(self.labels), self.batch_size, train=self.train, limit_batches=self.limit_batches
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
