@@ -1,7 +1,10 @@
 """Stored results as pandas tables: `load_results` (one row per trial) and `load_epochs`.
 
 Pure functions of the run directory (no torch, no lock: readers never block the writer).
-A trial with epochs but no summary line is "interrupted" (the driver stopped mid-trial).
+A trial with epochs but no summary line is "running" while a `normbench run` holds the run
+directory, else "interrupted" (the driver stopped mid-trial). A finished trial whose stored
+epoch lines miss some of its finished epochs is "incomplete": its final metrics would be an
+earlier epoch's, so it never counts as completed (a rerun restores or retrains it).
 
 The metric columns follow each trial's task (its `Scoring`, read from its records with
 `normbench.contract.scoring_of`): with headline metric `h` and shown metrics `s...`,
@@ -33,7 +36,7 @@ CONFIG_COLUMNS = [
 ]  # fmt: skip
 COST_COLUMNS = [
     "wall_time_s", "train_time_s", "images_per_s", "peak_mem_mb", "peak_mem_method", "params",
-    "variant_source", "environment",
+    "variant_source", "environment", "notes",
 ]  # fmt: skip
 
 
@@ -68,6 +71,7 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         first.setdefault(tid, rec)
         epochs.setdefault(tid, {}).setdefault(int(rec["epoch"]), cast(EpochRecord, rec))
     summaries = {rec["trial_id"]: rec for rec in read_jsonl(run_dir / TRIALS)}
+    unfinished = "running" if run_holder(run_dir) == "run" else "interrupted"
     rows = []
     metrics: dict[str, None] = {}
     for tid in sorted(set(epochs) | set(summaries)):
@@ -76,8 +80,7 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         spec = (summary or {}).get("spec") or first.get(tid, {}).get("spec") or {}
         cell = (summary or {}).get("cell") or first.get(tid, {}).get("cell") or {}
         row = {"trial_id": tid, **_config_columns(spec, cell)}
-        row["status"] = summary["status"] if summary else "interrupted"
-        row["reason"] = summary.get("reason") if summary else None
+        row["status"], row["reason"] = _status(summary, set(epochs.get(tid, {})), unfinished)
         scoring = _scoring(recs, row["task"])
         if scoring is not None:
             row["headline"] = scoring.headline
@@ -85,6 +88,8 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         row.update(_metric_columns(recs, scoring))
         if summary and summary.get("variant_source"):
             row["variant_source"] = summary["variant_source"]
+        notes = (summary or {}).get("notes")
+        row["notes"] = json.dumps(notes) if isinstance(notes, list) and notes else None
         rows.append(row)
     if not metrics:
         metrics = dict.fromkeys(CLASSIFICATION_COLUMNS)
@@ -97,6 +102,35 @@ def _scoring(recs: list[EpochRecord], task: str) -> Scoring | None:
     if recs:
         return scoring_of(recs[0])
     return CLASSIFICATION if task == "classification" else None
+
+
+def run_holder(run_dir: Path) -> str | None:
+    """Which command holds the run directory now ("run", "evaluate"), or None."""
+    from normbench.results.lock import lock_holder
+
+    held = lock_holder(run_dir)
+    return None if held is None else held[1]
+
+
+def _status(
+    summary: dict[str, Any] | None, stored: set[int], unfinished: str
+) -> tuple[str, str | None]:
+    """A trial's status and reason: its summary's, "incomplete" when a finished trial's stored
+    epoch lines miss some of its epochs, `unfinished` without a summary."""
+    from normbench.results.store import DONE_STATUSES
+
+    if summary is None:
+        return unfinished, None
+    finished = summary.get("epochs")
+    if summary["status"] in DONE_STATUSES and isinstance(finished, int):
+        missing = sorted(set(range(1, finished + 1)) - stored)
+        if missing:
+            return "incomplete", (
+                f"{summary['status']} after {finished} epochs, but the lines of epochs "
+                f"{missing} are lost, so its final metrics are not shown; rerun `normbench "
+                "run` on its suite to restore them from its checkpoint or retrain it"
+            )
+    return summary["status"], summary.get("reason")
 
 
 def _config_columns(spec: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,11 @@ CASES.update(
         "ubn": Case("ubn", {"decide": "step", "tau": 0.05, "sim_init": "zero"}),
         "ubn(epoch, centered gap)": Case("ubn", {"sim_source": "centered", "sim_features": "gap"}),
         "bn(momentum None)": Case("bn", {"momentum": None}),
+        "bnet(momentum None)": Case("bnet", {"momentum": None}),
+        "sabn(momentum None)": Case("sabn", {"momentum": None}),
+        "iebn(momentum None)": Case("iebn", {"momentum": None}),
+        "ghost_bn(momentum None)": Case("ghost_bn", {"ghost_batch_size": 4, "momentum": None}),
+        "ubn(momentum None)": Case("ubn", {"momentum": None}),
     }
 )
 # Plugin files: a layer built on normbench's BN keeps its claim; torch's BN does not.
