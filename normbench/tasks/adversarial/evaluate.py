@@ -10,13 +10,14 @@ row). Every metric is a percentage, higher is better.
 
 A model without branch-indexed layers (BN) computes the same numbers through either branch; it
 is evaluated once and both prefixes carry them (the official README lists BN's 84.84 in both
-tables). The random starts come from a generator seeded with `seed` at the start of each branch,
-so every model and branch is attacked from the same draws.
+tables). Each branch draws its random starts from its own generator seeded with `seed`, so
+every model and branch is attacked from the same draws. The batches are read once; the counts
+stay on the device until the end of the split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,50 +42,57 @@ def robust_accuracy(
     attacks: Iterable[PGDAttack] = EVAL_ATTACKS,
     *,
     seed: int = 0,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """SA and RA (percent) per branch of `model` (a `PixelModel`) on `batches` of pixels
-    (N, C, H, W) in [0, 1] and labels (N,), which is iterated once per branch. The model's
-    training flag is restored on return. Raises ValueError on an empty `batches`."""
+    (N, C, H, W) in [0, 1] and labels (N,), iterated once. `all_sum` adds the counts over
+    data-parallel ranks (each evaluating its share of the batches). The model's training flag
+    is restored on return. Raises ValueError on an empty split."""
     attacks = tuple(attacks)
     if len({a.name for a in attacks}) != len(attacks):
         raise ValueError(f"robust_accuracy: two attacks with the same step count: {attacks}")
+    branches = BRANCHES if has_branches(model) else dict(list(BRANCHES.items())[:1])
+    keys = [f"{b}_{m}" for b in branches for m in ("sa", *(f"{a.name}_ra" for a in attacks))]
     was_training = model.training
     model.eval()
-    results: dict[str, float] = {}
     try:
-        for prefix, index in BRANCHES.items():
-            if results and not has_branches(model):
-                results.update({f"{prefix}_{k.split('_', 1)[1]}": v for k, v in results.items()})
-                break
-            with branch_index(model, index):
-                for key, value in _branch_accuracy(model, batches, attacks, seed).items():
-                    results[f"{prefix}_{key}"] = value
+        counts = _count_hits(model, batches, attacks, branches, seed, len(keys))
     finally:
         model.train(was_training)
-    return results
+    totals = (all_sum or (lambda t: t))(counts).tolist()  # one host read
+    if totals[-1] == 0:
+        raise ValueError("robust_accuracy: no batches to evaluate")
+    results = {k: 100.0 * hits / totals[-1] for k, hits in zip(keys, totals, strict=False)}
+    for prefix in BRANCHES:  # a model without branches: one result under every prefix
+        if prefix not in branches:
+            results.update({prefix + k[k.index("_") :]: v for k, v in list(results.items())})
+    return {k: results[k] for k in metric_names(attacks)}
 
 
-def _branch_accuracy(
+def _count_hits(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     attacks: tuple[PGDAttack, ...],
+    branches: dict[str, int],
     seed: int,
-) -> dict[str, float]:
-    """{"sa": ..., "pgd10_ra": ...} in percent for the branch the context has set."""
-    correct: dict[str, torch.Tensor] = {}
-    total, generator = 0, None
+    n_keys: int,
+) -> torch.Tensor:
+    """(n_keys + 1,) int64 on the device: correct predictions per (branch, SA or attack), and
+    the images seen. Each branch attacks from its own generator, seeded with `seed`."""
+    counts: torch.Tensor | None = None
+    generators: dict[int, torch.Generator] = {}
     for x, y in batches:
-        if generator is None:
-            generator = torch.Generator(device=x.device).manual_seed(seed)
-        with torch.no_grad():
-            hits = {"sa": model(x).argmax(dim=1).eq(y).sum()}
-        for attack in attacks:
-            x_adv = pgd(model, x, y, attack, generator=generator)
-            with torch.no_grad():
-                hits[f"{attack.name}_ra"] = model(x_adv).argmax(dim=1).eq(y).sum()
-        for key, count in hits.items():  # summed on the device: one host read at the end
-            correct[key] = correct[key] + count if key in correct else count
-        total += int(y.shape[0])
-    if total == 0:
-        raise ValueError("robust_accuracy: no batches to evaluate")
-    return {key: 100.0 * int(count) / total for key, count in correct.items()}
+        hits = []
+        for index in branches.values():
+            if index not in generators:
+                generators[index] = torch.Generator(device=x.device).manual_seed(seed)
+            with branch_index(model, index):
+                with torch.no_grad():
+                    hits.append(model(x).argmax(dim=1).eq(y).sum())
+                for attack in attacks:
+                    x_adv = pgd(model, x, y, attack, generator=generators[index])
+                    with torch.no_grad():
+                        hits.append(model(x_adv).argmax(dim=1).eq(y).sum())
+        batch = torch.stack([*hits, torch.tensor(y.shape[0], device=y.device)])
+        counts = batch if counts is None else counts + batch
+    return counts if counts is not None else torch.zeros(n_keys + 1, dtype=torch.int64)
