@@ -43,11 +43,13 @@ def robust_accuracy(
     *,
     seed: int = 0,
     all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, float]:
+    device: torch.device | None = None,
+) -> dict[str, float | None]:
     """SA and RA (percent) per branch of `model` (a `PixelModel`) on `batches` of pixels
-    (N, C, H, W) in [0, 1] and labels (N,), iterated once. `all_sum` adds the counts over
-    data-parallel ranks (each evaluating its share of the batches). The model's training flag
-    is restored on return. Raises ValueError on an empty split."""
+    (N, C, H, W) in [0, 1] and labels (N,), iterated once; None for every metric when there
+    are no images. `all_sum` adds the counts over data-parallel ranks (each evaluating its
+    share of the batches; `device`: where a rank without batches keeps its zeros). The model's
+    training flag is restored on return."""
     attacks = tuple(attacks)
     if len({a.name for a in attacks}) != len(attacks):
         raise ValueError(f"robust_accuracy: two attacks with the same step count: {attacks}")
@@ -56,13 +58,16 @@ def robust_accuracy(
     was_training = model.training
     model.eval()
     try:
-        counts = _count_hits(model, batches, attacks, branches, seed, len(keys))
+        counts = _count_hits(model, batches, attacks, branches, seed)
     finally:
         model.train(was_training)
+    if counts is None:
+        counts = torch.zeros(len(keys) + 1, dtype=torch.int64, device=device)
     totals = (all_sum or (lambda t: t))(counts).tolist()  # one host read
-    if totals[-1] == 0:
-        raise ValueError("robust_accuracy: no batches to evaluate")
-    results = {k: 100.0 * hits / totals[-1] for k, hits in zip(keys, totals, strict=False)}
+    seen = totals[-1]
+    results = {
+        k: 100.0 * hits / seen if seen else None for k, hits in zip(keys, totals, strict=False)
+    }
     for prefix in BRANCHES:  # a model without branches: one result under every prefix
         if prefix not in branches:
             results.update({prefix + k[k.index("_") :]: v for k, v in list(results.items())})
@@ -75,10 +80,9 @@ def _count_hits(
     attacks: tuple[PGDAttack, ...],
     branches: dict[str, int],
     seed: int,
-    n_keys: int,
-) -> torch.Tensor:
-    """(n_keys + 1,) int64 on the device: correct predictions per (branch, SA or attack), and
-    the images seen. Each branch attacks from its own generator, seeded with `seed`."""
+) -> torch.Tensor | None:
+    """int64 on the device: correct predictions per (branch, SA or attack), then the images
+    seen; None without batches. Each branch attacks from its own generator seeded with `seed`."""
     counts: torch.Tensor | None = None
     generators: dict[int, torch.Generator] = {}
     for x, y in batches:
@@ -95,4 +99,4 @@ def _count_hits(
                         hits.append(model(x_adv).argmax(dim=1).eq(y).sum())
         batch = torch.stack([*hits, torch.tensor(y.shape[0], device=y.device)])
         counts = batch if counts is None else counts + batch
-    return counts if counts is not None else torch.zeros(n_keys + 1, dtype=torch.int64)
+    return counts
