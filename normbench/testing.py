@@ -74,7 +74,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 import torch
@@ -376,7 +376,7 @@ class VariantConformance:
         from normbench.variants import branch_index
 
         x = self.make_input()
-        n, k = x.shape[0], int(layer.num_branches)
+        n, k = x.shape[0], cast(int, layer.num_branches)
         for training in (True, False):
             for b in range(k):
                 ways = [copy.deepcopy(layer).train(training) for _ in range(3)]
