@@ -67,7 +67,8 @@ def pgd(
     """Adversarial examples for `model` (a `PixelModel`: input in [0, 1]) at images x
     (N, C, H, W) in [0, 1] with labels y (N,): a detached tensor like x, within ε of x in every
     pixel and inside [0, 1]. The model runs in the mode it is in (see the module docstring);
-    parameter gradients are neither computed nor touched. `generator` draws the random start
+    gradients are enabled for the attack even inside `torch.no_grad()`; parameter gradients
+    are neither computed nor touched. `generator` draws the random start
     (None: torch's global generator, as torchattacks)."""
     images = x.detach()
     adv = images.clone()
@@ -75,9 +76,10 @@ def pgd(
         noise = torch.empty_like(adv).uniform_(-attack.eps, attack.eps, generator=generator)
         adv = torch.clamp(adv + noise, min=0, max=1)
     for _ in range(attack.steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), y)
-        (grad,) = torch.autograd.grad(loss, adv)
+        with torch.enable_grad():  # also under no_grad (a loop's evaluation, a re-run step)
+            adv.requires_grad_(True)
+            loss = F.cross_entropy(model(adv), y)
+            (grad,) = torch.autograd.grad(loss, adv)
         adv = adv.detach() + attack.step_size * grad.sign()
         delta = torch.clamp(adv - images, min=-attack.eps, max=attack.eps)
         adv = torch.clamp(images + delta, min=0, max=1)

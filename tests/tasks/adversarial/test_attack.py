@@ -85,10 +85,13 @@ def test_equals_torchattacks_in_training_mode() -> None:
     assert int(bn.num_batches_tracked) == 1 + 7  # the warm-up batch, then one per step
 
 
-def test_pgd_leaves_parameter_gradients_alone() -> None:
+def test_pgd_leaves_parameter_gradients_alone_and_runs_under_no_grad() -> None:
     model, x, y = model_and_batch()
-    pgd(model, x, y, PGDAttack(steps=2))
+    adv = pgd(model, x, y, PGDAttack(steps=2), generator=torch.Generator().manual_seed(0))
     assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():  # e.g. the loop's evaluation
+        again = pgd(model, x, y, PGDAttack(steps=2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, adv)
 
 
 def test_pixel_model_undoes_the_normalisation() -> None:
