@@ -18,9 +18,13 @@ from typing import Any
 from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
+from normbench.tasks.adversarial.task import AdversarialTraining
 from normbench.tasks.classification import Classification
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification}
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "adversarial": AdversarialTraining,
+}
 METHODS = ("build_model", "training_step", "evaluate")
 
 
