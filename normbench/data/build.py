@@ -58,9 +58,6 @@ class Data:
     in_channels: int
     image_size: int
     info: dict[str, Any] = field(default_factory=dict)
-    # per channel, [0, 1] units: what the loaders normalised the images with
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
 
 
 def _split_options(
@@ -231,6 +228,4 @@ def build_data(
         in_channels=splits.in_channels,
         image_size=splits.image_size,
         info=info,
-        mean=tuple(splits.mean),
-        std=tuple(splits.std),
     )

@@ -164,8 +164,6 @@ def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.M
         recipe=spec.recipe,
         device=runtime.device,
         info=dict(data.info),
-        mean=tuple(data.mean),
-        std=tuple(data.std),
     )
     model = task.build_model(ctx)
     if not isinstance(model, nn.Module):

@@ -42,10 +42,8 @@ class ModelContext:
     registered backbone with the variant placed as the trial asks (`placement`), ending in a
     `num_outputs`-way linear layer; `norm_layer(C)` is the variant itself, for the norms of the
     task's own parts (a neck, heads). The data's facts: classes, channels, image side (px) and
-    the data set's `info`, and the per-channel `mean` and `std` the loader normalised the
-    images with ([0, 1] units; adversarial training attacks in pixel space). `recipe` is the
-    trial's optimiser recipe (classification takes its label smoothing); `device` is where
-    training runs."""
+    the data set's `info`. `recipe` is the trial's optimiser recipe (classification takes its
+    label smoothing); `device` is where training runs."""
 
     backbone: Callable[..., nn.Module]
     norm_layer: NormLayer
@@ -55,8 +53,6 @@ class ModelContext:
     recipe: Recipe
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
 
 
 class EvalContext(Protocol):

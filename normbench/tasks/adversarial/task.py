@@ -83,7 +83,7 @@ class AdversarialTraining:
         self.train_attack = attack(train_steps)
         self.eval_attacks = tuple(attack(a.steps) for a in EVAL_ATTACKS)
         self.joint_batch = joint_batch
-        self.mean = self.std = torch.zeros(())  # the data set's, set by build_model
+        self.model: PixelModel | None = None  # set by build_model
 
     @classmethod
     def check_options(cls, options: dict[str, Any], **context: Any) -> dict[str, str]:
@@ -99,13 +99,16 @@ class AdversarialTraining:
     def build_model(self, ctx: ModelContext) -> nn.Module:
         backbone = ctx.backbone(ctx.num_classes, in_channels=ctx.in_channels)
         check_branches(backbone)
-        model = PixelModel(backbone, ctx.mean, ctx.std)
-        self.mean, self.std = model.mean.to(ctx.device), model.std.to(ctx.device)
-        return model
+        # the mean and std the loader normalised with ([0, 1] units, per channel)
+        self.model = PixelModel(backbone, tuple(ctx.info["mean"]), tuple(ctx.info["std"]))
+        return self.model
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """The loader's normalised images as pixels in [0, 1] (to float rounding)."""
-        return torch.clamp(x * self.std + self.mean, min=0, max=1)
+        """The loader's normalised images (N, C, H, W) as pixels in [0, 1] (to float
+        rounding), through the built model's mean and std (on the model's device)."""
+        if self.model is None:
+            raise RuntimeError("adversarial: build_model runs before the first batch")
+        return self.model.to_pixels(x)
 
     def training_step(self, forward: Callable[..., Any], batch: Batch) -> Step:
         x, y = batch

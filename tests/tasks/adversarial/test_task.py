@@ -1,44 +1,59 @@
 """The task `adversarial` through the engine: the task conformance kit (records through the
 one loop, resumable, evaluation leaves the model alone) with SaAuxBN in a small pre-activation
-ResNet-18 on digits, and what the loop hands the task (the data set's mean and std for pixel
-space)."""
+ResNet-18 on tiny synthetic images, and what the task makes of the loader's batches (the
+data set's pixels, for an ε in grey levels)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from normbench.data.synthetic import synthetic
 from normbench.tasks import TASKS
+from normbench.tasks.adversarial.evaluate import HEADLINE
 from normbench.testing import TaskConformance
+
+DATA = {"n_train": 64, "n_test": 16, "num_classes": 4, "val_fraction": 0.25, "image_size": 8}
 
 
 class TestAdversarialTask(TaskConformance):
     task = "adversarial"
     options = {"train_steps": 2}
+    dataset = "synthetic"
+    dataset_options = DATA
     backbone = "preact_resnet18"
     backbone_options = {"width": 4}
     variant = "saauxbn"  # branch-indexed, no subclass of torch's norms
-    dataset_options = {"val_fraction": 0.2, "image_size": 8}
     batch_size = 16
-    eval_batch_size = 32
+    eval_batch_size = 16
     limit_batches = 2
 
 
 def test_the_loader_normalisation_is_undone_before_the_attack() -> None:
-    kit = TestAdversarialTask()
-    trial = kit.build()
-    x, _ = next(iter(trial.data.train))
+    trial = TestAdversarialTask().build()
+    x, _ = next(iter(trial.data.test))  # the test split in its stored order
+    raw = synthetic(**DATA).test.images[: x.shape[0]]  # uint8, as the data set stores them
     pixels = trial.task.pixels(x)
-    assert pixels.min() >= 0 and pixels.max() <= 1
-    # digits are 17 grey levels: the pixels are multiples of 1/16 (up to rounding)
-    levels = pixels * 16
-    torch.testing.assert_close(levels, levels.round(), atol=2e-3, rtol=0)
-    with torch.no_grad():  # the model normalises pixels back to the loader's input
-        torch.testing.assert_close(trial.model.model(x), trial.model(pixels), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pixels, raw.float() / 255, atol=1e-6, rtol=0)
+    with torch.no_grad():  # the model normalises the pixels back to the loader's input
+        torch.testing.assert_close(trial.model.model(x), trial.model(pixels), atol=1e-5, rtol=0)
+
+
+def test_scoring_headline_and_branches() -> None:
+    scoring = TASKS.get("adversarial").obj.scoring
+    assert scoring.headline == HEADLINE == "adv_pgd20_ra"
+    assert scoring.metric(HEADLINE).higher_is_better
+    assert set(scoring.keys()) >= {
+        f"{split}_{branch}_{m}"
+        for split in ("val", "test")
+        for branch in ("clean", "adv")
+        for m in ("sa", "pgd10_ra", "pgd20_ra")
+    }
 
 
 @pytest.mark.parametrize(
-    ("options", "key"), [({"eps": -1.0}, "eps"), ({"train_steps": -1}, "train_steps")]
+    ("options", "key"),
+    [({"eps": -1.0}, "eps"), ({"eps": 300.0}, "eps"), ({"train_steps": -1}, "train_steps")],
 )
 def test_bad_attack_options_are_refused_at_validation(options: dict, key: str) -> None:
     problems = TASKS.check_options("adversarial", options, dataset="digits", backbone="resnet20")
