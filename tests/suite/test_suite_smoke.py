@@ -59,6 +59,10 @@ SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
+# per suite, more of the user's `--set`s where one batch is still too slow on a CPU
+SMOKE_SETS = {  # PGD-10 and PGD-20 through two branches: 62 passes per evaluated image
+    "sabn_adversarial": {"backbones": "[{name: preact_resnet18, options: {width: 8}}]"},
+}
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -137,6 +141,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     for key in ("include", "exclude"):
         if key in suite:
             sets[key] = "[]"
+    sets.update(SMOKE_SETS.get(suite["name"], {}))
     if "search" in suite:
         sets["search.num_samples"] = "2"
         sets["search.grace_period"] = "1"
