@@ -44,6 +44,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from normbench.cli import main  # noqa: E402
 from normbench.results import load_results  # noqa: E402
+from normbench.tasks import TASKS  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from cifar_files import write_cifar10, write_cifar100  # noqa: E402
@@ -208,6 +209,9 @@ def test_shipped_suite_reaches_its_report(
     board = (out / "report" / "leaderboard.md").read_text()
     for t in trials:
         assert t["cell"]["variant"] in board
+    task = suite.get("task", "classification")  # the tables read the task's headline
+    scoring = TASKS.get(task if isinstance(task, str) else task["name"]).obj.scoring
+    assert f"| {scoring.metric(scoring.headline).label} (final) |" in board
     if suite["dataset"]["name"] in CIFAR:  # the driver extracted the archive, once
         folder = CIFAR[suite["dataset"]["name"]][0]
         assert (tmp_path / "data" / folder).is_dir()

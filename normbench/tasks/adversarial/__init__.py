@@ -1,5 +1,5 @@
-"""Adversarial training with clean and adversarial branches (SaBN Sec 4.3; AdvProp), building
-blocks not yet wired into the loop:
+"""Adversarial training with clean and adversarial branches (SaBN Sec 4.3; AdvProp): the task
+`adversarial` (`task.AdversarialTraining`, registered in `normbench.tasks`) and its parts:
 
 - `attack`: PGD in pixel space (`PGDAttack`, `pgd`) and `PixelModel`, a classifier on [0, 1]
   inputs with the data set's normalisation inside;
