@@ -310,19 +310,21 @@ def _global_stats_support(cells: list[RawCell]) -> Problems:
 
 # -- the task: its name and options, and what the suite says about its metrics --------------
 def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """The task's name and options (with each backbone of the matrix and the data set as
-    context, for the task's own rules), and the suite keys read in the task's metrics: the
+    """The task's name and options (with each backbone and variant of the matrix and the data
+    set as context, for the task's own rules), and the suite keys read in the task's metrics: the
     search's metric and mode, the target and the reference rows' metrics."""
     name, options = model.task.name, model.task.options
     obj, problems = lookup(TASKS, name, ("task", "name"))
     if obj is None:
         return problems
     found: dict[tuple[Path, str], None] = {}
-    for backbone in dict.fromkeys(c.backbone.name.lower() for c in cells) or [None]:
-        checked = TASKS.check_options(
-            name, options, dataset=model.dataset.name.lower(), backbone=backbone
-        )
-        for item in located(checked, ("task", "options")):
+    pairs = {(c.backbone.name.lower(), c.variant_path): c.variant for c in cells}
+    for (backbone, variant_path), variant in pairs.items() or [((None, ()), None)]:
+        context: dict[str, Any] = {"backbone": backbone}  # each backbone and variant
+        if variant is not None:
+            context.update(variant=variant.name.lower(), variant_options=dict(variant.options))
+        checked = TASKS.check_options(name, options, dataset=model.dataset.name.lower(), **context)
+        for item in located(checked, ("task", "options"), {"variant": variant_path}):
             found[item] = None
     problems += list(found)
     scoring: Scoring = obj.scoring

@@ -29,8 +29,13 @@ from torch import nn
 from normbench.contract import Metric, Scoring
 from normbench.tasks.adversarial.attack import PGDAttack, PixelModel
 from normbench.tasks.adversarial.evaluate import EVAL_ATTACKS, HEADLINE, robust_accuracy
-from normbench.tasks.adversarial.training import adversarial_step, check_branches
+from normbench.tasks.adversarial.training import (
+    adversarial_step,
+    branch_problem,
+    check_branches,
+)
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
+from normbench.variants_api import norm_layer
 
 _BRANCH_WORDS = {"clean": "clean branch", "adv": "adversarial branch"}
 
@@ -86,15 +91,29 @@ class AdversarialTraining:
         self.model: PixelModel | None = None  # set by build_model
 
     @classmethod
-    def check_options(cls, options: dict[str, Any], **context: Any) -> dict[str, str]:
+    def check_options(
+        cls,
+        options: dict[str, Any],
+        *,
+        variant: str | None = None,
+        variant_options: dict[str, Any] | None = None,
+    ) -> dict[str, str]:
         """{option: why} for attack settings PGD refuses (ε or step outside [0, 255] grey
-        levels, a negative step count)."""
+        levels, a negative step count); {"variant": why} for a branch-indexed variant with
+        fewer than 2 branches (suite validation names each variant)."""
         try:
             cls(**options)
         except ValueError as exc:
             bad = [k for k in ("eps", "step_size", "train_steps") if k in options]
             return {(bad[0] if bad else "eps"): str(exc).replace("[0, 1]", "[0, 255] grey levels")}
-        return {}
+        if variant is None:
+            return {}
+        try:  # a layer of 8 channels tells its branches
+            layer = norm_layer(variant, **(variant_options or {}))(8)
+        except Exception:  # noqa: BLE001 (the variant's own check reports bad options)
+            return {}
+        problem = branch_problem(layer, f"variant {variant!r}")
+        return {} if problem is None else {"variant": problem}
 
     def build_model(self, ctx: ModelContext) -> nn.Module:
         backbone = ctx.backbone(ctx.num_classes, in_channels=ctx.in_channels)

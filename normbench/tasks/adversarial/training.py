@@ -36,16 +36,25 @@ def has_branches(model: nn.Module) -> bool:
     return any(isinstance(m, BranchIndexed) for m in model.modules())
 
 
-def check_branches(model: nn.Module) -> None:
-    """Raise ValueError naming the first branch-indexed layer with fewer than 2 branches (the
-    task sends clean samples to branch 0 and adversarial ones to branch 1)."""
+def branch_problem(model: nn.Module, what: str = "the model") -> str | None:
+    """Why `model` cannot be trained with clean and adversarial branches: its first
+    branch-indexed layer with fewer than 2 branches (the task sends clean samples to branch 0
+    and adversarial ones to branch 1), named (`what` for the model itself); None if none."""
     for name, m in model.named_modules():
         if isinstance(m, BranchIndexed) and m.num_branches < 2:
-            raise ValueError(
+            return (
                 f"adversarial training needs 2 branches (0 clean, 1 adversarial) in every "
-                f"branch-indexed layer, but {name or 'the model'} ({type(m).__name__}) has "
+                f"branch-indexed layer, but {name or what} ({type(m).__name__}) has "
                 f"num_branches={m.num_branches}; set the variant option num_branches: 2"
             )
+    return None
+
+
+def check_branches(model: nn.Module) -> None:
+    """Raise ValueError with `branch_problem`'s reason, if any."""
+    problem = branch_problem(model)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 @dataclass(frozen=True)

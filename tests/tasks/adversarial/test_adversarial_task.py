@@ -5,10 +5,14 @@ data set's pixels, for an ε in grey levels)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from normbench.data.synthetic import synthetic
+from normbench.errors import SuiteError
+from normbench.suite.loader import load_suite
 from normbench.tasks import TASKS
 from normbench.tasks.adversarial.evaluate import HEADLINE
 from normbench.testing import TaskConformance
@@ -58,3 +62,28 @@ def test_scoring_headline_and_branches() -> None:
 def test_bad_attack_options_are_refused_at_validation(options: dict, key: str) -> None:
     problems = TASKS.check_options("adversarial", options, dataset="digits", backbone="resnet20")
     assert [p.option for p in problems] == [key], problems
+
+
+SUITE = """version: 1
+name: one_branch
+task: adversarial
+dataset: {name: digits, image_size: 8}
+backbones: [{name: preact_resnet18, options: {width: 4}}]
+variants: [bn, VARIANT]
+batch_sizes: [16]
+train: {epochs: 1}
+"""
+
+
+def test_a_layer_with_one_branch_is_refused_at_its_suite_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.replace("VARIANT", "sabn"))  # SaBN: one branch unless told
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert str(err.value).splitlines() == [
+        f"{path}:6: variants[1]: task 'adversarial': adversarial training needs 2 branches "
+        "(0 clean, 1 adversarial) in every branch-indexed layer, but variant 'sabn' "
+        "(SandwichBatchNorm2d) has num_branches=1; set the variant option num_branches: 2"
+    ]
+    path.write_text(SUITE.replace("VARIANT", "{name: sabn, options: {num_branches: 2}}"))
+    assert {t.spec.variant for t in load_suite(path).trials()} == {"bn", "sabn"}
