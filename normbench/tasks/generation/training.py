@@ -1,0 +1,245 @@
+"""SNGAN's training step: hinge loss, n_critic discriminator updates per generator update, Adam
+for both, the generator's exponential moving average; sampling for the metrics.
+
+The recipe (`GanRecipe`'s defaults) is SaBN's `GAN/scripts/train_sngan_{ccbn,sabn}_cifar10.sh`:
+Adam lr 2e-4 for both networks with betas (0.0, 0.9), n_critic 5, discriminator batch 64,
+generator batch 128, 50000 generator iterations, Xavier-uniform init, hinge loss, no learning-
+rate decay (the official `--lr_decay` flag is parsed and never used; `lr_decay: linear` is the
+common SNGAN alternative, both rates to 0 at the last iteration), and evaluation with a moving
+average of the generator's parameters (decay 0.999, the official `gen_avg_param`).
+
+Hinge loss (Lim & Ye, "Geometric GAN", arXiv 1705.02894; as SNGAN):
+    L_D = E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y'), y'))],   L_G = -E[D(G(z, y'), y')]
+with real pairs (x, y) from the data and fake classes y' uniform over the classes.
+
+`GanTrainer.step(real, labels)` owns both updates: it splits a batch of `n_critic *
+d_batch_size` real images into n_critic discriminator batches, updates D on each (its fakes
+from fresh noise, detached), then updates G once on `g_batch_size` fresh samples: one
+generator iteration per call. The official loop does the same with one real batch per D step
+and a G step after every n_critic-th (its first G step comes after one D step, ours after
+n_critic). The pieces (`discriminator_step`, `generator_loss`, `generator_update`) are public
+so a training loop that steps the generator's optimiser itself can call them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from normbench.tasks.generation.models import GAN, GenerationError
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 - D(real))] + E[max(0, 1 + D(fake))], a scalar."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[D(fake)], a scalar."""
+    return -fake_logits.mean()
+
+
+@dataclass(frozen=True)
+class GanRecipe:
+    """SNGAN's CIFAR-10 recipe (SaBN's scripts) as defaults. `iterations` counts generator
+    updates; `lr_decay` "none" or "linear" (both rates to 0 at `iterations`); `ema_decay` 0
+    evaluates the generator itself."""
+
+    iterations: int = 50_000
+    n_critic: int = 5
+    d_batch_size: int = 64
+    g_batch_size: int = 128
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    lr_decay: Literal["none", "linear"] = "none"
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be an integer >= 1, but got {getattr(self, name)!r}"
+            for name in ("iterations", "n_critic", "d_batch_size", "g_batch_size")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1
+        ]
+        problems += [
+            f"{name} must be > 0, but got {getattr(self, name)!r}"
+            for name in ("g_lr", "d_lr")
+            if not getattr(self, name) > 0
+        ]
+        problems += [
+            f"{name} must satisfy 0 <= {name} < 1, but got {getattr(self, name)!r}"
+            for name in ("beta1", "beta2", "ema_decay")
+            if not 0 <= getattr(self, name) < 1
+        ]
+        if self.lr_decay not in ("none", "linear"):
+            problems.append(f"lr_decay must be 'none' or 'linear', but got {self.lr_decay!r}")
+        if problems:
+            raise GenerationError("; ".join(problems))
+
+    @property
+    def real_per_iteration(self) -> int:
+        """Real images one generator iteration consumes: n_critic discriminator batches."""
+        return self.n_critic * self.d_batch_size
+
+    def epochs(self, train_images: int) -> int:
+        """Passes over `train_images` (each loader batch one iteration, the last short one
+        dropped) that hold `iterations` generator iterations: SaBN's `max_epoch`."""
+        per_epoch = train_images // self.real_per_iteration
+        if per_epoch < 1:
+            raise GenerationError(
+                f"{train_images} training images are fewer than one iteration's "
+                f"n_critic x d_batch_size = {self.real_per_iteration}"
+            )
+        return -(-self.iterations // per_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GanTrainer:
+    """Both optimisers, the schedule, the generator's average and the iteration count of one
+    GAN (see the module doc); `state_dict()` holds all of it (tensors and plain values)."""
+
+    def __init__(self, gan: GAN, recipe: GanRecipe) -> None:
+        self.gan, self.recipe = gan, recipe
+        betas = (recipe.beta1, recipe.beta2)
+        self.g_opt = torch.optim.Adam(gan.generator.parameters(), lr=recipe.g_lr, betas=betas)
+        self.d_opt = torch.optim.Adam(gan.discriminator.parameters(), lr=recipe.d_lr, betas=betas)
+        total = recipe.iterations
+
+        def factor(it: int) -> float:
+            return max(0.0, 1.0 - it / total) if recipe.lr_decay == "linear" else 1.0
+
+        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
+        self.ema: AveragedModel | None = None
+        if recipe.ema_decay > 0:
+            avg = get_ema_multi_avg_fn(recipe.ema_decay)
+            self.ema = AveragedModel(gan.generator, multi_avg_fn=avg, use_buffers=False)
+        self.iteration = 0
+
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        return self.g_opt, self.d_opt
+
+    def _noise(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.gan.generator
+        z = torch.randn(n, g.latent_dim, device=device)
+        return z, torch.randint(0, g.num_classes, (n,), device=device)
+
+    def discriminator_step(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One D update on real images in [-1, 1] (N, C, S, S) with their classes (N,) and as
+        many fresh fakes; returns the detached hinge loss."""
+        g, d = self.gan.generator, self.gan.discriminator
+        d.requires_grad_(True)  # frozen by a `generator_loss` whose update never came
+        z, y_fake = self._noise(real.shape[0], real.device)
+        with torch.no_grad():
+            fake = g(z, y_fake)  # G in training mode, as the official D step
+        loss = hinge_d_loss(d(real, labels), d(fake, y_fake))
+        self.d_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.d_opt.step()
+        return loss.detach()
+
+    def generator_loss(self, device: torch.device) -> torch.Tensor:
+        """The hinge loss of `g_batch_size` fresh samples, with its graph to G's parameters
+        only (D's are frozen until `generator_update`)."""
+        self.gan.discriminator.requires_grad_(False)
+        z, y = self._noise(self.recipe.g_batch_size, device)
+        return hinge_g_loss(self.gan.discriminator(self.gan.generator(z, y), y))
+
+    def generator_update(self, loss: torch.Tensor) -> None:
+        """Backward, G's Adam step, both schedules, the average; one iteration more."""
+        self.g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.gan.discriminator.requires_grad_(True)
+        self.g_opt.step()
+        for s in self.schedules:
+            s.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.gan.generator)
+        self.iteration += 1
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator iteration on `n_critic * d_batch_size` real images in [-1, 1] and
+        their classes: n_critic D updates, then one G update. Returns the mean D loss and
+        the G loss (detached, on the device: nothing is read to the host)."""
+        expected = self.recipe.real_per_iteration
+        if real.shape[0] != expected:
+            raise GenerationError(
+                f"a GAN iteration takes n_critic x d_batch_size = {expected} real images, "
+                f"but got a batch of {real.shape[0]}"
+            )
+        d_losses = [
+            self.discriminator_step(x, y)
+            for x, y in zip(
+                real.split(self.recipe.d_batch_size),
+                labels.split(self.recipe.d_batch_size),
+                strict=True,
+            )
+        ]
+        g_loss = self.generator_loss(real.device)
+        self.generator_update(g_loss)
+        return {"d_loss": torch.stack(d_losses).mean(), "g_loss": g_loss.detach()}
+
+    def sampler(self) -> nn.Module:
+        """The generator to evaluate: the parameter average with the generator's current
+        buffers (the official evaluation), or the generator itself without an average."""
+        if self.ema is None:
+            return self.gan.generator
+        avg = self.ema.module
+        with torch.no_grad():
+            for mine, current in zip(avg.buffers(), self.gan.generator.buffers(), strict=True):
+                mine.copy_(current)
+        return avg
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "g_opt": self.g_opt.state_dict(),
+            "d_opt": self.d_opt.state_dict(),
+            "schedules": [s.state_dict() for s in self.schedules],
+            "ema": None if self.ema is None else self.ema.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        for s, st in zip(self.schedules, state["schedules"], strict=True):
+            s.load_state_dict(st)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8 0..255, as the official evaluation (x * 127.5 +
+    127.5, clamped, truncated toward zero)."""
+    return (images * 127.5 + 127.5).clamp(0.0, 255.0).to(torch.uint8)
+
+
+@torch.no_grad()
+def sample_images(
+    generator: nn.Module, n: int, *, batch_size: int = 100, seed: int = 0
+) -> torch.Tensor:
+    """`n` uint8 images (n, C, S, S) on the CPU from `generator` in eval mode, classes
+    uniform at random (as the official evaluation), noise and classes drawn on the CPU from
+    `seed` (every evaluation of a trial sees the same noise)."""
+    was_training = generator.training
+    generator.eval()
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, int(generator.latent_dim), generator=rng)  # (n, latent)
+    y = torch.randint(0, int(generator.num_classes), (n,), generator=rng)
+    device = next(generator.parameters()).device
+    out = []
+    try:
+        for zs, ys in zip(z.split(batch_size), y.split(batch_size), strict=True):
+            out.append(to_uint8(generator(zs.to(device), ys.to(device))).cpu())
+    finally:
+        generator.train(was_training)
+    return torch.cat(out)
