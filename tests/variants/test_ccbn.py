@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bn_reference import RefBN, assert_buffers, c4, inputs
+from bn_reference import RefBN, assert_buffers, inputs
 from torch import nn
 
 from normbench.variants import CategoricalConditionalBatchNorm2d, SandwichBatchNorm2d
@@ -72,7 +72,9 @@ def test_sabn_with_identity_shared_affine_equals_ccbn() -> None:
         sabn.weight.mul_(2.0)  # the shared affine now scales every class's output
     x = inputs(SHAPE, steps=1, seed=3)[0]
     sabn.eval(), ccbn.eval()
-    torch.testing.assert_close(sabn(x, index), 2.0 * ccbn(x, index) - ccbn.embed.weight[index, C:].reshape(N, C, 1, 1))
+    torch.testing.assert_close(
+        sabn(x, index), 2.0 * ccbn(x, index) - ccbn.embed.weight[index, C:].reshape(N, C, 1, 1)
+    )
 
 
 def test_initial_values_parameters_and_decay_targets() -> None:
@@ -85,7 +87,9 @@ def test_initial_values_parameters_and_decay_targets() -> None:
     assert [n for n, _ in layer.named_parameters()] == ["embed.weight"]
     targets = identity_targets(layer)
     assert set(targets) == {"embed.weight"}
-    assert (targets["embed.weight"][:, :256] == 1).all() and not targets["embed.weight"][:, 256:].any()
+    assert (targets["embed.weight"][:, :256] == 1).all() and not targets["embed.weight"][
+        :, 256:
+    ].any()
     assert "num_branches=10" in repr(layer)
     with pytest.raises(ValueError, match="num_branches"):
         CategoricalConditionalBatchNorm2d(C, num_branches=0)

@@ -64,12 +64,12 @@ def digits_split() -> tuple[Any, Any]:
 def classifier_module() -> nn.Sequential:
     """The fitted MLP as torch layers: Linear(64, 64), ReLU, Linear(64, 10)."""
     clf = fitted_classifier()
-    layers = [nn.Linear(SIDE * SIDE, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, len(clf.classes_))]
+    linears = (nn.Linear(SIDE * SIDE, HIDDEN), nn.Linear(HIDDEN, len(clf.classes_)))
     with torch.no_grad():
-        for linear, w, b in zip(layers[::2], clf.coefs_, clf.intercepts_, strict=True):
+        for linear, w, b in zip(linears, clf.coefs_, clf.intercepts_, strict=True):
             linear.weight.copy_(torch.as_tensor(w.T))  # scikit-learn stores (in, out)
             linear.bias.copy_(torch.as_tensor(b))
-    return nn.Sequential(*layers)
+    return nn.Sequential(linears[0], nn.ReLU(), linears[1])
 
 
 class DigitsFeatureExtractor(FeatureExtractorBase):
@@ -99,7 +99,7 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
         return torch.zeros(1, 3, SIDE, SIDE, dtype=torch.uint8)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = preprocess(images).to(self.net[0].weight.device)
+        x = preprocess(images).to(next(self.net.parameters()).device)
         hidden = self.net[1](self.net[0](x))  # (N, 64)
         found = {"hidden": hidden, "logits": self.net[2](hidden)}  # logits (N, 10)
         return tuple(found[name] for name in self.features_list)

@@ -109,9 +109,7 @@ def ensure_registered(feature_extractor: str) -> None:
         return
     if feature_extractor in OWN_EXTRACTORS:
         module, cls = OWN_EXTRACTORS[feature_extractor].split(":")
-        register_feature_extractor(
-            feature_extractor, getattr(importlib.import_module(module), cls)
-        )
+        register_feature_extractor(feature_extractor, getattr(importlib.import_module(module), cls))
         return
     choices = sorted({*FEATURE_EXTRACTORS_REGISTRY, *OWN_EXTRACTORS})
     raise UserError(

@@ -24,14 +24,13 @@ so a training loop that steps the generator's optimiser itself can call them apa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from normbench.tasks.generation.models import GAN, GenerationError
+from normbench.tasks.generation.models import GAN, GenerationError, Generator
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -187,12 +186,12 @@ class GanTrainer:
         self.generator_update(g_loss)
         return {"d_loss": torch.stack(d_losses).mean(), "g_loss": g_loss.detach()}
 
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> Generator:
         """The generator to evaluate: the parameter average with the generator's current
         buffers (the official evaluation), or the generator itself without an average."""
         if self.ema is None:
             return self.gan.generator
-        avg = self.ema.module
+        avg = cast(Generator, self.ema.module)
         with torch.no_grad():
             for mine, current in zip(avg.buffers(), self.gan.generator.buffers(), strict=True):
                 mine.copy_(current)
@@ -225,7 +224,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_images(
-    generator: nn.Module, n: int, *, batch_size: int = 100, seed: int = 0
+    generator: Generator, n: int, *, batch_size: int = 100, seed: int = 0
 ) -> torch.Tensor:
     """`n` uint8 images (n, C, S, S) on the CPU from `generator` in eval mode, classes
     uniform at random (as the official evaluation), noise and classes drawn on the CPU from
@@ -233,8 +232,8 @@ def sample_images(
     was_training = generator.training
     generator.eval()
     rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, int(generator.latent_dim), generator=rng)  # (n, latent)
-    y = torch.randint(0, int(generator.num_classes), (n,), generator=rng)
+    z = torch.randn(n, generator.latent_dim, generator=rng)  # (n, latent)
+    y = torch.randint(0, generator.num_classes, (n,), generator=rng)
     device = next(generator.parameters()).device
     out = []
     try:

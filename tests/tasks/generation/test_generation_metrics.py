@@ -30,6 +30,9 @@ class LookupExtractor(FeatureExtractorBase):
     """Each image carries its row number in its three pixels (base 256); its features are
     that row of `TABLE`: known vectors travel through torch-fidelity's whole feature path."""
 
+    def __init__(self, name: str, features_list: list[str], **kwargs: object) -> None:
+        super().__init__(name, features_list)  # kwargs: every calculate_metrics argument
+
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
         return ("vector", "logits")
@@ -78,7 +81,10 @@ def run_fid(a: np.ndarray, b: np.ndarray, **kwargs) -> dict[str, float]:
     TABLE["vector"] = torch.as_tensor(np.concatenate([a, b]))
     TABLE["logits"] = torch.zeros(len(a) + len(b), 2, dtype=torch.float64)
     return fidelity_metrics(
-        rows_as_images(0, len(a)), rows_as_images(len(a), len(b)), feature_extractor=LOOKUP, **kwargs
+        rows_as_images(0, len(a)),
+        rows_as_images(len(a), len(b)),
+        feature_extractor=LOOKUP,
+        **kwargs,
     )
 
 
@@ -108,25 +114,30 @@ def test_fid_equals_the_hand_formula_on_the_sample_moments() -> None:
     assert run_fid(a, a, isc_splits=1)["FID_test_lookup"] == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("counts", "splits"), [((100,) * 10, 1), ((300, 150, 150), 1), ((600,), 1), ((60,) * 10, 10)]
-)
-def test_is_is_exp_entropy_of_class_frequencies_for_confident_predictions(counts, splits) -> None:
+@pytest.mark.parametrize("counts", [(100,) * 10, (300, 150, 150), (600,)])
+def test_is_is_exp_entropy_of_class_frequencies_for_confident_predictions(counts) -> None:
     """p(y|x) one-hot: KL(p(y|x) || p(y)) = -log q_y, so IS = exp(H(q)) for class frequencies
-    q (10 balanced classes: 10; one class: 1). With 10 splits each split holds other rows
-    (torch-fidelity shuffles), so only the balanced case is exact there: within 0.6."""
+    q (10 balanced classes: 10; one class: 1); one split."""
     labels = np.repeat(np.arange(len(counts)), counts)
     logits = np.full((len(labels), 10), -50.0)
     logits[np.arange(len(labels)), labels] = 50.0
-    TABLE["logits"] = torch.as_tensor(logits)
-    TABLE["vector"] = torch.as_tensor(np.random.default_rng(0).normal(size=(len(labels), 2)))
-    images = rows_as_images(0, len(labels))
-    found = fidelity_metrics(images, images, feature_extractor=LOOKUP, isc_splits=splits)
+    found = run_is(logits, splits=1)
     q = np.asarray(counts) / sum(counts)
-    expected = float(np.exp(-(q * np.log(q)).sum()))
-    tolerance = 1e-9 if splits == 1 else 0.6
-    assert found["IS_test_lookup"] == pytest.approx(expected, abs=tolerance)
+    assert found["IS_test_lookup"] == pytest.approx(float(np.exp(-(q * np.log(q)).sum())))
     assert found["FID_test_lookup"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_is_of_one_prediction_everywhere_is_one_in_every_split() -> None:
+    logits = np.tile(np.random.default_rng(0).normal(size=10), (600, 1))
+    found = run_is(logits, splits=10)
+    assert found["IS_test_lookup"] == pytest.approx(1.0) and found["IS_test_lookup_std"] < 1e-12
+
+
+def run_is(logits: np.ndarray, splits: int) -> dict[str, float]:
+    TABLE["logits"] = torch.as_tensor(logits)
+    TABLE["vector"] = torch.as_tensor(np.random.default_rng(0).normal(size=(len(logits), 2)))
+    images = rows_as_images(0, len(logits))
+    return fidelity_metrics(images, images, feature_extractor=LOOKUP, isc_splits=splits)
 
 
 def test_metric_names_say_which_extractor() -> None:
@@ -151,7 +162,9 @@ def test_digits_extractor_is_scikit_learns_classifier_through_the_registry() -> 
     )
     assert "normbench-digits" in FEATURE_EXTRACTORS_REGISTRY
     noise = torch.randint(0, 256, test.images.shape, generator=torch.Generator().manual_seed(0))
-    fake = fidelity_metrics(noise.to(torch.uint8), train.images, feature_extractor="normbench-digits")
+    fake = fidelity_metrics(
+        noise.to(torch.uint8), train.images, feature_extractor="normbench-digits"
+    )
     assert real["IS_digits"] > 8 and fake["IS_digits"] < real["IS_digits"]
     assert real["FID_digits"] * 10 < fake["FID_digits"]
 

@@ -33,7 +33,9 @@ G_SABN = G_CCBN + 3 * 2 * 512
 # D: first block convs 3->128, 128->128, 1x1 3->128; second block two 3x3 and a 1x1 shortcut;
 # two blocks of two 3x3 convs; linear 128->1 without bias; projection embedding 10 x 128.
 C3 = 128 * 128 * 9 + 128
-D_COUNT = (3 * 128 * 9 + 128 + C3 + 3 * 128 + 128) + (2 * C3 + 128 * 128 + 128) + 4 * C3 + 128 + 1280
+D_COUNT = (
+    (3 * 128 * 9 + 128 + C3 + 3 * 128 + 128) + (2 * C3 + 128 * 128 + 128) + 4 * C3 + 128 + 1280
+)
 
 
 def count(module: nn.Module) -> int:

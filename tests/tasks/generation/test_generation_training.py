@@ -67,8 +67,12 @@ def test_an_iteration_is_n_critic_d_updates_then_one_g_update() -> None:
     d_steps = {int(s["step"]) for s in tr.d_opt.state_dict()["state"].values()}
     g_steps = {int(s["step"]) for s in tr.g_opt.state_dict()["state"].values()}
     assert d_steps == {3} and g_steps == {1}
-    assert all(not torch.equal(a, b) for a, b in zip(d_before, params(tr.gan.discriminator)))
-    assert any(not torch.equal(a, b) for a, b in zip(g_before, params(tr.gan.generator)))
+    assert all(
+        not torch.equal(a, b) for a, b in zip(d_before, params(tr.gan.discriminator), strict=True)
+    )
+    assert any(
+        not torch.equal(a, b) for a, b in zip(g_before, params(tr.gan.generator), strict=True)
+    )
     assert all(p.requires_grad for p in tr.gan.discriminator.parameters())
     with pytest.raises(GenerationError, match="n_critic x d_batch_size = 12.*8"):
         tr.step(*batch(8))
@@ -82,7 +86,9 @@ def test_the_generator_update_leaves_the_discriminator_alone() -> None:
     tr.generator_update(tr.generator_loss(torch.device("cpu")))
     after = list(tr.gan.discriminator.parameters())
     assert all(torch.equal(p.grad, g) for p, g in zip(after, grads, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(d_before, params(tr.gan.discriminator)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(d_before, params(tr.gan.discriminator), strict=True)
+    )
 
 
 def test_the_moving_average_by_hand_with_the_current_buffers() -> None:
@@ -92,7 +98,7 @@ def test_the_moving_average_by_hand_with_the_current_buffers() -> None:
     for t in range(3):
         tr.step(*batch(8, seed=t))
         now = params(tr.gan.generator)
-        avg = now if avg is None else [0.9 * a + 0.1 * p for a, p in zip(avg, now)]
+        avg = now if avg is None else [0.9 * a + 0.1 * p for a, p in zip(avg, now, strict=True)]
     sampler = tr.sampler()
     for mine, hand in zip(sampler.parameters(), avg, strict=True):
         torch.testing.assert_close(mine.detach(), hand)
