@@ -12,17 +12,18 @@ Hinge loss (Lim & Ye, "Geometric GAN", arXiv 1705.02894; as SNGAN):
     L_D = E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y'), y'))],   L_G = -E[D(G(z, y'), y')]
 with real pairs (x, y) from the data and fake classes y' uniform over the classes.
 
-`GanTrainer.step(real, labels)` owns both updates: it splits a batch of `n_critic *
-d_batch_size` real images into n_critic discriminator batches, updates D on each (its fakes
-from fresh noise, detached), then updates G once on `g_batch_size` fresh samples: one
-generator iteration per call. The official loop does the same with one real batch per D step
-and a G step after every n_critic-th (its first G step comes after one D step, ours after
-n_critic). The pieces (`discriminator_step`, `generator_loss`, `generator_update`) are public
-so a training loop that steps the generator's optimiser itself can call them apart.
+One iteration takes a batch of `n_critic * d_batch_size` real images: n_critic discriminator
+updates on consecutive slices (each with as many fresh fakes, detached), then one generator
+update on `g_batch_size` fresh samples. The official loop does the same with one real batch
+per D step and a G step after every n_critic-th (its first G step comes after one D step, ours
+after n_critic). `GanTrainer.updates` yields the losses in that order, each for one network's
+optimiser, so whoever owns the optimisers (`GanTrainer.step` here, a training loop later)
+runs every update and the iteration stays one batch of the data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -101,90 +102,101 @@ class GanRecipe:
         return asdict(self)
 
 
+Update = tuple[Literal["discriminator", "generator"], torch.Tensor]
+
+
 class GanTrainer:
     """Both optimisers, the schedule, the generator's average and the iteration count of one
-    GAN (see the module doc); `state_dict()` holds all of it (tensors and plain values)."""
+    GAN (see the module doc); `state_dict()` holds all of it (tensors and plain values).
+
+    `updates(real, labels)` yields one iteration's losses in order, each as (the network whose
+    optimiser takes it, the loss with its graph): n_critic discriminator losses, then the
+    generator's. Whoever owns the optimisers runs backward and steps that network's optimiser
+    before asking for the next loss (each depends on the previous update), then calls
+    `end_iteration()`. `step` is that owner for these two Adam optimisers; a training loop that
+    owns optimisers per network would do the same with its own."""
 
     def __init__(self, gan: GAN, recipe: GanRecipe) -> None:
         self.gan, self.recipe = gan, recipe
         betas = (recipe.beta1, recipe.beta2)
-        self.g_opt = torch.optim.Adam(gan.generator.parameters(), lr=recipe.g_lr, betas=betas)
-        self.d_opt = torch.optim.Adam(gan.discriminator.parameters(), lr=recipe.d_lr, betas=betas)
+        self.optimizers = {
+            "generator": torch.optim.Adam(gan.generator.parameters(), recipe.g_lr, betas),
+            "discriminator": torch.optim.Adam(gan.discriminator.parameters(), recipe.d_lr, betas),
+        }
         total = recipe.iterations
 
         def factor(it: int) -> float:
             return max(0.0, 1.0 - it / total) if recipe.lr_decay == "linear" else 1.0
 
-        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
+        self.schedules = {
+            k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.optimizers.items()
+        }
         self.ema: AveragedModel | None = None
         if recipe.ema_decay > 0:
             avg = get_ema_multi_avg_fn(recipe.ema_decay)
             self.ema = AveragedModel(gan.generator, multi_avg_fn=avg, use_buffers=False)
         self.iteration = 0
 
-    @property
-    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        return self.g_opt, self.d_opt
-
     def _noise(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gan.generator
         z = torch.randn(n, g.latent_dim, device=device)
         return z, torch.randint(0, g.num_classes, (n,), device=device)
 
-    def discriminator_step(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One D update on real images in [-1, 1] (N, C, S, S) with their classes (N,) and as
-        many fresh fakes; returns the detached hinge loss."""
+    def discriminator_loss(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The hinge loss of D on real images in [-1, 1] (N, C, S, S) with their classes (N,)
+        and as many fresh fakes (drawn without a graph, G in training mode as the official D
+        step), with its graph to D's parameters."""
         g, d = self.gan.generator, self.gan.discriminator
-        d.requires_grad_(True)  # frozen by a `generator_loss` whose update never came
+        d.requires_grad_(True)  # in case the last generator loss froze it and no end came
         z, y_fake = self._noise(real.shape[0], real.device)
         with torch.no_grad():
-            fake = g(z, y_fake)  # G in training mode, as the official D step
-        loss = hinge_d_loss(d(real, labels), d(fake, y_fake))
-        self.d_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.d_opt.step()
-        return loss.detach()
+            fake = g(z, y_fake)
+        return hinge_d_loss(d(real, labels), d(fake, y_fake))
 
     def generator_loss(self, device: torch.device) -> torch.Tensor:
         """The hinge loss of `g_batch_size` fresh samples, with its graph to G's parameters
-        only (D's are frozen until `generator_update`)."""
+        only: D's parameters are frozen until the next discriminator loss."""
         self.gan.discriminator.requires_grad_(False)
         z, y = self._noise(self.recipe.g_batch_size, device)
         return hinge_g_loss(self.gan.discriminator(self.gan.generator(z, y), y))
 
-    def generator_update(self, loss: torch.Tensor) -> None:
-        """Backward, G's Adam step, both schedules, the average; one iteration more."""
-        self.g_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.gan.discriminator.requires_grad_(True)
-        self.g_opt.step()
-        for s in self.schedules:
-            s.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.gan.generator)
-        self.iteration += 1
-
-    def step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def updates(self, real: torch.Tensor, labels: torch.Tensor) -> Iterator[Update]:
         """One generator iteration on `n_critic * d_batch_size` real images in [-1, 1] and
-        their classes: n_critic D updates, then one G update. Returns the mean D loss and
-        the G loss (detached, on the device: nothing is read to the host)."""
+        their classes: n_critic discriminator losses on consecutive slices, then the
+        generator's loss; each is computed after the previous one's update."""
         expected = self.recipe.real_per_iteration
         if real.shape[0] != expected:
             raise GenerationError(
                 f"a GAN iteration takes n_critic x d_batch_size = {expected} real images, "
                 f"but got a batch of {real.shape[0]}"
             )
-        d_losses = [
-            self.discriminator_step(x, y)
-            for x, y in zip(
-                real.split(self.recipe.d_batch_size),
-                labels.split(self.recipe.d_batch_size),
-                strict=True,
-            )
-        ]
-        g_loss = self.generator_loss(real.device)
-        self.generator_update(g_loss)
-        return {"d_loss": torch.stack(d_losses).mean(), "g_loss": g_loss.detach()}
+        size = self.recipe.d_batch_size
+        for x, y in zip(real.split(size), labels.split(size), strict=True):
+            yield "discriminator", self.discriminator_loss(x, y)
+        yield "generator", self.generator_loss(real.device)
+
+    def end_iteration(self) -> None:
+        """After the generator's update: D trainable again, both schedules, the average, the
+        count."""
+        self.gan.discriminator.requires_grad_(True)
+        for s in self.schedules.values():
+            s.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.gan.generator)
+        self.iteration += 1
+
+    def step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run one iteration's updates with the two Adam optimisers; returns the mean
+        discriminator loss and the generator loss, detached on the device (no host sync)."""
+        losses: dict[str, list[torch.Tensor]] = {"discriminator": [], "generator": []}
+        for net, loss in self.updates(real, labels):
+            optimizer = self.optimizers[net]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[net].append(loss.detach())
+        self.end_iteration()
+        return {f"{k[0]}_loss": torch.stack(v).mean() for k, v in losses.items()}
 
     def sampler(self) -> Generator:
         """The generator to evaluate: the parameter average with the generator's current
@@ -200,18 +212,17 @@ class GanTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
-            "g_opt": self.g_opt.state_dict(),
-            "d_opt": self.d_opt.state_dict(),
-            "schedules": [s.state_dict() for s in self.schedules],
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
             "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
-        self.g_opt.load_state_dict(state["g_opt"])
-        self.d_opt.load_state_dict(state["d_opt"])
-        for s, st in zip(self.schedules, state["schedules"], strict=True):
-            s.load_state_dict(st)
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedules.items():
+            s.load_state_dict(state["schedules"][k])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 

@@ -196,3 +196,26 @@ def test_a_weights_file_with_code_is_refused(tmp_path) -> None:
     torch.save({"w": torch.zeros(1), "obj": collections.UserDict()}, path)
     with pytest.raises(metrics.UserError, match="not a plain state dict"):
         check_state_dict_file(path)
+
+
+@pytest.mark.slow
+def test_the_inception_path_with_a_weights_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inception-v3 of torch-fidelity, fed from a named weights file (random weights of the
+    right shapes: the real file is not on this machine), scores one-channel images as RGB
+    under the papers' names IS and FID; the hub cache is never asked."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as patch:  # build once without weights, to save its shapes
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        patch.setattr(torch, "load", lambda *a, **k: None)
+        module = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path="unused"
+        )
+    path = tmp_path / "inception.pth"
+    torch.save(module.state_dict(), path)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    g = torch.Generator().manual_seed(0)
+    fake, real = (torch.randint(0, 256, (2, 1, 8, 8), generator=g).to(torch.uint8) for _ in "ab")
+    found = fidelity_metrics(fake, real, weights=str(path), isc_splits=1)
+    assert set(found) == {"IS", "IS_std", "FID"}  # two images each: Inception is slow on a CPU
+    assert found["IS"] >= 1.0 and np.isfinite(found["FID"]) and found["FID"] > 0
