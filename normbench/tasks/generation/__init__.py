@@ -6,5 +6,6 @@ CIFAR-10 with the generator's class-conditional BN replaced by SaBN).
 - `training`: hinge loss, `GanRecipe` (the official scripts' values), `GanTrainer` (both
   optimisers, n_critic, the generator's moving average), sampling.
 - `metrics`: IS and FID by torch-fidelity, the Inception weights' preflight.
+- `task`: `Generation`, the registered task `generation` (FID headline, IS).
 - `digits_features`: a small feature extractor for digits, registered with torch-fidelity.
 """

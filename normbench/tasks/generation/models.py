@@ -28,6 +28,7 @@ torch's parametrization (one power iteration per training forward, as the offici
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -55,29 +56,50 @@ def conditional_norm_layer(
     and take `num_branches`, which this sets to `num_classes`. Raises GenerationError for a
     plain or style-conditioned layer, a branch-indexed one without `num_branches`, or
     `num_branches` among `options`; UnknownNameError for an unknown name."""
-    from normbench.variants_api import VARIANTS, norm_layer, variant_options
+    from normbench.variants_api import VARIANTS, norm_layer
 
     options = dict(options or {})
-    cls = VARIANTS.get(variant).obj
+    _check_conditional(VARIANTS.get(variant).obj, variant, options, num_classes)
+    return norm_layer(variant, num_branches=num_classes, **options)
+
+
+def class_conditional(norm_layer: NormLayer, num_classes: int) -> NormLayer:
+    """A trial's `norm_layer` (`functools.partial(Variant, **options)`, as the registry
+    builds it) with one branch per class; the checks and errors of `conditional_norm_layer`."""
+    cls = getattr(norm_layer, "func", None)
+    if not isinstance(norm_layer, functools.partial) or not isinstance(cls, type):
+        raise GenerationError(
+            f"the generator's norm must be a registered variant's norm_layer, not {norm_layer!r}"
+        )
+    from normbench.variants_api import VARIANTS
+
+    names = [e.name for e in VARIANTS.entries() if e.obj is cls]
+    name = names[0] if names else cls.__name__
+    _check_conditional(cls, name, dict(norm_layer.keywords), num_classes)
+    return functools.partial(norm_layer, num_branches=num_classes)
+
+
+def _check_conditional(cls: type, name: str, options: dict[str, Any], num_classes: int) -> None:
+    from normbench.variants_api import variant_options
+
     conditioning = getattr(cls, "conditioning", None)
     if conditioning != "index":
         kind = "a plain norm layer" if conditioning is None else f"conditioned on {conditioning!r}"
         raise GenerationError(
-            f"variant {variant!r} is {kind}, not class-conditional: the generator's norm must "
+            f"variant {name!r} is {kind}, not class-conditional: the generator's norm must "
             "be branch-indexed (conditioning = 'index', docs/variants.md#branch-index), "
             "e.g. ccbn or sabn"
         )
     if "num_branches" in options:
         raise GenerationError(
-            f"variant {variant!r}: num_branches is set by the generator to the number of "
+            f"variant {name!r}: num_branches is set by the generator to the number of "
             f"classes ({num_classes}); remove it from the options"
         )
     if "num_branches" not in variant_options(cls):
         raise GenerationError(
-            f"variant {variant!r} is branch-indexed but takes no num_branches option, which "
+            f"variant {name!r} is branch-indexed but takes no num_branches option, which "
             "the generator sets to the number of classes"
         )
-    return norm_layer(variant, num_branches=num_classes, **options)
 
 
 def _xavier(module: nn.Module) -> nn.Module:
@@ -202,6 +224,17 @@ class GAN(nn.Module):
     def __init__(self, generator: Generator, discriminator: Discriminator) -> None:
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """len(x) images (N, C, S, S) generated from fixed noise (seed 0; classes 0, 1, ... in
+        turn), whatever x holds: what a probe that runs the model on a batch of real images
+        (the training loop's condensation probe) sees. Training and evaluation call the two
+        networks themselves."""
+        g = self.generator
+        z = torch.randn(len(x), g.latent_dim, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(len(x), device=x.device) % g.num_classes
+        out: torch.Tensor = g(z.to(x.device), y)
+        return out
 
 
 def build_gan(

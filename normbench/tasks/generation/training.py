@@ -12,13 +12,20 @@ Hinge loss (Lim & Ye, "Geometric GAN", arXiv 1705.02894; as SNGAN):
     L_D = E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y'), y'))],   L_G = -E[D(G(z, y'), y')]
 with real pairs (x, y) from the data and fake classes y' uniform over the classes.
 
-One iteration takes a batch of `n_critic * d_batch_size` real images: n_critic discriminator
-updates on consecutive slices (each with as many fresh fakes, detached), then one generator
+One iteration takes a batch of real images (`n_critic * d_batch_size` in the recipe): n_critic
+discriminator updates on consecutive slices (each with as many fresh fakes, detached; slices
+differ by at most one image when the batch is no multiple of n_critic), then one generator
 update on `g_batch_size` fresh samples. The official loop does the same with one real batch
 per D step and a G step after every n_critic-th (its first G step comes after one D step, ours
 after n_critic). `GanTrainer.updates` yields the losses in that order, each for one network's
 optimiser, so whoever owns the optimisers (`GanTrainer.step` here, a training loop later)
-runs every update and the iteration stays one batch of the data.
+runs every update and the iteration stays one batch of the data. The generator optimiser's
+step ends the iteration (`end_iteration`, a step post-hook), whoever calls it.
+
+The generator's optimiser may be given (`generator_optimizer`: normbench's training loop owns
+it, with the trial's schedule); the discriminator's rate then follows the generator's
+(d_lr x the generator's current rate / its rate at construction), and `state_dict` leaves the
+given optimiser to its owner.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 import torch
+from torch.optim import Optimizer
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -116,77 +124,97 @@ class GanTrainer:
     `end_iteration()`. `step` is that owner for these two Adam optimisers; a training loop that
     owns optimisers per network would do the same with its own."""
 
-    def __init__(self, gan: GAN, recipe: GanRecipe) -> None:
+    def __init__(
+        self, gan: GAN, recipe: GanRecipe, generator_optimizer: Optimizer | None = None
+    ) -> None:
         self.gan, self.recipe = gan, recipe
         betas = (recipe.beta1, recipe.beta2)
-        self.optimizers = {
-            "generator": torch.optim.Adam(gan.generator.parameters(), recipe.g_lr, betas),
+        own = generator_optimizer is None
+        self.optimizers: dict[str, Optimizer] = {
+            "generator": generator_optimizer
+            or torch.optim.Adam(gan.generator.parameters(), recipe.g_lr, betas),
             "discriminator": torch.optim.Adam(gan.discriminator.parameters(), recipe.d_lr, betas),
         }
+        self.owned = tuple(self.optimizers) if own else ("discriminator",)
+        self.g_base_lr = float(self.optimizers["generator"].param_groups[0]["lr"])
         total = recipe.iterations
 
         def factor(it: int) -> float:
             return max(0.0, 1.0 - it / total) if recipe.lr_decay == "linear" else 1.0
 
         self.schedules = {
-            k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in self.optimizers.items()
+            k: torch.optim.lr_scheduler.LambdaLR(self.optimizers[k], factor)
+            for k in (self.owned if own else ())
         }
         self.ema: AveragedModel | None = None
         if recipe.ema_decay > 0:
             avg = get_ema_multi_avg_fn(recipe.ema_decay)
             self.ema = AveragedModel(gan.generator, multi_avg_fn=avg, use_buffers=False)
         self.iteration = 0
+        self.optimizers["generator"].register_step_post_hook(lambda *_: self.end_iteration())
 
-    def _noise(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.gan.generator
+    def _noise(self, gan: GAN, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = gan.generator
         z = torch.randn(n, g.latent_dim, device=device)
         return z, torch.randint(0, g.num_classes, (n,), device=device)
 
-    def discriminator_loss(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real: torch.Tensor, labels: torch.Tensor, gan: GAN | None = None
+    ) -> torch.Tensor:
         """The hinge loss of D on real images in [-1, 1] (N, C, S, S) with their classes (N,)
         and as many fresh fakes (drawn without a graph, G in training mode as the official D
-        step), with its graph to D's parameters."""
-        g, d = self.gan.generator, self.gan.discriminator
+        step), with its graph to D's parameters. `gan`: another pair than the trainer's (a
+        copy the training loop diagnoses a divergence on), for a loss nobody steps on."""
+        gan = gan or self.gan
+        g, d = gan.generator, gan.discriminator
         d.requires_grad_(True)  # in case the last generator loss froze it and no end came
-        z, y_fake = self._noise(real.shape[0], real.device)
+        z, y_fake = self._noise(gan, real.shape[0], real.device)
         with torch.no_grad():
             fake = g(z, y_fake)
         return hinge_d_loss(d(real, labels), d(fake, y_fake))
 
-    def generator_loss(self, device: torch.device) -> torch.Tensor:
+    def generator_loss(self, device: torch.device, gan: GAN | None = None) -> torch.Tensor:
         """The hinge loss of `g_batch_size` fresh samples, with its graph to G's parameters
         only: D's parameters are frozen until the next discriminator loss."""
-        self.gan.discriminator.requires_grad_(False)
-        z, y = self._noise(self.recipe.g_batch_size, device)
-        return hinge_g_loss(self.gan.discriminator(self.gan.generator(z, y), y))
+        gan = gan or self.gan
+        gan.discriminator.requires_grad_(False)
+        z, y = self._noise(gan, self.recipe.g_batch_size, device)
+        return hinge_g_loss(gan.discriminator(gan.generator(z, y), y))
 
-    def updates(self, real: torch.Tensor, labels: torch.Tensor) -> Iterator[Update]:
-        """One generator iteration on `n_critic * d_batch_size` real images in [-1, 1] and
-        their classes: n_critic discriminator losses on consecutive slices, then the
-        generator's loss; each is computed after the previous one's update."""
-        expected = self.recipe.real_per_iteration
-        if real.shape[0] != expected:
+    def updates(
+        self, real: torch.Tensor, labels: torch.Tensor, gan: GAN | None = None
+    ) -> Iterator[Update]:
+        """One generator iteration on real images in [-1, 1] (at least n_critic; the recipe's
+        n_critic x d_batch_size) and their classes: n_critic discriminator losses on
+        consecutive slices, then the generator's loss; each is computed after the previous
+        one's update (`gan` as in `discriminator_loss`)."""
+        k = self.recipe.n_critic
+        if real.shape[0] < k:
             raise GenerationError(
-                f"a GAN iteration takes n_critic x d_batch_size = {expected} real images, "
-                f"but got a batch of {real.shape[0]}"
+                f"a GAN iteration takes at least n_critic = {k} real images (one per "
+                f"discriminator update), but got a batch of {real.shape[0]}"
             )
-        size = self.recipe.d_batch_size
-        for x, y in zip(real.split(size), labels.split(size), strict=True):
-            yield "discriminator", self.discriminator_loss(x, y)
-        yield "generator", self.generator_loss(real.device)
+        for x, y in zip(real.tensor_split(k), labels.tensor_split(k), strict=True):
+            yield "discriminator", self.discriminator_loss(x, y, gan)
+        yield "generator", self.generator_loss(real.device, gan)
 
     def end_iteration(self) -> None:
-        """After the generator's update: D trainable again, both schedules, the average, the
-        count."""
+        """After the generator's update (its optimiser's step post-hook calls this): D
+        trainable again, the schedules (or D's rate following G's), the average, the count."""
         self.gan.discriminator.requires_grad_(True)
         for s in self.schedules.values():
             s.step()
+        if not self.schedules:
+            scale = self.optimizers["generator"].param_groups[0]["lr"] / self.g_base_lr
+            for group in self.optimizers["discriminator"].param_groups:
+                group["lr"] = self.recipe.d_lr * scale
         if self.ema is not None:
             self.ema.update_parameters(self.gan.generator)
         self.iteration += 1
 
     def step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run one iteration's updates with the two Adam optimisers; returns the mean
+        """Run one iteration's updates with the two optimisers (the generator's step ends the
+        iteration); returns the mean
         discriminator loss and the generator loss, detached on the device (no host sync)."""
         losses: dict[str, list[torch.Tensor]] = {"discriminator": [], "generator": []}
         for net, loss in self.updates(real, labels):
@@ -195,7 +223,6 @@ class GanTrainer:
             loss.backward()
             optimizer.step()
             losses[net].append(loss.detach())
-        self.end_iteration()
         return {f"{k[0]}_loss": torch.stack(v).mean() for k, v in losses.items()}
 
     def sampler(self) -> Generator:
@@ -212,15 +239,15 @@ class GanTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "optimizers": {k: self.optimizers[k].state_dict() for k in self.owned},
             "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
             "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
+        for k in self.owned:
+            self.optimizers[k].load_state_dict(state["optimizers"][k])
         for k, s in self.schedules.items():
             s.load_state_dict(state["schedules"][k])
         if self.ema is not None:

@@ -76,8 +76,18 @@ def test_an_iteration_is_n_critic_d_updates_then_one_g_update() -> None:
         not torch.equal(a, b) for a, b in zip(g_before, params(tr.gan.generator), strict=True)
     )
     assert all(p.requires_grad for p in tr.gan.discriminator.parameters())
-    with pytest.raises(GenerationError, match="n_critic x d_batch_size = 12.*8"):
-        tr.step(*batch(8))
+    with pytest.raises(GenerationError, match="at least n_critic = 3.*2"):
+        tr.step(*batch(2))
+
+
+def test_a_batch_of_any_size_splits_into_n_critic_slices() -> None:
+    """8 real images, n_critic 3: the discriminator sees slices of 3, 3 and 2 (each with as
+    many fakes), then g_batch_size fakes."""
+    tr = tiny(n_critic=3)
+    sizes: list[int] = []
+    tr.gan.discriminator.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    tr.step(*batch(8))
+    assert sizes == [3, 3, 3, 3, 2, 2, 6]
 
 
 def test_the_generator_update_leaves_the_discriminator_alone() -> None:
@@ -112,9 +122,7 @@ def test_each_loss_is_computed_after_the_previous_update() -> None:
     assert order == ["discriminator"] * 3 + ["generator"]
     for earlier, later in zip(seen, seen[1:], strict=False):
         assert not torch.equal(earlier[0], later[0])
-    assert tr.iteration == 0  # counted by end_iteration, after the generator's update
-    tr.end_iteration()
-    assert tr.iteration == 1
+    assert tr.iteration == 1  # counted when the generator's optimiser stepped
 
 
 def test_the_moving_average_by_hand_with_the_current_buffers() -> None:

@@ -1,0 +1,122 @@
+"""The registered task `generation` through normbench's one training loop: the task contract
+(TaskConformance, on digits with a tiny SNGAN), the contract's `build_optimizer` hook (the
+loop steps the generator's Adam; the task steps the discriminator's), the options' checks and
+the Inception preflight, and the plain norm refused."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from normbench.engine.probes import norm_layers
+from normbench.tasks import TASKS
+from normbench.tasks.generation.models import GenerationError
+from normbench.tasks.generation.task import Generation
+from normbench.testing import TaskConformance
+
+TINY = {
+    "n_critic": 2,
+    "g_batch_size": 8,
+    "latent_dim": 8,
+    "g_width": 8,
+    "d_width": 8,
+    "samples": 100,
+    "isc_splits": 2,
+    "ema_decay": 0.5,
+    "feature_extractor": "normbench-digits",
+}
+
+
+class TestGeneration(TaskConformance):
+    task = "generation"
+    options: ClassVar = TINY
+    variant = "ccbn"  # branch-indexed, no subclass of torch's norms
+    opt_out: ClassVar = {
+        "learns": "the generator's loss is adversarial: the discriminator, updated inside "
+        "each step, moves it up as the generator moves it down"
+    }
+
+    def test_norm_layer_everywhere(self) -> None:
+        """Every norm is the trial's variant but the generator's last one, plain BN in both
+        arms of the paper (SNGAN's output BN is not class-conditional; SaBN replaces the
+        class-conditional ones)."""
+        from normbench.variants_api import VARIANTS
+
+        ccbn = VARIANTS.get("ccbn").obj
+        norms = dict(norm_layers(self.build().model))
+        assert isinstance(norms.pop("generator.b5"), torch.nn.BatchNorm2d)
+        assert norms and all(isinstance(m, ccbn) for m in norms.values()), norms
+
+
+def test_the_loop_steps_the_generator_and_the_task_the_discriminator() -> None:
+    """One training batch through the loop's pass: the loop's optimiser is the generator's
+    Adam (betas from the task), n_critic discriminator steps and one generator step, the
+    moving average and the iteration count follow, and the task's state holds the
+    discriminator's optimiser, not the generator's."""
+    from normbench.engine import distributed, memory
+    from normbench.engine.training import Run, train_epoch
+
+    kit = TestGeneration()
+    trial = kit.build(limit_batches=1)
+    gan = trial.model
+    assert isinstance(trial.optimizer, torch.optim.Adam)
+    assert trial.optimizer.param_groups[0]["betas"] == (0.0, 0.9)
+    assert {id(p) for p in trial.optimizer.param_groups[0]["params"]} == {
+        id(p) for p in gan.generator.parameters()
+    }
+    run = Run(trial, distributed.SINGLE, trial.forward)
+    result = train_epoch(run, 1, None, memory.PeakMemory(torch.device("cpu"), lambda: []))
+    assert result.diverged is None and set(result.metrics) == {"d_loss"}
+    trainer = trial.task.trainer
+    d_steps = {int(s["step"]) for s in trainer.optimizers["discriminator"].state.values()}
+    g_steps = {int(s["step"]) for s in trial.optimizer.state.values()}
+    assert d_steps == {2} and g_steps == {1} and trainer.iteration == 1
+    state = trial.task.state_dict()
+    assert set(state["optimizers"]) == {"discriminator"} and state["iteration"] == 1
+
+
+def test_without_gradients_a_step_updates_nothing() -> None:
+    """The loop's divergence diagnosis and the statistics recalibration call the step under
+    no_grad (on a copy of the model): losses are computed, no parameter moves."""
+    import copy
+
+    kit = TestGeneration()
+    trial = kit.build()
+    batch = next(iter(trial.data.train))
+    copy_ = copy.deepcopy(trial.model)
+    before = [p.detach().clone() for p in trial.model.parameters()]
+    with torch.no_grad():
+        step = trial.task.training_step(copy_, batch)
+        step_own = trial.task.training_step(trial.forward, batch)
+    assert torch.isfinite(step.loss) and torch.isfinite(step_own.loss)
+    assert set(step.sums) == {"d_loss"}
+    for a, b in zip(before, trial.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert trial.task.trainer.iteration == 0
+
+
+def test_options_are_checked_at_their_names(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    problems = Generation.check_options(
+        {"n_critic": 0, "beta2": 1.0, "samples": 4, "isc_splits": 10, "g_width": -1,
+         "feature_extractor": "normbench-digits"}
+    )  # fmt: skip
+    assert set(problems) == {"n_critic", "beta2", "isc_splits", "g_width"}
+    assert "n_critic must be an integer >= 1" in problems["n_critic"]
+    assert "unknown feature extractor 'nope'" in Generation.check_options(
+        {"feature_extractor": "nope"}
+    )["feature_extractor"]
+    # the Inception preflight: no weights in an empty hub cache -> one line naming the file
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    line = Generation.check_options({})["feature_extractor"]
+    assert "\n" not in line and "weights-inception-2015-12-05-6726825d.pth" in line and str(tmp_path) in line
+    given = Generation.check_options({"feature_extractor_weights": str(tmp_path / "w.pth")})
+    assert "w.pth is not a file" in given["feature_extractor_weights"]
+    assert not TASKS.check_options("generation", dict(TINY), dataset="digits")
+
+
+def test_a_plain_norm_is_refused_in_one_line() -> None:
+    kit = TestGeneration()
+    with pytest.raises(GenerationError, match="variant 'bn' is a plain norm layer"):
+        kit.build(variant="bn")
