@@ -261,7 +261,9 @@ class TaskClass(Protocol):
     * optional `check_options(options, *, dataset=None, backbone=None) -> {option: why}`;
     * optional `state_dict()` / `load_state_dict(state)`: the task's own training state;
     * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
-      on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam).
+      on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
+    * optional classmethod `preflight(options) -> line`: files the task reads at run time,
+      found before Ray starts (UserError, one line, when missing).
     """
 
     scoring: Scoring

@@ -44,7 +44,6 @@ from normbench.spec import Recipe
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
 from normbench.tasks.generation.metrics import (
     INCEPTION,
-    FeatureWeightsMissing,
     ensure_registered,
     fidelity_metrics,
     inception_weights,
@@ -114,8 +113,7 @@ class Generation:
     def check_options(
         cls, options: dict[str, Any], *, dataset: str | None = None, backbone: str | None = None
     ) -> dict[str, str]:
-        """The recipe's ranges (`GanRecipe`), sizes >= 1, a known feature extractor, and the
-        Inception weights' preflight (one line saying which file to put where)."""
+        """The recipe's ranges (`GanRecipe`), sizes >= 1 and a known feature extractor."""
         out: dict[str, str] = {}
         for name in RECIPE_OPTIONS:
             if name in options:
@@ -129,17 +127,20 @@ class Generation:
                 out[name] = f"{name} must be an integer >= 1, but got {value!r}"
         if options.get("isc_splits", 10) > options.get("samples", 10_000):
             out["isc_splits"] = "isc_splits must not exceed samples (each split needs a sample)"
-        extractor = options.get("feature_extractor", INCEPTION)
         try:
-            ensure_registered(extractor)
-            if extractor == INCEPTION:
-                inception_weights(options.get("feature_extractor_weights"))
-        except FeatureWeightsMissing as exc:
-            key = "feature_extractor_weights" in options
-            out["feature_extractor_weights" if key else "feature_extractor"] = str(exc)
+            ensure_registered(options.get("feature_extractor", INCEPTION))
         except UserError as exc:
             out["feature_extractor"] = str(exc)
         return out
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> str:
+        """The line `normbench run` prints before Ray starts: where the Inception weights are;
+        FeatureWeightsMissing (one line saying which file to put where) when they are not."""
+        extractor = options.get("feature_extractor", INCEPTION)
+        if extractor != INCEPTION:
+            return f"feature extractor {extractor} (not comparable with Inception's IS/FID)"
+        return f"Inception weights {inception_weights(options.get('feature_extractor_weights'))}"
 
     def build_model(self, ctx: ModelContext) -> nn.Module:
         mean, std = ctx.info.get("mean"), ctx.info.get("std")

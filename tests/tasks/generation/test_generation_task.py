@@ -12,6 +12,7 @@ import torch
 
 from normbench.engine.probes import norm_layers
 from normbench.tasks import TASKS
+from normbench.tasks.generation.metrics import FeatureWeightsMissing
 from normbench.tasks.generation.models import GenerationError
 from normbench.tasks.generation.task import Generation
 from normbench.testing import TaskConformance
@@ -109,10 +110,17 @@ def test_options_are_checked_at_their_names(monkeypatch: pytest.MonkeyPatch, tmp
     )["feature_extractor"]
     # the Inception preflight: no weights in an empty hub cache -> one line naming the file
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    line = Generation.check_options({})["feature_extractor"]
-    assert "\n" not in line and "weights-inception-2015-12-05-6726825d.pth" in line and str(tmp_path) in line
-    given = Generation.check_options({"feature_extractor_weights": str(tmp_path / "w.pth")})
-    assert "w.pth is not a file" in given["feature_extractor_weights"]
+    with pytest.raises(FeatureWeightsMissing) as missing:
+        Generation.preflight({})
+    line = str(missing.value)
+    assert "\n" not in line and "weights-inception-2015-12-05-6726825d.pth" in line
+    assert str(tmp_path / "checkpoints") in line
+    with pytest.raises(FeatureWeightsMissing, match="w.pth is not a file"):
+        Generation.preflight({"feature_extractor_weights": str(tmp_path / "w.pth")})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
+    assert "Inception weights" in Generation.preflight({})
+    assert "not comparable" in Generation.preflight({"feature_extractor": "normbench-digits"})
     assert not TASKS.check_options("generation", dict(TINY), dataset="digits")
 
 
@@ -120,3 +128,46 @@ def test_a_plain_norm_is_refused_in_one_line() -> None:
     kit = TestGeneration()
     with pytest.raises(GenerationError, match="variant 'bn' is a plain norm layer"):
         kit.build(variant="bn")
+
+
+def test_run_without_the_inception_weights_stops_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    """`normbench run suites/sabn_gan.yaml` on a machine without the weights: exit status 2,
+    one line naming the file and the folder, before Ray starts, nothing written."""
+    from pathlib import Path
+
+    from normbench.cli import main
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    suite = Path(__file__).resolve().parents[3] / "suites" / "sabn_gan.yaml"
+    out = tmp_path / "run"
+    flags = ["--set", "resources.cpus=1", "--set", "resources.gpus=0"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(suite), "-o", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "sabn_gan.yaml: task: Inception weights" in err
+    assert str(tmp_path / "hub" / "checkpoints") in err and not out.exists()
+
+
+def test_the_shipped_suite_carries_the_papers_recipe_and_numbers() -> None:
+    """suites/sabn_gan.yaml against SaBN's SNGAN scripts and GAN table, written here."""
+    from pathlib import Path
+
+    from normbench.suite.loader import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[3] / "suites" / "sabn_gan.yaml")
+    trials = list(suite.trials())
+    assert {t.spec.variant for t in trials} == {"ccbn", "sabn"} and len(trials) == 6
+    spec = trials[0].spec
+    assert spec.task == "generation" and spec.batch_size == 5 * 64
+    opts = spec.task_options
+    assert (opts["n_critic"], opts["g_batch_size"], opts["d_lr"]) == (5, 128, 2e-4)
+    assert (opts["beta1"], opts["beta2"], opts["ema_decay"]) == (0.0, 0.9, 0.999)
+    r = spec.recipe
+    assert (r.lr, r.weight_decay, r.schedule, r.warmup_epochs) == (2e-4, 0.0, "constant", 0.0)
+    # 50,000 generator iterations at 50,000 // 320 = 156 per epoch
+    assert spec.epochs == 321 and (spec.epochs - 1) * 156 < 50_000 <= spec.epochs * 156
+    refs = {r["variant"]: r["metrics"] for r in suite.reference}
+    assert refs == {"ccbn": {"FID": 10.18, "IS": 8.76}, "sabn": {"FID": 8.97, "IS": 8.89}}
