@@ -59,7 +59,7 @@ from normbench.tasks.generation.training import GanRecipe, GanTrainer, sample_im
 
 GENERATION = Scoring(
     metrics=(
-        Metric("loss", "G loss", "", False, ("train",), "the generator's hinge loss -E[D(G(z,y),y)]"),
+        Metric("loss", "G loss", "", False, ("train",), "the generator's hinge loss"),
         Metric("d_loss", "D loss", "", False, ("train",), "the discriminator's hinge loss"),
         Metric("FID", "FID", "", False, ("val", "test"), "Frechet Inception distance to the split"),
         Metric("IS", "IS", "", True, ("val", "test"), "Inception score of the samples"),

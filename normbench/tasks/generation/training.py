@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 import torch
-from torch.optim import Optimizer
 import torch.nn.functional as F
+from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from normbench.tasks.generation.models import GAN, GenerationError, Generator

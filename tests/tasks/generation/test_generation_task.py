@@ -105,9 +105,10 @@ def test_options_are_checked_at_their_names(monkeypatch: pytest.MonkeyPatch, tmp
     )  # fmt: skip
     assert set(problems) == {"n_critic", "beta2", "isc_splits", "g_width"}
     assert "n_critic must be an integer >= 1" in problems["n_critic"]
-    assert "unknown feature extractor 'nope'" in Generation.check_options(
-        {"feature_extractor": "nope"}
-    )["feature_extractor"]
+    assert (
+        "unknown feature extractor 'nope'"
+        in Generation.check_options({"feature_extractor": "nope"})["feature_extractor"]
+    )
     # the Inception preflight: no weights in an empty hub cache -> one line naming the file
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FeatureWeightsMissing) as missing:
