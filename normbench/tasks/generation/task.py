@@ -200,6 +200,7 @@ class Generation:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # no stale gradient in the loop's clip
             d_losses.append(loss.detach())
         raise AssertionError("GanTrainer.updates ends with the generator's loss")
 

@@ -74,6 +74,7 @@ def test_the_loop_steps_the_generator_and_the_task_the_discriminator() -> None:
     d_steps = {int(s["step"]) for s in trainer.optimizers["discriminator"].state.values()}
     g_steps = {int(s["step"]) for s in trial.optimizer.state.values()}
     assert d_steps == {2} and g_steps == {1} and trainer.iteration == 1
+    assert all(p.grad is None for p in gan.discriminator.parameters())
     state = trial.task.state_dict()
     assert set(state["optimizers"]) == {"discriminator"} and state["iteration"] == 1
 
