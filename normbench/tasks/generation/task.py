@@ -22,6 +22,9 @@ and `d_loss` (the discriminator's, the mean over its updates) on train. The SaBN
 IS and FID side by side (IS first) and names neither its main metric; normbench headlines
 FID, which compares with the real images (IS does not look at them) and is the one of the
 two whose gap between the arms is large (SNGAN: FID 10.18 -> 8.97, IS 8.76 -> 8.89).
+Without the Inception weights (torch's hub cache, or `feature_extractor_weights`), `normbench
+run` stops at its preflight and a trial at its start, in one line saying which file to put
+where (`preflight`).
 
 Data: any labelled image data set; the loader's normalised images are mapped back to [0, 1]
 with the data set's mean and std, then to [-1, 1] for the networks (the generator's tanh
@@ -105,6 +108,9 @@ class Generation:
         self.samples, self.isc_splits, self.sample_seed = samples, isc_splits, sample_seed
         self.feature_extractor = feature_extractor
         self.weights = feature_extractor_weights
+        # a trial without the weights stops here, before data and model (normbench train)
+        self.preflight({"feature_extractor": feature_extractor,
+                        "feature_extractor_weights": feature_extractor_weights})  # fmt: skip
         self.gan: GAN | None = None
         self.trainer: GanTrainer | None = None
         self.mean = self.std = torch.zeros(0)

@@ -123,6 +123,9 @@ def test_options_are_checked_at_their_names(monkeypatch: pytest.MonkeyPatch, tmp
     (tmp_path / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"")
     assert "Inception weights" in Generation.preflight({})
     assert "not comparable" in Generation.preflight({"feature_extractor": "normbench-digits"})
+    (tmp_path / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").unlink()
+    with pytest.raises(FeatureWeightsMissing):  # a trial (normbench train) stops at once
+        Generation()
     assert not TASKS.check_options("generation", dict(TINY), dataset="digits")
 
 
