@@ -150,7 +150,13 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
 def _build_task(spec: TrialSpec) -> Any:
     from normbench.tasks import create_task
 
-    return create_task(spec.task, spec.task_options, dataset=spec.dataset, backbone=spec.backbone)
+    return create_task(
+        spec.task,
+        spec.task_options,
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        variant=spec.variant,
+    )
 
 
 def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.Module:

@@ -57,6 +57,7 @@ from normbench.tasks.generation.models import (
     GenerationError,
     build_gan,
     class_conditional,
+    conditional_norm_layer,
 )
 from normbench.tasks.generation.training import GanRecipe, GanTrainer, sample_images
 
@@ -117,10 +118,21 @@ class Generation:
 
     @classmethod
     def check_options(
-        cls, options: dict[str, Any], *, dataset: str | None = None, backbone: str | None = None
+        cls,
+        options: dict[str, Any],
+        *,
+        dataset: str | None = None,
+        backbone: str | None = None,
+        variant: str | None = None,
     ) -> dict[str, str]:
-        """The recipe's ranges (`GanRecipe`), sizes >= 1 and a known feature extractor."""
+        """The recipe's ranges (`GanRecipe`), sizes >= 1, a known feature extractor, and a
+        class-conditional `variant` (branch-indexed, taking num_branches)."""
         out: dict[str, str] = {}
+        if variant is not None:
+            try:
+                conditional_norm_layer(variant, 2)
+            except UserError as exc:
+                out["variant"] = str(exc)
         for name in RECIPE_OPTIONS:
             if name in options:
                 try:

@@ -5,6 +5,7 @@ the Inception preflight, and the plain norm refused."""
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import pytest
@@ -129,10 +130,27 @@ def test_options_are_checked_at_their_names(monkeypatch: pytest.MonkeyPatch, tmp
     assert not TASKS.check_options("generation", dict(TINY), dataset="digits")
 
 
-def test_a_plain_norm_is_refused_in_one_line() -> None:
+def test_a_plain_norm_is_refused_in_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """At suite validation (exit status 2 before Ray, at the task's line), when a trial is
+    built, and by the generator itself."""
+    from pathlib import Path
+
+    from normbench.cli import main
+    from normbench.errors import UserError
+    from normbench.tasks.generation.models import class_conditional
+    from normbench.variants_api import VARIANTS
+
+    suite = Path(__file__).resolve().parents[3] / "suites" / "sabn_gan.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(suite), "--dry-run", "--set", "variants=[ccbn, gn]"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "sabn_gan.yaml:" in err and "variant 'gn' is a plain norm layer" in err
     kit = TestGeneration()
-    with pytest.raises(GenerationError, match="variant 'bn' is a plain norm layer"):
+    with pytest.raises(UserError, match="variant .bn. is a plain norm layer"):
         kit.build(variant="bn")
+    with pytest.raises(GenerationError, match="variant 'in' is a plain norm layer"):
+        class_conditional(functools.partial(VARIANTS.get("in").obj), 10)
 
 
 def test_run_without_the_inception_weights_stops_in_one_line(
