@@ -16,12 +16,13 @@ from normbench.cli import main
 # RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
 # BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
 # SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# CCBN K=1: one embedding row of 2C, no shared affine (docs/variants.md#ccbn).
 # AuxBN K=2: gamma_k, beta_k per branch. SaAuxBN K=2: gamma_sa, beta_sa + two rows of 2C
 # (docs/variants.md#auxbn).
 # UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
 # (docs/variants.md#ubn).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
-              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2,
+              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "ccbn": 2,
               "auxbn": 4, "saauxbn": 6}  # fmt: skip
 # Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
 BATCH_DEPENDENT = {name: name not in ("in", "gn") for name in HAND_COUNT}

@@ -20,9 +20,11 @@ from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.adversarial.task import AdversarialTraining
 from normbench.tasks.classification import Classification
+from normbench.tasks.generation.task import Generation
 
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
+    "generation": Generation,
     "adversarial": AdversarialTraining,
 }
 METHODS = ("build_model", "training_step", "evaluate")
