@@ -8,7 +8,10 @@ and `.bias` attributes (None allowed), class attributes `paper: str` and `batch_
 and `forward(x)` returning a tensor of x's shape and dtype. Optional: `global_stats: bool`, True
 when a batch-dependent layer computes its statistics over every device's batch inside
 `normbench.variants.global_statistics` (docs/variants.md#plugin-global-statistics); without it,
-`stats_scope: global` on several devices is refused for the layer.
+`stats_scope: global` on several devices is refused for the layer; `conditioning: str`, what
+forward takes besides x: "index" (a branch index with a default, still a `norm_layer(C)`) or
+"style" (`forward(x, style)`, AdaIN: refused in one line by `norm_layer` and by suite validation
+wherever a backbone would call it as a plain norm layer).
 """
 
 from __future__ import annotations
@@ -25,12 +28,32 @@ from normbench.registry import kind_registry
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
 _YAML_SCALARS = (type(None), bool, int, float, str)
+# What a layer's forward takes besides x (docs/variants.md#contract point 5): nothing, a branch
+# index (docs/variants.md#branch-index) or the style features (docs/variants.md#adain).
+CONDITIONING = (None, "index", "style")
 
 
 def _builtin_variants() -> dict[str, type]:
     from normbench.variants import BUILTIN_VARIANTS  # lazy: the layers import torch
 
     return BUILTIN_VARIANTS
+
+
+def plain_norm(cls: Any) -> bool:
+    """Whether `cls` is a plain `norm_layer(C)` (`normbench.variants.plain_norm`)."""
+    from normbench.variants import plain_norm as is_plain
+
+    return is_plain(cls)
+
+
+def not_plain_message(name: str, cls: Any) -> str:
+    """Why a style-conditioned layer cannot fill a backbone's `norm_layer(C)` slots."""
+    kind = getattr(cls, "conditioning", None)
+    return (
+        f"variant {name!r} takes the {kind} features as a second input (forward(x, {kind}), "
+        f"conditioning {kind!r}), so it cannot be a backbone's norm_layer(C); it is a layer of "
+        "the style_transfer task (docs/variants.md#adain)"
+    )
 
 
 def variant_rules(
@@ -49,6 +72,8 @@ def variant_rules(
                 context="batch_size",
             )
         ]
+    if context.get("widths") is not None and not plain_norm(cls):
+        return [OptionProblem(not_plain_message(name, cls))]
     identity = context.get("decay_toward") == "identity"
     for width in sorted(context.get("widths") or ()) if build else ():
         where = context.get("_where") or ""
@@ -179,8 +204,11 @@ def create_norm(name: str, num_features: int, **options: Any) -> Any:
 
 
 def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
-    """A torchvision-style `norm_layer(C)` factory for a registered variant."""
+    """A torchvision-style `norm_layer(C)` factory for a registered variant. Raises UserError
+    for a layer that needs another input than x (`conditioning = "style"`)."""
     entry = VARIANTS.get(name)
+    if not plain_norm(entry.obj):
+        raise UserError(not_plain_message(entry.name, entry.obj))
     VARIANTS.require_options(entry.name, options)
     return functools.partial(entry.obj, **options)
 
@@ -229,11 +257,17 @@ def _class_problem(cls: Any) -> str | None:
         return "must define the class attribute batch_dependent: bool"
     if not isinstance(getattr(cls, "global_stats", False), bool):
         return "the class attribute global_stats must be a bool (True: supports stats_scope global)"
+    if getattr(cls, "conditioning", None) not in CONDITIONING:
+        return (
+            f"the class attribute conditioning must be absent or one of {list(CONDITIONING[1:])}"
+            f", got {getattr(cls, 'conditioning', None)!r}"
+        )
     return None
 
 
 def _behaviour_problem(cls: type) -> str | None:
-    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch."""
+    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch
+    (and a (4, 8, 3, 3) style for a style-conditioned layer)."""
     import torch
 
     layer = cls(8)
@@ -241,9 +275,10 @@ def _behaviour_problem(cls: type) -> str | None:
         if not hasattr(layer, attr):
             return f"has no .{attr} attribute (set it to None when there is none)"
     x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    extra = (torch.randn(4, 8, 3, 3),) if getattr(cls, "conditioning", None) == "style" else ()
     for training in (True, False):
         layer.train(training)
-        y = layer(x)
+        y = layer(x, *extra)
         if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             return (
@@ -302,6 +337,7 @@ def variant_info(name: str) -> dict[str, Any]:
         "options": {k: _json_safe(v) for k, v in variant_options(cls).items()},
         "params_per_channel": None,
         "batch_dependent": getattr(cls, "batch_dependent", None),
+        "conditioning": getattr(cls, "conditioning", None),
         "source": entry.source,
     }
     try:
