@@ -2,8 +2,8 @@
 
 Shows name, paper, options with defaults, learnable parameters per channel, whether the layer
 depends on the batch, what its forward takes (x; x and a branch index, which defaults; x and the
-style features, not a plain norm_layer(C)), and where it came from: a rich table on a terminal, plain aligned
-columns (one line per variant, never wrapped) when piped, `--json` for scripts.
+style features, not a plain norm_layer(C)), and where it came from: a rich table on a terminal,
+plain aligned columns (one line per variant, never wrapped) when piped, `--json` for scripts.
 `--plugin FILE` (repeatable) loads plugin files first; a broken file is a user error (one
 line, exit 2). Installed entry-point plugins that fail to load are listed as warnings on
 stderr and do not hide the others.

@@ -173,6 +173,12 @@ def list_variants() -> list[str]:
     return VARIANTS.names()
 
 
+def plain_variants() -> list[str]:
+    """The registered variants that are plain `norm_layer(C)`s (not style-conditioned), sorted:
+    what the benchmarks of a backbone's norm layers measure."""
+    return [name for name in VARIANTS.names() if plain_norm(VARIANTS.get(name).obj)]
+
+
 def _option_params(cls: type) -> list[inspect.Parameter]:
     """Constructor parameters after num_features that a suite may set."""
     params = list(inspect.signature(cls).parameters.values())[1:]

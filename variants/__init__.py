@@ -50,11 +50,12 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "saadain": SandwichAdaptiveInstanceNorm2d,
 }
 
-# For plugins: `plain_norm` (whether a layer is a plain `norm_layer(C)`), `BranchIndexed` and `branch_index` (layers with K branches chosen by an index the
-# task sets, docs/variants.md#branch-index), `FxLeaf` and `check_input` (traceable input
-# checks), `statistics_precision` and
-# `stats_dtype` (fp32 statistics under autocast), `all_sum` ... `statistics_ranks` (global
-# statistics across data-parallel ranks, docs/variants.md#plugin-global-statistics).
+# For plugins: `plain_norm` (whether a layer is a plain `norm_layer(C)`), `BranchIndexed` and
+# `branch_index` (layers with K branches chosen by an index the task sets,
+# docs/variants.md#branch-index), `FxLeaf` and `check_input` (traceable input checks),
+# `statistics_precision` and `stats_dtype` (fp32 statistics under autocast), `all_sum` ...
+# `statistics_ranks` (global statistics across data-parallel ranks,
+# docs/variants.md#plugin-global-statistics).
 __all__ = [
     *(c.__name__ for c in BUILTIN_VARIANTS.values()),
     "BUILTIN_VARIANTS",

@@ -89,9 +89,13 @@ def _plan(rt: Runtime, quick: bool) -> Plan:
 def _configs(batch: int) -> list[tuple[str, str, dict[str, object]]]:
     """(label, variant, options): BN first, then every built-in, then Ghost BN at N/4."""
     from normbench.registry import BUILTIN
-    from normbench.variants_api import VARIANTS
+    from normbench.variants_api import VARIANTS, plain_norm
 
-    names = sorted(e.name for e in VARIANTS.entries() if e.source == BUILTIN and e.name != "bn")
+    names = sorted(
+        e.name
+        for e in VARIANTS.entries()
+        if e.source == BUILTIN and e.name != "bn" and plain_norm(e.obj)
+    )
     configs: list[tuple[str, str, dict[str, object]]] = [("bn", "bn", {})]
     configs += [(n, n, {}) for n in names]
     gbs = max(batch // 4, 2)

@@ -59,6 +59,19 @@ BOMB = (
 )
 
 EXITS = "import sys\nsys.exit(3)\n"
+CONDITIONED = """
+from torch import nn
+from normbench import register_variant
+
+@register_variant("captioned")
+class Captioned(nn.BatchNorm2d):
+    paper = "corpus (nowhere 2026)"
+    batch_dependent = True
+    conditioning = "text"
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+"""
 PLUGIN_VARIANT = """
 from torch import nn
 from normbench import register_variant
@@ -222,6 +235,8 @@ CASES: dict[str, Case] = {
     "unknown_dataset": Case(suite(dataset="{name: digitz}"), "unknown dataset 'digitz' (did you mean 'digits'?)"),
     "unknown_backbone": Case(suite(backbones="[resnet21]"), "unknown backbone 'resnet21'"),
     "unknown_variant": Case(suite(variants="[ubnn]"), "unknown variant 'ubnn' (did you mean 'ubn'?)"),
+    "style_layer_as_backbone_norm": Case(suite(variants="[bn, adain]"), "variant 'adain' takes the style features as a second input (forward(x, style), conditioning 'style'), so it cannot be a backbone's norm_layer(C)"),
+    "unknown_conditioning": Case(None, "conditioning must be absent or one of ['index', 'style'], got 'text'", command="variants", args=["--plugin", "cond.py"], files={"cond.py": CONDITIONED}),
     "unknown_variant_option": Case(suite(variants=variant("thau: 0.1", "ubn")), "did you mean 'tau'"),
     "unknown_backbone_option": Case(suite(backbones="[{name: resnet20, options: {widht: 8}}]"), "did you mean 'width'"),
     "unknown_dataset_option": Case(suite(dataset="{name: digits, image_sise: 8}"), "image_sise"),
