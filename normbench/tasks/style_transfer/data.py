@@ -33,9 +33,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from normbench.errors import DatasetNotFoundError
 from normbench.data.folder_loader import SeededTransform, epoch_keys
 from normbench.data.tensor_loader import epoch_generator
+from normbench.errors import DatasetNotFoundError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 Key = tuple[int, int, int, int]  # content index, its crop seed, style index, its crop seed
