@@ -112,9 +112,8 @@ def torchvision_encoder(state_dict: dict[str, torch.Tensor] | None = None) -> En
         features.load_state_dict(own)
     normalise = nn.Conv2d(3, 3, 1)
     std = torch.tensor(IMAGENET_STD)
-    with torch.no_grad():
-        normalise.weight.copy_(torch.diag(1.0 / std).reshape(3, 3, 1, 1))
-        normalise.bias.copy_(-torch.tensor(IMAGENET_MEAN) / std)
+    normalise.weight = nn.Parameter(torch.diag(1.0 / std).reshape(3, 3, 1, 1))
+    normalise.bias = nn.Parameter(-torch.tensor(IMAGENET_MEAN) / std)
     f = features
     stages = [nn.Sequential(normalise, *f[0:2]), f[2:7], f[7:12], f[12:21]]
     return Encoder(stages, (64, 128, 256, 512))

@@ -101,11 +101,13 @@ def random_init(encoder: Encoder) -> Encoder:
     default init shrinks the activations ~3x per layer, to a relu4_1 near 1e-4."""
     convs = [m for m in flat_encoder_modules(encoder) if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
-        convs[0].weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
-        convs[0].bias.fill_(-0.5)
-        for conv in convs[1:]:
+        for k, conv in enumerate(convs):
+            assert conv.bias is not None  # AdaIN's convolutions all have one
+            if k == 0:
+                conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+                conv.bias.fill_(-0.5)
+                continue
             torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            assert conv.bias is not None
             conv.bias.zero_()
     return encoder
 
