@@ -104,6 +104,7 @@ class AdaptiveInstanceNorm2d(FxLeaf, nn.Module):
     )
     batch_dependent = False
     conditioning = "style"
+    shared_affine = False  # SaAdaIN's γ_sa, β_sa
     weight: nn.Parameter | None
     bias: nn.Parameter | None
 
@@ -119,8 +120,20 @@ class AdaptiveInstanceNorm2d(FxLeaf, nn.Module):
         super().__init__()
         check_common(type(self).__name__, num_features, eps, momentum)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.register_parameter("weight", None)
-        self.register_parameter("bias", None)
+        if not self.shared_affine:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+            return
+        self.weight = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(num_features, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """γ_sa = 1, β_sa = 0 (the official init): SaAdaIN starts as AdaIN."""
+        if self.weight is not None and self.bias is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0)
+                self.bias.zero_()
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -142,23 +155,4 @@ class SandwichAdaptiveInstanceNorm2d(AdaptiveInstanceNorm2d):
         "Sandwich Batch Normalization: A Drop-In Replacement for Feature Distribution "
         "Heterogeneity (WACV 2022), arXiv 2102.11382"
     )
-
-    def __init__(
-        self,
-        num_features: int,
-        *,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum)
-        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
-
-    def reset_parameters(self) -> None:
-        """γ_sa = 1, β_sa = 0 (the official init): SaAdaIN starts as AdaIN."""
-        assert self.weight is not None and self.bias is not None
-        with torch.no_grad():
-            self.weight.fill_(1.0)
-            self.bias.zero_()
+    shared_affine = True

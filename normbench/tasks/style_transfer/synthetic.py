@@ -17,9 +17,6 @@ parameters and `seed`.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from normbench.data.files import data_root
+from normbench.data.files import data_root, write_once
 
 KINDS = ("content", "style")
 SPLITS = ("train", "val")
@@ -67,21 +64,8 @@ class StyleFolders:
 def style_folders(spec: FolderSpec | None = None, root: str | None = None) -> StyleFolders:
     """The folders of `spec`, written on first use under `<root>/style_transfer_synthetic/`."""
     spec = spec or FolderSpec()
-    home = data_root(root) / "style_transfer_synthetic"
-    folders = StyleFolders(home / spec.key)
-    if not folders.root.is_dir():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=home))
-        try:
-            write_folders(spec, tmp)
-            if not folders.root.exists():
-                os.rename(tmp, folders.root)
-        except OSError:
-            if not folders.root.is_dir():  # not another process's copy: a failure
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folders
+    folder = data_root(root) / "style_transfer_synthetic" / spec.key
+    return StyleFolders(write_once(folder, lambda tmp: write_folders(spec, tmp)))
 
 
 def write_folders(spec: FolderSpec, folder: Path) -> None:
