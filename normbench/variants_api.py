@@ -46,14 +46,23 @@ def plain_norm(cls: Any) -> bool:
     return is_plain(cls)
 
 
-def not_plain_message(name: str, cls: Any) -> str:
-    """Why a style-conditioned layer cannot fill a backbone's `norm_layer(C)` slots."""
+def slot_problem(name: str, cls: Any, slot: str | None) -> str | None:
+    """Why variant `name` cannot fill a norm slot that passes `slot` besides x (None: a
+    plain `norm_layer(C)` slot, "style": a style network's, forward(x, style)), or None."""
     kind = getattr(cls, "conditioning", None)
-    return (
-        f"variant {name!r} takes the {kind} features as a second input (forward(x, {kind}), "
-        f"conditioning {kind!r}), so it cannot be a backbone's norm_layer(C); it is a layer of "
-        "the style_transfer task (docs/variants.md#adain)"
-    )
+    if slot == "style" and kind != "style":
+        return (
+            f"variant {name!r} is not style-conditioned, but this norm slot passes the style "
+            "features (forward(x, style)); use a layer with conditioning 'style' such as adain "
+            "or saadain (docs/variants.md#adain)"
+        )
+    if slot != "style" and kind == "style":
+        return (
+            f"variant {name!r} takes the {kind} features as a second input (forward(x, {kind}), "
+            f"conditioning {kind!r}), so it cannot be a backbone's norm_layer(C); it is a layer "
+            "of a style network (backbone adain_vgg19, docs/variants.md#adain)"
+        )
+    return None
 
 
 def variant_rules(
@@ -73,8 +82,9 @@ def variant_rules(
                 context="batch_size",
             )
         ]
-    if context.get("widths") is not None and not plain_norm(cls):
-        return [OptionProblem(not_plain_message(name, cls))]
+    slot = slot_problem(name, cls, context.get("_slot"))
+    if context.get("widths") is not None and slot:  # the backbone calls the layer
+        return [OptionProblem(slot)]
     identity = context.get("decay_toward") == "identity"
     for width in sorted(context.get("widths") or ()) if build else ():
         where = context.get("_where") or ""
@@ -239,12 +249,16 @@ def create_norm(name: str, num_features: int, **options: Any) -> Any:
         ) from exc
 
 
-def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
-    """A torchvision-style `norm_layer(C)` factory for a registered variant. Raises UserError
-    for a layer that needs another input than x (`conditioning = "style"`)."""
+def norm_layer(
+    name: str, *, conditioning: str | None = None, **options: Any
+) -> Callable[[int], Any]:
+    """A torchvision-style `norm_layer(C)` factory for a registered variant, for norm slots
+    that pass `conditioning` besides x (None: x alone; "style": a style network's slot).
+    Raises UserError for a layer that does not fit the slot (`slot_problem`)."""
     entry = VARIANTS.get(name)
-    if not plain_norm(entry.obj):
-        raise UserError(not_plain_message(entry.name, entry.obj))
+    problem = slot_problem(entry.name, entry.obj, conditioning)
+    if problem:
+        raise UserError(problem)
     VARIANTS.require_options(entry.name, options)
     return functools.partial(entry.obj, **options)
 

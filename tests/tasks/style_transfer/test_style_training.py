@@ -16,10 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from normbench.models.adain import StyleTransferNet, decoder
+from normbench.models.vgg_encoder import load_encoder
 from normbench.tasks.style_transfer.data import FlatImageFolder, PairLoader
-from normbench.tasks.style_transfer.models import StyleTransferNet, decoder
 from normbench.tasks.style_transfer.synthetic import FolderSpec, StyleFolders, style_folders
-from normbench.tasks.style_transfer.weights import load_encoder
 from normbench.variants_api import create_norm
 
 pytestmark = pytest.mark.slow

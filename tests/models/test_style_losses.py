@@ -1,4 +1,4 @@
-"""AdaIN's content and style losses (normbench/tasks/style_transfer/losses.py) against a hand
+"""AdaIN's content and style losses (normbench/models/style_losses.py) against a hand
 computation on small tensors: plain Python loops over samples, channels and pixels in float64,
 the unbiased variance with eps inside the square root (the official `calc_mean_std`), and the
 official batch losses (`nn.MSELoss` means), which are the batch means of the per-sample ones."""
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from normbench.tasks.style_transfer.losses import content_loss, moment_loss, style_loss
+from normbench.models.style_losses import content_loss, moment_loss, style_loss
 
 EPS = 1e-5
 

@@ -1,4 +1,15 @@
-"""The VGG-19 encoder's weights, from a given file or torch's hub cache; never downloaded.
+"""AdaIN's VGG-19 encoder to relu4_1, frozen, and its weights: from a given file or torch's hub
+cache, never downloaded.
+
+Structures (each an `Encoder` returning the features at relu1_1, relu2_1, relu3_1, relu4_1):
+
+- `adain_encoder`: the layout of AdaIN's VGG (the official codes' `vgg`: a fixed 1x1
+  convolution first, the weights' own input transform, then 3x3 convolutions after reflection
+  padding and 2x2 max pools in ceil mode), whose module indices match the `vgg_normalised.pth`
+  file AdaIN and SaBN train with. `width_divisor` divides every width (a small encoder of the
+  same structure for tests and smoke runs).
+- `torchvision_encoder`: torchvision's VGG-19 `features[:21]` (zero padding, as its ImageNet
+  weights were trained) behind the ImageNet normalisation.
 
 `encoder_weights` names the source:
 
@@ -19,17 +30,100 @@ file never runs code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from normbench.errors import UserError
-from normbench.tasks.style_transfer.models import (
-    Encoder,
-    adain_encoder,
-    flat_encoder_modules,
-    torchvision_encoder,
+
+# VGG-19 to relu4_1 by stage: each stage ends at relu{k}_1; "M" is a 2x2 max pool.
+STAGES: tuple[tuple[int | str, ...], ...] = (
+    (64,),
+    (64, "M", 128),
+    (128, "M", 256),
+    (256, 256, 256, "M", 512),
 )
+FEATURES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _width(c: int, divisor: int) -> int:
+    return max(c // divisor, 1)
+
+
+def conv3x3_reflect(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3)]
+
+
+class Encoder(nn.Module):
+    """Frozen stages; forward(x) gives the features at the end of each, [relu1_1 ... relu4_1].
+    `channels` lists their widths."""
+
+    def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.channels = tuple(channels)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def adain_encoder(width_divisor: int = 1) -> Encoder:
+    """AdaIN's VGG-19 to relu4_1, randomly initialised (load weights with
+    `weights.load_vgg_normalised`). Its stages hold the official `vgg`'s modules 0-3, 4-10,
+    11-17 and 18-30, so `flat_encoder_modules` indexes them as the weight file does."""
+    stages: list[nn.Module] = []
+    c_in, channels = 3, []
+    first: list[nn.Module] = [nn.Conv2d(3, 3, 1)]
+    for layout in STAGES:
+        layers: list[nn.Module] = first
+        first = []
+        for item in layout:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+                continue
+            c_out = _width(int(item), width_divisor)
+            layers += [*conv3x3_reflect(c_in, c_out), nn.ReLU()]
+            c_in = c_out
+        stages.append(nn.Sequential(*layers))
+        channels.append(c_in)
+    return Encoder(stages, channels)
+
+
+def flat_encoder_modules(encoder: Encoder) -> list[nn.Module]:
+    """The encoder's modules in order, indexed as the official `nn.Sequential` `vgg`."""
+    return [m for stage in encoder.stages for m in stage.children()]
+
+
+def torchvision_encoder(state_dict: dict[str, torch.Tensor] | None = None) -> Encoder:
+    """torchvision's VGG-19 `features[:21]` (built by torchvision's `make_layers`, config "E",
+    without the classifier's 120M parameters) split at relu1_1 ... relu4_1, behind a fixed 1x1
+    convolution that applies the ImageNet normalisation its weights expect. `state_dict`: a
+    torchvision VGG-19 state dict (its `features.<i>.*` keys for i < 21 are loaded; the rest is
+    ignored), else random weights. Raises KeyError/RuntimeError for a mismatching dict."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs["E"], batch_norm=False)[:21]
+    if state_dict is not None:
+        prefix = "features."
+        own = {k: state_dict[prefix + k] for k in features.state_dict()}
+        features.load_state_dict(own)
+    normalise = nn.Conv2d(3, 3, 1)
+    std = torch.tensor(IMAGENET_STD)
+    normalise.weight = nn.Parameter(torch.diag(1.0 / std).reshape(3, 3, 1, 1))
+    normalise.bias = nn.Parameter(-torch.tensor(IMAGENET_MEAN) / std)
+    f = features
+    stages = [nn.Sequential(normalise, *f[0:2]), f[2:7], f[7:12], f[12:21]]
+    return Encoder(stages, (64, 128, 256, 512))
+
 
 SOURCES = ("vgg_normalised", "torchvision", "random")
 VGG_NORMALISED = "vgg_normalised.pth"
@@ -65,7 +159,7 @@ def weights_path(source: str, path: str | None = None) -> Path | None:
         return file
     origin = VGG_NORMALISED_FROM if source == "vgg_normalised" else "torchvision's VGG19_Weights"
     raise EncoderWeightsNotFound(
-        f"style_transfer: the VGG-19 encoder weights ({source}) are missing: put {name} from "
+        f"the VGG-19 encoder weights ({source}) are missing: put {name} from "
         f"{origin} at {file}"
         + ("" if path else " (or give its path as encoder_path)")
         + "; nothing is downloaded at run time"
@@ -90,7 +184,7 @@ def load_encoder(source: str, path: str | None = None, *, width_divisor: int = 1
         return torchvision_encoder(state)
     except (KeyError, RuntimeError) as exc:
         raise UserError(
-            f"style_transfer: {file} is not torchvision's VGG-19 state dict: "
+            f"{file} is not torchvision's VGG-19 state dict: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
 
@@ -124,7 +218,7 @@ def load_vgg_normalised(state: dict[str, torch.Tensor], file: Path | str = "") -
             if not isinstance(value, torch.Tensor) or value.shape != param.shape:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else "nothing"
                 raise UserError(
-                    f"style_transfer: {file} is not AdaIN's {VGG_NORMALISED}: key {key!r} "
+                    f"{file} is not AdaIN's {VGG_NORMALISED}: key {key!r} "
                     f"holds {got}, expected a tensor of shape {tuple(param.shape)}"
                 )
             with torch.no_grad():

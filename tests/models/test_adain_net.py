@@ -1,7 +1,7 @@
-"""AdaIN's encoder-decoder (normbench/tasks/style_transfer/models.py) and its weights
-(weights.py): the official layout, weight files in their real formats written by the test
-(never downloaded) checked against a functional computation from the file's tensors, the
-one-line errors for a missing or foreign file, and the network's losses and frozen encoder."""
+"""AdaIN's encoder-decoder (normbench/models/adain.py) and its weights (vgg_encoder.py): the
+official layout, weight files in their real formats written by the test (never downloaded)
+checked against a functional computation from the file's tensors, the one-line errors for a
+missing or foreign file, and the network's losses and frozen encoder."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.errors import UserError
-from normbench.tasks.style_transfer.losses import content_loss, style_loss
-from normbench.tasks.style_transfer.models import (
+from normbench.models.adain import StyleTransferNet, decoder
+from normbench.models.style_losses import content_loss, style_loss
+from normbench.models.vgg_encoder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    StyleTransferNet,
+    EncoderWeightsNotFound,
     adain_encoder,
-    decoder,
     flat_encoder_modules,
+    load_encoder,
 )
-from normbench.tasks.style_transfer.weights import EncoderWeightsNotFound, load_encoder
 from normbench.variants_api import create_norm
 
 # AdaIN's `vgg` to relu4_1, module by module (AdaIN paper Sec. 6.1 and its official code's

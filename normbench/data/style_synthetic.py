@@ -1,15 +1,16 @@
-"""`style_folders`: generated content and style image folders, written as PNG files on first
-use, in the layout a user's COCO and WikiArt folders have (flat folders of images).
+"""`style_synthetic`: generated content and style image folders, written as PNG files on first
+use in the layout a user's COCO and WikiArt folders have (flat folders of images), served as
+`style_folders` serves those (normbench.data.style_folders).
 
 - **Content**: scikit-learn's handwritten digits, bilinearly upscaled to `size`, a digit's
   strokes in one colour over a background of another (both random), with faint noise; training
   images from the fixed training portion of `digits` (80% of every class, normbench.data.digits),
-  validation images from the held-out 20%.
+  test images from the held-out 20%.
 - **Style**: textures that differ in colour statistics and structure, a kind drawn per image:
   stripes (random angle and period), a checkerboard (random cell), concentric rings, or
   smoothed noise; each painted with a random 3-colour palette.
 
-Layout: `FOLDER/{content,style}/{train,val}/NNNNN.png`, FOLDER =
+Layout: `FOLDER/{content,style}/{train,test}/NNNNN.png`, FOLDER =
 `<data root>/style_transfer_synthetic/<parameters>/`, written into a private folder and renamed
 into place (concurrent readers see no folder or a complete one). Everything follows from the
 parameters and `seed`.
@@ -25,30 +26,33 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from normbench.contract import DatasetFacts
+from normbench.data.base import DatasetOptionError, DataSplits, check_image_size
 from normbench.data.files import data_root, write_once
+from normbench.data.style_folders import pair_splits
 
 KINDS = ("content", "style")
-SPLITS = ("train", "val")
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
 class FolderSpec:
     """Image counts per split, the side (px) and the seed of every random choice."""
 
-    n_train: int = 64
-    n_val: int = 16
-    size: int = 64
+    n_train: int = 160
+    n_test: int = 16
+    size: int = 40
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.n_train >= 1 and self.n_val >= 1 and self.size >= 8):
-            raise ValueError(
-                f"style_folders needs n_train >= 1, n_val >= 1 and size >= 8, got {self}"
+        if not (self.n_train >= 1 and self.n_test >= 1 and self.size >= 8):
+            raise DatasetOptionError(
+                f"style_synthetic needs n_train >= 1, n_test >= 1 and size >= 8, got {self}"
             )
 
     @property
     def key(self) -> str:
-        return f"n{self.n_train}-{self.n_val}_s{self.size}_seed{self.seed}"
+        return f"n{self.n_train}-{self.n_test}_s{self.size}_seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,40 @@ class StyleFolders:
         return self.root / kind / split
 
 
-def style_folders(spec: FolderSpec | None = None, root: str | None = None) -> StyleFolders:
+def generated_folders(spec: FolderSpec | None = None, root: str | None = None) -> StyleFolders:
     """The folders of `spec`, written on first use under `<root>/style_transfer_synthetic/`."""
     spec = spec or FolderSpec()
     folder = data_root(root) / "style_transfer_synthetic" / spec.key
     return StyleFolders(write_once(folder, lambda tmp: write_folders(spec, tmp)))
+
+
+@DatasetFacts(train_images=160, channels=3, image_size=32, count_option="n_train")
+def style_synthetic(
+    *,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
+    n_train: int = 160,
+    n_test: int = 16,
+    size: int = 40,
+    seed: int = 0,
+) -> DataSplits:
+    """Generated folders (module doc) of `n_train` and `n_test` images of side `size` each,
+    served with `image_size` crops (default 32, resized to `size` first)."""
+    spec = FolderSpec(n_train, n_test, size, seed)
+    home = generated_folders(spec, root)
+    folders = {
+        "content": home.folder("content", "train"),
+        "style": home.folder("style", "train"),
+        "test_content": home.folder("content", "test"),
+        "test_style": home.folder("style", "test"),
+    }
+    crop = check_image_size(image_size, min(32, size), "style_synthetic")
+    return pair_splits("style_synthetic", folders, val_fraction=val_fraction,
+                       split_seed=split_seed, crop=crop, load=size,
+                       info={"generated": spec.key})  # fmt: skip
 
 
 def write_folders(spec: FolderSpec, folder: Path) -> None:
@@ -76,7 +109,7 @@ def write_folders(spec: FolderSpec, folder: Path) -> None:
     glyphs = load_digits_tensor(8)  # uint8 (1797, 1, 8, 8)
     parts = stratified_split(glyphs.labels.numpy(), DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     rng = np.random.default_rng(spec.seed)
-    for split, idx, n in zip(SPLITS, parts, (spec.n_train, spec.n_val), strict=True):
+    for split, idx, n in zip(SPLITS, parts, (spec.n_train, spec.n_test), strict=True):
         chosen = rng.choice(idx, size=n, replace=n > len(idx))
         content = _content(glyphs.images[chosen].float() / 255.0, spec.size, rng)
         images = {"content": content, "style": [_texture(spec.size, rng) for _ in range(n)]}
