@@ -1,6 +1,7 @@
-"""Content and style folders (normbench/tasks/style_transfer/data.py, synthetic.py): flat folders
+"""Content and style folders (normbench/data/style_folders.py, style_synthetic.py): flat folders
 of image files as users have them (JPEG, PNG, other files beside them), the official transforms,
-the training and validation pairing, and the generated folders."""
+the training and evaluation pairing (and a data-parallel rank's share), the splits, and the
+generated folders."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
+from normbench.data.build import build_data
+from normbench.data.shard import Shard
+from normbench.data.style_folders import (
+    FlatImageFolder,
+    ImagePairs,
+    PairLoader,
+    image_transform,
+    style_folders,
+)
+from normbench.data.style_synthetic import FolderSpec, generated_folders
 from normbench.errors import DatasetNotFoundError
-from normbench.tasks.style_transfer.data import FlatImageFolder, PairLoader, image_transform
-from normbench.tasks.style_transfer.synthetic import FolderSpec, style_folders
 
 
 def _write(folder: Path, n: int, value: int, size: tuple[int, int] = (40, 30)) -> None:
@@ -64,8 +73,8 @@ def test_transforms_resize_then_crop() -> None:
 def test_training_pairs_cover_every_content_once_with_shuffled_styles(tmp_path: Path) -> None:
     _write(tmp_path / "c", 10, 0)
     _write(tmp_path / "s", 3, 100)
-    content, style = FlatImageFolder(tmp_path / "c"), FlatImageFolder(tmp_path / "s")
-    loader = PairLoader(content, style, batch_size=4, device="cpu", train=True, load_size=12,
+    pairs = ImagePairs(FlatImageFolder(tmp_path / "c"), FlatImageFolder(tmp_path / "s"))
+    loader = PairLoader(pairs, batch_size=4, device="cpu", train=True, load_size=12,
                         crop_size=8, seed=3)  # fmt: skip
     assert len(loader) == 2  # 10 // 4, the short batch dropped
     keys = loader.keys(0)
@@ -81,39 +90,67 @@ def test_training_pairs_cover_every_content_once_with_shuffled_styles(tmp_path: 
         assert [round(v * 255) for v in c[:, 0, 0, 0].tolist()] == [k[0] for k in served]
         assert [round(v * 255) - 100 for v in s[:, 0, 0, 0].tolist()] == [k[2] for k in served]
     assert len(list(loader)) == 2 and loader.epoch == 2
+    # two data-parallel ranks serve the rows of the same global batches of 2 x 2
+    ranks = [PairLoader(pairs, batch_size=2, device="cpu", train=True, load_size=12,
+                        crop_size=8, seed=3, shard=Shard(r, 2)) for r in (0, 1)]  # fmt: skip
+    for step, (a, b) in enumerate(zip(ranks[0].batches(0), ranks[1].batches(0), strict=True)):
+        assert a + b == keys[4 * step : 4 * step + 4]
 
 
 def test_validation_pairs_the_kth_content_with_the_kth_style(tmp_path: Path) -> None:
     _write(tmp_path / "c", 7, 0)
     _write(tmp_path / "s", 5, 100)
-    content, style = FlatImageFolder(tmp_path / "c"), FlatImageFolder(tmp_path / "s")
-    loader = PairLoader(content, style, batch_size=2, device="cpu", train=False, load_size=8,
+    pairs = ImagePairs(FlatImageFolder(tmp_path / "c"), FlatImageFolder(tmp_path / "s"))
+    loader = PairLoader(pairs, batch_size=2, device="cpu", train=False, load_size=8,
                         crop_size=8)  # fmt: skip
     assert len(loader) == 3  # min(7, 5) = 5 pairs, the last batch short
-    pairs = [(round(c[i, 0, 0, 0].item() * 255), round(s[i, 0, 0, 0].item() * 255))
-             for c, s in loader for i in range(len(c))]  # fmt: skip
-    assert pairs == [(k, 100 + k) for k in range(5)]
-    limited = PairLoader(content, style, batch_size=2, device="cpu", train=False, load_size=8,
+    served = [(round(c[i, 0, 0, 0].item() * 255), round(s[i, 0, 0, 0].item() * 255))
+              for c, s in loader for i in range(len(c))]  # fmt: skip
+    assert served == [(k, 100 + k) for k in range(5)]
+    limited = PairLoader(pairs, batch_size=2, device="cpu", train=True, load_size=8,
                          crop_size=8, limit_batches=1)  # fmt: skip
     assert len(limited) == 1 and len(list(limited)) == 1
 
 
 def test_generated_folders_are_written_once_and_reproducible(tmp_path: Path) -> None:
-    spec = FolderSpec(n_train=6, n_val=3, size=16, seed=1)
-    folders = style_folders(spec, root=str(tmp_path / "a"))
+    spec = FolderSpec(n_train=6, n_test=3, size=16, seed=1)
+    folders = generated_folders(spec, root=str(tmp_path / "a"))
     for kind in ("content", "style"):
-        for split, n in (("train", 6), ("val", 3)):
+        for split, n in (("train", 6), ("test", 3)):
             files = sorted(folders.folder(kind, split).iterdir())
             assert len(files) == n and all(f.suffix == ".png" for f in files)
             assert Image.open(files[0]).size == (16, 16)
-    again = style_folders(spec, root=str(tmp_path / "b"))
+    again = generated_folders(spec, root=str(tmp_path / "b"))
     for kind in ("content", "style"):
-        for a, b in zip(sorted(folders.folder(kind, "val").iterdir()),
-                        sorted(again.folder(kind, "val").iterdir()), strict=True):  # fmt: skip
+        for a, b in zip(sorted(folders.folder(kind, "test").iterdir()),
+                        sorted(again.folder(kind, "test").iterdir()), strict=True):  # fmt: skip
             assert a.read_bytes() == b.read_bytes()
-    assert style_folders(spec, root=str(tmp_path / "a")) == folders  # found, not rewritten
+    assert generated_folders(spec, root=str(tmp_path / "a")) == folders  # found, not rewritten
     home = tmp_path / "a" / "style_transfer_synthetic"
     assert [p.name for p in home.iterdir()] == [spec.key]  # no private folder left behind
     styles = [np.asarray(Image.open(p)) for p in sorted(folders.folder("style", "train").iterdir())]
     means = {tuple(s.reshape(-1, 3).mean(0).round()) for s in styles}
     assert len(means) == len(styles)  # every style has its own colour statistics
+
+
+def test_the_data_set_has_user_folders_as_splits(tmp_path: Path) -> None:
+    """style_folders: training folders less a held-out share (val), the test folders."""
+    for name, n, value in (("c", 10, 0), ("s", 6, 100), ("tc", 4, 50), ("ts", 3, 150)):
+        _write(tmp_path / name, n, value)
+    splits = style_folders(root=str(tmp_path), content_dir="c", style_dir="s",
+                           test_content_dir="tc", test_style_dir="ts", val_fraction=0.2,
+                           image_size=8, load_size=12)  # fmt: skip
+    assert (len(splits.train.content), len(splits.train.style)) == (8, 5)
+    assert (len(splits.val.content), len(splits.val.style)) == (2, 1)
+    held = set(splits.val.content.files) | set(splits.val.style.files)
+    assert not held & (set(splits.train.content.files) | set(splits.train.style.files))
+    assert len(splits.test.content) == 4 and splits.image_size == 8
+    data = build_data("style_folders", batch_size=4, eval_batch_size=2, device="cpu", seed=0,
+                      probe_batch_size=2, root=str(tmp_path), content_dir="c", style_dir="s",
+                      test_content_dir="tc", test_style_dir="ts", image_size=8,
+                      load_size=12)  # fmt: skip
+    assert (len(data.train), len(data.test)) == (2, 2)  # 10 // 4; min(4, 3) pairs in 2s
+    content, style = next(iter(data.test))
+    assert content.shape == (2, 3, 8, 8) and round(style[1, 0, 0, 0].item() * 255) == 151
+    with pytest.raises(DatasetNotFoundError, match="needs the options test_style_dir"):
+        style_folders(root=str(tmp_path), content_dir="c", style_dir="s", test_content_dir="tc")
