@@ -30,12 +30,6 @@ class TestDigitRegression(TaskConformance):
     plugins = (PLUGIN,)
 
 
-class TestDigitRegressionHuber(TaskConformance):
-    task = "digit_regression"
-    options = {"huber_delta": 1.0}
-    plugins = (PLUGIN,)
-
-
 def test_every_registered_task_has_a_conformance_class() -> None:
     builtins = {e.name for e in TASKS.entries() if e.source == "built-in"}
     assert builtins == {TestClassification.task}

@@ -224,3 +224,34 @@ def test_normbench_tasks_lists_headlines_and_directions(
     assert (regression["headline"], regression["higher_is_better"]) == ("rmse", False)
     assert regression["options"] == {"huber_delta": 0.0}
     assert regression["source"] == f"file:{Path(PLUGIN).resolve()}"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("{huber_delta: -1.0}", "task.options.huber_delta: task 'digit_regression': huber_delta "
+         "must be >= 0, but got -1.0"),
+        ("{huber_delta: big}", "task.options.huber_delta: task 'digit_regression' option "
+         "'huber_delta' expects a float like the default 0.0, but got 'big'"),
+        ("{huber: 1.0}", "task.options.huber: task 'digit_regression' has no option 'huber'"),
+    ],
+)  # fmt: skip
+def test_task_options_pass_the_option_door(tmp_path: Path, options: str, message: str) -> None:
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(
+        SUITE.replace(
+            "task: digit_regression", f"task: {{name: digit_regression, options: {options}}}"
+        )
+    )
+    with pytest.raises(SuiteError) as err:
+        load_suite(suite)
+    assert message in str(err.value)
+
+
+def test_dry_run_names_the_task_and_its_direction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = tmp_path / "regression.yaml"
+    suite.write_text(SUITE)
+    assert _main(["run", str(suite), "--dry-run"]) == 0
+    assert "  task digit_regression: headline RMSE, lower is better" in capsys.readouterr().out
