@@ -75,7 +75,7 @@ class FlatImageFolder(Dataset):
     slot); `FlatImageFolder(folder)` lists a flat folder."""
 
     def __init__(self, folder: str | Path | None = None, files: list[Path] | None = None):
-        self.files = image_files(folder) if files is None else list(files)
+        self.files = image_files(folder) if folder is not None else list(files or ())
 
     def __len__(self) -> int:
         return len(self.files)
@@ -95,9 +95,10 @@ class FlatImageFolder(Dataset):
         )
 
 
-class ImagePairs:
-    """A split: content and style images. `len` counts the content images (an epoch's
-    samples); evaluation serves min(#content, #style) pairs."""
+class ImagePairs(Dataset):
+    """A split: content and style images, served by `PairLoader` (not indexed). `len`
+    counts the content images (an epoch's samples); evaluation serves min(#content, #style)
+    pairs."""
 
     def __init__(self, content: FlatImageFolder, style: FlatImageFolder) -> None:
         self.content, self.style = content, style

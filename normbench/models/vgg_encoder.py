@@ -184,8 +184,7 @@ def load_encoder(source: str, path: str | None = None, *, width_divisor: int = 1
         return torchvision_encoder(state)
     except (KeyError, RuntimeError) as exc:
         raise UserError(
-            f"{file} is not torchvision's VGG-19 state dict: "
-            f"{str(exc).splitlines()[0]}"
+            f"{file} is not torchvision's VGG-19 state dict: {str(exc).splitlines()[0]}"
         ) from exc
 
 

@@ -16,12 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 from normbench.contract import Scoring
-from normbench.options import OptionDoor, OptionProblem
+from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.slots import task_rules
 from normbench.tasks.style_transfer.task import StyleTransfer
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification, "style_transfer": StyleTransfer}
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "style_transfer": StyleTransfer,
+}
 METHODS = ("build_model", "training_step", "evaluate")
 
 
@@ -51,30 +55,6 @@ def task_problem(cls: Any) -> str | None:
             "are keyword-only with defaults (`def __init__(self, *, option=default)`)"
         )
     return None
-
-
-def task_rules(
-    name: str, cls: Any, options: dict[str, Any], build: bool, context: dict[str, Any]
-) -> list[OptionProblem]:
-    """The tasks' own rule (normbench.options, step 3): the task and the backbone agree on what
-    the backbone's norm slots pass besides x (the task's class attribute `norm_conditioning`,
-    the factory's: None for a classifier, "style" for a style network such as adain_vgg19)."""
-    from normbench.models.registry import backbone_conditioning
-
-    backbone = context.get("backbone")
-    if backbone is None:
-        return []
-    wants, has = getattr(cls, "norm_conditioning", None), backbone_conditioning(backbone)
-    if wants == has:
-        return []
-    what = {None: "plain norm layers (x alone)", "style": "the style features"}
-    return [
-        OptionProblem(
-            f"task {name!r} trains a backbone whose norm slots pass {what.get(wants, wants)}, "
-            f"but backbone {backbone!r} passes {what.get(has, has)}"
-            + (" (a style network: use task style_transfer)" if has == "style" else "")
-        )
-    ]
 
 
 TASKS = kind_registry(

@@ -23,7 +23,7 @@ from normbench.models.vgg_encoder import (
     flat_encoder_modules,
     load_encoder,
 )
-from normbench.variants_api import create_norm
+from normbench.variants_api import create_norm, norm_layer
 
 # AdaIN's `vgg` to relu4_1, module by module (AdaIN paper Sec. 6.1 and its official code's
 # layout): (index, out, in, kernel) of every convolution; reflection pads before each 3x3;
@@ -166,5 +166,7 @@ def test_the_network_computes_adain_losses_and_trains_only_decoder_and_layer() -
     assert all(p.grad is not None for p in net.decoder.parameters())
     assert net.style_norm.weight.grad is not None and net.style_norm.weight.grad.abs().sum() > 0
     assert net.stylize(content, style, alpha=0.5).shape == content.shape
-    with pytest.raises(ValueError, match="conditioning = 'style'"):
-        StyleTransferNet(encoder, decoder(32), create_norm("bn", 32))
+    # the network's slot passes the style: a plain layer is refused where the slot is filled
+    with pytest.raises(UserError, match="'bn' is not style-conditioned"):
+        norm_layer("bn", conditioning="style")
+    assert type(norm_layer("saadain", conditioning="style")(32)) is type(net.style_norm)
