@@ -44,7 +44,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from normbench.contract import DatasetFacts
-from normbench.data.base import DataSplits, check_image_size, check_val_fraction
+from normbench.data.base import (
+    DatasetOptionError,
+    DataSplits,
+    check_image_size,
+    check_val_fraction,
+)
 from normbench.data.files import data_root, dry_run
 from normbench.data.folder_loader import SeededTransform, default_workers, epoch_keys
 from normbench.data.shard import Shard
@@ -213,6 +218,12 @@ def pair_splits(
     if check_val_fraction(val_fraction) > 0:
         content, val_content = content.split(val_fraction, split_seed)
         style, val_style = style.split(val_fraction, split_seed + 1)
+        if not (len(val_content) and len(val_style)):
+            raise DatasetOptionError(
+                f"{name}: val_fraction {val_fraction} holds out no image of "
+                f"{len(content) + len(val_content)} content and {len(style) + len(val_style)} "
+                "style images; raise it, or set 0 for no validation split"
+            )
         val = ImagePairs(val_content, val_style)
     test = ImagePairs(
         FlatImageFolder(folders["test_content"]), FlatImageFolder(folders["test_style"])
@@ -267,4 +278,5 @@ def style_folders(
     folders = _folders(root, **dict(zip(DIRS, dirs, strict=True)))
     crop = check_image_size(image_size, CROP, "style_folders")
     return pair_splits("style_folders", folders, val_fraction=val_fraction,
-                       split_seed=split_seed, crop=crop, load=load_size, info={})  # fmt: skip
+                       split_seed=split_seed, crop=crop, load=load_size,
+                       info={"root": str(data_root(root))})  # fmt: skip

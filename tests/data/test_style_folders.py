@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from normbench.data.base import DatasetOptionError
 from normbench.data.build import build_data
 from normbench.data.shard import Shard
 from normbench.data.style_folders import (
@@ -152,5 +153,9 @@ def test_the_data_set_has_user_folders_as_splits(tmp_path: Path) -> None:
     assert (len(data.train), len(data.test)) == (2, 2)  # 10 // 4; min(4, 3) pairs in 2s
     content, style = next(iter(data.test))
     assert content.shape == (2, 3, 8, 8) and round(style[1, 0, 0, 0].item() * 255) == 151
+    with pytest.raises(DatasetOptionError, match="val_fraction 0.01 holds out no image of 10 "
+                       "content and 6 style images"):  # fmt: skip
+        style_folders(root=str(tmp_path), content_dir="c", style_dir="s", test_content_dir="tc",
+                      test_style_dir="ts", val_fraction=0.01)  # fmt: skip
     with pytest.raises(DatasetNotFoundError, match="needs the options test_style_dir"):
         style_folders(root=str(tmp_path), content_dir="c", style_dir="s", test_content_dir="tc")

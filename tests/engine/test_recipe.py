@@ -228,8 +228,9 @@ def test_adam_takes_the_groups_and_one_adam_step_is_hand_computed() -> None:
     want = torch.tensor([1.0, -2.0, 0.5]) - 0.01 * g / (g.abs() + 1e-8)
     opt.step()
     torch.testing.assert_close(net.weight[0].detach(), want, rtol=0, atol=1e-7)
-    for bad, why in ((Recipe(optimizer="adam", nesterov=True), "nesterov"),
-                     (Recipe(optimizer="adam", norm_decay_toward="identity"), "identity")):  # fmt: skip
+    adam_nesterov = Recipe(optimizer="adam", nesterov=True)
+    adam_identity = Recipe(optimizer="adam", norm_decay_toward="identity")
+    for bad, why in ((adam_nesterov, "nesterov"), (adam_identity, "identity")):
         with pytest.raises(RecipeError, match=why):
             build_optimizer(net, bad)
     problems = input_problems({"schedule": "cosine", "lr_decay": 0.1})  # what a user writes

@@ -5,6 +5,7 @@ missing or foreign file, and the network's losses and frozen encoder."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,9 @@ from normbench.models.vgg_encoder import (
 )
 from normbench.variants_api import create_norm, norm_layer
 
-# AdaIN's `vgg` to relu4_1, module by module (AdaIN paper Sec. 6.1 and its official code's
-# layout): (index, out, in, kernel) of every convolution; reflection pads before each 3x3;
-# 2x2 ceil-mode max pools at 7, 14 and 27; the file's keys use these indices.
-CONVS = [(0, 3, 3, 1), (2, 64, 3, 3), (5, 64, 64, 3), (9, 128, 64, 3), (12, 128, 128, 3),
-         (16, 256, 128, 3), (19, 256, 256, 3), (22, 256, 256, 3), (25, 256, 256, 3),
-         (29, 512, 256, 3)]  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from style_files import CONVS, vgg_normalised_state  # noqa: E402
+
 POOLS = (7, 14, 27)
 # the decoder's parameters by hand: 3x3 convolutions 512-256, 3x 256-256, 256-128, 128-128,
 # 128-64, 64-64, 64-3, weights and biases
@@ -45,18 +43,6 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "torch" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     return folder
-
-
-def _vgg_normalised_state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for index, out, inp, k in CONVS:
-        state[f"{index}.weight"] = (
-            torch.randn(out, inp, k, k, generator=g) * (2 / (inp * k * k)) ** 0.5
-        )
-        state[f"{index}.bias"] = torch.randn(out, generator=g) * 0.1
-    state["32.weight"] = torch.zeros(1)  # a layer after relu4_1: the file has them, unused
-    return state
 
 
 def _functional_relu4_1(state: dict[str, torch.Tensor], x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -96,7 +82,7 @@ def test_decoder_mirrors_the_encoder() -> None:
 
 
 def test_vgg_normalised_file_is_loaded_as_its_indices_say(hub: Path) -> None:
-    state = _vgg_normalised_state(0)
+    state = vgg_normalised_state(0)
     torch.save(state, hub / "vgg_normalised.pth")
     encoder = load_encoder("vgg_normalised")
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -108,7 +94,7 @@ def test_vgg_normalised_file_is_loaded_as_its_indices_say(hub: Path) -> None:
 
 
 def test_a_given_path_is_read_instead_of_the_cache(tmp_path: Path, hub: Path) -> None:
-    state = _vgg_normalised_state(1)
+    state = vgg_normalised_state(1)
     torch.save(state, tmp_path / "mine.pth")
     encoder = load_encoder("vgg_normalised", str(tmp_path / "mine.pth"))
     x = torch.rand(1, 3, 16, 16)
@@ -117,7 +103,7 @@ def test_a_given_path_is_read_instead_of_the_cache(tmp_path: Path, hub: Path) ->
 
 def test_torchvision_weights_from_the_cache_behind_the_imagenet_normalisation(hub: Path) -> None:
     """Its `features.<i>` keys (i < 21), zero padding, (x - mean) / std in front."""
-    ours = _vgg_normalised_state(2)
+    ours = vgg_normalised_state(2)
     tv = {}
     for (index, *_), tv_index in zip(CONVS[1:], (0, 2, 5, 7, 10, 12, 14, 16, 19), strict=True):
         tv[f"features.{tv_index}.weight"] = ours[f"{index}.weight"]
@@ -140,7 +126,7 @@ def test_missing_or_foreign_weights_are_one_line(hub: Path, tmp_path: Path) -> N
             load_encoder(source)
         message = str(info.value)
         assert "\n" not in message and f"put {name}" in message and str(hub / name) in message
-    state = _vgg_normalised_state(3)
+    state = vgg_normalised_state(3)
     state["9.weight"] = state["9.weight"][:, :32]
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(UserError, match=r"key '9.weight' holds \(128, 32, 3, 3\)"):

@@ -80,7 +80,9 @@ def test_metrics_are_the_weighted_per_sample_means() -> None:
     c_sum, s_sum = 2.0 * losses.content.double().sum(), 3.0 * losses.style.double().sum()
     assert float(step.sums["content"]) == pytest.approx(float(c_sum), rel=1e-6)
     assert float(step.sums["style"]) == pytest.approx(float(s_sum), rel=1e-6)
-    assert float(step.loss.detach()) == pytest.approx(float(c_sum + s_sum) / len(batch[0]), rel=1e-6)
+    assert float(step.loss.detach()) == pytest.approx(
+        float(c_sum + s_sum) / len(batch[0]), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("variant", ["adain", "saadain"])
@@ -95,8 +97,9 @@ def test_adain_and_saadain_train_through_the_loop(variant: str, tmp_path: Path) 
         epochs=4,
         limit_batches=None,
         probe=False,
-        recipe=Recipe(optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="inverse_time",
-                      lr_decay=5e-5),  # fmt: skip
+        recipe=Recipe(
+            optimizer="adam", lr=3e-3, weight_decay=0.0, schedule="inverse_time", lr_decay=5e-5
+        ),  # fmt: skip
     )
     records = list(run_trial(spec, checkpoint_dir=tmp_path))
     assert [r["status"] for r in records] == ["ok"] * 4
