@@ -2,8 +2,9 @@
 through the CLI to a written report, on small data sets written in the real on-disk formats:
 CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders), an ImageFolder
 tree, and flat content and style image folders with a stand-in `vgg_normalised.pth` (AdaIN's
-encoder file: its keys and shapes, random tensors) given as `encoder_path`. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
-`--limit-batches`, `--plugin`, `--address`): one epoch of one batch, one seed, the suite's
+encoder file: its keys and shapes, random tensors) given as `encoder_path`. Suites are shrunk
+only with the flags a user has (`--set`, `--max-epochs`, `--limit-batches`, `--plugin`,
+`--address`): one epoch of one batch, one seed, the suite's
 first backbone and first two variants (BN and a layer compared with it where the suite
 has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
 Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
