@@ -16,18 +16,19 @@ from normbench.cli import main
 # RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
 # BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
 # SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# CCBN K=1: one embedding row of 2C, no shared affine (docs/variants.md#ccbn).
 # UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
 # (docs/variants.md#ubn). AdaIN: none (its affine is the style's); SaAdaIN: gamma_sa, beta_sa
 # (docs/variants.md#adain).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
-              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "adain": 0,
+              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "ccbn": 2, "adain": 0,
               "saadain": 2}  # fmt: skip
 # Only IN, GN and the AdaINs compute statistics per sample; FourThings' default group is the
 # whole batch.
 BATCH_DEPENDENT = {name: name not in ("in", "gn", "adain", "saadain") for name in HAND_COUNT}
-# What forward takes besides x: SaBN a branch index, the AdaINs the style features.
-FORWARD = {**dict.fromkeys(HAND_COUNT, "x"), "sabn": "x, index", "adain": "x, style",
-           "saadain": "x, style"}  # fmt: skip
+# What forward takes besides x: SaBN and CCBN a branch index, the AdaINs the style features.
+FORWARD = {**dict.fromkeys(HAND_COUNT, "x"), "sabn": "x, index", "ccbn": "x, index",
+           "adain": "x, style", "saadain": "x, style"}  # fmt: skip
 
 
 @pytest.fixture()

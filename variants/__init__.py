@@ -24,6 +24,7 @@ from normbench.variants.adain import AdaptiveInstanceNorm2d, SandwichAdaptiveIns
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
+from normbench.variants.ccbn import CategoricalConditionalBatchNorm2d
 from normbench.variants.fourthings import FourThingsNorm2d
 from normbench.variants.ghost_bn import GhostBatchNorm2d
 from normbench.variants.gn import GroupNorm2d
@@ -45,6 +46,7 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "ghost_bn": GhostBatchNorm2d,
     "ubn": UnifiedBatchNorm2d,
     "fourthings": FourThingsNorm2d,
+    "ccbn": CategoricalConditionalBatchNorm2d,
     # style-conditioned (forward(x, style)): the style transfer task's, not a norm_layer(C)
     "adain": AdaptiveInstanceNorm2d,
     "saadain": SandwichAdaptiveInstanceNorm2d,

@@ -19,11 +19,13 @@ from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.generation.task import Generation
 from normbench.tasks.slots import task_rules
 from normbench.tasks.style_transfer.task import StyleTransfer
 
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
+    "generation": Generation,
     "style_transfer": StyleTransfer,
 }
 METHODS = ("build_model", "training_step", "evaluate")

@@ -32,13 +32,13 @@ class TestDigitRegression(TaskConformance):
 
 
 def test_every_registered_task_has_a_conformance_class() -> None:
-    """Each built-in task has a `TaskConformance` class in a test module under tests/tasks/
-    (found by its text: `class Test...(TaskConformance):` then `task = "name"`)."""
+    """A `TaskConformance` subclass naming each built-in task, here or beside the task's other
+    tests (tests/tasks/<task>/)."""
     builtins = {e.name for e in TASKS.entries() if e.source == "built-in"}
-    kit = re.compile(r'^class \w+\(TaskConformance\):\n(?:    .*\n)*?    task = "(\w+)"', re.M)
-    files = Path(__file__).parent.rglob("test_*.py")
-    kits = {name for f in files for name in kit.findall(f.read_text())}
-    assert TestClassification.task in kits and builtins <= kits, builtins - kits
+    text = "\n".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py"))
+    covered = set(re.findall(r'\(TaskConformance\):\n(?:    .*\n)*?    task = "(\w+)"', text))
+    assert TestClassification.task in covered
+    assert builtins <= covered, builtins - covered
 
 
 def test_regression_metrics_match_a_numpy_computation() -> None:
