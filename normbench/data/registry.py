@@ -19,6 +19,8 @@ from normbench.data.cub import cub200
 from normbench.data.digits import digits
 from normbench.data.flowers import flowers102
 from normbench.data.imagenet import imagenet
+from normbench.data.style_folders import style_folders
+from normbench.data.style_synthetic import style_synthetic
 from normbench.data.svhn import svhn
 from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError, UserError
@@ -36,6 +38,8 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "imagenet": imagenet,
     "digits": digits,
     "synthetic": synthetic,
+    "style_folders": style_folders,
+    "style_synthetic": style_synthetic,
 }
 # The keywords every factory takes, with their defaults, and the options the loaders take
 # (`normbench.data.build`): both declared in normbench.spec.

@@ -169,7 +169,12 @@ def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.M
 
     ctx = ModelContext(
         backbone=backbone,
-        norm_layer=norm_layer(spec.variant, **spec.variant_options),
+        # the task's own norm slots pass what it declares (a style network's: the style)
+        norm_layer=norm_layer(
+            spec.variant,
+            conditioning=getattr(task, "norm_conditioning", None),
+            **spec.variant_options,
+        ),
         num_classes=data.num_classes,
         in_channels=data.in_channels,
         image_size=data.image_size,
@@ -196,9 +201,11 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
+    from normbench.models.registry import backbone_conditioning
     from normbench.variants_api import VARIANTS, norm_layer
 
-    variant = norm_layer(spec.variant, **spec.variant_options)
+    slot = backbone_conditioning(spec.backbone)  # a style network's slot: forward(x, style)
+    variant = norm_layer(spec.variant, conditioning=slot, **spec.variant_options)
     if spec.placement == "last-in-block":
         norm, last = norm_layer("bn"), variant
     else:
