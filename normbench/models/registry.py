@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from normbench.errors import UserError, describe_failure
-from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
+from normbench.models import (
+    cifar_resnet,
+    imagenet,
+    inception_v4,
+    nas201,
+    res2net,
+    small_resnet,
+    vgg,
+)
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.options import OptionDoor, OptionProblem, freeze
 from normbench.registry import kind_registry
@@ -30,6 +38,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **inception_v4.FACTORIES,
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
+    **nas201.FACTORIES,
 }
 
 

@@ -27,6 +27,7 @@ EXPECTED = {
     *(f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)),
     "imagenet_resnext50_32x4d",
     "imagenet_res2net50",
+    "nas201",
 }
 
 
