@@ -18,7 +18,7 @@ import torch
 
 from normbench.spec import Recipe, TrialSpec
 from normbench.tasks.nas.darts import DartsRecipe, DartsSearch, evaluate
-from normbench.tasks.nas.data import search_data
+from normbench.tasks.nas.data import SearchData, search_data
 from normbench.tasks.nas.supernet import Supernet
 from normbench.tasks.nas.table import load_table
 from normbench.variants_api import norm_layer
@@ -42,8 +42,8 @@ class SearchSettings:
 
 def build_search(
     settings: SearchSettings, device: torch.device | str = "cpu"
-) -> tuple[DartsSearch, Any]:
-    """The seeded supernet and its `DartsSearch`, and the `SearchData` (normbench.tasks.nas.data)."""
+) -> tuple[DartsSearch, SearchData]:
+    """The seeded supernet's `DartsSearch`, and the search's data."""
     data = search_data(
         settings.dataset,
         batch_size=settings.recipe.batch_size,
@@ -110,8 +110,8 @@ def retrain_spec(
     **changes: Any,
 ) -> TrialSpec:
     """A classification trial that trains the found cell in the NAS-Bench-201 network
-    (backbone `nas201`, C = `channels`, N = `cells_per_stage`) with NAS-Bench-201's recipe; its test top-1 is the
-    cell's score. `changes` sets any other `TrialSpec` field."""
+    (backbone `nas201`, C = `channels`, N = `cells_per_stage`) with NAS-Bench-201's recipe;
+    its test top-1 is the cell's score. `changes` sets any other `TrialSpec` field."""
     return TrialSpec(
         variant=variant,
         backbone="nas201",

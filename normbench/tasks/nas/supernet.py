@@ -32,6 +32,7 @@ by the official search cells, so it is not offered.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -92,7 +93,7 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleDict(
             {
                 f"{i}<-{j}": MixedEdge(
-                    operations, channels, lambda c, j=j: branch_norm(norm_layer, c, n**j)
+                    operations, channels, functools.partial(branch_norm, norm_layer, branches=n**j)
                 )
                 for i, j in edges(nodes)
             }

@@ -54,7 +54,8 @@ def test_cell_computes_its_dag() -> None:
     assert isinstance(skip1, nn.Identity) and isinstance(skip2, nn.Identity)
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():
-        # by hand: node1 = bn(conv1x1(relu x)); node2 = avgpool(x) + node1; node3 = conv3(node1) + node2
+        # by hand: node1 = bn(conv1x1(relu x)); node2 = avgpool(x) + node1;
+        # node3 = bn(conv3x3(relu node1)) + node2
         n1 = conv1[2](nn.functional.conv2d(x.relu(), conv1[1].weight))
         n2 = nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False) + n1
         n3 = conv3[2](nn.functional.conv2d(n1.relu(), conv3[1].weight, padding=1)) + n2

@@ -37,7 +37,8 @@ def test_a_one_hot_mixture_is_the_chosen_operation() -> None:
     for k, op in enumerate(edge.ops):
         torch.testing.assert_close(edge(x, torch.eye(5)[k]), op(x))
     w = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15])
-    torch.testing.assert_close(edge(x, w), sum(wk * op(x) for wk, op in zip(w, edge.ops)))
+    mixture = sum(wk * op(x) for wk, op in zip(w, edge.ops, strict=True))
+    torch.testing.assert_close(edge(x, w), mixture)
 
 
 def test_genotype_is_the_largest_alpha_of_each_edge() -> None:
