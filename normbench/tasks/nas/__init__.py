@@ -1,5 +1,7 @@
 """Architecture search building blocks (SaBN's `NAS` experiments: DARTS on NAS-Bench-201 with
-the supernet's norms taken from the registry). Not yet wired into the training loop.
+the supernet's norms taken from the registry; the recipe, the published numbers and what the
+paper leaves open: docs/recipes.md#architecture-search-with-sabn-darts-on-nas-bench-201). Not
+yet wired into the training loop.
 
 - `supernet`: the search cell and supernet; branch-indexed norms get the official index
   (the sub-architecture feeding the operation's source node).
