@@ -59,6 +59,14 @@ SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
+# what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
+# N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
+# about 2 images per class)
+SUITE_SHRINK = {
+    "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
+                 "task.options.retrain_batch_size": str(SMOKE_BATCH),
+                 "backbones": '[{name: nas201, options: {channels: 4, cells_per_stage: 1}}]'},
+}  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -85,7 +93,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
     md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
@@ -137,6 +145,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     for key in ("include", "exclude"):
         if key in suite:
             sets[key] = "[]"
+    sets.update(SUITE_SHRINK.get(suite["name"], {}))
     if "search" in suite:
         sets["search.num_samples"] = "2"
         sets["search.grace_period"] = "1"

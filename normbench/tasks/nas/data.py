@@ -52,6 +52,86 @@ class SearchPairs:
         yield from zip(self.weights, arch, strict=False)
 
 
+class ArchStream:
+    """The architecture batches of task `darts` (normbench.tasks.nas.task): an endless stream
+    of training-mode passes over the validation split, pass p in the order of (seed, p);
+    `steps` counts the batches taken, and `seek(steps)` puts a resumed trial where it was."""
+
+    def __init__(self, loader: TensorLoader) -> None:
+        self.loader, self.steps = loader, 0
+        self.seek(0)
+
+    def seek(self, steps: int) -> None:
+        passes, skip = divmod(steps, len(self.loader))
+        self.loader.set_epoch(passes)
+        self.batches = iter(self.loader)
+        for _ in range(skip):
+            next(self.batches)
+        self.steps = steps
+
+    def next(self) -> Batch:
+        batch = next(self.batches, None)
+        if batch is None:  # the pass ended: the loader counted it, the next one starts
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        self.steps += 1
+        return batch
+
+
+def arch_stream(
+    name: str, *, batch_size: int, device: torch.device | str, seed: int, **dataset_options: Any
+) -> ArchStream:
+    """The architecture stream of registered data set `name` (`ArchStream`; its validation
+    split, `batch_size` per batch, the order and augmentation of `seed`'s architecture stream).
+    Raises DatasetOptionError as `search_data` does."""
+    splits, augment, _, _ = _in_memory(name, batch_size, dataset_options)
+    assert isinstance(splits.val, TensorSet)
+    return ArchStream(
+        _stream(name, splits, splits.val, augment, batch_size, device, seed + _ARCH_STREAM, None)
+    )
+
+
+def _in_memory(
+    name: str, batch_size: int, dataset_options: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """`load_splits`, refused without a validation split or for a folder data set."""
+    splits, augment, factory, loader = load_splits(name, batch_size, dataset_options)
+    if splits.val is None:
+        raise DatasetOptionError(
+            f"dataset {name!r}: the architecture search trains alpha on the validation split, "
+            "so val_fraction must be > 0"
+        )
+    if not all(isinstance(s, TensorSet) for s in (splits.train, splits.val, splits.test)):
+        raise DatasetOptionError(
+            f"dataset {name!r} is read from image files; the architecture search takes data "
+            "sets held in memory (cifar10, cifar100, svhn, digits, synthetic, imagenet16)"
+        )
+    return splits, augment, factory, loader
+
+
+def _stream(
+    name: str,
+    splits: Any,
+    split: TensorSet,
+    augment: Any,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    limit_batches: int | None,
+) -> TensorLoader:
+    """A shuffled, augmented loader of `split`, refused when it holds no whole batch."""
+    loader = TensorLoader(
+        split, batch_size=batch_size, train=True, augment=augment, seed=seed,
+        limit_batches=limit_batches, device=device, mean=splits.mean, std=splits.std,
+    )  # fmt: skip
+    if len(loader) == 0:
+        raise DatasetOptionError(
+            f"dataset {name!r}: batch_size {batch_size} is larger than a search split "
+            f"of {len(split)} images (training drops a last incomplete batch)"
+        )
+    return loader
+
+
 @dataclass
 class SearchData:
     """The search's streams and the data's facts."""
@@ -77,34 +157,15 @@ def search_data(
 ) -> SearchData:
     """The search's data from registered data set `name` (module doc). Raises
     DatasetOptionError when it has no validation split or is not held in memory."""
-    splits, augment, factory, _ = load_splits(name, batch_size, dataset_options)
-    if splits.val is None:
-        raise DatasetOptionError(
-            f"dataset {name!r}: the architecture search trains alpha on the validation split, "
-            "so val_fraction must be > 0"
-        )
-    if not all(isinstance(s, TensorSet) for s in (splits.train, splits.val, splits.test)):
-        raise DatasetOptionError(
-            f"dataset {name!r} is read from image files; the architecture search takes data "
-            "sets held in memory (cifar10, cifar100, svhn, digits, synthetic)"
-        )
+    splits, augment, factory, _ = _in_memory(name, batch_size, dataset_options)
     common: dict[str, Any] = dict(device=device, mean=splits.mean, std=splits.std)
-
-    def stream(split: TensorSet, stream_seed: int) -> TensorLoader:
-        loader = TensorLoader(
-            split, batch_size=batch_size, train=True, augment=augment, seed=stream_seed,
-            limit_batches=limit_batches, **common,
-        )  # fmt: skip
-        if len(loader) == 0:
-            raise DatasetOptionError(
-                f"dataset {name!r}: batch_size {batch_size} is larger than a search split "
-                f"of {len(split)} images (training drops a last incomplete batch)"
-            )
-        return loader
-
     assert isinstance(splits.train, TensorSet) and isinstance(splits.val, TensorSet)
     assert isinstance(splits.test, TensorSet)
-    pairs = SearchPairs(stream(splits.train, seed), stream(splits.val, seed + _ARCH_STREAM))
+    args = (name, splits)
+    pairs = SearchPairs(
+        _stream(*args, splits.train, augment, batch_size, device, seed, limit_batches),
+        _stream(*args, splits.val, augment, batch_size, device, seed + _ARCH_STREAM, limit_batches),
+    )
     evaluation = dict(batch_size=eval_batch_size, train=False, **common)
     return SearchData(
         pairs=pairs,

@@ -32,8 +32,9 @@ by the official search cells, so it is not offered.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,10 +148,25 @@ class Supernet(CellNetwork):
             in_channels=in_channels,
         )
         self.operations, self.nodes = tuple(operations), nodes
-        self.alphas = nn.Parameter(1e-3 * torch.randn(len(edges(nodes)), len(operations)))
+        self.architecture = Architecture(operations, nodes)
+        self.fixed = False  # True: alpha enters the forward as a constant (`fixed_architecture`)
+
+    @property
+    def alphas(self) -> nn.Parameter:
+        return self.architecture.alphas
+
+    @contextlib.contextmanager
+    def fixed_architecture(self) -> Iterator[None]:
+        """Forwards inside take alpha as a constant: their loss gives alpha no gradient."""
+        self.fixed = True
+        try:
+            yield
+        finally:
+            self.fixed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = F.softmax(self.alphas, dim=-1)
+        alphas = self.alphas.detach() if self.fixed else self.alphas
+        weights = F.softmax(alphas, dim=-1)
         x = self.stem(x)
         for layer in self.cells:
             x = layer(x, weights) if isinstance(layer, SearchCell) else layer(x)
@@ -164,6 +180,24 @@ class Supernet(CellNetwork):
 
     def genotype(self) -> str:
         return genotype_of(self.alphas, self.operations, self.nodes)
+
+
+class Architecture(nn.Module):
+    """alpha (edges, operations), initialised 1e-3 * N(0, 1); `diagnostics()` gives
+    softmax(alpha) as {"i<-j op": probability} for the epoch records."""
+
+    def __init__(self, operations: Sequence[str] = OPERATIONS, nodes: int = NODES) -> None:
+        super().__init__()
+        self.operations, self.nodes = tuple(operations), nodes
+        self.alphas = nn.Parameter(1e-3 * torch.randn(len(edges(nodes)), len(operations)))
+
+    def diagnostics(self) -> dict[str, float]:
+        probs = F.softmax(self.alphas.detach().float().cpu(), dim=-1).tolist()
+        return {
+            f"{i}<-{j} {op}": p
+            for (i, j), row in zip(edges(self.nodes), probs, strict=True)
+            for op, p in zip(self.operations, row, strict=True)
+        }
 
 
 def genotype_of(alphas: torch.Tensor, operations: Sequence[str], nodes: int = NODES) -> str:
