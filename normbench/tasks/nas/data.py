@@ -1,10 +1,10 @@
-"""The search's data: a registered classification data set split in two for DARTS' bilevel
-steps. The weights train on the data set's training split; alpha trains on its validation
-split (the data set's `val_fraction` of the training images, stratified, `split_seed`); both
-streams are shuffled and augmented as training data, with the same batch size. Each weight
-batch is paired with the next architecture batch; the architecture stream starts a new pass
-when it runs out, so an epoch is one pass over the weights' split (the official
-`SearchDataset` pairs every training image with a random validation image the same way).
+"""The architecture search's second stream of data. The weights train on the data set's
+training split (the loop's training loader); alpha trains on its validation split (the data
+set's `val_fraction` of the training images, stratified, `split_seed`), shuffled and augmented
+as training data, at the same batch size. Each weight batch is paired with the next
+architecture batch; the architecture stream starts a new pass when it runs out, so an epoch
+is one pass over the weights' split (the official `SearchDataset` pairs every training image
+with a random validation image the same way).
 
 Official split (NAS-Bench-201's DARTS-V1 on CIFAR-100 and ImageNet16-120): the weights take
 the whole training set, alpha the benchmark's `x-valid` half of the test set (5,000 CIFAR-100
@@ -15,8 +15,6 @@ other 45,000.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,29 +25,6 @@ from normbench.data.tensor_loader import TensorLoader
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _ARCH_STREAM = 1  # the architecture stream's seed offset (its order differs from the weights')
-
-
-class SearchPairs:
-    """(weight batch, architecture batch) pairs; one iteration is one search epoch.
-
-    Epoch e of the weights' loader is paired with passes e*P, e*P+1, ... of the architecture
-    loader (P = ceil(weight batches / architecture batches)), so every epoch's batches follow
-    from (seed, e) alone and a resumed search sees the batches it would have seen."""
-
-    def __init__(self, weights: TensorLoader, arch: TensorLoader) -> None:
-        self.weights, self.arch = weights, arch
-        self.passes = -(-len(weights) // len(arch))  # P
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.weights.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[tuple[Batch, Batch]]:
-        self.arch.set_epoch(self.weights.epoch * self.passes)
-        arch = (batch for _ in range(self.passes) for batch in self.arch)
-        yield from zip(self.weights, arch, strict=False)
 
 
 class ArchStream:
@@ -83,12 +58,10 @@ def arch_stream(
 ) -> ArchStream:
     """The architecture stream of registered data set `name` (`ArchStream`; its validation
     split, `batch_size` per batch, the order and augmentation of `seed`'s architecture stream).
-    Raises DatasetOptionError as `search_data` does."""
+    Raises DatasetOptionError without a validation split, for a data set read from image
+    files, and when the split holds no whole batch."""
     splits, augment, _, _ = _in_memory(name, batch_size, dataset_options)
-    assert isinstance(splits.val, TensorSet)
-    return ArchStream(
-        _stream(name, splits, splits.val, augment, batch_size, device, seed + _ARCH_STREAM, None)
-    )
+    return ArchStream(_stream(name, splits, augment, batch_size, device, seed + _ARCH_STREAM))
 
 
 def _in_memory(
@@ -110,78 +83,17 @@ def _in_memory(
 
 
 def _stream(
-    name: str,
-    splits: Any,
-    split: TensorSet,
-    augment: Any,
-    batch_size: int,
-    device: torch.device | str,
-    seed: int,
-    limit_batches: int | None,
+    name: str, splits: Any, augment: Any, batch_size: int, device: torch.device | str, seed: int
 ) -> TensorLoader:
-    """A shuffled, augmented loader of `split`, refused when it holds no whole batch."""
+    """A shuffled, augmented loader of the validation split, refused when it holds no whole
+    batch."""
     loader = TensorLoader(
-        split, batch_size=batch_size, train=True, augment=augment, seed=seed,
-        limit_batches=limit_batches, device=device, mean=splits.mean, std=splits.std,
+        splits.val, batch_size=batch_size, train=True, augment=augment, seed=seed,
+        device=device, mean=splits.mean, std=splits.std,
     )  # fmt: skip
     if len(loader) == 0:
         raise DatasetOptionError(
-            f"dataset {name!r}: batch_size {batch_size} is larger than a search split "
-            f"of {len(split)} images (training drops a last incomplete batch)"
+            f"dataset {name!r}: batch_size {batch_size} is larger than the {len(splits.val)} "
+            "validation images alpha trains on (training drops a last incomplete batch)"
         )
     return loader
-
-
-@dataclass
-class SearchData:
-    """The search's streams and the data's facts."""
-
-    pairs: SearchPairs
-    valid: TensorLoader  # the architecture split, in order, un-augmented
-    test: TensorLoader
-    num_classes: int
-    in_channels: int
-    image_size: int
-    info: dict[str, Any]
-
-
-def search_data(
-    name: str,
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    seed: int,
-    eval_batch_size: int = 512,
-    limit_batches: int | None = None,
-    **dataset_options: Any,
-) -> SearchData:
-    """The search's data from registered data set `name` (module doc). Raises
-    DatasetOptionError when it has no validation split or is not held in memory."""
-    splits, augment, factory, _ = _in_memory(name, batch_size, dataset_options)
-    common: dict[str, Any] = dict(device=device, mean=splits.mean, std=splits.std)
-    assert isinstance(splits.train, TensorSet) and isinstance(splits.val, TensorSet)
-    assert isinstance(splits.test, TensorSet)
-    args = (name, splits)
-    pairs = SearchPairs(
-        _stream(*args, splits.train, augment, batch_size, device, seed, limit_batches),
-        _stream(*args, splits.val, augment, batch_size, device, seed + _ARCH_STREAM, limit_batches),
-    )
-    evaluation = dict(batch_size=eval_batch_size, train=False, **common)
-    return SearchData(
-        pairs=pairs,
-        valid=TensorLoader(splits.val, **evaluation),
-        test=TensorLoader(splits.test, **evaluation),
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        image_size=splits.image_size,
-        info={
-            "dataset": splits.name,
-            "weight_images": len(splits.train),
-            "arch_images": len(splits.val),
-            "test_images": len(splits.test),
-            "val_fraction": factory["val_fraction"],
-            "split_seed": factory["split_seed"],
-            "augment": augment.to_dict(),
-            **splits.info,
-        },
-    )

@@ -113,7 +113,9 @@ class Darts:
         self.table_dataset = nas201_dataset
         self.retrain_epochs, self.retrain_batch_size = retrain_epochs, retrain_batch_size
         self.scores: dict[str, dict[str, float | None]] = {}  # cell text -> {split: top-1}
-        self.arch_steps = 0
+        self.spec: Any = None  # the trial's, and the loop (build_model)
+        self.retrain: Callable[..., Any] | None = None
+        self.size: dict[str, int] = {}
 
     @classmethod
     def check_options(
@@ -171,7 +173,7 @@ class Darts:
         self.size = {k: options[k] for k in ("channels", "cells_per_stage") if k in options}
         skeleton = ctx.norm_layer if self.skeleton_norm == "variant" else registry_norm_layer("bn")
         torch_state = torch.random.get_rng_state()  # the weights' init follows the seed alone
-        self.arch = arch_stream(
+        stream = arch_stream(
             spec.dataset,
             batch_size=spec.batch_size,
             device=ctx.device,
@@ -179,22 +181,29 @@ class Darts:
             **spec.dataset_options,
         )
         torch.random.set_rng_state(torch_state)
-        self.model = Supernet(
+        model = Supernet(
             ctx.num_classes,
             ctx.norm_layer,
             skeleton_norm_layer=skeleton,
             in_channels=ctx.in_channels,
             **self.size,
         ).to(ctx.device)
+        self.spec, self.retrain = spec, ctx.run_trial
+        return self.attach(model, stream)
+
+    def attach(self, model: Any, stream: Any) -> Any:
+        """Search `model` (a supernet: `arch_parameters()`, `fixed_architecture()`,
+        `genotype()`) with architecture batches from `stream` (`next()`, `steps`, `seek()`);
+        alpha's Adam is built here. Returns `model`."""
+        self.model, self.arch = model, stream
         self.arch_opt = torch.optim.Adam(
-            self.model.arch_parameters(),
+            model.arch_parameters(),
             lr=self.arch_lr,
             betas=ARCH_BETAS,
             weight_decay=self.arch_weight_decay,
         )
-        self.spec, self.retrain = spec, ctx.run_trial
         self.classification = Classification()
-        return self.model
+        return model
 
     def training_step(self, forward: Callable[..., Any], batch: Batch) -> Step:
         sums: dict[str, torch.Tensor] = {}

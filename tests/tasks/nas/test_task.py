@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from test_table import write_table
 
+from normbench.data.base import DatasetOptionError
 from normbench.engine.build import build_trial
 from normbench.engine.loop import evaluate, run_trial
 from normbench.models.nas201 import OPERATIONS, RESNET_CELL, parse_genotype
 from normbench.spec import Recipe, TrialSpec
 from normbench.tasks import TASKS
-from normbench.tasks.nas.data import ArchStream
+from normbench.tasks.nas.data import ArchStream, arch_stream
 from normbench.tasks.nas.search import retrain_spec
 from normbench.tasks.nas.supernet import edges
 from normbench.tasks.nas.task import genotype_of_record
@@ -33,6 +34,12 @@ class TestDartsConformance(TaskConformance):
     options = {"skeleton_norm": "variant", "retrain_epochs": 1, "retrain_batch_size": 16}
     backbone = "nas201"
     backbone_options = SIZE
+    # small splits: each epoch's found cell is retrained and evaluated through the loop
+    dataset = "synthetic"
+    dataset_options = {"n_train": 96, "n_test": 32, "image_size": 8, "num_classes": 4,
+                       "val_fraction": 0.25}  # fmt: skip
+    limit_batches = 2
+    learn_steps, learn_lr = 10, 0.1  # two forwards and backwards a step
 
 
 def spec(**task_options: object) -> TrialSpec:
@@ -132,3 +139,16 @@ def test_options_refused_at_validation(options, context, option, message) -> Non
     # a problem points at its option's line when the suite wrote the option
     assert [p.option for p in problems] == [option if option in options else None], problems
     assert message in problems[0].message
+
+
+def test_arch_stream_runs_pass_after_pass_and_seeks_where_it_was() -> None:
+    stream = arch_stream("digits", batch_size=64, device="cpu", seed=0, val_fraction=0.5)
+    per_pass = len(stream.loader)
+    straight = [stream.next()[1].clone() for _ in range(per_pass + 2)]  # into the second pass
+    assert sum(len(y) for y in straight[:per_pass]) == per_pass * 64
+    assert not torch.equal(straight[0], straight[per_pass])  # the next pass, reshuffled
+    again = arch_stream("digits", batch_size=64, device="cpu", seed=0, val_fraction=0.5)
+    again.seek(per_pass + 1)  # a resumed trial: where the straight one was
+    assert torch.equal(again.next()[1], straight[per_pass + 1]) and again.steps == per_pass + 2
+    with pytest.raises(DatasetOptionError, match="val_fraction must be > 0"):
+        arch_stream("digits", batch_size=64, device="cpu", seed=0, val_fraction=0.0)
