@@ -115,7 +115,7 @@ class Darts:
         self.scores: dict[str, dict[str, float | None]] = {}  # cell text -> {split: top-1}
         self.spec: Any = None  # the trial's, and the loop (build_model)
         self.retrain: Callable[..., Any] | None = None
-        self.size: dict[str, int] = {}
+        self.size: dict[str, Any] = {}  # the supernet's channels and cells_per_stage
 
     @classmethod
     def check_options(
