@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,7 +126,7 @@ class Darts:
         out: dict[str, str] = {}
         if backbone is not None and backbone != "nas201":
             out["backbone"] = (
-                f"task 'darts' searches the NAS-Bench-201 space: its backbone must be 'nas201' "
+                "it searches the NAS-Bench-201 space, so its backbone must be 'nas201' "
                 f"(whose channels and cells_per_stage size the supernet), not {backbone!r}"
             )
         if options.get("skeleton_norm", "bn") not in ("bn", "variant"):
@@ -137,6 +138,8 @@ class Darts:
                 "hidden in it; add trust_pickle: true only for the NAS-Bench-201 release file "
                 "from a source you trust"
             )
+        elif table is not None and not Path(str(table)).is_file():
+            out["nas201_table"] = f"no file at {table} (the NAS-Bench-201 release file)"
         name = options.get("nas201_dataset") or TABLE_DATASETS.get(dataset or "")
         known = dataset is not None or "nas201_dataset" in options
         if table is not None and known and name not in TABLE_NAMES:

@@ -7,6 +7,7 @@ trial; the task's rules at suite validation."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,10 +127,11 @@ def test_cell_score_by_retraining_is_the_separate_classification_trials() -> Non
 @pytest.mark.parametrize(
     ("options", "context", "option", "message"),
     [
-        ({}, {"backbone": "resnet20"}, "backbone", "its backbone must be 'nas201'"),
+        ({}, {"backbone": "resnet20"}, None, "its backbone must be 'nas201'"),
         ({"nas201_table": "t.pth"}, {}, "nas201_table", "add trust_pickle: true only"),
-        ({"nas201_table": "t.pth", "trust_pickle": True}, {"dataset": "digits"},
-         "nas201_dataset", "set nas201_dataset"),
+        ({"nas201_table": __file__, "trust_pickle": True}, {"dataset": "digits"},
+         None, "set nas201_dataset"),
+        ({"nas201_table": "t.pth", "trust_pickle": True}, {}, "nas201_table", "no file at t.pth"),
         ({"retrain_epochs": 0}, {}, "retrain_epochs", "nothing would score the found cell"),
         ({"skeleton_norm": "gn"}, {}, "skeleton_norm", "must be 'bn'"),
     ],
@@ -137,7 +139,7 @@ def test_cell_score_by_retraining_is_the_separate_classification_trials() -> Non
 def test_options_refused_at_validation(options, context, option, message) -> None:
     problems = TASKS.check_options("darts", options, **context)
     # a problem points at its option's line when the suite wrote the option
-    assert [p.option for p in problems] == [option if option in options else None], problems
+    assert [p.option for p in problems] == [option], problems
     assert message in problems[0].message
 
 
@@ -152,3 +154,21 @@ def test_arch_stream_runs_pass_after_pass_and_seeks_where_it_was() -> None:
     assert torch.equal(again.next()[1], straight[per_pass + 1]) and again.steps == per_pass + 2
     with pytest.raises(DatasetOptionError, match="val_fraction must be > 0"):
         arch_stream("digits", batch_size=64, device="cpu", seed=0, val_fraction=0.0)
+
+
+def test_the_suite_refuses_a_table_without_trust_in_one_line(capsys, tmp_path) -> None:
+    """suites/sabn_nas.yaml as a user points it at the table: without trust_pickle, one line
+    naming the option and exit status 2 before Ray starts; nothing of the file is read."""
+    from normbench.cli import main
+
+    suite = Path(__file__).resolve().parents[3] / "suites" / "sabn_nas.yaml"
+    table = write_table(tmp_path / "NAS-Bench-201-v1_1-096897.pth")
+    argv = ["run", str(suite), "--dry-run", "-o", str(tmp_path / "run"), "--set",
+            f"task.options.nas201_table={table}", "--set", "resources.cpus=1",
+            "--set", "resources.gpus=0"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "task.options.nas201_table" in err and "add trust_pickle: true only" in err
+    assert not (tmp_path / "run").exists()
