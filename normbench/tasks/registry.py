@@ -19,9 +19,14 @@ from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.generation.task import Generation
 from normbench.tasks.nas.task import Darts
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification, "darts": Darts}
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "darts": Darts,
+    "generation": Generation,
+}
 METHODS = ("build_model", "training_step", "evaluate")
 
 

@@ -61,11 +61,15 @@ CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10")
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
 # what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
 # N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
-# about 2 images per class)
+# about 2 images per class); sabn_gan's SNGAN sizes and metric sample, and the digits
+# feature extractor (Inception's weights are not here)
 SUITE_SHRINK = {
     "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
                  "task.options.retrain_batch_size": str(SMOKE_BATCH),
                  "backbones": '[{name: nas201, options: {channels: 4, cells_per_stage: 1}}]'},
+    "sabn_gan": {f"task.options.{k}": str(v) for k, v in {
+        "g_width": 16, "d_width": 16, "latent_dim": 16, "g_batch_size": 8, "samples": 20,
+        "isc_splits": 2, "feature_extractor": "normbench-digits"}.items()},
 }  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
