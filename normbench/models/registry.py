@@ -23,6 +23,7 @@ from normbench.models import (
     cifar_resnet,
     imagenet,
     inception_v4,
+    nas201,
     res2net,
     small_resnet,
     vgg,
@@ -39,6 +40,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
     **adain.FACTORIES,
+    **nas201.FACTORIES,
 }
 
 

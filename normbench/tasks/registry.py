@@ -20,11 +20,13 @@ from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
 from normbench.tasks.generation.task import Generation
+from normbench.tasks.nas.task import Darts
 from normbench.tasks.slots import task_rules
 from normbench.tasks.style_transfer.task import StyleTransfer
 
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
+    "darts": Darts,
     "generation": Generation,
     "style_transfer": StyleTransfer,
 }

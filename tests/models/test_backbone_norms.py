@@ -118,7 +118,11 @@ def last_norm_names(name: str) -> set[str]:
 
 
 # Backbones built as one flat Sequential (stem modules 0-3, then one module per block).
-FLAT_LAST_NORMS = {"imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)}}
+# The NAS-Bench-201 network: its residual blocks are the two reductions after 5 cells each.
+FLAT_LAST_NORMS = {
+    "imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)},
+    "nas201": {"cells.5.conv_b.2", "cells.11.conv_b.2"},
+}
 
 
 def test_blocks_table_covers_every_residual_backbone() -> None:

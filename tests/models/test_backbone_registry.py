@@ -28,6 +28,7 @@ EXPECTED = {
     "imagenet_resnext50_32x4d",
     "imagenet_res2net50",
     "adain_vgg19",  # AdaIN's style transfer network (its one norm slot passes the style)
+    "nas201",
 }
 
 

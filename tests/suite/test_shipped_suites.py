@@ -39,6 +39,7 @@ EXPECTED_TRIALS = {
     "imagenet_table2_resnet50": 2,
     "sabn_gan": 2 * 3,
     "sabn_style_transfer": 2 * 3,
+    "sabn_nas": 2 * 3,
 }
 
 TABLE3 = {  # (backbone, variant): (top-1, top-5), UBN Table 3

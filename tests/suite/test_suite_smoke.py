@@ -101,7 +101,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
     md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
