@@ -21,10 +21,15 @@ from normbench.registry import kind_registry
 from normbench.tasks.adversarial.task import AdversarialTraining
 from normbench.tasks.classification import Classification
 from normbench.tasks.generation.task import Generation
+from normbench.tasks.nas.task import Darts
+from normbench.tasks.slots import task_rules
+from normbench.tasks.style_transfer.task import StyleTransfer
 
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
+    "darts": Darts,
     "generation": Generation,
+    "style_transfer": StyleTransfer,
     "adversarial": AdversarialTraining,
 }
 METHODS = ("build_model", "training_step", "evaluate")
@@ -59,7 +64,11 @@ def task_problem(cls: Any) -> str | None:
 
 
 TASKS = kind_registry(
-    "task", "normbench.tasks", lambda: BUILTIN_TASKS, check=task_problem, door=OptionDoor("task")
+    "task",
+    "normbench.tasks",
+    lambda: BUILTIN_TASKS,
+    check=task_problem,
+    door=OptionDoor("task", rules=task_rules),
 )
 
 
