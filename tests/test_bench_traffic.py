@@ -95,6 +95,15 @@ def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) ->
     assert result.channels_last_kept, f"{name} dropped channels_last"
 
 
+@pytest.mark.parametrize("groups", [48, 24, 144])  # whole rows, straddling, split rows
+def test_bgn_spatial_groups_of_any_shape_are_within_the_bound(groups: int) -> None:
+    """At 16x6x6, G = 24 groups of 24 positions straddle two channels (36 positions each),
+    G = 144 groups of 4 split rows of 6: both on a view of x, like whole-row groups."""
+    options = {"num_groups": groups, "allow_spatial_groups": True}
+    result = measure_layer("bgn", options, shape=SHAPE)
+    assert result.within_bound and result.channels_last_kept, result
+
+
 def test_the_composite_path_is_over_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """The count has teeth: IEBN on composite ops (the path every non-CPU device took before
     the Triton operators) moves several times BN's bytes."""

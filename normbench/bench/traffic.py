@@ -24,13 +24,15 @@ from normbench.traffic import DEFAULT_SHAPE, LayerTraffic, measure_layer
 __all__ = ["LayerTraffic", "layers", "measure_layer", "report", "run"]
 
 QUICK_SHAPE = (8, 32, 8, 8)
-# Built-in code paths beyond the defaults: (variant, options); "N/4" is a quarter batch.
+# Built-in code paths beyond the defaults: (variant, options); "N/4" is a quarter batch,
+# "2C" twice the channels (BGN's spatial groups: two whole rows at 16x16, 32C half a row).
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("bn", {"momentum": None}),
     ("in", {"track_running_stats": True, "momentum": None}),
     ("iebn", {"momentum": None}),
     ("bgn", {"num_groups": "C"}),
     ("bgn", {"num_groups": "2C", "allow_spatial_groups": True}),
+    ("bgn", {"num_groups": "32C", "allow_spatial_groups": True}),  # groups that split rows
     ("ghost_bn", {"ghost_batch_size": "N/4"}),
     ("ghost_bn", {"ghost_batch_size": "N/4", "momentum": None}),
     ("fourthings", {"examples_per_group": "N/4", "channels_per_group": 2, "momentum": None}),
@@ -44,7 +46,7 @@ MIB = 2**20
 def _resolve(options: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
     """Options written relative to the input ("N/4", "C", "2C") at this shape."""
     n, c = shape[0], shape[1]
-    sizes = {"N/4": max(n // 4, 2), "C": c, "2C": 2 * c}
+    sizes = {"N/4": max(n // 4, 2), "C": c, "2C": 2 * c, "32C": 32 * c}
     return {k: sizes.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
 
 
