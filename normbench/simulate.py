@@ -6,11 +6,21 @@ normbench's Triton operators through their fake implementations) and compute sha
 operators on a CPU machine. Two pieces the dispatcher alone does not give: autocast on a missing
 device (`autocast_to`) and the backward pass (`backward_here`: the autograd engine runs CUDA
 nodes on a device thread that needs a real GPU).
+
+A third: the kernels Inductor generates for a compiled region (the layers' coefficient math on
+CUDA, `variants/_region.py`). Nothing can be compiled for a missing GPU, and Inductor's CPU
+backend fuses differently (one C++ loop nest where Triton needs a kernel per reduction), so
+`InductorKernels` is a `torch.compile` backend that runs Inductor's own lowering and its Triton
+scheduler (the one CUDA uses) on the CPU, stops after fusion, before any code is generated, and
+counts the fused kernels and the bytes they access (`torch._inductor.metrics`' measure); the
+graph itself then runs eagerly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,3 +151,77 @@ def _accumulate(leaf: torch.Tensor, grad: torch.Tensor | None) -> None:
     if grad.stride() != leaf.stride():
         grad = grad.new_empty_strided(leaf.shape, leaf.stride()).copy_(grad)
     leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+
+
+@dataclasses.dataclass
+class KernelCount:
+    """Kernels launched and bytes they access (read + written), summed over graph runs."""
+
+    kernels: int = 0
+    bytes: int = 0
+
+
+class _Scheduled(Exception):
+    """Raised by the post-fusion hook: Inductor's schedule is known, no code is wanted."""
+
+
+def _launches(node: Any) -> bool:
+    """Whether a fused scheduler node is a kernel launch counted here: not a no-op (views,
+    aliases) and not a `normbench::` operator, which the dispatcher counts where it runs."""
+    from torch._inductor.scheduler import NopKernelSchedulerNode
+
+    if isinstance(node, NopKernelSchedulerNode):
+        return False
+    op = getattr(getattr(node, "node", None), "op_overload", None)
+    return not (node.is_extern() and op is not None and op.namespace == "normbench")
+
+
+def inductor_schedule(gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> KernelCount:
+    """The kernels and bytes of one AOT graph as Inductor's Triton backend fuses it (on the
+    CPU, before code generation; see the module docstring). `kwargs`: `compile_fx_inner`'s."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    found: list[KernelCount] = []
+
+    def grab(nodes: list[Any]) -> list[Any]:  # runs inside Inductor's graph context
+        kernels = [n for n in nodes if _launches(n)]
+        sizes = sum(n.get_read_write_buffers_sizes() for n in kernels)  # at the size hints
+        found.append(KernelCount(len(kernels), int(sizes)))
+        raise _Scheduled
+
+    patches = {"cpu_backend": "triton", "_post_fusion_custom_pass": grab, "fx_graph_cache": False}
+    with config.patch(patches):
+        try:  # NOTE: Inductor's passes rewrite the graph in place: a copy is scheduled
+            compile_fx_inner(copy.deepcopy(gm), example_inputs, **kwargs)
+        except Exception:
+            if not found:
+                raise
+    return found[0]
+
+
+class InductorKernels:
+    """A `torch.compile` backend: Inductor's own graph preparation (decompositions, joint
+    graph passes, partitioner), then each forward and backward graph is counted by
+    `inductor_schedule` and runs eagerly; every run adds its count to `self.count`.
+
+    Keep one instance per process: Dynamo caches compiled code per backend."""
+
+    def __init__(self) -> None:
+        self.count = KernelCount()
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs, inner_compile=self._inner)
+
+    def _inner(self, gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> Any:
+        counted = inductor_schedule(gm, example_inputs, **kwargs)
+
+        def run(args: list[Any]) -> Any:
+            self.count.kernels += counted.kernels
+            self.count.bytes += counted.bytes
+            return gm(*args)
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
