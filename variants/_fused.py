@@ -401,12 +401,11 @@ def block_moments(
     cpg = channels_per_group
     g, full = c // cpg, n - n % chunk
 
-    def pool(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (K, G)
-        parts = [t[:full].reshape(full // chunk, chunk, c).mean(dim=1)] if full else []
-        if full < n:
-            parts.append(t[full:].mean(dim=0, keepdim=True))  # the short last block
-        rows = torch.cat(parts) if len(parts) > 1 else parts[0]  # (K, C)
-        return rows.reshape(-1, g, cpg).mean(dim=2)
+    def pool(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (K, G): one reduction per part
+        parts = [t[:full].reshape(full // chunk, chunk, g, cpg).mean(dim=(1, 3))] if full else []
+        if full < n:  # the short last block
+            parts.append(t[full:].reshape(1, n - full, g, cpg).mean(dim=(1, 3)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def expand(t: torch.Tensor) -> torch.Tensor:  # (K, G) -> (N, C)
         k = t.shape[0]
