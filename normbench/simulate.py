@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 
 def _available(device: torch.device) -> bool:
@@ -225,3 +226,56 @@ class InductorKernels:
 
         run._boxed_call = True  # type: ignore[attr-defined]
         return run
+
+
+class _Quiet(torch.autograd.Function):
+    """A region's outputs whose backward hands zeros to the inputs the region differentiates
+    (a count does not use the values), inside `quiet()`: the rest of the step runs as it
+    would, and the region's own backward is not run op by op."""
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: Any) -> Any:
+        ctx.quiet, outs = inputs[-1]
+        ctx.save_for_backward(*inputs[:-1])
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        with ctx.quiet():
+            zeros = [torch.zeros_like(t) for t in ctx.saved_tensors]
+        return (*zeros, None)
+
+
+def run_quietly(region: Callable[..., Any], args: tuple[Any, ...], quiet: Callable[[], Any]) -> Any:
+    """`region(*args)` run eagerly inside `quiet()` (a context in which a counter counts only
+    what a compiled region would still launch), its backward too (`_Quiet`)."""
+    with quiet():
+        outs = region(*args)  # the graph is recorded only to see what it differentiates
+    inputs = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)]
+    used = _differentiated(outs, [t for t in inputs if t.requires_grad])
+    # tensors first: the simulated backward pairs gradients with edges in order
+    return _Quiet.apply(*used, (quiet, outs))
+
+
+def _differentiated(outs: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The `inputs` that `outs`' autograd graph reaches (a leaf through its AccumulateGrad, an
+    intermediate through its grad_fn, where the walk stops): those a compiled region's
+    backward gives a gradient."""
+    stops = {t.grad_fn: t for t in inputs if t.grad_fn is not None}
+    leaves = {id(t): t for t in inputs if t.grad_fn is None}
+    stack = [o.grad_fn for o in tree_flatten(outs)[0] if getattr(o, "grad_fn", None)]
+    seen: set[Any] = set()
+    reached: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in stops:
+            reached.update(id(t) for t in inputs if t.grad_fn is node)
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in leaves:
+            reached.add(id(variable))
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return [t for t in inputs if id(t) in reached]
