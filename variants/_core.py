@@ -147,7 +147,7 @@ def factor_tensor(
     if enabled is None:
         counter.add_(1)
         return 1.0 / counter.to(dtype) if momentum is None else momentum
-    counter.add_(enabled.to(counter.dtype))
+    counter.add_(enabled)  # int64 += bool
     factor = (
         1.0 / counter.clamp_min(1).to(dtype)
         if momentum is None
