@@ -23,7 +23,9 @@ differentiates them) and writes y. Three implementations of the same function:
   On CPU a fresh full-size tensor costs a page-faulting allocation, so the centred temporaries
   live in cache-sized chunks of samples. On CUDA the four passes are Triton kernels
   (`_kernels`, one `normbench::` operator each) that read x (and g) once per pass and write
-  only y or dx: about BN's memory traffic (docs/variants.md#memory-traffic). Neither backward
+  only y or dx: about BN's memory traffic (docs/variants.md#memory-traffic); there the
+  coefficient math runs as one compiled region (`_region`: a few fused kernels instead of one
+  launch per op, docs/variants.md#kernel-launches). Neither backward
   is `once_differentiable`: under create_graph (double backward, gradient penalties) they
   switch to differentiable ops.
 * Under `torch.compile` or a `torch.func` transform, on other devices, and for float64 on
@@ -316,9 +318,10 @@ def fused_instance_affine(
 
     x: (N, C, H, W), any floating dtype; m, v: the per-instance moments of x (N, C) in at least
     fp32. `coefficients` may update buffers under `torch.no_grad()` (running statistics); it
-    runs with autocast disabled. Inside `global_statistics` it sees every rank's moments unless
-    `across_ranks` is False (a batch-independent layer: IN, GN). Returns y with x's shape,
-    dtype and memory format.
+    runs with autocast disabled. On CUDA it runs as a compiled region (`_region`) when it is a
+    bound method or a `functools.partial` of one (a closure runs eagerly). Inside
+    `global_statistics` it sees every rank's moments unless `across_ranks` is False (a
+    batch-independent layer: IN, GN). Returns y with x's shape, dtype and memory format.
     """
     with statistics_precision(x):
         backend = _backend(x)
