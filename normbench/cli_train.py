@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from normbench.contract import EpochRecord
-from normbench.errors import UserError
+from normbench.errors import UserError, stopped_by
 from normbench.spec import (
     IDENTITY,
     DatasetOptions,
@@ -54,14 +54,33 @@ def evaluate_command(
             "trials=[ID], dataset_root=PATH, device=cpu (repeatable).",
         ),
     ] = None,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plugin",
+            help="Plugin file the trials were trained with (repeatable); a plugin path stored "
+            "in RUN_DIR is never imported.",
+        ),
+    ] = None,
 ) -> int:
     """Evaluate finished checkpoints under inference-time settings (no retraining): the
     example weight alpha chosen on validation, and recalibrated running statistics. Appends
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
+    from normbench.results.store import read_jsonl
 
-    written = evaluate_run(run_dir, parse_settings(parse_key_values(set_, "--set")))
-    print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
+    target = Path(run_dir) / "evaluations.jsonl"
+    before = sum(1 for _ in read_jsonl(target))
+    settings = parse_settings(parse_key_values(set_, "--set"))
+    try:
+        written = evaluate_run(run_dir, settings, plugins=tuple(plugin or ()))
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is appended stays
+        kept = sum(1 for _ in read_jsonl(target)) - before
+        what, code = stopped_by(exc)
+        print(f"normbench: {what}; {kept} evaluation(s) appended to {target} are kept; "
+              "rerun the same command to do the rest", file=sys.stderr)  # fmt: skip
+        raise SystemExit(code) from None
+    print(f"{len(written)} evaluation(s) appended to {target}")
     return 0
 
 
@@ -109,7 +128,8 @@ def train_command(
     from a suite with `--suite FILE --trial ID`: the records then equal the suite trial's in
     the same environment (the suite's thread count included)."""
     if suite is not None or trial is not None:
-        spec = suite_trial(suite, trial, set_ or [])
+        plugins = tuple(Path(p) for p in fields.get("plugins") or ())
+        spec = suite_trial(suite, trial, set_ or [], plugins=plugins)
     else:
         spec = spec_from_flags(fields)
     if as_json:
@@ -210,9 +230,12 @@ class TrainArgumentError(UserError, ValueError):
     """`normbench train` flags that do not name one trial."""
 
 
-def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> Any:
+def suite_trial(
+    suite: Path | None, trial: str | None, overrides: list[str], *, plugins: tuple[Path, ...] = ()
+) -> Any:
     """The spec of trial `trial` (id or unique prefix) of a suite file (after overrides), or
-    of a run directory (any stored trial, searched ones included)."""
+    of a run directory (any stored trial, searched ones included; its plugin files must be
+    among `plugins`, as a run directory never names code to run)."""
     if suite is None or not trial:
         raise TrainArgumentError("--suite FILE (or RUN_DIR) and --trial ID go together")
     if suite.is_dir():
@@ -239,18 +262,23 @@ def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> 
                 "pass its run directory as --suite"
             )
         raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...){hint}")
+    if suite.is_dir():
+        from normbench.engine.stored import spec_from_run
+
+        return spec_from_run(specs[matches[0]], plugins, trial_id=matches[0], where=suite)
     return specs[matches[0]]
 
 
 def _stored_specs(run_dir: Path) -> dict[str, Any]:
-    """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
+    """Trial id -> stored spec dict of every trial of a run directory (summary or first
+    epoch); turned into a TrialSpec only once picked (`engine.stored.spec_from_run`)."""
     from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
     specs: dict[str, Any] = {}
     for name in (TRIALS, EPOCHS):
         for line in read_jsonl(run_dir / name):
             if line.get("spec") and line["trial_id"] not in specs:
-                specs[line["trial_id"]] = TrialSpec.from_dict(line["spec"])
+                specs[line["trial_id"]] = line["spec"]
     if not specs:
         raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
     return specs

@@ -326,7 +326,8 @@ def load_plugin(path: str | Path) -> list[str]:
     if p in _PLUGIN_FILES:
         return list(_PLUGIN_FILES[p])
     if not p.is_file():
-        raise PluginError(f"plugin file {str(path)!r} does not exist")
+        what = "is a directory, not a Python file" if p.is_dir() else "does not exist"
+        raise PluginError(f"plugin file {str(path)!r} {what}")
     for reg in REGISTRIES.values():  # built-ins first, so a clash always blames the plugin
         with contextlib.suppress(ImportError):  # a kind whose built-ins are not importable
             reg._ensure_loaded()

@@ -38,8 +38,9 @@ def variant_rules(
 ) -> list[OptionProblem]:
     """The variants' own option rules (normbench.options, step 3): a batch-dependent layer
     cannot train at batch size 1; with `build`, the layer is built at every width (on the meta
-    device), and with `decay_toward="identity"` in the context it must name its identity
-    affine (`identity_targets`)."""
+    device), a plugin layer is also run at every width (`_plugin_run_problems`), and with
+    `decay_toward="identity"` in the context it must name its identity affine
+    (`identity_targets`)."""
     if context.get("batch_size") == 1 and getattr(cls, "batch_dependent", False):
         return [
             OptionProblem(
@@ -73,7 +74,36 @@ def variant_rules(
                     context="decay_toward",
                 )
             ]
+    if build and cls not in _builtin_variants().values():  # plugin code: run it everywhere
+        return _plugin_run_problems(name, cls, options, context)
     return []
+
+
+def _plugin_run_problems(
+    name: str, cls: Any, options: dict[str, Any], context: dict[str, Any]
+) -> list[OptionProblem]:
+    """A plugin layer run (train with backward, and eval) at every width the backbone gives
+    it, at the training batch size: one that works only at some widths is refused at
+    validation, before Ray starts, not in every trial."""
+    batch = max(int(context.get("batch_size") or 4), 2)
+    where = context.get("_where") or ""
+    for width in sorted(context.get("widths") or ()):
+        problem = _run_variant(cls, width, batch, freeze(options))
+        if problem:
+            return [
+                OptionProblem(
+                    f"variant {name!r} fails at a {width}-channel layer{where} (train and eval "
+                    f"forward of a ({batch}, {width}, 4, 4) batch): {problem}"
+                )
+            ]
+    return []
+
+
+@functools.cache
+def _run_variant(
+    cls: type, width: int, batch: int, options: tuple[tuple[str, Any], ...]
+) -> str | None:
+    return behaviour_at(cls, width, batch, dict(options))
 
 
 @functools.cache
@@ -232,15 +262,18 @@ def _class_problem(cls: Any) -> str | None:
     return None
 
 
-def _behaviour_problem(cls: type) -> str | None:
-    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch."""
+def _behaviour_problem(
+    cls: type, width: int = 8, batch: int = 4, size: int = 5, **options: Any
+) -> str | None:
+    """Build cls(width, **options) and run train (with backward) and eval forwards on a
+    (batch, width, size, size) batch."""
     import torch
 
-    layer = cls(8)
+    layer = cls(width, **options)
     for attr in ("weight", "bias"):
         if not hasattr(layer, attr):
             return f"has no .{attr} attribute (set it to None when there is none)"
-    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    x = torch.randn(batch, width, size, size, requires_grad=True)
     for training in (True, False):
         layer.train(training)
         y = layer(x)
@@ -273,6 +306,20 @@ def check_variant_contract(cls: Any) -> str | None:
             return _behaviour_problem(cls)
     except BaseException as exc:  # plugin code: sys.exit() included
         return f"fails the contract check: {describe_failure(exc)}"
+
+
+def behaviour_at(cls: Any, width: int, batch: int, options: dict[str, Any]) -> str | None:
+    """How `cls(width, **options)` fails a train (with backward) and eval forward of a
+    (batch, width, 4, 4) batch, or None; run under a forked RNG (suite validation calls it for
+    plugin layers at every width a backbone gives them, before Ray starts)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _behaviour_problem(cls, width, batch, 4, **options)
+    except BaseException as exc:  # plugin code: sys.exit() included
+        return describe_failure(exc)
 
 
 def _json_safe(value: Any) -> Any:

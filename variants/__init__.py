@@ -7,6 +7,7 @@ through the same call a plugin uses.
 
 from __future__ import annotations
 
+from normbench.variants._branch import BranchIndexed, branch_index
 from normbench.variants._core import FxLeaf, check_input
 from normbench.variants._fused import (
     all_sum,
@@ -45,13 +46,17 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "fourthings": FourThingsNorm2d,
 }
 
-# For plugins: `FxLeaf` and `check_input` (traceable input checks), `statistics_precision` and
+# For plugins: `BranchIndexed` and `branch_index` (layers with K branches chosen by an index the
+# task sets, docs/variants.md#branch-index), `FxLeaf` and `check_input` (traceable input
+# checks), `statistics_precision` and
 # `stats_dtype` (fp32 statistics under autocast), `all_sum` ... `statistics_ranks` (global
 # statistics across data-parallel ranks, docs/variants.md#plugin-global-statistics).
 __all__ = [
     *(c.__name__ for c in BUILTIN_VARIANTS.values()),
     "BUILTIN_VARIANTS",
     "sabn_index",
+    "BranchIndexed",
+    "branch_index",
     "FxLeaf",
     "check_input",
     "statistics_precision",

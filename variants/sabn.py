@@ -12,10 +12,11 @@ all branches. Parameters: `weight` γ_sa = 1 and `bias` β_sa = 0 (C,); `embed.w
 γ_k ~ N(1, 0.02) in columns [0, C) and β_k = 0 in [C, 2C). Buffers as BN. Zeroing `.weight`
 leaves out[n] = γ_{k_n} ⊙ β_sa + β_{k_n}, independent of x.
 
-Index (ours, docs/variants.md#sabn): `forward(x, index=None)` takes None, an int (whole batch) or an
-int64 tensor (N,) on x's device. Precedence: the argument, then the model-wide
-`sabn_index(model, k)` context, then 0. The index must never be the ground-truth label (absent
-at test time).
+Index (ours, docs/variants.md#branch-index): a branch-indexed layer (`_branch.BranchIndexed`):
+`forward(x, index=None)` takes None, an int (whole batch) or an int64 tensor (N,) on x's device.
+Precedence: the argument, then the model-wide `branch_index(model, k)` context (`sabn_index` is
+its older name), then 0. In classification the index must never be the ground-truth label
+(absent at test time); a class-conditional generator is where it is the label.
 
 Deviations from the official code:
 
@@ -25,16 +26,11 @@ Deviations from the official code:
   differently (initial scale γ_sa·γ_0 = 1 ± 0.02).
 * A scalar index is folded into one fused `F.batch_norm` call (weight γ_sa·γ_k, bias
   β_sa·γ_k + β_k); a per-sample index applies the branch affine as an (N, C, 1, 1) broadcast.
-* Index checks (int64, shape (N,), device) always run; the range check runs for ints and CPU
-  tensors only, because on a GPU it would need a device sync (an out-of-range CUDA index is a
-  device-side assert). `nn.DataParallel` splits x but not the index: unsupported with
-  non-default indices (the shape check catches it).
+* Index checks: `_branch.check_index` (the range only off the GPU, to avoid a host sync).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -42,13 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _core
+from ._branch import BranchIndexed, Index, branch_index
 from ._core import RunningStatsNorm, check_input
 from ._options import check_int
 
-Index = int | torch.Tensor
 
-
-class SandwichBatchNorm2d(RunningStatsNorm):
+class SandwichBatchNorm2d(BranchIndexed, RunningStatsNorm):
     """BN with a shared affine followed by a per-sample branch affine chosen by an index."""
 
     paper = (
@@ -75,8 +70,7 @@ class SandwichBatchNorm2d(RunningStatsNorm):
         self.weight = nn.Parameter(torch.empty(num_features, **kw))
         self.bias = nn.Parameter(torch.empty(num_features, **kw))
         self.embed = nn.Embedding(num_branches, 2 * num_features, **kw)
-        # set by `sabn_index` for the duration of a `with` block; never a buffer
-        self.context_index: Index | None = None
+        self.context_index: Index | None = None  # set by `branch_index` (`_branch`)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,65 +111,6 @@ class SandwichBatchNorm2d(RunningStatsNorm):
         beta = emb[:, c:].reshape(n, c, 1, 1)
         return h * gamma + beta
 
-    def resolve_index(self, x: torch.Tensor, index: Index | None) -> Index:
-        """The argument, else the context index, else 0; validated against x
-        (docs/variants.md#sabn)."""
-        if index is None:
-            index = self.context_index
-        if index is None:
-            return 0
-        return check_index(self, index, x)
 
-
-def check_index(layer: SandwichBatchNorm2d, index: object, x: torch.Tensor) -> Index:
-    """Raise ValueError unless `index` is a branch int or an int64 (N,) tensor on x's device."""
-    name, k = type(layer).__name__, layer.num_branches
-    if isinstance(index, int) and not isinstance(index, bool):
-        if not 0 <= index < k:
-            raise ValueError(f"{name}: index must be in [0, {k}) (num_branches={k}), got {index}")
-        return index
-    if not isinstance(index, torch.Tensor):
-        raise ValueError(
-            f"{name}: index must be None, an int or an int64 tensor of shape (N,), "
-            f"got {type(index).__name__}"
-        )
-    n = x.shape[0]
-    if index.dtype != torch.int64 or tuple(index.shape) != (n,):
-        raise ValueError(
-            f"{name}: index must be an int64 tensor of shape (N,) = ({n},) for input of shape "
-            f"{tuple(x.shape)}, got dtype {index.dtype} and shape {tuple(index.shape)} "
-            f"({index.numel()} entries for {n} samples; nn.DataParallel splits x, not the index)"
-        )
-    if index.device != x.device:
-        raise ValueError(f"{name}: index is on {index.device} but the input is on {x.device}")
-    if index.device.type == "cpu" and n > 0 and not (0 <= int(index.min()) <= int(index.max()) < k):
-        raise ValueError(
-            f"{name}: index values must be in [0, {k}) (num_branches={k}), got range "
-            f"[{int(index.min())}, {int(index.max())}]"
-        )
-    return index
-
-
-@contextlib.contextmanager
-def sabn_index(model: nn.Module, index: Index) -> Iterator[None]:
-    """Within the block, every SaBN layer in `model` uses `index` unless forward gets one.
-
-    Sets the non-persistent `context_index` attribute on each `SandwichBatchNorm2d` submodule
-    (the model itself included) and restores the previous value on exit, also on exceptions,
-    so blocks nest. A model without SaBN layers is left untouched. The index is checked
-    against each input's batch size when a layer runs.
-    """
-    if isinstance(index, bool) or not isinstance(index, int | torch.Tensor):
-        raise ValueError(
-            f"sabn_index: index must be an int or an int64 tensor of shape (N,), "
-            f"got {type(index).__name__}"
-        )
-    layers = [m for m in model.modules() if isinstance(m, SandwichBatchNorm2d)]
-    previous = [m.context_index for m in layers]
-    for m in layers:
-        m.context_index = index
-    try:
-        yield
-    finally:
-        for m, old in zip(layers, previous, strict=True):
-            m.context_index = old
+# The name this context had when SaBN was the only branch-indexed layer.
+sabn_index = branch_index

@@ -47,6 +47,7 @@ from torch import nn
 
 from normbench.engine import checkpoint as ckpt
 from normbench.errors import UserError
+from normbench.results.paths import refuse_links, trial_dir
 from normbench.spec import TrialSpec
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
@@ -84,15 +85,27 @@ def parse_settings(values: dict[str, Any]) -> EvaluateSettings:
 
 # -- the command's driver -------------------------------------------------------------------
 def evaluate_run(
-    run_dir: str | Path, settings: EvaluateSettings, *, echo: Echo = print
+    run_dir: str | Path,
+    settings: EvaluateSettings,
+    *,
+    plugins: tuple[str | Path, ...] = (),
+    echo: Echo = print,
 ) -> list[dict[str, Any]]:
-    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines."""
+    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines.
+
+    `plugins`: the plugin files the user names (`--plugin`); a plugin path stored in the run
+    directory is never imported (`normbench.engine.stored`)."""
+    from normbench.registry import load_plugin
     from normbench.results.store import RunStore
 
     run_dir = Path(run_dir)
-    todo = _trials(run_dir, settings)
+    refuse_links(run_dir, inside=f"run directory {run_dir}")  # before reading checkpoints
+    for path in plugins:
+        load_plugin(path)
+    todo = _trials(run_dir, settings, plugins)
     written: list[dict[str, Any]] = []
-    with RunStore(run_dir) as store:
+    hint = "wait for it to finish, then evaluate"
+    with RunStore(run_dir, busy_hint=hint, role="evaluate") as store:
         done = {(e["trial_id"], e["setting"], _key(e["params"])) for e in store.evaluations()}
         for summary, spec in todo:
             jobs = [
@@ -115,7 +128,9 @@ def evaluate_run(
     return written
 
 
-def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, Any], TrialSpec]]:
+def _trials(
+    run_dir: Path, settings: EvaluateSettings, plugins: tuple[str | Path, ...]
+) -> list[tuple[dict[str, Any], TrialSpec]]:
     """Completed trials to evaluate, with the specs to rebuild them; refuses bad input."""
     from normbench.results.store import TRIALS, read_jsonl
 
@@ -134,8 +149,8 @@ def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, A
         )
     out = []
     for tid in wanted:
-        spec = _spec(completed[tid]["spec"], settings)
-        if not ckpt.checkpoint_path(run_dir / "checkpoints" / tid).is_file():
+        spec = _spec(completed[tid]["spec"], settings, plugins, tid, run_dir)
+        if not ckpt.checkpoint_path(trial_dir(run_dir / "checkpoints", tid)).is_file():
             raise EvaluateError(
                 f"evaluate: trial {tid} has no checkpoint at "
                 f"{run_dir / 'checkpoints' / tid / 'checkpoint.pt'} (runs with --storage keep "
@@ -152,8 +167,16 @@ def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, A
     return out
 
 
-def _spec(stored: dict[str, Any], settings: EvaluateSettings) -> TrialSpec:
-    spec = TrialSpec.from_dict(stored)
+def _spec(
+    stored: dict[str, Any],
+    settings: EvaluateSettings,
+    plugins: tuple[str | Path, ...],
+    tid: str,
+    run_dir: Path,
+) -> TrialSpec:
+    from normbench.engine.stored import spec_from_run
+
+    spec = spec_from_run(stored, plugins, trial_id=tid, where=run_dir)
     if settings.dataset_root is not None:
         options = {**spec.dataset_options, "root": settings.dataset_root}
         spec = spec.replace(dataset_options=options)
@@ -196,7 +219,8 @@ def _load(run_dir: Path, spec: TrialSpec) -> tuple[Any, int]:
     """The trial rebuilt by the engine, with its final weights and buffers loaded."""
     from normbench.engine.build import build_trial
 
-    payload = ckpt.load_checkpoint(run_dir / "checkpoints" / spec.trial_id, trial_id=spec.trial_id)
+    where = trial_dir(run_dir / "checkpoints", spec.trial_id)
+    payload = ckpt.load_checkpoint(where, trial_id=spec.trial_id)
     assert payload is not None  # _trials checked the file
     trial = build_trial(spec)
     trial.model.load_state_dict(payload["model"])

@@ -32,7 +32,10 @@ from normbench.spec import fields_on, identity
 # The replicate axis: the trials of one cell differ in it.
 _REPLICATE = ("seed",)
 # Preference among copies of one trial id: the most finished first.
-_STATUS_RANK = {"completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "interrupted": 4}
+_STATUS_RANK = {
+    "completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "incomplete": 4, "running": 5,
+    "interrupted": 6,
+}  # fmt: skip
 
 
 class ReportError(UserError):

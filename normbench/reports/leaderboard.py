@@ -611,5 +611,8 @@ def did_not_finish(res: Results) -> pd.DataFrame:
 
 
 def _default_reason(bad: pd.DataFrame) -> pd.Series:
-    text = {"interrupted": "interrupted (no summary line: the driver stopped mid-trial)"}
+    text = {
+        "interrupted": "interrupted (no summary line: the driver stopped mid-trial)",
+        "running": "running (a normbench run holds this run directory and is training it)",
+    }
     return bad["status"].map(text).fillna("no reason recorded")

@@ -61,9 +61,16 @@ def _epoch_ticks(ax: Any, epochs: Any) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, **kwargs: Any) -> Path:
+    """PNG bytes rendered in memory, then written atomically (never through a link)."""
+    import io
+
+    from normbench.results.paths import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -251,10 +258,9 @@ def search_slices(res: Results, folder: Path, smoke: str | None = None) -> list[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = []
     for run in res.runs:
-        db = run.path / "optuna.db"
-        if not db.exists():
+        storage = _read_only_study(run.path / "optuna.db")
+        if storage is None:
             continue
-        storage = optuna.storages.get_storage(f"sqlite:///{db.resolve()}")
         for name in optuna.get_all_study_names(storage=storage):
             study = optuna.load_study(study_name=name, storage=storage)
             done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -262,20 +268,44 @@ def search_slices(res: Results, folder: Path, smoke: str | None = None) -> list[
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # one sample: matplotlib warns that the axis has no width; the plot is right
+                warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
                 axes = plot_slice(study)
             ax = axes.flat[0] if hasattr(axes, "flat") else axes
             fig: Any = ax.figure
             title = f"Search {_short_study(name)}: objective vs each parameter (completed trials)"
             fig.suptitle(title + (f"\nSMOKE RUN ({smoke})" if smoke else ""))
             slug = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)[:60]
-            path = folder / f"search_{slug}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110, bbox_inches="tight")
+            path = _save(fig, folder / f"search_{slug}.png", bbox_inches="tight")
             import matplotlib.pyplot as plt
 
             plt.close(fig)
             out.append(path)
     return out
+
+
+def _read_only_study(db: Path) -> Any:
+    """The Optuna storage of a run's `optuna.db`, opened read-only (a report never writes a
+    run directory, and never creates tables in a file planted there), or None when there is
+    none, it is a link, or it cannot be read (a warning names it)."""
+    import warnings
+
+    import optuna
+
+    from normbench.errors import RunDirWarning
+
+    if db.is_symlink() or not db.is_file():
+        if db.is_symlink():
+            warnings.warn(f"{db} is a symbolic link; not read", RunDirWarning, stacklevel=2)
+        return None
+    url = f"sqlite:///file:{db.resolve()}?mode=ro&uri=true"
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    except Exception as exc:  # sqlite/sqlalchemy/optuna errors of a damaged or foreign file
+        why = " ".join(str(exc).split())[:160]
+        warnings.warn(f"{db}: the Optuna study cannot be read ({why}); no search plot",
+                      RunDirWarning, stacklevel=2)  # fmt: skip
+        return None
 
 
 def critical_difference(ranking: Any, path: Path, smoke: str | None = None) -> Path | None:

@@ -3,6 +3,7 @@ the same results always give the same file (the golden tests rely on it)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -327,8 +328,10 @@ LEGEND = f"""## How to read the tables
   machine vary). **peak mem (MB)**: the trial's own peak memory (how it was measured is said
   under the table); **params**: trainable parameters.
 - **diverged**: seeds that diverged (listed below with their reason).
-- Statistics use completed trials only; diverged, failed, pruned and interrupted trials are
-  listed under "Did not finish" with their reason. Accuracies are in %, 2 decimals.
+- Statistics use completed trials only; diverged, failed, pruned, incomplete (finished, but
+  epoch lines lost), running and interrupted trials are listed under "Did not finish" with
+  their reason. "Notes" lists what happened to trials on the way (e.g. an invalid
+  checkpoint moved aside and the trial restarted). Accuracies are in %, 2 decimals.
 - **source**: where a variant not built into normbench came from (a plugin file or package).
 """
 
@@ -355,10 +358,24 @@ def markdown(
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots.get("ranking", [])] + [""]
     out += ["## Did not finish", ""]
     out += [dnf_markdown(dnf), ""]
+    out += notes_markdown(res.trials)
     if plots.get("search"):
         out += ["## Search", ""]
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots["search"]] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def notes_markdown(trials: pd.DataFrame) -> list[str]:
+    """A "Notes" section: each stored note of each trial, one bullet (none: no section)."""
+    if trials.empty or "notes" not in trials:
+        return []
+    lines = []
+    for _, r in trials.iterrows():
+        if not isinstance(r["notes"], str):
+            continue
+        who = f"`{r['trial_id']}` ({r['label']}, {r['backbone_label']}, seed {r['seed']})"
+        lines += [f"- {who}: {' '.join(str(n).split())}" for n in json.loads(r["notes"])]
+    return ["## Notes", "", *lines, ""] if lines else []
 
 
 def dnf_markdown(dnf: pd.DataFrame) -> str:

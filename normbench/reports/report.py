@@ -13,6 +13,7 @@ from normbench.reports import plots, render
 from normbench.reports.data import Results, load_runs
 from normbench.reports.leaderboard import Table, build_tables, did_not_finish, smoke_text
 from normbench.reports.ranking import Ranking, overall_ranking, ranking_markdown
+from normbench.results.paths import atomic_write, make_dirs, refuse_links
 
 PLOTS = "plots"
 
@@ -53,9 +54,11 @@ def build_report(
     if output is None:
         if len(dirs) > 1:
             raise ReportError("merging several run directories needs --output DIR")
-        output = dirs[0] / "report"
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+        output = _output_in_run(dirs[0])
+    else:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+    refuse_links(output, inside=f"the report folder {output}")  # the folder named is the user's
     tables = build_tables(res)
     dnf = did_not_finish(res)
     ranking = overall_ranking(tables)
@@ -63,8 +66,15 @@ def build_report(
     files += _csv(tables, dnf, output)
     md = output / "leaderboard.md"
     section = ranking_markdown(ranking) if ranking is not None else None
-    md.write_text(render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
+    atomic_write(md, render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
     return Report(output, md, res, tables, dnf, [md, *files], ranking)
+
+
+def _output_in_run(run_dir: Path) -> Path:
+    """RUN_DIR/report, made without following a link planted in the run directory."""
+    out = run_dir / "report"
+    refuse_links(out, inside=f"run directory {run_dir}", root_too=True)
+    return make_dirs(out, run_dir)
 
 
 def _evaluations(dirs: list[Path]) -> str:
@@ -109,6 +119,6 @@ def _plots(
 
 def _csv(tables: list[Table], dnf: pd.DataFrame, out: Path) -> list[Path]:
     board, bad = out / "leaderboard.csv", out / "did_not_finish.csv"
-    render.leaderboard_csv(tables).to_csv(board, index=False)
-    dnf.to_csv(bad, index=False)
+    atomic_write(board, render.leaderboard_csv(tables).to_csv(index=False))
+    atomic_write(bad, dnf.to_csv(index=False))
     return [board, bad]

@@ -1,7 +1,10 @@
 """Stored results as pandas tables: `load_results` (one row per trial) and `load_epochs`.
 
 Pure functions of the run directory (no torch, no lock: readers never block the writer).
-A trial with epochs but no summary line is "interrupted" (the driver stopped mid-trial).
+A trial with epochs but no summary line is "running" while a `normbench run` holds the run
+directory, else "interrupted" (the driver stopped mid-trial). A finished trial whose stored
+epoch lines miss some of its finished epochs is "incomplete": its final metrics would be an
+earlier epoch's, so it never counts as completed (a rerun restores or retrains it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ RESULT_COLUMNS = [
     "options", "cell", "status", "reason", "epochs", "final_test_top1", "final_test_top5",
     "final_val_top1", "best_val_top1", "best_val_epoch", "test_top1_at_best_val", "wall_time_s",
     "train_time_s", "images_per_s", "peak_mem_mb", "peak_mem_method", "params", "variant_source",
-    "environment",
+    "environment", "notes",
 ]  # fmt: skip
 
 
@@ -47,6 +50,7 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         first.setdefault(tid, rec)
         epochs.setdefault(tid, {}).setdefault(int(rec["epoch"]), cast(EpochRecord, rec))
     summaries = {rec["trial_id"]: rec for rec in read_jsonl(run_dir / TRIALS)}
+    unfinished = "running" if run_holder(run_dir) == "run" else "interrupted"
     rows = []
     for tid in sorted(set(epochs) | set(summaries)):
         summary = summaries.get(tid)
@@ -54,13 +58,43 @@ def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         spec = (summary or {}).get("spec") or first.get(tid, {}).get("spec") or {}
         cell = (summary or {}).get("cell") or first.get(tid, {}).get("cell") or {}
         row = {"trial_id": tid, **_config_columns(spec, cell)}
-        row["status"] = summary["status"] if summary else "interrupted"
-        row["reason"] = summary.get("reason") if summary else None
+        row["status"], row["reason"] = _status(summary, set(epochs.get(tid, {})), unfinished)
         row.update(_metric_columns(recs))
         if summary and summary.get("variant_source"):
             row["variant_source"] = summary["variant_source"]
+        notes = (summary or {}).get("notes")
+        row["notes"] = json.dumps(notes) if isinstance(notes, list) and notes else None
         rows.append(row)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def run_holder(run_dir: Path) -> str | None:
+    """Which command holds the run directory now ("run", "evaluate"), or None."""
+    from normbench.results.lock import lock_holder
+
+    held = lock_holder(run_dir)
+    return None if held is None else held[1]
+
+
+def _status(
+    summary: dict[str, Any] | None, stored: set[int], unfinished: str
+) -> tuple[str, str | None]:
+    """A trial's status and reason: its summary's, "incomplete" when a finished trial's stored
+    epoch lines miss some of its epochs, `unfinished` without a summary."""
+    from normbench.results.store import DONE_STATUSES
+
+    if summary is None:
+        return unfinished, None
+    finished = summary.get("epochs")
+    if summary["status"] in DONE_STATUSES and isinstance(finished, int):
+        missing = sorted(set(range(1, finished + 1)) - stored)
+        if missing:
+            return "incomplete", (
+                f"{summary['status']} after {finished} epochs, but the lines of epochs "
+                f"{missing} are lost, so its final metrics are not shown; rerun `normbench "
+                "run` on its suite to restore them from its checkpoint or retrain it"
+            )
+    return summary["status"], summary.get("reason")
 
 
 def _config_columns(spec: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
