@@ -85,6 +85,11 @@ def test_bn_moves_its_input_output_and_gradients_once() -> None:
     assert result.host_syncs == result.host_copies == 0 and result.within_bound
 
 
+# the heavier code paths: four ghost batches; IN's running statistics (its compiled region)
+OPTIONS = {
+    "ghost_bn": {"ghost_batch_size": 2},
+    "in": {"track_running_stats": True, "momentum": None},
+}
 OVER_KERNELS = {"ubn": "its similarity, decision and buffer updates: 17 compiled kernels"}
 
 
@@ -93,13 +98,21 @@ OVER_KERNELS = {"ubn": "its similarity, decision and buffer updates: 17 compiled
 def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) -> None:
     """Bytes, host syncs, channels_last, and kernels per step (the compiled coefficient
     regions' as Inductor's Triton backend fuses them) at most 4x BN's plus convolutions."""
-    options = {"ghost_batch_size": 2} if name == "ghost_bn" else {}  # four ghost batches
+    options = OPTIONS.get(name, {})
     result = measure_layer(name, options, shape=SHAPE)
     assert result.host_syncs == 0 and result.host_copies == 0, name
     assert result.norm_bytes <= result.bound_bytes, result
     assert result.norm_written <= result.bound_written, result
     assert result.channels_last_kept, f"{name} dropped channels_last"
     assert result.bound_kernels == 4 * 5 + result.conv_kernels  # BN: 5 kernels
+    from normbench.variants import _region
+
+    with _region.coefficient_mode("eager"):  # the regions hide no read of x (UBN's similarity)
+        eager = measure_layer(name, options, shape=SHAPE)
+    assert (eager.activation_read, eager.activation_written) == (
+        result.activation_read,
+        result.activation_written,
+    ), name
     if name in OVER_KERNELS:  # known, and reported by bench traffic as over the bound
         assert result.bound_kernels < result.kernels <= 2 * result.bound_kernels, result
     else:

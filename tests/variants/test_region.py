@@ -39,14 +39,19 @@ def _perturbed(name: str, options: dict) -> torch.nn.Module:
     return layer
 
 
-def _steps(layer: torch.nn.Module, mode: str, backend: object) -> list[torch.Tensor]:
+def _steps(
+    layer: torch.nn.Module,
+    mode: str,
+    backend: object,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> list[torch.Tensor]:
     """Two training steps and an eval step: outputs, input and parameter gradients, buffers."""
     gen = torch.Generator().manual_seed(1)
     found = []
     with _region.coefficient_mode(mode), _region.compiled_with(backend):
         for _ in range(2):
             x = torch.randn(6, 8, 5, 4, generator=gen, dtype=DT) * 1.5 + 2.0
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             leaf = x.clone().requires_grad_()
             y = layer(leaf)
             (y * torch.randn(y.shape, generator=gen, dtype=DT)).sum().backward()
@@ -69,6 +74,21 @@ def test_forced_compiled_path_equals_the_cpu_path(name: str, options: dict) -> N
     assert counter.frame_count >= 1  # the region ran
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_in_with_running_statistics_equals_torchs_kernel(momentum: float | None) -> None:
+    """IN training with running statistics takes the compiled region on an accelerator even
+    for a contiguous input, where the CPU runs `F.instance_norm` (a repeat and a batch norm)."""
+    cpu = _perturbed("in", {"track_running_stats": True, "momentum": momentum})
+    compiled = copy.deepcopy(cpu)
+    counter = CompileCounterWithBackend("aot_eager")
+    expected = _steps(cpu, "eager", "inductor", torch.contiguous_format)
+    got = _steps(compiled, "compiled", counter, torch.contiguous_format)
+    assert counter.frame_count >= 1  # the region ran
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert a.stride() == b.stride()
 
 
 def test_inductor_region_equals_the_cpu_path() -> None:
