@@ -126,13 +126,16 @@ class LayerTraffic:
         return self.activation_written - self.conv_activation_written
 
     @property
-    def within_bound(self) -> bool:
-        """Activation bytes, bytes written and kernels within the bound, no host sync or host
-        copy."""
+    def within_traffic_bound(self) -> bool:
+        """Activation bytes and bytes written within the bound, no host sync or host copy."""
         written_ok = self.norm_written <= self.bound_written
         syncs_ok = self.host_syncs == 0 and self.host_copies == 0
-        kernels_ok = self.kernels <= self.bound_kernels
-        return self.norm_bytes <= self.bound_bytes and written_ok and syncs_ok and kernels_ok
+        return self.norm_bytes <= self.bound_bytes and written_ok and syncs_ok
+
+    @property
+    def within_bound(self) -> bool:
+        """Within the traffic bound and at most `bound_kernels` kernels."""
+        return self.within_traffic_bound and self.kernels <= self.bound_kernels
 
 
 @dataclasses.dataclass

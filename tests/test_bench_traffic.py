@@ -221,7 +221,7 @@ def test_report_through_the_cli_lists_layers_and_a_plugin_over_the_bound(
         assert rows[name][-1] == "pass", rows[name]
     assert int(rows["iebn"][8]) > 0 and rows["bn"][8] == "0"  # compiled kernels
     assert rows["syncing_bn"][10] == "1" and rows["syncing_bn"][-1] == "**over**"
-    assert "- **syncing_bn**" in text.split("| layer |")[0]
+    assert "- **syncing_bn**: host syncs: 1" in text.split("| layer |")[0]
     assert "| triton |" in text and "| measured on |" in text
     assert traffic._REFERENCES  # BN measured once per input and reused
     with pytest.raises(SystemExit) as info:

@@ -148,6 +148,22 @@ def _label(r: LayerTraffic) -> str:
     return r.name + "".join(f" {k}={v}" for k, v in r.options.items())
 
 
+def _why(r: LayerTraffic) -> str:
+    """What puts `r` over the bound, in the report's terms."""
+    reasons = [
+        f"moves {r.norm_bytes / MIB:.1f} MiB > {r.bound_bytes / MIB:.1f}"
+        if r.norm_bytes > r.bound_bytes
+        else "",
+        f"writes {r.norm_written / MIB:.1f} MiB > {r.bound_written / MIB:.1f}"
+        if r.norm_written > r.bound_written
+        else "",
+        f"host syncs: {r.host_syncs}" if r.host_syncs else "",
+        f"host copies: {r.host_copies}" if r.host_copies else "",
+        f"{r.kernels} kernels > {r.bound_kernels}" if r.kernels > r.bound_kernels else "",
+    ]
+    return ", ".join(filter(None, reasons))
+
+
 def _row(r: LayerTraffic) -> str:
     moved = r.norm_bytes / (r.bound_bytes / 2)
     written = r.norm_written / (r.bound_written / 2)
@@ -166,7 +182,7 @@ def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...])
     """The Markdown report of `results` (the first one fixes shape, dtype and device)."""
     first = results[0]
     where = "FakeTensors of " + first.device if first.simulated else first.device
-    over = [f"- **{_label(r)}**" for r in results if not r.within_bound]
+    over = [f"- **{_label(r)}**: {_why(r)}" for r in results if not r.within_bound]
     lines = [
         "# Memory traffic and host syncs per layer (accelerator path)",
         "",
