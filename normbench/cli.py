@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 _COMMAND_MODULES = (
     "normbench.cli_variants",  # normbench variants
     "normbench.cli_train",  # normbench train, normbench evaluate
+    "normbench.cli_tasks",  # normbench tasks
     "normbench.suite.cli",  # normbench run
     "normbench.reports.cli",  # normbench report
     "normbench.bench.cli",  # normbench bench ...

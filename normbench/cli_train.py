@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from normbench.contract import EpochRecord
+from normbench.contract import EpochRecord, Metric, Scoring, scoring_of
 from normbench.errors import UserError, stopped_by
 from normbench.spec import (
     IDENTITY,
@@ -324,11 +324,11 @@ def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[Epoc
         epochs = progress.add_task("epochs", total=spec.epochs, line="")
         batches = progress.add_task("batches", total=None, line="")
 
+        train = _scoring(spec).on("train")[1:]  # the train metrics but the loss
+
         def on_batch(p: dict[str, Any]) -> None:
-            line = (
-                f"epoch {p['epoch']}  loss {p['loss']:.4f}  top-1 {p['top1']:.2f}%  "
-                f"{p['images_per_s']:.0f} img/s"
-            )
+            shown = "".join(f"{m.label} {_value(m, p.get(m.name))}  " for m in train)
+            line = f"epoch {p['epoch']}  loss {p['loss']:.4f}  {shown}{p['images_per_s']:.0f} img/s"
             progress.update(batches, completed=p["batch"], total=p["batches"], line=line)
 
         for record in run_trial(spec, checkpoint_dir=checkpoint_dir, on_batch=on_batch):
@@ -341,13 +341,29 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _scoring(spec: Any) -> Scoring:
+    from normbench.tasks import TASKS
+
+    scoring: Scoring = TASKS.get(spec.task).obj.scoring
+    return scoring
+
+
+def _value(metric: Metric, value: Any, unit: bool = True) -> str:
+    """A metric's value as the tables show it: percent with 2 decimals, else 4 digits."""
+    if metric.unit == "%":
+        return _fmt(value) + ("%" if unit else "")
+    return _fmt(value, ".4g")
+
+
 def _epoch_line(record: EpochRecord, epochs: int | None) -> str:
     head = f"epoch {record['epoch']}" + (f"/{epochs}" if epochs else "")
     if record["status"] != "ok":
         return f"{head}  DIVERGED: {record.get('diverged_reason', '')}"
+    best = scoring_of(record).best
+    val, test = record.get(f"val_{best.name}"), record.get(f"test_{best.name}")
     return (
         f"{head}  train loss {_fmt(record['train_loss'], '.4f')}  "
-        f"val top-1 {_fmt(record['val_top1'])}%  test top-1 {_fmt(record['test_top1'])}%  "
+        f"val {best.label} {_value(best, val)}  test {best.label} {_value(best, test)}  "
         f"{_fmt(record['images_per_s'], '.0f')} img/s"
     )
 
@@ -359,14 +375,18 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
         print("nothing to do: the checkpoint already holds the finished trial", file=sys.stderr)
         return
     title = f"{spec.variant} / {spec.backbone} / {spec.dataset} (seed {spec.seed})"
+    scoring = scoring_of(records[0])
+    best = scoring.best
+    shown = (
+        [("train", m) for m in scoring.on("train")[1:]]
+        + [("val", best), ("test", best)]
+        + [("test", scoring.metric(n)) for n in scoring.shown]
+    )
     cols = (
         "epoch",
         "status",
         "train loss",
-        "train top-1",
-        "val top-1",
-        "test top-1",
-        "test top-5",
+        *(f"{split} {m.label}" for split, m in shown),
         "lr",
         "time s",
         "img/s",
@@ -376,10 +396,7 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
             str(r["epoch"]),
             r["status"],
             _fmt(r["train_loss"], ".4f"),
-            _fmt(r["train_top1"]),
-            _fmt(r["val_top1"]),
-            _fmt(r["test_top1"]),
-            _fmt(r["test_top5"]),
+            *(_value(m, r.get(f"{split}_{m.name}"), unit=False) for split, m in shown),
             _fmt(r["lr"], ".4g"),
             _fmt(r["epoch_time_s"], ".1f"),
             _fmt(r["images_per_s"], ".0f"),
@@ -389,7 +406,8 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
     print_table(cols, rows, title=title, right=cols, console=console)
     last = records[-1]
     console.print(
-        f"final epoch {last['epoch']}: test top-1 {_fmt(last['test_top1'])}% "
+        f"final epoch {last['epoch']}: test {best.label} "
+        f"{_value(best, last.get(f'test_{best.name}'))} "
         f"(final-epoch, not best-on-test); params {last['params']:,}; device {last['device']}; "
         f"variant from {last['variant_source']}",
         highlight=False,

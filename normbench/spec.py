@@ -34,8 +34,9 @@ The bounds of the suite (`MAX_*`) live here because they are bounds of these fie
 of the trial id while it holds its default, so every stored trial keeps its id and resumes
 (`tests/test_trial_ids.py` pins the committed quickstart's 33 ids and one id per shipped suite,
 and fails when a field changes them). An environment, location or bookkeeping field never
-enters the id. A field for other tasks than classification goes in the same way: `task`
-with the default "classification" and `new=True`, so every classification id stays.
+enters the id. The fields of other tasks than classification went in that way: `task`
+with the default "classification" and `task_options`, both `new=True`, so every
+classification id stays.
 
 This module imports neither torch nor pydantic: the results store and the reports read it.
 """
@@ -317,6 +318,16 @@ class TrialSpec:
         suite=True,
         new=True,
         help="device: each device normalises its own slice; global: moments over all devices.",
+    )
+    # What the trial trains and how it is scored (normbench.tasks; docs/tasks.md): a registered
+    # task and its options. New fields: every classification trial keeps its id.
+    task: str = param(
+        "classification",
+        new=True,
+        help="Task: what is trained and how it is scored (see `normbench tasks`).",
+    )
+    task_options: dict[str, Any] = param(
+        factory=dict, new=True, flag="--task-option", help="Task option key=value."
     )
 
     def __post_init__(self) -> None:

@@ -1,4 +1,6 @@
-"""Reusable conformance tests for normalization variants (like `optuna.testing`).
+"""Reusable conformance tests for normalization variants (like `optuna.testing`), and for
+tasks: `TaskConformance` (normbench/testing_tasks.py, docs/tasks.md#conformance) checks a task
+the same way.
 
 Any variant, built-in or plugin, runs the whole contract (docs/variants.md#contract and
 docs/variants.md#tests) with two lines:
@@ -78,6 +80,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from normbench.testing_tasks import TaskConformance
+
+__all__ = ["OPTIONAL_CHECKS", "TaskConformance", "VariantConformance"]
 
 YAML_TYPES = (int, float, bool, str, type(None))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,11 @@ class DataSplits:
     `mean`/`std` are per channel in [0, 1] units (torchvision `Normalize` convention).
     `augment` is the data set's default training augmentation; a suite may override it.
     `info` holds JSON-able facts worth recording with results (source path, split rule...).
+    `loader`: for splits whose samples are not (image, class label) pairs (a detection data
+    set's image and target dict), the factory of their loaders, called as
+    `loader(split, *, train, batch_size, device, seed, augment, limit_batches, shard,
+    num_workers, cpus) -> Loader` (`normbench.data.build.Loader`): batches `(inputs, targets)`
+    on the device in whatever structure the data set's task takes (docs/tasks.md#batches).
     """
 
     name: str
@@ -127,6 +133,7 @@ class DataSplits:
     std: tuple[float, ...]
     augment: Augment = field(default_factory=Augment)
     info: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:

@@ -45,6 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from normbench.contract import CLASSIFICATION, scoring_of
 from normbench.engine import checkpoint as ckpt
 from normbench.errors import UserError
 from normbench.results.paths import refuse_links, trial_dir
@@ -235,6 +236,7 @@ def _line(
     params: dict[str, Any],
     result: dict[str, Any],
 ) -> dict[str, Any]:
+    scoring = trial.task.scoring
     return {
         "trial_id": summary["trial_id"],
         "cell": summary.get("cell"),
@@ -242,6 +244,7 @@ def _line(
         "params": params,
         "checkpoint_epoch": epoch,
         **result,
+        **({} if scoring == CLASSIFICATION else {"scoring": scoring.to_dict()}),
         # what can change these numbers without changing the experiment
         "device": str(trial.runtime.device),
         "num_threads": torch.get_num_threads(),
@@ -251,21 +254,24 @@ def _line(
 
 
 def _describe(line: dict[str, Any]) -> str:
-    test = line.get("test_top1")
-    test_txt = "no test split" if test is None else f"test top-1 {test:.2f}%"
+    best = scoring_of(line).best
+    test = line.get(f"test_{best.name}")
+    test_txt = "no test split" if test is None else f"test {best.label} {test:.4g}{best.unit}"
     return f"trial {line['trial_id']}: {line['label']}: {test_txt}"
 
 
 # -- the two settings -----------------------------------------------------------------------
 def _metrics(trial: Any, split: str) -> dict[str, float | None]:
+    """The task's metrics of `split` as record keys (`val_top1`, ...)."""
     from normbench.engine.loop import evaluate
 
-    loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None))
-    return {f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5}
+    values = evaluate(trial, getattr(trial.data, split, None))
+    return {f"{split}_{m.name}": values.get(m.name) for m in trial.task.scoring.on(split)}
 
 
 def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] | None:
-    """alpha chosen on validation over `params["grid"]`; test metrics at that alpha only.
+    """alpha chosen on validation over `params["grid"]` by the task's headline metric (in
+    its direction); test metrics at that alpha only.
 
     Returns None when no layer of the model has an example weight.
     """
@@ -273,6 +279,8 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
     if not layers:
         return None
     trained = [getattr(m, EXAMPLE_WEIGHT) for m in layers]
+    headline = trial.task.scoring.best
+    key, sign = f"val_{headline.name}", 1.0 if headline.higher_is_better else -1.0
     by_alpha: dict[str, float | None] = {}
     best: tuple[float, dict[str, Any]] | None = None
     try:
@@ -280,9 +288,9 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
             for m in layers:
                 setattr(m, EXAMPLE_WEIGHT, float(alpha))
             val = _metrics(trial, "val")
-            top1 = val["val_top1"]
-            by_alpha[repr(float(alpha))] = top1
-            if top1 is not None and (best is None or top1 > best[1]["val_top1"]):
+            score = val[key]
+            by_alpha[repr(float(alpha))] = score
+            if score is not None and (best is None or sign * score > sign * best[1][key]):
                 best = (float(alpha), val)
         if best is None:
             return None
@@ -296,7 +304,7 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
         "label": f"alpha={best[0]:g} chosen on val",
         "value": best[0],
         "trained_value": trained[0],
-        "val_top1_by_value": by_alpha,
+        f"{key}_by_value": by_alpha,
         **best[1],
         **test,
     }
@@ -316,11 +324,12 @@ def recalibrate(trial: Any, params: dict[str, Any]) -> dict[str, Any] | None:
         trial.data.train.set_epoch(0)
         seen = 0
         with torch.no_grad():
-            for i, (x, _) in enumerate(trial.data.train):
+            for i, (x, y) in enumerate(trial.data.train):
                 if i >= batches:
                     break
-                with trial.runtime.autocast():
-                    trial.forward(trial.runtime.to_input(x))
+                x = trial.runtime.to_input(x) if isinstance(x, torch.Tensor) else x
+                with trial.runtime.autocast():  # the task's training forward, no gradient
+                    trial.task.training_step(trial.forward, (x, y))
                 seen += 1
     return {
         "label": f"running statistics recalibrated on {seen} training batches",

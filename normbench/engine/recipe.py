@@ -243,11 +243,6 @@ def build_scheduler(
     return SequentialLR(optimizer, [warm, after], milestones=[w])
 
 
-def build_criterion(recipe: Recipe) -> nn.Module:
-    """Training loss: cross-entropy with the recipe's label smoothing."""
-    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-
-
 def current_lr(optimizer: Optimizer) -> float:
     """The lr of the first parameter group (all groups share one schedule)."""
     lr = optimizer.param_groups[0]["lr"]

@@ -46,6 +46,13 @@ def describe(suite: Suite) -> str:
         f"  resources {per}: {r.cpus:g} CPU, {r.gpus:g} GPU; max_concurrent="
         f"{suite.max_concurrent or 'unlimited'}; retries={suite.retries}"
     )
+    if suite.task.get("name", "classification") != "classification":
+        h = suite.scoring.best
+        options = ", ".join(f"{k}={v!r}" for k, v in (suite.task.get("options") or {}).items())
+        lines.append(
+            f"  task {suite.task['name']}" + (f" ({options})" if options else "") + ": headline "
+            f"{h.label}, {'higher' if h.higher_is_better else 'lower'} is better"
+        )
     if suite.search:
         s = suite.search
         lines.append(
