@@ -147,10 +147,14 @@ def test_inductor_kernels_count_the_triton_schedule() -> None:
 @pytest.mark.parametrize("groups", [48, 24, 144])  # whole rows, straddling, split rows
 def test_bgn_spatial_groups_of_any_shape_are_within_the_bound(groups: int) -> None:
     """At 16x6x6, G = 24 groups of 24 positions straddle two channels (36 positions each),
-    G = 144 groups of 4 split rows of 6: both on a view of x, like whole-row groups."""
+    G = 144 groups of 4 split rows of 6: both on a view of x, like whole-row groups. Bytes
+    and host syncs, with the coefficients eager (their kernels: bench traffic's report)."""
+    from normbench.variants import _region
+
     options = {"num_groups": groups, "allow_spatial_groups": True}
-    result = measure_layer("bgn", options, shape=SHAPE)
-    assert result.within_bound and result.channels_last_kept, result
+    with _region.coefficient_mode("eager"):  # no compile: seconds, not tens of seconds
+        result = measure_layer("bgn", options, shape=SHAPE)
+    assert result.within_traffic_bound and result.channels_last_kept, result
 
 
 def test_the_composite_path_is_over_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
