@@ -16,10 +16,11 @@ from normbench.cli import main
 # RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
 # BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
 # SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# CCBN K=1: one embedding row of 2C, no shared affine (docs/variants.md#ccbn).
 # UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
 # (docs/variants.md#ubn).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
-              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2}  # fmt: skip
+              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "ccbn": 2}  # fmt: skip
 # Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
 BATCH_DEPENDENT = {name: name not in ("in", "gn") for name in HAND_COUNT}
 

@@ -23,6 +23,7 @@ from normbench.variants._fused import (
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
+from normbench.variants.ccbn import CategoricalConditionalBatchNorm2d
 from normbench.variants.fourthings import FourThingsNorm2d
 from normbench.variants.ghost_bn import GhostBatchNorm2d
 from normbench.variants.gn import GroupNorm2d
@@ -44,6 +45,7 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "ghost_bn": GhostBatchNorm2d,
     "ubn": UnifiedBatchNorm2d,
     "fourthings": FourThingsNorm2d,
+    "ccbn": CategoricalConditionalBatchNorm2d,
 }
 
 # For plugins: `BranchIndexed` and `branch_index` (layers with K branches chosen by an index the

@@ -101,8 +101,14 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
     batches = len(data.train)
     if spec.limit_batches is not None:
         batches = min(batches, spec.limit_batches)
-    # fused SGD where the loop reads its divergence flag only every few steps (skips on device)
-    optimizer = build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    # fused SGD where the loop reads its divergence flag only every few steps (skips on device);
+    # a task that keeps other networks' optimisers may build the loop's (a GAN's generator's)
+    own = getattr(task, "build_optimizer", None)
+    optimizer = (
+        own(model, spec.recipe)
+        if callable(own)
+        else build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    )
     scheduler = build_scheduler(
         optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
     )
@@ -144,7 +150,13 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
 def _build_task(spec: TrialSpec) -> Any:
     from normbench.tasks import create_task
 
-    return create_task(spec.task, spec.task_options, dataset=spec.dataset, backbone=spec.backbone)
+    return create_task(
+        spec.task,
+        spec.task_options,
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        variant=spec.variant,
+    )
 
 
 def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.Module:

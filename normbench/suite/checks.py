@@ -310,17 +310,18 @@ def _global_stats_support(cells: list[RawCell]) -> Problems:
 
 # -- the task: its name and options, and what the suite says about its metrics --------------
 def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """The task's name and options (with each backbone of the matrix and the data set as
-    context, for the task's own rules), and the suite keys read in the task's metrics: the
+    """The task's name and options (with each backbone and variant of the matrix and the data
+    set as context, for the task's own rules), and the suite keys read in the task's metrics: the
     search's metric and mode, the target and the reference rows' metrics."""
     name, options = model.task.name, model.task.options
     obj, problems = lookup(TASKS, name, ("task", "name"))
     if obj is None:
         return problems
     found: dict[tuple[Path, str], None] = {}
-    for backbone in dict.fromkeys(c.backbone.name.lower() for c in cells) or [None]:
+    pairs = dict.fromkeys((c.backbone.name.lower(), c.variant.name.lower()) for c in cells)
+    for backbone, variant in pairs or [(None, None)]:
         checked = TASKS.check_options(
-            name, options, dataset=model.dataset.name.lower(), backbone=backbone
+            name, options, dataset=model.dataset.name.lower(), backbone=backbone, variant=variant
         )
         for item in located(checked, ("task", "options")):
             found[item] = None

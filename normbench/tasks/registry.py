@@ -19,8 +19,9 @@ from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.generation.task import Generation
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification}
+BUILTIN_TASKS: dict[str, type] = {"classification": Classification, "generation": Generation}
 METHODS = ("build_model", "training_step", "evaluate")
 
 

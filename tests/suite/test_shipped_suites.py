@@ -33,6 +33,7 @@ EXPECTED_TRIALS = {
     "bgn_small_batch": 4 * 2 * 3,
     "imagenet_table2": 3 * 2,
     "imagenet_table2_resnet50": 2,
+    "sabn_gan": 2 * 3,
 }
 
 TABLE3 = {  # (backbone, variant): (top-1, top-5), UBN Table 3

@@ -59,6 +59,18 @@ SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
+# what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
+# N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
+# about 2 images per class); sabn_gan's SNGAN sizes and metric sample, and the digits
+# feature extractor (Inception's weights are not here)
+SUITE_SHRINK = {
+    "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
+                 "task.options.retrain_batch_size": str(SMOKE_BATCH),
+                 "backbones": '[{name: nas201, options: {channels: 4, cells_per_stage: 1}}]'},
+    "sabn_gan": {f"task.options.{k}": str(v) for k, v in {
+        "g_width": 16, "d_width": 16, "latent_dim": 16, "g_batch_size": 8, "samples": 20,
+        "isc_splits": 2, "feature_extractor": "normbench-digits"}.items()},
+}  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -137,6 +149,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     for key in ("include", "exclude"):
         if key in suite:
             sets[key] = "[]"
+    sets.update(SUITE_SHRINK.get(suite["name"], {}))
     if "search" in suite:
         sets["search.num_samples"] = "2"
         sets["search.grace_period"] = "1"
