@@ -83,11 +83,12 @@ def run(
     layers: Iterable[str] | None = None,
     compile: bool = False,
 ) -> Path:
-    """Measure the registered layers (`layers`: only these) and write the Markdown report to
-    `output`; with `compile`, each layer compiled whole by Inductor (`traffic_compiled`, on
-    `device` if it is here, else the CPU; `DEFAULT_LAYERS` unless `layers` says)."""
+    """Measure the registered plain norm layers (style-conditioned ones take a second input;
+    `layers`: only these) and write the Markdown report to `output`; with `compile`, each layer
+    compiled whole by Inductor (`traffic_compiled`, on `device` if it is here, else the CPU;
+    `DEFAULT_LAYERS` unless `layers` says)."""
     from normbench.registry import load_plugin
-    from normbench.variants_api import list_variants
+    from normbench.variants_api import plain_variants
 
     for path in plugins:
         load_plugin(path)
@@ -96,11 +97,11 @@ def run(
     if compile:
         from normbench.bench import traffic_compiled
 
-        names = select(list_variants(), layers or traffic_compiled.DEFAULT_LAYERS)
+        names = select(plain_variants(), layers or traffic_compiled.DEFAULT_LAYERS)
         text = _compiled_report(names, shape, device, quick=quick, load=load)
     else:
         results = []
-        for k, (name, options) in enumerate(layers_of(select(list_variants(), layers), shape), 1):
+        for k, (name, options) in enumerate(layers_of(select(plain_variants(), layers), shape), 1):
             print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
             results.append(measure_layer(name, options, shape=shape, device=device))
         text = report(results, quick=quick, load=load)

@@ -19,7 +19,7 @@ from normbench.contract import Scoring
 from normbench.data import DATASETS
 from normbench.errors import UserError, closest
 from normbench.models import BACKBONES
-from normbench.models.registry import norm_widths
+from normbench.models.registry import backbone_conditioning, norm_widths
 from normbench.options import OptionProblem, freeze
 from normbench.registry import Registry, load_plugin
 from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
@@ -148,6 +148,7 @@ def _check_cell(
         batch_size=c.batch_size * devices,
         widths=widths,
         decay_toward=decay[0],
+        _slot=backbone_conditioning(backbone.lower()),  # what its norm slots pass besides x
         _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
     if devices > 1:  # say where a batch size the file does not show comes from

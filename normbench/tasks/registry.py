@@ -20,8 +20,16 @@ from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
 from normbench.tasks.generation.task import Generation
+from normbench.tasks.nas.task import Darts
+from normbench.tasks.slots import task_rules
+from normbench.tasks.style_transfer.task import StyleTransfer
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification, "generation": Generation}
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "darts": Darts,
+    "generation": Generation,
+    "style_transfer": StyleTransfer,
+}
 METHODS = ("build_model", "training_step", "evaluate")
 
 
@@ -54,7 +62,11 @@ def task_problem(cls: Any) -> str | None:
 
 
 TASKS = kind_registry(
-    "task", "normbench.tasks", lambda: BUILTIN_TASKS, check=task_problem, door=OptionDoor("task")
+    "task",
+    "normbench.tasks",
+    lambda: BUILTIN_TASKS,
+    check=task_problem,
+    door=OptionDoor("task", rules=task_rules),
 )
 
 

@@ -1,8 +1,10 @@
 """Every shipped suite (suites/*.yaml, so a new file is covered without editing this test) runs
 through the CLI to a written report, on small data sets written in the real on-disk formats:
-CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders) and an ImageFolder
-tree. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
-`--limit-batches`, `--plugin`, `--address`): one epoch of one batch, one seed, the suite's
+CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders), an ImageFolder
+tree, and flat content and style image folders with a stand-in `vgg_normalised.pth` (AdaIN's
+encoder file: its keys and shapes, random tensors) given as `encoder_path`. Suites are shrunk
+only with the flags a user has (`--set`, `--max-epochs`, `--limit-batches`, `--plugin`,
+`--address`): one epoch of one batch, one seed, the suite's
 first backbone and first two variants (BN and a layer compared with it where the suite
 has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
 Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
@@ -54,6 +56,7 @@ from fourthings_files import (  # noqa: E402
     write_flowers102,
     write_svhn,
 )
+from style_files import write_image_folder, write_vgg_normalised  # noqa: E402
 
 SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
@@ -89,6 +92,7 @@ for cls in (CIFAR10, CIFAR100):
 class DataFiles:
     src: Path  # src/<cifar folder>, src/<archive>, src/imagenet/{train,val}/<class>/*.png
     plugin: Path
+    vgg: Path  # a stand-in for AdaIN's vgg_normalised.pth (its keys and shapes, random)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
     md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
@@ -110,7 +114,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
                 Image.fromarray(img).save(src / "imagenet" / split / f"n{c:08d}" / f"{i}.png")
     plugin = src / "trust_generated_cifar.py"
     plugin.write_text(TRUST_PLUGIN.format(md5=md5))
-    return DataFiles(src, plugin)
+    return DataFiles(src, plugin, write_vgg_normalised(src / "vgg_normalised.pth"))
 
 
 def _md5(path: Path) -> str:
@@ -168,6 +172,16 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
         sets["dataset.image_size"] = "32"
         # 60 training images: 8 virtual devices x 2 fit (a batch is per device)
         sets["batch_sizes"] = "[2]"
+    elif name == "style_folders":  # the suite's four folders, and the encoder's weight file
+        rng = np.random.default_rng(index)
+        for key, n in (("content_dir", 60), ("style_dir", 60), ("test_content_dir", 4),
+                       ("test_style_dir", 4)):  # fmt: skip
+            write_image_folder(root / suite["dataset"][key], n, rng)
+        sets["dataset.root"] = str(root)
+        sets["dataset.load_size"], sets["dataset.image_size"] = "24", "16"
+        net = suite["backbones"][0]
+        options = {**net.get("options", {}), "encoder_path": str(data.vgg)}
+        sets["backbones"] = json.dumps([{**net, "options": options}])
     for k, v in sets.items():
         flags += ["--set", f"{k}={v}"]
     return flags
