@@ -68,7 +68,7 @@ def select(names: list[str], wanted: Iterable[str] | None) -> list[str]:
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise UnknownNameError(
-            f"--layers: unknown variant {', '.join(map(repr, unknown))}; "
+            f"--layers: unknown or style-conditioned variant {', '.join(map(repr, unknown))}; "
             f"available: {', '.join(names)}"
         )
     return [n for n in names if n in wanted]
