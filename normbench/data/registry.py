@@ -15,8 +15,10 @@ from typing import Any
 from normbench.data.base import Augment, DataSplits, parse_augment
 from normbench.data.caltech import caltech256
 from normbench.data.cifar import cifar10, cifar100
+from normbench.data.coco import coco
 from normbench.data.cub import cub200
 from normbench.data.digits import digits
+from normbench.data.digits_coco import digits_coco_dataset
 from normbench.data.flowers import flowers102
 from normbench.data.imagenet import imagenet
 from normbench.data.svhn import svhn
@@ -36,6 +38,8 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "imagenet": imagenet,
     "digits": digits,
     "synthetic": synthetic,
+    "coco": coco,  # detection and instance segmentation (normbench.tasks.detection)
+    "digits_coco": digits_coco_dataset,
 }
 # The keywords every factory takes, with their defaults, and the options the loaders take
 # (`normbench.data.build`): both declared in normbench.spec.

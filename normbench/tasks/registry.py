@@ -19,8 +19,13 @@ from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.detection.task import Detection, InstanceSegmentation
 
-BUILTIN_TASKS: dict[str, type] = {"classification": Classification}
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "detection": Detection,
+    "instance_segmentation": InstanceSegmentation,
+}
 METHODS = ("build_model", "training_step", "evaluate")
 
 
