@@ -72,6 +72,12 @@ def spec_refusals(spec: TrialSpec) -> dict[str, str]:
             f"sabn_index {spec.sabn_index!r} is not supported by this engine (its loaders do "
             "not mark augmented samples); use 'zeros'"
         )
+    if spec.init_from is not None:
+        from normbench.engine.init_from import init_problem
+
+        problem = init_problem(spec)
+        if problem is not None:
+            out["init_from"] = problem
     return out
 
 
@@ -153,7 +159,12 @@ def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.M
     from normbench.variants_api import norm_layer
 
     def backbone(num_outputs: int, *, in_channels: int = data.in_channels) -> nn.Module:
-        return build_model(spec, num_classes=num_outputs, in_channels=in_channels)
+        model = build_model(spec, num_classes=num_outputs, in_channels=in_channels)
+        if spec.init_from is not None:  # another run's classification weights
+            from normbench.engine.init_from import load_init
+
+            load_init(model, spec)
+        return model
 
     ctx = ModelContext(
         backbone=backbone,
