@@ -233,7 +233,7 @@ def coco_splits(
     (train_images, train_ann), (test_images, test_ann) = files
     train = coco_files(train_images, train_ann, masks=masks)
     test = coco_files(test_images, test_ann, masks=masks)
-    n = len(train)
+    n = len(train)  # type: ignore[arg-type]
     held = int(np.floor(check_val_fraction(val_fraction) * n + 0.5))
     order = np.random.default_rng(split_seed).permutation(n)
     val_idx, train_idx = sorted(order[:held].tolist()), sorted(order[held:].tolist())
@@ -242,7 +242,7 @@ def coco_splits(
         name=name,
         train=CocoSplit(train, train_idx, masks=masks),
         val=CocoSplit(train, val_idx, masks=masks) if held else None,
-        test=CocoSplit(test, list(range(len(test))), masks=masks),
+        test=CocoSplit(test, list(range(len(test))), masks=masks),  # type: ignore[arg-type]
         num_classes=max(categories, default=0) + 1,  # category ids and the background, 0
         in_channels=3,
         image_size=image_size,

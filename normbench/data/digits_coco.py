@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from normbench.contract import DatasetFacts
-from normbench.data.base import DataSplits, DatasetOptionError
+from normbench.data.base import DatasetOptionError, DataSplits
 from normbench.data.files import data_root
 
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]

@@ -11,7 +11,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 90, "name": "toothbrush"}]
+CATEGORIES = [
+    {"id": 1, "name": "person"},
+    {"id": 3, "name": "car"},
+    {"id": 90, "name": "toothbrush"},
+]
 
 
 def write_coco(root: Path, rng: np.random.Generator, *, size: int = 48,

@@ -201,7 +201,7 @@ def coco_index(truth: list[dict[str, Any]], num_classes: int) -> Any:
     """A pycocotools COCO of the gathered ground truth; categories 1..num_classes-1."""
     from pycocotools.coco import COCO
 
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for t in truth:
         for obj in t["objects"]:
             annotations.append({**obj, "id": len(annotations) + 1, "image_id": t["image"]["id"]})

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from normbench.data.digits_coco import CanvasSpec, digits_coco
 from normbench.data.coco import DetectionLoader, coco_dataset
+from normbench.data.digits_coco import CanvasSpec, digits_coco
 
 SPEC = CanvasSpec(n_train=6, n_val=4, size=48, per_image=(2, 3), sides=(10, 20), seed=3)
 
