@@ -351,7 +351,8 @@ class TrialSpec:
         suite=True,
         keys=(InitFrom,),
         help="Start the backbone from a finished classification trial of another run: "
-        "{run: DIR, cell: {seed: 0}}.",
+        "{run: DIR, cell: {seed: 0}} (normbench train: --init-from run=DIR "
+        "--init-from 'cell={seed: 0}').",
     )
 
     def __post_init__(self) -> None:
