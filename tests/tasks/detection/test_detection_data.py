@@ -135,7 +135,7 @@ def test_loader_batches_lists_on_the_device(canvases) -> None:
     assert len(loader) == 1  # 6 images: one full batch, the rest dropped
     images, targets = next(iter(loader))
     assert len(images) == len(targets) == 4 and images[0].shape == (3, 48, 48)
-    assert set(targets[0]) == {"image_id", "boxes", "labels"}
+    assert set(targets[0]) == {"image_id", "boxes", "labels", "area", "iscrowd"}
     loader.set_epoch(0)
     again, again_targets = next(iter(loader))  # the same epoch: the same images and flips
     assert all(torch.equal(a, b) for a, b in zip(images, again, strict=True))
