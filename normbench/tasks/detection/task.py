@@ -229,3 +229,6 @@ class InstanceSegmentation(_Detector):
 
     kind = "mask_rcnn"
     scoring = _scoring(("bbox", "segm"), tuple(_LOSSES))
+    # the mask head normalises each device's positive RoIs, as many as each device has: no
+    # virtual devices, no statistics across ranks (normbench.engine.build.spec_refusals)
+    uneven_norm_batches = True
