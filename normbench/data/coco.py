@@ -79,8 +79,8 @@ class DetectionTransform:
         if self.train and bool(target["iscrowd"].any()):
             keep = target["iscrowd"] == 0
             for key in ("boxes", "masks", *_PER_OBJECT):
-                if key in target:
-                    target[key] = target[key][keep]
+                if key in target:  # indexing returns a plain tensor: keep the tv_tensor type
+                    target[key] = tv_tensors.wrap(target[key][keep], like=target[key])
         return self.pipeline(image, target)
 
 
