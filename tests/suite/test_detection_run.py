@@ -69,12 +69,22 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def classifier(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classification run (BN and GN ResNet-18s) in the folder the detection suites use."""
     folder = tmp_path_factory.mktemp("det")
-    out: dict[str, Path] = {}
+    (folder / "classifier.yaml").write_text(CLASSIFIER)
+    argv = ["run", str(folder / "classifier.yaml"), "-o", str(folder / "classifier"),
+            "--address", ray_cluster.address]  # fmt: skip
+    assert _run(argv) == 0
+    return folder / "classifier"
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster: Any, classifier: Path) -> dict[str, Path]:
+    folder = classifier.parent
+    out: dict[str, Path] = {"classifier": classifier}
     init = ", init_from: {run: classifier, cell: {seed: 0}}"  # relative to the suite file
     for name, text in (
-        ("classifier", CLASSIFIER),
         ("detection", _detector("detection", init)),
         ("instance_segmentation", _detector("instance_segmentation")),
     ):
@@ -165,9 +175,9 @@ def test_detector_starts_from_the_classification_run(runs: dict[str, Path]) -> N
      ("{run: classifier, cell: {seed: 0}, trial: x}", "init_from must be {run: DIR")],
 )  # fmt: skip
 def test_bad_init_from_is_refused_at_its_line(
-    runs: dict[str, Path], init: str, message: str, capsys: pytest.CaptureFixture[str]
+    classifier: Path, init: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = runs["classifier"].parent
+    folder = classifier.parent
     suite = folder / "bad.yaml"
     text = _detector("detection", f", init_from: {init}")
     suite.write_text(text)
