@@ -258,7 +258,14 @@ class TaskClass(Protocol):
     * `training_step(forward, batch) -> Step`: the loss to minimise on one batch (a scalar
       with its graph), and per-sample sums of the train metrics;
     * `evaluate(forward, batches, ctx) -> {metric: value}`: the metrics of one split;
-    * optional `check_options(options, *, dataset=None, backbone=None) -> {option: why}`.
+    * optional `check_options(options, *, dataset=None, backbone=None, variant=None) ->
+      {option: why}` (it declares the context it reads: the trial's data set, backbone and
+      variant names);
+    * optional `state_dict()` / `load_state_dict(state)`: the task's own training state;
+    * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
+      on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
+    * optional classmethod `preflight(options) -> line`: files the task reads at run time,
+      found before Ray starts (UserError, one line, when missing).
     """
 
     scoring: Scoring

@@ -197,7 +197,7 @@ class TaskConformance:
             loader = getattr(trial.data, split)
             if loader is None:
                 continue
-            values = evaluate(trial, loader)
+            values = evaluate(trial, loader, split=split)
             assert set(values) == {m.name for m in self.scoring.on(split)}, values
             for m in self.scoring.on(split):
                 value = values[m.name]

@@ -46,6 +46,18 @@ def check_input(layer: nn.Module, x: torch.Tensor, num_features: int) -> None:
         )
 
 
+# A layer's `conditioning` class attribute names what its forward needs besides x: none (a
+# plain norm layer), "index" (a branch index with a default, `_branch.BranchIndexed`: still
+# callable as forward(x)), "style" (the style features, `adain`: forward(x, style)).
+PLAIN_CONDITIONING = (None, "index")
+
+
+def plain_norm(cls: Any) -> bool:
+    """Whether `cls` is a plain `norm_layer(C)`: built with the channel count alone and called
+    as forward(x), as a backbone's norm slots call it (docs/variants.md#contract)."""
+    return getattr(cls, "conditioning", None) in PLAIN_CONDITIONING
+
+
 def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: int) -> None:
     """A clear error where torch would fail obscurely on a one-element statistic.
 

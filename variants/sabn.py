@@ -27,6 +27,9 @@ Deviations from the official code:
 * A scalar index is folded into one fused `F.batch_norm` call (weight γ_sa·γ_k, bias
   β_sa·γ_k + β_k); a per-sample index applies the branch affine as an (N, C, 1, 1) broadcast.
 * Index checks: `_branch.check_index` (the range only off the GPU, to avoid a host sync).
+
+SaBN is CCBN (`ccbn.py`, the class-conditional BN it replaces in the paper's generators) with
+the shared affine added, and subclasses it: one forward for both.
 """
 
 from __future__ import annotations
@@ -34,82 +37,38 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import _core
-from ._branch import BranchIndexed, Index, branch_index
-from ._core import RunningStatsNorm, check_input
-from ._options import check_int
+from ._branch import branch_index
+from .ccbn import CategoricalConditionalBatchNorm2d
 
 
-class SandwichBatchNorm2d(BranchIndexed, RunningStatsNorm):
+class SandwichBatchNorm2d(CategoricalConditionalBatchNorm2d):
     """BN with a shared affine followed by a per-sample branch affine chosen by an index."""
 
     paper = (
         "Sandwich Batch Normalization: A Drop-In Replacement for Feature Distribution "
         "Heterogeneity (WACV 2022), arXiv 2102.11382"
     )
-    batch_dependent = True
-    global_stats = True
+    weight: nn.Parameter
+    bias: nn.Parameter
 
-    def __init__(
-        self,
-        num_features: int,
-        *,
-        num_branches: int = 1,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
-        check_int(type(self).__name__, "num_branches", num_branches, minimum=1)
-        self.num_branches = num_branches
-        kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_features, **kw))
-        self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        self.embed = nn.Embedding(num_branches, 2 * num_features, **kw)
-        self.context_index: Index | None = None  # set by `branch_index` (`_branch`)
-        self.reset_parameters()
+    def add_shared_affine(self, kw: dict[str, Any]) -> None:
+        """The shared "sandwich" affine γ_sa, β_sa, (C,) each."""
+        self.weight = nn.Parameter(torch.empty(self.num_features, **kw))
+        self.bias = nn.Parameter(torch.empty(self.num_features, **kw))
 
     def reset_parameters(self) -> None:
         """γ_sa 1, β_sa 0, γ_k ~ N(1, 0.02), β_k 0 (the official values), fresh statistics."""
-        self.reset_running_stats()
-        c = self.num_features
+        super().reset_parameters()
         with torch.no_grad():
             self.weight.fill_(1.0)
             self.bias.zero_()
-            self.embed.weight[:, :c].normal_(1.0, 0.02)
-            self.embed.weight[:, c:].zero_()
 
     def decay_targets(self) -> dict[str, torch.Tensor]:
         """Weight decay toward the identity affine pulls gamma_sa and each branch's gamma_k
         (columns [0, C) of the table) to 1; beta_k and the bias decay toward 0."""
-        table = torch.zeros_like(self.embed.weight)
-        table[:, : self.num_features] = 1.0
-        return {"weight": torch.ones_like(self.weight), "embed.weight": table}
-
-    def options_repr(self) -> str:
-        return f"num_branches={self.num_branches}"
-
-    def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
-        return _core.leaf_call(self, x, index)  # one fx node, see `_core.FxLeaf`
-
-    def forward_impl(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
-        check_input(self, x, self.num_features)
-        k = self.resolve_index(x, index)
-        c = self.num_features
-        if isinstance(k, int):
-            # one branch for the whole batch: fold both affines into the fused kernel
-            gamma_k, beta_k = self.embed.weight[k, :c], self.embed.weight[k, c:]
-            return self.normalize(x, self.weight * gamma_k, self.bias * gamma_k + beta_k)
-        h = self.normalize(x, self.weight, self.bias)
-        emb = F.embedding(k, self.embed.weight)  # (N, 2C)
-        n = x.shape[0]
-        gamma = emb[:, :c].reshape(n, c, 1, 1)
-        beta = emb[:, c:].reshape(n, c, 1, 1)
-        return h * gamma + beta
+        return {"weight": torch.ones_like(self.weight), **super().decay_targets()}
 
 
 # The name this context had when SaBN was the only branch-indexed layer.

@@ -195,10 +195,11 @@ def write_report(
     budget_s: float = BUDGET_S,
 ) -> tuple[Path, list[Check]]:
     """Run every check on `device` and write the report; (its path, the checks)."""
-    from normbench.variants import BUILTIN_VARIANTS
+    from normbench.variants import BUILTIN_VARIANTS, plain_norm
 
     backend = backend or ("inductor" if device.type == "cuda" else "aot_eager")
-    ctx = Context(device, QUICK_SHAPE if quick else SHAPE, backend, list(BUILTIN_VARIANTS))
+    names = [n for n, cls in BUILTIN_VARIANTS.items() if plain_norm(cls)]  # norm_layer(C)s
+    ctx = Context(device, QUICK_SHAPE if quick else SHAPE, backend, names)
     started = time.monotonic()
     done = run_checks(ctx, budget_s=budget_s)
     output = Path(output)

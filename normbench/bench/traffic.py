@@ -62,16 +62,17 @@ def run(
     device: str = "cuda",
     plugins: Iterable[Path] = (),
 ) -> Path:
-    """Measure every registered layer and write the Markdown report to `output`."""
+    """Measure every registered plain norm layer (style-conditioned ones take a second input)
+    and write the Markdown report to `output`."""
     from normbench.registry import load_plugin
-    from normbench.variants_api import list_variants
+    from normbench.variants_api import plain_variants
 
     for path in plugins:
         load_plugin(path)
     load = os.getloadavg()
     shape = QUICK_SHAPE if quick else DEFAULT_SHAPE
     results = []
-    for k, (name, options) in enumerate(layers(list_variants(), shape), 1):
+    for k, (name, options) in enumerate(layers(plain_variants(), shape), 1):
         print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
         results.append(measure_layer(name, options, shape=shape, device=device))
     output = Path(output)

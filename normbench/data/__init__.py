@@ -1,7 +1,8 @@
 """Data sets and loaders: `build_data(name, ...)` gives the engine its batches.
 
 Built-ins: `cifar10`, `cifar100`, `svhn`, `caltech256`, `flowers102` (torchvision's files and
-loaders), `cub200` (its own archive), `imagenet` (an ImageFolder tree the user has), `digits`
+loaders), `cub200` (its own archive), `imagenet` (an ImageFolder tree the user has),
+`imagenet16` (ImageNet 16x16, e.g. ImageNet16-120, from its pickled batches), `digits`
 (ships inside scikit-learn) and `synthetic` (generated). Plugins register
 more through `register_dataset` or the entry-point group `normbench.datasets`
 (`normbench.data.registry`, beside the built-ins' table); a factory is

@@ -132,6 +132,23 @@ def _probe(splits: DataSplits, n: int, seed: int, device: torch.device) -> Any:
     return Normalizer(splits.mean, splits.std, device)(x.to(device))
 
 
+def load_splits(
+    name: str, batch_size: int | None, dataset_options: dict[str, Any]
+) -> tuple[DataSplits, Augment, dict[str, Any], dict[str, Any]]:
+    """Data set `name`'s splits, its training augmentation (the data set's default with the
+    `augment` option applied), and the (factory, loader) options, after the registry's option
+    check at the optimiser's `batch_size` (the one suite validation runs)."""
+    fn = DATASETS.get(name).obj
+    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size)
+    splits = fn(**factory_opts)
+    if not isinstance(splits, DataSplits):
+        raise TypeError(
+            f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
+        )
+    augment = parse_augment(splits.augment, loader_opts.get("augment"))
+    return splits, augment, factory_opts, loader_opts
+
+
 def _check_batch(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DatasetOptionError(f"{name} must be an integer >= 1, but got {value!r}")
@@ -160,17 +177,12 @@ def build_data(
     evaluation batch of `eval_batch_size`. `cpus`: the trial's CPUs, which size a folder data
     set's decoding workers (None: this process's).
     """
-    fn = DATASETS.get(name).obj
     shard = shard or Shard()
     batch_size = _check_batch("batch_size", batch_size)
     # the options are checked against the optimiser batch, as suite validation checks them
-    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size * shard.ranks)
-    splits = fn(**factory_opts)
-    if not isinstance(splits, DataSplits):
-        raise TypeError(
-            f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
-        )
-    augment = parse_augment(splits.augment, loader_opts.get("augment"))
+    splits, augment, factory_opts, loader_opts = load_splits(
+        name, batch_size * shard.ranks, dataset_options
+    )
     dev = torch.device(device)
     common: dict[str, Any] = dict(
         device=dev,

@@ -26,9 +26,6 @@ validation split is `val_fraction` of the training canvases; batches come from
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ from PIL import Image
 
 from normbench.contract import DatasetFacts
 from normbench.data.base import DatasetOptionError, DataSplits
-from normbench.data.files import data_root
+from normbench.data.files import data_root, write_once
 
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
 SPLITS = ("train", "val")
@@ -92,18 +89,7 @@ def digits_coco(spec: CanvasSpec | None = None, root: str | None = None) -> Coco
     spec = spec or CanvasSpec()
     home = data_root(root) / "digits_coco"
     files = CocoFiles(home / spec.key)
-    if not files.annotations("val").is_file():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=home))
-        try:
-            write_canvases(spec, tmp)
-            if not files.folder.exists():
-                os.rename(tmp, files.folder)
-        except OSError:
-            if not files.annotations("val").is_file():  # not another process's copy: a failure
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_once(files.folder, lambda tmp: write_canvases(spec, tmp))
     return files
 
 

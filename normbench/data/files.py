@@ -116,3 +116,24 @@ def extract_once(archive: Path, dest: Path, folder: str) -> None:
             os.rename(tmp / folder, dest / folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_once(folder: Path, write: Callable[[Path], None]) -> Path:
+    """`folder`, written by `write(private folder)` on first use (generated data sets).
+
+    The files are written into a private folder beside it and renamed into place, so a
+    concurrent reader sees no folder or a complete one; a process that loses the race to
+    another keeps the other's copy. Returns `folder`."""
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not folder.is_dir():  # not another process's copy: a failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

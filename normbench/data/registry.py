@@ -21,6 +21,9 @@ from normbench.data.digits import digits
 from normbench.data.digits_coco import digits_coco_dataset
 from normbench.data.flowers import flowers102
 from normbench.data.imagenet import imagenet
+from normbench.data.imagenet16 import imagenet16
+from normbench.data.style_folders import style_folders
+from normbench.data.style_synthetic import style_synthetic
 from normbench.data.svhn import svhn
 from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError, UserError
@@ -36,10 +39,13 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "flowers102": flowers102,
     "cub200": cub200,
     "imagenet": imagenet,
+    "imagenet16": imagenet16,
     "digits": digits,
     "synthetic": synthetic,
     "coco": coco,  # detection and instance segmentation (normbench.tasks.detection)
     "digits_coco": digits_coco_dataset,
+    "style_folders": style_folders,
+    "style_synthetic": style_synthetic,
 }
 # The keywords every factory takes, with their defaults, and the options the loaders take
 # (`normbench.data.build`): both declared in normbench.spec.

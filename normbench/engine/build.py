@@ -10,6 +10,7 @@ data and model are built, so the model's initial weights depend on the seed alon
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,11 +109,14 @@ def _uneven_batches(spec: TrialSpec) -> dict[str, str]:
     return {}
 
 
-def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
+def build_trial(
+    spec: TrialSpec, *, shard: Shard | None = None, run_trial: Callable[..., Any] | None = None
+) -> Trial:
     """Everything `run_trial` needs, freshly initialised from `spec.seed`.
 
     `shard`: the data-parallel rank this process is (`Parallel.shard`); its loaders serve
     only that rank's part of each batch. None: one process serving whole batches.
+    `run_trial`: the loop, handed to the task (`ModelContext.run_trial`) by the loop itself.
     """
     load_plugins(spec)
     refusals = spec_refusals(spec)
@@ -129,13 +133,19 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
     task = _build_task(spec)
     seed_everything(spec.seed)
     data = _build_data(spec, runtime, shard)
-    model = _task_model(spec, task, data, runtime)
+    model = _task_model(spec, task, data, runtime, run_trial)
     forward = runtime.prepare(model)
     batches = len(data.train)
     if spec.limit_batches is not None:
         batches = min(batches, spec.limit_batches)
-    # fused SGD where the loop reads its divergence flag only every few steps (skips on device)
-    optimizer = build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    # fused SGD where the loop reads its divergence flag only every few steps (skips on device);
+    # a task that keeps other networks' optimisers may build the loop's (a GAN's generator's)
+    own = getattr(task, "build_optimizer", None)
+    optimizer = (
+        own(model, spec.recipe)
+        if callable(own)
+        else build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    )
     scheduler = build_scheduler(
         optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
     )
@@ -177,10 +187,18 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
 def _build_task(spec: TrialSpec) -> Any:
     from normbench.tasks import create_task
 
-    return create_task(spec.task, spec.task_options, dataset=spec.dataset, backbone=spec.backbone)
+    return create_task(
+        spec.task,
+        spec.task_options,
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        variant=spec.variant,
+    )
 
 
-def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.Module:
+def _task_model(
+    spec: TrialSpec, task: Any, data: Any, runtime: Runtime, run_trial: Callable[..., Any] | None
+) -> nn.Module:
     """The task's model (`build_model` of `normbench.contract.TaskClass`)."""
     from normbench.tasks import ModelContext
     from normbench.variants_api import norm_layer
@@ -195,13 +213,20 @@ def _task_model(spec: TrialSpec, task: Any, data: Any, runtime: Runtime) -> nn.M
 
     ctx = ModelContext(
         backbone=backbone,
-        norm_layer=norm_layer(spec.variant, **spec.variant_options),
+        # the task's own norm slots pass what it declares (a style network's: the style)
+        norm_layer=norm_layer(
+            spec.variant,
+            conditioning=getattr(task, "norm_conditioning", None),
+            **spec.variant_options,
+        ),
         num_classes=data.num_classes,
         in_channels=data.in_channels,
         image_size=data.image_size,
         recipe=spec.recipe,
         device=runtime.device,
         info=dict(data.info),
+        spec=spec,
+        run_trial=run_trial,
     )
     model = task.build_model(ctx)
     if not isinstance(model, nn.Module):
@@ -222,9 +247,11 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
+    from normbench.models.registry import backbone_conditioning
     from normbench.variants_api import VARIANTS, norm_layer
 
-    variant = norm_layer(spec.variant, **spec.variant_options)
+    slot = backbone_conditioning(spec.backbone)  # a style network's slot: forward(x, style)
+    variant = norm_layer(spec.variant, conditioning=slot, **spec.variant_options)
     if spec.placement == "last-in-block":
         norm, last = norm_layer("bn"), variant
     else:

@@ -265,7 +265,7 @@ def _metrics(trial: Any, split: str) -> dict[str, float | None]:
     """The task's metrics of `split` as record keys (`val_top1`, ...)."""
     from normbench.engine.loop import evaluate
 
-    values = evaluate(trial, getattr(trial.data, split, None))
+    values = evaluate(trial, getattr(trial.data, split, None), split=split)
     return {f"{split}_{m.name}": values.get(m.name) for m in trial.task.scoring.on(split)}
 
 

@@ -101,7 +101,7 @@ def run_trial(
         payload = ckpt.load_checkpoint(checkpoint_dir, trial_id=spec.trial_id)
     if payload is not None and (payload["status"] != "ok" or payload["epoch"] >= spec.epochs):
         return  # finished or diverged: nothing to build
-    trial = build_trial(spec, shard=par.shard)
+    trial = build_trial(spec, shard=par.shard, run_trial=run_trial)
     if payload is not None:
         _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload, par.rank) if payload is not None else _State()
@@ -181,7 +181,7 @@ def _run_epoch(
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
     for split in ("val", "test"):
-        values = evaluate(trial, getattr(trial.data, split, None), run.par)
+        values = evaluate(trial, getattr(trial.data, split, None), run.par, split=split)
         record.update(
             {f"{split}_{m.name}": values.get(m.name) for m in trial.task.scoring.on(split)}
         )
@@ -233,6 +233,7 @@ class _EvalContext:
 
     runtime: Any  # normbench.engine.device.Runtime
     par: distributed.Parallel
+    split: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -253,7 +254,7 @@ class _EvalContext:
 
 @torch.no_grad()
 def evaluate(
-    trial: Trial, loader: Any, par: distributed.Parallel | None = None
+    trial: Trial, loader: Any, par: distributed.Parallel | None = None, *, split: str | None = None
 ) -> dict[str, float | None]:
     """The task's metrics of the model in eval mode on `loader` ({metric name: value}, e.g.
     classification's loss, top1 and top5); {} without a loader.
@@ -265,7 +266,7 @@ def evaluate(
     model = trial.model
     model.eval()
     try:
-        ctx = _EvalContext(trial.runtime, par or distributed.SINGLE)
+        ctx = _EvalContext(trial.runtime, par or distributed.SINGLE, split)
         return dict(trial.task.evaluate(trial.forward, loader, ctx))
     finally:
         model.train()

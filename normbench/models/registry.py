@@ -18,7 +18,16 @@ import torch
 from torch import nn
 
 from normbench.errors import UserError, describe_failure
-from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
+from normbench.models import (
+    adain,
+    cifar_resnet,
+    imagenet,
+    inception_v4,
+    nas201,
+    res2net,
+    small_resnet,
+    vgg,
+)
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.options import OptionDoor, OptionProblem, freeze
 from normbench.registry import kind_registry
@@ -30,6 +39,8 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **inception_v4.FACTORIES,
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
+    **adain.FACTORIES,
+    **nas201.FACTORIES,
 }
 
 
@@ -80,6 +91,15 @@ BACKBONES = kind_registry(
         rules=backbone_rules,
     ),
 )
+
+
+def backbone_conditioning(name: str) -> str | None:
+    """What the backbone's norm slots pass besides x (its factory's `norm_conditioning`):
+    None for a plain `norm_layer(C)` (every classifier), "style" for a style network's
+    (`adain_vgg19`: forward(x, style)). Unknown names: None."""
+    if name not in BACKBONES:
+        return None
+    return getattr(BACKBONES.get(name).obj, "norm_conditioning", None)
 
 
 def register_backbone(name: str | None = None) -> Callable[[Any], Any]:

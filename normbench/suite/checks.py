@@ -19,7 +19,7 @@ from normbench.contract import Scoring
 from normbench.data import DATASETS
 from normbench.errors import UserError, closest
 from normbench.models import BACKBONES
-from normbench.models.registry import norm_widths
+from normbench.models.registry import backbone_conditioning, norm_widths
 from normbench.options import OptionProblem, freeze
 from normbench.registry import Registry, load_plugin
 from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
@@ -148,6 +148,7 @@ def _check_cell(
         batch_size=c.batch_size * devices,
         widths=widths,
         decay_toward=decay[0],
+        _slot=backbone_conditioning(backbone.lower()),  # what its norm slots pass besides x
         _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
     if devices > 1:  # say where a batch size the file does not show comes from
@@ -310,17 +311,18 @@ def _global_stats_support(cells: list[RawCell]) -> Problems:
 
 # -- the task: its name and options, and what the suite says about its metrics --------------
 def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
-    """The task's name and options (with each backbone of the matrix and the data set as
-    context, for the task's own rules), and the suite keys read in the task's metrics: the
+    """The task's name and options (with each backbone and variant of the matrix and the data
+    set as context, for the task's own rules), and the suite keys read in the task's metrics: the
     search's metric and mode, the target and the reference rows' metrics."""
     name, options = model.task.name, model.task.options
     obj, problems = lookup(TASKS, name, ("task", "name"))
     if obj is None:
         return problems
     found: dict[tuple[Path, str], None] = {}
-    for backbone in dict.fromkeys(c.backbone.name.lower() for c in cells) or [None]:
+    pairs = dict.fromkeys((c.backbone.name.lower(), c.variant.name.lower()) for c in cells)
+    for backbone, variant in pairs or [(None, None)]:
         checked = TASKS.check_options(
-            name, options, dataset=model.dataset.name.lower(), backbone=backbone
+            name, options, dataset=model.dataset.name.lower(), backbone=backbone, variant=variant
         )
         for item in located(checked, ("task", "options")):
             found[item] = None

@@ -1,6 +1,7 @@
 """Tasks: what a trial trains and how it is scored (the contract: `normbench.contract.TaskClass`
 and `Scoring`; docs/tasks.md). `TASKS` is their registry, a kind like variants and backbones;
-`classification` is the built-in task. `base` holds the types a task's methods take and return.
+`classification` and `darts` (SaBN's architecture search, `normbench.tasks.nas`) are built in.
+`base` holds the types a task's methods take and return.
 
 `normbench.tasks.detection` holds object detection and instance segmentation (UBN Tables
 5-6), the built-in tasks `detection` and `instance_segmentation`: torchvision's Faster R-CNN

@@ -53,6 +53,10 @@ class ModelContext:
     recipe: Recipe
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
+    spec: Any = None  # the trial's TrialSpec, for a task that reads its data or runs trials itself
+    # the one loop (`normbench.engine.loop.run_trial`), for a task that trains other networks
+    # to score its own (NAS's found cell); None where no trial may run
+    run_trial: Callable[..., Any] | None = None
 
 
 class EvalContext(Protocol):
@@ -61,6 +65,7 @@ class EvalContext(Protocol):
     rank calls `evaluate` on its own share of the split's batches and must call these alike)."""
 
     device: torch.device
+    split: str | None  # "val" or "test" (None: a caller that names no split)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]: ...
     def inputs(self, x: Any) -> Any: ...

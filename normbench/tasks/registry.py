@@ -20,11 +20,18 @@ from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
 from normbench.tasks.detection.task import Detection, InstanceSegmentation
+from normbench.tasks.generation.task import Generation
+from normbench.tasks.nas.task import Darts
+from normbench.tasks.slots import task_rules
+from normbench.tasks.style_transfer.task import StyleTransfer
 
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
+    "darts": Darts,
     "detection": Detection,
+    "generation": Generation,
     "instance_segmentation": InstanceSegmentation,
+    "style_transfer": StyleTransfer,
 }
 METHODS = ("build_model", "training_step", "evaluate")
 
@@ -58,7 +65,11 @@ def task_problem(cls: Any) -> str | None:
 
 
 TASKS = kind_registry(
-    "task", "normbench.tasks", lambda: BUILTIN_TASKS, check=task_problem, door=OptionDoor("task")
+    "task",
+    "normbench.tasks",
+    lambda: BUILTIN_TASKS,
+    check=task_problem,
+    door=OptionDoor("task", rules=task_rules),
 )
 
 

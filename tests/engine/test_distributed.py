@@ -24,7 +24,7 @@ from torchvision.datasets import DatasetFolder
 from normbench.engine import checkpoint as ckpt
 from normbench.engine.loop import TIMING_KEYS, run_trial
 from normbench.spec import SpecError, TrialSpec
-from normbench.variants import BUILTIN_VARIANTS
+from normbench.variants import BUILTIN_VARIANTS, plain_norm
 
 # Options that make each layer's batch dependence visible at 8 samples per device.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -33,7 +33,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bgn": {"num_groups": 2},
     "ubn": {"tau": 0.3},
 }
-LAYERS = sorted(BUILTIN_VARIANTS)
+LAYERS = sorted(n for n, cls in BUILTIN_VARIANTS.items() if plain_norm(cls))
 GLOBAL_LAYERS = ("bn", "ubn")  # SyncBatchNorm; UBN with its similarity over both ranks
 KILL_AT_EPOCH = 2  # the resume test's ranks die in the first batch of this epoch
 

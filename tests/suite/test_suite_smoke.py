@@ -1,8 +1,10 @@
 """Every shipped suite (suites/*.yaml, so a new file is covered without editing this test) runs
 through the CLI to a written report, on small data sets written in the real on-disk formats:
-CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders) and an ImageFolder
-tree. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
-`--limit-batches`, `--plugin`, `--address`): one epoch of one batch, one seed, the suite's
+CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders), an ImageFolder
+tree, and flat content and style image folders with a stand-in `vgg_normalised.pth` (AdaIN's
+encoder file: its keys and shapes, random tensors) given as `encoder_path`. Suites are shrunk
+only with the flags a user has (`--set`, `--max-epochs`, `--limit-batches`, `--plugin`,
+`--address`): one epoch of one batch, one seed, the suite's
 first backbone and first two variants (BN and a layer compared with it where the suite
 has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
 Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
@@ -57,11 +59,24 @@ from fourthings_files import (  # noqa: E402
     write_flowers102,
     write_svhn,
 )
+from style_files import write_image_folder, write_vgg_normalised  # noqa: E402
 
 SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
+# what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
+# N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
+# about 2 images per class); sabn_gan's SNGAN sizes and metric sample, and the digits
+# feature extractor (Inception's weights are not here)
+SUITE_SHRINK = {
+    "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
+                 "task.options.retrain_batch_size": str(SMOKE_BATCH),
+                 "backbones": '[{name: nas201, options: {channels: 4, cells_per_stage: 1}}]'},
+    "sabn_gan": {f"task.options.{k}": str(v) for k, v in {
+        "g_width": 16, "d_width": 16, "latent_dim": 16, "g_batch_size": 8, "samples": 20,
+        "isc_splits": 2, "feature_extractor": "normbench-digits"}.items()},
+}  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -80,6 +95,7 @@ for cls in (CIFAR10, CIFAR100):
 class DataFiles:
     src: Path  # src/<cifar folder>, src/<archive>, src/imagenet/{train,val}/<class>/*.png
     plugin: Path
+    vgg: Path  # a stand-in for AdaIN's vgg_normalised.pth (its keys and shapes, random)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +104,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
     md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
@@ -102,7 +118,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     write_coco(src / "coco", rng)
     plugin = src / "trust_generated_cifar.py"
     plugin.write_text(TRUST_PLUGIN.format(md5=md5))
-    return DataFiles(src, plugin)
+    return DataFiles(src, plugin, write_vgg_normalised(src / "vgg_normalised.pth"))
 
 
 def _md5(path: Path) -> str:
@@ -141,6 +157,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     for key in ("include", "exclude"):
         if key in suite:
             sets[key] = "[]"
+    sets.update(SUITE_SHRINK.get(suite["name"], {}))
     if "search" in suite:
         sets["search.num_samples"] = "2"
         sets["search.grace_period"] = "1"
@@ -166,6 +183,16 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
         sets["dataset.image_size"] = "32"
         # 60 training images: 8 virtual devices x 2 fit (a batch is per device)
         sets["batch_sizes"] = "[2]"
+    elif name == "style_folders":  # the suite's four folders, and the encoder's weight file
+        rng = np.random.default_rng(index)
+        for key, n in (("content_dir", 60), ("style_dir", 60), ("test_content_dir", 4),
+                       ("test_style_dir", 4)):  # fmt: skip
+            write_image_folder(root / suite["dataset"][key], n, rng)
+        sets["dataset.root"] = str(root)
+        sets["dataset.load_size"], sets["dataset.image_size"] = "24", "16"
+        net = suite["backbones"][0]
+        options = {**net.get("options", {}), "encoder_path": str(data.vgg)}
+        sets["backbones"] = json.dumps([{**net, "options": options}])
     for k, v in sets.items():
         flags += ["--set", f"{k}={v}"]
     return flags

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from pycocotools.coco import COCO
@@ -21,29 +21,25 @@ CANVAS: dict[str, Any] = {"image_size": 40, "n_train": 20, "n_test": 6, "max_per
                           "min_side": 8, "max_side": 18, "val_fraction": 0.2}  # fmt: skip
 
 
-class _Kit(TaskConformance):
-    dataset = "digits_coco"
-    dataset_options: ClassVar[dict[str, Any]] = CANVAS
-    backbone = "imagenet_resnet18"
-    backbone_options: ClassVar[dict[str, Any]] = {}
-    options: ClassVar[dict[str, Any]] = {"layout": "small", "width": 32}
-    batch_size = 2
-    eval_batch_size = 3
-    limit_batches = 2
-    learn_steps = 8
-    learn_lr = 0.01
+# the kit's trial: dataset, its options, backbone, its options, task options; then sizes
+TRIAL = ("digits_coco", CANVAS, "imagenet_resnet18", {}, {"layout": "small", "width": 32})
+SIZES = (2, 3, 2, 8, 0.01)  # batch, eval batch, batches per epoch, learn steps, learn lr
 
 
-class TestDetection(_Kit):
+class TestDetection(TaskConformance):
     task = "detection"
+    dataset, dataset_options, backbone, backbone_options, options = TRIAL
+    batch_size, eval_batch_size, limit_batches, learn_steps, learn_lr = SIZES
 
 
-class TestInstanceSegmentation(_Kit):
+class TestInstanceSegmentation(TaskConformance):
     task = "instance_segmentation"
+    dataset, dataset_options, backbone, backbone_options, options = TRIAL
+    batch_size, eval_batch_size, limit_batches, learn_steps, learn_lr = SIZES
 
 
 @pytest.mark.parametrize("kit", [TestDetection, TestInstanceSegmentation])
-def test_ap_equals_pycocotools_on_the_annotation_file(kit: type[_Kit], tmp_path) -> None:
+def test_ap_equals_pycocotools_on_the_annotation_file(kit: type[TaskConformance], tmp_path) -> None:
     """One trained step, then the engine's evaluation of the test split against
     `evaluate_detector` (the same model's predictions scored against COCO(the test file))."""
     from normbench.data.files import data_root
