@@ -69,6 +69,8 @@ class Results:
     diagnostics: dict[str, dict[int, dict[str, dict[str, float]]]]
     # task -> its scoring, as the runs stored it (suite.resolved.json, records)
     scorings: dict[str, Scoring] = field(default_factory=dict)
+    # the variant (label or name) rows are compared with: the suite's `baseline`, else bn
+    baseline: str = "bn"
 
     def scoring(self, task: str) -> Scoring:
         """How the trials of `task` are scored (classification's for a task none stored)."""
@@ -100,6 +102,7 @@ def load_runs(run_dirs: list[Path]) -> Results:
         _per_layer(runs, "condensation"),
         _per_layer(runs, "diagnostics"),
         _scorings(runs),
+        next((str(r.suite["baseline"]) for r in runs if r.suite.get("baseline")), "bn"),
     )
 
 
@@ -190,9 +193,10 @@ def table_key(row: pd.Series) -> tuple[Any, ...]:
 def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame) -> None:
     """Same cell: same spec up to seed; same leaderboard: same recipe and data up to variant."""
     where = f"cannot merge run directories {a.path} and {b.path}"
-    ta, tb = a.suite.get("target_accuracy"), b.suite.get("target_accuracy")
-    if a.suite and b.suite and ta != tb:
-        raise ReportError(f"{where}: they differ in target_accuracy ({ta} vs {tb})")
+    for key in ("target_accuracy", "baseline"):
+        va, vb = a.suite.get(key), b.suite.get(key)
+        if a.suite and b.suite and va != vb:
+            raise ReportError(f"{where}: they differ in {key} ({va} vs {vb})")
     for key_fn, ignored, what in (
         (cell_key, _REPLICATE, "cell"),
         (table_key, _REPLICATE + fields_on("variant"), "leaderboard"),

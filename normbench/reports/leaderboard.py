@@ -35,7 +35,6 @@ from normbench.contract import CLASSIFICATION, Metric, Scoring
 from normbench.reports import stats
 from normbench.reports.data import TABLE_KEYS, Results
 
-BASELINE = "bn"
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
 
 
@@ -52,7 +51,7 @@ class Table:
     target: float | None
     target_source: str  # "reference", "suite", "baseline" or "default"
     selection: str  # how the best epoch was chosen: "val", "test" or "mixed"
-    baseline: str | None  # label of the BN row, if any
+    baseline: str | None  # label of the baseline row (the suite's `baseline`, bn), if any
     # variant label -> completed trial ids, in the suite's variant order (for plots)
     members: dict[str, tuple[str, ...]]
     target_note: str = ""  # where a reference target comes from (its source)
@@ -170,7 +169,7 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
     h = scoring.best
     labels = _display_labels(df)
     done = df[df["status"] == "completed"]
-    baseline = _baseline(df, labels)
+    baseline = _baseline(df, labels, res.baseline)
     base_by_seed = _by_seed(done[done["variant_key"] == baseline], h) if baseline else {}
     rows = []
     for vkey in dict.fromkeys(df["variant_key"]):
@@ -189,7 +188,7 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
     sources = tuple(
         dict.fromkeys(str(r.get("source")) for r in res.reference if _ref_col(r, h.name) in table)
     )
-    bn_ref = _bn_reference(res.reference, dataset, df.iloc[0], batch_size, h.name)
+    bn_ref = _baseline_reference(res, dataset, df.iloc[0], batch_size, h.name)
     target: float | None
     if bn_ref is not None:
         target, source = ref_value(bn_ref, h.name), "reference"
@@ -257,17 +256,17 @@ def ref_value(ref: dict, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _bn_reference(
-    refs: tuple[dict, ...], dataset: Any, trial: pd.Series, batch_size: Any, metric: str
+def _baseline_reference(
+    res: Results, dataset: Any, trial: pd.Series, batch_size: Any, metric: str
 ) -> dict | None:
-    """The first reference row (suite order) giving BN's headline on this data set and
-    backbone."""
+    """The first reference row (suite order) giving the baseline's headline on this data set
+    and backbone."""
     names = {str(trial["backbone_label"]).lower(), str(trial["backbone"]).lower()}
-    for ref in refs:
+    for ref in res.reference:
         if (
             str(ref.get("dataset")).lower() == str(dataset).lower()
             and str(ref.get("backbone")).lower() in names
-            and str(ref.get("variant")).lower() == BASELINE
+            and str(ref.get("variant")).lower() == res.baseline.lower()
             and ref.get("batch_size") in (None, batch_size)
             and ref_value(ref, metric) is not None
         ):
@@ -361,14 +360,16 @@ def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _baseline(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> tuple[str, str] | None:
-    """The BN row: label "bn" first, else the first variant registered as bn."""
-    keys = list(labels)
-    for k in keys:
-        if k[0].lower() == BASELINE:
+def _baseline(
+    df: pd.DataFrame, labels: dict[tuple[str, str], str], name: str
+) -> tuple[str, str] | None:
+    """The baseline row (the suite's `baseline`, default bn): the row labelled `name` first,
+    else the first row of the variant registered as `name`."""
+    for k in labels:
+        if k[0].lower() == name.lower():
             return k
-    bn = df[df["variant"].astype(str).str.lower() == BASELINE]
-    return _variant_key(bn.iloc[0]) if not bn.empty else None
+    rows = df[df["variant"].astype(str).str.lower() == name.lower()]
+    return _variant_key(rows.iloc[0]) if not rows.empty else None
 
 
 def _by_seed(trials: pd.DataFrame, h: Metric) -> dict[int, float]:
@@ -462,7 +463,7 @@ def _frozen(done: pd.DataFrame, res: Results) -> dict[str, Any]:
 def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) -> dict:
     nan = math.nan
     if is_base or not base:
-        note = "baseline" if is_base else "no BN baseline"
+        note = "baseline" if is_base else "no baseline"
         return {
             "diff_vs_bn": nan,
             "diff_ci_low": nan,

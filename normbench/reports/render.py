@@ -110,7 +110,7 @@ def table_markdown(t: Table) -> str:
         "std",
         "95% CI",
         *(m.label for m in shown),
-        "Δ vs BN [95% CI]",
+        f"Δ vs {versus(t)} [95% CI]",
         "p (paired t)",
         "p (Holm)",
         "pairs",
@@ -219,6 +219,12 @@ def _diverged(r: Mapping[str, Any]) -> str:
     return text + (f" (+{r['not_finished']} not finished)" if r["not_finished"] else "")
 
 
+def versus(t: Table) -> str:
+    """The baseline's name in headers: "BN" for bn (the default), else its label (the suite's
+    `baseline`)."""
+    return "BN" if t.baseline is None or t.baseline.lower() == "bn" else t.baseline
+
+
 def target_line(t: Table) -> str:
     if t.scoring != CLASSIFICATION:
         return _task_target_line(t)
@@ -257,7 +263,7 @@ def _task_target_line(t: Table) -> str:
     why = {
         "reference": f"the reference {h.label} of {t.target_note}",
         "suite": "`target_accuracy` of the suite",
-        "baseline": f"BN's mean final {h.label} in this table",
+        "baseline": f"{versus(t)}'s mean final {h.label} in this table",
         "default": f"within 5% of the best mean final {h.label} in this table",
     }[t.target_source]
     return f"Target {what}: {value} ({why}); a trial reaches it at its first epoch {way} it."
@@ -279,7 +285,8 @@ def task_legend(tables: list[Table]) -> list[str]:
             + (f" ({h.description})" if h.description else "")
             + "; it takes top-1's place in every column, rows sort best first, the best epoch "
             "and time-to-target follow its direction, and ranks give 1 to the best. "
-            "Δ vs BN is variant − BN in its unit"
+            "Δ vs BN is variant − baseline in its unit (the suite's `baseline`, BN unless it "
+            "names another variant)"
             + (" (negative is better)" if not h.higher_is_better else "")
             + (f". Other columns: {shown} (final, mean over seeds)." if shown else ".")
         ]
@@ -360,8 +367,9 @@ LEGEND = f"""## How to read the tables
 - **95% CI**: Student's t-interval of the mean over seeds (scipy.stats), which holds at the 3
   seeds suites use; from {stats.BOOTSTRAP_MIN_N} seeds on a percentile bootstrap (RNG seed
   {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples), marked "(bootstrap)".
-- **Δ vs BN [95% CI]**: mean over matching seeds of (variant − BN) final top-1, in points, with
-  the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
+- **Δ vs BN [95% CI]** (BN: the suite's `baseline`, bn unless it names another variant,
+  which the header then names): mean over matching seeds of (variant − BN) final top-1, in
+  points, with the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
   two-sided paired t-test (scipy.stats.ttest_rel) of one row against BN; **p (Holm)**: the
   same p-values adjusted for the table's number of comparisons with BN (Holm, statsmodels);
   read "significant" only off the Holm column. **pairs**: matching seeds. Below

@@ -3,12 +3,14 @@ never imports torch: a report is a pure function of the run directories it reads
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from normbench.errors import closest
 from normbench.reports import plots, render
 from normbench.reports.data import Results, load_runs
 from normbench.reports.leaderboard import Table, build_tables, did_not_finish, smoke_text
@@ -40,17 +42,24 @@ class Report:
 
 
 def build_report(
-    run_dirs: list[Path] | list[str] | list[os.PathLike[str]], output: Path | None = None
+    run_dirs: list[Path] | list[str] | list[os.PathLike[str]],
+    output: Path | None = None,
+    *,
+    baseline: str | None = None,
 ) -> Report:
     """Read (and merge) run directories and write the report into `output`.
 
     `output` defaults to `<run dir>/report/` for a single run directory; merging several needs
-    an explicit output. Raises ReportError (a UserError) for missing or unmergeable dirs.
+    an explicit output. `baseline` (a variant label or name) replaces the suite's `baseline`
+    as the row every other is compared with. Raises ReportError (a UserError) for missing or
+    unmergeable dirs and for a baseline that is no variant of the runs.
     """
     from normbench.reports.data import ReportError
 
     dirs = [Path(d) for d in run_dirs]
     res = load_runs(dirs)
+    if baseline is not None:
+        res = _with_baseline(res, baseline)
     if output is None:
         if len(dirs) > 1:
             raise ReportError("merging several run directories needs --output DIR")
@@ -122,3 +131,18 @@ def _csv(tables: list[Table], dnf: pd.DataFrame, out: Path) -> list[Path]:
     atomic_write(board, render.leaderboard_csv(tables).to_csv(index=False))
     atomic_write(bad, dnf.to_csv(index=False))
     return [board, bad]
+
+
+def _with_baseline(res: Results, baseline: str) -> Results:
+    """`res` compared with `baseline`; ReportError when no trial has that label or variant."""
+    from normbench.reports.data import ReportError
+
+    known = dict.fromkeys(
+        str(v).lower() for col in ("label", "variant") if col in res.trials for v in res.trials[col]
+    )
+    if baseline.lower() not in known:
+        raise ReportError(
+            f"--baseline {baseline!r} is no variant of these runs{closest(baseline, list(known))}"
+            f"; their variants: {', '.join(known)}"
+        )
+    return dataclasses.replace(res, baseline=baseline)

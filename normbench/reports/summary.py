@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from normbench.reports import stats
-from normbench.reports.render import holm_text, metric_text, p_text
+from normbench.reports.render import holm_text, metric_text, p_text, versus
 from normbench.reports.report import Report
 from normbench.tables import print_table
 
@@ -19,7 +19,7 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
     for t in report.tables:
         h = t.headline
         columns = (
-            *("variant", "n", f"{h.label} (final)", "std", "Δ vs BN", "p", "p (Holm)"),
+            *("variant", "n", f"{h.label} (final)", "std", f"Δ vs {versus(t)}", "p", "p (Holm)"),
             "diverged",
         )
         rows = [

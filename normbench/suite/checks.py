@@ -343,6 +343,25 @@ def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
     return problems
 
 
+def check_baseline(model: SuiteModel, cells: list[RawCell]) -> Problems:
+    """`baseline` names a variant of the matrix, by label or by registered name (the
+    leaderboards compare every row with it: normbench.reports.leaderboard)."""
+    if model.baseline is None:
+        return []
+    known = dict.fromkeys(
+        n.lower() for c in cells for n in (c.variant.label, c.variant.name) if n is not None
+    )
+    if model.baseline.lower() in known:
+        return []
+    return [
+        (
+            ("baseline",),
+            f"baseline {model.baseline!r} is not a variant of this suite"
+            f"{closest(model.baseline, list(known))}; its variants: {', '.join(known)}",
+        )
+    ]
+
+
 def task_scoring(model: SuiteModel) -> Scoring:
     """The scoring of the suite's task (validated: the name is registered)."""
     scoring: Scoring = TASKS.get(model.task.name).obj.scoring

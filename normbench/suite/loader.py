@@ -76,6 +76,7 @@ class Suite:
     search: SearchConfig | None
     reference: tuple[dict[str, Any], ...]
     target_accuracy: float | None
+    baseline: str | None  # the variant (label or name) the leaderboards compare with; None: bn
     # what the trials train and how they are scored: {"name", "options"} and the task's
     # `Scoring` (normbench.contract), which suite.resolved.json stores for the reports
     task: dict[str, Any] = field(default_factory=lambda: {"name": "classification"})
@@ -182,6 +183,7 @@ def _validate(
     found += names + checks.check_cells(model, cells, names)
     found += checks.check_search(model, cells)
     found += checks.check_task(model, cells)
+    found += checks.check_baseline(model, cells)
     found += checks.check_parallel(model, cells)
     if not found:
         found += _search_space_problems(model)
@@ -326,6 +328,7 @@ def _make_suite(
         search=search,
         reference=tuple(r.model_dump() for r in model.reference),
         target_accuracy=model.target_accuracy,
+        baseline=model.baseline,
         task={"name": model.task.name.lower(), "options": dict(model.task.options)},
         scoring=scoring,
         overrides=overrides,

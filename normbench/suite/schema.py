@@ -47,6 +47,8 @@ Reference (see suites/*.yaml for commented examples):
                  source, note}]     # top1/top5: classification's; metrics: any task's, by name
     target_accuracy: 77.0           # the task's headline on test (its unit; classification:
                                     # top-1 %) for epochs/time-to-target in reports
+    baseline: bn                    # the variant (label or name) every row is compared with:
+                                    # Δ, paired tests, Holm, the target; default bn
 
 The matrix is backbones x variants x batch_sizes x seeds, minus `exclude`, plus `include`
 (see `normbench.suite.matrix`). A search runs once per cell of that matrix.
@@ -306,6 +308,9 @@ class SuiteModel(Strict):
     # the task's headline metric on test, in its unit (a percent: in (0, 100]; checked with the
     # task, normbench.suite.checks.check_task)
     target_accuracy: float | None = None
+    # the variant label (or name) the leaderboards compare every row with; None: "bn"
+    # (checked against the matrix, normbench.suite.checks.check_baseline)
+    baseline: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _matrix_size(self) -> SuiteModel:
