@@ -170,6 +170,8 @@ def _call_hook(
         OptionProblem(
             f"{kind} {name!r}: {one_line(str(msg))}",
             option=str(key) if key in options else None,
+            # a hook's problem with a context value (e.g. the trial's variant) points there
+            context=str(key) if key not in options and key in context else None,
         )
         for key, msg in items
     ]

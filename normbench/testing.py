@@ -30,6 +30,8 @@ Layer facts the harness relies on:
 
 * the decay hook: `normbench.variants_api.identity_targets` answers for the layer (its
   `decay_targets()`, or a (C,) gamma), so `norm_decay_toward: identity` can train it;
+* branch-indexed layers (`conditioning = "index"`): each branch by int, constant tensor and
+  `branch_index` context agree, a mixed index runs, an out-of-range index is refused;
 * "global_stats": a batch-dependent layer declaring `global_stats = True` is run as two gloo
   ranks against the concatenated batch (`normbench.testing_ranks`; two processes, seconds).
 
@@ -74,7 +76,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 import torch
@@ -379,6 +381,39 @@ class VariantConformance:
             assert x.grad is not None and x.grad.is_contiguous(memory_format=cl), (
                 f"input gradient not channels_last ({training=})"
             )
+
+    def test_branch_index(self) -> None:
+        """A branch-indexed layer (`conditioning = "index"`, docs/variants.md#branch-index):
+        every branch k runs as an int, as a constant (N,) index and through `branch_index`,
+        the three equal in outputs and buffers (training and eval); a mixed index runs; an
+        index out of [0, num_branches) raises ValueError before any state changes."""
+        layer = self.perturb(self.build())
+        if getattr(layer, "conditioning", None) != "index":
+            return
+        from normbench.variants import branch_index
+
+        x = self.make_input()
+        n, k = x.shape[0], cast(int, layer.num_branches)
+        for training in (True, False):
+            for b in range(k):
+                ways = [copy.deepcopy(layer).train(training) for _ in range(3)]
+                with branch_index(ways[2], b):
+                    ys = [ways[0](x, b), ways[1](x, torch.full((n,), b)), ways[2](x)]
+                for y, way in zip(ys[1:], ways[1:], strict=True):
+                    self.close(y, ys[0])
+                    for (name, got), want in zip(
+                        way.named_buffers(), ways[0].buffers(), strict=True
+                    ):
+                        torch.testing.assert_close(
+                            got, want, atol=self.atol, rtol=self.rtol, msg=name
+                        )
+        mixed = layer(x, torch.arange(n) % k)
+        assert mixed.shape == x.shape and torch.isfinite(mixed).all()
+        before = self.snapshot(layer)
+        for bad in (k, torch.full((n,), k)):
+            with pytest.raises(ValueError):
+                layer(x, bad)
+        assert not self.changed(before, layer), "a refused index changed the state"
 
     def test_zeroed_weight_makes_output_constant(self) -> None:
         layer = self.build()

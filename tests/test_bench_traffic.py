@@ -90,11 +90,15 @@ OPTIONS = {
     "ghost_bn": {"ghost_batch_size": 2},
     "in": {"track_running_stats": True, "momentum": None},
 }
-OVER_KERNELS = {"ubn": "its similarity, decision and buffer updates: 17 compiled kernels"}
+OVER_KERNELS = {
+    "ubn": "its similarity, decision and buffer updates: 17 compiled kernels",
+    "saauxbn": "the branch's folded affine (shared and branch affines) outside a compiled region",
+}
 
 
 @pytest.mark.parametrize("name", ["bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn",
-                                  "ghost_bn", "ubn", "fourthings", "ccbn"])  # fmt: skip
+                                  "ghost_bn", "ubn", "fourthings", "ccbn", "auxbn",
+                                  "saauxbn"])  # fmt: skip
 def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) -> None:
     """Bytes, host syncs, channels_last, and kernels per step (the compiled coefficient
     regions' as Inductor's Triton backend fuses them) at most 4x BN's plus convolutions."""

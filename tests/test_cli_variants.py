@@ -17,17 +17,21 @@ from normbench.cli import main
 # BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
 # SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
 # CCBN K=1: one embedding row of 2C, no shared affine (docs/variants.md#ccbn).
+# AuxBN K=2: gamma_k, beta_k per branch. SaAuxBN K=2: gamma_sa, beta_sa + two rows of 2C
+# (docs/variants.md#auxbn).
 # UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
 # (docs/variants.md#ubn). AdaIN: none (its affine is the style's); SaAdaIN: gamma_sa, beta_sa
 # (docs/variants.md#adain).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
               "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "ccbn": 2, "adain": 0,
-              "saadain": 2}  # fmt: skip
+              "saadain": 2, "auxbn": 4, "saauxbn": 6}  # fmt: skip
 # Only IN, GN and the AdaINs compute statistics per sample; FourThings' default group is the
 # whole batch.
 BATCH_DEPENDENT = {name: name not in ("in", "gn", "adain", "saadain") for name in HAND_COUNT}
-# What forward takes besides x: SaBN and CCBN a branch index, the AdaINs the style features.
+# What forward takes besides x: SaBN, CCBN, AuxBN and SaAuxBN a branch index, the AdaINs the
+# style features.
 FORWARD = {**dict.fromkeys(HAND_COUNT, "x"), "sabn": "x, index", "ccbn": "x, index",
+           "auxbn": "x, index", "saauxbn": "x, index",
            "adain": "x, style", "saadain": "x, style"}  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from normbench.variants._fused import (
     stats_dtype,
 )
 from normbench.variants.adain import AdaptiveInstanceNorm2d, SandwichAdaptiveInstanceNorm2d
+from normbench.variants.auxbn import AuxBatchNorm2d, SaAuxBatchNorm2d
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
@@ -50,6 +51,8 @@ BUILTIN_VARIANTS: dict[str, type] = {
     # style-conditioned (forward(x, style)): the style transfer task's, not a norm_layer(C)
     "adain": AdaptiveInstanceNorm2d,
     "saadain": SandwichAdaptiveInstanceNorm2d,
+    "auxbn": AuxBatchNorm2d,
+    "saauxbn": SaAuxBatchNorm2d,
 }
 
 # For plugins: `plain_norm` (whether a layer is a plain `norm_layer(C)`), `BranchIndexed` and

@@ -17,8 +17,9 @@ model. It reaches the layers the way torch's own `torch.autocast` reaches operat
 
 The index is an int (the whole batch) or an int64 tensor of shape (N,) on x's device. Type,
 shape and device are always checked (the shape check is what catches `nn.DataParallel`, which
-splits x but not the index); the range only for ints and CPU tensors, because on a GPU it would
-cost a host sync (an out-of-range CUDA index is a device-side assert).
+splits x but not the index); the range only for ints, and for CPU tensors outside
+`torch.compile` (on a GPU it would cost a host sync, compiled a graph break; an out-of-range
+CUDA index is a device-side assert).
 """
 
 from __future__ import annotations
@@ -71,12 +72,18 @@ def check_index(name: str, k: int, index: object, x: torch.Tensor) -> Index:
         )
     if index.device != x.device:
         raise ValueError(f"{name}: index is on {index.device} but the input is on {x.device}")
-    if index.device.type == "cpu" and n > 0 and not (0 <= int(index.min()) <= int(index.max()) < k):
+    if host_checks(index) and n > 0 and not (0 <= int(index.min()) <= int(index.max()) < k):
         raise ValueError(
             f"{name}: index values must be in [0, {k}) (num_branches={k}), got range "
             f"[{int(index.min())}, {int(index.max())}]"
         )
     return index
+
+
+def host_checks(index: torch.Tensor) -> bool:
+    """Whether checks that read index values on the host run: for a CPU tensor, outside
+    `torch.compile` (there a value read is a data-dependent guard, i.e. a graph break)."""
+    return index.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from normbench.models import (
     imagenet,
     inception_v4,
     nas201,
+    preact_resnet,
     res2net,
     small_resnet,
     vgg,
@@ -34,6 +35,7 @@ from normbench.registry import kind_registry
 
 BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **cifar_resnet.FACTORIES,
+    **preact_resnet.FACTORIES,
     **small_resnet.FACTORIES,
     **vgg.FACTORIES,
     **inception_v4.FACTORIES,

@@ -319,12 +319,13 @@ def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
     if obj is None:
         return problems
     found: dict[tuple[Path, str], None] = {}
-    pairs = dict.fromkeys((c.backbone.name.lower(), c.variant.name.lower()) for c in cells)
-    for backbone, variant in pairs or [(None, None)]:
-        checked = TASKS.check_options(
-            name, options, dataset=model.dataset.name.lower(), backbone=backbone, variant=variant
-        )
-        for item in located(checked, ("task", "options")):
+    pairs = {(c.backbone.name.lower(), c.variant_path): c.variant for c in cells}
+    for (backbone, variant_path), variant in pairs.items() or [((None, ()), None)]:
+        context: dict[str, Any] = {"backbone": backbone}  # each backbone and variant
+        if variant is not None:
+            context.update(variant=variant.name.lower(), variant_options=dict(variant.options))
+        checked = TASKS.check_options(name, options, dataset=model.dataset.name.lower(), **context)
+        for item in located(checked, ("task", "options"), {"variant": variant_path}):
             found[item] = None
     problems += list(found)
     scoring: Scoring = obj.scoring

@@ -18,6 +18,7 @@ from typing import Any
 from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
+from normbench.tasks.adversarial.task import AdversarialTraining
 from normbench.tasks.classification import Classification
 from normbench.tasks.detection.task import Detection, InstanceSegmentation
 from normbench.tasks.generation.task import Generation
@@ -32,6 +33,7 @@ BUILTIN_TASKS: dict[str, type] = {
     "generation": Generation,
     "instance_segmentation": InstanceSegmentation,
     "style_transfer": StyleTransfer,
+    "adversarial": AdversarialTraining,
 }
 METHODS = ("build_model", "training_step", "evaluate")
 

@@ -100,6 +100,7 @@ BLOCKS = {  # name: (blocks per stage, last-norm attribute of a block)
     "resnet101": ((3, 4, 23, 3), "norm3"),
     "resnet152": ((3, 8, 36, 3), "norm3"),
     "resnext50": ((3, 4, 6, 3), "norm3"),
+    "preact_resnet18": ((2, 2, 2, 2), "norm2"),
     "resnet20": ((3, 3, 3), "norm2"),
     "resnet32": ((5, 5, 5), "norm2"),
     "resnet56": ((9, 9, 9), "norm2"),
@@ -163,7 +164,9 @@ def test_last_norm_layer_rejected_without_blocks(name: str) -> None:
         BUILTIN_BACKBONES[name](10, nn.BatchNorm2d, last_norm_layer=LastNorm)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "imagenet_resnet50"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet50", "resnet20", "imagenet_resnet50", "preact_resnet18"]
+)
 def test_zero_init_residual(name: str) -> None:
     model = create_backbone(name, 10, OneGroupNorm, zero_init_residual=True)
     lasts = last_norm_names(name)

@@ -155,3 +155,25 @@ def test_inceptionv4_matches_pytorch_cifar100() -> None:
 def test_imagenet_counts(name: str, published: int) -> None:
     # torchvision's model cards (1000 classes, BatchNorm).
     assert n_params(create_backbone(name, 1000, nn.BatchNorm2d)) == published
+
+
+def preact_resnet_count(blocks: tuple[int, ...], num_classes: int, width: int = 64) -> int:
+    """Stem conv without norm; per block a norm before each of its two 3x3 convs (on its
+    input width, then on its planes) and a norm-free 1x1 shortcut conv when the shape changes."""
+    total, c_in = 9 * 3 * width, width
+    stages = (width, 2 * width, 4 * width, 8 * width)
+    for planes, n, stride in zip(stages, blocks, (1, 2, 2, 2), strict=True):
+        for i in range(n):
+            total += bn(c_in) + 9 * c_in * planes + bn(planes) + 9 * planes * planes
+            if (stride if i == 0 else 1) != 1 or c_in != planes:
+                total += c_in * planes
+            c_in = planes
+    return total + c_in * num_classes + num_classes
+
+
+def test_preact_resnet18_count() -> None:
+    # The common CIFAR PreActResNet-18 (the SaBN Adv model) has 11,171,146 parameters.
+    got = n_params(create_backbone("preact_resnet18", 10, nn.BatchNorm2d))
+    assert got == preact_resnet_count((2, 2, 2, 2), 10) == 11_171_146
+    small = n_params(create_backbone("preact_resnet18", 10, nn.BatchNorm2d, width=8))
+    assert small == preact_resnet_count((2, 2, 2, 2), 10, width=8)

@@ -22,7 +22,7 @@ from normbench.registry import BUILTIN
 
 EXPECTED = {
     *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50"),
-    *("resnet20", "resnet32", "resnet56"),
+    *("resnet20", "resnet32", "resnet56", "preact_resnet18"),
     *("vgg11", "vgg13", "vgg16", "vgg19", "inceptionv4"),
     *(f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)),
     "imagenet_resnext50_32x4d",

@@ -34,6 +34,7 @@ EXPECTED_TRIALS = {
     "batch_size_bn_vs_ubn": 3 * 2 * 5,
     "ubn_time_to_bn": 3 * 2 * 3,
     "fourthings": 7 * 3 + 6 * 3,
+    "sabn_adversarial": 3 * 3,
     "bgn_small_batch": 4 * 2 * 3,
     "imagenet_table2": 3 * 2,
     "imagenet_table2_resnet50": 2,
@@ -323,3 +324,40 @@ def test_sabn_style_transfer_recipe(loaded):
     iterations = spec.epochs * (118_287 - round(0.01 * 118_287)) // 8
     assert abs(iterations - 160_000) < 160_000 * 0.02
     assert not loaded["sabn_style_transfer"].reference  # the paper gives curves, no numbers
+
+
+SABN_ADV = {  # variant: (adv-branch SA, PGD-10 RA, PGD-20 RA, clean-branch SA), SaBN Sec 4.3
+    "bn": (84.84, 41.57, 40.02, 84.84),
+    "auxbn": (83.42, 43.05, 41.60, 94.47),
+    "saauxbn": (84.08, 44.93, 43.14, 94.62),
+}
+
+
+def test_sabn_adversarial_recipe_and_references(loaded):
+    suite = loaded["sabn_adversarial"]
+    trials = suite.trials()
+    spec = trials[0].spec
+    assert spec.task == "adversarial"
+    assert spec.task_options == {"eps": 8, "step_size": 2, "train_steps": 7, "random_start": True}
+    assert spec.recipe == Recipe(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        warmup_epochs=0.57,
+        schedule="multistep",
+        milestones=(50, 150),
+        gamma=0.1,
+    )
+    # the official warm-up's 200 batches, of 45,000 / 128 = 351 training batches per epoch
+    assert round(spec.recipe.warmup_epochs * (45_000 // 128)) == 200
+    assert (spec.epochs, spec.batch_size, spec.dataset, spec.backbone) == (
+        200, 128, "cifar10", "preact_resnet18"
+    )  # fmt: skip
+    assert spec.dataset_options["val_fraction"] == 0.1
+    assert {t.spec.variant for t in trials} == set(SABN_ADV)
+    for t in trials:
+        if t.spec.variant != "bn":
+            assert t.spec.variant_options["num_branches"] == 2
+    keys = ("adv_sa", "adv_pgd10_ra", "adv_pgd20_ra", "clean_sa")
+    got = {r["variant"]: tuple(r["metrics"][k] for k in keys) for r in suite.reference}
+    assert got == SABN_ADV

@@ -48,6 +48,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from normbench.cli import main  # noqa: E402
 from normbench.results import load_results  # noqa: E402
+from normbench.tasks import TASKS  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from cifar_files import write_cifar10, write_cifar100  # noqa: E402
@@ -68,7 +69,8 @@ SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
 # what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
 # N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
 # about 2 images per class); sabn_gan's SNGAN sizes and metric sample, and the digits
-# feature extractor (Inception's weights are not here)
+# feature extractor (Inception's weights are not here); sabn_adversarial's backbone width
+# (PGD-10 and PGD-20 through two branches: 62 passes per evaluated image)
 SUITE_SHRINK = {
     "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
                  "task.options.retrain_batch_size": str(SMOKE_BATCH),
@@ -76,6 +78,7 @@ SUITE_SHRINK = {
     "sabn_gan": {f"task.options.{k}": str(v) for k, v in {
         "g_width": 16, "d_width": 16, "latent_dim": 16, "g_batch_size": 8, "samples": 20,
         "isc_splits": 2, "feature_extractor": "normbench-digits"}.items()},
+    "sabn_adversarial": {"backbones": "[{name: preact_resnet18, options: {width: 8}}]"},
 }  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
@@ -241,6 +244,9 @@ def test_shipped_suite_reaches_its_report(
     board = (out / "report" / "leaderboard.md").read_text()
     for t in trials:
         assert t["cell"]["variant"] in board
+    task = suite.get("task", "classification")  # the tables read the task's headline
+    scoring = TASKS.get(task if isinstance(task, str) else task["name"]).obj.scoring
+    assert f"| {scoring.metric(scoring.headline).label} (final) |" in board
     if suite["dataset"]["name"] in CIFAR:  # the driver extracted the archive, once
         folder = CIFAR[suite["dataset"]["name"]][0]
         assert (tmp_path / "data" / folder).is_dir()
