@@ -4,7 +4,8 @@
 `check_entry_options`, which runs, for any entry, built-in or plugin:
 
 1. names: every option must be a keyword of the constructor / factory (or one every entry of
-   the kind takes, e.g. a data set's `augment`), with a did-you-mean (`errors.closest`);
+   the kind takes, e.g. a data set's `augment`, a backbone's `weight_standardization`), with
+   a did-you-mean (`errors.closest`);
 2. types: a value has the YAML type of the option's default (an int where the default is an
    int; a float default also takes an int; a None default takes anything);
 3. the kind's rules: a batch-dependent variant cannot train at batch size 1; with
@@ -243,7 +244,9 @@ def norm_widths(backbone: str, options: tuple[tuple[str, Any], ...], last: bool)
         seen.add(int(c))
         return nn.Identity()
 
-    kwargs: dict[str, Any] = dict(options)
+    from normbench.models.std_conv import split_harness_options
+
+    kwargs: dict[str, Any] = split_harness_options(dict(options))[1]  # convs only: no widths
     if last:
         kwargs["last_norm_layer"] = record
     with torch.device("meta"):
@@ -266,6 +269,12 @@ def _dataset_rules(
     return []
 
 
+def _backbone_common() -> dict[str, Any]:
+    from normbench.models.std_conv import HARNESS_OPTIONS
+
+    return dict(HARNESS_OPTIONS)
+
+
 def _dataset_common() -> dict[str, Any]:
     from normbench.data.build import FACTORY_DEFAULTS, LOADER_OPTIONS
 
@@ -277,4 +286,7 @@ _RULES: dict[str, Callable[[Any, dict[str, Any], bool, dict[str, Any]], list[Opt
     "backbone": _backbone_rules,
     "dataset": _dataset_rules,
 }
-_COMMON: dict[str, Callable[[], dict[str, Any]]] = {"dataset": _dataset_common}
+_COMMON: dict[str, Callable[[], dict[str, Any]]] = {
+    "backbone": _backbone_common,
+    "dataset": _dataset_common,
+}

@@ -65,15 +65,23 @@ BUFFERS = ("running_mean", "running_std", "renorm_mean", "renorm_std")
 
 
 def renorm_bounds(
-    step: torch.Tensor, *, rmax: float, dmax: float, relax_from: int, rmax_at: int, dmax_at: int
+    step: torch.Tensor,
+    *,
+    rmax: float,
+    dmax: float,
+    relax_from: int,
+    rmax_at: int,
+    dmax_at: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rmax_t, dmax_t) at training step `step` (a 0-d tensor): 1 and 0 up to `relax_from`,
-    linear to `rmax` at `rmax_at` and `dmax` at `dmax_at`, constant after (never beyond)."""
+    """(rmax_t, dmax_t) at training step `step` (a 0-d tensor), in `dtype`: 1 and 0 up to
+    `relax_from`, linear to `rmax` at `rmax_at` and `dmax` at `dmax_at`, then constant (the
+    ramp is clamped to [0, 1], so never beyond)."""
 
     def ramp(end: int) -> torch.Tensor:
         if end <= relax_from:  # no ramp: the end value from relax_from on
-            return (step >= relax_from).to(torch.float32)
-        return ((step.to(torch.float32) - relax_from) / (end - relax_from)).clamp(0.0, 1.0)
+            return (step >= relax_from).to(dtype)
+        return ((step.to(dtype) - relax_from) / (end - relax_from)).clamp(0.0, 1.0)
 
     return 1.0 + (rmax - 1.0) * ramp(rmax_at), dmax * ramp(dmax_at)
 
@@ -134,7 +142,7 @@ class BatchRenorm2d(ContractNorm):
             buffer(self, name).fill_(1.0 if name.endswith("std") else 0.0)
         self.num_batches_tracked.zero_()
 
-    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def bounds(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(rmax_t, dmax_t) for this training step (see `renorm_bounds`)."""
         return renorm_bounds(
             self.num_batches_tracked,
@@ -143,6 +151,7 @@ class BatchRenorm2d(ContractNorm):
             relax_from=self.relax_from,
             rmax_at=self.rmax_at,
             dmax_at=self.dmax_at,
+            dtype=dtype,
         )
 
     @torch.no_grad()
@@ -151,7 +160,7 @@ class BatchRenorm2d(ContractNorm):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """r, d (C,) from the batch's μ_B, σ_B (detached) and the renorm averages before this
         step; then every moving average and the step counter move."""
-        rmax_t, dmax_t = (b.to(mu.dtype) for b in self.bounds())
+        rmax_t, dmax_t = self.bounds(mu.dtype)
         renorm_std = self.renorm_std.to(mu.dtype).clamp_min(math.sqrt(self.eps))
         r = torch.clamp(std / renorm_std, 1.0 / rmax_t, rmax_t)
         d = torch.clamp((mu - self.renorm_mean.to(mu.dtype)) / renorm_std, -dmax_t, dmax_t)

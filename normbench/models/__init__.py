@@ -14,6 +14,9 @@ Families, one module each:
 - `inception_v4`: Inception-v4 for 32x32 inputs: inceptionv4.
 - `imagenet`: torchvision's ImageNet ResNets: imagenet_resnet18/34/50/101/152,
   imagenet_resnext50_32x4d, imagenet_res2net50.
+- `convnext`: ConvNeXt-style networks for small images: convnext_atto, convnext_tiny.
+
+Every backbone also takes `weight_standardization` (`std_conv`), applied around the factory.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import Any
 from torch import nn
 
 from normbench.errors import UserError
-from normbench.models import cifar_resnet, imagenet, inception_v4, res2net, small_resnet, vgg
+from normbench.models import (
+    cifar_resnet,
+    convnext,
+    imagenet,
+    inception_v4,
+    res2net,
+    small_resnet,
+    vgg,
+)
 from normbench.models._common import BackboneOptionError, NormLayer
 from normbench.registry import BACKBONES
 
@@ -35,6 +46,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **inception_v4.FACTORIES,
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
+    **convnext.FACTORIES,
 }
 
 
@@ -58,20 +70,25 @@ def create_backbone(
 ) -> nn.Module:
     """Build a registered backbone: `create_backbone("resnet18", 100, nn.BatchNorm2d)`.
 
+    `weight_standardization=True` (an option of every backbone,
+    `normbench.models.std_conv`) makes every convolution a weight-standardized one.
     Unknown names and options raise `UnknownNameError` (options are checked by the registry,
     the same check suite validation runs); a ValueError while building (a bad
     option value, or a norm layer that does not fit a layer's width) becomes a `UserError`
     naming the backbone.
     """
+    from normbench.models.std_conv import apply_harness_options, split_harness_options
+
     entry = BACKBONES.get(name)
     internal = BACKBONES.door.internal  # in_channels, last_norm_layer: the harness's own
     BACKBONES.require_options(entry.name, {k: v for k, v in options.items() if k not in internal})
+    harness, options = split_harness_options(options)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BackboneOptionError(
             f"backbone {entry.name!r}: num_classes must be an integer >= 1, but got {num_classes!r}"
         )
     try:
-        return entry.obj(num_classes, norm_layer, **options)
+        return apply_harness_options(entry.obj(num_classes, norm_layer, **options), harness)
     except UserError:
         raise
     except ValueError as exc:  # e.g. a norm option that does not fit a layer's width

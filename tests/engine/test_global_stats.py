@@ -47,6 +47,10 @@ CASES.update(
         "ubn": ("ubn", {"decide": "step", "tau": 0.05, "sim_init": "zero"}),
         "ubn(epoch, centered gap)": ("ubn", {"sim_source": "centered", "sim_features": "gap"}),
         "bn(momentum None)": ("bn", {"momentum": None}),
+        # r and d from the first step, clipped on some channels and not on others
+        "brn(relaxed)": ("brn", {"relax_from": 0, "rmax_at": 1, "dmax_at": 1, "rmax": 1.5}),
+        "brn(momentum None)": ("brn", {"momentum": None, "relax_from": 0, "rmax_at": 0}),
+        "evonorm_b0(momentum None)": ("evonorm_b0", {"momentum": None}),
     }
 )
 STEPS = 2
