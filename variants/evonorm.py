@@ -23,8 +23,8 @@ Defaults and choices:
 * timm's `apply_act=False` (no v: B0 stops normalising at all, S0 becomes uncentred GN) is
   not offered: neither is a layer of the paper.
 * B0's batch variance comes from per-instance moments (law of total variance, exact), so
-  under `stats_scope: global` it spans every rank's batch (docs/variants.md#statistics-scope-
-  across-devices); the instance term stays per sample.
+  under `stats_scope: global` it spans every rank's batch
+  (docs/variants.md#statistics-scope-across-devices); the instance term stays per sample.
 * Statistics in fp32 (float64 stays float64) with autocast off; the element-wise pass runs in
   the input's dtype with the (N, C) coefficients rounded to it once.
 """
