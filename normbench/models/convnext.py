@@ -113,7 +113,8 @@ class ConvNeXt(nn.Module):
         self.stem = nn.Sequential(  # (N, in, H, W) -> (N, dims[0], H/p, W/p)
             nn.Conv2d(in_channels, dims[0], patch_size, stride=patch_size), norm_layer(dims[0])
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        blocks = sum(depths)  # stochastic depth rising linearly from 0 (first) to the rate (last)
+        rates = [drop_path_rate * i / max(blocks - 1, 1) for i in range(blocks)]
         stages, c_in = [], dims[0]
         for depth, dim in zip(depths, dims, strict=True):
             stage_rates, rates = rates[:depth], rates[depth:]

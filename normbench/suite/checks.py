@@ -19,7 +19,7 @@ from normbench.engine.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.errors import UserError, closest
 from normbench.options import OptionProblem, freeze, norm_widths
 from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
-from normbench.suite.matrix import RawCell
+from normbench.suite.matrix import RawCell, cell_backbone_options
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
 
@@ -166,7 +166,7 @@ def _bases(cells: list[RawCell]) -> list[TrialSpec]:
         TrialSpec(
             variant=c.variant.name.lower(), backbone=c.backbone.name.lower(), dataset="",
             epochs=1, batch_size=c.batch_size, variant_options=dict(c.variant.options),
-            backbone_options=dict(c.backbone.options),
+            backbone_options=cell_backbone_options(c),
         )
         for c in cells
     ]  # fmt: skip
