@@ -26,8 +26,8 @@ from normbench.variants.brn import BatchRenorm2d
 from normbench.variants.dyt import DynamicTanh2d
 from normbench.variants.evonorm import EvoNormB0, EvoNormS0
 from normbench.variants.fourthings import FourThingsNorm2d
-from normbench.variants.ghost_bn import GhostBatchNorm2d
 from normbench.variants.frn import FilterResponseNorm2d
+from normbench.variants.ghost_bn import GhostBatchNorm2d
 from normbench.variants.gn import GroupNorm2d
 from normbench.variants.gn1 import GroupNorm1
 from normbench.variants.iebn import IEBN2d

@@ -96,6 +96,8 @@ class BatchRenorm2d(ContractNorm):
     batch_dependent = True
     global_stats = True
 
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
     running_mean: torch.Tensor
     running_std: torch.Tensor
     renorm_mean: torch.Tensor
@@ -155,9 +157,7 @@ class BatchRenorm2d(ContractNorm):
         )
 
     @torch.no_grad()
-    def corrections(
-        self, mu: torch.Tensor, std: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def corrections(self, mu: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """r, d (C,) from the batch's μ_B, σ_B (detached) and the renorm averages before this
         step; then every moving average and the step counter move."""
         rmax_t, dmax_t = self.bounds(mu.dtype)

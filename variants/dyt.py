@@ -33,6 +33,9 @@ class DynamicTanh2d(ContractNorm):
     paper = "Transformers without Normalization (CVPR 2025), arXiv 2503.10622"
     batch_dependent = False
 
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
+
     def __init__(
         self,
         num_features: int,
@@ -53,7 +56,9 @@ class DynamicTanh2d(ContractNorm):
         check_input(self, x, self.num_features)
         dt = x.dtype
         squashed = torch.tanh(x * self.alpha.to(dt))
-        return torch.addcmul(per_channel(self.bias).to(dt), squashed, per_channel(self.weight).to(dt))
+        return torch.addcmul(
+            per_channel(self.bias).to(dt), squashed, per_channel(self.weight).to(dt)
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, alpha_init={self.alpha_init}"

@@ -63,6 +63,8 @@ class EvoNormB0(ContractNorm):
     batch_dependent = True
     global_stats = True
 
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
 
@@ -110,7 +112,9 @@ class EvoNormB0(ContractNorm):
             instance_std = _nc11(torch.sqrt(var + self.eps))
             right = torch.addcmul(instance_std.to(dt), x, per_channel(self.v).to(dt))
             normalised = x / torch.maximum(right, left.to(dt))
-            y = torch.addcmul(per_channel(self.bias).to(dt), normalised, per_channel(self.weight).to(dt))
+            y = torch.addcmul(
+                per_channel(self.bias).to(dt), normalised, per_channel(self.weight).to(dt)
+            )
         return y
 
     def extra_repr(self) -> str:
@@ -122,6 +126,9 @@ class EvoNormS0(ContractNorm):
 
     paper = PAPER
     batch_dependent = False
+
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
 
     @classmethod
     def check_options(

@@ -58,6 +58,9 @@ class FilterResponseNorm2d(ContractNorm):
     )
     batch_dependent = False
 
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
+
     def __init__(
         self,
         num_features: int,

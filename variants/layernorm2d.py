@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ._core import ContractNorm, check_input, register_affine
 from ._fused import statistics_precision
@@ -47,6 +46,9 @@ class LayerNorm2d(ContractNorm):
         "(arXiv preprint 2016), arXiv 1607.06450"
     )
     batch_dependent = False
+
+    weight: torch.Tensor  # γ (C,), set by register_affine
+    bias: torch.Tensor  # β (C,)
 
     def __init__(
         self,

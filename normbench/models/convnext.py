@@ -156,8 +156,10 @@ def _factory(name: str, depths: tuple[int, ...], dims: tuple[int, ...], params: 
         check_positive_int(name, "patch_size", patch_size)
         for option, value in (("drop_path_rate", drop_path_rate),
                               ("layer_scale_init", layer_scale_init)):  # fmt: skip
-            if not isinstance(value, int | float) or isinstance(value, bool) or not (
-                0.0 <= value < 1.0
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not (0.0 <= value < 1.0)
             ):
                 raise BackboneOptionError(
                     f"backbone {name!r}: option {option!r} must be a number in [0, 1), "

@@ -20,7 +20,7 @@ so a seed gives the same initial weights with and without the option.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ def standardize_convs(model: nn.Module, eps: float = WS_EPS) -> int:
             continue
         if type(module) is nn.Conv2d:
             module.__class__ = StdConv2d
-            module.eps = eps
+            cast(StdConv2d, module).eps = eps
             count += 1
         stack.extend(module.children())
     return count

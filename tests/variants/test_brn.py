@@ -134,7 +134,9 @@ def test_training_and_inference_equal_keras_renorm(momentum, renorm_momentum) ->
     assert clipped and unclipped  # both regimes were exercised
     ours.eval()
     x = _step_input(9)
-    torch.testing.assert_close(ours(x), keras.infer(x, ours.weight, ours.bias), atol=1e-12, rtol=1e-11)
+    torch.testing.assert_close(
+        ours(x), keras.infer(x, ours.weight, ours.bias), atol=1e-12, rtol=1e-11
+    )
 
 
 def _observed_r_d(layer: BatchRenorm2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

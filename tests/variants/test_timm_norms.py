@@ -145,7 +145,9 @@ def _c(t: torch.Tensor) -> torch.Tensor:
 def test_formulas_float64() -> None:
     dt = torch.float64
     x = _input(2).to(dt)
-    w, b, v = (torch.randn(C, dtype=dt, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    w, b, v = (
+        torch.randn(C, dtype=dt, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    )
     mean_c = x.mean(dim=1, keepdim=True)
     var_c = ((x - mean_c) ** 2).mean(dim=1, keepdim=True)
     expected = {
