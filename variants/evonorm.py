@@ -32,8 +32,6 @@ Defaults and choices:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -47,8 +45,7 @@ from ._core import (
     register_affine,
 )
 from ._fused import gather_rows, global_scope, instance_moments, statistics_precision, stats_dtype
-from ._options import groups_dividing_widths
-from .gn import effective_groups
+from .gn import GroupNorm2d, effective_groups
 
 PAPER = "Evolving Normalization-Activation Layers (NeurIPS 2020), arXiv 2004.02967"
 
@@ -132,14 +129,8 @@ class EvoNormS0(ContractNorm):
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)
 
-    @classmethod
-    def check_options(
-        cls, options: dict[str, Any], *, widths: frozenset[int] | None = None
-    ) -> dict[str, str]:
-        """normbench's option hook: an explicit `num_groups` must divide every norm width."""
-        if options.get("channels_per_group") is not None:
-            return {}
-        return groups_dividing_widths(options, widths)
+    # normbench's option hook, GN's rule: an explicit `num_groups` must divide every width
+    check_options = GroupNorm2d.check_options
 
     def __init__(
         self,
