@@ -268,5 +268,11 @@ def test_modern_norms_recipes(loaded):
     brn = [t.spec for t in loaded["modern_norms"].trials() if t.spec.variant == "brn"]
     assert all(s.variant_options == {} for s in brn)  # the paper's 5k/40k/25k warm-up
     digits = [t.spec for t in loaded["modern_norms_digits"].trials() if t.spec.variant == "brn"]
-    # 5 epochs of ceil(1293 / 64) = 21 batches: relaxed after one epoch, done before the end
-    assert digits[0].variant_options == {"relax_from": 20, "rmax_at": 60, "dmax_at": 50}
+    # 5 epochs of ceil(1293 / 64) = 21 batches: relaxed after one epoch, done before the end;
+    # one pair of moving averages (the paper's)
+    assert digits[0].variant_options == {
+        "relax_from": 20,
+        "rmax_at": 60,
+        "dmax_at": 50,
+        "renorm_momentum": 0.1,
+    }
