@@ -249,3 +249,30 @@ def test_statistics_stay_fp32_under_autocast(dtype: torch.dtype) -> None:
 def test_bad_options_are_refused(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BatchRenorm2d(C, **options)
+
+
+def test_recalibration_recomputes_the_inference_pair_only() -> None:
+    """`normbench evaluate`'s recalibration (cumulative averages over K batches): running_mean
+    and running_std become the plain means of μ_B and σ_B; the renorm pair and the step
+    counter (the warm-up's clock) come back unchanged."""
+    from torch import nn
+
+    from normbench.engine.evaluate import _recalibration_mode
+
+    layer = BatchRenorm2d(C, relax_from=0, rmax_at=2, dmax_at=2, dtype=DT)
+    for step in range(4):
+        layer(_step_input(step))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    batches = [_step_input(10 + k) for k in range(3)]
+    with _recalibration_mode(nn.Sequential(layer), [layer]), torch.no_grad():
+        for x in batches:
+            layer(x)
+    eps = layer.eps
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in batches])
+    stds = torch.stack([torch.sqrt(x.var(dim=(0, 2, 3), correction=0) + eps) for x in batches])
+    # the cumulative factor 1/count is an fp32 tensor (_core.factor_tensor), as for every layer
+    torch.testing.assert_close(layer.running_mean, means.mean(0), atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(layer.running_std, stds.mean(0), atol=1e-7, rtol=1e-7)
+    for name in ("renorm_mean", "renorm_std", "num_batches_tracked"):
+        assert torch.equal(getattr(layer, name), before[name]), name
+    assert layer.momentum == 0.1
