@@ -15,7 +15,10 @@ code of the paper divides by std + 1e-5 with the unbiased std instead; the diffe
 `standardize_convs(model)` turns every `nn.Conv2d` of a built backbone into a `StdConv2d`
 in place (stem, blocks, shortcuts; never a convolution inside a norm layer): the parameters,
 their initial values and the state_dict keys stay the same, and no random number is drawn,
-so a seed gives the same initial weights with and without the option.
+so a seed gives the same initial weights with and without the option. A conv whose filters
+hold one value (fan-in 1: a 1x1 stem on one-channel images, a depthwise 1x1) is left as it
+is: standardized, every such filter is 0 (its mean is itself), and the network receives
+nothing (found on digits with a patch-1 ConvNeXt stem; timm's StdConv2d zeroes it too).
 """
 
 from __future__ import annotations
@@ -50,21 +53,27 @@ class StdConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, weight_standardization_eps={self.eps}"
 
 
+def fan_in(conv: nn.Conv2d) -> int:
+    """Values per output filter: C_in/groups · kh · kw."""
+    return conv.weight[0].numel()
+
+
 def _is_norm_layer(module: nn.Module) -> bool:
     """A normbench variant (built-in or plugin): the contract's class attributes."""
     return hasattr(type(module), "batch_dependent") and hasattr(type(module), "paper")
 
 
 def standardize_convs(model: nn.Module, eps: float = WS_EPS) -> int:
-    """Make every plain `nn.Conv2d` of `model` outside norm layers a `StdConv2d`; returns
-    how many. The class is swapped in place, as `torch.nn.utils.parametrize` does."""
+    """Make every plain `nn.Conv2d` of `model` with fan-in > 1, outside norm layers, a
+    `StdConv2d`; returns how many. The class is swapped in place, as
+    `torch.nn.utils.parametrize` does."""
     count = 0
     stack = [model]
     while stack:
         module = stack.pop()
         if _is_norm_layer(module):
             continue
-        if type(module) is nn.Conv2d:
+        if type(module) is nn.Conv2d and fan_in(module) > 1:
             module.__class__ = StdConv2d
             cast(StdConv2d, module).eps = eps
             count += 1

@@ -63,7 +63,7 @@ def test_backbone_option_equals_timm_std_conv_everywhere(backbone: str, variant:
     plain = create_backbone(backbone, 10, norm)
     torch.manual_seed(1)
     ws = create_backbone(backbone, 10, norm, weight_standardization=True)
-    convs = [m for m in plain.modules() if type(m) is nn.Conv2d]
+    convs = [m for m in plain.modules() if type(m) is nn.Conv2d and m.weight[0].numel() > 1]
     std = [m for m in ws.modules() if isinstance(m, StdConv2d)]
     assert len(std) == len(convs) > 0
     assert not [m for m in ws.modules() if type(m) is nn.Conv2d]
@@ -94,6 +94,20 @@ def test_norm_layers_keep_their_convolutions() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), ConvNorm(4))
     assert standardize_convs(model) == 1
     assert isinstance(model[0], StdConv2d) and type(model[1].mix) is nn.Conv2d
+
+
+def test_fan_in_one_convs_are_left_alone() -> None:
+    """Standardized, a one-value filter is 0 (a patch-1 ConvNeXt stem on one-channel digits
+    then passed nothing on, and GN+WS stayed at chance); such convs keep their weights."""
+    assert torch.equal(standardize_weight(torch.randn(4, 1, 1, 1)), torch.zeros(4, 1, 1, 1))
+    model = create_backbone(
+        "convnext_atto", 10, norm_layer("gn"), in_channels=1, patch_size=1,
+        weight_standardization=True,
+    )  # fmt: skip
+    assert type(model.stem[0]) is nn.Conv2d  # fan-in 1 x 1 x 1
+    assert all(isinstance(b.conv_dw, StdConv2d) for b in model.stages[0].blocks)  # fan-in 49
+    x = torch.randn(4, 1, 16, 16)
+    assert model(x).std(dim=0).max() > 1e-3  # the input reaches the logits
 
 
 def test_every_backbone_takes_the_option() -> None:
