@@ -27,9 +27,9 @@ _EXPORTS = {
     "create_backbone": "normbench.models",
     "register_dataset": "normbench.data",
     "sabn_index": "normbench.variants.sabn",
-    "TrialSpec": "normbench.engine.spec",
+    "TrialSpec": "normbench.spec",
     "run_trial": "normbench.engine.loop",
-    "load_results": "normbench.results.store",
+    "load_results": "normbench.results.frames",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 # Modules that each define `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (
     "normbench.cli_variants",  # normbench variants
-    "normbench.engine.cli",  # normbench train, normbench evaluate
+    "normbench.cli_train",  # normbench train, normbench evaluate
     "normbench.suite.cli",  # normbench run
     "normbench.reports.cli",  # normbench report
     "normbench.bench.cli",  # normbench bench ...

@@ -34,8 +34,8 @@ def variants_command(
     ] = None,
 ) -> None:
     """List every normalization variant: paper, options, parameters per channel, source."""
-    from normbench.registry import VARIANTS, load_plugin
-    from normbench.variants_api import list_variants, variant_info
+    from normbench.registry import load_plugin
+    from normbench.variants_api import VARIANTS, list_variants, variant_info
 
     for path in plugin or []:
         load_plugin(path)

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict
 if TYPE_CHECKING:
     from torch import nn
 
-    from normbench.data.base import DataSplits
-
 NormLayer = Callable[[int], "nn.Module"]
 
 
@@ -61,7 +59,8 @@ class BackboneFactory(Protocol):
 
 class DatasetFactory(Protocol):
     """`fn(*, root, download, image_size, val_fraction, split_seed, **options) -> DataSplits`
-    (normbench/data/base.py), decorated with its `DatasetFacts`."""
+    (normbench/data/base.py, which holds torch tensors: typed Any here, so this module stays
+    below the data package), decorated with its `DatasetFacts`."""
 
     def __call__(
         self,
@@ -72,7 +71,7 @@ class DatasetFactory(Protocol):
         val_fraction: float,
         split_seed: int,
         **options: Any,
-    ) -> "DataSplits": ...
+    ) -> Any: ...
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -149,6 +148,10 @@ class EpochRecord(TypedDict):
     # what can change a number without changing the experiment (Runtime.environment();
     # docs/reproducibility.md): device, threads, dtype, deterministic flags, versions
     environment: dict[str, Any]
+    # compile: true: graphs torch.compile captured and graph breaks it met since the trial
+    # started in this process (a resumed trial counts again); None without compile
+    compile_graphs: NotRequired[int | None]
+    compile_graph_breaks: NotRequired[int | None]
     diverged_epoch: NotRequired[int]
     diverged_reason: NotRequired[str]
     # added by the Ray adapter and the store

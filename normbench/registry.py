@@ -1,4 +1,9 @@
-"""Registries of variants, backbones and data sets, and the plugin doors into them.
+"""The registry mechanism: a name -> object table per kind, and the plugin doors into them.
+
+This module knows none of its clients (as torchvision's `models/_api.py`): each kind makes its
+own registry beside its code with `kind_registry(...)`, giving its built-ins, its contract
+check and its option door (`normbench.options`): `VARIANTS` in `normbench.variants_api`,
+`BACKBONES` in `normbench.models.registry`, `DATASETS` in `normbench.data.registry`.
 
 Built-ins, entry-point plugins and plugin files all end in `Registry.register`, so a built-in
 has no privilege a plugin lacks. Each entry remembers where it came from (`source`), and every
@@ -23,7 +28,7 @@ import re
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,10 @@ from normbench.errors import (
     one_line,
 )
 from normbench.options import OptionDoor, OptionProblem, check_entry_options
+
+# Where registrations made now come from (innermost last): a plugin file or package being
+# loaded. One stack for every kind, since a plugin may register any kind.
+_SOURCE_STACK: list[str] = []
 
 BUILTIN = "built-in"
 _NAME_RULE = re.compile(r"^[a-z][a-z0-9_.\-]*$")
@@ -66,6 +75,8 @@ def _default_source(obj: Any) -> str:
 class Registry:
     """Case-insensitive name -> object table, filled by built-ins, entry points and files.
 
+    `builtins() -> {name: object}` gives the kind's built-ins, registered on first use (so a
+    kind's module need not import its heavy built-ins until a name is looked up).
     `check(obj) -> str | None` (optional) describes how a plugin's object breaks the contract;
     it runs for every non-built-in registration (after the whole plugin is imported, so a
     class may use helpers defined further down its file).
@@ -75,7 +86,7 @@ class Registry:
         self,
         kind: str,
         group: str,
-        builtins: Callable[[Registry], None],
+        builtins: Callable[[], Mapping[str, Any]],
         check: Callable[[Any], str | None] | None = None,
         door: OptionDoor | None = None,
     ) -> None:
@@ -86,7 +97,6 @@ class Registry:
         self._check = check
         self._entries: dict[str, Entry] = {}
         self._broken: dict[str, str] = {}  # plugin name -> why it failed to load
-        self._source_stack: list[str] = []
         self._loaded = False
         self._lock = threading.RLock()
 
@@ -99,7 +109,7 @@ class Registry:
                 f"only letters, digits, '_', '.' or '-'"
             )
         key = name.lower()
-        src = source or (self._source_stack[-1] if self._source_stack else _default_source(obj))
+        src = source or (_SOURCE_STACK[-1] if _SOURCE_STACK else _default_source(obj))
         with self._lock:
             self._ensure_loaded()
             old = self._entries.get(key)
@@ -110,7 +120,7 @@ class Registry:
                     f"{self.kind} {key!r} is already registered (from {old.source}); "
                     f"cannot register it again from {src}"
                 )
-            if src != BUILTIN and not self._source_stack:
+            if src != BUILTIN and not _SOURCE_STACK:
                 self._verify(key, obj)  # a direct call, e.g. @register_variant in a script
             self._entries[key] = Entry(key, obj, src)
             self._broken.pop(key, None)
@@ -129,15 +139,6 @@ class Registry:
         if problem:
             raise PluginError(f"{self.kind} {key!r} {one_line(problem)}")
 
-    @contextlib.contextmanager
-    def attributed_to(self, source: str) -> Iterator[None]:
-        """Registrations made inside this block are recorded as coming from `source`."""
-        self._source_stack.append(source)
-        try:
-            yield
-        finally:
-            self._source_stack.pop()
-
     # -- loading --------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
         with self._lock:
@@ -145,7 +146,8 @@ class Registry:
                 return
             self._loaded = True  # set first: the built-ins register through self.register
             try:
-                self._builtins(self)
+                for name, obj in self._builtins().items():
+                    self.register(name, obj, source=BUILTIN)
             except BaseException:
                 self._entries.clear()
                 self._loaded = False
@@ -166,9 +168,9 @@ class Registry:
         src = (
             f"package {dist.name} {dist.version}" if dist is not None else f"entry point {ep.value}"
         )
-        before = _snapshot(_registries_with(self))
+        before = _snapshot()
         try:
-            with all_attributed_to(src):
+            with attributed_to(src):
                 obj = ep.load()
                 if not isinstance(obj, types.ModuleType):  # a module registers by importing
                     self.register(ep.name, obj)
@@ -192,7 +194,6 @@ class Registry:
         with self._lock:
             self._entries.clear()
             self._broken.clear()
-            self._source_stack.clear()
             self._loaded = False
 
     # -- lookup ---------------------------------------------------------------------------
@@ -247,7 +248,8 @@ class Registry:
         caller does not know is None. Suite validation and trial building both call this, so
         a suite accepts exactly what a trial can build.
         """
-        return check_entry_options(self.door, self.get(name), options, build, context)
+        entry = self.get(name)
+        return check_entry_options(self.door, entry.name, entry.obj, options, build, context)
 
     def require_options(self, name: str, options: dict[str, Any], **context: Any) -> None:
         """`check_options` for code paths that raise: UnknownNameError for an unknown option
@@ -260,90 +262,56 @@ class Registry:
         raise error(text)
 
 
-def _builtin_variants(reg: Registry) -> None:
-    from normbench.variants import BUILTIN_VARIANTS
-
-    for name, cls in BUILTIN_VARIANTS.items():
-        reg.register(name, cls, source=BUILTIN)
+# The registry of each kind, by kind ("variant", "backbone", "dataset"): filled by
+# `kind_registry` as each kind's module is imported; plugin files may register any of them.
+REGISTRIES: dict[str, Registry] = {}
 
 
-def _builtin_backbones(reg: Registry) -> None:
-    from normbench.models import BUILTIN_BACKBONES
+def kind_registry(
+    kind: str,
+    group: str,
+    builtins: Callable[[], Mapping[str, Any]],
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    door: OptionDoor | None = None,
+) -> Registry:
+    """The one registry of `kind`, which plugin files and entry points reach (`Registry`
+    made directly stays private, e.g. in tests)."""
+    if kind in REGISTRIES:
+        raise DuplicateNameError(f"the registry of kind {kind!r} already exists")
+    REGISTRIES[kind] = Registry(kind, group, builtins, check=check, door=door)
+    return REGISTRIES[kind]
 
-    for name, fn in BUILTIN_BACKBONES.items():
-        reg.register(name, fn, source=BUILTIN)
-
-
-def _builtin_datasets(reg: Registry) -> None:
-    from normbench.data import BUILTIN_DATASETS
-
-    for name, fn in BUILTIN_DATASETS.items():
-        reg.register(name, fn, source=BUILTIN)
-
-
-def _check_variant(obj: Any) -> str | None:
-    from normbench.variants_api import check_variant_contract  # lazy: it imports torch
-
-    return check_variant_contract(obj)
-
-
-VARIANTS = Registry(
-    "variant",
-    "normbench.variants",
-    _builtin_variants,
-    check=_check_variant,
-    door=OptionDoor("variant", skip=1),
-)
-BACKBONES = Registry(
-    "backbone",
-    "normbench.backbones",
-    _builtin_backbones,
-    door=OptionDoor(
-        "backbone",
-        skip=2,
-        internal=frozenset({"in_channels", "last_norm_layer", "device", "dtype"}),
-    ),
-)
-DATASETS = Registry(
-    "dataset",
-    "normbench.datasets",
-    _builtin_datasets,
-    door=OptionDoor("dataset"),
-)
-REGISTRIES = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS}
 
 # Plugin files already imported: resolved path -> the "kind:name" list they added.
 _PLUGIN_FILES: dict[Path, list[str]] = {}
 _MODULE_COUNTER = itertools.count()
 
 
-def _registries_with(first: Registry) -> list[Registry]:
-    """All registries, `first` included even if it is a test's private instance."""
-    return [first, *(r for r in REGISTRIES.values() if r is not first)]
-
-
-def _snapshot(registries: list[Registry]) -> dict[Registry, set[str]]:
-    return {reg: set(reg._entries) for reg in registries}
+def _snapshot() -> dict[Registry, set[str]]:
+    return {reg: set(reg._entries) for reg in REGISTRIES.values()}
 
 
 def _added_since(before: dict[Registry, set[str]], source: str) -> list[tuple[Registry, str]]:
-    """(registry, name) pairs registered from `source` after `before` was taken (built-ins
-    loaded on the way, by a plugin touching another registry first, are not included)."""
+    """(registry, name) pairs registered from `source` after `before` was taken, in every
+    registry (one a plugin's own import created too); built-ins loaded on the way, by a
+    plugin touching another registry first, are not included."""
     return [
         (reg, key)
-        for reg, old in before.items()
-        for key in sorted(set(reg._entries) - old)
+        for reg in list(REGISTRIES.values())
+        for key in sorted(set(reg._entries) - before.get(reg, set()))
         if reg._entries[key].source == source
     ]
 
 
 @contextlib.contextmanager
-def all_attributed_to(source: str) -> Iterator[None]:
-    """Attribute registrations in every registry (a plugin may add any kind) to `source`."""
-    with contextlib.ExitStack() as stack:
-        for reg in REGISTRIES.values():
-            stack.enter_context(reg.attributed_to(source))
+def attributed_to(source: str) -> Iterator[None]:
+    """Registrations made inside this block, in any registry, come from `source`."""
+    _SOURCE_STACK.append(source)
+    try:
         yield
+    finally:
+        _SOURCE_STACK.pop()
 
 
 def load_plugin(path: str | Path) -> list[str]:
@@ -368,9 +336,9 @@ def load_plugin(path: str | Path) -> list[str]:
         raise PluginError(f"plugin file {str(p)!r} is not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    before, src = _snapshot(list(REGISTRIES.values())), f"file:{p}"
+    before, src = _snapshot(), f"file:{p}"
     try:
-        with all_attributed_to(src):
+        with attributed_to(src):
             spec.loader.exec_module(module)
         for reg, key in _added_since(before, src):
             reg._verify(key, reg._entries[key].obj)
@@ -389,3 +357,4 @@ def _reset_all() -> None:
     for reg in REGISTRIES.values():
         reg._reset()
     _PLUGIN_FILES.clear()
+    _SOURCE_STACK.clear()

@@ -24,7 +24,15 @@ Class attributes adapt the checks to special needs without skipping them:
 * `updates_buffers_in_training`: default: the layer has buffers.
 * `atol`, `rtol`: float32 tolerances of the allclose comparisons.
 
-GPU-readiness checks (a plugin may opt out of one with a reason, see `opt_out`):
+Layer facts the harness relies on:
+
+* the decay hook: `normbench.variants_api.identity_targets` answers for the layer (its
+  `decay_targets()`, or a (C,) gamma), so `norm_decay_toward: identity` can train it;
+* "global_stats": a batch-dependent layer declaring `global_stats = True` is run as two gloo
+  ranks against the concatenated batch (`normbench.testing_ranks`; two processes, seconds).
+
+GPU-readiness checks (a plugin may opt out of one with a reason, see `opt_out`; also of
+"global_stats"):
 
 * "compile": `torch.compile(fullgraph=True)` (no graph break, hence no host sync such as
   `.item()` in the step) matches eager in outputs, input and parameter gradients and buffers,
@@ -99,7 +107,7 @@ class VariantConformance:
         if self.variant is None:
             raise TypeError(f"{type(self).__name__}: set the class attribute `variant`")
         if isinstance(self.variant, str):
-            from normbench.registry import VARIANTS
+            from normbench.variants_api import VARIANTS
 
             return VARIANTS.get(self.variant).obj
         return self.variant
@@ -122,12 +130,12 @@ class VariantConformance:
 
     def skip_if_opted_out(self, check: str) -> None:
         """Skip `check` with the variant's reason if `opt_out` names it."""
-        if check not in GPU_CHECKS:
-            raise KeyError(f"unknown check {check!r}; the checks are {list(GPU_CHECKS)}")
+        if check not in OPTIONAL_CHECKS:
+            raise KeyError(f"unknown check {check!r}; the checks are {list(OPTIONAL_CHECKS)}")
         for name, reason in self.opt_out.items():
-            if name not in GPU_CHECKS or not isinstance(reason, str) or not reason.strip():
+            if name not in OPTIONAL_CHECKS or not isinstance(reason, str) or not reason.strip():
                 raise TypeError(
-                    f"{type(self).__name__}.opt_out must map check names {list(GPU_CHECKS)} "
+                    f"{type(self).__name__}.opt_out must map check names {list(OPTIONAL_CHECKS)} "
                     f"to a non-empty reason, but got {name!r}: {reason!r}"
                 )
         if check in self.opt_out:
@@ -474,6 +482,41 @@ class VariantConformance:
         with pytest.raises(ValueError):
             traced(self.make_input((n, c, h, w))[:, :, 0])  # 3-D: the check runs in the graph
 
+    def test_decay_targets_name_the_identity_affine(self) -> None:
+        """`norm_decay_toward: identity` can train the layer: it names what L2 pulls each
+        parameter to (`decay_targets()`, or a (C,) gamma toward 1), each target with its
+        parameter's shape and dtype, finite, also when built on the meta device (as suite
+        validation builds it)."""
+        from normbench.variants_api import identity_targets
+
+        layer = self.build()
+        targets = identity_targets(layer)  # ValueError: the layer cannot answer
+        params = dict(layer.named_parameters())
+        for name, target in targets.items():
+            p = params[name]
+            assert (target.shape, target.dtype) == (p.shape, p.dtype), name
+            assert torch.isfinite(target).all(), name
+        try:
+            meta = self.build(device="meta")
+        except NotImplementedError:  # an init that cannot run on meta tensors: built on CPU
+            return
+        assert set(identity_targets(meta)) == set(targets)
+
+    def test_global_stats_claim(self) -> None:
+        """A batch-dependent layer that declares `global_stats = True`: as a 2-rank DDP module
+        under `global_statistics` (gloo, CPU) it computes what it computes in one process on
+        the concatenated batch (normbench.testing_ranks; starts two processes)."""
+        cls = self.variant_class()
+        if getattr(cls, "global_stats", False) is not True or not getattr(
+            cls, "batch_dependent", False
+        ):
+            return  # nothing to exchange (per-sample statistics), or nothing claimed
+        self.skip_if_opted_out("global_stats")
+        from normbench.testing_ranks import case_for, check_claims
+
+        found = check_claims({"claim": case_for(cls, dict(self.options))})["claim"]
+        assert not found, "global_stats = True, but the ranks differ: " + "; ".join(found[:5])
+
     def test_autocast_bf16_statistics_in_fp32(self) -> None:
         """CPU bf16 autocast vs the fp32 layer on the same bf16-rounded input: buffers to
         fp32 accumulation-order tolerance, output within two bf16 steps (BN meets one)."""
@@ -498,6 +541,9 @@ class VariantConformance:
 
 
 GPU_CHECKS = ("compile", "double_backward", "torch_func", "fx_trace", "autocast")
+# Checks a variant may opt out of with a reason: the GPU ones, and the two-process check of a
+# global_stats claim (the built-ins' claims are checked together, normbench.testing_ranks).
+OPTIONAL_CHECKS = (*GPU_CHECKS, "global_stats")
 # Output: torch.testing's bf16 rtol (two bf16 rounding steps, as for a bf16 depthwise conv
 # after the normalisation, BNET/UBN), also as atol; measured, BN's own kernel is within
 # 2.3e-3 of (|y| + 1). Buffers: fp32 reductions in another order (BN: 1.2e-7 absolute),

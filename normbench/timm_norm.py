@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normbench.registry import VARIANTS
+from normbench.variants_api import VARIANTS
 
 TIMM_MISSING = (
     "normbench's timm adapter needs timm, which is not installed: pip install 'normbench[timm]'"

@@ -1,5 +1,6 @@
-"""The public variant API: `create_norm`, `norm_layer`, `list_variants`, `register_variant`,
-`variant_info`, and the constructor-contract check applied to every plugin at registration.
+"""The variants' registry and public API: `VARIANTS`, `create_norm`, `norm_layer`,
+`list_variants`, `register_variant`, `variant_info`, the constructor-contract check applied to
+every plugin at registration, and the variants' option rules (`variant_rules`).
 
 The contract (docs/variants.md#contract, ARCHITECTURE.md): `Variant(num_features, *, options...,
 eps=1e-5, momentum=0.1, device=None, dtype=None)`, every option with a YAML-typed default, `.weight`
@@ -18,11 +19,119 @@ from collections.abc import Callable
 from typing import Any
 
 from normbench.errors import UserError, describe_failure
-from normbench.registry import VARIANTS
+from normbench.options import OptionDoor, OptionProblem, freeze
+from normbench.registry import kind_registry
 
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
 _YAML_SCALARS = (type(None), bool, int, float, str)
+
+
+def _builtin_variants() -> dict[str, type]:
+    from normbench.variants import BUILTIN_VARIANTS  # lazy: the layers import torch
+
+    return BUILTIN_VARIANTS
+
+
+def variant_rules(
+    name: str, cls: Any, options: dict[str, Any], build: bool, context: dict[str, Any]
+) -> list[OptionProblem]:
+    """The variants' own option rules (normbench.options, step 3): a batch-dependent layer
+    cannot train at batch size 1; with `build`, the layer is built at every width (on the meta
+    device), and with `decay_toward="identity"` in the context it must name its identity
+    affine (`identity_targets`)."""
+    if context.get("batch_size") == 1 and getattr(cls, "batch_dependent", False):
+        return [
+            OptionProblem(
+                f"batch size 1 cannot train the batch-dependent variant {name!r} (it "
+                "needs more than one sample per statistic); use a batch-independent variant "
+                "such as gn or in",
+                context="batch_size",
+            )
+        ]
+    identity = context.get("decay_toward") == "identity"
+    for width in sorted(context.get("widths") or ()) if build else ():
+        where = context.get("_where") or ""
+        try:
+            layer = _build_variant(cls, width, freeze(options))
+        except BaseException as exc:
+            return [
+                OptionProblem(
+                    f"variant {name!r} rejects these options at a {width}-channel "
+                    f"layer{where}: {describe_failure(exc)}"
+                )
+            ]
+        try:
+            if identity:
+                identity_targets(layer)
+        except BaseException as exc:
+            return [
+                OptionProblem(
+                    f"variant {name!r} cannot decay toward its identity affine "
+                    f"(norm_decay_toward: identity) at a {width}-channel layer{where}: "
+                    f"{describe_failure(exc)}",
+                    context="decay_toward",
+                )
+            ]
+    return []
+
+
+@functools.cache
+def _build_variant(cls: type, width: int, options: tuple[tuple[str, Any], ...]) -> Any:
+    """Construct once on the meta device (no memory); raises what the constructor raises."""
+    kwargs = dict(options)
+    try:
+        return cls(width, **kwargs, device="meta")
+    except NotImplementedError:  # a layer whose init cannot run on meta tensors
+        return cls(width, **kwargs)
+
+
+def identity_targets(layer: Any) -> dict[str, Any]:
+    """{parameter name: the value weight decay toward the identity affine pulls it to}, for
+    a normalization layer (`norm_decay_toward: identity`, "four things" #3: Summers & Dinneen,
+    ICLR 2020, arXiv 1906.03548, Sec 3.3); its other parameters decay toward 0.
+
+    The layer names them with its `decay_targets()` hook (BNET's kernel: the centred delta;
+    SaBN's branch table: 1 in its gamma columns), like timm models name `no_weight_decay()`.
+    Without the hook, a (C,) `.weight` is gamma (the norm_layer contract) and goes to 1, and a
+    layer without `.weight` has nothing to pull. Raises ValueError when the layer cannot
+    answer: no hook and a `.weight` of another shape, or a hook naming a parameter the layer
+    lacks or giving a target of another shape."""
+    import torch
+
+    params = dict(layer.named_parameters())
+    hook = getattr(layer, "decay_targets", None)
+    if hook is None:
+        weight = getattr(layer, "weight", None)
+        if weight is None:
+            return {}
+        if isinstance(weight, torch.Tensor) and weight.ndim == 1:
+            return {"weight": torch.ones_like(weight)}
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(
+            f"its .weight {shape} is not a (C,) gamma and it has no decay_targets() hook naming "
+            "what decay toward the identity affine pulls each parameter to"
+        )
+    targets = dict(hook())
+    for name, target in targets.items():
+        if name not in params:
+            raise ValueError(f"decay_targets() names {name!r}, which is not a parameter of it")
+        if not isinstance(target, torch.Tensor) or target.shape != params[name].shape:
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else repr(target)
+            raise ValueError(
+                f"decay_targets()[{name!r}] must be a tensor of the parameter's shape "
+                f"{tuple(params[name].shape)}, but got {got}"
+            )
+    return targets
+
+
+def default_placement(variant: str) -> str:
+    """Where `variant` goes when a suite names no placement: its class attribute
+    `default_placement` (its official code's placement, normbench.models.placement), else
+    "everywhere"."""
+    name = variant.lower()
+    cls = VARIANTS.get(name).obj if name in VARIANTS else None
+    return str(getattr(cls, "default_placement", None) or "everywhere")
 
 
 def register_variant(name: str | type | None = None) -> Any:
@@ -200,3 +309,12 @@ def variant_info(name: str) -> dict[str, Any]:
     except BaseException as exc:  # shown in the table, not a crash of the whole listing
         info["error"] = describe_failure(exc)
     return info
+
+
+VARIANTS = kind_registry(
+    "variant",
+    "normbench.variants",
+    _builtin_variants,
+    check=check_variant_contract,
+    door=OptionDoor("variant", skip=1, rules=variant_rules),
+)

@@ -11,7 +11,7 @@ import pytest
 
 from normbench.cli import main
 from normbench.contract import DatasetFacts, dataset_facts
-from normbench.registry import DATASETS
+from normbench.data import DATASETS
 
 PLUGIN = """
 from normbench.contract import DatasetFacts

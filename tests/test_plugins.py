@@ -18,8 +18,8 @@ import torch
 from normbench import registry
 from normbench.cli import main
 from normbench.errors import PluginError
-from normbench.registry import BUILTIN, VARIANTS, load_plugin
-from normbench.variants_api import create_norm, list_variants
+from normbench.registry import BUILTIN, load_plugin
+from normbench.variants_api import VARIANTS, create_norm, list_variants
 
 GOOD_PLUGIN = """
 import torch

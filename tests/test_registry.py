@@ -11,8 +11,8 @@ from torch import nn
 from normbench import registry
 from normbench.errors import DuplicateNameError, PluginError, UnknownNameError
 from normbench.options import OptionDoor
-from normbench.registry import BUILTIN, Registry, _check_variant
-from normbench.variants_api import check_variant_contract, variant_info
+from normbench.registry import BUILTIN, Registry
+from normbench.variants_api import VARIANTS, check_variant_contract, variant_info
 
 
 class ToyNorm(nn.Module):
@@ -64,8 +64,8 @@ def _toy_registry() -> Registry:
     return Registry(
         "variant",
         "normbench.tests.no_such_group",
-        lambda reg: reg.register("toy", ToyNorm, source=BUILTIN),
-        check=_check_variant,
+        lambda: {"toy": ToyNorm},
+        check=check_variant_contract,
         door=OptionDoor("variant", skip=1),
     )
 
@@ -160,11 +160,11 @@ def test_reset_forgets_entries_and_reloads_builtins() -> None:
 def test_failing_builtins_leave_the_registry_retryable() -> None:
     calls = []
 
-    def builtins(reg: Registry) -> None:
+    def builtins() -> dict[str, type]:
         calls.append(1)
-        reg.register("toy", ToyNorm, source=BUILTIN)
         if len(calls) == 1:
             raise ImportError("half-written module")
+        return {"toy": ToyNorm}
 
     reg = Registry("variant", "normbench.tests.no_such_group", builtins)
     with pytest.raises(ImportError):
@@ -193,7 +193,7 @@ def test_create_norm_builds_each_builtin(builtins_available: None, name: str) ->
     x = torch.randn(4, 16, 6, 6)
     layer.train()
     assert layer(x).shape == x.shape
-    assert registry.VARIANTS.get(name).source == BUILTIN
+    assert VARIANTS.get(name).source == BUILTIN
     assert isinstance(type(layer).paper, str) and type(layer).paper
     assert isinstance(type(layer).batch_dependent, bool)
     assert variant_info(name)["source"] == BUILTIN

@@ -1,7 +1,7 @@
 """The built-in normalization layers, installed as `normbench.variants`.
 
 This package depends on torch only and never imports the rest of normbench (the way timm's
-`layers/` never imports its `models/`); `normbench.registry` registers `BUILTIN_VARIANTS`
+`layers/` never imports its `models/`); `normbench.variants_api` registers `BUILTIN_VARIANTS`
 through the same call a plugin uses.
 """
 

@@ -75,21 +75,37 @@ def leaf_forward(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
 torch.fx.wrap("leaf_forward")
 
 
+def leaf_call(layer: Any, x: Any, *args: Any) -> Any:
+    """What a layer's `forward` does: one `leaf_forward` node inside a traced model; traced
+    alone (`torch.fx.symbolic_trace(layer)`, where the layer is the tracer's root and cannot be
+    an argument of its own graph), one call of the GraphModule's submodule `traced_leaf`, the
+    layer itself, so a lone layer traces and runs as it does inside a model."""
+    if isinstance(x, torch.fx.Proxy) and getattr(x.tracer, "root", None) is layer:
+        return x.tracer.create_proxy("call_module", "traced_leaf", (x, *args), {})
+    return leaf_forward(layer, x, *args)
+
+
 class FxLeaf:
     """Mixin: `forward(x)` runs `forward_impl(x)` through the fx-wrapped `leaf_forward`.
 
     `torch.fx.symbolic_trace` cannot trace Python control flow on shapes (a shape check, the
     number of ghost batches); torch's own norm layers avoid it by being fx leaf modules. A
-    normbench layer is recorded as one `leaf_forward` call instead, with the same effect.
+    normbench layer is recorded as one `leaf_forward` call instead, with the same effect; a
+    layer traced alone becomes a GraphModule calling it as its submodule (`leaf_call`).
     `torch.jit.script` is not supported (the layers use Python features it does not
     compile: `*args`, closures passed as coefficient functions); use `torch.compile`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return leaf_forward(self, x)
+        return leaf_call(self, x)
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def traced_leaf(self) -> FxLeaf:
+        """The layer itself: what a GraphModule of the layer traced alone holds and calls."""
+        return self
 
 
 def gap(x: torch.Tensor) -> torch.Tensor:
@@ -237,6 +253,15 @@ def register_bn_buffers(
     module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
     module.register_buffer(var_name, torch.ones(num_features, device=device, dtype=dtype))
     module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+
+def identity_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The identity of a depthwise (C, 1, k, k) kernel with odd k: the centred delta (a
+    layer's `decay_targets()` for BNET's and UBN's affine kernels)."""
+    k = weight.shape[-1]
+    delta = torch.zeros_like(weight)
+    delta[:, 0, k // 2, k // 2] = 1.0
+    return delta
 
 
 def register_affine(

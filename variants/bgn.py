@@ -77,6 +77,8 @@ class BatchGroupNorm2d(ContractNorm):
     paper = "Batch Group Normalization (arXiv 2020), arXiv 2012.02782"
     batch_dependent = True
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {"num_groups": "G"}
 
     @classmethod
     def check_options(

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import RunningStatsNorm, check_input
+from ._core import RunningStatsNorm, check_input, identity_kernel
 from ._options import check_choice, check_int
 
 INITS = ("identity", "zero")
@@ -50,6 +50,8 @@ class BNET2d(RunningStatsNorm):
     )
     batch_dependent = True
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {"kernel_size": "k"}
 
     def __init__(
         self,
@@ -90,6 +92,11 @@ class BNET2d(RunningStatsNorm):
 
     def options_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, init={self.init!r}"
+
+    def decay_targets(self) -> dict[str, torch.Tensor]:
+        """Weight decay toward the identity affine pulls the kernel to the centred delta (the
+        bias, not named, decays toward 0)."""
+        return {"weight": identity_kernel(self.weight)}
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)

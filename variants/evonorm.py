@@ -131,6 +131,7 @@ class EvoNormS0(ContractNorm):
 
     # normbench's option hook, GN's rule: an explicit `num_groups` must divide every width
     check_options = GroupNorm2d.check_options
+    option_labels = GroupNorm2d.option_labels  # G, cpg in suite labels
 
     def __init__(
         self,

@@ -99,6 +99,13 @@ class FourThingsNorm2d(ContractNorm):
     )
     batch_dependent = True
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {
+        "channel_groups": "G",
+        "channels_per_group": "cpg",
+        "examples_per_group": "epg",
+        "eval_example_weight": "alpha",
+    }
     weight: nn.Parameter
     bias: nn.Parameter
     running_mean: torch.Tensor

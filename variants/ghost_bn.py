@@ -76,6 +76,8 @@ class GhostBatchNorm2d(ContractNorm):
     )
     batch_dependent = True
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {"ghost_batch_size": "ghost"}
 
     @classmethod
     def check_options(

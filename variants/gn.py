@@ -57,6 +57,8 @@ class GroupNorm2d(FxLeaf, nn.GroupNorm):
     paper = "Group Normalization (ECCV 2018), arXiv 1803.08494"
     batch_dependent = False
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {"num_groups": "G", "channels_per_group": "cpg"}
 
     @classmethod
     def check_options(

@@ -56,6 +56,9 @@ class IEBN2d(RunningStatsNorm):
     )
     batch_dependent = True
     global_stats = True
+    # The official CIFAR ResNet (gbup-group/IEBN) keeps nn.BatchNorm2d in the downsample
+    # shortcut: a suite that names no placement uses this one (normbench.models.placement).
+    default_placement = "except-shortcut"
 
     def __init__(
         self,

@@ -89,11 +89,18 @@ class SandwichBatchNorm2d(RunningStatsNorm):
             self.embed.weight[:, :c].normal_(1.0, 0.02)
             self.embed.weight[:, c:].zero_()
 
+    def decay_targets(self) -> dict[str, torch.Tensor]:
+        """Weight decay toward the identity affine pulls gamma_sa and each branch's gamma_k
+        (columns [0, C) of the table) to 1; beta_k and the bias decay toward 0."""
+        table = torch.zeros_like(self.embed.weight)
+        table[:, : self.num_features] = 1.0
+        return {"weight": torch.ones_like(self.weight), "embed.weight": table}
+
     def options_repr(self) -> str:
         return f"num_branches={self.num_branches}"
 
     def forward(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
-        return _core.leaf_forward(self, x, index)  # one fx node, see `_core.FxLeaf`
+        return _core.leaf_call(self, x, index)  # one fx node, see `_core.FxLeaf`
 
     def forward_impl(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
         check_input(self, x, self.num_features)

@@ -87,6 +87,7 @@ from normbench.variants._core import (
     check_batch_statistics,
     check_input,
     gap,
+    identity_kernel,
     per_channel,
     register_affine,
     register_bn_buffers,
@@ -169,6 +170,8 @@ class UnifiedBatchNorm2d(ContractNorm):
     )
     batch_dependent = True
     global_stats = True
+    # short option names in a suite's row labels ("gn(G=8)"; normbench.suite.matrix)
+    option_labels = {"kernel_size": "k"}
     running_mean: torch.Tensor
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
@@ -382,14 +385,22 @@ class UnifiedBatchNorm2d(ContractNorm):
             self.condensed.copy_(decided)
 
     def diagnostics(self) -> dict[str, float]:
-        """Per-layer numbers for the training log (docs/variants.md#early-training)."""
+        """Per-layer numbers for the training log (docs/variants.md#early-training); `tau`
+        is the threshold the running similarity is held against (the reports draw it)."""
         return {
+            "tau": float(self.tau),
             "running_sim": float(self.running_sim.item()),
             "batch_steps": float(self.num_batches_tracked.item()),
             "frozen_steps": float(self.frozen_steps.item()),
             "condensed": float(self.condensed.item()),
             "num_batches_tracked": float(self.num_batches_tracked.item()),
         }
+
+    def decay_targets(self) -> dict[str, torch.Tensor]:
+        """Weight decay toward the identity affine pulls the BNET kernel to the centred delta
+        (a (C,) gamma without `affine_rect` to 1); the rest decays toward 0."""
+        w = self.weight
+        return {"weight": identity_kernel(w) if w.ndim == 4 else torch.ones_like(w)}
 
     def extra_repr(self) -> str:
         return (

@@ -5,8 +5,8 @@
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
     normbench bench ddp       -> bench_ddp.md         (normbench.bench.ddp; gloo on CPU)
-    normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu; one line and
-                                                       exit 0 without a GPU)
+    normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu: the device check;
+                                                       CUDA checks skipped without a GPU)
 
 Each report goes to a fresh folder `runs/bench/<name>-<UTC time>/` unless `--output FILE` says
 otherwise, so a run from the repository root never overwrites the committed `reports/` copy;
@@ -84,16 +84,17 @@ def variants_command(
 
 
 def gpu_command(output: OutputOption = None, quick: QuickOption = False) -> None:
-    """GPU check: layers under bf16 + channels_last + compile vs eager fp32, the training step
-    on CUDA, a 2-epoch quickstart; one line and exit 0 without a GPU."""
-    import torch
+    """The device check: one PASS/FAIL/SKIP line per check (layers' host syncs, device time,
+    channels_last and compile; peak memory; a killed and resumed trial; refusals; a quickstart
+    slice; NCCL against virtual devices), at most 5 minutes on one GPU. Without CUDA the CUDA
+    checks are skipped. Exit status 1 when a check fails."""
+    from normbench.bench.gpu import CheckFailed, run
 
-    from normbench.bench.gpu import NO_GPU, run
-
-    if not torch.cuda.is_available():
-        print(NO_GPU)
-        return
-    _run("gpu", output or default_output("gpu", "bench_gpu.md"), run, quick=quick)
+    try:
+        _run("gpu", output or default_output("gpu", "bench_gpu.md"), run, quick=quick)
+    except CheckFailed as exc:
+        print(f"normbench bench gpu: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
 
 
 def _add_simple(bench: typer.Typer, name: str, module: str, filename: str, doc: str) -> None:

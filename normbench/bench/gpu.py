@@ -1,201 +1,177 @@
-"""`normbench bench gpu`: what only a GPU can show, in one Markdown report (minutes, one GPU).
+"""`normbench bench gpu`: the device check, one PASS/FAIL/SKIP line per check and one Markdown
+report, in about `BUDGET_S` seconds on one GPU: a check that would start later is skipped, and
+a per-layer loop stops at the deadline, each saying so (the layer in progress finishes).
 
-1. Every built-in layer, training mode, under bf16 autocast + channels_last +
-   `torch.compile(fullgraph=True)` (Inductor) against the same layer eager in fp32 on the same
-   input: the largest output, input-gradient and buffer differences (relative to |ref| + 1),
-   compile time and step times (`torch.cuda.synchronize()` before each clock read).
-2. The training-step benchmark (`normbench.bench.train_step`) on CUDA.
-3. A 2-epoch quickstart (`normbench run suites/quickstart.yaml --max-epochs 2`) on CUDA, from
-   the checkout's `suites/` folder, in a temporary run directory.
+Checks (per layer: every built-in at its default options, one bf16 + channels_last training
+step; `normbench.bench.gpu_layers`):
+1. `0.5-GPU DDP refusal`: a suite giving two DDP ranks half a GPU each is refused at
+   validation, pointing to `train.parallel: virtual`.
+2. `channels_last per layer`: output and input gradient stay channels_last.
+3. `compiled matches eager per layer`: compiled bf16 against eager fp32 (Inductor on CUDA,
+   `aot_eager` on a CPU), within bf16 rounding.
+4. `host syncs per layer` (CUDA): none in a training step, under torch's sync debug mode.
+5. `bytes per layer against the traffic model`: from `normbench.bench.traffic` (the layer side
+   of issue 20); said to be unwired while it is.
+6. `peak memory after warm-up` (CUDA): the engine's meter equals a steady step's allocator
+   peak, without the first step's cuDNN autotuning.
+7. `killed and resumed trial`: a deterministic 2-epoch trial stopped after epoch 1 and resumed
+   from its checkpoint (RNGs scrambled in between) yields the uninterrupted records.
+8. `quickstart slice on CUDA`: `normbench run suites/quickstart.yaml` for one short epoch at
+   half a GPU per trial; every record on CUDA.
+9. `2-rank NCCL trial equals its virtual twin` (2+ GPUs): every step's loss.
+10. `device time per layer vs BN` (CUDA): eager and compiled, from the profiler; at most
+   `TIME_LIMIT` x BN's (BNET and UBN: x BN plus their depthwise convolution).
 
-Without a CUDA device the command prints one line and exits 0 (nothing to check). The layer
-comparison (`compare_layer`) takes the device and compile backend as arguments, so the test
-suite runs the same code on CPU with a cheap backend.
+Without CUDA the CUDA checks are skipped, one line each; the rest run on the CPU, which is how
+the tests run the command's whole code path (`write_report` on the CPU).
 """
 
 from __future__ import annotations
 
-import copy
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from normbench.bench import gpu_layers as gl
+from normbench.bench.gpu_base import Context, Result, table, verdict
 from normbench.bench.machine import describe_machine
 
-SHAPE = (64, 64, 32, 32)
-QUICK_SHAPE = (16, 32, 16, 16)
-# bf16 has 8 significant bits: a difference within a few bf16 steps of |ref| + 1 is rounding.
-TOLERANCE = 0.05
-# The suite asks for no GPU, and Ray hides every GPU from a trial that asked for none
-# (CUDA_VISIBLE_DEVICES=""): half a GPU per trial (two at a time), one seed, 2 epochs.
-QUICKSTART_FLAGS = ["--max-epochs", "2", "--set", "resources.gpus=0.5", "--set", "seeds=1"]
-NO_GPU = "normbench bench gpu: no CUDA device visible to torch, nothing to check (exit 0)."
+__all__ = ["Check", "CheckFailed", "Context", "Result", "run", "table", "verdict"]
+
+BUDGET_S = 300.0
+SHAPE = (32, 64, 32, 32)
+QUICK_SHAPE = (8, 16, 8, 8)
 
 
 @dataclass(frozen=True)
-class LayerCheck:
-    """One layer: bf16 + channels_last + compiled vs eager fp32 (differences relative to
-    |reference| + 1; times in ms per forward+backward step; compile in s)."""
-
+class Check:
     name: str
-    output_diff: float
-    grad_diff: float
-    buffer_diff: float
-    compile_s: float
-    eager_ms: float
-    compiled_ms: float
+    result: Result
 
-    @property
-    def ok(self) -> bool:
-        return max(self.output_diff, self.grad_diff, self.buffer_diff) <= TOLERANCE
+    def line(self) -> str:
+        return f"{self.result.status:<4}  {self.name}: {self.result.summary}"
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float(((a - b).abs() / (b.abs() + 1)).max()) if a.numel() else 0.0
+# ------------------------------------------------------------------------- the checks
+def check_refusal(ctx: Context) -> Result:
+    from normbench.suite.loader import SuiteError, load_suite
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def compare_layer(
-    name: str,
-    shape: tuple[int, int, int, int],
-    device: torch.device,
-    *,
-    backend: str = "inductor",
-    repeats: int = 5,
-) -> LayerCheck:
-    """Check the registry variant `name` (default options) as described in the module doc."""
-    from normbench.variants_api import create_norm
-
-    # Every layer's forward is one function (variants/_core.py) and Dynamo caches per function,
-    # at most `recompile_limit` (8) entries: without a reset the 9th layer fails to compile.
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    reference = create_norm(name, shape[1]).to(device).train()
-    candidate = copy.deepcopy(reference).to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).relu_().to(device)
-    g = torch.randn(shape, generator=gen).to(device)
-    x_bf16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    compiled = torch.compile(candidate, backend=backend, fullgraph=True)
-
-    def eager_step() -> tuple[torch.Tensor, torch.Tensor]:
-        xr = x_bf16.float().contiguous().requires_grad_()
-        y = reference(xr)
-        y.backward(g)
-        assert xr.grad is not None
-        return y, xr.grad
-
-    def compiled_step() -> tuple[torch.Tensor, torch.Tensor]:
-        xc = x_bf16.detach().clone().requires_grad_()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            y = compiled(xc)
-        y.backward(g.to(y.dtype))
-        assert xc.grad is not None
-        return y, xc.grad
-
-    _sync(device)
-    start = time.perf_counter()
-    y_c, grad_c = compiled_step()  # first call compiles
-    _sync(device)
-    compile_s = time.perf_counter() - start
-    y_e, grad_e = eager_step()
-    buffers = [
-        _rel(bc, be)
-        for be, bc in zip(reference.buffers(), candidate.buffers(), strict=True)
-        if be.is_floating_point()
-    ]
-    check = dict(
-        output_diff=_rel(y_c, y_e),
-        grad_diff=_rel(grad_c, grad_e),
-        buffer_diff=max(buffers, default=0.0),
+    text = (
+        "version: 1\nname: half\ndataset: {name: synthetic}\nbackbones: [resnet20]\n"
+        "variants: [bn]\nbatch_sizes: [8]\ntrain: {epochs: 1, devices: 2}\n"
+        "resources: {cpus: 1, gpus: 0.5}\n"
     )
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for _ in range(repeats):
-        for label, step in (("eager", eager_step), ("compiled", compiled_step)):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[label].append(time.perf_counter() - start)
-    return LayerCheck(
-        name,
-        **check,
-        compile_s=compile_s,
-        eager_ms=statistics.median(times["eager"]) * 1e3,
-        compiled_ms=statistics.median(times["compiled"]) * 1e3,
-    )
-
-
-def layer_section(checks: list[LayerCheck], shape: tuple[int, ...], device: torch.device) -> str:
-    lines = [
-        f"## Layers: bf16 autocast + channels_last + compile vs eager fp32 ({device.type}, "
-        f"input {'x'.join(map(str, shape))}, training mode)",
-        "",
-        f"Differences are max |a - b| / (|b| + 1); 'ok' means all three <= {TOLERANCE} (a few "
-        "bf16 rounding steps). ms = median forward+backward step.",
-        "",
-        "| layer | output diff | input-grad diff | buffer diff | compile s | eager fp32 ms "
-        "| compiled bf16 ms | speed-up | result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for c in checks:
-        lines.append(
-            f"| {c.name} | {c.output_diff:.2e} | {c.grad_diff:.2e} | {c.buffer_diff:.2e} | "
-            f"{c.compile_s:.1f} | {c.eager_ms:.2f} | {c.compiled_ms:.2f} | "
-            f"{c.eager_ms / c.compiled_ms:.2f}x | {'ok' if c.ok else '**differs**'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _quickstart(device: torch.device) -> str:
-    """Run the 2-epoch quickstart in a temporary directory; its leaderboard, or the error."""
-    suite = Path("suites/quickstart.yaml")
-    head = "## Quickstart, 2 epochs on CUDA\n\n"
-    if not suite.is_file():
-        return head + f"Skipped: {suite} not found (run from a normbench checkout).\n"
     with tempfile.TemporaryDirectory(prefix="nbgpu") as tmp:
-        out = Path(tmp) / "quickstart"
-        cmd = [sys.executable, "-m", "normbench", "run", str(suite), "-o", str(out)]
-        cmd += QUICKSTART_FLAGS
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - start
-        text = head + f"`{' '.join(cmd[1:])}`: exit {proc.returncode}, {wall:.0f} s.\n\n"
-        board = out / "report" / "leaderboard.md"
-        if proc.returncode != 0 or not board.is_file():
-            return text + "```\n" + (proc.stderr or proc.stdout)[-3000:] + "\n```\n"
-        return (
-            text + _devices_line(out / "epochs.jsonl") + board.read_text().replace("\n# ", "\n### ")
-        )
+        path = Path(tmp) / "half.yaml"
+        path.write_text(text)
+        try:
+            load_suite(path)
+        except SuiteError as exc:
+            message = str(exc).splitlines()[0]
+            if "train.parallel: virtual" in message:
+                return Result("PASS", "refused at validation, pointing to train.parallel: virtual")
+            return Result("FAIL", f"refused without pointing to train.parallel: virtual: {message}")
+    return Result("FAIL", "a suite giving two DDP ranks half a GPU each was accepted")
 
 
-def _devices_line(epochs: Path) -> str:
-    """Which devices the quickstart's epochs ran on (records' `device`): CUDA, or a warning."""
-    from normbench.results.store import read_jsonl
-
-    devices = sorted({rec.get("device", "?") for rec in read_jsonl(epochs)})
-    if devices and all(d.startswith("cuda") for d in devices):
-        return f"Every epoch ran on {', '.join(devices)}.\n\n"
-    return f"**Not on CUDA**: the epochs ran on {', '.join(devices) or 'nothing'}.\n\n"
+def check_channels_last(ctx: Context) -> Result:
+    cases = list(ctx.cases())
+    lost = [case.name for case in cases if not gl.keeps_channels_last(case)]
+    bad = [f"lost by {', '.join(lost)}"] if lost else []
+    return verdict(bad, f"kept by all {len(cases)}", ctx=ctx)
 
 
-def run(output: Path, *, quick: bool = False) -> Path | None:
-    """Write the GPU report to `output`; None (and one printed line) without a CUDA device."""
-    if not torch.cuda.is_available():
-        print(NO_GPU)
-        return None
-    return write_report(output, torch.device("cuda"), quick=quick)
+def check_compiled(ctx: Context) -> Result:
+    rows, bad = [], []
+    for case in ctx.cases():
+        diff = gl.compiled_matches_eager(case, ctx.backend)
+        rows.append([case.name, f"{diff:.2e}"])
+        if not diff <= gl.TOLERANCE:
+            bad.append(f"{case.name} differs by {diff:.2e}")
+    details = table(["layer", "max relative difference (output, input grad, buffers)"], rows)
+    return verdict(bad, f"all {len(rows)} within {gl.TOLERANCE} ({ctx.backend})", details, ctx)
+
+
+def check_host_syncs(ctx: Context) -> Result:
+    counts = {case.name: gl.host_syncs(case) for case in ctx.cases()}
+    bad = [f"{n}: {c}" for n, c in counts.items() if c]
+    details = table(["layer", "host syncs per step"], [[n, str(c)] for n, c in counts.items()])
+    return verdict(bad, f"none in any of {len(counts)}", details, ctx)
+
+
+def check_traffic(ctx: Context) -> Result:
+    import importlib.util
+
+    if importlib.util.find_spec("normbench.bench.traffic") is None:
+        return Result("SKIP", "not wired: normbench.bench.traffic (the layer side of issue 20) "
+                      "is not in this build")  # fmt: skip
+    return Result("SKIP", "not wired: normbench.bench.traffic exists, this check does not call it")
+
+
+CheckFn = Callable[[Context], Result]
+
+
+def checks() -> list[tuple[str, CheckFn, bool]]:
+    """(name, check, needs CUDA) in the order they run: cheap and essential first, the
+    compile-heavy timing last (it stops at the budget layer by layer)."""
+    from normbench.bench import gpu_runs as runs
+
+    return [
+        ("0.5-GPU DDP refusal", check_refusal, False),
+        ("channels_last per layer", check_channels_last, False),
+        ("compiled matches eager per layer", check_compiled, False),
+        ("host syncs per layer", check_host_syncs, True),
+        ("bytes per layer against the traffic model", check_traffic, False),
+        ("peak memory after warm-up", runs.check_peak_memory, True),
+        ("killed and resumed trial", runs.check_resume, False),
+        ("quickstart slice on CUDA", runs.check_quickstart, True),
+        ("2-rank NCCL trial equals its virtual twin", runs.check_nccl, True),
+        ("device time per layer vs BN", runs.check_layer_times, True),
+    ]
+
+
+def run_checks(ctx: Context, *, budget_s: float = BUDGET_S, echo: bool = True) -> list[Check]:
+    """Every check in order; CUDA checks skipped without CUDA, and any check that would start
+    after `budget_s` seconds skipped. Each line is printed as its check ends (`echo`)."""
+    started, done = time.monotonic(), []
+    ctx.deadline = started + budget_s
+    for name, fn, needs_cuda in checks():
+        if needs_cuda and not ctx.cuda:
+            result = Result("SKIP", "needs a CUDA device; none is visible to torch")
+        elif time.monotonic() > ctx.deadline:
+            result = Result("SKIP", f"the {budget_s:.0f} s time budget was spent")
+        else:
+            result = fn(ctx)
+        done.append(Check(name, result))
+        if echo:
+            print(done[-1].line(), flush=True)
+    return done
+
+
+def report(checks_done: list[Check], ctx: Context, seconds: float) -> str:
+    machine = "\n".join(f"- {k}: {v}" for k, v in describe_machine().items())
+    shape = "x".join(map(str, ctx.shape))
+    parts = [
+        "# Device check (`normbench bench gpu`)",
+        "",
+        machine,
+        "",
+        f"Device {ctx.device}, layer input {shape} (bf16 autocast + channels_last), compile "
+        f"backend {ctx.backend}; {seconds:.0f} s.",
+        "",
+        table(
+            ["result", "check", "summary"],
+            [[c.result.status, c.name, c.result.summary] for c in checks_done],
+        ),  # fmt: skip
+    ]
+    for c in checks_done:
+        if c.result.details:
+            parts += [f"## {c.name}", "", c.result.details]
+    return "\n".join(parts)
 
 
 def write_report(
@@ -203,34 +179,31 @@ def write_report(
     device: torch.device,
     *,
     quick: bool = False,
-    backend: str = "inductor",
-    quickstart: bool = True,
-) -> Path:
-    """The report of `run` on `device`: the tests run it on the CPU with a cheap `backend` and
-    without the quickstart (which `normbench run` tests cover)."""
-    from normbench.bench import train_step
+    backend: str | None = None,
+    budget_s: float = BUDGET_S,
+) -> tuple[Path, list[Check]]:
+    """Run every check on `device` and write the report; (its path, the checks)."""
     from normbench.variants import BUILTIN_VARIANTS
 
-    shape = QUICK_SHAPE if quick else SHAPE
-    checks = [compare_layer(name, shape, device, backend=backend) for name in BUILTIN_VARIANTS]
-    with tempfile.TemporaryDirectory(prefix="nbgpu") as tmp:
-        step = train_step.run(Path(tmp) / "step.md", quick=quick, devices=[device.type])
-        step_report = step.read_text()
-    machine = "\n".join(f"- {k}: {v}" for k, v in describe_machine().items())
-    text = "\n".join(
-        [
-            "# GPU check",
-            "",
-            machine,
-            "",
-            layer_section(checks, shape, device),
-            f"## Training step on {device.type} (normbench.bench.train_step)",
-            "",
-            step_report.replace("\n# ", "\n### "),
-            _quickstart(device) if quickstart else "",
-        ]
-    )
+    backend = backend or ("inductor" if device.type == "cuda" else "aot_eager")
+    ctx = Context(device, QUICK_SHAPE if quick else SHAPE, backend, list(BUILTIN_VARIANTS))
+    started = time.monotonic()
+    done = run_checks(ctx, budget_s=budget_s)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    return output
+    output.write_text(report(done, ctx, time.monotonic() - started))
+    return output, done
+
+
+def run(output: Path, *, quick: bool = False) -> Path:
+    """The device check on CUDA when there is one, else on the CPU (CUDA checks skipped)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path, done = write_report(output, device, quick=quick)
+    failed = [c.name for c in done if c.result.status == "FAIL"]
+    if failed:
+        raise CheckFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}; see {path}")
+    return path
+
+
+class CheckFailed(RuntimeError):
+    """At least one check of the device check failed (the report says which and why)."""

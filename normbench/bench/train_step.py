@@ -36,7 +36,7 @@ from torch import nn
 from normbench.bench.machine import describe_machine
 from normbench.engine.device import Runtime, build_runtime, synchronize
 from normbench.engine.recipe import build_optimizer
-from normbench.engine.spec import Recipe
+from normbench.spec import Recipe
 
 BACKBONES = ("resnet20", "resnet18")
 TARGET_BACKBONE, TARGET_RATIO = "resnet18", 1.5
@@ -88,7 +88,8 @@ def _plan(rt: Runtime, quick: bool) -> Plan:
 
 def _configs(batch: int) -> list[tuple[str, str, dict[str, object]]]:
     """(label, variant, options): BN first, then every built-in, then Ghost BN at N/4."""
-    from normbench.registry import BUILTIN, VARIANTS
+    from normbench.registry import BUILTIN
+    from normbench.variants_api import VARIANTS
 
     names = sorted(e.name for e in VARIANTS.entries() if e.source == BUILTIN and e.name != "bn")
     configs: list[tuple[str, str, dict[str, object]]] = [("bn", "bn", {})]

@@ -132,8 +132,8 @@ def _devices(device: str) -> list[torch.device]:
 def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) -> list[Case]:
     """The two references, every built-in with default options, and Ghost BN with N/4
     (with `compile`, each followed by its compiled copy, which is judged on no target)."""
-    from normbench.registry import BUILTIN, VARIANTS
-    from normbench.variants_api import create_norm
+    from normbench.registry import BUILTIN
+    from normbench.variants_api import VARIANTS, create_norm
 
     n, c = shape[0], shape[1]
     torch.manual_seed(0)  # SaBN draws its branch affine at random

@@ -2,39 +2,20 @@
 
 Built-ins: `cifar10`, `cifar100` (torchvision files), `imagenet` (an ImageFolder tree the
 user has), `digits` (ships inside scikit-learn) and `synthetic` (generated). Plugins register
-more through `register_dataset` or the entry-point group `normbench.datasets`; a factory is
+more through `register_dataset` or the entry-point group `normbench.datasets`
+(`normbench.data.registry`, beside the built-ins' table); a factory is
 `fn(*, root, download, image_size, val_fraction, split_seed, **options) -> DataSplits`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
 from normbench.data.build import Data, Loader, build_data
-from normbench.data.cifar import cifar10, cifar100
-from normbench.data.digits import digits
-from normbench.data.imagenet import imagenet
-from normbench.data.synthetic import synthetic
-from normbench.registry import DATASETS
-
-BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-    "imagenet": imagenet,
-    "digits": digits,
-    "synthetic": synthetic,
-}
-
-
-def register_dataset(name: str | None = None) -> Callable[[Any], Any]:
-    """Decorator: register a data-set factory under `name` (default: the function's name)."""
-    return DATASETS.decorator(name)
-
+from normbench.data.registry import BUILTIN_DATASETS, DATASETS, register_dataset
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DATASETS",
     "Augment",
     "Data",
     "DataSplits",

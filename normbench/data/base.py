@@ -13,6 +13,7 @@ whatever its training seed). A report picks its best epoch on it, never on the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from normbench.errors import UserError
+from normbench.errors import UnknownNameError, UserError, closest
 
 
 class DatasetOptionError(UserError, ValueError):
@@ -46,6 +47,34 @@ class Augment:
 
     def to_dict(self) -> dict[str, Any]:
         return {"crop_padding": self.crop_padding, "hflip": self.hflip, "rotation": self.rotation}
+
+
+def parse_augment(default: Augment, value: Any) -> Augment:
+    """Apply a suite's `augment` value to a data set's default augmentation."""
+    if value is None or value is True:
+        return default
+    if value is False:
+        return Augment()
+    if not isinstance(value, dict):
+        raise DatasetOptionError(f"augment must be a mapping, true or false, but got {value!r}")
+    valid = [f.name for f in dataclasses.fields(Augment)]
+    for key in value:
+        if key not in valid:
+            raise UnknownNameError(
+                f"unknown augment option {key!r}{closest(str(key), valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+    aug = dataclasses.replace(default, **value)
+    pad, rot = aug.crop_padding, aug.rotation
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise DatasetOptionError(f"augment.crop_padding must be an integer >= 0, but got {pad!r}")
+    if not isinstance(aug.hflip, bool):
+        raise DatasetOptionError(f"augment.hflip must be true or false, but got {aug.hflip!r}")
+    if isinstance(rot, bool) or not isinstance(rot, int | float) or not 0 <= rot <= 180:
+        raise DatasetOptionError(
+            f"augment.rotation must be a number of degrees in [0, 180], but got {rot!r}"
+        )
+    return dataclasses.replace(aug, rotation=float(rot))
 
 
 @dataclass

@@ -4,7 +4,9 @@ Dataset options (a suite's `dataset_options`) are of two kinds:
 - factory options, passed to the data-set factory: `root`, `download`, `image_size`,
   `val_fraction` (default 0.1; 0 = no validation split), `split_seed` (default 0), plus any
   options of that data set (e.g. synthetic's `n_train`);
-- loader options, used here: `augment` and `num_workers` (folder data sets only).
+- loader options, used here: `augment` and `num_workers` (folder data sets only; default: the
+  trial's CPUs but one, `normbench.data.folder_loader.default_workers`; not part of the
+  trial id).
 
 `augment` is a mapping that overrides the data set's defaults key by key,
 `{crop_padding: int >= 0, hflip: bool, rotation: float degrees in [0, 180]}`; `true` or null
@@ -14,27 +16,17 @@ keeps the defaults and `false` turns every augmentation off. Unknown option name
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet
+from normbench.data.base import Augment, DatasetOptionError, DataSplits, TensorSet, parse_augment
 from normbench.data.folder_loader import FolderLoader, build_transform
+from normbench.data.registry import DATASETS, FACTORY_DEFAULTS, LOADER_OPTIONS
 from normbench.data.shard import Shard
 from normbench.data.tensor_loader import Normalizer, TensorLoader, epoch_generator
-from normbench.errors import UnknownNameError
-from normbench.registry import DATASETS, closest
 
-FACTORY_DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "download": False,
-    "image_size": None,
-    "val_fraction": 0.1,
-    "split_seed": 0,
-}
-LOADER_OPTIONS = ("augment", "num_workers")
 _PROBE_STREAM = 2
 
 
@@ -74,34 +66,6 @@ def _split_options(
     return factory, loader
 
 
-def parse_augment(default: Augment, value: Any) -> Augment:
-    """Apply a suite's `augment` value to a data set's default augmentation."""
-    if value is None or value is True:
-        return default
-    if value is False:
-        return Augment()
-    if not isinstance(value, dict):
-        raise DatasetOptionError(f"augment must be a mapping, true or false, but got {value!r}")
-    valid = [f.name for f in dataclasses.fields(Augment)]
-    for key in value:
-        if key not in valid:
-            raise UnknownNameError(
-                f"unknown augment option {key!r}{closest(str(key), valid)}; "
-                f"valid options: {', '.join(valid)}"
-            )
-    aug = dataclasses.replace(default, **value)
-    pad, rot = aug.crop_padding, aug.rotation
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise DatasetOptionError(f"augment.crop_padding must be an integer >= 0, but got {pad!r}")
-    if not isinstance(aug.hflip, bool):
-        raise DatasetOptionError(f"augment.hflip must be true or false, but got {aug.hflip!r}")
-    if isinstance(rot, bool) or not isinstance(rot, int | float) or not 0 <= rot <= 180:
-        raise DatasetOptionError(
-            f"augment.rotation must be a number of degrees in [0, 180], but got {rot!r}"
-        )
-    return dataclasses.replace(aug, rotation=float(rot))
-
-
 def _make_loader(
     splits: DataSplits,
     split: Any,
@@ -114,6 +78,7 @@ def _make_loader(
     limit_batches: int | None,
     num_workers: int | None,
     shard: Shard,
+    cpus: int | None = None,
 ) -> Loader:
     common: dict[str, Any] = dict(
         batch_size=batch_size,
@@ -128,7 +93,9 @@ def _make_loader(
     )
     if isinstance(split, TensorSet):
         return TensorLoader(split, **common)
-    return FolderLoader(split, image_size=splits.image_size, num_workers=num_workers, **common)
+    return FolderLoader(
+        split, image_size=splits.image_size, num_workers=num_workers, cpus=cpus, **common
+    )
 
 
 def size(split: Any) -> int:
@@ -165,6 +132,7 @@ def build_data(
     limit_batches: int | None = None,
     probe_batch_size: int = 32,
     shard: Shard | None = None,
+    cpus: int | None = None,
     **dataset_options: Any,
 ) -> Data:
     """Load data set `name` (any registered factory) and wrap its splits in loaders.
@@ -173,7 +141,8 @@ def build_data(
     `split_seed` (a data-set option, default 0) drives the validation split. With a
     data-parallel `shard` (rank r of N; `normbench.data.shard`) the loaders serve this rank's
     part only: `batch_size` images of each training batch of N x `batch_size`, and every N-th
-    evaluation batch of `eval_batch_size`.
+    evaluation batch of `eval_batch_size`. `cpus`: the trial's CPUs, which size a folder data
+    set's decoding workers (None: this process's).
     """
     fn = DATASETS.get(name).obj
     shard = shard or Shard()
@@ -194,6 +163,7 @@ def build_data(
         limit_batches=limit_batches,
         num_workers=loader_opts.get("num_workers"),
         shard=shard,
+        cpus=cpus,
     )
     train = _make_loader(
         splits,

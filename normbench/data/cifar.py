@@ -39,8 +39,7 @@ from normbench.data.base import (
     check_image_size,
     resize_uint8,
 )
-from normbench.errors import DatasetNotFoundError
-from normbench.registry import one_line
+from normbench.errors import DatasetNotFoundError, one_line
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

@@ -12,6 +12,11 @@ inside `fork_rng`, so a sample's crop and flip depend only on (seed, epoch, posi
 caller's global RNG is left untouched. A rank decodes only its own samples
 (`normbench.data.shard`), and they come out bit-identical to the same rows of the batch one
 process would decode.
+
+Workers: one per CPU of the trial's grant but one (the process that drives the device keeps
+one CPU; a one-CPU trial decodes in that process), unless the suite sets `num_workers`. They
+are started once per loader and kept between epochs (`persistent_workers`): each epoch only
+hands them the new batch plan, instead of forking a new set per split per epoch.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from normbench.data.base import Augment, DatasetOptionError
@@ -75,6 +80,28 @@ def epoch_keys(n: int, shuffle: bool, seed: int, epoch: int) -> list[tuple[int, 
     return list(zip(order, seeds, strict=True))
 
 
+def default_workers(cpus: int | None) -> int:
+    """Decoding workers for a trial granted `cpus` CPUs (None: this process's affinity mask):
+    all but the one that drives the device."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(int(cpus) - 1, 0)
+
+
+class _EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The batch sampler of a loader's persistent DataLoader: the batches of the epoch the
+    loader is serving (`FolderLoader.batches`), set before each pass."""
+
+    def __init__(self, loader: FolderLoader) -> None:
+        self.loader, self.epoch = loader, 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.loader.batches(self.epoch))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 class FolderLoader:
     """DataLoader over a Dataset of PIL images, yielding normalised float (x, y) on device.
 
@@ -98,6 +125,7 @@ class FolderLoader:
         limit_batches: int | None = None,
         num_workers: int | None = None,
         shard: Shard | None = None,
+        cpus: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.train, self.batch_size, self.limit_batches = train, int(batch_size), limit_batches
@@ -105,9 +133,11 @@ class FolderLoader:
             data, build_transform(image_size, augment or Augment(), train)
         )
         self.seed, self.shard = int(seed), shard or Shard()
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = default_workers(cpus) if num_workers is None else num_workers
         self.epoch = 0
         self.normalize = Normalizer(mean, std, self.device)
+        self._sampler = _EpochBatches(self)
+        self._loader: DataLoader | None = None  # built at the first pass, workers kept
 
     @property
     def num_samples(self) -> int:
@@ -133,13 +163,15 @@ class FolderLoader:
         return [keys[self.shard.eval_rows(k, bs, n)] for k in self.shard.eval_batches(n, bs)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=self.batches(epoch),
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for x, y in loader:  # x: uint8 (B, C, H, W)
+        self._sampler.epoch, self.epoch = self.epoch, self.epoch + 1
+        if self._loader is None:
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._sampler,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=self.device.type == "cuda",
+            )
+        for x, y in self._loader:  # x: uint8 (B, C, H, W)
             x = x.to(self.device, non_blocking=True)
             yield self.normalize(x), y.to(self.device, non_blocking=True)

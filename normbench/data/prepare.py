@@ -28,8 +28,8 @@ from normbench.data.cifar import (
     default_root,
     find_files,
 )
-from normbench.errors import UserError
-from normbench.registry import DATASETS, one_line
+from normbench.data.registry import DATASETS
+from normbench.errors import UserError, one_line
 
 _CIFAR = {cifar10: CIFAR10, cifar100: CIFAR100}
 

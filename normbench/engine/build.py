@@ -19,8 +19,8 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from normbench.engine.device import Runtime, build_runtime
 from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
-from normbench.engine.spec import SpecError, TrialSpec
 from normbench.errors import UserError
+from normbench.spec import SpecError, TrialSpec
 
 if TYPE_CHECKING:
     from normbench.data.shard import Shard
@@ -88,9 +88,8 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
         channels_last=spec.channels_last,
         compile=spec.compile,
         num_threads=spec.num_threads,
+        deterministic=spec.deterministic,
     )
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     seed_everything(spec.seed)
     data = _build_data(spec, runtime, shard)
     model = build_model(spec, num_classes=data.num_classes, in_channels=data.in_channels)
@@ -98,7 +97,8 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
     batches = len(data.train)
     if spec.limit_batches is not None:
         batches = min(batches, spec.limit_batches)
-    optimizer = build_optimizer(model, spec.recipe)
+    # fused SGD where the loop reads its divergence flag only every few steps (skips on device)
+    optimizer = build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
     scheduler = build_scheduler(
         optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
     )
@@ -132,6 +132,7 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
         limit_batches=spec.limit_batches,
         probe_batch_size=spec.probe_batch_size,
         shard=shard,
+        cpus=runtime.num_threads,
         **spec.dataset_options,
     )
 
@@ -146,8 +147,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
-    from normbench.registry import VARIANTS
-    from normbench.variants_api import norm_layer
+    from normbench.variants_api import VARIANTS, norm_layer
 
     variant = norm_layer(spec.variant, **spec.variant_options)
     if spec.placement == "last-in-block":
@@ -176,7 +176,7 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
 
 
 def _variant_source(name: str) -> str:
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     return VARIANTS.get(name).source
 

@@ -1,10 +1,11 @@
 """Atomic trial checkpoints: everything needed to continue a trial bit-for-bit.
 
 A checkpoint holds the model, optimiser and scheduler states, the Python/NumPy/torch RNG
-states, the number of finished epochs, the elapsed training time, the best metrics, the records
-yielded so far and the trial status. It is written to a temporary file in the same directory,
-fsynced, then moved over `checkpoint.pt` with `os.replace`, so a reader (or a resumed trial)
-sees either the old checkpoint or the new one, never a torn file.
+states (of every rank, each with its own device's CUDA state), the number of finished epochs,
+the elapsed training time, the best metrics, the records yielded so far and the trial status.
+It is written to a temporary file in the same directory, fsynced, then moved over
+`checkpoint.pt` with `os.replace`, so a reader (or a resumed trial) sees either the old
+checkpoint or the new one, never a torn file.
 
 Loading never executes code: checkpoints are read with `torch.load(weights_only=True)`, which
 unpickles only tensors, numbers, strings and containers. Run directories travel between
@@ -40,8 +41,14 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / CHECKPOINT_NAME
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNG states a training loop may draw from."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global RNG states a training loop may draw from: Python, NumPy, torch's CPU
+    generator, and the generator of `device` when it is a CUDA device CUDA has started on.
+
+    Only this process's own device: a retry may see fewer GPUs than the run that saved (a
+    state per visible GPU, restored by index, failed there), and in a DDP trial each rank
+    saves its own (`Parallel.gather` collects them on the writer).
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)  # the legacy form is a tuple with the key array
     state: dict[str, Any] = {
@@ -50,19 +57,37 @@ def rng_state() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda" and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what `rng_state` captured; its CUDA state goes to `device` (a CUDA device).
+
+    A checkpoint written before per-device states held one state per visible GPU (a list):
+    the entry of `device`'s index is restored when there is one."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list | tuple):  # one state per GPU the saving process could see
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
+
+
+def rank_rng_state(saved: dict[str, Any] | list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    """The RNG states of `rank` from a checkpoint's `rng`: a list with one entry per rank, or
+    (one process, or a checkpoint written before ranks kept their own) a single entry."""
+    if isinstance(saved, dict):
+        return saved
+    return saved[rank] if rank < len(saved) else saved[0]
 
 
 def save_checkpoint(checkpoint_dir: str | os.PathLike, payload: dict[str, Any]) -> Path:

@@ -1,8 +1,20 @@
-"""Where and how a trial computes: device, CPU threads, bf16 autocast, channels_last, compile.
+"""Where and how a trial computes: device, CPU threads, bf16 autocast, channels_last, compile,
+determinism.
 
-Defaults favour speed on a GPU and exactness on a CPU: bf16 autocast and channels_last are on
-for CUDA only unless the spec asks, since CPU bf16 is slow on most CPUs and would change the
-numbers the CPU tests compare.
+Defaults favour speed on a GPU and exactness on a CPU: channels_last is on for CUDA only, and
+bf16 autocast only on a GPU that computes bf16 natively (`torch.cuda.is_bf16_supported(
+including_emulation=False)`: Ampere and later; on older GPUs bf16 is emulated and slower than
+fp32), unless the spec asks. CPU bf16 is slow on most CPUs and would change the numbers the CPU
+tests compare.
+
+Under a scheduler the device follows the trial's grant (`granted_device`): Ray >= 2.60 no longer
+hides the GPUs from a process that asked for none (it leaves CUDA_VISIBLE_DEVICES alone unless
+RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so "CUDA is visible" does not mean "this trial was given
+a GPU".
+
+Every trial sets torch's process-wide switches itself (`build_runtime`): deterministic
+algorithms, cuDNN's deterministic and autotuning flags, and a fresh Dynamo state, so a trial in
+a reused worker process (Ray Tune reuses actors) never inherits the previous trial's.
 """
 
 from __future__ import annotations
@@ -23,6 +35,17 @@ from normbench.errors import UserError
 
 # Set by a scheduler adapter that knows how many CPUs a trial was given.
 THREADS_ENV = "NORMBENCH_NUM_THREADS"
+# cuBLAS is deterministic only with a fixed workspace, read from this variable when the process
+# first uses cuBLAS (torch raises at the first matmul under deterministic algorithms without it).
+CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the two settings NVIDIA documents
+# Training steps between two host reads of the loop's device-side divergence flag
+# (normbench.engine.loop). A read waits for the device's queue to drain; on a CPU there is no
+# queue, so it reads every step and the optimiser keeps torch's plain SGD step.
+CHECK_EVERY = {"cpu": 1}
+ACCELERATOR_CHECK_EVERY = 32
+# torch.compile's backend for `compile: true` (tests use a cheaper one on the CPU).
+COMPILE_BACKEND = "inductor"
 
 
 class DeviceError(UserError, ValueError):
@@ -38,6 +61,8 @@ class Runtime:
     channels_last: bool
     compile: bool
     num_threads: int
+    deterministic: bool = False
+    check_every: int = 1  # steps between host reads of the divergence flag (CHECK_EVERY)
 
     def environment(self) -> dict[str, Any]:
         """What can change a number without changing the experiment: stored in every epoch
@@ -51,9 +76,15 @@ class Runtime:
             "dtype": "bfloat16-autocast" if self.amp else "float32",
             "channels_last": self.channels_last,
             "compile": self.compile,
+            "bf16_native": _bf16_native(self.device) if cuda else None,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cublas_workspace_config": os.environ.get(CUBLAS_ENV),
+            # float32 matmuls and convolutions may run in TF32 (10-bit mantissa) on Ampere+
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
             "torch": str(torch.__version__),
             "cuda": str(torch.version.cuda) if cuda else None,
             "cudnn": torch.backends.cudnn.version() if cuda else None,
@@ -77,8 +108,39 @@ class Runtime:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        # torch.compile is typed as returning a Callable; given a Module it returns a Module.
-        return cast(nn.Module, torch.compile(model)) if self.compile else model
+        return compile_module(model) if self.compile else model
+
+
+def compile_module(module: nn.Module) -> nn.Module:
+    """`torch.compile(module)` with `COMPILE_BACKEND`. Hitting Dynamo's recompile limit raises
+    (`FailOnRecompileLimitHit`) instead of running the rest of the trial eagerly while its
+    records say compiled."""
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    # torch.compile is typed as returning a Callable; given a Module it returns a Module.
+    return cast(nn.Module, torch.compile(module, backend=COMPILE_BACKEND))
+
+
+def compile_counts() -> dict[str, int]:
+    """Graphs Dynamo compiled and graph breaks it met since the last `reset_compiler()`."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "compile_graphs": int(counters["stats"]["unique_graphs"]),
+        "compile_graph_breaks": int(sum(counters["graph_break"].values())),
+    }
+
+
+def reset_compiler() -> None:
+    """Forget every compiled graph and count (a new trial in a reused process): Dynamo's
+    caches are per code object and shared by all trials of a process, so without this the
+    recompile limit (8) is reached after a few trials and later ones silently run eager.
+    A process that never imported Dynamo has nothing to forget (and skips its import)."""
+    if "torch._dynamo" not in sys.modules:
+        return
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
 
 
 def environment_difference(saved: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
@@ -104,6 +166,22 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def granted_device(name: str, gpus: float) -> str:
+    """The device of a trial (or DDP rank) a scheduler granted `gpus` GPUs: 'auto' is 'cuda'
+    only when the grant holds a GPU and CUDA is visible, else 'cpu' (a zero-GPU trial never
+    trains on a GPU it was not given, even where Ray leaves every GPU visible). An explicit
+    CUDA device without a GPU in the grant raises DeviceError (suite validation refuses it
+    first)."""
+    if name == "auto":
+        return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and gpus <= 0:
+        raise DeviceError(
+            f"device {name!r} needs a GPU, but the scheduler gave this trial none "
+            "(resources.gpus: 0); ask for one with resources.gpus"
+        )
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,19 +235,57 @@ def build_runtime(
     channels_last: bool | None,
     compile: bool,
     num_threads: int | None,
+    deterministic: bool = False,
 ) -> Runtime:
-    """Resolve a spec's device settings and set torch's intra-op thread count."""
+    """Resolve a spec's device settings and set torch's process-wide switches for this trial:
+    intra-op threads, determinism (`set_determinism`), a fresh Dynamo state."""
+    if deterministic:  # before anything below can start CUDA
+        _require_cublas_config()
     dev = resolve_device(device)
     on_cuda = dev.type == "cuda"
     threads = num_threads if num_threads else available_cpus()
     torch.set_num_threads(threads)
+    set_determinism(dev, deterministic)
+    reset_compiler()
     return Runtime(
         device=dev,
-        amp=on_cuda if amp is None else bool(amp),
+        amp=default_amp(dev) if amp is None else bool(amp),
         channels_last=on_cuda if channels_last is None else bool(channels_last),
         compile=bool(compile),
         num_threads=threads,
+        deterministic=bool(deterministic),
+        check_every=CHECK_EVERY.get(dev.type, ACCELERATOR_CHECK_EVERY),
     )
+
+
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast by default: only on a GPU that computes bf16 natively."""
+    return device.type == "cuda" and _bf16_native(device)
+
+
+def _bf16_native(device: torch.device) -> bool:
+    """Whether the current CUDA device computes bf16 in hardware (emulation does not count)."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def set_determinism(device: torch.device, on: bool) -> None:
+    """Deterministic algorithms and cuDNN settings on or off (both set every trial): on, torch
+    raises at any op without a deterministic implementation, and cuDNN neither autotunes nor
+    picks non-deterministic kernels; off, cuDNN autotunes its convolutions on CUDA
+    (`cudnn.benchmark`)."""
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not on
+
+
+def _require_cublas_config() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS, or refuse a value that is not."""
+    value = os.environ.setdefault(CUBLAS_ENV, DETERMINISTIC_CUBLAS[0])
+    if value not in DETERMINISTIC_CUBLAS:
+        raise DeviceError(
+            f"deterministic: true needs {CUBLAS_ENV} to be one of "
+            f"{', '.join(DETERMINISTIC_CUBLAS)}, but this process has {value!r}; unset it"
+        )
 
 
 def synchronize(device: torch.device) -> None:

@@ -36,7 +36,8 @@ broadcast copies equal values. Equality with one process on the concatenated bat
 for every built-in layer (tests/engine/test_global_stats.py). A layer takes part only if it
 declares `global_stats = True`; the suite loader refuses others with several devices.
 
-Only rank 0 writes checkpoints; every rank restores the same file. The training loss, the
+Only rank 0 writes checkpoints (with every rank's RNG states, `Parallel.gather`); every rank
+restores the same file, and its own RNG states from it. The training loss, the
 divergence check and the evaluation sums are all-reduced, so every rank takes the same
 decisions and rank 0's record describes the whole trial.
 """
@@ -53,7 +54,8 @@ import torch.distributed as dist
 from torch import nn
 
 from normbench.data.shard import Shard
-from normbench.engine.spec import SpecError, TrialSpec
+from normbench.engine.device import compile_module
+from normbench.spec import SpecError, TrialSpec
 from normbench.variants._fused import global_statistics
 
 
@@ -90,6 +92,15 @@ class Parallel:
         dist.all_reduce(t)
         return t
 
+    def gather(self, obj: Any) -> list[Any]:
+        """`obj` of every rank in rank order (`[obj]` in one process). Every rank must call it:
+        the checkpoint writer collects each rank's RNG states this way."""
+        if self.mode != "ddp":
+            return [obj]
+        out: list[Any] = [None] * self.devices
+        dist.all_gather_object(out, obj)
+        return out
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Every rank takes rank 0's buffers (DDP does this before each training forward)."""
         if self.mode != "ddp":
@@ -111,7 +122,7 @@ class Parallel:
         if self.mode == "ddp":
             ids = [model_device(model)] if model_device(model).type == "cuda" else None
             ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-            return torch.compile(ddp) if forward is not model else ddp  # type: ignore[return-value]
+            return compile_module(ddp) if forward is not model else ddp
         if self.mode == "virtual" and self.stats_scope == "device":
             split_statistics(model, self.devices)
         return forward

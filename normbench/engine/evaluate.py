@@ -47,8 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from normbench.engine import checkpoint as ckpt
-from normbench.engine.spec import TrialSpec
 from normbench.errors import UserError
+from normbench.spec import TrialSpec
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
 STAT_BUFFERS = ("running_mean", "running_var", "running_sq_mean", "running_std")
@@ -73,11 +73,9 @@ class EvaluateSettings(BaseModel):
     device: str | None = None
 
 
-def parse_settings(items: list[str] | None) -> EvaluateSettings:
-    """`['recalibrate_batches=20', ...]` -> settings; one EvaluateError naming each bad key."""
-    from normbench.engine.cli import parse_key_values
-
-    values = parse_key_values(items, "--set")
+def parse_settings(values: dict[str, Any]) -> EvaluateSettings:
+    """`{'recalibrate_batches': 20, ...}` (from `--set k=v`) -> settings; one EvaluateError
+    naming each bad key."""
     try:
         return EvaluateSettings(**values)
     except ValidationError as exc:
@@ -166,7 +164,7 @@ def _spec(stored: dict[str, Any], settings: EvaluateSettings) -> TrialSpec:
 
 
 def _has_example_weight(spec: TrialSpec) -> bool:
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     try:
         params = inspect.signature(VARIANTS.get(spec.variant).obj).parameters

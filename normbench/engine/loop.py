@@ -11,23 +11,31 @@ records apart from the timing keys (`TIMING_KEYS`).
 Timing keys: `train_time_s` is the training pass alone (`images_per_s` = training images /
 `train_time_s`); `epoch_time_s` is the whole epoch (training, hooks, evaluation, probes);
 `elapsed_s` sums `epoch_time_s` over all epochs so far, across resumes. `peak_mem_mb` is the
-trial's own peak (`normbench.engine.memory`: CUDA's allocator peak since the trial started, or
-on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the rate the
-epoch's last training batch used.
+trial's own peak (`normbench.engine.memory`: CUDA's allocator peak from the trial's second
+step on, or on a CPU a profiled training step), and `peak_mem_method` says which. `lr` is the
+rate the epoch's last training batch used.
 
-Divergence: a non-finite training loss stops the epoch before the optimiser steps on it; a
-non-finite parameter or buffer after an epoch has the same effect. Either way the trial yields
-one last record with `status="diverged"`, `diverged_epoch` and `diverged_reason`, its metrics
-set to None, and ends without raising. (Any other non-finite number in a record, e.g. a
-layer diagnostic, is also written as None: records are strict JSON.)
+Divergence: a non-finite training loss stops the epoch, and the optimiser never steps on it;
+a non-finite parameter or buffer after an epoch has the same effect. Either way the trial
+yields one last record with `status="diverged"`, `diverged_epoch` and `diverged_reason`, its
+metrics set to None, and ends without raising. (Any other non-finite number in a record, e.g.
+a layer diagnostic, is also written as None: records are strict JSON.)
+
+No host sync per step: the training pass (`normbench.engine.training`) checks losses on the
+device and reads the check every `Runtime.check_every` steps, and evaluation sums stay on the
+device until the end of a split.
+
+Compile (`compile: true`): the trial fails with Dynamo's reason rather than run eagerly (no
+graph after its first step, or the recompile limit hit), and each record counts the graphs
+compiled and graph breaks met since the trial started in this process (`compile_graphs`,
+`compile_graph_breaks`; None without compile).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,13 +47,20 @@ from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
-from normbench.engine.device import environment_difference, synchronize
-from normbench.engine.recipe import current_lr
-from normbench.engine.spec import TrialSpec
+from normbench.engine.device import environment_difference
+from normbench.engine.training import (
+    BatchCallback,
+    CompileError,
+    Run,
+    TrainResult,
+    compile_record,
+    non_finite_state,
+    train_epoch,
+)
+from normbench.spec import TrialSpec
 
-__all__ = ["METRIC_KEYS", "TIMING_KEYS", "run_trial"]  # the record keys: normbench.contract
-
-BatchCallback = Callable[[dict[str, Any]], None]
+# the record keys come from normbench.contract
+__all__ = ["METRIC_KEYS", "TIMING_KEYS", "CompileError", "run_trial"]
 
 
 @dataclass
@@ -57,16 +72,6 @@ class _State:
     status: str = "ok"
     best: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _TrainResult:
-    loss: float | None
-    top1: float | None
-    images: int
-    seconds: float
-    lr: float
-    diverged: str | None = None  # why, when it diverged
 
 
 def run_trial(
@@ -94,9 +99,9 @@ def run_trial(
     trial = build_trial(spec, shard=par.shard)
     if payload is not None:
         _check_environment(spec, payload, trial.runtime.environment())
-    state = _restore(trial, payload) if payload is not None else _State()
+    state = _restore(trial, payload, par.rank) if payload is not None else _State()
     meter = _memory_meter(trial)
-    run = _Run(trial, par, par.wrap(trial.model, trial.forward))
+    run = Run(trial, par, par.wrap(trial.model, trial.forward))
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
         record = _run_epoch(run, epoch, on_batch, meter)
@@ -105,8 +110,10 @@ def run_trial(
         record["elapsed_s"] = state.elapsed_s
         record = _finite_or_none(record)
         _update_state(state, record, epoch)
-        if checkpoint_dir is not None and par.writer and _should_save(spec, epoch, record):
-            ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state))
+        if checkpoint_dir is not None and _should_save(spec, epoch, record):
+            rng = par.gather(ckpt.rng_state(trial.runtime.device))  # every rank takes part
+            if par.writer:
+                ckpt.save_checkpoint(checkpoint_dir, _payload(trial, state, rng))
         yield cast(EpochRecord, record)
         if record["status"] != "ok":
             return
@@ -149,28 +156,19 @@ def _should_save(spec: TrialSpec, epoch: int, record: dict[str, Any]) -> bool:
     return last or epoch % spec.checkpoint_every == 0
 
 
-@dataclass
-class _Run:
-    """A trial as this process trains it: `train_forward` is what a training step calls (the
-    DDP wrapper or the virtual-device split); `trial.forward` evaluates."""
-
-    trial: Trial
-    par: distributed.Parallel
-    train_forward: nn.Module
-
-
 def _run_epoch(
-    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
+    run: Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
 ) -> dict[str, Any]:
     """Train, end-of-epoch hooks, checks, evaluation and probes for one epoch."""
     trial = run.trial
-    result = _train_epoch(run, epoch, on_batch, meter)
+    result = train_epoch(run, epoch, on_batch, meter)
     run.par.sync_buffers(trial.model)  # rank 0's running statistics everywhere
     if result.diverged is None:
         _end_epoch(trial.model)
-        result.diverged = _non_finite_state(trial.model)
+        result.diverged = non_finite_state(trial.model)
     record = _base_record(trial, epoch, result)
     record.update(peak_mem_mb=meter.mb(), peak_mem_method=meter.method)
+    record.update(compile_record(trial))
     if result.diverged is not None:
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
@@ -179,10 +177,11 @@ def _run_epoch(
         record.update({f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5})
     record["condensation"] = _condensation(trial)
     record["diagnostics"] = probes.diagnostics(trial.model)
+    record.update(compile_record(trial))  # after evaluation compiled its graph
     return record
 
 
-def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, Any]:
+def _base_record(trial: Trial, epoch: int, result: TrainResult) -> dict[str, Any]:
     record: dict[str, Any] = {"epoch": epoch, "status": "ok"}
     record.update(dict.fromkeys(METRIC_KEYS))
     record.update(
@@ -207,134 +206,12 @@ def _base_record(trial: Trial, epoch: int, result: _TrainResult) -> dict[str, An
     return record
 
 
-def _train_epoch(
-    run: _Run, epoch: int, on_batch: BatchCallback | None, meter: memory.PeakMemory
-) -> _TrainResult:
-    """One pass over the training loader; stops before stepping on a non-finite loss.
-
-    With DDP the loader serves this rank's slice of each optimiser batch (`Parallel.shard`);
-    the loss (so the divergence check) and the hits are summed over ranks, and the image
-    counts are those of the optimiser batch.
-    """
-    trial, par = run.trial, run.par
-    rt = trial.runtime
-    trial.model.train()
-    trial.data.train.set_epoch(epoch - 1)
-    loss_sum, seen = 0.0, 0
-    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-    lr = current_lr(trial.optimizer)
-    synchronize(rt.device)
-    start = time.perf_counter()
-    for i, (x, y) in enumerate(trial.data.train):
-        if i >= trial.batches_per_epoch:
-            break
-        lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        images = int(y.shape[0]) * par.ranks  # every rank holds as many
-        x = rt.to_input(x)
-        with meter.step():
-            loss, logits = _train_step(run, x, y)
-        if loss is None:
-            why = f"non-finite training loss at batch {i + 1} of epoch {epoch}"
-            why += f"; {_non_finite_source(trial, x)}"
-            return _TrainResult(None, None, seen, time.perf_counter() - start, lr, why)
-        loss_sum, seen = loss_sum + loss * images, seen + images
-        correct += (logits.argmax(dim=1) == y).sum()
-        if on_batch is not None:
-            on_batch(_progress(epoch, i, trial, loss_sum, int(correct), seen, start))
-    synchronize(rt.device)
-    seconds = meter.training_seconds(time.perf_counter() - start)
-    correct = par.all_sum(correct)
-    if seen == 0:
-        return _TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
-    return _TrainResult(loss_sum / seen, 100.0 * int(correct) / seen, seen, seconds, lr)
-
-
-def _progress(
-    epoch: int, i: int, trial: Trial, loss_sum: float, correct: int, seen: int, start: float
-) -> dict[str, Any]:
-    """The live-display numbers after batch i (0-based) of an epoch."""
-    elapsed = time.perf_counter() - start
-    return {
-        "epoch": epoch,
-        "epochs": trial.spec.epochs,
-        "batch": i + 1,
-        "batches": trial.batches_per_epoch,
-        "loss": loss_sum / seen,
-        "top1": 100.0 * correct / seen,
-        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
-    }
-
-
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, Any]:
-    """Forward, backward and (only for a finite loss) an optimiser and scheduler step.
-
-    The returned loss is the mean over the optimiser batch (all ranks agree on it)."""
-    trial = run.trial
-    with trial.runtime.autocast(), run.par.statistics():
-        logits = run.train_forward(x)
-    loss = trial.criterion(logits.float(), y)
-    trial.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # one sync per batch: the divergence check needs it
-    value = float(run.par.all_sum(loss.detach())) / run.par.ranks
-    if not math.isfinite(value):
-        return None, None
-    if trial.spec.recipe.grad_clip is not None:
-        nn.utils.clip_grad_norm_(trial.model.parameters(), trial.spec.recipe.grad_clip)
-    trial.optimizer.step()
-    trial.scheduler.step()
-    return value, logits.detach()
-
-
 def _end_epoch(model: nn.Module) -> None:
     """Call `end_epoch()` once on every submodule that has it (UBN's epoch-level decision)."""
     for module in model.modules():
         hook = getattr(module, "end_epoch", None)
         if callable(hook):
             hook()
-
-
-def _non_finite_tensor(model: nn.Module) -> str | None:
-    """The name of the first parameter or floating buffer holding a NaN or inf, else None."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, t in tensors:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return name
-    return None
-
-
-def _non_finite_state(model: nn.Module) -> str | None:
-    """Why the model is unusable after an epoch (a NaN/inf parameter or buffer), else None."""
-    name = _non_finite_tensor(model)
-    return None if name is None else f"non-finite values in {name} after the epoch"
-
-
-def _non_finite_source(trial: Trial, x: torch.Tensor) -> str:
-    """Where a non-finite loss came from: the first layer (in forward order) whose output is
-    not finite on the batch, else a NaN/inf parameter or buffer. The forward runs on a copy
-    of the model, so the trial's own state is untouched; this runs once, when a trial diverges."""
-    model = copy.deepcopy(trial.model)
-    found: list[str] = []
-
-    def check(label: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            bad = isinstance(out, torch.Tensor) and out.is_floating_point()
-            if not found and bad and not bool(torch.isfinite(out).all()):
-                found.append(f"{label} ({type(module).__name__})")
-
-        return hook
-
-    for label, module in model.named_modules():
-        if label:  # a child's hook fires before its parent's: the first hit is the innermost
-            module.register_forward_hook(check(label))
-    with torch.no_grad(), trial.runtime.autocast():
-        model(x)
-    if found:
-        return f"first non-finite output: {found[0]}"
-    name = _non_finite_tensor(trial.model)
-    if name is not None:
-        return f"non-finite values in {name}"
-    return "every layer's output is finite (the loss itself overflowed)"
 
 
 @torch.no_grad()
@@ -351,7 +228,8 @@ def evaluate(
     model, rt = trial.model, trial.runtime
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=rt.device)
-    hits = torch.zeros(3, dtype=torch.int64, device=rt.device)  # top-1, top-5, seen
+    hits = torch.zeros(2, dtype=torch.int64, device=rt.device)  # top-1, top-5
+    seen = 0  # on the host: sums stay on the device until the end
     for x, y in loader:
         with rt.autocast():
             logits = trial.forward(rt.to_input(x)).float()
@@ -359,9 +237,11 @@ def evaluate(
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (N, k)
         match = top == y[:, None]  # (N, k)
-        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum(), hits.new_tensor(len(y))])
+        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum()])
+        seen += len(y)
     model.train()
-    loss, h = par.all_sum(loss), par.all_sum(hits).tolist()
+    totals = torch.cat([hits, hits.new_tensor([seen])])  # top-1, top-5, seen
+    loss, h = par.all_sum(loss), par.all_sum(totals).tolist()
     seen = h[2]
     if seen == 0:
         return None, None, None
@@ -384,7 +264,8 @@ def _memory_meter(trial: Trial) -> memory.PeakMemory:
     return meter
 
 
-def _payload(trial: Trial, state: _State) -> dict[str, Any]:
+def _payload(trial: Trial, state: _State, rng: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint; `rng` holds every rank's RNG states, in rank order."""
     return {
         "trial_id": trial.spec.trial_id,
         "spec": trial.spec.to_dict(),
@@ -396,17 +277,21 @@ def _payload(trial: Trial, state: _State) -> dict[str, Any]:
         "model": trial.model.state_dict(),
         "optimizer": trial.optimizer.state_dict(),
         "scheduler": trial.scheduler.state_dict(),
-        "rng": ckpt.rng_state(),
+        "rng": rng,
         "environment": trial.runtime.environment(),
     }
 
 
-def _restore(trial: Trial, payload: dict[str, Any]) -> _State:
-    """Load a checkpoint into the built trial and return the loop state it carried."""
+def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
+    """Load a checkpoint into the built trial (this rank's RNG states) and return the loop
+    state it carried."""
     trial.model.load_state_dict(payload["model"])
+    fused = trial.optimizer.defaults.get("fused")
     trial.optimizer.load_state_dict(payload["optimizer"])
+    for group in trial.optimizer.param_groups:  # the saved groups carry the saver's choice
+        group["fused"] = fused
     trial.scheduler.load_state_dict(payload["scheduler"])
-    ckpt.set_rng_state(payload["rng"])
+    ckpt.set_rng_state(ckpt.rank_rng_state(payload["rng"], rank), trial.runtime.device)
     return _State(
         epoch=int(payload["epoch"]),
         elapsed_s=float(payload["elapsed_s"]),

@@ -1,8 +1,11 @@
 """Peak memory of one trial, measured so that it describes the trial, not the worker process.
 
-- CUDA: `torch.cuda.reset_peak_memory_stats` when the trial starts (in this process), then
-  `torch.cuda.max_memory_allocated`: everything torch allocated on the device for this trial
-  (model, optimiser state, activations, and the data set when it is device-resident).
+- CUDA: `torch.cuda.reset_peak_memory_stats` after the trial's first training step (in this
+  process), then `torch.cuda.max_memory_allocated`: everything torch allocated on the device
+  for this trial (model, optimiser state, activations, and the data set when it is
+  device-resident) from its second step on. The first step is left out because cuDNN's
+  autotuning (`cudnn.benchmark`) tries convolution algorithms with workspaces no later step
+  uses; until a second step has run (an epoch of one step) the peak is None.
 - CPU: torch has no allocator statistics for host memory, and a process's peak RSS
   (`getrusage`) is the lifetime peak of a reused Ray worker, so it grows with trial order.
   Instead the first `PROFILED_STEPS` training steps of the trial are run under torch's
@@ -59,9 +62,17 @@ class PeakMemory:
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
-        """Profile the first `PROFILED_STEPS` steps (one window); later steps run as they are."""
+        """Profile the first `PROFILED_STEPS` steps (one window); later steps run as they are.
+        On CUDA: start counting after the first step (its autotuning done)."""
         self._epoch_steps += 1
-        if self.device.type == "cuda" or self._steps >= PROFILED_STEPS:
+        if self.device.type == "cuda":
+            yield
+            self._steps += 1
+            if self._steps == 1:  # one wait per trial, so the reset follows the step's work
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        if self._steps >= PROFILED_STEPS:
             yield
             return
         self._steps += 1
@@ -91,6 +102,8 @@ class PeakMemory:
     def mb(self) -> float | None:
         """Peak so far in MiB (CPU: closes a window shorter than PROFILED_STEPS steps)."""
         if self.device.type == "cuda":
+            if self._steps < 2:  # nothing after the autotuned first step yet
+                return None
             return torch.cuda.max_memory_allocated(self.device) / _MIB
         if self._peak_bytes is None and self._steps > 0:
             self._close()

@@ -44,7 +44,7 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
 
 def norm_classes() -> tuple[type[nn.Module], ...]:
     """Classes that count as norm layers: registered variants and torch's own norms."""
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     classes: list[type[nn.Module]] = [
         nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm

@@ -9,11 +9,13 @@ parameter, each with one meaning:
 - `bias_weight_decay`: the `bias` of every other module (convolutions, linear layers);
 - `weight_decay`: everything else. Either switch left at None takes `weight_decay`.
 - `norm_decay_toward="identity"` ("four things" #3: L2 on beta and on gamma - 1, Summers &
-  Dinneen, ICLR 2020, arXiv 1906.03548, Sec 3.3) pulls each norm layer's `.weight` toward
-  the identity affine instead of 0: a (C,) gamma toward 1, a depthwise (C, 1, k, k) kernel
-  toward the centred delta kernel, SaBN's branch gammas (its table's first C columns)
-  toward 1. The gradient then gets `norm_weight_decay * (w - I)`, the
-  exact analogue of torch's `weight_decay * w`. Other norm parameters still decay toward 0.
+  Dinneen, ICLR 2020, arXiv 1906.03548, Sec 3.3) pulls each norm layer's parameters toward
+  the identity affine the layer names (`normbench.variants_api.identity_targets`: its
+  `decay_targets()` hook, else a (C,) gamma toward 1): BNET's and UBN's kernels toward the
+  centred delta, SaBN's branch gammas (its table's first C columns) toward 1. The gradient
+  then gets `norm_weight_decay * (w - I)`, the exact analogue of torch's `weight_decay * w`.
+  Other norm parameters still decay toward 0. A layer that cannot name its identity is
+  refused at suite validation.
 - `no_decay_norm_and_bias=True` is an alias of `norm_weight_decay=0, bias_weight_decay=0`
   (unlike its first version, which chose by `ndim <= 1`, it now also frees BNET/UBN kernels
   and SaBN tables, and it still decays nothing but those two kinds).
@@ -50,8 +52,8 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from normbench.engine.spec import Recipe
 from normbench.errors import UserError
+from normbench.spec import Recipe
 
 
 class RecipeError(UserError, ValueError):
@@ -63,8 +65,15 @@ class DecayTargetSGD(SGD):
 
     A group with `decay_toward="identity"` gets `weight_decay * (w - I)` added to each
     gradient before the ordinary SGD step (with the group's own weight decay switched off for
-    that step), where I is 1 for a (C,) gamma and the centred delta for a (C, 1, k, k) kernel.
+    that step), where I is `targets[w]`: what the layer named (`variants_api.identity_targets`:
+    1 for a gamma, the centred delta for a depthwise kernel).
     """
+
+    def __init__(
+        self, params: Any, *, targets: dict[torch.Tensor, torch.Tensor], **kwargs: Any
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self.targets = targets  # rebuilt from the model with the optimizer, never saved
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -79,8 +88,7 @@ class DecayTargetSGD(SGD):
                 continue
             for p in group["params"]:
                 if p.grad is not None:
-                    p.grad.add_(p, alpha=wd)
-                    _identity_view(p.grad).sub_(wd)  # grad += wd * (p - I)
+                    p.grad.add_(p, alpha=wd).sub_(self.targets[p], alpha=wd)  # += wd * (p - I)
             saved.append((group, wd))
             group["weight_decay"] = 0.0
         try:
@@ -91,34 +99,9 @@ class DecayTargetSGD(SGD):
         return loss
 
 
-def _identity_view(t: torch.Tensor) -> torch.Tensor:
-    """The entries of `t` that are 1 in the identity affine: all of a (C,) gamma, the gamma
-    columns [0, C) of a SaBN (K, 2C) branch table, the centre tap of each channel of a
-    depthwise (C, 1, k, k) kernel."""
-    if t.ndim == 1:
-        return t
-    if t.ndim == 2:
-        return t[:, : t.shape[1] // 2]
-    k = t.shape[-1]
-    return t[:, 0, k // 2, k // 2]
-
-
-def _has_identity(name: str, p: torch.Tensor) -> bool:
-    if p.ndim == 1:
-        return True
-    if p.ndim == 2:  # only SaBN's branch table (K, 2C)
-        return name.endswith("embed.weight") and p.shape[1] % 2 == 0
-    return p.ndim == 4 and p.shape[1] == 1 and p.shape[2] == p.shape[3] and p.shape[3] % 2 == 1
-
-
-# Norm-layer parameters that hold a scale gamma: `.weight` (gamma or a BNET/UBN kernel) and
-# SaBN's branch table `embed.weight` (gamma_k in columns [0, C), beta_k in [C, 2C)).
-_SCALES = ("weight", "embed.weight")
-
-
 def is_norm_module(module: nn.Module) -> bool:
     """A normalization layer: a registered variant (built-in or plugin) or a torch norm."""
-    from normbench.registry import VARIANTS
+    from normbench.variants_api import VARIANTS
 
     types = tuple(e.obj for e in VARIANTS.entries() if isinstance(e.obj, type))
     torch_norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -128,53 +111,54 @@ def is_norm_module(module: nn.Module) -> bool:
 def decays(recipe: Recipe) -> tuple[float, float, float]:
     """(other, norm, bias) weight decay after the alias and the None defaults."""
     check_recipe(recipe)
-    wd = recipe.weight_decay
-    if recipe.no_decay_norm_and_bias:
-        return wd, 0.0, 0.0
-    norm = wd if recipe.norm_weight_decay is None else recipe.norm_weight_decay
-    bias = wd if recipe.bias_weight_decay is None else recipe.bias_weight_decay
-    return wd, norm, bias
+    return recipe.decays()
 
 
-def _classify(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Trainable parameters by kind: "norm_weight", "norm", "bias", "other"."""
-    kinds: dict[str, list[tuple[str, nn.Parameter]]] = {
-        k: [] for k in ("norm_weight", "norm", "bias", "other")
-    }
+Targets = dict[torch.Tensor, torch.Tensor]
+
+
+def _classify(model: nn.Module, identity: bool) -> tuple[dict[str, list[nn.Parameter]], Targets]:
+    """Trainable parameters by kind ("norm_weight": those a norm layer pulls toward its
+    identity affine, with `identity`; "norm", "bias", "other"), and the identity targets."""
+    from normbench.variants_api import identity_targets
+
+    kinds: dict[str, list[nn.Parameter]] = {k: [] for k in ("norm_weight", "norm", "bias", "other")}
+    targets: Targets = {}
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         if not is_norm_module(module):
             continue
+        try:
+            named = identity_targets(module) if identity else {}
+        except ValueError as exc:
+            raise RecipeError(
+                f"recipe: norm_decay_toward='identity' needs each norm layer to name its "
+                f"identity affine, but {mod_name or 'the model'} ({type(module).__name__}): {exc}"
+            ) from None
         for name, p in module.named_parameters():
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            kind = "norm_weight" if name in _SCALES else "norm"
-            kinds[kind].append((f"{mod_name}.{name}".lstrip("."), p))
+            kinds["norm_weight" if name in named else "norm"].append(p)
+            if name in named:
+                targets[p] = named[name].detach().to(p.device, p.dtype)
     for name, p in model.named_parameters():
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        kinds["bias" if name.rsplit(".", 1)[-1] == "bias" else "other"].append((name, p))
-    return kinds
+        kinds["bias" if name.rsplit(".", 1)[-1] == "bias" else "other"].append(p)
+    return kinds, targets
 
 
-def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
-    """SGD parameter groups (see the module docstring); equal settings share one group.
+def param_groups(model: nn.Module, recipe: Recipe) -> tuple[list[dict[str, Any]], Targets]:
+    """SGD parameter groups (see the module docstring), equal settings sharing one group, and
+    the identity targets of the "identity" group's parameters.
 
-    Raises RecipeError when `norm_decay_toward="identity"` meets a norm `.weight` with no
-    identity value (neither (C,) nor a depthwise (C, 1, k, k) kernel with odd k).
-    """
+    Raises RecipeError when `norm_decay_toward="identity"` meets a norm layer that cannot name
+    its identity affine (`normbench.variants_api.identity_targets`)."""
     wd, norm, bias = decays(recipe)
-    kinds = _classify(model)
-    toward = recipe.norm_decay_toward if norm != 0 else "zero"
-    if toward == "identity":
-        bad = [f"{n} {tuple(p.shape)}" for n, p in kinds["norm_weight"] if not _has_identity(n, p)]
-        if bad:
-            raise RecipeError(
-                "recipe: norm_decay_toward='identity' needs each norm layer's .weight to be "
-                f"(C,) or a depthwise (C, 1, k, k) kernel with odd k, but got {', '.join(bad)}"
-            )
+    toward = recipe.decay_toward
+    kinds, targets = _classify(model, toward == "identity")
     settings = {
         "other": (wd, "zero"),
         "bias": (bias, "zero"),
@@ -184,35 +168,32 @@ def param_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
     groups: dict[tuple[float, str], list[nn.Parameter]] = {}
     for kind in ("other", "norm_weight", "norm", "bias"):
         if kinds[kind]:
-            groups.setdefault(settings[kind], []).extend(p for _, p in kinds[kind])
-    return [{"params": ps, "weight_decay": d, "decay_toward": t} for (d, t), ps in groups.items()]
+            groups.setdefault(settings[kind], []).extend(kinds[kind])
+    out = [{"params": ps, "weight_decay": d, "decay_toward": t} for (d, t), ps in groups.items()]
+    return out, targets
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> Optimizer:
-    """SGD with momentum (Nesterov when asked) over `param_groups`."""
+def build_optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> Optimizer:
+    """SGD with momentum (Nesterov when asked) over `param_groups`. `fused`: torch's fused
+    kernel, which can skip a step on the device (`found_inf`; normbench.engine.loop)."""
     check_recipe(recipe)
+    groups, targets = param_groups(model, recipe)
     return DecayTargetSGD(
-        param_groups(model, recipe),
+        groups,
+        targets=targets,
         lr=recipe.lr,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        fused=fused or None,
     )
 
 
 def check_recipe(recipe: Recipe) -> None:
     """Raise RecipeError for combinations no optimiser or schedule can follow. A `Recipe`
     checks its single numbers on construction (lr > 0, weight_decay and warmup_epochs >= 0,
-    a known schedule, increasing milestones); these are the rules it leaves to us."""
-    for name in ("norm_weight_decay", "bias_weight_decay"):
-        value = getattr(recipe, name)
-        if value is not None and value < 0:
-            raise RecipeError(f"recipe: {name} must be >= 0, but got {name}={value}")
-    if recipe.norm_decay_toward not in ("zero", "identity"):
-        raise RecipeError(
-            "recipe: norm_decay_toward must be one of zero, identity, "
-            f"but got {recipe.norm_decay_toward!r}"
-        )
+    a known schedule, increasing milestones, the declared bounds of normbench.spec); these
+    are the rules across its fields it leaves to us."""
     explicit = {
         k: v
         for k in ("norm_weight_decay", "bias_weight_decay")

@@ -34,7 +34,13 @@ import torch
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from normbench.models._common import BackboneOptionError, NormLayer, check_positive_int
+from normbench.models._common import (
+    BackboneOptionError,
+    NormLayer,
+    check_bool,
+    check_positive_int,
+    zero_norm_weight,
+)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -108,6 +114,7 @@ class ConvNeXt(nn.Module):
         patch_size: int = 2,
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-6,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(  # (N, in, H, W) -> (N, dims[0], H/p, W/p)
@@ -127,6 +134,10 @@ class ConvNeXt(nn.Module):
         self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.fc = nn.Linear(dims[-1], num_classes)
         self._init_weights()
+        if zero_init_residual:  # as the ResNets': each block's (only) norm starts at γ = 0
+            for m in self.modules():
+                if isinstance(m, ConvNeXtBlock):
+                    zero_norm_weight(m.last_norm)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -152,6 +163,7 @@ def _factory(name: str, depths: tuple[int, ...], dims: tuple[int, ...], params: 
         patch_size: int = 2,
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-6,
+        zero_init_residual: bool = False,
     ) -> nn.Module:
         check_positive_int(name, "patch_size", patch_size)
         for option, value in (("drop_path_rate", drop_path_rate),
@@ -175,6 +187,7 @@ def _factory(name: str, depths: tuple[int, ...], dims: tuple[int, ...], params: 
             patch_size=patch_size,
             drop_path_rate=float(drop_path_rate),
             layer_scale_init=float(layer_scale_init),
+            zero_init_residual=check_bool(name, "zero_init_residual", zero_init_residual),
         )
 
     build.__name__ = build.__qualname__ = name

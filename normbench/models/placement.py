@@ -10,9 +10,9 @@
   this is IEBN's default. A shortcut norm is a norm layer directly inside a submodule named
   `shortcut` (normbench's backbones) or `downsample` (torchvision's).
 
-`default_placement(variant)` gives the placement a suite uses when it names none (neither the
-variant entry's `placement` nor `train.placement`): a variant class may declare its own with a
-`default_placement` attribute; built-ins are listed in `OFFICIAL_PLACEMENT`.
+The placement a suite (or `normbench train`) uses when it names none is a fact of the layer: its
+class attribute `default_placement` (IEBN's is "except-shortcut"), read by
+`normbench.variants_api.default_placement`.
 """
 
 from __future__ import annotations
@@ -21,19 +21,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-OFFICIAL_PLACEMENT = {"iebn": "except-shortcut"}
 SHORTCUT_NAMES = ("shortcut", "downsample")
-
-
-def default_placement(variant: str) -> str:
-    """The placement of `variant`'s official code (see the module docstring)."""
-    from normbench.registry import VARIANTS
-
-    name = variant.lower()
-    declared = (
-        getattr(VARIANTS.get(name).obj, "default_placement", None) if name in VARIANTS else None
-    )
-    return declared or OFFICIAL_PLACEMENT.get(name, "everywhere")
 
 
 def keep_bn_in_shortcuts(

@@ -2,10 +2,12 @@
 
 Merge rule: two run directories merge when they trained the same things the same way.
 A *cell* is (dataset, backbone label, variant label, variant options, batch size, epochs,
-limit_batches); trials of one cell may differ only in `seed` and in fields that change speed,
-not results (threads, device, checkpointing, plugin paths). A *leaderboard* is a cell without
-the variant; its variants must share everything but the variant itself (name, options,
-placement): recipe, data set and its options, backbone options. The suites must also agree on
+limit_batches); trials of one cell may differ only in `seed` and in what is not part of a
+trial's identity (`normbench.spec.identity`: the environment such as threads, device and
+`parallel`, where the data and plugins are, checkpointing). A *leaderboard* is a cell without
+the variant; its variants must share everything but the fields on the variant axis
+(`normbench.spec.fields_on("variant")`: name, options, placement): recipe, data set and its
+options, backbone options. The suites must also agree on
 `target_accuracy`. Published reference numbers never block a merge: rows from several sources
 (the UBN paper and pytorch-cifar100 for one cell, say) all stay, one column per source in the
 report; identical rows count once. Cells present in only one directory
@@ -25,11 +27,10 @@ import pandas as pd
 from normbench.errors import UserError
 from normbench.results import load_epochs, load_results
 from normbench.results.store import EPOCHS, TRIALS, read_jsonl
+from normbench.spec import fields_on, identity
 
-# Spec fields that do not change what a trial computes (besides its seed).
-_IGNORED_SPEC_KEYS = ("seed", "num_threads", "device", "checkpoint_every", "plugins")
-# Spec fields that tell the variants of one leaderboard apart.
-_VARIANT_SPEC_KEYS = ("variant", "variant_options", "placement")
+# The replicate axis: the trials of one cell differ in it.
+_REPLICATE = ("seed",)
 # Preference among copies of one trial id: the most finished first.
 _STATUS_RANK = {"completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "interrupted": 4}
 
@@ -164,15 +165,16 @@ def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame
     if a.suite and b.suite and ta != tb:
         raise ReportError(f"{where}: they differ in target_accuracy ({ta} vs {tb})")
     for key_fn, ignored, what in (
-        (cell_key, _IGNORED_SPEC_KEYS, "cell"),
-        (table_key, _IGNORED_SPEC_KEYS + _VARIANT_SPEC_KEYS, "leaderboard"),
+        (cell_key, _REPLICATE, "cell"),
+        (table_key, _REPLICATE + fields_on("variant"), "leaderboard"),
     ):
         first = {key_fn(r): r["spec"] for _, r in fa.iterrows() if r["spec"] != "{}"}
         for _, r in fb.iterrows():
             other = first.get(key_fn(r))
             if other is None or r["spec"] == "{}":
                 continue
-            diff = _first_difference(json.loads(other), json.loads(r["spec"]), ignored)
+            ours, theirs = identity(json.loads(other)), identity(json.loads(r["spec"]))
+            diff = _first_difference(ours, theirs, ignored)
             if diff is not None:
                 name = (
                     f"{r['backbone_label']}/{r['label']}"

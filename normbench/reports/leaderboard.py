@@ -29,7 +29,6 @@ from normbench.reports import stats
 from normbench.reports.data import Results
 
 BASELINE = "bn"
-UBN_DEFAULT_TAU = 0.15  # UnifiedBatchNorm2d's default `tau` (records before it was logged)
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
 _TABLE_KEYS = ["dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches"]
 
@@ -246,8 +245,8 @@ def _bn_reference(
 
 
 def _tau(trials: pd.DataFrame, res: Results) -> float | None:
-    """The FCT threshold of a UBN-like row: its `tau` option, else the layers' logged `tau`,
-    else UBN's default when its layers log a running similarity; None for other layers."""
+    """The FCT threshold of a UBN-like row: its `tau` option, else the `tau` its layers log in
+    `diagnostics()`; None for other layers, and for records written before UBN logged it."""
     for opts in trials["options"]:
         tau = (json.loads(opts) if opts else {}).get("tau")
         if isinstance(tau, int | float):
@@ -257,8 +256,6 @@ def _tau(trials: pd.DataFrame, res: Results) -> float | None:
             for diag in layers.values():
                 if "tau" in diag and diag["tau"] is not None:
                     return float(diag["tau"])
-                if "running_sim" in diag:
-                    return UBN_DEFAULT_TAU
     return None
 
 

@@ -165,13 +165,11 @@ def _layer_curves(ids: tuple[str, ...], res: Results) -> pd.DataFrame:
 
 
 def running_similarity(table: Table, res: Results, path: Path) -> Path | None:
-    """Per UBN row: each layer's running similarity (`running_sim` diagnostic, mean over
-    seeds) at the end of each epoch, against the row's tau: above tau the layer uses batch
-    statistics, below it frozen running statistics."""
+    """Per row whose layers log a running similarity (UBN's `running_sim` diagnostic, mean
+    over seeds) at the end of each epoch, against the row's tau when recorded: above tau the
+    layer uses batch statistics, below it frozen running statistics."""
     panels = {}
     for variant, ids in table.members.items():
-        if variant not in table.taus:
-            continue
         rows = [
             (epoch, layer, diag["running_sim"])
             for tid in ids
@@ -193,13 +191,16 @@ def running_similarity(table: Table, res: Results, path: Path) -> Path | None:
         norm = Normalize(0, max(curves.shape[1] - 1, 1))
         for i, layer in enumerate(curves.columns):
             ax.plot(curves.index, curves[layer], color=cmap(norm(i)), lw=1, marker=".", ms=3)
-        tau = table.taus[variant]
+        tau = table.taus.get(variant)
         share = table.rows.set_index("variant")["frozen_share"].get(variant)
         frozen = "" if share is None or pd.isna(share) else f"; frozen steps {100 * share:.1f}%"
-        ax.axhline(tau, color="red", ls="--", lw=1.2, label=f"τ = {tau:g}")
+        if tau is not None:
+            ax.axhline(tau, color="red", ls="--", lw=1.2, label=f"τ = {tau:g}")
+            ax.legend(fontsize="x-small", loc="best")
+        else:
+            frozen += "; τ not recorded"
         ax.set(title=f"{variant}{frozen}", xlabel="epoch", ylabel="running similarity ŝ")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", loc="best")
         _epoch_ticks(ax, curves.index)
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), shrink=0.8)
     bar.set_label("layer depth (0 = first, 1 = last norm layer)")

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pandas as pd
 
 from normbench.contract import EpochRecord
+from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
 # Columns of `load_results`, in order.
 RESULT_COLUMNS = [
@@ -28,8 +29,6 @@ RESULT_COLUMNS = [
 
 def load_epochs(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per stored trial-epoch (first copy of a duplicated epoch wins)."""
-    from normbench.results.store import EPOCHS, read_jsonl
-
     rows = [_flat_epoch(r) for r in read_jsonl(Path(run_dir) / EPOCHS)]
     df = pd.DataFrame(rows)
     if df.empty:
@@ -40,8 +39,6 @@ def load_epochs(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
 def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per trial: configuration, status, final and best metrics, cost."""
-    from normbench.results.store import EPOCHS, TRIALS, read_jsonl
-
     run_dir = Path(run_dir)
     epochs: dict[str, dict[int, EpochRecord]] = {}
     first: dict[str, dict[str, Any]] = {}

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.errors import RunDirError, RunDirWarning
+from normbench.spec import family_hash
 
 EPOCHS = "epochs.jsonl"
 TRIALS = "trials.jsonl"
@@ -114,12 +115,12 @@ class RunStore:
                 f"{where} (its search section changed; only num_samples may); use another --output"
             )
         new_ids = {t["trial_id"] for t in new.get("trials", [])}
-        families = {family(t["spec"]) for t in new.get("trials", [])}
+        families = {family_hash(t["spec"]) for t in new.get("trials", [])}
         stored = self._stored_specs()
         if new.get("search"):  # searched trials are variations of the old base specs
             stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
         for tid, spec in sorted(stored.items()):
-            if tid not in new_ids and (spec is None or family(spec) not in families):
+            if tid not in new_ids and (spec is None or family_hash(spec) not in families):
                 raise RunDirError(
                     f"{where}: stored trial {tid} is not a trial of the new suite, so results "
                     "would mix; use another --output, or only add trials to the suite"
@@ -323,14 +324,6 @@ def _search_key(resolved: dict[str, Any]) -> Any:
     return {k: v for k, v in search.items() if k != "num_samples"} if search else search
 
 
-def family(spec: dict[str, Any]) -> str:
-    """Hash of a spec's identity without its length (`normbench.engine.spec.family`)."""
-    from normbench.engine.spec import family as spec_family
-
-    d = spec_family(spec)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSONL file, one per line; damaged lines are skipped.
 
@@ -416,7 +409,4 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-# The readers live in their own module to keep this one short; re-exported here.
-from normbench.results.frames import load_epochs, load_results  # noqa: E402
-
-__all__ = ["RunStore", "load_epochs", "load_results", "read_jsonl", "fingerprint", "started_trials"]
+__all__ = ["RunStore", "read_jsonl", "fingerprint", "started_trials"]

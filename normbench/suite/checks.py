@@ -15,13 +15,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from normbench.engine.spec import IDENTITY, Recipe, TrialSpec, fields_with
+from normbench.data import DATASETS
 from normbench.errors import UserError, closest
-from normbench.options import OptionProblem, freeze, norm_widths
-from normbench.registry import BACKBONES, DATASETS, VARIANTS, Registry, load_plugin
-from normbench.suite.matrix import RawCell, cell_backbone_options
+from normbench.models import BACKBONES
+from normbench.models.registry import norm_widths
+from normbench.options import OptionProblem, freeze
+from normbench.registry import Registry, load_plugin
+from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
+from normbench.suite.matrix import RawCell, cell_backbone_options, cell_recipe
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
+from normbench.variants_api import VARIANTS
 
 Problems = list[tuple[Path, str]]
 
@@ -106,8 +110,18 @@ def check_cells(model: SuiteModel, cells: list[RawCell], known: Problems) -> Pro
         if key in done:
             continue
         done.add(key)
-        problems += _check_cell(c, placement == "last-in-block", _statistics_devices(model))
+        problems += _check_cell(
+            c, placement == "last-in-block", _statistics_devices(model), _decay(model, c)
+        )
     return problems
+
+
+def _decay(model: SuiteModel, c: RawCell) -> tuple[str, Path]:
+    """Where the cell's norm parameters decay ("identity" or "zero") and the key that says so
+    (the variant entry's own recipe, else `train:`)."""
+    own = c.variant.recipe is not None and c.variant.recipe.norm_decay_toward is not None
+    where = (*c.variant_path, "recipe") if own else ("train",)
+    return cell_recipe(model, c).decay_toward, (*where, "norm_decay_toward")
 
 
 def _statistics_devices(model: SuiteModel) -> int:
@@ -117,7 +131,9 @@ def _statistics_devices(model: SuiteModel) -> int:
     return t.devices if t.stats_scope == "global" else 1
 
 
-def _check_cell(c: RawCell, last: bool, devices: int = 1) -> Problems:
+def _check_cell(
+    c: RawCell, last: bool, devices: int, decay: tuple[str, Path] = ("zero", ())
+) -> Problems:
     backbone = c.backbone.name
     built = BACKBONES.check_options(backbone, c.backbone.options, build=True, last_in_block=last)
     if built:
@@ -129,6 +145,7 @@ def _check_cell(c: RawCell, last: bool, devices: int = 1) -> Problems:
         build=True,
         batch_size=c.batch_size * devices,
         widths=widths,
+        decay_toward=decay[0],
         _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
     if devices > 1:  # say where a batch size the file does not show comes from
@@ -139,7 +156,8 @@ def _check_cell(c: RawCell, last: bool, devices: int = 1) -> Problems:
         found = [
             dataclasses.replace(p, message=p.message.replace(shown, shown + note)) for p in found
         ]
-    return located(found, (*c.variant_path, "options"), {"batch_size": c.batch_path})
+    context = {"batch_size": c.batch_path, "decay_toward": decay[1]}
+    return located(found, (*c.variant_path, "options"), context)
 
 
 # Searchable: identity fields (environment, location and bookkeeping fields never change what
@@ -234,13 +252,24 @@ def check_parallel(model: SuiteModel, cells: list[RawCell]) -> Problems:
             )
         )
     t = model.train
+    if 0 < gpus < 1 and devices > 1 and t.parallel == "ddp":
+        problems.append(
+            (
+                ("resources", "gpus"),
+                f"gpus: {gpus:g} is per device, so the {devices} DDP ranks of a trial would share "
+                "one GPU, which NCCL refuses; give each rank a whole GPU (`resources: {gpus: "
+                "1}`), or run the devices in one process on a shared GPU with `train.parallel: "
+                "virtual`",
+            )
+        )
     if t.device.startswith("cuda") and gpus == 0:
         problems.append(
             (
                 ("train", "device"),
-                f"{t.device!r} needs a GPU, but resources.gpus is 0: Ray hides every GPU from "
-                "a trial that asks for none; set `resources: {gpus: 1}` (or 0.5 to share one "
-                "GPU between two trials)",
+                f"{t.device!r} needs a GPU, but resources.gpus is 0: a trial that asks Ray for no "
+                "GPU is given none (it would share one unaccounted, since Ray >= 2.60 leaves "
+                "GPUs visible); set `resources: {gpus: 1}` (or 0.5 to share one GPU between "
+                "two trials)",
             )
         )
     if t.stats_scope == "global" and t.devices > 1:

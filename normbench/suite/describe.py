@@ -118,7 +118,7 @@ def _data_facts(spec: Any) -> tuple[int, int, int] | None:
     """(training images after the validation carve, channels, image size) from the facts the
     data set declares (`normbench.contract.DatasetFacts`) and the suite's data-set options."""
     from normbench.contract import dataset_facts
-    from normbench.registry import DATASETS
+    from normbench.data import DATASETS
 
     facts = dataset_facts(DATASETS.get(spec.dataset).obj)
     if facts is None:
@@ -136,7 +136,7 @@ def forward_macs(backbone: str, in_channels: int, image_size: int) -> float:
     import torch
     from torch import nn
 
-    from normbench.registry import BACKBONES
+    from normbench.models import BACKBONES
 
     total = [0.0]
 

@@ -21,12 +21,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from normbench.engine.spec import TrialSpec
 from normbench.errors import SuiteError
-from normbench.suite import checks
+from normbench.spec import TrialSpec
 from normbench.suite.matrix import Trial, apply_params, build_trials, expand
 from normbench.suite.overrides import apply_overrides
-from normbench.suite.pydantic_errors import fallback_name_checks, pydantic_problems
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path as KeyPath
 from normbench.suite.yamlmap import SourceMap, parse, read_text
@@ -154,7 +152,13 @@ def _validate(
     max_epochs: int | None,
     limit_batches: int | None,
 ) -> tuple[SuiteModel | None, list[Trial], list]:
-    """Schema, then plugins, then names and cross-field rules: all problems, in one list."""
+    """Schema, then plugins, then names and cross-field rules: all problems, in one list.
+
+    The registries (and with them torch) are imported here, once the file has parsed: a
+    malformed file is refused without loading any layer, model or data set."""
+    from normbench.suite import checks
+    from normbench.suite.pydantic_errors import fallback_name_checks, pydantic_problems
+
     plugins = _resolve_plugins(data.get("plugins"), file)
     found: list[tuple[KeyPath, str]] = checks.load_plugins(plugins)
     try:

@@ -18,26 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from normbench.engine.spec import Recipe, TrialSpec
-from normbench.suite.schema import (
-    BackboneEntry,
-    NamedEntry,
-    SuiteModel,
-    TrainModel,
-    VariantEntry,
-)
+from normbench.spec import Recipe, TrialSpec, declared
+from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
-
-# Short names for options that commonly tell two entries of one variant apart in a label.
-_ABBREV = {
-    "num_groups": "G",
-    "channel_groups": "G",
-    "channels_per_group": "cpg",
-    "examples_per_group": "epg",
-    "ghost_batch_size": "ghost",
-    "eval_example_weight": "alpha",
-    "kernel_size": "k",
-}
 
 
 @dataclass(frozen=True)
@@ -73,12 +56,26 @@ def label_of(entry: NamedEntry, ambiguous: bool) -> str:
     ws = getattr(entry, "weight_standardization", None)
     if not ambiguous or not (entry.options or placement or ws):
         return entry.name.lower()
-    parts = [f"{_ABBREV.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
+    short = _option_labels(entry)
+    parts = [f"{short.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
     if placement:
         parts.append(placement)
     if ws:
         parts.append("ws")
     return f"{entry.name.lower()}({','.join(parts)})"
+
+
+def _option_labels(entry: NamedEntry) -> dict[str, str]:
+    """A variant's short option names for labels (its class attribute `option_labels`,
+    e.g. GN's {"num_groups": "G"}); none for backbones or unknown names."""
+    if not isinstance(entry, VariantEntry):
+        return {}
+    from normbench.variants_api import VARIANTS
+
+    name = entry.name.lower()
+    cls = VARIANTS.get(name).obj if name in VARIANTS else None
+    labels = getattr(cls, "option_labels", None)
+    return dict(labels) if isinstance(labels, dict) else {}
 
 
 def _fmt(v: Any) -> str:
@@ -209,12 +206,7 @@ def build_trials(
     t = model.train
     trials: dict[str, Trial] = {}
     for c in cells:
-        recipe = base.recipe
-        if t.lr_reference_batch:  # linear scaling rule
-            lr = t.lr * c.batch_size / t.lr_reference_batch
-            recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
-        if c.variant.recipe is not None:  # a cell group's own weight decay
-            recipe = dataclasses.replace(recipe, **c.variant.recipe.model_dump(exclude_none=True))
+        recipe = cell_recipe(model, c, base.recipe)
         spec = base.replace(
             variant=c.variant.name.lower(),
             backbone=c.backbone.name.lower(),
@@ -239,19 +231,28 @@ def build_trials(
     return list(trials.values())
 
 
-# `train` keys that shape specs without being a spec field of their own.
-TRAIN_ONLY_KEYS = ("lr_reference_batch",)
-# TrialSpec fields of `train` that `_base_spec` (or the cell) resolves rather than copies.
+def cell_recipe(model: SuiteModel, c: RawCell, base: Recipe | None = None) -> Recipe:
+    """The recipe of one cell: `train:`'s (or `base`), the lr scaled to the cell's batch by the
+    linear scaling rule when asked, the variant entry's own weight decay on top."""
+    t = model.train
+    recipe = base or train_recipe(model)
+    if t.lr_reference_batch:  # linear scaling rule
+        lr = t.lr * c.batch_size / t.lr_reference_batch
+        recipe = dataclasses.replace(recipe, lr=float(f"{lr:.10g}"))
+    if c.variant.recipe is not None:  # a cell group's own weight decay
+        recipe = dataclasses.replace(recipe, **c.variant.recipe.model_dump(exclude_none=True))
+    return recipe
+
+
+def train_recipe(model: SuiteModel) -> Recipe:
+    """The `Recipe` fields of `train:`."""
+    values = model.train.model_dump()
+    return Recipe(**{d.name: values[d.name] for d in declared(Recipe) if d.param.suite}
+                  | {"milestones": tuple(values["milestones"])})  # fmt: skip
+
+
+# Suite-key fields of TrialSpec that `_base_spec` (or the cell) resolves rather than copies.
 _RESOLVED = ("epochs", "limit_batches", "num_threads", "placement")
-
-
-def unwired_train_keys() -> list[str]:
-    """`train` keys that reach no trial: neither a Recipe nor a TrialSpec field, nor a key
-    handled on purpose. A test keeps this empty, so a new suite key is wired or refused."""
-    targets = {f.name for f in dataclasses.fields(Recipe)} | {
-        f.name for f in dataclasses.fields(TrialSpec)
-    }
-    return sorted(set(TrainModel.model_fields) - targets - set(TRAIN_ONLY_KEYS))
 
 
 def _base_spec(
@@ -259,13 +260,12 @@ def _base_spec(
 ) -> TrialSpec:
     """The fields every trial of the suite shares (recipe, data set, engine settings)."""
     t = model.train
-    recipe = Recipe(
-        **{f.name: getattr(t, f.name) for f in dataclasses.fields(Recipe)}
-        | {"milestones": tuple(t.milestones)}
-    )
-    spec_fields = {f.name for f in dataclasses.fields(TrialSpec)}
+    values = t.model_dump()
+    recipe = train_recipe(model)
     shared = {
-        k: getattr(t, k) for k in TrainModel.model_fields if k in spec_fields and k not in _RESOLVED
+        d.name: values[d.name]
+        for d in declared(TrialSpec)
+        if d.param.suite and d.name not in _RESOLVED
     }
     dataset_options = model.dataset.model_dump()
     return TrialSpec(
@@ -309,7 +309,7 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
 
 def _train_placement(train: Any, variant: str) -> str:
     """`train.placement` when the suite sets it, else the variant's official placement."""
-    from normbench.models.placement import default_placement
+    from normbench.variants_api import default_placement
 
     if "placement" in train.model_fields_set:
         return str(train.placement)

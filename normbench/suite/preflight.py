@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normbench.errors import UserError
-from normbench.registry import one_line
+from normbench.errors import UserError, one_line
 
 # Written first by every run; a `.lock` alone is not a run (pytest keeps one in its tmp root).
 RUN_DIR_MARKER = "suite.resolved.json"

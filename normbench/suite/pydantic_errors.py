@@ -10,11 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from normbench.data import DATASETS
 from normbench.errors import closest
-from normbench.registry import BACKBONES, DATASETS, VARIANTS
+from normbench.models import BACKBONES
 from normbench.suite import checks
 from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
+from normbench.variants_api import VARIANTS
 
 _MESSAGES = {
     "missing": "required key is missing",

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from normbench.engine.spec import TrialSpec
+from normbench.spec import TrialSpec
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TBX per trial
@@ -49,6 +49,9 @@ from ray.tune.search import Searcher  # noqa: E402
 # Record key set on the first record a trial yields after its invalid checkpoint was moved
 # aside; the driver turns it into a note on the trial's summary line instead of storing it.
 CHECKPOINT_NOTE = "checkpoint_note"
+# Tune result key (not a record key): the Ray Train placement group of a DDP trial's ranks,
+# which the driver removes when Tune ends the trial (`_Relay._release`).
+PLACEMENT_GROUP = "nb_placement_group"
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
             mode=plan.mode if plan.searcher or plan.scheduler else None,
             num_samples=plan.num_samples if plan.searcher is not None else 1,
             max_concurrent_trials=plan.max_concurrent,
-            reuse_actors=True,  # skips a worker start (torch import) per trial
+            reuse_actors=_reuse_actors(tasks, plan),
             trial_dirname_creator=_short_dirname,
         ),
         run_config=tune.RunConfig(
@@ -151,6 +154,18 @@ def run(tasks: list[Task], plan: Plan, events: Events) -> None:
         fit(tuner)
     finally:
         tune_logger.setLevel(level)
+
+
+def _reuse_actors(tasks: list[Task], plan: Plan) -> bool:
+    """Whether Tune may hand a finished trial's actor to the next trial (which skips a worker
+    start, a torch import, per trial): not when a trial may run DDP. Tune reuses the actor of a
+    trial a scheduler stopped (ASHA stops every trial at its last epoch) while that trial's
+    `TorchTrainer.fit()` has not returned; the reset fails, the next trial is dropped without
+    the searcher hearing of it, and its `max_concurrent` slot is never freed (Ray issue 54305:
+    1 of 6 samples, then nothing). Without reuse the stopped actor is killed, and the driver
+    removes its ranks' placement group (`_Relay._release`)."""
+    searched = plan.searcher is not None and "devices" in plan.searcher.search.space
+    return not searched and not any(_is_ddp(t.spec) for t in tasks)
 
 
 def fit(tuner: Any) -> None:
@@ -240,7 +255,7 @@ def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> Non
     from normbench.engine.loop import run_trial
 
     task = config["task"]
-    spec = _fit_to_worker(spec_of(config))
+    spec = spec_of(config)  # a DDP trial's workers fit it to their own grants
     tid = spec.trial_id
     ckpt_dir = _checkpoint_dir(task, tid)
     stored = int(task["stored_epochs"].get(tid, 0))
@@ -255,7 +270,7 @@ def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> Non
     if _is_ddp(spec):
         _run_data_parallel(task, spec, ckpt_dir, worker_resources, note)
         return
-    for record in run_trial(spec, checkpoint_dir=ckpt_dir):
+    for record in run_trial(_fit_to_worker(spec), checkpoint_dir=ckpt_dir):
         placed = {**record, **_placement()}
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
             placed[CHECKPOINT_NOTE], note = note, None
@@ -299,7 +314,7 @@ def _run_data_parallel(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir, "note": note},
-        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 and spec.device != "cpu" else "gloo"),
         scaling_config=train.ScalingConfig(
             num_workers=spec.devices,
             use_gpu=gpus > 0,
@@ -321,13 +336,7 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     from normbench.engine.loop import run_trial
 
-    spec = TrialSpec.from_dict(config["spec"])
-    changes: dict[str, Any] = {"num_threads": spec.num_threads or _assigned_cpus()}
-    if spec.device == "auto":
-        from ray.train.torch import get_device
-
-        changes["device"] = str(get_device()) if _cuda() else "cpu"
-    spec = spec.replace(**changes)
+    spec = _fit_to_worker(TrialSpec.from_dict(config["spec"]), rank_device=True)
     rank = train.get_context().get_world_rank()
     note = config.get("note")
     for rec in run_trial(spec, checkpoint_dir=config["checkpoint_dir"]):
@@ -335,31 +344,32 @@ def _train_worker(config: dict[str, Any]) -> None:
         if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
             placed[CHECKPOINT_NOTE], note = note, None
         # every rank reports (a barrier); Tune gets rank 0's
-        train.report(_result(spec.trial_id, placed) if rank == 0 else {})
+        train.report({**_result(spec.trial_id, placed), **_group()} if rank == 0 else {})
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _assigned_cpus() -> int:
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    return max(int(math.floor(cpus)), 1)
+def _group() -> dict[str, str]:
+    """The placement group of this Ray Train rank, for the driver to remove (see `_Relay`)."""
+    group = ray.util.get_current_placement_group()
+    return {} if group is None else {PLACEMENT_GROUP: group.id.hex()}
 
 
-def _fit_to_worker(spec: TrialSpec) -> TrialSpec:
-    """Threads from the CPUs Ray granted; CPU when Ray gave a logical GPU but CUDA is absent."""
-    import torch
+def _fit_to_worker(spec: TrialSpec, *, rank_device: bool = False) -> TrialSpec:
+    """The spec as this Ray worker runs it: threads from the CPUs Ray granted it (unless the
+    spec sets them), the device from the GPUs it granted (`granted_device`: a zero-GPU worker
+    trains on the CPU even where CUDA is visible). Every process decides for itself: the Tune
+    trial that drives a DDP run asks for no GPU and may see none, its Ray Train workers do.
+    `rank_device`: a DDP rank, whose GPU is Ray Train's `get_device()` (its local rank's)."""
+    from normbench.engine.device import granted_device
 
-    changes: dict[str, Any] = {}
-    if spec.device == "auto" and not torch.cuda.is_available():
-        changes["device"] = "cpu"
-    if spec.num_threads is None:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        changes["num_threads"] = max(int(math.floor(cpus)), 1)
-    return spec.replace(**changes) if changes else spec
+    grant = ray.get_runtime_context().get_assigned_resources()
+    gpus = len(ray.get_gpu_ids())
+    device = granted_device(spec.device, gpus)
+    if rank_device and device.startswith("cuda"):
+        from ray.train.torch import get_device
+
+        device = str(get_device())
+    threads = spec.num_threads or max(int(math.floor(grant.get("CPU", 1))), 1)
+    return spec.replace(device=device, num_threads=threads)
 
 
 def _checkpoint_dir(task: dict[str, Any], tid: str) -> str:
@@ -401,6 +411,7 @@ class _Relay(tune.Callback):
     def __init__(self, events: Events) -> None:
         self.events = events
         self.epoch: dict[str, int] = {}
+        self.groups: dict[str, str] = {}  # Tune trial id -> its DDP ranks' placement group
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its config into the experiment folder (for Tuner.restore, unused here);
@@ -414,6 +425,8 @@ class _Relay(tune.Callback):
         self.events.on_start(self._spec(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        if PLACEMENT_GROUP in result:
+            self.groups[trial.trial_id] = result[PLACEMENT_GROUP]
         if "nb_record" not in result:
             return
         record = json.loads(result["nb_record"])
@@ -425,11 +438,32 @@ class _Relay(tune.Callback):
         self.events.on_checkpoint(self._spec(trial), self.epoch.get(trial.trial_id, 0), ref)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
         self.events.on_end(self._spec(trial), None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
         reason = _Reason.of_trial(trial)
         self.events.on_end(self._spec(trial), reason.line(), error=reason.to_dict())
+
+    def _release(self, trial: Any) -> None:
+        """Remove the placement group of a DDP trial Tune has ended (its ranks die with it).
+
+        A scheduler's stop kills the Tune trial before `TorchTrainer.fit()` returns (at the
+        last epoch, or when pruning); Ray Train's own clean-up of its placement group then
+        needs Ray's state API, which a local Ray without dashboard lacks, so the ranks' CPUs
+        and GPUs stayed reserved and the next DDP trial waited forever. The group of a trial
+        that ended on its own is gone already; removing it again does nothing."""
+        group = self.groups.pop(trial.trial_id, None)
+        if group is None:
+            return
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+        except Exception:  # already removed, or Ray is shutting down: nothing left to free
+            pass
 
 
 class _Silent(tune.ProgressReporter):

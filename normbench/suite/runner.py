@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from normbench.contract import EpochRecord
-from normbench.engine.spec import TrialSpec
 from normbench.errors import RunDirError, RunStopped, Terminated, UserError
 from normbench.results.store import RunStore
+from normbench.spec import TrialSpec
 from normbench.suite.live import LiveView
 
 
@@ -192,8 +192,8 @@ def check_environments(suite: Any, run_dir: Path, *, restart: bool) -> dict[str,
     execution environment than this run gives them (threads, device). Without `restart` the
     first one is refused (RunDirError); reads the run directory only, so a refusal changes
     nothing on disk, and comes before Ray starts."""
-    from normbench.engine.spec import environment_conflict
     from normbench.results.store import started_trials
+    from normbench.spec import environment_conflict
 
     if not (run_dir / "epochs.jsonl").is_file():
         return {}

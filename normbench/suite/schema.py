@@ -1,8 +1,10 @@
 """The suite file format, version 1, as pydantic models (strict types, unknown keys rejected).
 
 These models check shape and types only; names, options and cross-field rules that need the
-registries live in `normbench.suite.checks`. Defaults of `train:` come from `Recipe` and
-`TrialSpec`, so a key the file leaves out means exactly what `normbench train` would do.
+registries live in `normbench.suite.checks`. `train:` and the data set's common keys are built
+from the trial declaration (`normbench.spec`): their types, bounds and defaults are written
+there once, so a key the file leaves out means exactly what `normbench train` does without
+its flag.
 
 Reference (see suites/*.yaml for commented examples):
 
@@ -23,15 +25,12 @@ Reference (see suites/*.yaml for commented examples):
                                     # the same table as GN and BN)
     batch_sizes: [128]
     seeds: 3                        # a count means seeds 0..n-1; or a list [0, 5, 7]
-    train: {epochs (required), lr, lr_reference_batch, momentum, nesterov, weight_decay,
-            norm_weight_decay, bias_weight_decay, norm_decay_toward: zero|identity,
-            no_decay_norm_and_bias (alias: both decays 0), warmup_epochs,
-            schedule: multistep|cosine|constant, milestones, gamma, label_smoothing, grad_clip,
-            device, amp, channels_last, compile,
-            limit_batches, placement: everywhere|last-in-block|except-shortcut (unset:
-            each variant's official placement, normbench.models.placement), sabn_index, probe,
-            probe_batch_size, eval_batch_size, num_threads, checkpoint_every,
-            devices, parallel: ddp|virtual, stats_scope: device|global}
+    train: {epochs: 5, lr: 0.1, schedule: cosine, ...}   # epochs required; every key, with its
+                                    # bounds, default and meaning, is a field of
+                                    # normbench/spec.py marked `suite=True` (the same keys
+                                    # are the flags of `normbench train --help`), plus
+            lr_reference_batch      # linear scaling: lr is the rate at this batch size
+                                    # placement unset: each variant's official placement
     resources: {cpus: 1, gpus: 0}   # per trial; fractions share a device
     max_concurrent: null            # cap on trials at once
     retries: 0                      # re-runs of a failed trial (from its checkpoint)
@@ -54,31 +53,32 @@ The file is YAML 1.2 plain data (`normbench.suite.yamlmap`: `1e-3` is a float, `
 no tags beyond !!str/int/float/bool/null/seq/map). Sizes are bounded before anything is
 allocated: epochs <= 10,000, batch sizes <= 65,536, at most 1,000 seeds each < 2^32, at most
 10,000 cells, num_samples <= 10,000, image_size <= 4,096, retries <= 100 (the `MAX_*`
-constants below); infinities and NaN are refused everywhere.
+constants below and in `normbench.spec`); infinities and NaN are refused everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from normbench.engine.spec import Recipe, TrialSpec
+from normbench.spec import (
+    MAX_BATCH,
+    MAX_SEED,
+    DatasetOptions,
+    Declared,
+    Placement,
+    declared,
+    flat_fields,
+    input_problems,
+)
 
-# Sizes a suite may ask for, checked before anything is allocated (a typo such as
-# `seeds: 100000000000` must be refused, not turned into a list of 10^11 seeds).
-MAX_EPOCHS = 10_000
-MAX_BATCH = 65_536  # the largest batch in the large-batch literature (Goyal et al. 2017: 8k)
+# Sizes of the suite itself (the fields' own bounds are in normbench.spec).
 MAX_SEEDS = 1_000
-MAX_SEED = 2**32 - 1  # NumPy's seed range
 MAX_TRIALS = 10_000  # cells of the matrix (a search runs num_samples trials per cell)
 MAX_SAMPLES = 10_000
-MAX_IMAGE_SIZE = 4_096
 MAX_RETRIES = 100
-
-_R = Recipe()
-_T = TrialSpec(variant="", backbone="", dataset="", epochs=1)
-Placement = Literal["everywhere", "last-in-block", "except-shortcut"]
 
 
 class Strict(BaseModel):
@@ -103,106 +103,92 @@ class BackboneEntry(NamedEntry):
     pass
 
 
-class DecayOverride(Strict):
-    """Weight-decay settings of one variant entry (a cell group); unset keys keep `train:`."""
+def pydantic_field(d: Declared, *, optional: bool = False) -> tuple[Any, Any]:
+    """A declared field as a pydantic (type, Field): its bounds, default and help.
+    `optional`: None (unset) is allowed and is the default."""
+    tp, p = d.type, d.param
+    bounds = {k: getattr(p, k) for k in ("ge", "gt", "le", "lt") if getattr(p, k) is not None}
+    if typing.get_origin(tp) is tuple:  # YAML gives lists; the bounds are each item's
+        tp, bounds = list[Annotated[typing.get_args(tp)[0], Field(**bounds)]], {}  # type: ignore[misc]
+    if optional:
+        return tp | None, Field(default=None, description=p.help, **bounds)
+    if d.required:
+        return tp, Field(description=p.help, **bounds)
+    if isinstance(d.default, tuple | list | dict):
+        empty = type(d.default) if not isinstance(d.default, tuple) else list
+        return tp, Field(default_factory=empty, description=p.help, **bounds)
+    return tp, Field(default=d.default, description=p.help, **bounds)
 
-    weight_decay: float | None = Field(default=None, ge=0)
-    norm_weight_decay: float | None = Field(default=None, ge=0)
-    bias_weight_decay: float | None = Field(default=None, ge=0)
-    norm_decay_toward: Literal["zero", "identity"] | None = None
-    no_decay_norm_and_bias: bool | None = None
+
+class _RecipeOverrideBase(Strict):
+    """The recipe keys a variant entry may set for its own cells (a cell group's own weight
+    decay, e.g. "four things" #3: `variant_override=True` in normbench.spec); unset keys keep
+    `train:`."""
+
+
+class _DatasetBase(BaseModel):
+    """The data set; keys beyond these are the factory's own options (checked by signature)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    name: str
+
+
+class _TrainBase(Strict):
+    """Recipe and engine settings shared by every trial of the suite: the fields of
+    `normbench.spec` marked `suite=True`, plus the suite's own `lr_reference_batch`."""
+
+    # Linear scaling rule (Goyal et al. 2017): when set, `lr` is the rate at this batch size and
+    # a trial at batch B trains at lr * B / lr_reference_batch. None: `lr` at every batch size.
+    lr_reference_batch: int | None = Field(default=None, gt=0, le=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _across_fields(self) -> _TrainBase:
+        problems = input_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+if TYPE_CHECKING:  # the generated models' fields are normbench.spec's; mypy sees Any
+
+    class RecipeOverride(_RecipeOverrideBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class DatasetModel(_DatasetBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class TrainModel(_TrainBase):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    RecipeOverride = create_model(
+        "RecipeOverride",
+        __base__=_RecipeOverrideBase,
+        **{
+            d.name: pydantic_field(d, optional=True)
+            for d in flat_fields()
+            if d.param.variant_override
+        },
+    )
+    DatasetModel = create_model(
+        "DatasetModel",
+        __base__=_DatasetBase,
+        **{d.name: pydantic_field(d) for d in declared(DatasetOptions)},
+    )
+    TrainModel = create_model(
+        "TrainModel",
+        __base__=_TrainBase,
+        **{d.name: pydantic_field(d) for d in flat_fields() if d.param.suite},
+    )
 
 
 class VariantEntry(NamedEntry):
     placement: Placement | None = None  # overrides train.placement for this variant
     # overrides train's weight-decay keys for this variant's cells (e.g. "four things" #3)
-    recipe: DecayOverride | None = None
+    recipe: RecipeOverride | None = None
     # the backbone's `weight_standardization` for this variant's cells (GN+WS): a backbone
     # option every backbone takes, set here so the cells share their backbone's table
     weight_standardization: bool | None = None
-
-
-class DatasetModel(BaseModel):
-    """The data set; keys beyond these are the factory's own options (checked by signature)."""
-
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
-    name: str
-    root: str | None = None
-    download: bool = False
-    image_size: int | None = Field(default=None, gt=0, le=MAX_IMAGE_SIZE)
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    split_seed: int = 0
-
-
-class TrainModel(Strict):
-    """Recipe and engine settings shared by every trial of the suite."""
-
-    epochs: int = Field(gt=0, le=MAX_EPOCHS)
-    lr: float = Field(default=_R.lr, gt=0)
-    # Linear scaling rule (Goyal et al. 2017): when set, `lr` is the rate at this batch size and
-    # a trial at batch B trains at lr * B / lr_reference_batch. None: `lr` at every batch size.
-    lr_reference_batch: int | None = Field(default=None, gt=0, le=MAX_BATCH)
-    momentum: float = Field(default=_R.momentum, ge=0, lt=1)
-    nesterov: bool = _R.nesterov
-    weight_decay: float = Field(default=_R.weight_decay, ge=0)
-    # normbench.engine.recipe says what each decay covers; None takes weight_decay.
-    norm_weight_decay: float | None = Field(default=_R.norm_weight_decay, ge=0)
-    bias_weight_decay: float | None = Field(default=_R.bias_weight_decay, ge=0)
-    norm_decay_toward: Literal["zero", "identity"] = _R.norm_decay_toward
-    no_decay_norm_and_bias: bool = _R.no_decay_norm_and_bias
-    warmup_epochs: float = Field(default=_R.warmup_epochs, ge=0)
-    schedule: Literal["multistep", "cosine", "constant"] = _R.schedule
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(default=_R.gamma, gt=0)
-    label_smoothing: float = Field(default=_R.label_smoothing, ge=0, lt=1)
-    grad_clip: float | None = Field(default=_R.grad_clip, gt=0)
-    device: str = _T.device
-    amp: bool | None = _T.amp
-    channels_last: bool | None = _T.channels_last
-    compile: bool = _T.compile
-    limit_batches: int | None = Field(default=_T.limit_batches, gt=0)
-    placement: Placement = _T.placement
-    sabn_index: Literal["zeros", "augmented"] = _T.sabn_index
-    probe: bool = _T.probe
-    probe_batch_size: int = Field(default=_T.probe_batch_size, gt=1, le=MAX_BATCH)
-    eval_batch_size: int = Field(default=_T.eval_batch_size, gt=0, le=MAX_BATCH)
-    num_threads: int | None = Field(default=None, gt=0, le=4096)
-    checkpoint_every: int = Field(default=_T.checkpoint_every, gt=0)
-    # Data parallelism: batch_sizes are per device; resources are per device (per worker).
-    devices: int = Field(default=_T.devices, gt=0)
-    parallel: Literal["ddp", "virtual"] = _T.parallel
-    stats_scope: Literal["device", "global"] = _T.stats_scope
-
-    @model_validator(mode="after")
-    def _decay_alias(self) -> TrainModel:
-        given = {
-            k: v
-            for k in ("norm_weight_decay", "bias_weight_decay")
-            if (v := getattr(self, k)) not in (None, 0.0)
-        }
-        if self.no_decay_norm_and_bias and given:
-            raise ValueError(
-                "no_decay_norm_and_bias: true means norm_weight_decay: 0 and bias_weight_decay: "
-                f"0, but {', '.join(f'{k}: {v}' for k, v in given.items())} is also set; "
-                "drop one of the two"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _milestones(self) -> TrainModel:
-        ms = self.milestones
-        if any(m <= 0 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
-            raise ValueError(f"milestones must be positive and increasing, but got {ms}")
-        if ms and self.schedule != "multistep":
-            raise ValueError(
-                f"milestones {ms} only apply to schedule multistep, not {self.schedule!r}"
-            )
-        if ms and ms[-1] >= self.epochs:
-            raise ValueError(
-                f"milestone {ms[-1]} is not before the last epoch {self.epochs} "
-                "(to shorten a run keep the recipe and use --max-epochs)"
-            )
-        return self
 
 
 class ResourcesModel(Strict):

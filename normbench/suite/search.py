@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from normbench.engine.spec import TrialSpec
 from normbench.errors import UserError
+from normbench.spec import TrialSpec
 from normbench.suite.matrix import apply_params
 
 # Where a problem is, as a key path into the suite (rendered file:line by the loader).
@@ -269,7 +269,8 @@ def _owner_choices(space: Space, owner: str, bases: list[TrialSpec]) -> set[str]
 
 def registry_option_owners(owner: str, option: str) -> frozenset[str]:
     """Names of the registered layers (owner "variant") or backbones that take `option`."""
-    from normbench.registry import BACKBONES, VARIANTS
+    from normbench.models import BACKBONES
+    from normbench.variants_api import VARIANTS
 
     registry = VARIANTS if owner == "variant" else BACKBONES
     return frozenset(n.lower() for n in registry.names() if option in (registry.options(n) or {}))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from normbench.engine.loop import run_trial
-from normbench.engine.spec import Recipe, TrialSpec
+from normbench.spec import Recipe, TrialSpec
 
 TAUS = (0.15, 0.3, 0.4, 0.5, 0.6)
 

@@ -44,7 +44,10 @@ def _build(root: Path, **kw: object):
         val_fraction=0.25,
         num_workers=0,
     )
-    return build_data("imagenet", **{**opts, **kw})
+    opts = {**opts, **kw}
+    if opts["num_workers"] is None:  # the default: from the trial's CPUs
+        del opts["num_workers"]
+    return build_data("imagenet", **opts)
 
 
 def test_eval_batches_match_resize_centercrop_normalize(tree: Path) -> None:
@@ -154,3 +157,29 @@ def test_eval_rank_decodes_only_every_nth_batch(tree: Path, decoded: list, ranks
             assert got_calls == calls[r::ranks]
             seen += got_calls
         assert sorted(seen) == sorted(calls)  # the ranks' sums cover every image once
+
+
+def test_workers_come_from_the_trials_cpus_and_persist_between_epochs(tree: Path) -> None:
+    """A trial granted 3 CPUs decodes with 2 workers (one CPU drives the device), started once:
+    the second epoch is served by the same processes, with the batches of one process."""
+    data = _build(tree, num_workers=None, cpus=3)
+    loader = data.train
+    assert loader.num_workers == 2 and _build(tree, num_workers=None, cpus=1).train.num_workers == 0
+    reference = _build(tree).train  # num_workers=0: decoded in this process
+    pids = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        for (x, y), (xr, yr) in zip(loader, reference, strict=True):
+            assert torch.equal(x, xr) and torch.equal(y, yr)
+        pids.append(sorted(w.pid for w in loader._loader._iterator._workers))
+    assert len(pids[0]) == 2 and pids[0] == pids[1]
+
+
+def test_num_workers_is_not_part_of_the_trial_id(tree: Path) -> None:
+    from normbench.spec import TrialSpec
+
+    spec = TrialSpec(variant="bn", backbone="resnet18", dataset="imagenet", epochs=1,
+                     dataset_options={"root": str(tree), "num_workers": 0})  # fmt: skip
+    more = spec.replace(dataset_options={"root": "/elsewhere", "num_workers": 12})
+    assert spec.trial_id == more.trial_id

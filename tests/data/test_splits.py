@@ -9,12 +9,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from normbench.data import DataSplits, TensorSet, build_data, register_dataset
+from normbench.data import DATASETS, DataSplits, TensorSet, build_data, register_dataset
 from normbench.data.base import DatasetOptionError, stratified_split
 from normbench.data.digits import digits
 from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError
-from normbench.registry import DATASETS
 
 
 def test_digits_shapes_values_and_fixed_test_split() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from normbench.engine.build import build_model
-from normbench.engine.spec import TrialSpec
-from normbench.registry import VARIANTS
+from normbench.spec import TrialSpec
+from normbench.variants_api import VARIANTS
 
 
 def _norm_types(model) -> dict[str, str]:

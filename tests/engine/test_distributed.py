@@ -23,7 +23,7 @@ from torchvision.datasets import DatasetFolder
 
 from normbench.engine import checkpoint as ckpt
 from normbench.engine.loop import TIMING_KEYS, run_trial
-from normbench.engine.spec import SpecError, TrialSpec
+from normbench.spec import SpecError, TrialSpec
 from normbench.variants import BUILTIN_VARIANTS
 
 # Options that make each layer's batch dependence visible at 8 samples per device.

@@ -70,7 +70,7 @@ def _rebuilt(run_dir: Path, tid: str, **variant_options: float):  # type: ignore
     checkpoint's weights loaded: no code of normbench.engine.evaluate involved."""
     payload = ckpt.load_checkpoint(run_dir / "checkpoints" / tid)
     assert payload is not None
-    from normbench.engine.spec import TrialSpec
+    from normbench.spec import TrialSpec
 
     spec = TrialSpec.from_dict(payload["spec"])
     trial = build_trial(spec)

@@ -7,7 +7,7 @@ import torch
 
 from normbench.engine import memory
 from normbench.engine.loop import run_trial
-from normbench.engine.spec import Recipe, TrialSpec
+from normbench.spec import Recipe, TrialSpec
 
 MIB = 2**20
 

@@ -15,7 +15,7 @@ from normbench.engine.recipe import (
     current_lr,
     param_groups,
 )
-from normbench.engine.spec import Recipe, SpecError
+from normbench.spec import Recipe, SpecError
 
 CIFAR100 = Recipe(
     lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, milestones=(60, 120, 160), gamma=0.2
@@ -107,12 +107,12 @@ def _names(net: nn.Module, group: dict) -> set[str]:
 
 def test_alias_frees_norm_parameters_and_other_biases() -> None:
     net = _Net()
-    on = param_groups(net, Recipe(weight_decay=1e-4, no_decay_norm_and_bias=True))
+    on, _ = param_groups(net, Recipe(weight_decay=1e-4, no_decay_norm_and_bias=True))
     assert [g["weight_decay"] for g in on] == [1e-4, 0.0]
     # by module, not by shape: a bare 4-D parameter outside a norm layer and a 0-D one decay
     assert _names(net, on[0]) == {"conv.weight", "bnet_kernel", "scalar", "fc.weight"}
     assert _names(net, on[1]) == {"bn.weight", "bn.bias", "conv.bias", "fc.bias"}
-    off = param_groups(net, Recipe(weight_decay=1e-4))
+    off, _ = param_groups(net, Recipe(weight_decay=1e-4))
     assert len(off) == 1 and len(off[0]["params"]) == 8  # every trainable parameter
 
 
@@ -126,7 +126,7 @@ def test_norm_and_bias_decay_are_separate_switches() -> None:
         create_norm("sabn", 4, num_branches=2),
         nn.Conv2d(4, 4, 1, bias=True),
     )
-    groups = param_groups(net, Recipe(weight_decay=1e-4, norm_weight_decay=0.0))
+    groups, _ = param_groups(net, Recipe(weight_decay=1e-4, norm_weight_decay=0.0))
     by_wd = {g["weight_decay"]: _names(net, g) for g in groups}
     assert by_wd[0.0] == {
         "1.center_weight", "1.scale_weight", "1.scale_bias", "1.weight", "1.bias",  # UBN
@@ -134,7 +134,7 @@ def test_norm_and_bias_decay_are_separate_switches() -> None:
         "3.weight", "3.bias", "3.embed.weight",  # SaBN and its branch table
     }  # fmt: skip
     assert by_wd[1e-4] == {"0.weight", "0.bias", "4.weight", "4.bias"}
-    groups = param_groups(net, Recipe(weight_decay=1e-4, bias_weight_decay=0.0))
+    groups, _ = param_groups(net, Recipe(weight_decay=1e-4, bias_weight_decay=0.0))
     by_wd = {g["weight_decay"]: _names(net, g) for g in groups}
     assert by_wd[0.0] == {"0.bias", "4.bias"}
 
@@ -179,10 +179,22 @@ def test_decay_alias_contradiction_is_refused() -> None:
 
 
 def test_identity_decay_refuses_a_weight_without_identity() -> None:
-    net = nn.Sequential(nn.LayerNorm([2, 3]))  # weight (2, 3): no identity rule
-    match = r"norm_decay_toward='identity' needs .*0.weight \(2, 3\)"
+    net = nn.Sequential(nn.LayerNorm([2, 3]))  # weight (2, 3), no decay_targets() hook
+    match = r"norm_decay_toward='identity' needs .* 0 \(LayerNorm\): its .weight \(2, 3\)"
     with pytest.raises(RecipeError, match=match):
         param_groups(net, Recipe(norm_decay_toward="identity"))
+
+
+def test_sabn_names_its_gamma_columns_for_identity_decay() -> None:
+    """SaBN's hook: gamma_sa and the table's gamma columns [0, C) go to 1, beta_k to 0."""
+    from normbench.variants_api import create_norm
+
+    net = nn.Sequential(create_norm("sabn", 3, num_branches=2))
+    groups, targets = param_groups(net, Recipe(norm_decay_toward="identity"))
+    (identity,) = [g for g in groups if g["decay_toward"] == "identity"]
+    assert _names(net, identity) == {"0.weight", "0.embed.weight"}
+    table = targets[net[0].embed.weight]
+    assert table.shape == (2, 6) and table[:, :3].eq(1).all() and table[:, 3:].eq(0).all()
 
 
 def test_nesterov_and_momentum_reach_sgd() -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from normbench.engine.spec import Recipe, SpecError, TrialSpec
+from normbench.spec import Recipe, SpecError, TrialSpec
 
 
 def spec(**changes) -> TrialSpec:
@@ -53,24 +53,44 @@ def test_trial_id_ignores_where_data_and_plugins_live() -> None:
 
 
 def test_every_field_has_one_role_and_the_lists_derive_from_it() -> None:
-    from normbench.engine.spec import ENVIRONMENT, IDENTITY, LOCATION, fields_with, identity
-    from normbench.results.store import family
-    from normbench.suite.matrix import unwired_train_keys
+    from normbench.spec import (
+        ENVIRONMENT,
+        IDENTITY,
+        LOCATION,
+        ROLES,
+        declared,
+        family_hash,
+        fields_with,
+        flat_fields,
+        identity,
+    )
+    from normbench.suite.schema import TrainModel
 
-    assert fields_with(ENVIRONMENT) == ("device", "num_threads", "parallel")
+    assert all(d.param.role in ROLES and d.param.help for d in flat_fields())
+    assert fields_with(ENVIRONMENT) == ("device", "deterministic", "num_threads", "parallel")
     assert fields_with(LOCATION) == ()  # locations live inside plugins and dataset_options
     assert "num_threads" not in identity(spec().to_dict())
     assert set(fields_with(IDENTITY)) >= {"variant", "recipe", "epochs", "amp", "plugins"}
     # A run moved to another machine keeps its family (the store's compatibility check).
-    assert family(spec().to_dict()) == family(spec(num_threads=8, device="cuda").to_dict())
-    # Every `train` key of the suite schema reaches a spec field or is handled on purpose.
-    assert unwired_train_keys() == []
+    assert family_hash(spec().to_dict()) == family_hash(
+        spec(num_threads=8, device="cuda").to_dict()
+    )
+    # The suite's `train:` keys are the declared suite keys, with the declared defaults.
+    suite_keys = {d.name: d for d in flat_fields() if d.param.suite}
+    assert set(TrainModel.model_fields) == {*suite_keys, "lr_reference_batch"}
+    for name, d in suite_keys.items():
+        field = TrainModel.model_fields[name]
+        assert d.required == field.is_required()
+        if not d.required:
+            default = field.get_default(call_default_factory=True)
+            assert default == (list(d.default) if isinstance(d.default, tuple) else d.default)
+    assert declared(TrialSpec)[0].name == "variant"
 
 
 def test_spec_and_recipe_validate_on_construction() -> None:
     with pytest.raises(SpecError, match="recipe.lr must be a number > 0"):
         Recipe(lr=0)
-    with pytest.raises(SpecError, match="milestones must be increasing"):
+    with pytest.raises(SpecError, match="milestones must be increasing, each an integer >= 1"):
         Recipe(milestones=(3, 2))
     with pytest.raises(SpecError, match="epochs=0"):
         TrialSpec(variant="bn", backbone="resnet20", dataset="digits", epochs=0)

@@ -113,8 +113,16 @@ def last_norm_names(name: str) -> set[str]:
     return {f"layer{s}.{j}.{attr}" for s, n in enumerate(blocks, 1) for j in range(n)}
 
 
-# Backbones built as one flat Sequential (stem modules 0-3, then one module per block).
-FLAT_LAST_NORMS = {"imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)}}
+# Backbones whose blocks are not `layer{s}.{j}`: Res2Net is one flat Sequential (stem modules
+# 0-3, then one module per block); ConvNeXt's blocks sit in `stages.{s}.blocks.{j}` and have
+# one norm each.
+FLAT_LAST_NORMS = {
+    "imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)},
+    **{
+        name: {f"stages.{s}.blocks.{j}.norm" for s, n in enumerate(depths) for j in range(n)}
+        for name, depths in (("convnext_atto", (2, 2, 6, 2)), ("convnext_tiny", (3, 3, 9, 3)))
+    },
+}
 
 
 def test_blocks_table_covers_every_residual_backbone() -> None:

@@ -11,13 +11,14 @@ from torch import nn
 
 from normbench.errors import DuplicateNameError, UnknownNameError, UserError
 from normbench.models import (
+    BACKBONES,
     BUILTIN_BACKBONES,
     backbone_options,
     create_backbone,
     list_backbones,
     register_backbone,
 )
-from normbench.registry import BACKBONES, BUILTIN
+from normbench.registry import BUILTIN
 
 EXPECTED = {
     *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50"),
@@ -26,6 +27,8 @@ EXPECTED = {
     *(f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)),
     "imagenet_resnext50_32x4d",
     "imagenet_res2net50",
+    "convnext_atto",
+    "convnext_tiny",
 }
 
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from normbench.models import create_backbone
+from normbench.models import BACKBONES, create_backbone
 from normbench.models.convnext import ConvNeXtBlock
-from normbench.registry import BACKBONES
 from normbench.variants_api import norm_layer
 
 timm = pytest.importorskip("timm")
@@ -83,6 +82,7 @@ def test_options_are_checked() -> None:
         "patch_size": 2,
         "drop_path_rate": 0.0,
         "layer_scale_init": 1e-6,
+        "zero_init_residual": False,
     }
     with pytest.raises(ValueError, match="drop_path_rate"):
         create_backbone("convnext_atto", 10, nn.BatchNorm2d, drop_path_rate=1.5)

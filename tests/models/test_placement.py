@@ -8,9 +8,9 @@ from pathlib import Path
 from torch import nn
 
 from normbench.engine.build import build_model
-from normbench.engine.spec import TrialSpec
-from normbench.registry import VARIANTS
+from normbench.spec import TrialSpec
 from normbench.suite.loader import load_suite
+from normbench.variants_api import VARIANTS
 
 SUITE = """
 version: 1

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from normbench.models import create_backbone
+from normbench.models import BACKBONES, create_backbone
 from normbench.models.std_conv import StdConv2d, standardize_convs, standardize_weight
-from normbench.registry import BACKBONES
 from normbench.variants_api import norm_layer
 
 timm_layers = pytest.importorskip("timm.layers")

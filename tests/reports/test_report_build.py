@@ -307,6 +307,17 @@ def test_frozen_share_from_ubn_counters_and_never_fired_sentence(report, tmp_pat
     assert "**The FCT threshold never fired for ubn** at τ = 0.3" in text
     assert "| 0.0% |" in text
 
+    def untold(rec: dict) -> dict:  # records from before UBN logged its tau
+        for diag in (rec.get("diagnostics") or {}).values():
+            diag.pop("tau", None)
+        return rec
+
+    _rewrite(run / "epochs.jsonl", untold)
+    rep = build_report([run], tmp_path / "untold")
+    text = rep.markdown.read_text()
+    assert "**The FCT threshold never fired for ubn**: in all" in text  # no invented τ
+    assert "ubn" not in rep.tables[0].taus
+
 
 def test_reference_sources_coexist_across_merged_runs(tmp_path: Path) -> None:
     """Two suites give BN's cell different numbers from different sources: both columns show,

@@ -83,6 +83,27 @@ class CorpusNorm(nn.BatchNorm2d):
         return {}
 """
 
+# A .weight that is no (C,) gamma and no decay_targets() hook: it cannot say where L2 toward
+# the identity affine pulls it (issue 21).
+PLUGIN_NO_IDENTITY = """
+import torch
+from torch import nn
+from normbench import register_variant
+
+@register_variant("odd_norm")
+class OddNorm(nn.Module):
+    paper = "corpus (nowhere 2026)"
+    batch_dependent = False
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features, 2, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return x * self.weight[:, 0].view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+"""
+
 
 @dataclass
 class Case:
@@ -134,7 +155,7 @@ CASES: dict[str, Case] = {
     "num_samples_above_limit": Case(suite(variants="[ubn]", search="{num_samples: 1000000, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "less than or equal to 10000"),
     "retries_above_limit": Case(suite(retries="1000"), "less than or equal to 100"),
     # -- zeros and negatives that would divide or loop ------------------------------------
-    "epochs_0": Case(suite(train="{epochs: 0}"), "greater than 0"),
+    "epochs_0": Case(suite(train="{epochs: 0}"), "train.epochs: Input should be greater than or equal to 1 (got 0)"),
     "batch_0": Case(suite(batch_sizes="[0]"), "between 1 and 65536"),
     "seed_count_0": Case(suite(seeds="0"), "a seed count must be between 1 and 1000"),
     "seed_negative": Case(suite(seeds="[-1]"), "between 0 and 4294967295"),
@@ -150,12 +171,14 @@ CASES: dict[str, Case] = {
     "num_threads_0": Case(suite(train=train("num_threads: 0")), "train.num_threads"),
     "warmup_negative": Case(suite(train=train("warmup_epochs: -1")), "train.warmup_epochs"),
     "grad_clip_0": Case(suite(train=train("grad_clip: 0")), "train.grad_clip"),
-    "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "milestones must be positive and increasing"),
+    "milestone_0": Case(suite(train="{epochs: 5, milestones: [0, 2]}"), "train.milestones[0]: Input should be greater than or equal to 1 (got 0)"),
+    "milestones_decreasing": Case(suite(train="{epochs: 5, milestones: [3, 2]}"), "milestones must be increasing, each an integer >= 1, but got [3, 2]"),
     "cpus_0": Case(suite(resources="{cpus: 0}"), "resources.cpus"),
     "gpus_negative": Case(suite(resources="{gpus: -1}"), "resources.gpus"),
     "ghost_batch_over_global_batch": Case(suite(variants=variant("ghost_batch_size: 48", "ghost_bn"), train=train("devices: 2, stats_scope: global")), "ghost_batch_size=48 must divide batch size 32 (2 devices x 16, stats_scope: global)"),
     "ghost_batch_over_device_batch": Case(suite(variants=variant("ghost_batch_size: 32", "ghost_bn"), train=train("devices: 2")), "ghost_batch_size=32 must divide batch size 16"),
-    "cuda_without_gpus": Case(suite(train=train("device: cuda"), resources="{cpus: 1, gpus: 0}"), "train.device: 'cuda' needs a GPU, but resources.gpus is 0: Ray hides every GPU from a trial that asks for none"),
+    "cuda_without_gpus": Case(suite(train=train("device: cuda"), resources="{cpus: 1, gpus: 0}"), "train.device: 'cuda' needs a GPU, but resources.gpus is 0: a trial that asks Ray for no GPU is given none"),
+    "half_gpu_per_ddp_rank": Case(suite(train=train("devices: 2"), resources="{cpus: 1, gpus: 0.5}"), "resources.gpus: gpus: 0.5 is per device, so the 2 DDP ranks of a trial would share one GPU, which NCCL refuses"),
     "max_concurrent_0": Case(suite(max_concurrent="0"), "max_concurrent"),
     "retries_negative": Case(suite(retries="-1"), "retries"),
     "num_samples_0": Case(suite(variants="[ubn]", search="{num_samples: 0, space: {variant_options.tau: {type: float, low: 0.1, high: 0.5}}}"), "search.num_samples"),
@@ -239,6 +262,8 @@ CASES: dict[str, Case] = {
     "plugin_hook_raises": Case(suite(variants=variant("k: 0", "corpus_norm"), plugins="[p.py]"), "check_options failed: ZeroDivisionError", files={"p.py": PLUGIN_VARIANT}),
     "plugin_constructor_exits": Case(suite(variants=variant("k: 5", "corpus_norm"), plugins="[p.py]"), "rejects these options at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): it called sys.exit('constructor exits')", files={"p.py": PLUGIN_VARIANT}),
     "plugin_without_global_stats": Case(suite(variants="[bn, corpus_norm]", plugins="[p.py]", train=train("devices: 2, stats_scope: global")), "variants[1]: variant 'corpus_norm' does not declare global_stats = True (moments all-reduced across devices), so it cannot run with stats_scope: global on several devices; use `stats_scope: device` or another variant", files={"p.py": PLUGIN_VARIANT}),
+    "plugin_without_identity_affine": Case(suite(variants="[bn, odd_norm]", plugins="[p.py]", train=train("norm_decay_toward: identity")), "train.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine (norm_decay_toward: identity) at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): ValueError: its .weight (16, 2) is not a (C,) gamma and it has no decay_targets() hook", files={"p.py": PLUGIN_NO_IDENTITY}),
+    "plugin_without_identity_affine_in_entry": Case(suite(variants="[bn, {name: odd_norm, recipe: {norm_decay_toward: identity}}]", plugins="[p.py]"), "variants[1].recipe.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
 }  # fmt: skip
 

@@ -16,7 +16,7 @@ import torch
 
 from normbench.cli import main
 from normbench.engine.loop import METRIC_KEYS, run_trial
-from normbench.results.store import RunStore, load_results
+from normbench.results import RunStore, load_results
 from normbench.suite.loader import load_suite
 
 SUITE = """

@@ -29,7 +29,7 @@ import pytest
 from test_resume_kill import _marked_pids, _wait_gone
 
 from normbench.engine.loop import METRIC_KEYS
-from normbench.engine.spec import TrialSpec
+from normbench.spec import TrialSpec
 
 pytestmark = pytest.mark.slow
 SEED = 20241129  # the kill points are random, and the same on every CI run
@@ -154,7 +154,7 @@ def _train(source: Path, tid: str) -> list[str]:
     (`suite_trial`, then `run_trial`), in this process."""
     import torch
 
-    from normbench.engine.cli import suite_trial
+    from normbench.cli_train import suite_trial
     from normbench.engine.loop import run_trial
 
     threads = torch.get_num_threads()

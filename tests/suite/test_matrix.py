@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from normbench.engine.spec import Recipe, TrialSpec
 from normbench.errors import SuiteError
+from normbench.spec import Recipe, TrialSpec
 from normbench.suite.checks import norm_widths
 from normbench.suite.loader import load_suite
 from normbench.suite.matrix import apply_params

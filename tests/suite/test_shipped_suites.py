@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench.engine.spec import Recipe
+from normbench.spec import Recipe
 from normbench.suite.describe import describe
 from normbench.suite.loader import load_suite
 

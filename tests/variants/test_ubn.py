@@ -297,8 +297,9 @@ def test_diagnostics_after_a_few_steps() -> None:
         s_hat = s_b if s_hat is None else 0.5 * s_hat + 0.5 * s_b
         layer(x)
     diag = layer.diagnostics()
-    keys = {"running_sim", "batch_steps", "frozen_steps", "condensed", "num_batches_tracked"}
-    assert set(diag) == keys
+    keys = {"tau", "running_sim", "batch_steps", "frozen_steps", "condensed"}
+    assert set(diag) == keys | {"num_batches_tracked"}
+    assert diag["tau"] == math.inf  # the threshold it ran with, for the reports
     assert all(type(v) is float for v in diag.values())
     assert diag["running_sim"] == pytest.approx(s_hat, rel=1e-10)
     assert (diag["batch_steps"], diag["frozen_steps"]) == (1.0, 2.0)

@@ -1,4 +1,8 @@
-"""`normbench train`: run one trial in this process, with a live display and a summary table.
+"""`normbench train` and `normbench evaluate`: one trial in this process, with a live display
+and a summary table; finished checkpoints re-scored under inference-time settings.
+
+A command module like `cli_variants`: above the suite (`--suite FILE --trial ID` takes a trial
+from a suite) and the engine (`run_trial`, `normbench.engine.evaluate`).
 
 On a terminal it shows an epoch progress bar and a live line (loss, accuracy, images/s); off a
 terminal it prints one plain line per epoch. `--json` prints only the records, one JSON object
@@ -7,8 +11,10 @@ per line, for scripts. The trial is `run_trial`, the same loop the suite runner 
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +22,17 @@ import typer
 
 from normbench.contract import EpochRecord
 from normbench.errors import UserError
+from normbench.spec import (
+    IDENTITY,
+    DatasetOptions,
+    Declared,
+    Recipe,
+    TrialSpec,
+    declared,
+    flat_fields,
+    input_problems,
+    value_rule,
+)
 
 
 class OptionSyntaxError(UserError, ValueError):
@@ -43,7 +60,7 @@ def evaluate_command(
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
 
-    written = evaluate_run(run_dir, parse_settings(set_))
+    written = evaluate_run(run_dir, parse_settings(parse_key_values(set_, "--set")))
     print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
     return 0
 
@@ -65,43 +82,6 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def train_command(
-    variant: Annotated[
-        str | None, typer.Option(help="Normalization variant (see `normbench variants`).")
-    ] = None,
-    backbone: Annotated[str | None, typer.Option(help="Backbone, e.g. resnet20, resnet18.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Data set, e.g. digits, synthetic, cifar10.")
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed for weights, data order, augmentation.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs (per batch).")] = 1.0,
-    schedule: Annotated[
-        str, typer.Option(help="Learning-rate schedule: cosine, multistep or constant.")
-    ] = "cosine",
-    milestone: Annotated[
-        list[int] | None, typer.Option("--milestone", help="Multistep decay epoch (repeatable).")
-    ] = None,
-    option: Annotated[
-        list[str] | None, typer.Option("--option", help="Variant option key=value (repeatable).")
-    ] = None,
-    dataset_option: Annotated[
-        list[str] | None,
-        typer.Option("--dataset-option", help="Data-set option key=value (repeatable)."),
-    ] = None,
-    limit_batches: Annotated[
-        int | None, typer.Option(help="At most this many training batches per epoch (smoke).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1' ...")] = "auto",
-    num_threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: the CPUs this process may use).")
-    ] = None,
-    plugin: Annotated[
-        list[Path] | None, typer.Option("--plugin", help="Plugin file to load (repeatable).")
-    ] = None,
     suite: Annotated[
         Path | None,
         typer.Option(
@@ -120,50 +100,110 @@ def train_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the records as JSON lines, nothing else.")
     ] = False,
+    **fields: Any,
 ) -> None:
     """Train one model and print its per-epoch results.
 
-    Either name the trial with flags (the defaults are the quickstart recipe: batch 64, SGD
-    lr 0.1, one warm-up epoch, cosine decay), or take it whole from a suite with
-    `--suite FILE --trial ID`: the records then equal the suite trial's in the same
-    environment (the suite's thread count included)."""
-    from normbench.engine.spec import Recipe, TrialSpec
-
+    Either name the trial with flags (every field of the trial declaration, normbench/spec.py;
+    an omitted flag means what the omitted `train:` key of a suite means), or take it whole
+    from a suite with `--suite FILE --trial ID`: the records then equal the suite trial's in
+    the same environment (the suite's thread count included)."""
     if suite is not None or trial is not None:
         spec = suite_trial(suite, trial, set_ or [])
     else:
-        missing = [f"--{n}" for n, v in (("variant", variant), ("backbone", backbone),
-                                         ("dataset", dataset)) if not v]  # fmt: skip
-        if missing:
-            raise TrainArgumentError(
-                f"normbench train needs {', '.join(missing)} (or --suite FILE --trial ID)"
-            )
-        spec = TrialSpec(
-            variant=str(variant),
-            backbone=str(backbone),
-            dataset=str(dataset),
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            variant_options=parse_key_values(option, "--option"),
-            dataset_options=parse_key_values(dataset_option, "--dataset-option"),
-            recipe=Recipe(
-                lr=lr,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                warmup_epochs=warmup_epochs,
-                schedule=schedule,  # type: ignore[arg-type]
-                milestones=tuple(milestone or ()),
-            ),
-            device=device,
-            limit_batches=limit_batches,
-            num_threads=num_threads,
-            plugins=tuple(str(p.expanduser().resolve()) for p in plugin or []),
-        )
+        spec = spec_from_flags(fields)
     if as_json:
         _run_json(spec, checkpoint_dir)
     else:
         _run_display(spec, checkpoint_dir)
+
+
+def _flag(d: Declared) -> str:
+    return d.param.flag or "--" + d.name.replace("_", "-")
+
+
+def _flag_parameter(d: Declared) -> inspect.Parameter:
+    """A `normbench train` option for one declared field: same help, the spec's default
+    (shown, never repeated: an unset flag passes nothing, so the spec's default applies)."""
+    origin, args = typing.get_origin(d.type), typing.get_args(d.type)
+    tp: Any = d.type
+    if origin is dict:
+        tp, extra = list[str], " (repeatable)"
+    elif origin is tuple:
+        tp, extra = list[args[0]], " (repeatable)"  # type: ignore[valid-type]
+    elif origin is typing.Literal or (origin is not None and str in args):
+        tp, extra = str, ""
+    else:
+        tp, extra = next((a for a in args if a is not type(None)), d.type), ""
+    rule = value_rule(d.type, d.param) if tp in (int, float, str) else None
+    shown = "required" if d.required else f"default: {_shown(d.default)}"
+    text = f"{d.param.help}{extra} [{shown}" + (f"; {rule}]" if rule else "]")
+    panel = "Recipe" if d.owner is Recipe else "Trial" if d.param.role == IDENTITY else "Where"
+    flag = _flag(d) + (f"/--no-{_flag(d)[2:]}" if tp is bool else "")
+    option = typer.Option(flag, help=text, show_default=False, rich_help_panel=panel)
+    return inspect.Parameter(
+        d.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[tp | None, option],
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None or value in ((), {}) else str(value)
+
+
+def spec_from_flags(given: dict[str, Any]) -> Any:
+    """The TrialSpec named by `normbench train` flags (unset ones: None)."""
+    by_name = {d.name: d for d in flat_fields()}
+    missing = [_flag(by_name[k]) for k in by_name if by_name[k].required and given.get(k) is None]
+    if missing:
+        raise TrainArgumentError(
+            f"normbench train needs {', '.join(missing)} (or --suite FILE --trial ID)"
+        )
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        d = by_name[name]
+        if value is None or value == []:
+            continue
+        if typing.get_origin(d.type) is dict:
+            value = parse_key_values(value, _flag(d))
+        elif name == "plugins":
+            value = tuple(str(Path(p).expanduser().resolve()) for p in value)
+        elif typing.get_origin(d.type) is tuple:
+            value = tuple(value)
+        values[name] = value
+    problems = input_problems({**{k: d.default for k, d in by_name.items()}, **values})
+    if problems:
+        raise TrainArgumentError("; ".join(problems))
+    # As a suite does: the data set's common options written out, the variant's own placement.
+    values["dataset_options"] = {
+        **{d.name: d.default for d in declared(DatasetOptions)},
+        **values.get("dataset_options", {}),
+    }
+    if "placement" not in values:
+        from normbench.variants_api import default_placement
+
+        values["placement"] = default_placement(values["variant"])
+    recipe = {k: v for k, v in values.items() if by_name[k].owner is Recipe}
+    rest = {k: v for k, v in values.items() if k not in recipe}
+    return TrialSpec(**rest, recipe=Recipe(**recipe))
+
+
+def _generated_signature() -> None:
+    """Give `train_command` one option per declared field (typer reads `__signature__`)."""
+    fixed = [p for p in inspect.signature(train_command).parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD]  # fmt: skip
+    hints = typing.get_type_hints(train_command, include_extras=True)
+    fixed = [p.replace(annotation=hints[p.name]) for p in fixed]
+    params = fixed + [_flag_parameter(d) for d in flat_fields()]
+    train_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    train_command.__annotations__ = {p.name: p.annotation for p in params}
+
+
+_generated_signature()
 
 
 class TrainArgumentError(UserError, ValueError):
@@ -204,7 +244,6 @@ def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> 
 
 def _stored_specs(run_dir: Path) -> dict[str, Any]:
     """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
-    from normbench.engine.spec import TrialSpec
     from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
     specs: dict[str, Any] = {}

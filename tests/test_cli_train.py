@@ -9,7 +9,7 @@ import pytest
 
 from normbench.cli import main
 
-PLUGIN = str(Path(__file__).with_name("plugin_tiny.py"))
+PLUGIN = str(Path(__file__).parent / "engine" / "plugin_tiny.py")
 ARGS = [
     "train", "--variant", "gn", "--backbone", "engine_tinynet", "--dataset", "synthetic",
     "--epochs", "2", "--batch-size", "16", "--limit-batches", "2", "--device", "cpu",
@@ -57,7 +57,8 @@ def test_train_plain_output_and_summary(capsys) -> None:
     [
         (["--option", "num_groups"], "expected key=value"),
         (["--option", "no_such=1"], "has no option 'no_such'"),
-        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--epochs", "0"], "epochs must be an integer in [1, 10000]"),
+        (["--schedule", "cosine", "--milestone", "1"], "only apply to schedule multistep"),
     ],
 )
 def test_user_mistakes_exit_2(capsys, extra, message) -> None:
@@ -67,7 +68,7 @@ def test_user_mistakes_exit_2(capsys, extra, message) -> None:
 
 
 def test_train_suite_trial_unknown_says_where_capped_ids_live(capsys) -> None:
-    suite = str(Path(__file__).resolve().parents[2] / "suites" / "quickstart.yaml")
+    suite = str(Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml")
     code, _, err = run(["train", "--suite", suite, "--trial", "ffffffffffff"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--trial 'ffffffffffff' matches no trial of" in err
@@ -75,3 +76,29 @@ def test_train_suite_trial_unknown_says_where_capped_ids_live(capsys) -> None:
         "for a trial of a run made with --set, --max-epochs or --limit-batches, pass its run "
         "directory as --suite"
     )
+
+
+def test_flags_are_the_declared_fields_with_the_suites_defaults(tmp_path) -> None:
+    """Every field of the trial declaration is a flag, and a trial named by flags is the trial
+    a suite names with the same keys: same defaults, so the same id."""
+    import typer
+
+    from normbench.cli import build_app
+    from normbench.cli_train import spec_from_flags
+    from normbench.spec import flat_fields
+    from normbench.suite.loader import load_suite
+
+    command = typer.main.get_command(build_app()).commands["train"]  # type: ignore[attr-defined]
+    dests = {p.name for p in command.params}
+    assert {d.name for d in flat_fields()} <= dests
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "version: 1\nname: s\ndataset: {name: digits}\nbackbones: [resnet20]\n"
+        "variants: [iebn]\nbatch_sizes: [128]\ntrain: {epochs: 2}\n"
+    )
+    (from_suite,) = load_suite(suite).trials()
+    flags = {d.name: None for d in flat_fields()}
+    flags |= {"variant": "iebn", "backbone": "resnet20", "dataset": "digits", "epochs": 2}
+    from_flags = spec_from_flags(flags)
+    assert from_flags.placement == "except-shortcut"  # the layer's own, as in a suite
+    assert from_flags.trial_id == from_suite.trial_id
