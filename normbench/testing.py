@@ -47,6 +47,11 @@ GPU-readiness checks (a plugin may opt out of one with a reason, see `opt_out`; 
   for a layer whose statistics pool the batch).
 * "fx_trace": `torch.fx.symbolic_trace` of a small model holding the layer gives the same
   outputs in training and eval, and a wrong input still raises ValueError through the graph.
+* "accelerator": two training steps on the accelerator path (CUDA, or FakeTensors of CUDA on
+  a machine without one, `normbench.traffic.count_step`), bf16 under autocast: no host
+  sync (`.item()`, `float(t)`, a copy to the host) and no host data copied to the device, and a
+  channels_last input keeps channels_last (output and input gradient). The bytes it moves
+  are `normbench bench traffic`'s business (`--plugin FILE`).
 * "autocast": under CPU bf16 autocast, with a bf16 input, the buffers equal those of the fp32
   layer fed the same (bf16-rounded) input to fp32 accumulation-order tolerance, and the output
   is within two bf16 rounding steps of it: statistics are computed in fp32 (as BN's kernel does).
@@ -92,8 +97,8 @@ class VariantConformance:
     updates_buffers_in_training: ClassVar[bool | None] = None
     atol: ClassVar[float] = 1e-5
     rtol: ClassVar[float] = 1e-4
-    # check name ("compile", "double_backward", "torch_func", "fx_trace", "autocast") -> why
-    # this variant cannot meet it; the check is then skipped with that reason.
+    # check name (OPTIONAL_CHECKS: "compile", ..., "accelerator", "global_stats") -> why this
+    # variant cannot meet it; the check is then skipped with that reason.
     opt_out: ClassVar[dict[str, str]] = {}
     compile_backend: ClassVar[str] = "aot_eager"
 
@@ -344,6 +349,20 @@ class VariantConformance:
             torch.testing.assert_close(bb, ba, atol=self.atol, rtol=self.rtol, msg=name)
         self.close(b.eval()(xb.detach()), a.eval()(xa.detach()))
 
+    def test_channels_last_is_kept(self) -> None:
+        """A channels_last input gives a channels_last output and input gradient, in training
+        and eval: otherwise the next convolution converts back (a full copy per layer)."""
+        layer = self.perturb(self.build())
+        cl = torch.channels_last
+        for training in (True, False):
+            x = self.make_input().contiguous(memory_format=cl).requires_grad_()
+            y = layer.train(training)(x)
+            y.backward(torch.ones(y.shape).contiguous(memory_format=cl))
+            assert y.is_contiguous(memory_format=cl), f"output not channels_last ({training=})"
+            assert x.grad is not None and x.grad.is_contiguous(memory_format=cl), (
+                f"input gradient not channels_last ({training=})"
+            )
+
     def test_zeroed_weight_makes_output_constant(self) -> None:
         layer = self.build()
         weight = layer.weight
@@ -482,6 +501,19 @@ class VariantConformance:
         with pytest.raises(ValueError):
             traced(self.make_input((n, c, h, w))[:, :, 0])  # 3-D: the check runs in the graph
 
+    def test_accelerator_path_has_no_host_sync_and_keeps_channels_last(self) -> None:
+        """Training steps on CUDA's code path (simulated without a GPU): no host sync, no host
+        data copied to the device, channels_last kept (see the module docstring)."""
+        self.skip_if_opted_out("accelerator")
+        from normbench.traffic import count_step
+
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            tally, _, kept = count_step(
+                self.build, self.input_shape, torch.bfloat16, torch.device("cuda"), memory_format
+            )
+            assert tally.syncs == 0 and tally.copies == 0, f"host syncs/copies: {tally.log}"
+            assert kept, f"the accelerator path does not keep {memory_format}"
+
     def test_decay_targets_name_the_identity_affine(self) -> None:
         """`norm_decay_toward: identity` can train the layer: it names what L2 pulls each
         parameter to (`decay_targets()`, or a (C,) gamma toward 1), each target with its
@@ -540,7 +572,7 @@ class VariantConformance:
                 assert torch.equal(b, r), name
 
 
-GPU_CHECKS = ("compile", "double_backward", "torch_func", "fx_trace", "autocast")
+GPU_CHECKS = ("compile", "double_backward", "torch_func", "fx_trace", "autocast", "accelerator")
 # Checks a variant may opt out of with a reason: the GPU ones, and the two-process check of a
 # global_stats claim (the built-ins' claims are checked together, normbench.testing_ranks).
 OPTIONAL_CHECKS = (*GPU_CHECKS, "global_stats")

@@ -29,7 +29,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 RANKS, PER_RANK, C, HW = 2, 6, 8, 4
-STEPS = 2
+# Three steps: with momentum None the third factor, 1/3, is not a float32 number, so a factor
+# built in float32 shows against the float64 reference (docs/variants.md#bncore).
+STEPS = 3
 # float64 throughout: the only differences are summation orders (measured on the built-ins:
 # max |difference| <= 1.1e-15 x the largest |value| of the compared tensor).
 RTOL = ATOL = 1e-12

@@ -10,6 +10,12 @@ returns the factory timm expects (a partial of a norm+act class timm knows), bui
 `<Variant>Act2d`: the variant itself (same parameters, buffers and state_dict keys as
 `BatchNormAct2d` for `bn`), followed by `drop` and `act` children.
 
+Data parallel: normbench synchronises the statistics of every layer itself (`stats_scope:
+global`, `normbench.variants.global_statistics`). timm's `convert_sync_batchnorm` also works on
+`bn` (its norm+act layer is a timm `BatchNormAct2d`, converted to timm's `SyncBatchNormAct`
+with the same activation); torch's `nn.SyncBatchNorm.convert_sync_batchnorm` drops the
+activation of every norm+act layer, timm's own included, and is not supported.
+
 `create_model(model_name, "ubn", ...)` builds a timm model with the variant and then checks
 that no timm or torch normalization is left and that the model's default build has norm+act
 slots exactly where the variant went: a model that does not route every norm through
@@ -105,9 +111,13 @@ def _norm_act_class(cls: type, name: str) -> type:
     function would silently get no activation from the model (ReLU instead of EfficientNet's
     SiLU). Adding the class to those sets is the one way in; the tests check it against timm.
     """
-    from timm.layers import create_norm_act
+    from timm.layers import BatchNormAct2d, create_norm_act
 
-    made = type(f"{cls.__name__.removesuffix('2d')}Act2d", (_NormAct, cls), {"variant_name": name})
+    # A torch BatchNorm subclass (`bn`) is also a timm BatchNormAct2d, so that timm's
+    # `convert_sync_batchnorm` rebuilds it as timm's SyncBatchNormAct with this layer's
+    # activation and drop: as a bare `_BatchNorm` it became a SyncBatchNorm without them.
+    bases = (_NormAct, cls, BatchNormAct2d) if issubclass(cls, nn.BatchNorm2d) else (_NormAct, cls)
+    made = type(f"{cls.__name__.removesuffix('2d')}Act2d", bases, {"variant_name": name})
     create_norm_act._NORM_ACT_TYPES.add(made)
     create_norm_act._NORM_ACT_REQUIRES_ARG.add(made)
     return made

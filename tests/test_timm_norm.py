@@ -73,3 +73,23 @@ def test_models_that_cannot_take_it_raise() -> None:
         timm.create_model("resnet18", norm_layer=norm_act_layer("ubn"))
     with pytest.raises(ValueError, match="does not take a norm_layer argument"):
         create_model("mobilenetv3_small_050", "ubn")  # sets norm_layer itself
+
+
+def test_timm_convert_sync_batchnorm_keeps_the_activation() -> None:
+    """timm's conversion of a normbench `bn` model gives timm's SyncBatchNormAct with the same
+    activation in every slot, and the same eval logits (SyncBatchNorm in eval is BN); before,
+    a bare SyncBatchNorm dropped regnetx_002's 27 activations."""
+    from timm.layers import SyncBatchNormAct, convert_sync_batchnorm
+
+    model = create_model("regnetx_002", "bn", num_classes=3).eval()
+    slots = {n: type(m.act) for n, m in model.named_modules() if hasattr(m, "act")}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = model(x)
+    converted = convert_sync_batchnorm(model).eval()
+    for name, act in slots.items():
+        layer = converted.get_submodule(name)
+        assert isinstance(layer, SyncBatchNormAct) and isinstance(layer.act, act), name
+    assert not any(type(m) is torch.nn.SyncBatchNorm for m in converted.modules()), (
+        "a bare SyncBatchNorm"
+    )
+    torch.testing.assert_close(converted(x), before)

@@ -21,6 +21,7 @@ kernel with ones and crash on RBN's `weight=None`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._fused import fused_instance_affine, global_scope
+from ._fused import fused_instance_affine, global_scope, statistics_ranks
 from ._options import check_common
 
 
@@ -60,6 +61,11 @@ def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: i
             f"input statistics, but input of shape {tuple(x.shape)} gives {values_per_stat}; "
             f"use a larger batch or spatial size{hint}"
         )
+
+
+def values_per_channel(x: torch.Tensor) -> int:
+    """N·H·W of the statistics batch: every rank's batch inside `global_statistics`."""
+    return x.numel() // x.shape[1] * statistics_ranks()
 
 
 def leaf_forward(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
@@ -126,35 +132,58 @@ def buffer(module: nn.Module, name: str) -> torch.Tensor:
     return value
 
 
-def update_factor(module: nn.Module, momentum: float | None) -> float:
-    """Increment `num_batches_tracked` and return this step's EMA factor (torch's rule).
-
-    For `F.batch_norm`, which takes a Python float: momentum None (a cumulative average) then
-    reads the counter on the host, as `nn.BatchNorm2d` does. `update_running_stats` avoids it.
-    """
-    counter = buffer(module, "num_batches_tracked")
-    counter.add_(1)
-    if momentum is None:
-        return 1.0 / float(counter.item())
-    return momentum
-
-
 def factor_tensor(
     module: nn.Module, momentum: float | None, enabled: torch.Tensor | None = None
 ) -> torch.Tensor | float:
     """Increment `num_batches_tracked` (by `enabled`, a bool tensor, if given) and return this
-    step's EMA factor, 0 where not enabled; on the device, without a host sync."""
+    step's EMA factor, 0 where not enabled; on the device, without a host sync.
+
+    The factor is in the running statistics' dtype: 1/count in float64 for a float64 layer
+    (a float32 factor would move float64 buffers by about 1e-8 relative).
+    """
     counter = buffer(module, "num_batches_tracked")
+    dtype = buffer(module, "running_mean").dtype
     if enabled is None:
         counter.add_(1)
-        return 1.0 / counter if momentum is None else momentum
+        return 1.0 / counter.to(dtype) if momentum is None else momentum
     counter.add_(enabled.to(counter.dtype))
     factor = (
-        1.0 / counter.clamp_min(1)
+        1.0 / counter.clamp_min(1).to(dtype)
         if momentum is None
-        else torch.full_like(enabled, momentum, dtype=torch.float32)
+        else torch.full((), momentum, dtype=dtype, device=counter.device)
     )
     return torch.where(enabled, factor, 0.0)
+
+
+def batch_norm_training(
+    module: nn.Module,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    momentum: float | None,
+    eps: float,
+    norm: Callable[..., torch.Tensor] = F.batch_norm,
+) -> torch.Tensor:
+    """`norm(x, running_mean, running_var, weight, bias, True, factor, eps)` with the buffer
+    rule of docs/variants.md#bncore (`norm`: `F.batch_norm` or `F.instance_norm`).
+
+    Momentum None (a cumulative average, factor 1/count) never reads the counter on the host,
+    where `nn.BatchNorm2d` does (`float(num_batches_tracked)`, a GPU sync and a graph break):
+    the kernel writes this batch's statistics into fresh buffers (factor 1: exactly the batch
+    values), and the module's buffers move towards them by the factor on the device.
+    """
+    running_mean, running_var = buffer(module, "running_mean"), buffer(module, "running_var")
+    if momentum is not None:
+        buffer(module, "num_batches_tracked").add_(1)
+        return norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    batch_mean, batch_var = torch.zeros_like(running_mean), torch.ones_like(running_var)
+    y = norm(x, batch_mean, batch_var, weight, bias, True, 1.0, eps)
+    factor = factor_tensor(module, None)
+    with torch.no_grad():
+        running_mean.lerp_(batch_mean, factor)
+        running_var.lerp_(batch_var, factor)
+    return y
 
 
 def bn_core(
@@ -176,7 +205,7 @@ def bn_core(
     fused kernel apply a plain per-channel affine in the same pass.
     """
     if use_batch_stats:
-        check_batch_statistics(module, x, x.numel() // x.shape[1])
+        check_batch_statistics(module, x, values_per_channel(x))
         if global_scope():  # statistics of every rank's batch: through the moments
             return batch_norm_instances(
                 module,
@@ -187,10 +216,9 @@ def bn_core(
                 weight=weight,
                 bias=bias,
             )
-    factor = 0.0
     if use_batch_stats and update_running:
-        factor = update_factor(module, momentum)
-    use_buffers = update_running or not use_batch_stats
+        return batch_norm_training(module, x, weight, bias, momentum=momentum, eps=eps)
+    use_buffers = not use_batch_stats
     return F.batch_norm(
         x,
         buffer(module, "running_mean") if use_buffers else None,
@@ -198,7 +226,7 @@ def bn_core(
         weight,
         bias,
         use_batch_stats,
-        factor,
+        0.0,
         eps,
     )
 
@@ -352,7 +380,7 @@ class RunningStatsNorm(ContractNorm):
         """
         if not self.training:
             return self.running_mean, torch.rsqrt(self.running_var + self.eps)
-        check_batch_statistics(self, x, x.numel() // x.shape[1])
+        check_batch_statistics(self, x, values_per_channel(x))
         mu, batch_var = batch_moments(mean, var)
         count = mean.shape[0] * x.shape[2] * x.shape[3]  # N·H·W of the whole (global) batch
         update_running_stats(self, mu, batch_var, count, self.momentum)
@@ -399,7 +427,5 @@ def update_running_stats(
         running_mean = buffer(module, "running_mean")
         running_var = buffer(module, "running_var")
         factor = factor_tensor(module, momentum, enabled)
-        if isinstance(factor, torch.Tensor):
-            factor = factor.to(running_mean.dtype)
         running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
         running_var.lerp_((var.detach() * (n / max(n - 1, 1))).to(running_var.dtype), factor)

@@ -1,4 +1,5 @@
-"""Per-instance affine normalisation: chunked on an eager CPU, composite elsewhere; any order.
+"""Per-instance affine normalisation: chunked on an eager CPU, Triton kernels on an eager CUDA
+device, composite ops elsewhere; gradients of any order.
 
 Every BN-family layer built here (BGN with G | C, GhostBN, IEBN, RBN, UBN, FourThings) maps its
 input, per (sample, channel), by an affine function whose coefficients depend on the
@@ -9,26 +10,30 @@ on parameters:
 
 `fused_instance_affine(x, coefficients, *params)` computes m and v, calls
 `coefficients(m, v, *params) -> (A, Y)` (ordinary torch ops on (N, C) tensors, so autograd
-differentiates them) and writes y. Two implementations of the same function:
+differentiates them) and writes y. Three implementations of the same function:
 
-* Eager on a CPU (`_fast_path`): two autograd Functions, `_InstanceMoments` (chunked two-pass
-  moments) and `_InstanceAffine` (one affine pass; backward: the reductions S_g = Σ_hw g and
-  S_gc = Σ_hw g·(x − m) in one chunked pass). Autograd joins them through the coefficient
-  graph, so dL/dx = g·A + (x − m)·2·dL/dv / HW + dL/dm / HW: exact, centred (no cancellation
-  of Σ g·x − m·Σ g for a large offset). The first-order input gradient is written in one
-  pass: `_InstanceAffine`'s backward hands g and A to `_InstanceMoments`'s backward (through
-  a shared `_Handoff`; autograd runs it later, as it needs the gradient of m), which writes
-  all three terms at once, instead of two full-size gradients that autograd then adds. On
-  CPU a fresh full-size tensor costs a page-faulting allocation, so the centred temporaries
-  live in cache-sized chunks of samples. Neither backward is `once_differentiable`: under
-  create_graph (double backward, gradient penalties) they switch to differentiable ops.
-* Under `torch.compile` or a `torch.func` transform, and off the CPU: composite ops
-  (`torch.var_mean`, `addcmul` on the centred input), which Dynamo traces with no graph break
-  and Inductor fuses into a few loops; autograd differentiates them to any order.
+* Eager on a CPU or a CUDA device (`_backend`): two autograd Functions, `_InstanceMoments`
+  (chunked two-pass moments) and `_InstanceAffine` (one affine pass; backward: the reductions
+  S_g = Σ_hw g and S_gc = Σ_hw g·(x − m) in one chunked pass). Autograd joins them through the
+  coefficient graph, so dL/dx = g·A + (x − m)·2·dL/dv / HW + dL/dm / HW: exact, centred (no
+  cancellation of Σ g·x − m·Σ g for a large offset). The first-order input gradient is written
+  in one pass: `_InstanceAffine`'s backward hands g and A to `_InstanceMoments`'s backward
+  (through a shared `_Handoff`; autograd runs it later, as it needs the gradient of m), which
+  writes all three terms at once, instead of two full-size gradients that autograd then adds.
+  On CPU a fresh full-size tensor costs a page-faulting allocation, so the centred temporaries
+  live in cache-sized chunks of samples. On CUDA the four passes are Triton kernels
+  (`_kernels`, one `normbench::` operator each) that read x (and g) once per pass and write
+  only y or dx: about BN's memory traffic (docs/variants.md#memory-traffic). Neither backward
+  is `once_differentiable`: under create_graph (double backward, gradient penalties) they
+  switch to differentiable ops.
+* Under `torch.compile` or a `torch.func` transform, on other devices, and for float64 on
+  CUDA: composite ops (`torch.var_mean`, `addcmul` on the centred input), which Dynamo traces
+  with no graph break and Inductor fuses into a few loops; autograd differentiates them to
+  any order.
 
 Precision: the moments and the (N, C) coefficient graph run in at least fp32 with autocast
 disabled (`statistics_precision`), whatever the input dtype or the autocast state (bf16
-autocast would otherwise run the block-averaging matmul in bf16); y has the input's dtype and
+autocast would otherwise run reductions in bf16); y has the input's dtype and
 memory format (channels_last included).
 
 The batch statistics of every BN-family layer come from these per-instance moments through
@@ -41,9 +46,9 @@ the moments of the whole R x N batch (rank order) and computes what the layer co
 batch on one device: block statistics, counts, running-statistics updates. Each rank then keeps
 its own rows of (A, Y). The exchange is one differentiable all-reduce of the moments
 zero-padded to (R x N, C) (`_AllReduceSum`: its backward all-reduces the gradient, so each
-rank's moments receive the gradient of the sum of all ranks' losses, SyncBatchNorm's rule).
-This is exact: adding zeros rounds nothing. Layers whose fast path is `F.batch_norm` route
-through `fused_instance_affine` while the context is active.
+rank's moments receive the gradient of the sum of all ranks' losses, SyncBatchNorm's rule;
+`_scope`). This is exact: adding zeros rounds nothing. Layers whose fast path is
+`F.batch_norm` route through `fused_instance_affine` while the context is active.
 """
 
 from __future__ import annotations
@@ -53,110 +58,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from . import _kernels
+from ._scope import (  # noqa: F401  (re-exported: `_fused` was their home)
+    _Scope,
+    all_sum,
+    gather_rows,
+    global_scope,
+    global_statistics,
+    own_rows,
+    statistics_ranks,
+)
 
 Coefficients = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-class _Scope:
-    """The process group whose ranks' batches the statistics span (None: this batch only).
-
-    A plain module attribute, not a ContextVar: Dynamo guards on it, so a compiled layer
-    outside the context traces no collective (the single-device path stays one graph).
-    """
-
-    group: Any = None
-
-
-@contextlib.contextmanager
-def global_statistics(group: Any = None) -> Iterator[None]:
-    """Batch statistics over every rank's batch of `group` (default: the whole world).
-
-    Every rank must run the same layers on batches of equal size inside the context (a
-    training step of a DDP trial). Nested use is not supported.
-    """
-    import torch.distributed as dist
-
-    _Scope.group = group if group is not None else dist.group.WORLD
-    try:
-        yield
-    finally:
-        _Scope.group = None
-
-
-def global_scope() -> bool:
-    """Whether the statistics span every rank's batch (inside `global_statistics`)."""
-    return _Scope.group is not None
-
-
-def statistics_ranks() -> int:
-    """Ranks whose batches the statistics span: the world size inside `global_statistics`,
-    else 1. A layer's whole batch is `statistics_ranks() * N` samples."""
-    if _Scope.group is None:
-        return 1
-    return _world(_Scope.group)[1]
-
-
-def _world(group: Any) -> tuple[int, int]:
-    import torch.distributed as dist
-
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-@torch.compiler.disable  # a collective: eager, between compiled regions
-def gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Every rank's `t` (N, ...) stacked in rank order, (R x N, ...); `t` outside the context.
-
-    Differentiable (the backward sends each rank the gradient of the sum of all ranks' losses
-    with respect to its own rows). Every rank must pass the same shape.
-    """
-    if _Scope.group is None:
-        return t
-    rank, world = _world(_Scope.group)
-    n = t.shape[0]
-    pad = [0, 0] * (t.dim() - 1) + [rank * n, (world - 1 - rank) * n]
-    return _AllReduceSum.apply(F.pad(t, pad), _Scope.group)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; backward: the sum over ranks of the gradients (d of Σ_r loss_r).
-
-    What `torch.distributed.nn.functional.all_reduce` does (deprecated in torch 2.14); the
-    backward is this Function again, so a double backward works too.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor, group: Any) -> torch.Tensor:
-        import torch.distributed as dist
-
-        ctx.group = group
-        out = t.contiguous().clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        return _AllReduceSum.apply(grad, ctx.group), None
-
-
-def own_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """This rank's N rows of a (R x N, ...) tensor from `gather_rows`; `t` outside the context."""
-    if _Scope.group is None:
-        return t
-    rank = _world(_Scope.group)[0]
-    return t[rank * n : (rank + 1) * n]
-
-
-@torch.compiler.disable
-def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of `t` over the ranks inside `global_statistics` (no gradient); `t` outside it."""
-    if _Scope.group is None:
-        return t
-    import torch.distributed as dist
-
-    t = t.detach().clone()
-    dist.all_reduce(t, group=_Scope.group)
-    return t
 
 
 # Elements per chunk (1 MiB of fp32): the centred temporaries go to one scratch buffer that
@@ -229,13 +143,20 @@ def _grad_reductions(
     return sums, dots
 
 
+def _backend(x: torch.Tensor) -> str | None:
+    """ "cpu" (chunked kernels), "cuda" (Triton kernels) or None (composite ops): the
+    Functions run eagerly, without a torch.func transform, on a CPU or a kernel-ready CUDA
+    tensor (see the module docstring)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return None
+    if x.device.type == "cpu":
+        return "cpu"
+    return "cuda" if _kernels.available(x) else None
+
+
 def _fast_path(x: torch.Tensor) -> bool:
-    """Eager CPU without a torch.func transform: the chunked kernels (see the docstring)."""
-    return (
-        x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and torch._C._functorch.peek_interpreter_stack() is None
-    )
+    """Whether `fused_instance_affine` runs its autograd Functions (`_backend` is not None)."""
+    return _backend(x) is not None
 
 
 class _Handoff:
@@ -255,10 +176,10 @@ class _InstanceMoments(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, handoff: _Handoff) -> Any:
-        mean, var = chunked_moments(x)
+    def forward(ctx: Any, x: torch.Tensor, handoff: _Handoff, cuda: bool) -> Any:
+        mean, var = _kernels.instance_moments(x) if cuda else chunked_moments(x)
         ctx.save_for_backward(x, mean)
-        ctx.handoff = handoff
+        ctx.handoff, ctx.cuda = handoff, cuda
         return mean, var
 
     @staticmethod
@@ -268,9 +189,12 @@ class _InstanceMoments(torch.autograd.Function):
         p, q = 2.0 * g_var / hw, g_mean / hw
         if torch.is_grad_enabled():  # double backward: differentiable in x
             centred = x.to(mean.dtype) - _nc11(x.to(mean.dtype).mean(dim=(2, 3)))
-            return (centred * _nc11(p) + _nc11(q)).to(x.dtype), None
+            return (centred * _nc11(p) + _nc11(q)).to(x.dtype), None, None
         affine, ctx.handoff.grad = ctx.handoff.grad, None
-        return _input_grad(x, mean, p, q, affine), None
+        if ctx.cuda:
+            g, a = affine if affine is not None else (None, None)
+            return _kernels.instance_input_grad(x, mean, p, q, g, a), None, None
+        return _input_grad(x, mean, p, q, affine), None, None
 
 
 class _InstanceAffine(torch.autograd.Function):
@@ -285,9 +209,12 @@ class _InstanceAffine(torch.autograd.Function):
         scale: torch.Tensor,
         at_mean: torch.Tensor,
         handoff: _Handoff,
+        cuda: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, mean, scale)
-        ctx.handoff = handoff
+        ctx.handoff, ctx.cuda = handoff, cuda
+        if cuda:
+            return _kernels.instance_affine(x, mean, scale, at_mean)
         shift = at_mean - mean * scale  # fp32 or wider: a bf16 x is promoted, then rounded once
         return torch.addcmul(_nc11(shift), x, _nc11(scale)).to(x.dtype)
 
@@ -302,10 +229,11 @@ class _InstanceAffine(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 grad_x = (g * _nc11(scale)).to(x.dtype)
         else:
-            s_g, s_gc = _grad_reductions(g, x, mean)
+            sums = _kernels.instance_grad_sums if ctx.cuda else _grad_reductions
+            s_g, s_gc = sums(g, x, mean)
             if ctx.needs_input_grad[0]:  # NOTE: x's moments node needs d/dm, so it runs next
                 ctx.handoff.grad = (g, scale)
-        return grad_x, -s_g * scale, s_gc, s_g, None
+        return grad_x, -s_g * scale, s_gc, s_g, None, None
 
 
 def _input_grad(
@@ -344,8 +272,12 @@ def stats_dtype(x: torch.Tensor) -> torch.dtype:
 def statistics_precision(x: torch.Tensor) -> Iterator[None]:
     """Autocast off for the statistics of `x` (on its device type): they stay fp32 or wider.
 
-    `torch.compile` traces this context manager (no graph break).
+    `torch.compile` traces this context manager (no graph break). The meta device has no
+    autocast (shape-only runs: there is nothing to turn off).
     """
+    if x.device.type == "meta":
+        yield
+        return
     with torch.autocast(device_type=x.device.type, enabled=False):
         yield
 
@@ -360,35 +292,59 @@ def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fused_instance_affine(
-    x: torch.Tensor, coefficients: Coefficients, *params: torch.Tensor
+    x: torch.Tensor,
+    coefficients: Coefficients,
+    *params: torch.Tensor,
+    across_ranks: bool = True,
 ) -> torch.Tensor:
     """Apply y = (x − m)·A + Y per (n, c), (A, Y) = coefficients(m, v, *params), (N, C) each.
 
     x: (N, C, H, W), any floating dtype; m, v: the per-instance moments of x (N, C) in at least
     fp32. `coefficients` may update buffers under `torch.no_grad()` (running statistics); it
-    runs with autocast disabled. Returns y with x's shape, dtype and memory format.
+    runs with autocast disabled. Inside `global_statistics` it sees every rank's moments unless
+    `across_ranks` is False (a batch-independent layer: IN, GN). Returns y with x's shape,
+    dtype and memory format.
     """
     with statistics_precision(x):
-        if _fast_path(x):
-            handoff = _Handoff()
-            mean, var = _InstanceMoments.apply(x, handoff)
-            scale, at_mean = _global_coefficients(coefficients, mean, var, params)
-            return _InstanceAffine.apply(x, mean, scale, at_mean, handoff)
+        backend = _backend(x)
+        if backend is not None:
+            handoff, cuda = _Handoff(), backend == "cuda"
+            mean, var = _InstanceMoments.apply(x, handoff, cuda)
+            scale, at_mean = _global_coefficients(coefficients, mean, var, params, across_ranks)
+            return _InstanceAffine.apply(x, mean, scale, at_mean, handoff, cuda)
         mean, var = instance_moments(x)
-        scale, at_mean = _global_coefficients(coefficients, mean, var, params)
+        scale, at_mean = _global_coefficients(coefficients, mean, var, params, across_ranks)
         centred = x.to(mean.dtype) - _nc11(mean)
         y = torch.addcmul(_nc11(at_mean), centred, _nc11(scale))
     return y.to(x.dtype)
 
 
+def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_n weights[n]·x[n], (C, H, W) in at least fp32, no gradient; x (N, C, H, W) in any
+    memory format is read once (a Triton operator on CUDA, a mat-vec elsewhere)."""
+    if _backend(x) == "cuda":
+        return _kernels.sample_weighted_sum(x, weights)
+    n, c, h, w = x.shape
+    dtype = stats_dtype(x)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # (N, H·W·C): a free view of channels_last, summed in that order
+        flat = weights.to(dtype) @ x.permute(0, 2, 3, 1).reshape(n, -1).to(dtype)
+        return flat.reshape(h, w, c).permute(2, 0, 1)
+    return (weights.to(dtype) @ x.reshape(n, -1).to(dtype)).reshape(c, h, w)
+
+
 def _global_coefficients(
-    coefficients: Coefficients, mean: torch.Tensor, var: torch.Tensor, params: tuple[Any, ...]
+    coefficients: Coefficients,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    params: tuple[Any, ...],
+    across_ranks: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`coefficients` on the whole batch's moments (inside `global_statistics`), this rank's rows.
 
     (A, Y) may broadcast over samples ((1, C) or (C,)): only (R x N, C) results are sliced.
     """
-    if _Scope.group is None:
+    if _Scope.group is None or not across_ranks:
         return coefficients(mean, var, *params)
     n = mean.shape[0]
     scale, at_mean = coefficients(gather_rows(mean), gather_rows(var), *params)
@@ -401,30 +357,33 @@ def _global_coefficients(
 
 
 def block_moments(
-    mean: torch.Tensor, var: torch.Tensor, sizes: list[int], channels_per_group: int
+    mean: torch.Tensor, var: torch.Tensor, chunk: int, channels_per_group: int
 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """Mean and biased variance of x over blocks, from its per-instance moments (N, C).
 
-    A block is a run of contiguous samples (lengths `sizes`, K of them) times a group of
-    `channels_per_group` contiguous channels (G = C / cpg), all positions: BN, BGN, GhostBN
-    and FourThings statistics. Law of total variance, exact and free of cancellation:
-    σ² = mean v_nc + mean (m_nc − μ)² over the block's (n, c). Returns μ, σ² (K, G) and a
-    function expanding a (K, G) tensor to (N, C) (each (n, c) gets its block's value).
-    Differentiable; call it with autocast disabled (`statistics_precision`): the averaging
-    is a matmul, which autocast would run in bf16.
+    A block is a run of `chunk` contiguous samples (the last one shorter when chunk ∤ N; K
+    blocks) times a group of `channels_per_group` contiguous channels (G = C / cpg), all
+    positions: BN, BGN, GhostBN and FourThings statistics. Law of total variance, exact and
+    free of cancellation: σ² = mean v_nc + mean (m_nc − μ)² over the block's (n, c). Returns
+    μ, σ² (K, G) and a function expanding a (K, G) tensor to (N, C) (each (n, c) gets its
+    block's value). Differentiable; reshapes and means only, so no tensor is built from host
+    data (no host-to-device copy or sync on a GPU).
     """
     n, c = mean.shape
-    k, g, device = len(sizes), c // channels_per_group, mean.device
-    counts = torch.tensor(sizes, device=device)
-    block = torch.repeat_interleave(torch.arange(k, device=device), counts, output_size=n)
-    # (K, N) averaging matrix: row b holds 1/|b| on block b's samples.
-    average = F.one_hot(block, k).T.to(mean.dtype) / counts[:, None].to(mean.dtype)
+    cpg = channels_per_group
+    g, full = c // cpg, n - n % chunk
 
-    def pool(t: torch.Tensor) -> torch.Tensor:
-        return (average @ t).reshape(k, g, channels_per_group).mean(dim=2)
+    def pool(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (K, G)
+        parts = [t[:full].reshape(full // chunk, chunk, c).mean(dim=1)] if full else []
+        if full < n:
+            parts.append(t[full:].mean(dim=0, keepdim=True))  # the short last block
+        rows = torch.cat(parts) if len(parts) > 1 else parts[0]  # (K, C)
+        return rows.reshape(-1, g, cpg).mean(dim=2)
 
-    def expand(t: torch.Tensor) -> torch.Tensor:
-        return t[block].repeat_interleave(channels_per_group, dim=1)
+    def expand(t: torch.Tensor) -> torch.Tensor:  # (K, G) -> (N, C)
+        k = t.shape[0]
+        rows = t[:, None, :].expand(k, chunk, g).reshape(k * chunk, g)[:n]  # (N, G)
+        return rows[:, :, None].expand(n, g, cpg).reshape(n, c)
 
     mu = pool(mean)
     return mu, pool(var) + pool((mean - expand(mu)).square()), expand

@@ -19,8 +19,12 @@ Implementation [choice], by case:
   over the group's (n, c): exact, and free of E[x²] − E[x]² cancellation. One statistics pass
   and one affine pass (`normbench.variants._fused`, with a hand-derived backward) instead of
   `F.batch_norm` on a reshape plus a separate affine: about BN's cost on CPU.
-* G = C: `F.batch_norm` with the affine fused; this is BN, buffers included.
-* Spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
+* G = C: `F.batch_norm` on x with the affine fused; this is BN, buffers included (and the
+  memory format kept).
+* Spatial groups of whole rows (G = k·C with k | H, every group band j of rows in one channel):
+  the per-(n, group) affine on a view of x ((N, C·k, H/k, W), or (N·k, C, H/k, W) for
+  channels_last), as for channel groups.
+* Other spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
 
 Options [spec choice]: `num_groups=32`; the effective G is gcd(num_groups, C), so a channel is
 never split. With `allow_spatial_groups=True` a num_groups > C is kept as is: groups then split
@@ -43,13 +47,14 @@ from torch import nn
 from normbench.variants._core import (
     ContractNorm,
     batch_norm_instances,
+    batch_norm_training,
     check_batch_statistics,
     check_input,
     per_channel,
     register_affine,
     register_bn_buffers,
-    update_factor,
     update_running_stats,
+    values_per_channel,
 )
 from normbench.variants._fused import (
     block_affine,
@@ -128,11 +133,62 @@ class BatchGroupNorm2d(ContractNorm):
                 f"{tuple(x.shape)}"
             )
         if self.training:
-            check_batch_statistics(self, x, n * per_sample // self.num_groups)
+            check_batch_statistics(self, x, values_per_channel(x) * c // self.num_groups)
         if self.num_groups < c:  # channel groups: a per-(n, c) affine of x
             coefficients = partial(self._coefficients, h * w)
             return fused_instance_affine(x, coefficients, self.weight, self.bias)
+        bands = self.num_groups // c
+        layouts = (torch.contiguous_format, torch.channels_last)
+        if (
+            self.num_groups % c == 0
+            and bands > 1
+            and h % bands == 0
+            and any(x.is_contiguous(memory_format=f) for f in layouts)
+        ):
+            return self._row_bands(x, bands)
         return self._batch_norm_view(x)
+
+    def _row_bands(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Spatial groups of whole rows (G = k·C, k | H): group c·k + j is band j of channel
+        c, so y is a per-(n, group) affine of x on a view of it, one statistics pass and one
+        affine pass as for channel groups (no reshaping copy, the memory format kept)."""
+        n, c, h, w = x.shape
+        last = not x.is_contiguous()  # channels_last: the bands of a sample become rows
+        if last:  # (N, C, H, W) -> (N·k, C, H/k, W), still channels_last: a view
+            view = x.view(n, c, k, h // k, w).permute(0, 2, 1, 3, 4).reshape(n * k, c, h // k, w)
+        else:  # (N, C, H, W) -> (N, C·k, H/k, W): a view
+            view = x.view(n, c * k, h // k, w)
+        coefficients = partial(self._band_coefficients, k, last, (h // k) * w)
+        y = fused_instance_affine(view, coefficients, self.weight, self.bias)
+        if last:
+            return y.view(n, k, c, h // k, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+        return y.view(n, c, h, w)
+
+    def _band_coefficients(
+        self,
+        k: int,
+        last: bool,
+        plane: int,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) per (row, channel) of `_row_bands`'s view from its moments: as (N, G) with
+        g = c·k + j, BN's statistics per group over the samples, then back to the view."""
+        rows = mean.shape[0] // k if last else mean.shape[0]  # samples (every rank's)
+
+        def to_groups(t: torch.Tensor) -> torch.Tensor:  # (N·k, C) -> (N, G)
+            return t.view(rows, k, -1).transpose(1, 2).reshape(rows, -1) if last else t
+
+        def from_groups(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N·k, C)
+            return t.view(rows, -1, k).transpose(1, 2).reshape(rows * k, -1) if last else t
+
+        c = weight.shape[0]
+        gamma, beta = (p[:, None].expand(c, k).reshape(-1) for p in (weight, bias))  # (G,)
+        m, v = to_groups(mean), to_groups(var)
+        scale, at_mean = self._group_affine(m, v, 1, rows * plane, gamma, beta)
+        return from_groups(scale), from_groups(at_mean)
 
     def _coefficients(
         self,
@@ -149,42 +205,51 @@ class BatchGroupNorm2d(ContractNorm):
         """
         n, c = mean.shape
         cpg = c // self.num_groups
-        mu, group_var, expand = block_moments(mean, var, [n], cpg)  # (1, G) each
+        return self._group_affine(mean, var, cpg, n * cpg * plane, weight, bias)
+
+    def _group_affine(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        cpg: int,
+        count: int,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) (N, C') when groups of `cpg` contiguous columns of the moments (N, C') pool
+        over all N rows: batch statistics (and the buffer update, `count` values per group)
+        in training, the running ones in eval."""
+        mu, group_var, expand = block_moments(mean, var, mean.shape[0], cpg)  # (1, G) each
         if self.training:
-            update_running_stats(self, mu[0], group_var[0], n * cpg * plane, self.momentum)
+            update_running_stats(self, mu[0], group_var[0], count, self.momentum)
         else:
             mu, group_var = self.running_mean[None], self.running_var[None]
         return block_affine(mean, mu, group_var, expand, weight, bias, self.eps)
 
     def _batch_norm_view(self, x: torch.Tensor) -> torch.Tensor:
-        """G = C (BN, affine fused) or spatial groups: `F.batch_norm` on the (N, G, M) view."""
+        """G = C (BN on x itself, affine fused, any memory format) or spatial groups
+        (`F.batch_norm` on the (N, G, M) view, then the per-channel affine)."""
         n, c, h, w = x.shape
-        # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
-        x3 = x.reshape(n, self.num_groups, c * h * w // self.num_groups)
         fused = self.num_groups == c
+        # (N, C, H, W) -> (N, G, M); reshape, not view: the input may be channels_last.
+        xg = x if fused else x.reshape(n, self.num_groups, c * h * w // self.num_groups)
+        weight, bias = (self.weight, self.bias) if fused else (None, None)
         if self.training and global_scope():  # every rank's batch: through the moments
             y = batch_norm_instances(
                 self,
-                x3.unsqueeze(3),  # (N, G, M, 1): a group is an instance "channel"
+                x if fused else xg.unsqueeze(3),  # (N, G, M, 1): a group is an instance channel
                 update_running=True,
                 momentum=self.momentum,
                 eps=self.eps,
-                weight=self.weight if fused else None,
-                bias=self.bias if fused else None,
+                weight=weight,
+                bias=bias,
             )
-            return self._spatial_affine(y.reshape(n, c, h, w), fused)
-        factor = update_factor(self, self.momentum) if self.training else 0.0
-        y = F.batch_norm(
-            x3,
-            self.running_mean,
-            self.running_var,
-            self.weight if fused else None,
-            self.bias if fused else None,
-            self.training,
-            factor,
-            self.eps,
-        )
-        # (N, G, M) -> (N, C, H, W), then the per-channel affine.
+        elif self.training:
+            y = batch_norm_training(self, xg, weight, bias, momentum=self.momentum, eps=self.eps)
+        else:
+            y = F.batch_norm(
+                xg, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
+            )
         return self._spatial_affine(y.reshape(n, c, h, w), fused)
 
     def _spatial_affine(self, y: torch.Tensor, fused: bool) -> torch.Tensor:

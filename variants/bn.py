@@ -13,7 +13,9 @@ the buffers, counter and state_dict keys are exactly torch's. What this class ad
   (N·H·W = 1 in training), naming the layer and the input shape instead of torch's generic
   message;
 * global statistics across data-parallel ranks (`_fused.global_statistics`): the same
-  function through the per-instance moments, i.e. SyncBatchNorm.
+  function through the per-instance moments, i.e. SyncBatchNorm;
+* momentum None (a cumulative average) without reading the counter on the host, where
+  `nn.BatchNorm2d` calls `float(num_batches_tracked)` (a GPU sync, a graph break).
 
 Note: torchvision's ResNet init loop sets weight←1, bias←0 on every `nn.BatchNorm2d`, which is
 BN's own initialisation, but it crashes on `weight=None`: `affine=False` cannot be used inside
@@ -25,7 +27,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import FxLeaf, batch_norm_instances, check_batch_statistics, check_input
+from ._core import (
+    FxLeaf,
+    batch_norm_instances,
+    batch_norm_training,
+    check_batch_statistics,
+    check_input,
+    values_per_channel,
+)
 from ._fused import global_scope
 from ._options import check_torch_norm_options
 
@@ -64,7 +73,7 @@ class BatchNorm2d(FxLeaf, nn.BatchNorm2d):
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training or not self.track_running_stats:
-            check_batch_statistics(self, x, x.numel() // x.shape[1])
+            check_batch_statistics(self, x, values_per_channel(x))
             if global_scope():  # every rank's batch (SyncBatchNorm): through the moments
                 return batch_norm_instances(
                     self,
@@ -74,5 +83,10 @@ class BatchNorm2d(FxLeaf, nn.BatchNorm2d):
                     eps=self.eps,
                     weight=self.weight,
                     bias=self.bias,
+                )
+            if self.training and self.track_running_stats and self.momentum is None:
+                # torch reads the counter on the host for the cumulative average
+                return batch_norm_training(
+                    self, x, self.weight, self.bias, momentum=None, eps=self.eps
                 )
         return nn.BatchNorm2d.forward(self, x)

@@ -49,9 +49,9 @@ from normbench.variants._core import (
     ContractNorm,
     check_batch_statistics,
     check_input,
+    factor_tensor,
     register_affine,
     register_bn_buffers,
-    update_factor,
 )
 from normbench.variants._fused import (
     block_affine,
@@ -173,16 +173,16 @@ class FourThingsNorm2d(ContractNorm):
         buffers get the whole batch's raw moments per channel, E[x²] = σ²_c + μ_c².
         """
         with torch.no_grad():
-            batch_mean, batch_var, _ = block_moments(mean, var, [mean.shape[0]], 1)
+            batch_mean, batch_var, _ = block_moments(mean, var, mean.shape[0], 1)
             self._update_moments(batch_mean[0], batch_var[0])
         n = mean.shape[0]  # the whole batch (every rank's with global statistics)
-        sizes = chunk_sizes(n, self._examples_per_group(n))
-        mu, block_var, expand = block_moments(mean, var, sizes, self.channels_per_group)
+        epg = self._examples_per_group(n)
+        mu, block_var, expand = block_moments(mean, var, epg, self.channels_per_group)
         return block_affine(mean, mu, block_var, expand, weight, bias, self.eps)
 
     def _update_moments(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Whole-batch raw moments per channel into the buffers (official UPDATE_OPS)."""
-        factor = update_factor(self, self.momentum)
+        factor = factor_tensor(self, self.momentum)
         sq_mean = var + mean * mean  # E[x^2], without the one-pass cancellation
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_sq_mean.lerp_(sq_mean.to(self.running_sq_mean.dtype), factor)

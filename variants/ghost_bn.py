@@ -47,11 +47,11 @@ from normbench.variants._chunked import chunk_length, chunk_sizes
 from normbench.variants._core import (
     ContractNorm,
     batch_norm_instances,
+    batch_norm_training,
     check_batch_statistics,
     check_input,
     register_affine,
     register_bn_buffers,
-    update_factor,
 )
 from normbench.variants._fused import (
     block_affine,
@@ -146,17 +146,12 @@ class GhostBatchNorm2d(ContractNorm):
                     weight=self.weight,
                     bias=self.bias,
                 )
-        # Eval, or one ghost batch in training: plain BN on the module buffers.
-        factor = update_factor(self, self.momentum) if self.training else 0.0
+            # one ghost batch: plain BN on the module buffers
+            return batch_norm_training(
+                self, x, self.weight, self.bias, momentum=self.momentum, eps=self.eps
+            )
         return F.batch_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training,
-            factor,
-            self.eps,
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
         )
 
     def _coefficients(
@@ -174,11 +169,16 @@ class GhostBatchNorm2d(ContractNorm):
         μ_b = mean_n mean_nc, σ²_b = mean_n var_nc + mean_n (mean_nc − μ_b)², n in b; exact.
         The buffers get the K sequential EMA updates with the unbiased σ²_b.
         """
-        sizes = chunk_sizes(mean.shape[0], chunk)  # N: the whole batch (every rank's if global)
-        mu, ghost_var, expand = block_moments(mean, var, sizes, 1)  # (K, C) each
+        n = mean.shape[0]  # the whole batch (every rank's if global)
+        mu, ghost_var, expand = block_moments(mean, var, chunk, 1)  # (K, C) each
         with torch.no_grad():
-            values = torch.tensor(sizes, dtype=mean.dtype, device=mean.device)[:, None] * plane
-            unbiased = (ghost_var * (values / (values - 1))).to(self.running_var.dtype)
+            # n/(n−1) per ghost batch of n = |b|·H·W values; every batch but a short last
+            # one has the same n. Filled on the device: no host data is copied over.
+            sizes = chunk_sizes(n, chunk)
+            full, last = (s * plane / (s * plane - 1) for s in (sizes[0], sizes[-1]))
+            factors = torch.full((len(sizes), 1), full, dtype=mu.dtype, device=mu.device)
+            factors[-1] = last
+            unbiased = (ghost_var * factors).to(self.running_var.dtype)
             self._sequential_update(mu.to(self.running_mean.dtype), unbiased)
         return block_affine(mean, mu, ghost_var, expand, weight, bias, self.eps)
 

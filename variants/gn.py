@@ -15,6 +15,10 @@ Options and deviations [choice]:
   statistics, train equals eval. `eps` is used as given.
 * A one-element group (C/G = 1 and H·W = 1) outputs β without an error (docs/variants.md#gn), except
   that torch's `F.group_norm` raises ValueError when moreover N = 1 (N·(C/G)·H·W = 1).
+* Off the CPU the layer normalises from the per-instance moments (`normbench.variants._fused`):
+  `F.group_norm` runs in fp32 under autocast (an fp32 copy of the input and an fp32 output)
+  and its CUDA kernel drops channels_last. Same function, up to rounding; the output keeps the
+  input's dtype and memory format.
 * G = C is IN with affine; G = 1 is LayerNorm over (C, H, W) with a per-channel affine.
 """
 
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from ._core import FxLeaf, check_input
+from ._fused import block_affine, block_moments, fused_instance_affine
 from ._options import check_common, check_int, groups_dividing_widths
 
 
@@ -89,7 +94,20 @@ class GroupNorm2d(FxLeaf, nn.GroupNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_channels)
-        return nn.GroupNorm.forward(self, x)
+        if x.device.type == "cpu":
+            return nn.GroupNorm.forward(self, x)
+        return fused_instance_affine(
+            x, self._coefficients, self.weight, self.bias, across_ranks=False
+        )
+
+    def _coefficients(
+        self, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c) from the per-instance moments (N, C):
+        each sample's group statistics by the law of total variance over its channels."""
+        cpg = self.num_channels // self.num_groups
+        mu, group_var, expand = block_moments(mean, var, 1, cpg)  # (N, G) each
+        return block_affine(mean, mu, group_var, expand, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return (

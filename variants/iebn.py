@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._core import RunningStatsNorm, check_batch_statistics, check_input
+from ._core import RunningStatsNorm, check_batch_statistics, check_input, values_per_channel
 from ._fused import fused_instance_affine
 
 
@@ -89,7 +89,7 @@ class IEBN2d(RunningStatsNorm):
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         if self.training:
-            check_batch_statistics(self, x, x.numel() // x.shape[1])
+            check_batch_statistics(self, x, values_per_channel(x))
 
         def coefficients(
             mean: torch.Tensor,

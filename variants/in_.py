@@ -15,17 +15,30 @@ Deviations from `torch.nn.InstanceNorm2d`, all [choice] of the spec:
   statistics, so the layer is *not* IN at test time (docs/variants.md#in).
 * Only 4-D input: torch also accepts unbatched 3-D input; here that raises ValueError, like a
   wrong channel count (torch only warns about it when affine=False).
+* Input in another memory format than contiguous (channels_last) is normalised from its
+  per-instance moments (`normbench.variants._fused`), because `F.instance_norm` makes it
+  contiguous: the output keeps the input's memory format. Same function, up to rounding.
 * H·W = 1 with input statistics (training, or any mode without running statistics) raises a
   ValueError naming the layer and the shape, in eval too (docs/variants.md#in pitfall).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import FxLeaf, check_batch_statistics, check_input, update_factor
+from ._core import (
+    FxLeaf,
+    batch_norm_training,
+    buffer,
+    check_batch_statistics,
+    check_input,
+    update_running_stats,
+)
+from ._fused import fused_instance_affine
 from ._options import check_torch_norm_options
 
 
@@ -66,9 +79,20 @@ class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
         if use_input_stats:
             # statistics over (H, W) of one (n, c): a single pixel has no variance
             check_batch_statistics(self, x, x.shape[2] * x.shape[3])
-        factor = 0.0
+        if not x.is_contiguous():  # torch's kernel would return a contiguous output
+            affine = (self.weight, self.bias) if self.affine else ()
+            coefficients = partial(self._coefficients, x.shape[2] * x.shape[3])
+            return fused_instance_affine(x, coefficients, *affine, across_ranks=False)
         if self.training and self.track_running_stats:
-            factor = update_factor(self, self.momentum)
+            return batch_norm_training(
+                self,
+                x,
+                self.weight,
+                self.bias,
+                momentum=self.momentum,
+                eps=self.eps,
+                norm=F.instance_norm,
+            )
         return F.instance_norm(
             x,
             self.running_mean,
@@ -76,6 +100,24 @@ class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
             self.weight,
             self.bias,
             use_input_stats,
-            factor,
+            0.0,
             self.eps,
         )
+
+    def _coefficients(
+        self, plane: int, mean: torch.Tensor, var: torch.Tensor, *affine: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c): IN from the per-instance moments (N, C)
+        (x in another memory format than contiguous, which `F.instance_norm` would drop)."""
+        if self.training or not self.track_running_stats:
+            if self.training and self.track_running_stats:  # torch's rule: mean over samples
+                update_running_stats(self, mean.mean(dim=0), var.mean(dim=0), plane, self.momentum)
+            centre, invstd = mean, torch.rsqrt(var + self.eps)
+        else:
+            centre = buffer(self, "running_mean")
+            invstd = torch.rsqrt(buffer(self, "running_var") + self.eps)
+        scale = invstd.expand_as(mean)
+        if affine:
+            scale = scale * affine[0]
+        at_mean = (mean - centre) * scale
+        return scale, at_mean + affine[1] if affine else at_mean

@@ -32,8 +32,12 @@ moments of x (two-pass mean m and biased variance v over H, W):
 * the input gradient is derived by hand, the parameter gradients by autograd on the (N, C)
   coefficients: exact. One statistics pass and one affine pass replace the x_c, x̂, gate and
   x_s tensors (and their backward passes), so UBN costs about BN + the depthwise conv.
-The similarity reads x twice more (norms, one mat-vec), under no_grad; sim_source="centered"
-materialises x_c for it.
+The similarity runs inside the coefficient step, under no_grad, from the moments already there
+(each sample's squared norm H·W·Σ_c (v + m²), its GAP features) and one more read of x (the sum
+of the unit vectors, `sample_weighted_sum`); x_c is never materialised (its shift is constant
+over H, W). Inside `global_statistics` B is every rank's batch (the moments are exchanged, the
+sum is all-reduced), so the similarity is the one of the whole batch, also at one image per
+rank.
 
 Ablation presets (paper Sec 4.3.1; `ABLATION_PRESETS`):
     BN                      fct=False norm_rect=False affine_rect=False
@@ -86,19 +90,17 @@ from normbench.variants._core import (
     batch_moments,
     check_batch_statistics,
     check_input,
-    gap,
     identity_kernel,
-    per_channel,
     register_affine,
     register_bn_buffers,
     update_running_stats,
+    values_per_channel,
 )
 from normbench.variants._fused import (
     all_sum,
     fused_instance_affine,
-    global_scope,
-    statistics_precision,
-    statistics_ranks,
+    own_rows,
+    sample_weighted_sum,
 )
 from normbench.variants._options import (
     check_bool,
@@ -135,22 +137,7 @@ def average_pairwise_cosine(features: torch.Tensor, eps: float = COSINE_EPS) -> 
     inv = 1.0 / norms.clamp_min(eps)
     total = inv @ f  # S = f^T (1/||f||), one mat-vec: (D,)
     unit_sq = (norms * inv).square().sum()
-    if global_scope():  # the pairs of every rank's batch: S, sum ||u_i||^2 and B are sums
-        total, unit_sq = all_sum(total), all_sum(unit_sq)
-        b = b * statistics_ranks()
     return (total.dot(total) - unit_sq) / (b * (b - 1))
-
-
-def _flatten(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, D) without a copy when possible.
-
-    A cosine is invariant to permuting the feature axis the same way for every sample, so a
-    channels_last tensor is flattened in (H, W, C) order, which is a free view.
-    """
-    b = x.shape[0]
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1).reshape(b, -1)
-    return x.reshape(b, -1)
 
 
 class UnifiedBatchNorm2d(ContractNorm):
@@ -252,9 +239,7 @@ class UnifiedBatchNorm2d(ContractNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        # eval: running statistics; training: a Python True or a 0-d bool tensor (on device)
-        use_batch = self._train_decision(x) if self.training else False
-        coefficients = partial(self._coefficients, use_batch, x.shape[2] * x.shape[3])
+        coefficients = partial(self._coefficients, x)
         x_s = fused_instance_affine(x, coefficients, *self._coefficient_params())
         if not self.affine_rect:
             return x_s
@@ -273,20 +258,22 @@ class UnifiedBatchNorm2d(ContractNorm):
         return rect + (() if self.affine_rect else (self.weight, self.bias))
 
     def _coefficients(
-        self,
-        use_batch: bool | torch.Tensor,
-        plane: int,
-        mean: torch.Tensor,
-        var: torch.Tensor,
-        *params: Any,
+        self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, *params: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 1, 4, 5 (and 6 without affine_rect) as x_s = (x − mean)·A + Y per (n, c).
+        """Steps 2-5 (and 6 without affine_rect) as x_s = (x − mean)·A + Y per (n, c).
 
-        x_c = x + w_m·GAP(x) has per-instance mean (1 + w_m)·mean and the same variance, so
-        BNcore's batch statistics of x_c follow from the moments of x (law of total variance);
-        x̂ = (x − mean)·invstd + (mean_c − μ)·invstd, whose GAP is the second term.
+        mean, var (N, C): the per-instance moments of x (of every rank's batch inside
+        `global_statistics`). x_c = x + w_m·GAP(x) has per-instance mean (1 + w_m)·mean and
+        the same variance, so BNcore's batch statistics of x_c follow from the moments of x
+        (law of total variance); x̂ = (x − mean)·invstd + (mean_c − μ)·invstd, whose GAP is
+        the second term. Training first updates the similarity and decides (steps 2-3): a
+        Python True (fct off) or a 0-d bool tensor that stays on the device.
         """
         rect = params[:3] if self.norm_rect else ()
+        use_batch: bool | torch.Tensor = False  # eval: the running statistics
+        if self.training:
+            use_batch = self._train_decision(x, mean, var, rect[0] if rect else None)
+        plane = x.shape[2] * x.shape[3]
         mean_c = mean * (1 + rect[0]) if rect else mean
         # N·H·W of the whole batch (every rank's with global statistics)
         mu, invstd = self._statistics(use_batch, mean.shape[0] * plane, mean_c, var)
@@ -325,35 +312,66 @@ class UnifiedBatchNorm2d(ContractNorm):
             torch.where(use_batch, batch[1], running[1].to(mu.dtype)),
         )
 
-    def _train_decision(self, x: torch.Tensor) -> bool | torch.Tensor:
+    def _train_decision(
+        self,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        center_weight: torch.Tensor | None,
+    ) -> bool | torch.Tensor:
         """Steps 2-3: similarity and decision; True means batch statistics (condensed).
 
         Returns Python True when fct is off, else a 0-d bool tensor that stays on the device.
         """
         with torch.no_grad():
-            self._update_similarity(x)
+            self._update_similarity(x, mean, var, center_weight)
             condensed = self._decision()
             self.condensed.fill_(condensed)
-        if x.numel() // x.shape[1] <= 1 and (
+        values = values_per_channel(x)
+        if values <= 1 and (
             condensed is True or self.below_tau == "batch_no_update" or bool(condensed)
         ):  # a one-value statistic (a shape, so this host read never happens in training)
-            check_batch_statistics(self, x, x.numel() // x.shape[1])
+            check_batch_statistics(self, x, values)
         if isinstance(condensed, torch.Tensor):
             self.frozen_steps.add_(condensed.logical_not().to(self.frozen_steps.dtype))
         return condensed
 
-    def _update_similarity(self, x: torch.Tensor) -> None:
-        """s_hat from this batch's average pairwise cosine similarity (B = 1 skips)."""
-        b = x.shape[0]
+    def _update_similarity(
+        self,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        center_weight: torch.Tensor | None,
+    ) -> None:
+        """s_hat from this batch's average pairwise cosine similarity (B = 1 skips).
+
+        B counts the whole statistics batch (every rank's inside `global_statistics`: `mean`
+        and `var` are its moments). From the moments: each sample's squared norm
+        H·W·Σ_c (var + mean²) and its GAP features; from x one more read, the sum of the
+        unit vectors Σ_i f_i / ||f_i|| (`sample_weighted_sum`), summed over the ranks.
+        """
+        b = mean.shape[0]
         if b < 2:
             return
-        with statistics_precision(x):  # fp32 whatever the autocast (the mat-vec, the norms)
-            source = x
-            if self.sim_source == "centered" and self.norm_rect:  # x_c = x + w_m·GAP(x)
-                source = x + per_channel(self.center_weight).to(x.dtype) * gap(x)
-            # (B, C, H, W) -> (B, C) per-sample GAP, or (B, C*H*W) flattened.
-            feats = source.mean(dim=(2, 3)) if self.sim_features == "gap" else _flatten(source)
-            s_b = average_pairwise_cosine(feats).to(self.running_sim.dtype)
+        centred = self.sim_source == "centered" and center_weight is not None
+        source_mean = mean  # the GAP of the similarity's source tensor
+        if centred and center_weight is not None:
+            source_mean = mean * (1 + center_weight)
+        if self.sim_features == "gap":  # (B, C) features: every rank's rows already
+            s_b = average_pairwise_cosine(source_mean)
+        else:
+            plane = x.shape[2] * x.shape[3]
+            norms = (plane * (var + source_mean.square()).sum(dim=1)).sqrt()  # (B,)
+            inv = 1.0 / norms.clamp_min(COSINE_EPS)
+            mine = own_rows(inv, x.shape[0])
+            total = sample_weighted_sum(x, mine)  # (C, H, W)
+            if centred and center_weight is not None:  # + Σ_i w_m·GAP(x_i) / ||f_i||
+                shift = center_weight * (mine @ own_rows(mean, x.shape[0]))
+                total = total + shift.to(total.dtype)[:, None, None]
+            total = all_sum(total)
+            unit_sq = (norms * inv).square().sum()
+            s_b = (total.square().sum() - unit_sq) / (b * (b - 1))
+        s_b = s_b.to(self.running_sim.dtype)
         ema = torch.lerp(self.running_sim, s_b, self.alpha)
         unset = self.sim_count == 0
         first = s_b if self.sim_init == "first_batch" else ema

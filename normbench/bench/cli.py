@@ -5,6 +5,9 @@
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
     normbench bench ddp       -> bench_ddp.md         (normbench.bench.ddp; gloo on CPU)
+    normbench bench traffic   -> bench_traffic.md     (normbench.bench.traffic; bytes
+                                                       and host syncs per layer on the
+                                                       accelerator path, simulated without one)
     normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu: the device check;
                                                        CUDA checks skipped without a GPU)
 
@@ -47,6 +50,7 @@ def register(app: typer.Typer) -> None:
                 "Measure the harness overhead (driver, store, scheduling).")  # fmt: skip
     _add_simple(bench, "ddp", "normbench.bench.ddp", "bench_ddp.md",
                 "Time DDP steps (1 vs 2 gloo ranks) and statistics scope per layer.")  # fmt: skip
+    bench.command("traffic")(traffic_command)
     bench.command("gpu")(gpu_command)
     app.add_typer(bench, name="bench")
 
@@ -81,6 +85,28 @@ def variants_command(
 
     output = output or default_output("variants", "bench_variants.md")
     _run("variants", output, run, quick=quick, device=device, threads=threads, compile=compile)
+
+
+def traffic_command(
+    output: OutputOption = None,
+    quick: QuickOption = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="Device whose code path is measured (cuda: simulated without a GPU)."
+        ),
+    ] = "cuda",
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option("--plugin", help="Python file that registers variants (repeatable)."),
+    ] = None,
+) -> None:
+    """Bytes read and written and host syncs of one training step per layer (every registered
+    variant) on the accelerator path, against 2x BN's."""
+    from normbench.bench.traffic import run
+
+    output = output or default_output("traffic", "bench_traffic.md")
+    _run("traffic", output, run, quick=quick, device=device, plugins=plugin or [])
 
 
 def gpu_command(output: OutputOption = None, quick: QuickOption = False) -> None:

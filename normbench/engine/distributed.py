@@ -114,7 +114,9 @@ class Parallel:
         batch-dependent layers normalise with the moments of every rank's batch
         (`normbench.variants._fused.global_statistics`); nothing otherwise."""
         if self.mode == "ddp" and self.stats_scope == "global":
-            return global_statistics()
+            # every rank trains on B rows per step by construction (data/shard.py): the
+            # equal-batch check would only add a host read per step
+            return global_statistics(check_batches=False)
         return contextlib.nullcontext()
 
     def wrap(self, model: nn.Module, forward: nn.Module) -> nn.Module:

@@ -43,6 +43,11 @@ CASES.update(
         "ubn": Case("ubn", {"decide": "step", "tau": 0.05, "sim_init": "zero"}),
         "ubn(epoch, centered gap)": Case("ubn", {"sim_source": "centered", "sim_features": "gap"}),
         "bn(momentum None)": Case("bn", {"momentum": None}),
+        "bnet(momentum None)": Case("bnet", {"momentum": None}),
+        "sabn(momentum None)": Case("sabn", {"momentum": None}),
+        "iebn(momentum None)": Case("iebn", {"momentum": None}),
+        "ghost_bn(momentum None)": Case("ghost_bn", {"ghost_batch_size": 4, "momentum": None}),
+        "ubn(momentum None)": Case("ubn", {"momentum": None}),
         # r and d from the first step, clipped on some channels and not on others
         "brn(relaxed)": Case("brn", {"relax_from": 0, "rmax_at": 1, "dmax_at": 1, "rmax": 1.5}),
         "brn(momentum None)": Case("brn", {"momentum": None, "relax_from": 0, "rmax_at": 0}),

@@ -87,6 +87,35 @@ def test_grouped_statistics_match_hand_reference(channels, groups, hw, spatial) 
     torch.testing.assert_close(layer(x), expected)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_row_band_groups_match_hand_reference_in_both_layouts(channels_last) -> None:
+    """G = 2C on 4 rows: each group is two whole rows of one channel, normalised on a view of x
+    (the per-(n, group) affine); outputs, buffers and every gradient against autograd of the
+    hand reference, and the memory format kept."""
+    torch.manual_seed(4)
+    layer = BatchGroupNorm2d(3, num_groups=6, allow_spatial_groups=True, momentum=0.3, dtype=DT)
+    _randomise(layer, 5)
+    rm, rv = torch.zeros(6, dtype=DT), torch.ones(6, dtype=DT)
+    for step in range(2):
+        x = torch.randn(5, 3, 4, 3, dtype=DT) * 2 + 1 + step
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
+        params = [gamma.requires_grad_(), beta.requires_grad_()]
+        y = layer(xs[0])
+        y_ref, rm, rv = _reference_train(xs[1], *params, 6, rm, rv, 0.3)
+        torch.testing.assert_close(y, y_ref)
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+        g = torch.randn(y.shape, dtype=DT)
+        got = torch.autograd.grad(y, [xs[0], layer.weight, layer.bias], g)
+        want = torch.autograd.grad(y_ref, [xs[1], *params], g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(layer.running_mean, rm.detach())
+        torch.testing.assert_close(layer.running_var, rv.detach())
+
+
 @pytest.mark.parametrize(("training", "offset"), [(True, 0.0), (True, 50.0), (False, 3.0)])
 def test_grouped_gradients_match_autograd_of_hand_reference(training, offset) -> None:
     """G < C runs a hand-written backward: compare all gradients with autograd of

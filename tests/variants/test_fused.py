@@ -97,7 +97,7 @@ def test_block_moments_match_direct_block_statistics() -> None:
     """Blocks of 3, 3, 1 samples times groups of 2 channels, against the blocks themselves."""
     x = torch.randn(7, 4, 3, 2, dtype=DT) * 2 + 5
     mean, var = x.mean(dim=(2, 3)), x.var(dim=(2, 3), unbiased=False)
-    mu, block_var, expand = block_moments(mean, var, [3, 3, 1], 2)
+    mu, block_var, expand = block_moments(mean, var, 3, 2)
     assert mu.shape == block_var.shape == (3, 2)
     for k, rows in enumerate([slice(0, 3), slice(3, 6), slice(6, 7)]):
         for grp in range(2):
@@ -131,7 +131,7 @@ def test_bf16_autocast_keeps_statistics_in_fp32() -> None:
     def blocks(mean, var, weight, bias):
         from normbench.variants._fused import block_affine
 
-        mu, block_var, expand = block_moments(mean, var, [3, 3, 2], 2)
+        mu, block_var, expand = block_moments(mean, var, 3, 2)
         assert mu.dtype == torch.float32
         return block_affine(mean, mu, block_var, expand, weight, bias, 1e-5)
 

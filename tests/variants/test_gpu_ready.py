@@ -69,13 +69,19 @@ class TestPluginOptsOutOfCompile(VariantConformance):
 
     variant = _HostSyncBN
     reason = "reads the input on the host to validate it"
-    opt_out = {"compile": reason, "fx_trace": reason, "torch_func": reason}
+    opt_out = {"compile": reason, "fx_trace": reason, "torch_func": reason, "accelerator": reason}
 
 
 def test_compile_check_catches_a_host_sync() -> None:
     suite = type("TestSync", (VariantConformance,), {"variant": _HostSyncBN})()
     with pytest.raises(Exception, match="(?i)graph break|item|unsupported"):
         suite.test_compile_fullgraph_matches_eager()
+
+
+def test_accelerator_check_catches_a_host_sync() -> None:
+    suite = type("TestSync", (VariantConformance,), {"variant": _HostSyncBN})()
+    with pytest.raises(AssertionError, match="host syncs/copies"):
+        suite.test_accelerator_path_has_no_host_sync_and_keeps_channels_last()
 
 
 def test_opt_out_reports_the_reason_and_rejects_unknown_checks() -> None:
@@ -90,3 +96,18 @@ def test_opt_out_reports_the_reason_and_rejects_unknown_checks() -> None:
     )()
     with pytest.raises(TypeError, match="non-empty reason"):
         empty.test_fx_symbolic_trace()
+
+
+class _ContiguousBN(_HostSyncBN):
+    """A plugin that makes its input contiguous (drops channels_last), without host syncs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.BatchNorm2d.forward(self, x.contiguous())
+
+
+def test_channels_last_checks_catch_a_layer_that_drops_it() -> None:
+    suite = type("TestContiguous", (VariantConformance,), {"variant": _ContiguousBN})()
+    with pytest.raises(AssertionError, match="not channels_last"):
+        suite.test_channels_last_is_kept()
+    with pytest.raises(AssertionError, match="does not keep"):
+        suite.test_accelerator_path_has_no_host_sync_and_keeps_channels_last()

@@ -1,0 +1,154 @@
+"""`normbench bench traffic`: the memory traffic and host syncs of every registered layer on the
+accelerator path, against the bound of docs/variants.md#memory-traffic, as one Markdown report.
+
+Each layer (every registered variant at its defaults, plugins from `--plugin` included, and the
+built-ins' other code paths in `CONFIGS`) runs one training step through
+`measure_layer` (`normbench.traffic`; re-exported here for `normbench bench gpu`) at the
+issue's measurement point: input 64x64x16x16, bf16 under bf16 autocast, on CUDA (FakeTensors of
+CUDA when this machine has none: the same code path, shapes only). `quick` uses 8x32x8x8.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normbench.bench.machine import describe_machine, machine_table
+from normbench.traffic import DEFAULT_SHAPE, LayerTraffic, measure_layer
+
+__all__ = ["LayerTraffic", "layers", "measure_layer", "report", "run"]
+
+QUICK_SHAPE = (8, 32, 8, 8)
+# Built-in code paths beyond the defaults: (variant, options); "N/4" is a quarter batch.
+CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("bn", {"momentum": None}),
+    ("in", {"track_running_stats": True, "momentum": None}),
+    ("iebn", {"momentum": None}),
+    ("bgn", {"num_groups": "C"}),
+    ("bgn", {"num_groups": "2C", "allow_spatial_groups": True}),
+    ("ghost_bn", {"ghost_batch_size": "N/4"}),
+    ("ghost_bn", {"ghost_batch_size": "N/4", "momentum": None}),
+    ("fourthings", {"examples_per_group": "N/4", "channels_per_group": 2, "momentum": None}),
+    ("ubn", {"decide": "step", "momentum": None}),
+    ("ubn", {"sim_source": "centered", "sim_features": "gap"}),
+    ("sabn", {"num_branches": 3}),
+]
+MIB = 2**20
+
+
+def _resolve(options: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """Options written relative to the input ("N/4", "C", "2C") at this shape."""
+    n, c = shape[0], shape[1]
+    sizes = {"N/4": max(n // 4, 2), "C": c, "2C": 2 * c}
+    return {k: sizes.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+
+
+def layers(names: Iterable[str], shape: tuple[int, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """Every name at its defaults, then the extra configurations of the built-ins present."""
+    names = list(names)
+    extra = [(v, _resolve(o, shape)) for v, o in CONFIGS if v in names]
+    return [(name, {}) for name in names] + extra
+
+
+def run(
+    output: Path,
+    *,
+    quick: bool = False,
+    device: str = "cuda",
+    plugins: Iterable[Path] = (),
+) -> Path:
+    """Measure every registered layer and write the Markdown report to `output`."""
+    from normbench.registry import load_plugin
+    from normbench.variants_api import list_variants
+
+    for path in plugins:
+        load_plugin(path)
+    load = os.getloadavg()
+    shape = QUICK_SHAPE if quick else DEFAULT_SHAPE
+    results = []
+    for k, (name, options) in enumerate(layers(list_variants(), shape), 1):
+        print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
+        results.append(measure_layer(name, options, shape=shape, device=device))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report(results, quick=quick, load=load))
+    return output
+
+
+def _label(r: LayerTraffic) -> str:
+    return r.name + "".join(f" {k}={v}" for k, v in r.options.items())
+
+
+def _row(r: LayerTraffic) -> str:
+    moved = r.norm_bytes / (r.bound_bytes / 2)
+    written = r.norm_written / (r.bound_written / 2)
+    kept = {True: "yes", False: "**no**", None: "-"}[r.channels_last_kept]
+    result = "pass" if r.within_bound else "**over**"
+    return (
+        f"| {_label(r)} | {r.activation_read / MIB:.1f} | {r.activation_written / MIB:.1f} | "
+        f"{r.conv_activation_bytes / MIB:.1f} | {moved:.2f} | {written:.2f} | "
+        f"{(r.read_bytes + r.written_bytes) / MIB:.1f} | {r.kernels} | {r.host_syncs} | "
+        f"{r.host_copies} | {kept} | {result} |"
+    )
+
+
+def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...]) -> str:
+    """The Markdown report of `results` (the first one fixes shape, dtype and device)."""
+    first = results[0]
+    where = "FakeTensors of " + first.device if first.simulated else first.device
+    over = [f"- **{_label(r)}**" for r in results if not r.within_bound]
+    lines = [
+        "# Memory traffic and host syncs per layer (accelerator path)",
+        "",
+        *(["**Quick mode** (a small input): a smoke run, not a result.", ""] if quick else []),
+        f"One training step (forward + backward) of each layer alone, input "
+        f"{'x'.join(map(str, first.shape))} {first.dtype} under {first.dtype} autocast, on "
+        f"{where}; counted at the dispatcher (`normbench.traffic`).",
+        "",
+        "## Over the bound",
+        "",
+        *(over or ["None: every layer is within the bound."]),
+        "",
+        "| layer | act. read MiB | act. written MiB | of which conv MiB | moved / BN | "
+        "written / BN | all MiB | kernels | host syncs | host copies | channels_last kept "
+        "| result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        *map(_row, results),
+        "",
+        _METHOD,
+        "",
+        *machine_table(_machine(load, first)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _machine(load: tuple[float, ...], first: LayerTraffic) -> dict[str, str]:
+    info = describe_machine(("torch", "triton"), load=load)
+    info["measured on"] = (
+        f"FakeTensors of {first.device} (no such device here: shapes and code path only)"
+        if first.simulated
+        else first.device
+    )
+    info["CUDA (torch build)"] = str(torch.version.cuda)
+    return info
+
+
+_METHOD = (
+    "Method: every operator call is one kernel that reads its tensor arguments and writes its "
+    "results (views and allocations move nothing; an in-place or `out=` argument is written). "
+    "Act. = tensors of the input's size (x, y, g, dx, full-size temporaries); moved / BN = "
+    "(activation bytes read + written, convolutions excluded) / BN's, written / BN likewise. "
+    "The bound: moved and written at most 2x BN's, plus the layer's own convolutions (BNET, "
+    "UBN: the depthwise k x k affine), no host sync (a scalar read, a copy to the host, a "
+    "data-dependent shape) and no host copy (host data copied to the device). All MiB counts "
+    "every tensor, per-(n, c) statistics included; kernels counts the operator calls that "
+    "moved bytes (on a GPU each costs a launch). channels_last kept: a channels_last input "
+    "gives a channels_last output and input gradient. A fused kernel (BN's "
+    "`native_batch_norm`, normbench's `normbench::` Triton operators) counts each tensor it "
+    "touches once. See docs/variants.md#memory-traffic."
+)

@@ -1,0 +1,201 @@
+"""The per-instance affine normalisation's CUDA kernels as torch operators (`torch.library`).
+
+Each Triton kernel of `_triton` is one operator `normbench::<name>`, so autograd, `torch.compile`
+and a `TorchDispatchMode` see one call that reads its tensor arguments and writes its results
+(`normbench bench traffic` counts bytes that way), and FakeTensor/meta tensors get the shapes
+from the fake implementations here without importing Triton. Shapes: x, g, y, dx (N, C, H, W)
+in any memory format; per-instance statistics (N, C) float32; dtypes fp16, bf16 or fp32
+(`KERNEL_DTYPES`). `available(x)` says whether a CUDA tensor can take this path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+from typing import Any
+
+import torch
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+STATS = torch.float32
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether Triton can be imported (it ships with torch's Linux CUDA wheels)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def available(x: torch.Tensor) -> bool:
+    """A CUDA tensor of a kernel dtype, with Triton installed."""
+    return x.device.type == "cuda" and x.dtype in KERNEL_DTYPES and triton_installed()
+
+
+def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    """Run kernel `name` on x's device (Triton launches on the current CUDA device)."""
+    from normbench.variants import _triton
+
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _triton.kernels()[name][grid](*args, **meta)
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(v - 1, 0).bit_length()
+
+
+def _blocks(x: torch.Tensor, *, elementwise: bool) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_HW): a tile of about 1-4 Ki elements whose fast axis is the contiguous
+    one: channels for channels_last, positions otherwise (coalesced loads on a GPU)."""
+    c, hw = x.shape[1], x.shape[2] * x.shape[3]
+    if x.stride(1) == 1 and c > 1:  # channels_last
+        block_c = min(_pow2(c), 64)
+        return block_c, min(_pow2(hw), max(4096 // block_c, 1))
+    block_hw = min(_pow2(hw), 1024 if elementwise else 2048)
+    return min(_pow2(c), max(2048 // block_hw, 1)), block_hw
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _stat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-instance quantity as a contiguous (N, C) float32 tensor."""
+    return t.to(STATS).expand(like.shape[0], like.shape[1]).contiguous()
+
+
+def _geometry(x: torch.Tensor) -> tuple[int, int, int]:
+    """(C, W, H·W): what every kernel needs besides strides."""
+    return x.shape[1], x.shape[3], x.shape[2] * x.shape[3]
+
+
+@torch.library.custom_op("normbench::instance_moments", mutates_args=())
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) mean and biased variance over (H, W), (N, C) float32 each; reads x once."""
+    mean = x.new_empty(x.shape[:2], dtype=STATS)
+    var = torch.empty_like(mean)
+    if x.numel():
+        bc, bhw = _blocks(x, elementwise=False)
+        grid = (x.shape[0], _cdiv(x.shape[1], bc))
+        _launch(
+            x, "moments", grid, x, mean, var, *_geometry(x), *x.stride(), BLOCK_C=bc, BLOCK_HW=bhw
+        )
+    return mean, var
+
+
+@instance_moments.register_fake
+def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.new_empty(x.shape[:2], dtype=STATS)
+    return mean, torch.empty_like(mean)
+
+
+@torch.library.custom_op("normbench::instance_affine", mutates_args=())
+def instance_affine(
+    x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
+) -> torch.Tensor:
+    """y = (x − mean)·scale + at_mean per (n, c), in x's dtype and memory format."""
+    y = torch.empty_like(x)
+    if x.numel():
+        bc, bhw = _blocks(x, elementwise=True)
+        c, w, hw = _geometry(x)
+        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
+        stats = (_stat(mean, x), _stat(scale, x), _stat(at_mean, x))
+        _launch(
+            x,
+            "affine",
+            grid,
+            x,
+            y,
+            *stats,
+            c,
+            w,
+            hw,
+            *x.stride(),
+            *y.stride(),
+            BLOCK_C=bc,
+            BLOCK_HW=bhw,
+        )
+    return y
+
+
+@instance_affine.register_fake
+def _(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor) -> Any:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("normbench::instance_grad_sums", mutates_args=())
+def instance_grad_sums(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_g = Σ_hw g and S_gc = Σ_hw g·(x − mean), (N, C) float32 each; reads g and x once."""
+    s_g = x.new_empty(x.shape[:2], dtype=STATS)
+    s_gc = torch.empty_like(s_g)
+    if x.numel():
+        bc, bhw = _blocks(x, elementwise=False)
+        grid = (x.shape[0], _cdiv(x.shape[1], bc))
+        _launch(
+            x, "grad_sums", grid,
+            g, x, _stat(mean, x), s_g, s_gc, *_geometry(x), *x.stride(), *g.stride(),
+            BLOCK_C=bc, BLOCK_HW=bhw,
+        )  # fmt: skip
+    return s_g, s_gc
+
+
+@instance_grad_sums.register_fake
+def _(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> Any:
+    s_g = x.new_empty(x.shape[:2], dtype=STATS)
+    return s_g, torch.empty_like(s_g)
+
+
+@torch.library.custom_op("normbench::instance_input_grad", mutates_args=())
+def instance_input_grad(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    g: torch.Tensor | None,
+    a: torch.Tensor | None,
+) -> torch.Tensor:
+    """dx = (x − mean)·p + q (+ g·a) per (n, c), in x's dtype and memory format."""
+    dx = torch.empty_like(x)
+    if x.numel():
+        bc, bhw = _blocks(x, elementwise=True)
+        c, w, hw = _geometry(x)
+        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
+        stats = (_stat(mean, x), _stat(p, x), _stat(q, x))
+        has_g = g is not None and a is not None
+        g_arg = g if g is not None else x
+        a_arg = _stat(a, x) if a is not None else stats[0]  # unread without g
+        _launch(
+            x, "input_grad", grid,
+            x, g_arg, dx, *stats, a_arg,
+            c, w, hw, *x.stride(), *g_arg.stride(), *dx.stride(),
+            HAS_G=has_g, BLOCK_C=bc, BLOCK_HW=bhw,
+        )  # fmt: skip
+    return dx
+
+
+@instance_input_grad.register_fake
+def _(x: torch.Tensor, mean: Any, p: Any, q: Any, g: Any, a: Any) -> Any:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("normbench::sample_weighted_sum", mutates_args=())
+def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_n weights[n]·x[n], (C, H, W) contiguous float32; reads x once (UBN's similarity)."""
+    n, c, h, w = x.shape
+    out = x.new_zeros((c, h, w), dtype=STATS)
+    if x.numel():
+        bc, bhw = _blocks(x, elementwise=True)
+        grid = (_cdiv(c, bc), _cdiv(h * w, bhw))
+        _launch(
+            x, "weighted_sum", grid,
+            x, weights.to(STATS).contiguous(), out, n, c, w, h * w, *x.stride(),
+            BLOCK_C=bc, BLOCK_HW=bhw,
+        )  # fmt: skip
+    return out
+
+
+@sample_weighted_sum.register_fake
+def _(x: torch.Tensor, weights: torch.Tensor) -> Any:
+    return x.new_empty(x.shape[1:], dtype=STATS)
