@@ -95,7 +95,7 @@ class EvoNormB0(ContractNorm):
         batch_var = var.mean(dim=0) + (mean - mu).square().mean(dim=0)  # total variance
         with torch.no_grad():
             n = mean.shape[0] * x.shape[2] * x.shape[3]
-            factor = factor_tensor(self, self.momentum)
+            factor = factor_tensor(self, self.momentum, stats="running_var")  # no running mean
             running = buffer(self, "running_var")
             unbiased = batch_var.detach() * (n / max(n - 1, 1))
             running.lerp_(unbiased.to(running.dtype), factor)

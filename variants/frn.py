@@ -25,10 +25,10 @@ Options:
 Parameters: `weight` γ = 1, `bias` β = 0, `tau` τ = 0, all (C,) (the official listing uses
 [1, 1, 1, C]; docs/variants.md#contract point 8).
 
-Implementation [choice]: ν² is ||x||² / HW with the norm accumulated in fp32
-(`torch.linalg.vector_norm(..., dtype=float32)`), without an fp32 copy of x; the normalisation
-and the affine are one `addcmul` with (N, C) coefficients, then one `maximum`, both in the
-input's dtype (the coefficients are rounded to it once, as autocast rounds a conv's weight).
+Implementation [choice]: the normalisation is a per-instance affine, y = x·A + β with
+A = γ / sqrt(ν² + ε) per (n, c) and ν² = var + mean² from the per-instance moments
+(`_fused.fused_instance_affine`: one statistics pass and one affine pass, in fp32 statistics,
+Triton kernels on CUDA); the TLU is one `maximum` after it.
 """
 
 from __future__ import annotations
@@ -39,14 +39,8 @@ import torch
 from torch import nn
 
 from ._core import ContractNorm, check_input, per_channel, register_affine
-from ._fused import statistics_precision, stats_dtype
+from ._fused import fused_instance_affine
 from ._options import check_bool, check_float
-
-
-def mean_square(x: torch.Tensor) -> torch.Tensor:
-    """ν² = mean over (H, W) of x², (N, C, 1, 1) in `stats_dtype(x)`, accumulated there."""
-    norm = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True, dtype=stats_dtype(x))
-    return norm.square() / (x.shape[2] * x.shape[3])
 
 
 class FilterResponseNorm2d(ContractNorm):
@@ -95,14 +89,17 @@ class FilterResponseNorm2d(ContractNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        eps = self.effective_eps()
-        with statistics_precision(x):
-            if isinstance(eps, torch.Tensor):
-                eps = per_channel(eps)
-            scale = torch.rsqrt(mean_square(x) + eps) * per_channel(self.weight)  # (N, C, 1, 1)
-        # the element-wise pass in x's dtype (coefficients rounded once): no fp32 activations
-        y = torch.addcmul(per_channel(self.bias).to(x.dtype), x, scale.to(x.dtype))
-        if self.tau is not None:
+
+        def coefficients(
+            mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation);
+            # y = x·A + β = (x − mean)·A + (β + mean·A), A = γ / sqrt(ν² + ε), (N, C)
+            scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
+            return scale, bias + mean * scale
+
+        y = fused_instance_affine(x, coefficients, self.weight, self.bias)
+        if self.tau is not None:  # TLU
             y = torch.maximum(y, per_channel(self.tau).to(x.dtype))
         return y
 

@@ -11,12 +11,12 @@ with μ, σ² the mean and biased variance over the C channels of one position. 
 batch dependence. Defaults as timm's and ConvNeXt's: eps = 1e-6, γ = 1, β = 0.
 
 Implementation [choice]: torch's fused `F.layer_norm` on the channels-last view
-(N, H, W, C), as timm does. A channels_last input is that view already, so nothing is copied;
-a contiguous NCHW input is copied once into that order by the kernel, and the output keeps
-the channels-last layout (a conv after it then runs channels-last, so the next LN2d copies
-nothing). Under autocast the kernel runs in the input's dtype with its statistics in fp32
-(its accumulation type); γ and β are cast to the input's dtype, as autocast casts a conv's
-weight.
+(N, H, W, C), as timm does. A channels_last input is that view already, so nothing is copied
+(the path to use on a GPU: `train.channels_last`); a contiguous input is copied into that
+order by the kernel and the output copied back, so the output keeps the input's memory format
+(timm returns channels-last strides instead). Under autocast the kernel runs in the input's
+dtype with its statistics in fp32 (its accumulation type); γ and β are cast to the input's
+dtype, as autocast casts a conv's weight.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ from ._fused import statistics_precision
 def channels_last_view(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> the (N, H, W, C) view (no copy; contiguous when x is channels_last)."""
     return x.permute(0, 2, 3, 1)
+
+
+def channels_first(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) -> (N, C, H, W) in `like`'s memory format (a copy unless channels_last)."""
+    y = y.permute(0, 3, 1, 2)
+    # NOTE: `is_contiguous()` without a memory format (vmap cannot query channels_last)
+    return y.contiguous() if like.is_contiguous() else y  # else: channels-last strides
 
 
 def affine_in(x: torch.Tensor, *params: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -67,7 +74,7 @@ class LayerNorm2d(ContractNorm):
         weight, bias = affine_in(x, self.weight, self.bias)
         with statistics_precision(x):
             y = F.layer_norm(channels_last_view(x), (self.num_features,), weight, bias, self.eps)
-        return y.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W), channels-last strides
+        return channels_first(y, x)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

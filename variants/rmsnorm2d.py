@@ -10,8 +10,8 @@ No centring, no bias (`.bias` is None, as in timm and the paper's default), no b
 Defaults as timm's: eps = 1e-6, γ = 1.
 
 Implementation [choice]: torch's fused `F.rms_norm` on the channels-last view, as LN2d
-(`layernorm2d.py`): no copy for channels_last input, the output keeps the channels-last
-layout, statistics in fp32 (the kernel's accumulation type) under autocast. timm computes the
+(`layernorm2d.py`): no copy for channels_last input, the output in the input's memory
+format, statistics in fp32 (the kernel's accumulation type) under autocast. timm computes the
 same function with composite ops on dim 1.
 """
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from ._core import ContractNorm, check_input
 from ._fused import statistics_precision
-from .layernorm2d import affine_in, channels_last_view
+from .layernorm2d import affine_in, channels_first, channels_last_view
 
 
 class RMSNorm2d(ContractNorm):
@@ -50,7 +50,7 @@ class RMSNorm2d(ContractNorm):
         (weight,) = affine_in(x, self.weight)
         with statistics_precision(x):
             y = F.rms_norm(channels_last_view(x), (self.num_features,), weight, self.eps)
-        return y.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W), channels-last strides
+        return channels_first(y, x)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
