@@ -31,7 +31,8 @@ def test_the_device_check_runs_on_the_cpu_with_each_cuda_check_skipped(tmp_path,
     assert status["0.5-GPU DDP refusal"] == "PASS"
     assert status["killed and resumed trial"] == "PASS"
     assert status["compiled matches eager per layer"] == "PASS"
-    assert status["bytes per layer against the traffic model"] == "SKIP"  # said, not hidden
+    traffic = next(ln for ln in lines if "bytes per layer against the traffic model" in ln)
+    assert traffic.startswith("PASS") and "(simulated CUDA (FakeTensors))" in traffic
     failed = "FAIL" in status.values()
     assert exit_info.value.code == (1 if failed else 0)
     text = out.read_text()

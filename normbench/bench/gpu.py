@@ -10,8 +10,9 @@ step; `normbench.bench.gpu_layers`):
 3. `compiled matches eager per layer`: compiled bf16 against eager fp32 (Inductor on CUDA,
    `aot_eager` on a CPU), within bf16 rounding.
 4. `host syncs per layer` (CUDA): none in a training step, under torch's sync debug mode.
-5. `bytes per layer against the traffic model`: from `normbench.bench.traffic` (the layer side
-   of issue 20); said to be unwired while it is.
+5. `bytes per layer against the traffic model`: `normbench.traffic.measure_layer`, a bf16 step
+   counted at the dispatcher (on FakeTensors of CUDA without a GPU); at most 2x BN's bytes
+   (BNET and UBN: plus their depthwise convolution) and no host sync.
 6. `peak memory after warm-up` (CUDA): the engine's meter equals a steady step's allocator
    peak, without the first step's cuDNN autotuning.
 7. `killed and resumed trial`: a deterministic 2-epoch trial stopped after epoch 1 and resumed
@@ -104,12 +105,23 @@ def check_host_syncs(ctx: Context) -> Result:
 
 
 def check_traffic(ctx: Context) -> Result:
-    import importlib.util
+    """Each layer's bf16 training step counted at the dispatcher (`normbench.traffic`): on the
+    GPU when there is one, else on FakeTensors of CUDA (the code path a GPU takes)."""
+    from normbench.traffic import measure_layer
 
-    if importlib.util.find_spec("normbench.bench.traffic") is None:
-        return Result("SKIP", "not wired: normbench.bench.traffic (the layer side of issue 20) "
-                      "is not in this build")  # fmt: skip
-    return Result("SKIP", "not wired: normbench.bench.traffic exists, this check does not call it")
+    rows, bad, simulated = [], [], False
+    for name in ctx.names():
+        t = measure_layer(name, shape=ctx.shape, dtype=torch.bfloat16, device="cuda")
+        simulated = simulated or t.simulated
+        rows.append([name, f"{t.norm_bytes / t.bound_bytes * 2:.2f}", str(t.host_syncs),
+                     str(t.host_copies), "yes" if t.within_bound else "no"])  # fmt: skip
+        if not t.within_bound:
+            bad.append(f"{name} moves {t.norm_bytes / 2**20:.1f} MiB (bound "
+                       f"{t.bound_bytes / 2**20:.1f}), {t.host_syncs} host syncs")  # fmt: skip
+    where = "simulated CUDA (FakeTensors)" if simulated else "CUDA"
+    head = ["layer", "activation bytes x BN", "host syncs", "host copies", "within bound"]
+    good = f"all {len(rows)} within 2x BN's bytes with no host sync ({where})"
+    return verdict(bad, good, table(head, rows), ctx)
 
 
 CheckFn = Callable[[Context], Result]

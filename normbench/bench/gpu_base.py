@@ -38,13 +38,18 @@ class Context:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def cases(self) -> Iterator[gl.Case]:
-        """Each layer's case, until the deadline (the rest land in `unreached`)."""
+    def names(self) -> Iterator[str]:
+        """Each layer's name, until the deadline (the rest land in `unreached`)."""
         self.unreached = []
         for i, name in enumerate(self.layers):
             if time.monotonic() > self.deadline:
                 self.unreached = self.layers[i:]
                 return
+            yield name
+
+    def cases(self) -> Iterator[gl.Case]:
+        """Each layer's case, until the deadline (the rest land in `unreached`)."""
+        for name in self.names():
             yield gl.Case.build(name, self.shape, self.device)
 
 
