@@ -25,10 +25,16 @@ Options:
 Parameters: `weight` γ = 1, `bias` β = 0, `tau` τ = 0, all (C,) (the official listing uses
 [1, 1, 1, C]; docs/variants.md#contract point 8).
 
-Implementation [choice]: the normalisation is a per-instance affine, y = x·A + β with
-A = γ / sqrt(ν² + ε) per (n, c) and ν² = var + mean² from the per-instance moments
-(`_fused.fused_instance_affine`: one statistics pass and one affine pass, in fp32 statistics,
-Triton kernels on CUDA); the TLU is one `maximum` after it.
+Implementation [choice]: without the TLU, the normalisation is a per-instance affine,
+y = (x − mean)·A + (β + mean·A) with A = γ / sqrt(ν² + ε) per (n, c) and ν² = var + mean² from
+the per-instance moments (`_fused.fused_instance_affine`: one statistics pass and one affine
+pass, fp32 statistics, Triton kernels on CUDA). With the TLU, y = x·A + β directly (ν² as
+||x||²/HW accumulated in fp32, one `addcmul` with A rounded once to x's dtype), so x = 0 gives
+y = β exactly, then z = where(y ≥ τ, y, τ): at a tie y = τ (zeros with β = τ = 0, as at
+initialisation) the whole gradient goes to y in eager and compiled code alike. Through the
+affine's centring, y rounded to ±1 ulp of β and the compiled and eager steps sent the
+gradient of the tied positions to different sides (`normbench bench gpu`), as
+`torch.maximum`, which splits a tie's gradient in eager mode only, also did.
 """
 
 from __future__ import annotations
@@ -39,8 +45,14 @@ import torch
 from torch import nn
 
 from ._core import ContractNorm, check_input, per_channel, register_affine
-from ._fused import fused_instance_affine
+from ._fused import fused_instance_affine, statistics_precision, stats_dtype
 from ._options import check_bool, check_float
+
+
+def mean_square(x: torch.Tensor) -> torch.Tensor:
+    """ν² = mean over (H, W) of x², (N, C, 1, 1) in `stats_dtype(x)`, accumulated there."""
+    norm = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True, dtype=stats_dtype(x))
+    return norm.square() / (x.shape[2] * x.shape[3])
 
 
 class FilterResponseNorm2d(ContractNorm):
@@ -89,19 +101,27 @@ class FilterResponseNorm2d(ContractNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
+        if self.tau is not None:
+            return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
 
         def coefficients(
             mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation);
-            # y = x·A + β = (x − mean)·A + (β + mean·A), A = γ / sqrt(ν² + ε), (N, C)
+            # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
             scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
             return scale, bias + mean * scale
 
-        y = fused_instance_affine(x, coefficients, self.weight, self.bias)
-        if self.tau is not None:  # TLU
-            y = torch.maximum(y, per_channel(self.tau).to(x.dtype))
-        return y
+        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+
+    def _with_tlu(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """z = where(y ≥ τ, y, τ), y = x·A + β (module doc: why not the centred affine)."""
+        eps = self.effective_eps()
+        with statistics_precision(x):
+            if isinstance(eps, torch.Tensor):
+                eps = per_channel(eps)
+            scale = torch.rsqrt(mean_square(x) + eps) * per_channel(self.weight)  # (N, C, 1, 1)
+        y = torch.addcmul(per_channel(self.bias).to(x.dtype), x, scale.to(x.dtype))
+        return torch.where(y >= tau, y, tau)
 
     def extra_repr(self) -> str:
         return (

@@ -209,3 +209,23 @@ def test_evonorm_s0_groups_fall_back_like_gn() -> None:
         EvoNormS0(48, channels_per_group=5)
     problems = EvoNormS0.check_options({"num_groups": 32}, widths=frozenset({16, 64}))
     assert "num_groups" in problems
+
+
+def test_frn_tlu_tie_sends_the_gradient_to_y_eager_and_compiled() -> None:
+    """Zeros in x with β = τ = 0 (initialisation, a blank image region through a bias-free conv)
+    give y = β = τ exactly; the TLU sends their whole gradient to y, the same in eager and in
+    compiled code (`torch.maximum` split it in eager mode only: `normbench bench gpu` saw 0.78
+    relative difference). Reference: float64, y = γ·x/sqrt(ν² + ε) written here, where(y ≥ τ)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, C, 6, 6, generator=gen).relu()  # half the entries exactly 0
+    g = torch.randn(x.shape, generator=gen)
+    layer = FilterResponseNorm2d(C)
+    compiled = torch.compile(copy.deepcopy(layer), backend="aot_eager", fullgraph=True)
+    x64 = x.double().requires_grad_()
+    y64 = x64 / torch.sqrt((x64**2).mean(dim=(2, 3), keepdim=True) + 1e-6)
+    ref = torch.autograd.grad(torch.where(y64 >= 0, y64, 0.0), x64, g.double())[0]
+    assert (ref[x == 0] != 0).all()  # the tied positions carry gradient
+    for module in (layer, compiled):
+        xi = x.clone().requires_grad_()
+        module(xi).backward(g)
+        torch.testing.assert_close(xi.grad.double(), ref, atol=1e-5, rtol=1e-5)
