@@ -27,6 +27,7 @@ _EXPORTS = {
     "create_backbone": "normbench.models",
     "register_dataset": "normbench.data",
     "sabn_index": "normbench.variants.sabn",
+    "branch_index": "normbench.variants._branch",
     "TrialSpec": "normbench.spec",
     "run_trial": "normbench.engine.loop",
     "load_results": "normbench.results.frames",

@@ -4,7 +4,9 @@ file only wires them together and turns user errors into one line and exit statu
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from normbench import __version__
-from normbench.errors import RunDirWarning, SuiteError, UserError
+from normbench.errors import RunDirWarning, SuiteError, Terminated, UserError, stopped_by
 
 try:  # typer >= 0.20 ships its own copy of click; older releases use the click package
     from typer._click import exceptions as click_exceptions
@@ -24,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 _COMMAND_MODULES = (
     "normbench.cli_variants",  # normbench variants
     "normbench.cli_train",  # normbench train, normbench evaluate
+    "normbench.cli_tasks",  # normbench tasks
     "normbench.suite.cli",  # normbench run
     "normbench.reports.cli",  # normbench report
     "normbench.bench.cli",  # normbench bench ...
@@ -114,16 +117,46 @@ def _show_run_dir_warnings() -> None:
     warnings.simplefilter("always", RunDirWarning)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM handler of every command: stop where the main thread is, as Ctrl-C does, so
+    the command ends with one line (`main`); a command may install its own (`normbench run`
+    does). Later SIGTERMs are ignored, so the clean-up runs to its end."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _invoke(command: Any, argv: list[str] | None) -> Any:
+    """Parse and run one command. Not `command.main`: typer's turns Ctrl-C into a silent
+    exit 130, and a stopped command must say so in one line."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    with command.make_context("normbench", args) as ctx:
+        return command.invoke(ctx)
+
+
 def main(argv: list[str] | None = None) -> None:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        _main(argv)
+    finally:  # a caller in this process (tests) keeps its own handler
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     _show_run_dir_warnings()
     command = typer.main.get_command(build_app())
     _set_metavars(command)
     try:
-        rv = command.main(args=argv, prog_name="normbench", standalone_mode=False)
+        rv = _invoke(command, argv)
     except SuiteError as exc:  # every problem of a suite at once, one line each
         fail(*(exc.problems or [str(exc)]))
     except UserError as exc:
         fail(str(exc))
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
+        what, code = stopped_by(exc)
+        print(f"normbench: {what}", file=sys.stderr)
+        raise SystemExit(code) from None
     except typer.Abort:
         print("normbench: aborted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -20,8 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
-from normbench.contract import EpochRecord
-from normbench.errors import UserError
+from normbench.contract import EpochRecord, Metric, Scoring, scoring_of
+from normbench.errors import UserError, stopped_by
 from normbench.spec import (
     IDENTITY,
     DatasetOptions,
@@ -54,14 +54,33 @@ def evaluate_command(
             "trials=[ID], dataset_root=PATH, device=cpu (repeatable).",
         ),
     ] = None,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plugin",
+            help="Plugin file the trials were trained with (repeatable); a plugin path stored "
+            "in RUN_DIR is never imported.",
+        ),
+    ] = None,
 ) -> int:
     """Evaluate finished checkpoints under inference-time settings (no retraining): the
     example weight alpha chosen on validation, and recalibrated running statistics. Appends
     to RUN_DIR/evaluations.jsonl; `normbench report` shows them as extra rows."""
     from normbench.engine.evaluate import evaluate_run, parse_settings  # imports torch
+    from normbench.results.store import read_jsonl
 
-    written = evaluate_run(run_dir, parse_settings(parse_key_values(set_, "--set")))
-    print(f"{len(written)} evaluation(s) appended to {Path(run_dir) / 'evaluations.jsonl'}")
+    target = Path(run_dir) / "evaluations.jsonl"
+    before = sum(1 for _ in read_jsonl(target))
+    settings = parse_settings(parse_key_values(set_, "--set"))
+    try:
+        written = evaluate_run(run_dir, settings, plugins=tuple(plugin or ()))
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: what is appended stays
+        kept = sum(1 for _ in read_jsonl(target)) - before
+        what, code = stopped_by(exc)
+        print(f"normbench: {what}; {kept} evaluation(s) appended to {target} are kept; "
+              "rerun the same command to do the rest", file=sys.stderr)  # fmt: skip
+        raise SystemExit(code) from None
+    print(f"{len(written)} evaluation(s) appended to {target}")
     return 0
 
 
@@ -109,7 +128,8 @@ def train_command(
     from a suite with `--suite FILE --trial ID`: the records then equal the suite trial's in
     the same environment (the suite's thread count included)."""
     if suite is not None or trial is not None:
-        spec = suite_trial(suite, trial, set_ or [])
+        plugins = tuple(Path(p) for p in fields.get("plugins") or ())
+        spec = suite_trial(suite, trial, set_ or [], plugins=plugins)
     else:
         spec = spec_from_flags(fields)
     if as_json:
@@ -210,9 +230,12 @@ class TrainArgumentError(UserError, ValueError):
     """`normbench train` flags that do not name one trial."""
 
 
-def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> Any:
+def suite_trial(
+    suite: Path | None, trial: str | None, overrides: list[str], *, plugins: tuple[Path, ...] = ()
+) -> Any:
     """The spec of trial `trial` (id or unique prefix) of a suite file (after overrides), or
-    of a run directory (any stored trial, searched ones included)."""
+    of a run directory (any stored trial, searched ones included; its plugin files must be
+    among `plugins`, as a run directory never names code to run)."""
     if suite is None or not trial:
         raise TrainArgumentError("--suite FILE (or RUN_DIR) and --trial ID go together")
     if suite.is_dir():
@@ -239,18 +262,23 @@ def suite_trial(suite: Path | None, trial: str | None, overrides: list[str]) -> 
                 "pass its run directory as --suite"
             )
         raise TrainArgumentError(f"--trial {trial!r} {what} of {suite} (trials: {ids}, ...){hint}")
+    if suite.is_dir():
+        from normbench.engine.stored import spec_from_run
+
+        return spec_from_run(specs[matches[0]], plugins, trial_id=matches[0], where=suite)
     return specs[matches[0]]
 
 
 def _stored_specs(run_dir: Path) -> dict[str, Any]:
-    """Trial id -> spec of every trial a run directory has stored (summary or first epoch)."""
+    """Trial id -> stored spec dict of every trial of a run directory (summary or first
+    epoch); turned into a TrialSpec only once picked (`engine.stored.spec_from_run`)."""
     from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 
     specs: dict[str, Any] = {}
     for name in (TRIALS, EPOCHS):
         for line in read_jsonl(run_dir / name):
             if line.get("spec") and line["trial_id"] not in specs:
-                specs[line["trial_id"]] = TrialSpec.from_dict(line["spec"])
+                specs[line["trial_id"]] = line["spec"]
     if not specs:
         raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
     return specs
@@ -296,11 +324,11 @@ def _run_live(spec: Any, checkpoint_dir: Path | None, console: Any) -> list[Epoc
         epochs = progress.add_task("epochs", total=spec.epochs, line="")
         batches = progress.add_task("batches", total=None, line="")
 
+        train = _scoring(spec).on("train")[1:]  # the train metrics but the loss
+
         def on_batch(p: dict[str, Any]) -> None:
-            line = (
-                f"epoch {p['epoch']}  loss {p['loss']:.4f}  top-1 {p['top1']:.2f}%  "
-                f"{p['images_per_s']:.0f} img/s"
-            )
+            shown = "".join(f"{m.label} {_value(m, p.get(m.name))}  " for m in train)
+            line = f"epoch {p['epoch']}  loss {p['loss']:.4f}  {shown}{p['images_per_s']:.0f} img/s"
             progress.update(batches, completed=p["batch"], total=p["batches"], line=line)
 
         for record in run_trial(spec, checkpoint_dir=checkpoint_dir, on_batch=on_batch):
@@ -313,13 +341,29 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _scoring(spec: Any) -> Scoring:
+    from normbench.tasks import TASKS
+
+    scoring: Scoring = TASKS.get(spec.task).obj.scoring
+    return scoring
+
+
+def _value(metric: Metric, value: Any, unit: bool = True) -> str:
+    """A metric's value as the tables show it: percent with 2 decimals, else 4 digits."""
+    if metric.unit == "%":
+        return _fmt(value) + ("%" if unit else "")
+    return _fmt(value, ".4g")
+
+
 def _epoch_line(record: EpochRecord, epochs: int | None) -> str:
     head = f"epoch {record['epoch']}" + (f"/{epochs}" if epochs else "")
     if record["status"] != "ok":
         return f"{head}  DIVERGED: {record.get('diverged_reason', '')}"
+    best = scoring_of(record).best
+    val, test = record.get(f"val_{best.name}"), record.get(f"test_{best.name}")
     return (
         f"{head}  train loss {_fmt(record['train_loss'], '.4f')}  "
-        f"val top-1 {_fmt(record['val_top1'])}%  test top-1 {_fmt(record['test_top1'])}%  "
+        f"val {best.label} {_value(best, val)}  test {best.label} {_value(best, test)}  "
         f"{_fmt(record['images_per_s'], '.0f')} img/s"
     )
 
@@ -331,14 +375,18 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
         print("nothing to do: the checkpoint already holds the finished trial", file=sys.stderr)
         return
     title = f"{spec.variant} / {spec.backbone} / {spec.dataset} (seed {spec.seed})"
+    scoring = scoring_of(records[0])
+    best = scoring.best
+    shown = (
+        [("train", m) for m in scoring.on("train")[1:]]
+        + [("val", best), ("test", best)]
+        + [("test", scoring.metric(n)) for n in scoring.shown]
+    )
     cols = (
         "epoch",
         "status",
         "train loss",
-        "train top-1",
-        "val top-1",
-        "test top-1",
-        "test top-5",
+        *(f"{split} {m.label}" for split, m in shown),
         "lr",
         "time s",
         "img/s",
@@ -348,10 +396,7 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
             str(r["epoch"]),
             r["status"],
             _fmt(r["train_loss"], ".4f"),
-            _fmt(r["train_top1"]),
-            _fmt(r["val_top1"]),
-            _fmt(r["test_top1"]),
-            _fmt(r["test_top5"]),
+            *(_value(m, r.get(f"{split}_{m.name}"), unit=False) for split, m in shown),
             _fmt(r["lr"], ".4g"),
             _fmt(r["epoch_time_s"], ".1f"),
             _fmt(r["images_per_s"], ".0f"),
@@ -361,7 +406,8 @@ def _print_summary(console: Any, spec: Any, records: list[EpochRecord]) -> None:
     print_table(cols, rows, title=title, right=cols, console=console)
     last = records[-1]
     console.print(
-        f"final epoch {last['epoch']}: test top-1 {_fmt(last['test_top1'])}% "
+        f"final epoch {last['epoch']}: test {best.label} "
+        f"{_value(best, last.get(f'test_{best.name}'))} "
         f"(final-epoch, not best-on-test); params {last['params']:,}; device {last['device']}; "
         f"variant from {last['variant_source']}",
         highlight=False,

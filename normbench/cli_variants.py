@@ -1,8 +1,9 @@
 """`normbench variants`: list every registered variant (built-ins and plugins).
 
 Shows name, paper, options with defaults, learnable parameters per channel, whether the layer
-depends on the batch, and where it came from: a rich table on a terminal, plain aligned
-columns (one line per variant, never wrapped) when piped, `--json` for scripts.
+depends on the batch, what its forward takes (x; x and a branch index, which defaults; x and the
+style features, not a plain norm_layer(C)), and where it came from: a rich table on a terminal,
+plain aligned columns (one line per variant, never wrapped) when piped, `--json` for scripts.
 `--plugin FILE` (repeatable) loads plugin files first; a broken file is a user error (one
 line, exit 2). Installed entry-point plugins that fail to load are listed as warnings on
 stderr and do not hide the others.
@@ -51,7 +52,9 @@ def variants_command(
         )
 
 
-_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "source", "paper")
+_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "forward", "source", "paper")
+# what forward takes (the layer's `conditioning`): a plain norm_layer(C) takes x alone
+_FORWARD = {None: "x", "index": "x, index", "style": "x, style"}
 
 
 def _format_options(options: dict[str, Any], sep: str) -> str:
@@ -68,6 +71,7 @@ def _rows(infos: list[dict[str, Any]], options_sep: str) -> list[tuple[str, ...]
             _format_options(info["options"], options_sep),
             "error: " + info["error"] if ppc is None else str(ppc),
             {True: "yes", False: "no"}.get(info["batch_dependent"], "?"),
+            _FORWARD.get(info.get("conditioning"), "?"),
             info["source"],
             info["paper"] or "-",
         ))  # fmt: skip

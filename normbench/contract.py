@@ -6,6 +6,11 @@ What an extension provides and what flows between the stages:
 * `BackboneFactory`: builds a classifier with a given norm layer.
 * `DatasetFactory`: loads a data set's splits; `DatasetFacts` are the numbers `--dry-run`
   needs without loading anything, declared where the data set is defined.
+* `TaskClass`: what a trial trains and how it is scored ([docs/tasks.md](../docs/tasks.md)):
+  the model built from a backbone and the variant's norm layer, a training step's loss, the
+  evaluation; its `Scoring` (the `Metric`s with unit and direction, and the headline) is plain
+  data here, so the reports and the search read it without torch. `CLASSIFICATION` is the
+  scoring of the built-in task, and of every record that names no other.
 * `EpochRecord`: what `run_trial` yields once per epoch, what the store writes to
   `epochs.jsonl`, and what the live view, the runner and the reports read. Its keys exist
   here only; a reader that types its record as `EpochRecord` has every key checked by mypy.
@@ -15,8 +20,9 @@ torch types appear under `TYPE_CHECKING` only. (No `from __future__ import annot
 here: `TypedDict` needs evaluated annotations to tell required keys from `NotRequired` ones.)
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, TypeVar
 
 if TYPE_CHECKING:
@@ -102,19 +108,176 @@ def dataset_facts(factory: Any) -> DatasetFacts | None:
     return facts if isinstance(facts, DatasetFacts) else None
 
 
+# -- tasks: what a trial trains and how it is scored (docs/tasks.md) ------------------------
+SPLITS = ("train", "val", "test")
+_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a task reports per split: the record key `{split}_{name}` (`train_loss`,
+    `val_top1`, `test_box_AP`), in `unit` ("%", "nats", "" for a plain number), with a
+    direction. `splits` says where it is measured: "train" (summed over the training pass
+    by the training step), "val" and "test" (by the task's evaluation)."""
+
+    name: str
+    label: str  # a table's column head: "top-1", "box AP", "RMSE"
+    unit: str
+    higher_is_better: bool
+    splits: tuple[str, ...] = ("val", "test")
+    description: str = ""  # one line for docs and report legends
+
+    def __post_init__(self) -> None:
+        if not _METRIC_NAME.match(self.name):
+            raise ValueError(
+                f"metric name {self.name!r} must start with a letter and hold only letters, "
+                "digits and '_' (it becomes a record key)"
+            )
+        bad = [s for s in self.splits if s not in SPLITS]
+        if bad or not self.splits:
+            raise ValueError(
+                f"metric {self.name!r}: splits must be a non-empty subset of {SPLITS}, but got "
+                f"{self.splits!r}"
+            )
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        """Optuna's word for which way is better."""
+        return "maximize" if self.higher_is_better else "minimize"
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        """A suite search's (and Ray Tune's) word for which way is better."""
+        return "max" if self.higher_is_better else "min"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a task's trials are scored: its metrics, the `headline` one that leaderboards sort
+    by (with intervals, paired tests, ranks and time-to-target) and a search optimises on the
+    validation split by default, and the `shown` ones that leaderboards give a column.
+
+    Every scoring has a `loss` measured on "train" (the mean training loss the optimiser
+    minimised, `train_loss`); the headline is measured on "val" and "test"."""
+
+    metrics: tuple[Metric, ...]
+    headline: str
+    shown: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.metrics]
+        problems = []
+        if len(set(names)) != len(names):
+            problems.append(f"metric names repeat: {names}")
+        loss = next((m for m in self.metrics if m.name == "loss"), None)
+        if loss is None or "train" not in loss.splits:
+            problems.append("it needs a metric 'loss' measured on 'train' (the training loss)")
+        head = next((m for m in self.metrics if m.name == self.headline), None)
+        if head is None or not {"val", "test"} <= set(head.splits):
+            problems.append(
+                f"headline {self.headline!r} must be one of its metrics measured on val and test"
+            )
+        for name in self.shown:
+            if name not in names or name == self.headline:
+                problems.append(f"shown {name!r} must be another of its metrics {names}")
+        if problems:
+            raise ValueError("scoring: " + "; ".join(problems))
+
+    def metric(self, name: str) -> Metric:
+        """The metric `name`; KeyError naming the metrics when there is none."""
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(f"no metric {name!r}; metrics: {', '.join(m.name for m in self.metrics)}")
+
+    @property
+    def best(self) -> Metric:
+        """The headline metric."""
+        return self.metric(self.headline)
+
+    def on(self, split: str) -> tuple[Metric, ...]:
+        """The metrics measured on `split`, in declaration order."""
+        return tuple(m for m in self.metrics if split in m.splits)
+
+    def keys(self) -> tuple[str, ...]:
+        """Every metric's record key, `{split}_{name}`: train's, then val's, then test's."""
+        return tuple(f"{split}_{m.name}" for split in SPLITS for m in self.on(split))
+
+    def key_metric(self, key: str) -> Metric | None:
+        """The metric of a record key (`val_top1` -> top1), or None."""
+        split, _, name = key.partition("_")
+        found = [m for m in self.on(split) if m.name == name] if split in SPLITS else []
+        return found[0] if found else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (what a record of a task other than classification carries)."""
+        return {
+            "metrics": [{**asdict(m), "splits": list(m.splits)} for m in self.metrics],
+            "headline": self.headline,
+            "shown": list(self.shown),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scoring":
+        metrics = tuple(
+            Metric(**{**m, "splits": tuple(m.get("splits", ("val", "test")))}) for m in d["metrics"]
+        )
+        return cls(metrics, str(d["headline"]), tuple(d.get("shown", ())))
+
+
+CLASSIFICATION = Scoring(
+    metrics=(
+        Metric(
+            "loss", "loss", "nats", False, SPLITS, "mean cross-entropy (label-smoothed in training)"
+        ),
+        Metric("top1", "top-1", "%", True, SPLITS, "share of images whose top logit is the label"),
+        Metric("top5", "top-5", "%", True, ("val", "test"), "share with the label in the top 5"),
+    ),
+    headline="top1",
+    shown=("top5",),
+)
+
+
+def scoring_of(record: Mapping[str, Any]) -> Scoring:
+    """The scoring a stored record (or summary line) was written under: its `scoring`, else
+    classification's (every record of a classification trial, and every record before tasks
+    existed)."""
+    stored = record.get("scoring")
+    return Scoring.from_dict(stored) if isinstance(stored, dict) else CLASSIFICATION
+
+
+class TaskClass(Protocol):
+    """A task, registered like a layer (`normbench.tasks.register_task`, entry-point group
+    `normbench.tasks`): `Task(**options)` builds one trial's task; keyword-only options with
+    defaults. `scoring` is a class attribute. The instance methods, which the one training
+    loop calls (types in `normbench/tasks/base.py`; docs/tasks.md):
+
+    * `build_model(ctx) -> nn.Module`: the model from `ctx.backbone(num_outputs, ...)` (the
+      suite's backbone with the variant's norm placed) and `ctx.norm_layer` for the task's
+      own parts (heads, necks), with the data's facts in `ctx.data`;
+    * `training_step(forward, batch) -> Step`: the loss to minimise on one batch (a scalar
+      with its graph), and per-sample sums of the train metrics;
+    * `evaluate(forward, batches, ctx) -> {metric: value}`: the metrics of one split;
+    * optional `check_options(options, *, dataset=None, backbone=None, variant=None) ->
+      {option: why}` (it declares the context it reads: the trial's data set, backbone and
+      variant names);
+    * optional `state_dict()` / `load_state_dict(state)`: the task's own training state;
+    * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
+      on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
+    * optional classmethod `preflight(options) -> line`: files the task reads at run time,
+      found before Ray starts (UserError, one line, when missing).
+    """
+
+    scoring: Scoring
+
+    def __call__(self, **options: Any) -> Any: ...
+
+
 # Record keys that measure speed or memory rather than what was computed.
 TIMING_KEYS = ("epoch_time_s", "train_time_s", "images_per_s", "elapsed_s", "peak_mem_mb")
-# Loss (mean cross-entropy) and accuracy (percent) per split.
-METRIC_KEYS = (
-    "train_loss",
-    "train_top1",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-)
+# Classification's metric keys (`CLASSIFICATION.keys()`): loss (mean cross-entropy) and
+# accuracy (percent) per split. Another task's keys are its `Scoring.keys()`.
+METRIC_KEYS = CLASSIFICATION.keys()
 
 
 class EpochRecord(TypedDict):
@@ -123,14 +286,19 @@ class EpochRecord(TypedDict):
 
     epoch: int  # 1-based
     status: Literal["ok", "diverged"]
-    train_loss: float | None
-    train_top1: float | None  # percent
-    val_loss: float | None
-    val_top1: float | None
-    val_top5: float | None
-    test_loss: float | None
-    test_top1: float | None
-    test_top5: float | None
+    # The metrics: one key `{split}_{name}` per metric and split of the trial's task
+    # (`Scoring.keys()`), None when the split does not exist or the trial diverged. Every task
+    # has `train_loss`; these are classification's (`METRIC_KEYS`), on each of its records.
+    train_loss: float | None  # the task's loss (classification: mean cross-entropy, nats)
+    train_top1: NotRequired[float | None]  # percent
+    val_loss: NotRequired[float | None]
+    val_top1: NotRequired[float | None]
+    val_top5: NotRequired[float | None]
+    test_loss: NotRequired[float | None]
+    test_top1: NotRequired[float | None]
+    test_top5: NotRequired[float | None]
+    # a task other than classification: its `Scoring.to_dict()` (`scoring_of` reads it)
+    scoring: NotRequired[dict[str, Any]]
     lr: float  # the rate of the epoch's last training batch
     epoch_time_s: float | None  # the whole epoch: training, hooks, evaluation, probes
     train_time_s: float | None  # the training pass alone

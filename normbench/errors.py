@@ -86,7 +86,31 @@ class Terminated(KeyboardInterrupt):
     only `Exception`, so either ends `tuner.fit()` at once."""
 
 
+def stopped_by(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command stopped by a signal says so: ('stopped by SIGTERM', 143) for
+    `Terminated`, else ('stopped by SIGINT', 130) (128 + the signal number, as a shell
+    reports it)."""
+    if isinstance(exc, Terminated):
+        return "stopped by SIGTERM", 143
+    return "stopped by SIGINT", 130
+
+
 class RunStopped(RuntimeError):
     """Ray Tune gave up on the whole run, e.g. after Ray's memory monitor killed a trial's
     worker (Tune 2.x raises for a `ray.exceptions.OutOfMemoryError` instead of failing that
     trial). Finished results are stored; trials that were running resume on a rerun."""
+
+
+class StorageFullError(OSError):
+    """A write failed because its file system is full (ENOSPC), a quota is reached (EDQUOT)
+    or a file-size limit is hit (EFBIG). Its message (`strerror`, also its str) names the file
+    and the file system: `normbench.results.paths.storage_full` builds it from the OSError of
+    the failed write."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DriverGone(RuntimeError):
+    """A trial worker found that the driver that started it no longer holds its run
+    directory (killed, or replaced by a rerun): it stops before writing anything."""

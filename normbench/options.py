@@ -13,7 +13,9 @@ Each kind (variants, backbones, data sets) describes how its entries take option
    1; with `build=True` a variant is constructed at every norm width the backbone has and a
    backbone is constructed with its norm layers recorded, on the meta device (no memory), so
    every constructor refusal surfaces at validation (`normbench.variants_api`,
-   `normbench.models.registry`); a data set's `augment` mapping is parsed
+   `normbench.models.registry`); a plugin variant is also run (train with backward, and
+   eval, on a (batch size, width, 4, 4) CPU batch) at every width, so a layer that works only
+   at some widths is refused before Ray starts; a data set's `augment` mapping is parsed
    (`normbench.data.registry`);
 4. the entry's own hook, when it defines one (a classmethod on a layer, an attribute of a
    factory function):

@@ -3,7 +3,8 @@
 This module knows none of its clients (as torchvision's `models/_api.py`): each kind makes its
 own registry beside its code with `kind_registry(...)`, giving its built-ins, its contract
 check and its option door (`normbench.options`): `VARIANTS` in `normbench.variants_api`,
-`BACKBONES` in `normbench.models.registry`, `DATASETS` in `normbench.data.registry`.
+`BACKBONES` in `normbench.models.registry`, `DATASETS` in `normbench.data.registry`, `TASKS`
+in `normbench.tasks.registry`.
 
 Built-ins, entry-point plugins and plugin files all end in `Registry.register`, so a built-in
 has no privilege a plugin lacks. Each entry remembers where it came from (`source`), and every
@@ -11,8 +12,9 @@ result records it. Unlike timm's registry (which warns and overwrites), a duplic
 (as torchvision's `_api.py` does).
 
 Plugins reach the registries through two doors:
-- an entry point in the group `normbench.variants` (or `.backbones`, `.datasets`) naming either
-  the object itself (`mynorm = pkg.mod:MyNorm`) or a module whose import registers things;
+- an entry point in the group `normbench.variants` (or `.backbones`, `.datasets`, `.tasks`)
+  naming either the object itself (`mynorm = pkg.mod:MyNorm`) or a module whose import
+  registers things;
 - a local Python file (`--plugin FILE`, or `plugins:` in a suite) loaded by `load_plugin`.
 A plugin that fails to import or breaks the contract is reported by name; the built-ins and the
 other plugins stay usable.
@@ -326,7 +328,8 @@ def load_plugin(path: str | Path) -> list[str]:
     if p in _PLUGIN_FILES:
         return list(_PLUGIN_FILES[p])
     if not p.is_file():
-        raise PluginError(f"plugin file {str(path)!r} does not exist")
+        what = "is a directory, not a Python file" if p.is_dir() else "does not exist"
+        raise PluginError(f"plugin file {str(path)!r} {what}")
     for reg in REGISTRIES.values():  # built-ins first, so a clash always blames the plugin
         with contextlib.suppress(ImportError):  # a kind whose built-ins are not importable
             reg._ensure_loaded()

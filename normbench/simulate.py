@@ -6,15 +6,26 @@ normbench's Triton operators through their fake implementations) and compute sha
 operators on a CPU machine. Two pieces the dispatcher alone does not give: autocast on a missing
 device (`autocast_to`) and the backward pass (`backward_here`: the autograd engine runs CUDA
 nodes on a device thread that needs a real GPU).
+
+A third: the kernels Inductor generates for a compiled region (the layers' coefficient math on
+CUDA, `variants/_region.py`). Nothing can be compiled for a missing GPU, and Inductor's CPU
+backend fuses differently (one C++ loop nest where Triton needs a kernel per reduction), so
+`InductorKernels` is a `torch.compile` backend that runs Inductor's own lowering and its Triton
+scheduler (the one CUDA uses) on the CPU, stops after fusion, before any code is generated, and
+counts the fused kernels and the bytes they access (`torch._inductor.metrics`' measure); the
+graph itself then runs eagerly.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 
 def _available(device: torch.device) -> bool:
@@ -141,3 +152,130 @@ def _accumulate(leaf: torch.Tensor, grad: torch.Tensor | None) -> None:
     if grad.stride() != leaf.stride():
         grad = grad.new_empty_strided(leaf.shape, leaf.stride()).copy_(grad)
     leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+
+
+@dataclasses.dataclass
+class KernelCount:
+    """Kernels launched and bytes they access (read + written), summed over graph runs."""
+
+    kernels: int = 0
+    bytes: int = 0
+
+
+class _Scheduled(Exception):
+    """Raised by the post-fusion hook: Inductor's schedule is known, no code is wanted."""
+
+
+def _launches(node: Any) -> bool:
+    """Whether a fused scheduler node is a kernel launch counted here: not a no-op (views,
+    aliases) and not a `normbench::` operator, which the dispatcher counts where it runs."""
+    from torch._inductor.scheduler import NopKernelSchedulerNode
+
+    if isinstance(node, NopKernelSchedulerNode):
+        return False
+    op = getattr(getattr(node, "node", None), "op_overload", None)
+    return not (node.is_extern() and op is not None and op.namespace == "normbench")
+
+
+def inductor_schedule(gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> KernelCount:
+    """The kernels and bytes of one AOT graph as Inductor's Triton backend fuses it (on the
+    CPU, before code generation; see the module docstring). `kwargs`: `compile_fx_inner`'s."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    found: list[KernelCount] = []
+
+    def grab(nodes: list[Any]) -> list[Any]:  # runs inside Inductor's graph context
+        kernels = [n for n in nodes if _launches(n)]
+        sizes = sum(n.get_read_write_buffers_sizes() for n in kernels)  # at the size hints
+        found.append(KernelCount(len(kernels), int(sizes)))
+        raise _Scheduled
+
+    patches = {"cpu_backend": "triton", "_post_fusion_custom_pass": grab, "fx_graph_cache": False}
+    with config.patch(patches):
+        try:  # NOTE: Inductor's passes rewrite the graph in place: a copy is scheduled
+            compile_fx_inner(copy.deepcopy(gm), example_inputs, **kwargs)
+        except Exception:
+            if not found:
+                raise
+    return found[0]
+
+
+class InductorKernels:
+    """A `torch.compile` backend: Inductor's own graph preparation (decompositions, joint
+    graph passes, partitioner), then each forward and backward graph is counted by
+    `inductor_schedule` and runs eagerly; every run adds its count to `self.count`.
+
+    Keep one instance per process: Dynamo caches compiled code per backend."""
+
+    def __init__(self) -> None:
+        self.count = KernelCount()
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs, inner_compile=self._inner)
+
+    def _inner(self, gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any) -> Any:
+        counted = inductor_schedule(gm, example_inputs, **kwargs)
+
+        def run(args: list[Any]) -> Any:
+            self.count.kernels += counted.kernels
+            self.count.bytes += counted.bytes
+            return gm(*args)
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
+
+class _Quiet(torch.autograd.Function):
+    """A region's outputs whose backward hands zeros to the inputs the region differentiates
+    (a count does not use the values), inside `quiet()`: the rest of the step runs as it
+    would, and the region's own backward is not run op by op."""
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: Any) -> Any:
+        ctx.quiet, outs = inputs[-1]
+        ctx.save_for_backward(*inputs[:-1])
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        with ctx.quiet():
+            zeros = [torch.zeros_like(t) for t in ctx.saved_tensors]
+        return (*zeros, None)
+
+
+def run_quietly(region: Callable[..., Any], args: tuple[Any, ...], quiet: Callable[[], Any]) -> Any:
+    """`region(*args)` run eagerly inside `quiet()` (a context in which a counter counts only
+    what a compiled region would still launch), its backward too (`_Quiet`)."""
+    with quiet():
+        outs = region(*args)  # the graph is recorded only to see what it differentiates
+    inputs = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)]
+    used = _differentiated(outs, [t for t in inputs if t.requires_grad])
+    # tensors first: the simulated backward pairs gradients with edges in order
+    return _Quiet.apply(*used, (quiet, outs))
+
+
+def _differentiated(outs: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The `inputs` that `outs`' autograd graph reaches (a leaf through its AccumulateGrad, an
+    intermediate through its grad_fn, where the walk stops): those a compiled region's
+    backward gives a gradient."""
+    stops = {t.grad_fn: t for t in inputs if t.grad_fn is not None}
+    leaves = {id(t): t for t in inputs if t.grad_fn is None}
+    stack = [o.grad_fn for o in tree_flatten(outs)[0] if getattr(o, "grad_fn", None)]
+    seen: set[Any] = set()
+    reached: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in stops:
+            reached.update(id(t) for t in inputs if t.grad_fn is node)
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in leaves:
+            reached.add(id(variable))
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return [t for t in inputs if id(t) in reached]

@@ -34,8 +34,9 @@ The bounds of the suite (`MAX_*`) live here because they are bounds of these fie
 of the trial id while it holds its default, so every stored trial keeps its id and resumes
 (`tests/test_trial_ids.py` pins the committed quickstart's 33 ids and one id per shipped suite,
 and fails when a field changes them). An environment, location or bookkeeping field never
-enters the id. A field for other tasks than classification goes in the same way: `task`
-with the default "classification" and `new=True`, so every classification id stays.
+enters the id. The fields of other tasks than classification went in that way: `task`
+with the default "classification" and `task_options`, both `new=True`, so every
+classification id stays.
 
 This module imports neither torch nor pydantic: the results store and the reports read it.
 """
@@ -99,7 +100,14 @@ class Recipe:
     """Optimiser and schedule. Every paper recipe of the built-in suites fits here exactly;
     `normbench.engine.recipe` says what each weight-decay switch covers."""
 
-    lr: float = param(0.1, gt=0, suite=True, help="Peak learning rate (SGD).")
+    lr: float = param(0.1, gt=0, suite=True, help="Peak learning rate.")
+    optimizer: Literal["sgd", "adam"] = param(
+        "sgd",
+        suite=True,
+        new=True,
+        help="sgd: SGD with momentum; adam: torch's Adam (betas 0.9, 0.999; weight decay as L2 "
+        "in the gradient), AdaIN's and SaBN's style transfer optimiser.",
+    )
     momentum: float = param(0.9, ge=0, lt=1, suite=True, help="SGD momentum.")
     nesterov: bool = param(False, suite=True, help="Nesterov momentum.")
     weight_decay: float = param(
@@ -139,8 +147,14 @@ class Recipe:
     warmup_epochs: float = param(
         0.0, ge=0, suite=True, help="Linear warm-up per batch, from lr/warmup_batches to lr."
     )
-    schedule: Literal["multistep", "cosine", "constant"] = param(
-        "multistep", suite=True, help="Learning-rate schedule after warm-up."
+    schedule: Literal["multistep", "cosine", "constant", "inverse_time"] = param(
+        "multistep",
+        suite=True,
+        help="Learning-rate schedule after warm-up (inverse_time: lr / (1 + lr_decay * t) "
+        "at batch t, AdaIN's).",
+    )
+    lr_decay: float = param(
+        0.0, ge=0, suite=True, new=True, help="The inverse_time schedule's decay per batch."
     )
     milestones: tuple[int, ...] = param(
         (),
@@ -318,6 +332,16 @@ class TrialSpec:
         new=True,
         help="device: each device normalises its own slice; global: moments over all devices.",
     )
+    # What the trial trains and how it is scored (normbench.tasks; docs/tasks.md): a registered
+    # task and its options. New fields: every classification trial keeps its id.
+    task: str = param(
+        "classification",
+        new=True,
+        help="Task: what is trained and how it is scored (see `normbench tasks`).",
+    )
+    task_options: dict[str, Any] = param(
+        factory=dict, new=True, flag="--task-option", help="Task option key=value."
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -465,6 +489,10 @@ def input_problems(values: Mapping[str, Any]) -> list[str]:
     ms, schedule = list(values.get("milestones") or ()), values.get("schedule", "multistep")
     if ms and schedule != "multistep":
         problems.append(f"milestones {ms} only apply to schedule multistep, not {schedule!r}")
+    if values.get("lr_decay") and schedule != "inverse_time":
+        problems.append(
+            f"lr_decay {values['lr_decay']} only applies to schedule inverse_time, not {schedule!r}"
+        )
     for d in flat_fields():  # rules beyond types and bounds, e.g. increasing milestones
         v = values.get(d.name)
         if d.param.check is not None and v is not None and not d.param.check[1](v):

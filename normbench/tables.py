@@ -26,8 +26,14 @@ def print_table(
     console = console or Console()
     if console.is_terminal:
         table = Table(title=title, caption=caption, show_lines=show_lines, title_justify="left")
-        for column in columns:
-            table.add_column(column, justify="right" if column in right else "left")
+        for i, column in enumerate(columns):
+            # the first column names the row: never folded or cut, however narrow the terminal
+            key = max((len(line) for row in rows for line in row[0].split("\n")), default=0)
+            table.add_column(
+                column,
+                justify="right" if column in right else "left",
+                min_width=key if i == 0 else None,
+            )
         for row in rows:
             table.add_row(*row)
         console.print(table)

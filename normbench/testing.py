@@ -1,4 +1,6 @@
-"""Reusable conformance tests for normalization variants (like `optuna.testing`).
+"""Reusable conformance tests for normalization variants (like `optuna.testing`), and for
+tasks: `TaskConformance` (normbench/testing_tasks.py, docs/tasks.md#conformance) checks a task
+the same way.
 
 Any variant, built-in or plugin, runs the whole contract (docs/variants.md#contract and
 docs/variants.md#tests) with two lines:
@@ -79,6 +81,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.testing_tasks import TaskConformance
+
+__all__ = ["OPTIONAL_CHECKS", "TaskConformance", "VariantConformance"]
+
 YAML_TYPES = (int, float, bool, str, type(None))
 
 
@@ -111,11 +117,22 @@ class VariantConformance:
         """The class under test; a string is looked up in the variant registry."""
         if self.variant is None:
             raise TypeError(f"{type(self).__name__}: set the class attribute `variant`")
-        if isinstance(self.variant, str):
+        cls = self.variant
+        if isinstance(cls, str):
             from normbench.variants_api import VARIANTS
 
-            return VARIANTS.get(self.variant).obj
-        return self.variant
+            cls = VARIANTS.get(cls).obj
+        self.check_conditioning(cls)
+        return cls
+
+    def check_conditioning(self, cls: Any) -> None:
+        """TypeError for a layer this kit cannot call as forward(x) (`conditioning = "style"`:
+        `normbench.testing_style.StyleConformance` checks those)."""
+        if getattr(cls, "conditioning", None) not in (None, "index"):
+            raise TypeError(
+                f"{type(self).__name__}: {cls.__name__} takes forward(x, "
+                f"{cls.conditioning}); run normbench.testing_style.StyleConformance on it"
+            )
 
     def build(self, num_features: int | None = None, **extra: Any) -> nn.Module:
         """`partial(Variant, **options)(C)`, the way a suite or torchvision builds it."""
@@ -472,11 +489,13 @@ class VariantConformance:
         x = self.make_input()
         probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
 
-        def loss(*ps: torch.Tensor) -> torch.Tensor:
-            return (fn(x, *ps) * probe).sum()
+        def loss(xx: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+            return (fn(xx, *ps) * probe).sum()
 
-        grads = torch.func.grad(loss, argnums=tuple(range(len(params))))(*params)
-        expected = torch.autograd.grad(loss(*params), params)
+        # the input's gradient and every parameter's (a layer may have none: AdaIN)
+        args = (x.clone().requires_grad_(), *params)
+        grads = torch.func.grad(loss, argnums=tuple(range(len(args))))(*args)
+        expected = torch.autograd.grad(loss(*args), args)
         for got, want in zip(grads, expected, strict=True):
             self.close(got, want)
         if not self.batch_independent_eval:
@@ -509,7 +528,12 @@ class VariantConformance:
 
         for memory_format in (torch.contiguous_format, torch.channels_last):
             tally, _, kept = count_step(
-                self.build, self.input_shape, torch.bfloat16, torch.device("cuda"), memory_format
+                self.build,
+                self.input_shape,
+                torch.bfloat16,
+                torch.device("cuda"),
+                memory_format,
+                regions=False,  # their kernels: `normbench bench traffic` (compiles)
             )
             assert tally.syncs == 0 and tally.copies == 0, f"host syncs/copies: {tally.log}"
             assert kept, f"the accelerator path does not keep {memory_format}"

@@ -18,9 +18,18 @@ operators) and compute only shapes. The step measured is the second training ste
 initialise state, e.g. UBN's similarity): `y = layer(x)` under autocast in the input's dtype
 (bf16 or fp16; none for fp32/fp64), then `y.backward(g)`.
 
+Kernels: on a GPU each operator call is a launch of a few microseconds whatever its size, so a
+layer whose per-(n, c) coefficient math ran as dozens of tiny kernels would be launch-bound. The
+layers run that math as a compiled region on CUDA (`variants/_region.py`); a region's kernels
+are the ones Inductor's Triton backend generates for its forward and backward graphs, counted
+by compiling the same layer's regions on the CPU (`simulate.InductorKernels`: Inductor's
+scheduler, stopped before code generation), while the device's step runs the regions eagerly
+and counts only the `normbench::` operators inside them (which Inductor calls as they are).
+
 The bound a layer is checked against (docs/variants.md#memory-traffic): at most twice BN's
 bytes (read + written) and twice BN's bytes written, for the same input, plus whatever its own
-convolutions move (BNET's and UBN's depthwise k x k affine), and no host sync or host copy.
+convolutions move (BNET's and UBN's depthwise k x k affine); at most `KERNEL_FACTOR` times BN's
+kernels plus its convolutions'; and no host sync or host copy.
 """
 
 from __future__ import annotations
@@ -34,10 +43,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from normbench.simulate import autocast_to, backward_here, on_device
+from normbench.simulate import (
+    InductorKernels,
+    KernelCount,
+    autocast_to,
+    backward_here,
+    on_device,
+    run_quietly,
+)
 
 DEFAULT_SHAPE = (64, 64, 16, 16)  # the issue's measurement: 1 Mi elements, 2 MiB in bf16
 BOUND_FACTOR = 2.0
+KERNEL_FACTOR = 4  # kernels per step: at most 4x BN's (5: 20), plus the layer's convolutions
 REFERENCE = "bn"
 # Operators that read and write nothing: allocations, metadata, aliasing.
 _FREE = {
@@ -93,6 +110,10 @@ class LayerTraffic:
     bound_bytes: int
     bound_written: int
     channels_last_kept: bool | None = None
+    compiled_kernels: int = 0  # of `kernels`: Inductor's, in compiled regions
+    compiled_bytes: int = 0  # bytes those access (not in read_bytes/written_bytes)
+    conv_kernels: int = 0  # of `kernels`: the layer's convolutions
+    bound_kernels: int = 0  # KERNEL_FACTOR x BN's kernels + conv_kernels
 
     @property
     def norm_bytes(self) -> int:
@@ -105,11 +126,16 @@ class LayerTraffic:
         return self.activation_written - self.conv_activation_written
 
     @property
-    def within_bound(self) -> bool:
+    def within_traffic_bound(self) -> bool:
         """Activation bytes and bytes written within the bound, no host sync or host copy."""
         written_ok = self.norm_written <= self.bound_written
         syncs_ok = self.host_syncs == 0 and self.host_copies == 0
         return self.norm_bytes <= self.bound_bytes and written_ok and syncs_ok
+
+    @property
+    def within_bound(self) -> bool:
+        """Within the traffic bound and at most `bound_kernels` kernels."""
+        return self.within_traffic_bound and self.kernels <= self.bound_kernels
 
 
 @dataclasses.dataclass
@@ -121,6 +147,8 @@ class _Tally:
     conv: int = 0
     conv_written: int = 0
     kernels: int = 0
+    conv_kernels: int = 0
+    compiled: KernelCount = dataclasses.field(default_factory=KernelCount)
     syncs: int = 0
     copies: int = 0
     log: list[str] = dataclasses.field(default_factory=list)
@@ -143,6 +171,21 @@ class TrafficCounter(TorchDispatchMode):
         self.device_type = device_type
         self.activation_numel = activation_numel
         self.tally = _Tally()
+        self.in_region = False
+
+    def run_region(self, region: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """A compiled region (`variants/_region.intercepted`), run eagerly: only its
+        `normbench::` operators are counted here, in forward and backward; Inductor's kernels
+        come from the CPU pass (`compiled_regions`)."""
+        return run_quietly(region, args, self.region)
+
+    @contextlib.contextmanager
+    def region(self) -> Any:
+        self.in_region = True
+        try:
+            yield
+        finally:
+            self.in_region = False
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -155,7 +198,9 @@ class TrafficCounter(TorchDispatchMode):
             self.tally.syncs += 1
             self.tally.log.append(name)
         out = func(*args, **kwargs)
-        if name not in _FREE:
+        # in a region only normbench's operators launch as themselves (Inductor calls them)
+        ours = getattr(func, "namespace", None) == "normbench"
+        if name not in _FREE and (ours or not self.in_region):
             self._count(func, name, args, kwargs, out)
         return out
 
@@ -186,6 +231,7 @@ class TrafficCounter(TorchDispatchMode):
         if name.startswith(_CONV):
             self.tally.conv += act_read + act_written
             self.tally.conv_written += act_written
+            self.tally.conv_kernels += 1
 
     def _transfer(self, name: str, inputs: list, outputs: list) -> bool:
         """A copy between the host and the device: a host sync (to the host) or a host copy."""
@@ -238,19 +284,49 @@ def _step(
     layer: torch.nn.Module,
     x: torch.Tensor,
     autocast: Any,
-    counter: TrafficCounter,
+    counter: Any,
     simulated: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One training step, counted by `counter` (forward and backward; not the upstream
-    gradient's creation): returns the output and the input gradient."""
+    """One training step, counted by `counter` (a context: forward and backward, not the
+    upstream gradient's creation): returns the output and the input gradient."""
     x = x.detach().requires_grad_(True)
-    counting = counter
-    with counting, autocast():
+    with counter, autocast():
         y = layer(x)
     g = torch.ones_like(y)  # any values: only shapes matter here
-    with counting:
+    with counter:
         backward_here(y, g) if simulated else y.backward(g)
     return y.detach(), x.grad
+
+
+_INDUCTOR: list[InductorKernels] = []  # one per process: Dynamo caches code per backend
+
+
+def compiled_regions(
+    build: Callable[[], torch.nn.Module],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> KernelCount:
+    """Kernels and bytes of the compiled regions in a layer's second training step, as
+    Inductor's Triton backend generates them: the layer built on the CPU runs its regions
+    through `simulate.InductorKernels` (the accelerator path forced on the CPU)."""
+    from normbench.variants import _region
+
+    if not _INDUCTOR:
+        _INDUCTOR.append(InductorKernels())
+    backend, cpu = _INDUCTOR[0], torch.device("cpu")
+    torch.manual_seed(0)
+    with cpu, _region.coefficient_mode("compiled"), _region.compiled_with(backend):
+        layer = build().train()
+        x = torch.randn(shape).to(dtype=dtype, memory_format=memory_format)
+
+        def autocast() -> Any:
+            return autocast_to(cpu, dtype, False)
+
+        _step(layer, x, autocast, contextlib.nullcontext(), False)
+        backend.count = KernelCount()
+        _step(layer, x, autocast, contextlib.nullcontext(), False)
+    return backend.count
 
 
 def count_step(
@@ -259,10 +335,19 @@ def count_step(
     dtype: torch.dtype,
     device: torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    *,
+    regions: bool = True,
 ) -> tuple[_Tally, bool, bool]:
     """(tally of a layer's second training step, simulated, whether the output and input
     gradient kept `memory_format`); `build()` makes the layer, on `device` by default (the
-    conformance kit calls this for any variant class)."""
+    conformance kit calls this for any variant class). With `regions`, the compiled regions'
+    kernels are counted (`compiled_regions`, which compiles; see the module docstring);
+    without, they count nothing."""
+    from normbench.variants import _region
+
+    compiled = KernelCount()
+    if regions and _region.active_on(device.type):
+        compiled = compiled_regions(build, shape, dtype, memory_format)
     with on_device(device) as simulated:
         torch.manual_seed(0)  # SaBN draws its branch affine at random
         with device:  # the default device of the layer's factory calls
@@ -273,12 +358,17 @@ def count_step(
             return autocast_to(device, dtype, simulated)
 
         # the first step may initialise state (UBN); counted too (host reads need stand-ins)
-        _step(layer, x, autocast, TrafficCounter(device.type), simulated)
+        first = TrafficCounter(device.type)
+        with _region.intercepted(first.run_region):
+            _step(layer, x, autocast, first, simulated)
         counter = TrafficCounter(device.type, x.numel())
-        y, dx = _step(layer, x, autocast, counter, simulated)
+        with _region.intercepted(counter.run_region):
+            y, dx = _step(layer, x, autocast, counter, simulated)
         kept = y.is_contiguous(memory_format=memory_format) and (
             dx is None or dx.is_contiguous(memory_format=memory_format)
         )
+    counter.tally.compiled = compiled
+    counter.tally.kernels += compiled.kernels
     return counter.tally, simulated, kept
 
 
@@ -290,7 +380,8 @@ def measure_layer(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cuda",
 ) -> LayerTraffic:
-    """Bytes read and written, host syncs and the bound of one training step of a layer.
+    """Bytes read and written, kernels, host syncs and the bound of one training step of a
+    layer.
 
     `name`: a registered variant (built-in or plugin), built with `options` at shape[1]
     channels; `shape` (N, C, H, W); `dtype` the input's (bf16/fp16 run under autocast to it,
@@ -307,7 +398,7 @@ def measure_layer(
         return create_norm(name, shape[1], **options)
 
     tally, simulated, _ = count_step(build, shape, dtype, device)
-    _, _, kept = count_step(build, shape, dtype, device, torch.channels_last)
+    _, _, kept = count_step(build, shape, dtype, device, torch.channels_last, regions=False)
     ref = _reference(shape, dtype, device)
     return LayerTraffic(
         name=name,
@@ -328,6 +419,10 @@ def measure_layer(
         bound_bytes=int(BOUND_FACTOR * (ref.act_read + ref.act_written)),
         bound_written=int(BOUND_FACTOR * ref.act_written),
         channels_last_kept=kept,
+        compiled_kernels=tally.compiled.kernels,
+        compiled_bytes=tally.compiled.bytes,
+        conv_kernels=tally.conv_kernels,
+        bound_kernels=KERNEL_FACTOR * ref.kernels + tally.conv_kernels,
     )
 
 

@@ -8,7 +8,10 @@ and `.bias` attributes (None allowed), class attributes `paper: str` and `batch_
 and `forward(x)` returning a tensor of x's shape and dtype. Optional: `global_stats: bool`, True
 when a batch-dependent layer computes its statistics over every device's batch inside
 `normbench.variants.global_statistics` (docs/variants.md#plugin-global-statistics); without it,
-`stats_scope: global` on several devices is refused for the layer.
+`stats_scope: global` on several devices is refused for the layer; `conditioning: str`, what
+forward takes besides x: "index" (a branch index with a default, still a `norm_layer(C)`) or
+"style" (`forward(x, style)`, AdaIN: refused in one line by `norm_layer` and by suite validation
+wherever a backbone would call it as a plain norm layer).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from normbench.registry import kind_registry
 _CONTRACT_KEYWORDS = ("eps", "momentum", "device", "dtype")
 _NOT_OPTIONS = ("device", "dtype")  # placement, not behaviour: never a suite option
 _YAML_SCALARS = (type(None), bool, int, float, str)
+# What a layer's forward takes besides x (docs/variants.md#contract point 5): nothing, a branch
+# index (docs/variants.md#branch-index) or the style features (docs/variants.md#adain).
+CONDITIONING = (None, "index", "style")
 
 
 def _builtin_variants() -> dict[str, type]:
@@ -33,13 +39,40 @@ def _builtin_variants() -> dict[str, type]:
     return BUILTIN_VARIANTS
 
 
+def plain_norm(cls: Any) -> bool:
+    """Whether `cls` is a plain `norm_layer(C)` (`normbench.variants.plain_norm`)."""
+    from normbench.variants import plain_norm as is_plain
+
+    return is_plain(cls)
+
+
+def slot_problem(name: str, cls: Any, slot: str | None) -> str | None:
+    """Why variant `name` cannot fill a norm slot that passes `slot` besides x (None: a
+    plain `norm_layer(C)` slot, "style": a style network's, forward(x, style)), or None."""
+    kind = getattr(cls, "conditioning", None)
+    if slot == "style" and kind != "style":
+        return (
+            f"variant {name!r} is not style-conditioned, but this norm slot passes the style "
+            "features (forward(x, style)); use a layer with conditioning 'style' such as adain "
+            "or saadain (docs/variants.md#adain)"
+        )
+    if slot != "style" and kind == "style":
+        return (
+            f"variant {name!r} takes the {kind} features as a second input (forward(x, {kind}), "
+            f"conditioning {kind!r}), so it cannot be a backbone's norm_layer(C); it is a layer "
+            "of a style network (backbone adain_vgg19, docs/variants.md#adain)"
+        )
+    return None
+
+
 def variant_rules(
     name: str, cls: Any, options: dict[str, Any], build: bool, context: dict[str, Any]
 ) -> list[OptionProblem]:
     """The variants' own option rules (normbench.options, step 3): a batch-dependent layer
     cannot train at batch size 1; with `build`, the layer is built at every width (on the meta
-    device), and with `decay_toward="identity"` in the context it must name its identity
-    affine (`identity_targets`)."""
+    device), a plugin layer is also run at every width (`_plugin_run_problems`), and with
+    `decay_toward="identity"` in the context it must name its identity affine
+    (`identity_targets`)."""
     if context.get("batch_size") == 1 and getattr(cls, "batch_dependent", False):
         return [
             OptionProblem(
@@ -49,6 +82,9 @@ def variant_rules(
                 context="batch_size",
             )
         ]
+    slot = slot_problem(name, cls, context.get("_slot"))
+    if context.get("widths") is not None and slot:  # the backbone calls the layer
+        return [OptionProblem(slot)]
     identity = context.get("decay_toward") == "identity"
     for width in sorted(context.get("widths") or ()) if build else ():
         where = context.get("_where") or ""
@@ -73,7 +109,36 @@ def variant_rules(
                     context="decay_toward",
                 )
             ]
+    if build and cls not in _builtin_variants().values():  # plugin code: run it everywhere
+        return _plugin_run_problems(name, cls, options, context)
     return []
+
+
+def _plugin_run_problems(
+    name: str, cls: Any, options: dict[str, Any], context: dict[str, Any]
+) -> list[OptionProblem]:
+    """A plugin layer run (train with backward, and eval) at every width the backbone gives
+    it, at the training batch size: one that works only at some widths is refused at
+    validation, before Ray starts, not in every trial."""
+    batch = max(int(context.get("batch_size") or 4), 2)
+    where = context.get("_where") or ""
+    for width in sorted(context.get("widths") or ()):
+        problem = _run_variant(cls, width, batch, freeze(options))
+        if problem:
+            return [
+                OptionProblem(
+                    f"variant {name!r} fails at a {width}-channel layer{where} (train and eval "
+                    f"forward of a ({batch}, {width}, 4, 4) batch): {problem}"
+                )
+            ]
+    return []
+
+
+@functools.cache
+def _run_variant(
+    cls: type, width: int, batch: int, options: tuple[tuple[str, Any], ...]
+) -> str | None:
+    return behaviour_at(cls, width, batch, dict(options))
 
 
 @functools.cache
@@ -148,6 +213,12 @@ def list_variants() -> list[str]:
     return VARIANTS.names()
 
 
+def plain_variants() -> list[str]:
+    """The registered variants that are plain `norm_layer(C)`s (not style-conditioned), sorted:
+    what the benchmarks of a backbone's norm layers measure."""
+    return [name for name in VARIANTS.names() if plain_norm(VARIANTS.get(name).obj)]
+
+
 def _option_params(cls: type) -> list[inspect.Parameter]:
     """Constructor parameters after num_features that a suite may set."""
     params = list(inspect.signature(cls).parameters.values())[1:]
@@ -178,9 +249,16 @@ def create_norm(name: str, num_features: int, **options: Any) -> Any:
         ) from exc
 
 
-def norm_layer(name: str, **options: Any) -> Callable[[int], Any]:
-    """A torchvision-style `norm_layer(C)` factory for a registered variant."""
+def norm_layer(
+    name: str, *, conditioning: str | None = None, **options: Any
+) -> Callable[[int], Any]:
+    """A torchvision-style `norm_layer(C)` factory for a registered variant, for norm slots
+    that pass `conditioning` besides x (None: x alone; "style": a style network's slot).
+    Raises UserError for a layer that does not fit the slot (`slot_problem`)."""
     entry = VARIANTS.get(name)
+    problem = slot_problem(entry.name, entry.obj, conditioning)
+    if problem:
+        raise UserError(problem)
     VARIANTS.require_options(entry.name, options)
     return functools.partial(entry.obj, **options)
 
@@ -229,21 +307,32 @@ def _class_problem(cls: Any) -> str | None:
         return "must define the class attribute batch_dependent: bool"
     if not isinstance(getattr(cls, "global_stats", False), bool):
         return "the class attribute global_stats must be a bool (True: supports stats_scope global)"
+    if getattr(cls, "conditioning", None) not in CONDITIONING:
+        return (
+            f"the class attribute conditioning must be absent or one of {list(CONDITIONING[1:])}"
+            f", got {getattr(cls, 'conditioning', None)!r}"
+        )
     return None
 
 
-def _behaviour_problem(cls: type) -> str | None:
-    """Build cls(8) and run train (with backward) and eval forwards on a (4, 8, 5, 5) batch."""
+def _behaviour_problem(
+    cls: type, width: int = 8, batch: int = 4, size: int = 5, **options: Any
+) -> str | None:
+    """Build cls(width, **options) and run train (with backward) and eval forwards on a
+    (batch, width, size, size) batch (and a (batch, width, 3, 3) style for a style-conditioned
+    layer)."""
     import torch
 
-    layer = cls(8)
+    layer = cls(width, **options)
     for attr in ("weight", "bias"):
         if not hasattr(layer, attr):
             return f"has no .{attr} attribute (set it to None when there is none)"
-    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    x = torch.randn(batch, width, size, size, requires_grad=True)
+    style = getattr(cls, "conditioning", None) == "style"
+    extra = (torch.randn(batch, width, 3, 3),) if style else ()
     for training in (True, False):
         layer.train(training)
-        y = layer(x)
+        y = layer(x, *extra)
         if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.dtype != x.dtype:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             return (
@@ -275,6 +364,20 @@ def check_variant_contract(cls: Any) -> str | None:
         return f"fails the contract check: {describe_failure(exc)}"
 
 
+def behaviour_at(cls: Any, width: int, batch: int, options: dict[str, Any]) -> str | None:
+    """How `cls(width, **options)` fails a train (with backward) and eval forward of a
+    (batch, width, 4, 4) batch, or None; run under a forked RNG (suite validation calls it for
+    plugin layers at every width a backbone gives them, before Ray starts)."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _behaviour_problem(cls, width, batch, 4, **options)
+    except BaseException as exc:  # plugin code: sys.exit() included
+        return describe_failure(exc)
+
+
 def _json_safe(value: Any) -> Any:
     if _is_yaml_value(value):
         return list(value) if isinstance(value, tuple) else value
@@ -302,6 +405,7 @@ def variant_info(name: str) -> dict[str, Any]:
         "options": {k: _json_safe(v) for k, v in variant_options(cls).items()},
         "params_per_channel": None,
         "batch_dependent": getattr(cls, "batch_dependent", None),
+        "conditioning": getattr(cls, "conditioning", None),
         "source": entry.source,
     }
     try:

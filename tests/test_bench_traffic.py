@@ -85,17 +85,79 @@ def test_bn_moves_its_input_output_and_gradients_once() -> None:
     assert result.host_syncs == result.host_copies == 0 and result.within_bound
 
 
+# the heavier code paths: four ghost batches; IN's running statistics (its compiled region)
+OPTIONS = {
+    "ghost_bn": {"ghost_batch_size": 2},
+    "in": {"track_running_stats": True, "momentum": None},
+}
+OVER_KERNELS = {"ubn": "its similarity, decision and buffer updates: 17 compiled kernels"}
+
+
 @pytest.mark.parametrize("name", ["bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn",
-                                  "ghost_bn", "ubn", "fourthings", "layernorm2d", "rmsnorm2d",
-                                  "gn1", "brn", "frn(no TLU)"])  # fmt: skip
+                                  "ghost_bn", "ubn", "fourthings", "ccbn", "layernorm2d",
+                                  "rmsnorm2d", "gn1", "brn", "frn(no TLU)"])  # fmt: skip
 def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) -> None:
-    options: dict = {"ghost_batch_size": 2} if name == "ghost_bn" else {}  # four ghost batches
+    """Bytes, host syncs, channels_last, and kernels per step (the compiled coefficient
+    regions' as Inductor's Triton backend fuses them) at most 4x BN's plus convolutions."""
+    options = OPTIONS.get(name, {})
     if name == "frn(no TLU)":
         name, options = "frn", {"apply_act": False}
     result = measure_layer(name, options, shape=SHAPE)
     assert result.host_syncs == 0 and result.host_copies == 0, name
-    assert result.norm_bytes <= result.bound_bytes and result.within_bound, result
+    assert result.norm_bytes <= result.bound_bytes, result
+    assert result.norm_written <= result.bound_written, result
     assert result.channels_last_kept, f"{name} dropped channels_last"
+    assert result.bound_kernels == 4 * 5 + result.conv_kernels  # BN: 5 kernels
+    from normbench.variants import _region
+
+    with _region.coefficient_mode("eager"):  # the regions hide no read of x (UBN's similarity)
+        eager = measure_layer(name, options, shape=SHAPE)
+    assert (eager.activation_read, eager.activation_written) == (
+        result.activation_read,
+        result.activation_written,
+    ), name
+    if name in OVER_KERNELS:  # known, and reported by bench traffic as over the bound
+        assert result.bound_kernels < result.kernels <= 2 * result.bound_kernels, result
+    else:
+        assert result.kernels <= result.bound_kernels and result.within_bound, result
+
+
+def test_eager_coefficients_are_over_the_kernel_bound() -> None:
+    """The kernel count has teeth: IEBN's coefficient math run eagerly on CUDA (as before the
+    compiled regions) is dozens of tiny kernels, over the bound; compiled, a handful."""
+    from normbench.variants import _region
+
+    compiled = measure_layer("iebn", shape=SHAPE)
+    with _region.coefficient_mode("eager"):
+        eager = measure_layer("iebn", shape=SHAPE)
+    assert eager.compiled_kernels == 0 and eager.kernels > 2 * eager.bound_kernels, eager
+    assert 0 < compiled.compiled_kernels < compiled.kernels <= compiled.bound_kernels, compiled
+
+
+def test_inductor_kernels_count_the_triton_schedule() -> None:
+    """A reduction and its backward, by hand: Inductor's Triton backend makes one kernel each
+    (forward reads a, writes the (16,) sums; backward reads their gradient, writes a's)."""
+    from normbench.simulate import InductorKernels
+
+    backend = InductorKernels()
+    fn = torch.compile(lambda t: (t * 2).sum(dim=0), backend=backend, fullgraph=True)
+    a = torch.randn(8, 16, requires_grad=True)
+    fn(a).backward(torch.ones(16))
+    torch.testing.assert_close(a.grad, torch.full((8, 16), 2.0))
+    assert (backend.count.kernels, backend.count.bytes) == (2, 2 * (8 * 16 + 16) * 4)
+
+
+@pytest.mark.parametrize("groups", [48, 24, 144])  # whole rows, straddling, split rows
+def test_bgn_spatial_groups_of_any_shape_are_within_the_bound(groups: int) -> None:
+    """At 16x6x6, G = 24 groups of 24 positions straddle two channels (36 positions each),
+    G = 144 groups of 4 split rows of 6: both on a view of x, like whole-row groups. Bytes
+    and host syncs, with the coefficients eager (their kernels: bench traffic's report)."""
+    from normbench.variants import _region
+
+    options = {"num_groups": groups, "allow_spatial_groups": True}
+    with _region.coefficient_mode("eager"):  # no compile: seconds, not tens of seconds
+        result = measure_layer("bgn", options, shape=SHAPE)
+    assert result.within_traffic_bound and result.channels_last_kept, result
 
 
 # Element-wise non-linear layers on composite ops: over the bound until they have fused kernels
@@ -149,7 +211,15 @@ def fresh() -> Iterator[None]:
     registry._reset_all()
 
 
-def test_report_through_the_cli_lists_every_layer_and_a_plugin_over_the_bound(
+def _rows(text: str) -> dict[str, list[str]]:
+    return {
+        cells[0]: cells
+        for line in text.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+
+
+def test_report_through_the_cli_lists_layers_and_a_plugin_over_the_bound(
     tmp_path: Path, fresh: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from normbench.bench import traffic as traffic_report
@@ -159,19 +229,46 @@ def test_report_through_the_cli_lists_every_layer_and_a_plugin_over_the_bound(
     plugin = tmp_path / "plugin.py"
     plugin.write_text(textwrap.dedent(HOST_SYNC_PLUGIN))
     out = tmp_path / "traffic.md"
+    layers = "bn,iebn,syncing_bn"
+    args = ["bench", "traffic", "--quick", "--plugin", str(plugin), "--output", str(out)]
     with pytest.raises(SystemExit) as info:
-        main(["bench", "traffic", "--quick", "--plugin", str(plugin), "--output", str(out)])
+        main([*args, "--layers", layers])
     assert info.value.code == 0
     text = out.read_text()
-    rows = {
-        cells[0]: cells
-        for line in text.splitlines()
-        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
-    }
-    for name in ("bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ubn", "fourthings",
-                 "ghost_bn ghost_batch_size=2"):  # fmt: skip
+    rows = _rows(text)
+    assert set(rows) >= {"bn", "iebn", "iebn momentum=None", "syncing_bn"}
+    assert "gn" not in rows
+    for name in ("bn", "iebn", "iebn momentum=None"):
         assert rows[name][-1] == "pass", rows[name]
-    assert rows["syncing_bn"][8] == "1" and rows["syncing_bn"][-1] == "**over**"
-    assert "- **syncing_bn**" in text.split("| layer |")[0]
+    assert int(rows["iebn"][8]) > 0 and rows["bn"][8] == "0"  # compiled kernels
+    assert rows["syncing_bn"][10] == "1" and rows["syncing_bn"][-1] == "**over**"
+    assert "- **syncing_bn**: host syncs: 1" in text.split("| layer |")[0]
     assert "| triton |" in text and "| measured on |" in text
     assert traffic._REFERENCES  # BN measured once per input and reused
+    with pytest.raises(SystemExit) as info:
+        main([*args[:-1], str(tmp_path / "not.md"), "--layers", "bn,nosuch"])
+    assert info.value.code == 2 and not (tmp_path / "not.md").exists()
+
+
+def test_compiled_report_counts_inductor_kernels_and_bytes(tmp_path: Path) -> None:
+    """`--compile`: BN compiled whole by Inductor on this CPU; its kernels access at least
+    the five activation tensors a training step must move (x and y forward, g, x and dx
+    backward), in bf16."""
+    from normbench.bench import traffic_compiled
+    from normbench.cli import main
+
+    out = tmp_path / "compiled.md"
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "traffic", "--compile", "--quick", "--layers", "bn", "--output", str(out)])
+    assert info.value.code == 0
+    row = _rows(out.read_text())["bn"]
+    kernels, mib, ratio = int(row[1]), float(row[2]), row[3]
+    activation = torch.Size(traffic_compiled_shape()).numel() * 2 / 2**20
+    assert kernels >= 2 and 5 * activation <= mib < 40 * activation and ratio == "1.00", row
+    assert traffic_compiled.DEFAULT_LAYERS[0] == "bn"
+
+
+def traffic_compiled_shape() -> tuple[int, ...]:
+    from normbench.bench.traffic import QUICK_SHAPE
+
+    return QUICK_SHAPE

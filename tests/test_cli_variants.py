@@ -16,12 +16,19 @@ from normbench.cli import main
 # RBN: gamma, beta, w_m, w_v, b_v (docs/variants.md#rbn).
 # BNET k=3: 3x3 depthwise kernel + bias = 9 + 1 (docs/variants.md#bnet).
 # SaBN K=1: shared gamma_sa, beta_sa + one embedding row of 2C (docs/variants.md#sabn).
+# CCBN K=1: one embedding row of 2C, no shared affine (docs/variants.md#ccbn).
 # UBN defaults: RBN calibrations w_m, w_v, b_v + BNET kernel and bias = 3 + 10
-# (docs/variants.md#ubn).
+# (docs/variants.md#ubn). AdaIN: none (its affine is the style's); SaAdaIN: gamma_sa, beta_sa
+# (docs/variants.md#adain).
 HAND_COUNT = {"bn": 2, "in": 2, "gn": 2, "iebn": 4, "rbn": 5, "bnet": 10, "sabn": 4,
-              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2}  # fmt: skip
-# Only IN and GN compute statistics per sample; FourThings' default group is the whole batch.
-BATCH_DEPENDENT = {name: name not in ("in", "gn") for name in HAND_COUNT}
+              "bgn": 2, "ghost_bn": 2, "ubn": 13, "fourthings": 2, "ccbn": 2, "adain": 0,
+              "saadain": 2}  # fmt: skip
+# Only IN, GN and the AdaINs compute statistics per sample; FourThings' default group is the
+# whole batch.
+BATCH_DEPENDENT = {name: name not in ("in", "gn", "adain", "saadain") for name in HAND_COUNT}
+# What forward takes besides x: SaBN and CCBN a branch index, the AdaINs the style features.
+FORWARD = {**dict.fromkeys(HAND_COUNT, "x"), "sabn": "x, index", "ccbn": "x, index",
+           "adain": "x, style", "saadain": "x, style"}  # fmt: skip
 # The modern comparison (docs/variants.md#the-layers-convnets-compare-against-today), at the
 # listing's 64 channels: LN2d, GN1, BRN gamma, beta; RMSNorm2d gamma only; FRN gamma, beta,
 # tau; EvoNorm gamma, beta, v; DyT gamma, beta and one alpha for the layer (1/64 per channel).
@@ -58,6 +65,7 @@ def test_json_lists_all_builtins_with_hand_counted_parameters(
         assert row["params_per_channel"] == count, name
         assert row["batch_dependent"] is BATCH_DEPENDENT[name], name
         assert row["source"] == "built-in" and row["paper"], name
+        assert row["conditioning"] == {"x": None}.get(FORWARD[name], FORWARD[name][3:]), name
         assert row["options"]["eps"] == 1e-5 and row["options"]["momentum"] == 0.1, name
     for name, count in MODERN_COUNT.items():
         row = rows[name]
@@ -79,10 +87,13 @@ def test_piped_table_has_one_unwrapped_line_per_builtin(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "normbench variants"
-    assert lines[1].split() == ["name", "options", "params/ch", "batch-dep.", "source", "paper"]
+    assert lines[1].split() == [
+        "name", "options", "params/ch", "batch-dep.", "forward", "source", "paper"
+    ]  # fmt: skip
     for name, count in HAND_COUNT.items():
         (row,) = [line for line in lines if line.split()[0] == name]
         assert f" {count} " in row and " built-in " in row, row
+        assert f" {FORWARD[name]} " in row, row
     (bgn,) = [line for line in lines if line.startswith("bgn ")]
     assert "num_groups=32 allow_spatial_groups=False" in bgn  # an option value is never split
     assert "eps=1e-05 and momentum=0.1" in out

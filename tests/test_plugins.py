@@ -260,3 +260,64 @@ def test_option_hook_is_the_same_door_for_create_norm_and_suites(fresh: None) ->
     (gn,) = VARIANTS.check_options("gn", {"num_groups": 12}, widths=widths)
     assert gn.option == "num_groups" and "[16, 32, 64]" in gn.message
     assert VARIANTS.check_options("gn", {}, widths=widths) == []  # the default 32 may fall back
+
+
+WIDTH_LIMITED = """
+import torch
+from torch import nn
+
+from normbench import register_variant
+
+
+@register_variant("octet_norm")
+class OctetNorm(nn.Module):
+    \"\"\"Normalizes groups of 8 channels: builds at any width, runs only at multiples of 8.\"\"\"
+
+    paper = "A test plugin (nowhere 2026)"
+    batch_dependent = False
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        g = x.reshape(n, c // 8, 8, h, w)  # fails unless c is a multiple of 8
+        y = (g - g.mean((2, 3, 4), keepdim=True)) / (g.var((2, 3, 4), keepdim=True) + 1e-5).sqrt()
+        return y.reshape(n, c, h, w) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+"""
+
+
+def test_a_plugin_layer_that_fails_at_one_width_is_refused_before_ray(
+    fresh: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Registration runs the layer at 8 channels (it passes); suite validation runs it at
+    every width the backbone gives it (ResNet-20 at width 4: 4, 8, 16) and refuses the suite
+    at 4, in one line, with nothing written and before Ray starts."""
+    _write(tmp_path, "octet.py", WIDTH_LIMITED)
+    suite = _write(tmp_path, "s.yaml", """
+        version: 1
+        name: octet
+        plugins: [octet.py]
+        dataset: {name: synthetic, image_size: 8, n_train: 64, n_test: 16, num_classes: 4}
+        backbones: [{name: resnet20, options: {width: 4}}]
+        variants: [octet_norm]
+        batch_sizes: [16]
+        train: {epochs: 1, device: cpu}
+    """)  # fmt: skip
+    run = tmp_path / "run"
+    for dry in ([], ["--dry-run"]):
+        code, _, err = _run(["run", str(suite), "--output", str(run), *dry], capsys)
+        (line,) = err.splitlines()
+        assert code == 2 and "variant 'octet_norm' fails at a 4-channel layer" in line
+        assert "(16, 4, 4, 4) batch" in line and "invalid for input of size" in line
+        assert not run.exists()
+    assert create_norm("octet_norm", 8)(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
+
+
+def test_a_plugin_folder_is_named_as_a_folder(tmp_path: Path, capsys) -> None:
+    code, _, err = _run(["variants", "--plugin", str(tmp_path)], capsys)
+    assert code == 2 and err.strip() == (
+        f"normbench: error: plugin file {str(tmp_path)!r} is a directory, not a Python file"
+    )

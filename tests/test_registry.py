@@ -174,7 +174,7 @@ def test_failing_builtins_leave_the_registry_retryable() -> None:
 
 # -- the real built-ins -------------------------------------------------------------------
 BUILTIN_NAMES = ("bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ghost_bn", "ubn",
-                 "fourthings")  # fmt: skip
+                 "fourthings", "ccbn")  # fmt: skip
 
 
 @pytest.fixture()

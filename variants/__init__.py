@@ -7,7 +7,8 @@ through the same call a plugin uses.
 
 from __future__ import annotations
 
-from normbench.variants._core import FxLeaf, check_input
+from normbench.variants._branch import BranchIndexed, branch_index
+from normbench.variants._core import FxLeaf, check_input, plain_norm
 from normbench.variants._fused import (
     all_sum,
     fused_instance_affine,
@@ -19,10 +20,12 @@ from normbench.variants._fused import (
     statistics_ranks,
     stats_dtype,
 )
+from normbench.variants.adain import AdaptiveInstanceNorm2d, SandwichAdaptiveInstanceNorm2d
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
 from normbench.variants.brn import BatchRenorm2d
+from normbench.variants.ccbn import CategoricalConditionalBatchNorm2d
 from normbench.variants.dyt import DynamicTanh2d
 from normbench.variants.evonorm import EvoNormB0, EvoNormS0
 from normbench.variants.fourthings import FourThingsNorm2d
@@ -59,15 +62,25 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "evonorm_s0": EvoNormS0,
     "dyt": DynamicTanh2d,
     "brn": BatchRenorm2d,
+    "ccbn": CategoricalConditionalBatchNorm2d,
+    # style-conditioned (forward(x, style)): the style transfer task's, not a norm_layer(C)
+    "adain": AdaptiveInstanceNorm2d,
+    "saadain": SandwichAdaptiveInstanceNorm2d,
 }
 
-# For plugins: `FxLeaf` and `check_input` (traceable input checks), `statistics_precision` and
-# `stats_dtype` (fp32 statistics under autocast), `all_sum` ... `statistics_ranks` (global
-# statistics across data-parallel ranks, docs/variants.md#plugin-global-statistics).
+# For plugins: `plain_norm` (whether a layer is a plain `norm_layer(C)`), `BranchIndexed` and
+# `branch_index` (layers with K branches chosen by an index the task sets,
+# docs/variants.md#branch-index), `FxLeaf` and `check_input` (traceable input checks),
+# `statistics_precision` and `stats_dtype` (fp32 statistics under autocast), `all_sum` ...
+# `statistics_ranks` (global statistics across data-parallel ranks,
+# docs/variants.md#plugin-global-statistics).
 __all__ = [
     *(c.__name__ for c in BUILTIN_VARIANTS.values()),
     "BUILTIN_VARIANTS",
     "sabn_index",
+    "plain_norm",
+    "BranchIndexed",
+    "branch_index",
     "FxLeaf",
     "check_input",
     "statistics_precision",

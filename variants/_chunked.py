@@ -18,5 +18,5 @@ def chunk_length(batch: int, *, ghost_batch_size: int, num_splits: int | None) -
 
 def chunk_sizes(batch: int, chunk: int) -> list[int]:
     """Sizes of the contiguous chunks: full ones, then a short last one if N % chunk != 0."""
-    full, rest = divmod(batch, chunk)
+    full, rest = batch // chunk, batch % chunk
     return [chunk] * full + ([rest] if rest else [])

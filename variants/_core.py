@@ -22,6 +22,7 @@ kernel with ones and crash on RBN's `weight=None`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,6 +45,18 @@ def check_input(layer: nn.Module, x: torch.Tensor, num_features: int) -> None:
             f"{type(layer).__name__} was built for {num_features} channels, "
             f"got input of shape {tuple(x.shape)}"
         )
+
+
+# A layer's `conditioning` class attribute names what its forward needs besides x: none (a
+# plain norm layer), "index" (a branch index with a default, `_branch.BranchIndexed`: still
+# callable as forward(x)), "style" (the style features, `adain`: forward(x, style)).
+PLAIN_CONDITIONING = (None, "index")
+
+
+def plain_norm(cls: Any) -> bool:
+    """Whether `cls` is a plain `norm_layer(C)`: built with the channel count alone and called
+    as forward(x), as a backbone's norm slots call it (docs/variants.md#contract)."""
+    return getattr(cls, "conditioning", None) in PLAIN_CONDITIONING
 
 
 def check_batch_statistics(layer: nn.Module, x: torch.Tensor, values_per_stat: int) -> None:
@@ -150,7 +163,7 @@ def factor_tensor(
     if enabled is None:
         counter.add_(1)
         return 1.0 / counter.to(dtype) if momentum is None else momentum
-    counter.add_(enabled.to(counter.dtype))
+    counter.add_(enabled)  # int64 += bool
     factor = (
         1.0 / counter.clamp_min(1).to(dtype)
         if momentum is None
@@ -252,21 +265,35 @@ def batch_norm_instances(
     every rank's batch, so this is SyncBatchNorm. x: (N, C, H, W); weight, bias: (C,) or None.
     """
     plane = x.shape[2] * x.shape[3]
-
-    def coefficients(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, batch_var = batch_moments(mean, var)
-        if update_running:
-            update_running_stats(module, mu, batch_var, mean.shape[0] * plane, momentum)
-        invstd = torch.rsqrt(batch_var + eps)
-        scale = invstd.expand_as(mean)  # (N, C)
-        at_mean = (mean - mu) * invstd
-        if weight is not None:
-            scale, at_mean = scale * weight, at_mean * weight
-        if bias is not None:
-            at_mean = at_mean + bias
-        return scale, at_mean
-
+    coefficients = partial(
+        _bn_coefficients, module, plane, update_running, momentum, eps, weight, bias
+    )
     return fused_instance_affine(x, coefficients)
+
+
+def _bn_coefficients(
+    module: nn.Module,
+    plane: int,
+    update_running: bool,
+    momentum: float | None,
+    eps: float,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, Y) of `batch_norm_instances` from the per-instance moments (N, C)."""
+    mu, batch_var = batch_moments(mean, var)
+    if update_running:
+        update_running_stats(module, mu, batch_var, mean.shape[0] * plane, momentum)
+    invstd = torch.rsqrt(batch_var + eps)
+    scale = invstd.expand_as(mean)  # (N, C)
+    at_mean = (mean - mu) * invstd
+    if weight is not None:
+        scale, at_mean = scale * weight, at_mean * weight
+    if bias is not None:
+        at_mean = at_mean + bias
+    return scale, at_mean
 
 
 def register_bn_buffers(

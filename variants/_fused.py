@@ -23,7 +23,9 @@ differentiates them) and writes y. Three implementations of the same function:
   On CPU a fresh full-size tensor costs a page-faulting allocation, so the centred temporaries
   live in cache-sized chunks of samples. On CUDA the four passes are Triton kernels
   (`_kernels`, one `normbench::` operator each) that read x (and g) once per pass and write
-  only y or dx: about BN's memory traffic (docs/variants.md#memory-traffic). Neither backward
+  only y or dx: about BN's memory traffic (docs/variants.md#memory-traffic); there the
+  coefficient math runs as one compiled region (`_region`: a few fused kernels instead of one
+  launch per op, docs/variants.md#kernel-launches). Neither backward
   is `once_differentiable`: under create_graph (double backward, gradient penalties) they
   switch to differentiable ops.
 * Under `torch.compile` or a `torch.func` transform, on other devices, and for float64 on
@@ -59,7 +61,7 @@ from typing import Any
 
 import torch
 
-from . import _kernels
+from . import _kernels, _region
 from ._scope import (  # noqa: F401  (re-exported: `_fused` was their home)
     _Scope,
     all_sum,
@@ -143,15 +145,27 @@ def _grad_reductions(
     return sums, dots
 
 
+def _transformed() -> bool:
+    """Inside a `torch.func` transform (vmap, grad, ...)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def _backend(x: torch.Tensor) -> str | None:
     """ "cpu" (chunked kernels), "cuda" (Triton kernels) or None (composite ops): the
     Functions run eagerly, without a torch.func transform, on a CPU or a kernel-ready CUDA
     tensor (see the module docstring)."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+    if torch.compiler.is_compiling() or _transformed():
         return None
     if x.device.type == "cpu":
         return "cpu"
     return "cuda" if _kernels.available(x) else None
+
+
+def accelerator_path(x: torch.Tensor) -> bool:
+    """Whether `x` takes the accelerator's code path: off the CPU, or on it with the
+    coefficients forced compiled (`_region.coefficient_mode("compiled")`: how the tests and
+    `normbench bench traffic` run that path without a GPU). GN takes `F.group_norm` otherwise."""
+    return x.device.type != "cpu" or _region.forced()
 
 
 def _fast_path(x: torch.Tensor) -> bool:
@@ -186,14 +200,15 @@ class _InstanceMoments(torch.autograd.Function):
     def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> Any:
         x, mean = ctx.saved_tensors
         hw = x.shape[2] * x.shape[3]
+        affine, ctx.handoff.grad = ctx.handoff.grad, None
+        if ctx.cuda and not torch.is_grad_enabled():  # the kernel scales p and q itself
+            g, a = affine if affine is not None else (None, None)
+            dx = _kernels.instance_input_grad(x, mean, g_var, g_mean, g, a, 2.0 / hw, 1.0 / hw)
+            return dx, None, None
         p, q = 2.0 * g_var / hw, g_mean / hw
         if torch.is_grad_enabled():  # double backward: differentiable in x
             centred = x.to(mean.dtype) - _nc11(x.to(mean.dtype).mean(dim=(2, 3)))
             return (centred * _nc11(p) + _nc11(q)).to(x.dtype), None, None
-        affine, ctx.handoff.grad = ctx.handoff.grad, None
-        if ctx.cuda:
-            g, a = affine if affine is not None else (None, None)
-            return _kernels.instance_input_grad(x, mean, p, q, g, a), None, None
         return _input_grad(x, mean, p, q, affine), None, None
 
 
@@ -233,7 +248,9 @@ class _InstanceAffine(torch.autograd.Function):
             s_g, s_gc = sums(g, x, mean)
             if ctx.needs_input_grad[0]:  # NOTE: x's moments node needs d/dm, so it runs next
                 ctx.handoff.grad = (g, scale)
-        return grad_x, -s_g * scale, s_gc, s_g, None, None
+        # the mean's term −A·S_g; none for a detached mean (the compiled region owns it)
+        grad_mean = -s_g * scale if ctx.needs_input_grad[1] else None
+        return grad_x, grad_mean, s_gc, s_g, None, None
 
 
 def _input_grad(
@@ -301,17 +318,22 @@ def fused_instance_affine(
 
     x: (N, C, H, W), any floating dtype; m, v: the per-instance moments of x (N, C) in at least
     fp32. `coefficients` may update buffers under `torch.no_grad()` (running statistics); it
-    runs with autocast disabled. Inside `global_statistics` it sees every rank's moments unless
-    `across_ranks` is False (a batch-independent layer: IN, GN). Returns y with x's shape,
-    dtype and memory format.
+    runs with autocast disabled. On CUDA it runs as a compiled region (`_region`) when it is a
+    bound method or a `functools.partial` of one (a closure runs eagerly). Inside
+    `global_statistics` it sees every rank's moments unless `across_ranks` is False (a
+    batch-independent layer: IN, GN). Returns y with x's shape, dtype and memory format.
     """
     with statistics_precision(x):
         backend = _backend(x)
         if backend is not None:
             handoff, cuda = _Handoff(), backend == "cuda"
             mean, var = _InstanceMoments.apply(x, handoff, cuda)
-            scale, at_mean = _global_coefficients(coefficients, mean, var, params, across_ranks)
-            return _InstanceAffine.apply(x, mean, scale, at_mean, handoff, cuda)
+            compiled = _region.active(x) and _region.compilable(coefficients)
+            scale, at_mean = _global_coefficients(
+                coefficients, mean, var, params, across_ranks, compiled
+            )
+            centre = mean.detach() if compiled else mean  # see _region: its Y owns d/dm
+            return _InstanceAffine.apply(x, centre, scale, at_mean, handoff, cuda)
         mean, var = instance_moments(x)
         scale, at_mean = _global_coefficients(coefficients, mean, var, params, across_ranks)
         centred = x.to(mean.dtype) - _nc11(mean)
@@ -322,7 +344,10 @@ def fused_instance_affine(
 def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_n weights[n]·x[n], (C, H, W) in at least fp32, no gradient; x (N, C, H, W) in any
     memory format is read once (a Triton operator on CUDA, a mat-vec elsewhere)."""
-    if _backend(x) == "cuda":
+    traced = torch.compiler.is_compiling()  # NOTE: Dynamo answers `_transformed()` True
+    if _backend(x) == "cuda" or (
+        traced and (x.is_cpu or _kernels.available(x)) and x.dtype in _kernels.KERNEL_DTYPES
+    ):  # eager CUDA, or compiled (a region or a model: an operator that reads x once)
         return _kernels.sample_weighted_sum(x, weights)
     n, c, h, w = x.shape
     dtype = stats_dtype(x)
@@ -339,15 +364,21 @@ def _global_coefficients(
     var: torch.Tensor,
     params: tuple[Any, ...],
     across_ranks: bool = True,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`coefficients` on the whole batch's moments (inside `global_statistics`), this rank's rows.
+    """`coefficients` on the whole batch's moments (inside `global_statistics`), this rank's rows;
+    as a compiled region (`_region.run`) if `compiled`.
 
     (A, Y) may broadcast over samples ((1, C) or (C,)): only (R x N, C) results are sliced.
     """
+
+    def evaluate(m: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _region.run(coefficients, m, v, params) if compiled else coefficients(m, v, *params)
+
     if _Scope.group is None or not across_ranks:
-        return coefficients(mean, var, *params)
+        return evaluate(mean, var)
     n = mean.shape[0]
-    scale, at_mean = coefficients(gather_rows(mean), gather_rows(var), *params)
+    scale, at_mean = evaluate(gather_rows(mean), gather_rows(var))
     whole = n * statistics_ranks()
 
     def mine(t: torch.Tensor) -> torch.Tensor:
@@ -373,12 +404,11 @@ def block_moments(
     cpg = channels_per_group
     g, full = c // cpg, n - n % chunk
 
-    def pool(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (K, G)
-        parts = [t[:full].reshape(full // chunk, chunk, c).mean(dim=1)] if full else []
-        if full < n:
-            parts.append(t[full:].mean(dim=0, keepdim=True))  # the short last block
-        rows = torch.cat(parts) if len(parts) > 1 else parts[0]  # (K, C)
-        return rows.reshape(-1, g, cpg).mean(dim=2)
+    def pool(t: torch.Tensor) -> torch.Tensor:  # (N, C) -> (K, G): one reduction per part
+        parts = [t[:full].reshape(full // chunk, chunk, g, cpg).mean(dim=(1, 3))] if full else []
+        if full < n:  # the short last block
+            parts.append(t[full:].reshape(1, n - full, g, cpg).mean(dim=(1, 3)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def expand(t: torch.Tensor) -> torch.Tensor:  # (K, G) -> (N, C)
         k = t.shape[0]

@@ -60,7 +60,9 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _stat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-instance quantity as a contiguous (N, C) float32 tensor."""
+    """A per-instance quantity as a contiguous (N, C) float32 tensor: a no-op for the
+    coefficients' own outputs; a conversion is a kernel the dispatcher sees (and
+    `normbench bench traffic` counts), outside the operators."""
     return t.to(STATS).expand(like.shape[0], like.shape[1]).contiguous()
 
 
@@ -89,45 +91,46 @@ def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.empty_like(mean)
 
 
-@torch.library.custom_op("normbench::instance_affine", mutates_args=())
 def instance_affine(
     x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
 ) -> torch.Tensor:
     """y = (x − mean)·scale + at_mean per (n, c), in x's dtype and memory format."""
+    return _affine(x, *(_stat(t, x) for t in (mean, scale, at_mean)))
+
+
+@torch.library.custom_op("normbench::instance_affine", mutates_args=())
+def _affine(
+    x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
+) -> torch.Tensor:
     y = torch.empty_like(x)
     if x.numel():
         bc, bhw = _blocks(x, elementwise=True)
         c, w, hw = _geometry(x)
         grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        stats = (_stat(mean, x), _stat(scale, x), _stat(at_mean, x))
         _launch(
-            x,
-            "affine",
-            grid,
-            x,
-            y,
-            *stats,
-            c,
-            w,
-            hw,
-            *x.stride(),
-            *y.stride(),
-            BLOCK_C=bc,
-            BLOCK_HW=bhw,
-        )
+            x, "affine", grid,
+            x, y, mean, scale, at_mean, c, w, hw, *x.stride(), *y.stride(),
+            BLOCK_C=bc, BLOCK_HW=bhw,
+        )  # fmt: skip
     return y
 
 
-@instance_affine.register_fake
+@_affine.register_fake
 def _(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor) -> Any:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("normbench::instance_grad_sums", mutates_args=())
 def instance_grad_sums(
     g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """S_g = Σ_hw g and S_gc = Σ_hw g·(x − mean), (N, C) float32 each; reads g and x once."""
+    return _grad_sums(g, x, _stat(mean, x))
+
+
+@torch.library.custom_op("normbench::instance_grad_sums", mutates_args=())
+def _grad_sums(
+    g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     s_g = x.new_empty(x.shape[:2], dtype=STATS)
     s_gc = torch.empty_like(s_g)
     if x.numel():
@@ -135,19 +138,18 @@ def instance_grad_sums(
         grid = (x.shape[0], _cdiv(x.shape[1], bc))
         _launch(
             x, "grad_sums", grid,
-            g, x, _stat(mean, x), s_g, s_gc, *_geometry(x), *x.stride(), *g.stride(),
+            g, x, mean, s_g, s_gc, *_geometry(x), *x.stride(), *g.stride(),
             BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
     return s_g, s_gc
 
 
-@instance_grad_sums.register_fake
+@_grad_sums.register_fake
 def _(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> Any:
     s_g = x.new_empty(x.shape[:2], dtype=STATS)
     return s_g, torch.empty_like(s_g)
 
 
-@torch.library.custom_op("normbench::instance_input_grad", mutates_args=())
 def instance_input_grad(
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -155,34 +157,56 @@ def instance_input_grad(
     q: torch.Tensor,
     g: torch.Tensor | None,
     a: torch.Tensor | None,
+    p_scale: float = 1.0,
+    q_scale: float = 1.0,
 ) -> torch.Tensor:
-    """dx = (x − mean)·p + q (+ g·a) per (n, c), in x's dtype and memory format."""
+    """dx = (x − mean)·p·p_scale + q·q_scale (+ g·a) per (n, c), in x's dtype and memory
+    format (the scales: the moments' 2/(H·W) and 1/(H·W), applied in the kernel)."""
+    stats = [_stat(t, x) for t in (mean, p, q)]
+    a_stat = _stat(a, x) if g is not None and a is not None else None
+    return _input_grad(x, *stats, g, a_stat, p_scale, q_scale)
+
+
+@torch.library.custom_op("normbench::instance_input_grad", mutates_args=())
+def _input_grad(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    g: torch.Tensor | None,
+    a: torch.Tensor | None,
+    p_scale: float,
+    q_scale: float,
+) -> torch.Tensor:
     dx = torch.empty_like(x)
     if x.numel():
         bc, bhw = _blocks(x, elementwise=True)
         c, w, hw = _geometry(x)
         grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        stats = (_stat(mean, x), _stat(p, x), _stat(q, x))
         has_g = g is not None and a is not None
         g_arg = g if g is not None else x
-        a_arg = _stat(a, x) if a is not None else stats[0]  # unread without g
+        a_arg = a if a is not None else mean  # unread without g
         _launch(
             x, "input_grad", grid,
-            x, g_arg, dx, *stats, a_arg,
+            x, g_arg, dx, mean, p, q, a_arg, p_scale, q_scale,
             c, w, hw, *x.stride(), *g_arg.stride(), *dx.stride(),
             HAS_G=has_g, BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
     return dx
 
 
-@instance_input_grad.register_fake
-def _(x: torch.Tensor, mean: Any, p: Any, q: Any, g: Any, a: Any) -> Any:
+@_input_grad.register_fake
+def _(x: torch.Tensor, mean: Any, p: Any, q: Any, g: Any, a: Any, ps: Any, qs: Any) -> Any:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("normbench::sample_weighted_sum", mutates_args=())
 def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ_n weights[n]·x[n], (C, H, W) contiguous float32; reads x once (UBN's similarity)."""
+    return _weighted_sum(x, weights.to(STATS).contiguous())
+
+
+@torch.library.custom_op("normbench::sample_weighted_sum", mutates_args=())
+def _weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     out = x.new_zeros((c, h, w), dtype=STATS)
     if x.numel():
@@ -190,12 +214,22 @@ def sample_weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         grid = (_cdiv(c, bc), _cdiv(h * w, bhw))
         _launch(
             x, "weighted_sum", grid,
-            x, weights.to(STATS).contiguous(), out, n, c, w, h * w, *x.stride(),
+            x, weights, out, n, c, w, h * w, *x.stride(),
             BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
     return out
 
 
-@sample_weighted_sum.register_fake
+@_weighted_sum.register_kernel("cpu")
+def _(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The CPU's (a compiled region on the CPU calls the operator too): a mat-vec."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        flat = weights @ x.permute(0, 2, 3, 1).reshape(n, -1).to(STATS)  # a free view
+        return flat.reshape(h, w, c).permute(2, 0, 1).contiguous()
+    return (weights @ x.reshape(n, -1).to(STATS)).reshape(c, h, w)
+
+
+@_weighted_sum.register_fake
 def _(x: torch.Tensor, weights: torch.Tensor) -> Any:
     return x.new_empty(x.shape[1:], dtype=STATS)

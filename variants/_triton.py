@@ -1,12 +1,12 @@
-"""Triton kernels of the per-instance affine normalisation (`_fused`) on CUDA.
-
-Each kernel reads its full-size operands once and writes at most one full-size result, so a
-layer built on `fused_instance_affine` moves about as many bytes as BN's own kernels
+"""Triton kernels of the per-instance affine normalisation (`_fused`) on CUDA. Each kernel reads
+its full-size operands once and writes at most one full-size result, so a layer built on
+`fused_instance_affine` moves about as many bytes as BN's own kernels
 (docs/variants.md#memory-traffic): forward `moments` (read x) and `affine` (read x, write y);
-backward `grad_sums` (read g, x) and `input_grad` (read g, x, write dx). UBN's similarity adds
-`sample_weighted_sum` (read x). Statistics and arithmetic are fp32 whatever the input dtype
-(fp16, bf16 or fp32; float64 takes the composite path); outputs have the input's dtype and
-memory format: every kernel indexes (n, c, h, w) through the tensors' own strides.
+backward `grad_sums` (read g, x) and `input_grad` (read g, x, write dx; it also applies the
+moments' 2/(H·W) and 1/(H·W) to their gradients, which would be two more launches). UBN's
+similarity adds `sample_weighted_sum` (read x). Statistics and arithmetic are fp32 whatever the
+input dtype (fp16, bf16 or fp32; float64 takes the composite path); outputs have the input's
+dtype and memory format: every kernel indexes (n, c, h, w) through the tensors' own strides.
 
 A program owns a (sample, channel block) and walks the positions in blocks (reductions), or a
 (sample, channel block, position block) tile (element-wise). The moments merge per-block mean
@@ -145,6 +145,8 @@ def _input_grad(
     p_ptr,
     q_ptr,
     a_ptr,
+    p_scale,
+    q_scale,
     C,
     W,
     HW,
@@ -171,8 +173,8 @@ def _input_grad(
     h, w = (hw // W)[None, :], (hw % W)[None, :]
     stat = n * C + c
     m = tl.load(mean_ptr + stat, mask=c < C, other=0.0)[:, None]
-    p = tl.load(p_ptr + stat, mask=c < C, other=0.0)[:, None]
-    q = tl.load(q_ptr + stat, mask=c < C, other=0.0)[:, None]
+    p = tl.load(p_ptr + stat, mask=c < C, other=0.0)[:, None] * p_scale
+    q = tl.load(q_ptr + stat, mask=c < C, other=0.0)[:, None] * q_scale
     x = tl.load(x_ptr + n * s_n + c[:, None] * s_c + h * s_h + w * s_w, mask=ok, other=0.0)
     dx = (x.to(tl.float32) - m) * p + q
     if HAS_G:

@@ -21,10 +21,13 @@ Implementation [choice], by case:
   `F.batch_norm` on a reshape plus a separate affine: about BN's cost on CPU.
 * G = C: `F.batch_norm` on x with the affine fused; this is BN, buffers included (and the
   memory format kept).
-* Spatial groups of whole rows (G = k·C with k | H, every group band j of rows in one channel):
-  the per-(n, group) affine on a view of x ((N, C·k, H/k, W), or (N·k, C, H/k, W) for
-  channels_last), as for channel groups.
-* Other spatial groups (G > C): `F.batch_norm` on the (N, G, M) reshape, then the affine.
+* Spatial groups (G > C), in either memory format: every group and channel boundary in the
+  (C, H, W) order is a multiple of L = gcd(M, H·W), so the runs of L consecutive positions of
+  one channel (segments) each lie in one group and one channel, whether a group is a band of
+  whole rows, splits rows or straddles two channels. y is a per-(n, segment) affine of x on a
+  view of it ((N, C·H·W/L, L, 1), or (N·H·W/L, C, L, 1) for channels_last), as for channel
+  groups. An input in neither layout (other strides) takes `F.batch_norm` on the (N, G, M)
+  reshape, then the affine.
 
 Options [spec choice]: `num_groups=32`; the effective G is gcd(num_groups, C), so a channel is
 never split. With `allow_spatial_groups=True` a num_groups > C is kept as is: groups then split
@@ -137,58 +140,68 @@ class BatchGroupNorm2d(ContractNorm):
         if self.num_groups < c:  # channel groups: a per-(n, c) affine of x
             coefficients = partial(self._coefficients, h * w)
             return fused_instance_affine(x, coefficients, self.weight, self.bias)
-        bands = self.num_groups // c
+        length = math.gcd(per_sample // self.num_groups, h * w)
         layouts = (torch.contiguous_format, torch.channels_last)
-        if (
-            self.num_groups % c == 0
-            and bands > 1
-            and h % bands == 0
-            and any(x.is_contiguous(memory_format=f) for f in layouts)
-        ):
-            return self._row_bands(x, bands)
+        if self.num_groups > c and any(x.is_contiguous(memory_format=f) for f in layouts):
+            return self._segments(x, length)
         return self._batch_norm_view(x)
 
-    def _row_bands(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Spatial groups of whole rows (G = k·C, k | H): group c·k + j is band j of channel
-        c, so y is a per-(n, group) affine of x on a view of it, one statistics pass and one
-        affine pass as for channel groups (no reshaping copy, the memory format kept)."""
+    def _segments(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """Spatial groups (G > C) on a view of x whose instances are segments: runs of
+        `length` = gcd(M, H·W) consecutive positions of one channel, so each segment lies in
+        one group and one channel (a group of M values may split rows or straddle channels;
+        every group and channel boundary is a multiple of `length` in the (C, H, W) order).
+        y is then a per-(n, segment) affine of x, one statistics pass and one affine pass as
+        for channel groups (no reshaping copy, the memory format kept).
+
+        Contiguous x: the view (N, S, L, 1), S = C·H·W / L segments per sample, segment
+        s = c·P + p (P = H·W / L per channel). channels_last x: positions have one stride
+        (C), so the view (N·P, C, L, 1) (the segments of a sample become rows)."""
         n, c, h, w = x.shape
-        last = not x.is_contiguous()  # channels_last: the bands of a sample become rows
-        if last:  # (N, C, H, W) -> (N·k, C, H/k, W), still channels_last: a view
-            view = x.view(n, c, k, h // k, w).permute(0, 2, 1, 3, 4).reshape(n * k, c, h // k, w)
-        else:  # (N, C, H, W) -> (N, C·k, H/k, W): a view
-            view = x.view(n, c * k, h // k, w)
-        coefficients = partial(self._band_coefficients, k, last, (h // k) * w)
+        per_channel = h * w // length  # P
+        last = not x.is_contiguous()
+        if last:  # (N, H, W, C) -> (N, P, L, C) -> (N·P, C, L, 1): a view
+            flat = x.permute(0, 2, 3, 1).reshape(n, per_channel, length, c)
+            view = flat.permute(0, 1, 3, 2).reshape(n * per_channel, c, length, 1)
+        else:  # (N, C, H, W) -> (N, S, L, 1): a view
+            view = x.view(n, c * per_channel, length, 1)
+        coefficients = partial(
+            self._segment_coefficients, per_channel, last, c * h * w // self.num_groups
+        )
         y = fused_instance_affine(view, coefficients, self.weight, self.bias)
         if last:
-            return y.view(n, k, c, h // k, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+            y = y.reshape(n, per_channel, c, length).permute(0, 1, 3, 2).reshape(n, h, w, c)
+            return y.permute(0, 3, 1, 2)
         return y.view(n, c, h, w)
 
-    def _band_coefficients(
+    def _segment_coefficients(
         self,
-        k: int,
+        per_channel: int,
         last: bool,
-        plane: int,
+        group_size: int,
         mean: torch.Tensor,
         var: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, Y) per (row, channel) of `_row_bands`'s view from its moments: as (N, G) with
-        g = c·k + j, BN's statistics per group over the samples, then back to the view."""
-        rows = mean.shape[0] // k if last else mean.shape[0]  # samples (every rank's)
+        """(A, Y) per (row, column) of `_segments`'s view from its moments: as (N, S) with
+        s = c·P + p, BN's statistics per group of M / L consecutive segments over the samples
+        (M = `group_size` values), then back to the view's layout."""
+        p = per_channel
+        rows = mean.shape[0] // p if last else mean.shape[0]  # samples (every rank's)
 
-        def to_groups(t: torch.Tensor) -> torch.Tensor:  # (N·k, C) -> (N, G)
-            return t.view(rows, k, -1).transpose(1, 2).reshape(rows, -1) if last else t
+        def to_segments(t: torch.Tensor) -> torch.Tensor:  # (N·P, C) -> (N, S)
+            return t.view(rows, p, -1).transpose(1, 2).reshape(rows, -1) if last else t
 
-        def from_groups(t: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N·k, C)
-            return t.view(rows, -1, k).transpose(1, 2).reshape(rows * k, -1) if last else t
+        def from_segments(t: torch.Tensor) -> torch.Tensor:  # (N, S) -> (N·P, C)
+            return t.view(rows, -1, p).transpose(1, 2).reshape(rows * p, -1) if last else t
 
         c = weight.shape[0]
-        gamma, beta = (p[:, None].expand(c, k).reshape(-1) for p in (weight, bias))  # (G,)
-        m, v = to_groups(mean), to_groups(var)
-        scale, at_mean = self._group_affine(m, v, 1, rows * plane, gamma, beta)
-        return from_groups(scale), from_groups(at_mean)
+        gamma, beta = (t[:, None].expand(c, p).reshape(-1) for t in (weight, bias))  # (S,)
+        m, v = to_segments(mean), to_segments(var)
+        per_group = m.shape[1] // self.num_groups  # M / L segments
+        scale, at_mean = self._group_affine(m, v, per_group, rows * group_size, gamma, beta)
+        return from_segments(scale), from_segments(at_mean)
 
     def _coefficients(
         self,

@@ -174,9 +174,10 @@ class GhostBatchNorm2d(ContractNorm):
         with torch.no_grad():
             # n/(n−1) per ghost batch of n = |b|·H·W values; every batch but a short last
             # one has the same n. Filled on the device: no host data is copied over.
-            sizes = chunk_sizes(n, chunk)
-            full, last = (s * plane / (s * plane - 1) for s in (sizes[0], sizes[-1]))
-            factors = torch.full((len(sizes), 1), full, dtype=mu.dtype, device=mu.device)
+            # NOTE: sizes from the shapes, no Python list: a compiled region keeps N symbolic
+            k = mu.shape[0]
+            full, last = (s * plane / (s * plane - 1) for s in (chunk, n - (k - 1) * chunk))
+            factors = torch.full((k, 1), full, dtype=mu.dtype, device=mu.device)
             factors[-1] = last
             unbiased = (ghost_var * factors).to(self.running_var.dtype)
             self._sequential_update(mu.to(self.running_mean.dtype), unbiased)

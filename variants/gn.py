@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._core import FxLeaf, check_input
-from ._fused import block_affine, block_moments, fused_instance_affine
+from ._fused import accelerator_path, block_affine, block_moments, fused_instance_affine
 from ._options import check_common, check_int, groups_dividing_widths
 
 
@@ -94,7 +94,7 @@ class GroupNorm2d(FxLeaf, nn.GroupNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_channels)
-        if x.device.type == "cpu":
+        if not accelerator_path(x):
             return nn.GroupNorm.forward(self, x)
         return fused_instance_affine(
             x, self._coefficients, self.weight, self.bias, across_ranks=False

@@ -38,6 +38,7 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -90,21 +91,23 @@ class IEBN2d(RunningStatsNorm):
         check_input(self, x, self.num_features)
         if self.training:
             check_batch_statistics(self, x, values_per_channel(x))
-
-        def coefficients(
-            mean: torch.Tensor,
-            var: torch.Tensor,
-            weight: torch.Tensor,
-            bias: torch.Tensor,
-            weight_readjust: torch.Tensor,
-            bias_readjust: torch.Tensor,
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            # mean, var: (N, C) moments of x; μ, invstd (C,): batch (train) or running (eval)
-            mu, invstd = self.channel_stats(x, mean, var)
-            gate = torch.sigmoid(weight_readjust * mean + bias_readjust)
-            # y = (x − μ)·invstd·γ·a + β = (x − mean)·A + Y, with A, Y (N, C)
-            scale = weight * gate * invstd
-            return scale, bias + (mean - mu) * scale
-
         params = (self.weight, self.bias, self.weight_readjust, self.bias_readjust)
-        return fused_instance_affine(x, coefficients, *params)
+        return fused_instance_affine(x, partial(self._coefficients, x), *params)
+
+    def _coefficients(
+        self,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_readjust: torch.Tensor,
+        bias_readjust: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c), from the moments of x (N, C)."""
+        # μ, invstd (C,): batch (train) or running (eval)
+        mu, invstd = self.channel_stats(x, mean, var)
+        gate = torch.sigmoid(weight_readjust * mean + bias_readjust)
+        # y = (x − μ)·invstd·γ·a + β = (x − mean)·A + Y, with A, Y (N, C)
+        scale = weight * gate * invstd
+        return scale, bias + (mean - mu) * scale

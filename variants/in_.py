@@ -17,7 +17,8 @@ Deviations from `torch.nn.InstanceNorm2d`, all [choice] of the spec:
   wrong channel count (torch only warns about it when affine=False).
 * Input in another memory format than contiguous (channels_last) is normalised from its
   per-instance moments (`normbench.variants._fused`), because `F.instance_norm` makes it
-  contiguous: the output keeps the input's memory format. Same function, up to rounding.
+  contiguous: the output keeps the input's memory format. Same function, up to rounding. So is
+  training with running statistics on an accelerator (docs/variants.md#kernel-launches).
 * H·W = 1 with input statistics (training, or any mode without running statistics) raises a
   ValueError naming the layer and the shape, in eval too (docs/variants.md#in pitfall).
 """
@@ -38,7 +39,7 @@ from ._core import (
     check_input,
     update_running_stats,
 )
-from ._fused import fused_instance_affine
+from ._fused import accelerator_path, fused_instance_affine
 from ._options import check_torch_norm_options
 
 
@@ -79,11 +80,15 @@ class InstanceNorm2d(FxLeaf, nn.InstanceNorm2d):
         if use_input_stats:
             # statistics over (H, W) of one (n, c): a single pixel has no variance
             check_batch_statistics(self, x, x.shape[2] * x.shape[3])
-        if not x.is_contiguous():  # torch's kernel would return a contiguous output
+        tracking = self.training and self.track_running_stats
+        # torch's kernel would return a contiguous output; and with running statistics it is
+        # a repeat, a batch norm and a dozen small kernels more, where the accelerator's path
+        # runs the statistics' math as one compiled region (docs/variants.md#kernel-launches)
+        if not x.is_contiguous() or (tracking and accelerator_path(x)):
             affine = (self.weight, self.bias) if self.affine else ()
             coefficients = partial(self._coefficients, x.shape[2] * x.shape[3])
             return fused_instance_affine(x, coefficients, *affine, across_ranks=False)
-        if self.training and self.track_running_stats:
+        if tracking:
             return batch_norm_training(
                 self,
                 x,

@@ -333,7 +333,7 @@ class UnifiedBatchNorm2d(ContractNorm):
         ):  # a one-value statistic (a shape, so this host read never happens in training)
             check_batch_statistics(self, x, values)
         if isinstance(condensed, torch.Tensor):
-            self.frozen_steps.add_(condensed.logical_not().to(self.frozen_steps.dtype))
+            self.frozen_steps.add_(condensed.logical_not())  # int64 += bool
         return condensed
 
     def _update_similarity(

@@ -5,9 +5,11 @@
     normbench bench step      -> bench_train_step.md  (normbench.bench.train_step)
     normbench bench harness   -> bench_harness.md     (normbench.bench.harness)
     normbench bench ddp       -> bench_ddp.md         (normbench.bench.ddp; gloo on CPU)
-    normbench bench traffic   -> bench_traffic.md     (normbench.bench.traffic; bytes
-                                                       and host syncs per layer on the
-                                                       accelerator path, simulated without one)
+    normbench bench traffic   -> bench_traffic.md     (normbench.bench.traffic; bytes,
+                                                       kernels and host syncs per layer on the
+                                                       accelerator path, simulated without one;
+                                                       --compile: bench_traffic_compiled.md,
+                                                       Inductor's count per layer)
     normbench bench gpu       -> bench_gpu.md         (normbench.bench.gpu: the device check;
                                                        CUDA checks skipped without a GPU)
 
@@ -100,13 +102,37 @@ def traffic_command(
         list[Path] | None,
         typer.Option("--plugin", help="Python file that registers variants (repeatable)."),
     ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option("--layers", help="Comma-separated variant names (default: every one)."),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Each layer compiled whole by Inductor: its kernels and bytes accessed "
+            "(20-60 s a layer on a CPU; default layers bn, iebn, gn).",
+        ),
+    ] = False,
 ) -> None:
-    """Bytes read and written and host syncs of one training step per layer (every registered
-    variant) on the accelerator path, against 2x BN's."""
+    """Bytes read and written, kernels and host syncs of one training step per layer (every
+    registered variant) on the accelerator path, against 2x BN's bytes and 4x its kernels;
+    with --compile, Inductor's own count for each layer compiled whole."""
     from normbench.bench.traffic import run
 
-    output = output or default_output("traffic", "bench_traffic.md")
-    _run("traffic", output, run, quick=quick, device=device, plugins=plugin or [])
+    name = "traffic_compiled" if compile else "traffic"
+    output = output or default_output(name, f"bench_{name}.md")
+    names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+    _run(
+        "traffic",
+        output,
+        run,
+        quick=quick,
+        device=device,
+        plugins=plugin or [],
+        layers=names,
+        compile=compile,
+    )
 
 
 def gpu_command(output: OutputOption = None, quick: QuickOption = False) -> None:

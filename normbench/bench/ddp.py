@@ -137,14 +137,14 @@ def ddp_rows(args: Any) -> list[str]:
 
 def scope_rows(args: Any) -> list[str]:
     from normbench.engine.distributed import split_statistics
-    from normbench.variants import BUILTIN_VARIANTS
+    from normbench.variants import BUILTIN_VARIANTS, plain_norm
 
     torch.set_num_threads(args.threads)
     rows = [
         "| layer | one batch (ms) | 2 virtual devices (ms) | ratio |",
         "|---|---|---|---|",
     ]
-    for name in sorted(BUILTIN_VARIANTS):
+    for name in sorted(n for n, cls in BUILTIN_VARIANTS.items() if plain_norm(cls)):
         medians = []
         for split in (False, True):
             torch.manual_seed(0)

@@ -21,16 +21,18 @@ import torch
 from normbench.bench.machine import describe_machine, machine_table
 from normbench.traffic import DEFAULT_SHAPE, LayerTraffic, measure_layer
 
-__all__ = ["LayerTraffic", "layers", "measure_layer", "report", "run"]
+__all__ = ["LayerTraffic", "layers_of", "measure_layer", "report", "run"]
 
 QUICK_SHAPE = (8, 32, 8, 8)
-# Built-in code paths beyond the defaults: (variant, options); "N/4" is a quarter batch.
+# Built-in code paths beyond the defaults: (variant, options); "N/4" is a quarter batch,
+# "2C" twice the channels (BGN's spatial groups: half the rows of a channel), "2CH" half a row.
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("bn", {"momentum": None}),
     ("in", {"track_running_stats": True, "momentum": None}),
     ("iebn", {"momentum": None}),
     ("bgn", {"num_groups": "C"}),
     ("bgn", {"num_groups": "2C", "allow_spatial_groups": True}),
+    ("bgn", {"num_groups": "2CH", "allow_spatial_groups": True}),  # half rows
     ("ghost_bn", {"ghost_batch_size": "N/4"}),
     ("ghost_bn", {"ghost_batch_size": "N/4", "momentum": None}),
     ("fourthings", {"examples_per_group": "N/4", "channels_per_group": 2, "momentum": None}),
@@ -44,15 +46,32 @@ MIB = 2**20
 def _resolve(options: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
     """Options written relative to the input ("N/4", "C", "2C") at this shape."""
     n, c = shape[0], shape[1]
-    sizes = {"N/4": max(n // 4, 2), "C": c, "2C": 2 * c}
+    h = shape[2]
+    sizes = {"N/4": max(n // 4, 2), "C": c, "2C": 2 * c, "2CH": 2 * c * h}
     return {k: sizes.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
 
 
-def layers(names: Iterable[str], shape: tuple[int, ...]) -> list[tuple[str, dict[str, Any]]]:
+def layers_of(names: Iterable[str], shape: tuple[int, ...]) -> list[tuple[str, dict[str, Any]]]:
     """Every name at its defaults, then the extra configurations of the built-ins present."""
     names = list(names)
     extra = [(v, _resolve(o, shape)) for v, o in CONFIGS if v in names]
     return [(name, {}) for name in names] + extra
+
+
+def select(names: list[str], wanted: Iterable[str] | None) -> list[str]:
+    """`names` in order, or only those in `wanted` (each of which must be registered)."""
+    if wanted is None:
+        return names
+    from normbench.errors import UnknownNameError
+
+    wanted = list(wanted)
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise UnknownNameError(
+            f"--layers: unknown or style-conditioned variant {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(names)}"
+        )
+    return [n for n in names if n in wanted]
 
 
 def run(
@@ -61,27 +80,89 @@ def run(
     quick: bool = False,
     device: str = "cuda",
     plugins: Iterable[Path] = (),
+    layers: Iterable[str] | None = None,
+    compile: bool = False,
 ) -> Path:
-    """Measure every registered layer and write the Markdown report to `output`."""
+    """Measure the registered plain norm layers (style-conditioned ones take a second input;
+    `layers`: only these) and write the Markdown report to `output`; with `compile`, each layer
+    compiled whole by Inductor (`traffic_compiled`, on `device` if it is here, else the CPU;
+    `DEFAULT_LAYERS` unless `layers` says)."""
     from normbench.registry import load_plugin
-    from normbench.variants_api import list_variants
+    from normbench.variants_api import plain_variants
 
     for path in plugins:
         load_plugin(path)
     load = os.getloadavg()
     shape = QUICK_SHAPE if quick else DEFAULT_SHAPE
-    results = []
-    for k, (name, options) in enumerate(layers(list_variants(), shape), 1):
-        print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
-        results.append(measure_layer(name, options, shape=shape, device=device))
+    if compile:
+        from normbench.bench import traffic_compiled
+
+        names = select(plain_variants(), layers or traffic_compiled.DEFAULT_LAYERS)
+        text = _compiled_report(names, shape, device, quick=quick, load=load)
+    else:
+        results = []
+        for k, (name, options) in enumerate(layers_of(select(plain_variants(), layers), shape), 1):
+            print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
+            results.append(measure_layer(name, options, shape=shape, device=device))
+        text = report(results, quick=quick, load=load)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report(results, quick=quick, load=load))
+    output.write_text(text)
     return output
+
+
+def _compiled_report(
+    names: list[str], shape: tuple[int, ...], device: str, *, quick: bool, load: tuple
+) -> str:
+    from normbench.bench.traffic_compiled import measure_compiled, report_rows
+
+    here = device if torch.device(device).type == "cpu" or _have(device) else "cpu"
+    results = []
+    for k, name in enumerate(names, 1):
+        print(f"  [{k}] {name} (Inductor)", file=sys.stderr)
+        results.append(measure_compiled(name, shape=shape, device=here))
+    info = describe_machine(("torch", "triton"), load=load)
+    info["measured on"] = f"{here} (Inductor's {'C++' if here == 'cpu' else 'Triton'} kernels)"
+    lines = [
+        "# Memory traffic per layer compiled by Inductor",
+        "",
+        *(["**Quick mode** (a small input): a smoke run, not a result.", ""] if quick else []),
+        f"One training step (forward + backward) of each layer alone compiled with "
+        f"`torch.compile(fullgraph=True)` (Inductor), input {'x'.join(map(str, shape))} "
+        f"bfloat16 under bfloat16 autocast, on {here}: Inductor's kernels and the bytes they "
+        "access (`torch._inductor.metrics.num_bytes_accessed`), forward and backward graphs "
+        "together (`normbench.bench.traffic_compiled`).",
+        "",
+        *report_rows(results),
+        "",
+        *machine_table(info),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _have(device: str) -> bool:
+    module = getattr(torch, torch.device(device).type, None)
+    return bool(module is not None and module.is_available())
 
 
 def _label(r: LayerTraffic) -> str:
     return r.name + "".join(f" {k}={v}" for k, v in r.options.items())
+
+
+def _why(r: LayerTraffic) -> str:
+    """What puts `r` over the bound, in the report's terms."""
+    reasons = [
+        f"moves {r.norm_bytes / MIB:.1f} MiB > {r.bound_bytes / MIB:.1f}"
+        if r.norm_bytes > r.bound_bytes
+        else "",
+        f"writes {r.norm_written / MIB:.1f} MiB > {r.bound_written / MIB:.1f}"
+        if r.norm_written > r.bound_written
+        else "",
+        f"host syncs: {r.host_syncs}" if r.host_syncs else "",
+        f"host copies: {r.host_copies}" if r.host_copies else "",
+        f"{r.kernels} kernels > {r.bound_kernels}" if r.kernels > r.bound_kernels else "",
+    ]
+    return ", ".join(filter(None, reasons))
 
 
 def _row(r: LayerTraffic) -> str:
@@ -89,11 +170,12 @@ def _row(r: LayerTraffic) -> str:
     written = r.norm_written / (r.bound_written / 2)
     kept = {True: "yes", False: "**no**", None: "-"}[r.channels_last_kept]
     result = "pass" if r.within_bound else "**over**"
+    everything = r.read_bytes + r.written_bytes + r.compiled_bytes
     return (
         f"| {_label(r)} | {r.activation_read / MIB:.1f} | {r.activation_written / MIB:.1f} | "
         f"{r.conv_activation_bytes / MIB:.1f} | {moved:.2f} | {written:.2f} | "
-        f"{(r.read_bytes + r.written_bytes) / MIB:.1f} | {r.kernels} | {r.host_syncs} | "
-        f"{r.host_copies} | {kept} | {result} |"
+        f"{everything / MIB:.1f} | {r.kernels} | {r.compiled_kernels} | {r.bound_kernels} | "
+        f"{r.host_syncs} | {r.host_copies} | {kept} | {result} |"
     )
 
 
@@ -101,7 +183,7 @@ def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...])
     """The Markdown report of `results` (the first one fixes shape, dtype and device)."""
     first = results[0]
     where = "FakeTensors of " + first.device if first.simulated else first.device
-    over = [f"- **{_label(r)}**" for r in results if not r.within_bound]
+    over = [f"- **{_label(r)}**: {_why(r)}" for r in results if not r.within_bound]
     lines = [
         "# Memory traffic and host syncs per layer (accelerator path)",
         "",
@@ -115,9 +197,9 @@ def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...])
         *(over or ["None: every layer is within the bound."]),
         "",
         "| layer | act. read MiB | act. written MiB | of which conv MiB | moved / BN | "
-        "written / BN | all MiB | kernels | host syncs | host copies | channels_last kept "
-        "| result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "written / BN | all MiB | kernels | of which compiled | kernel bound | host syncs | "
+        "host copies | channels_last kept | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         *map(_row, results),
         "",
         _METHOD,
@@ -144,11 +226,15 @@ _METHOD = (
     "Act. = tensors of the input's size (x, y, g, dx, full-size temporaries); moved / BN = "
     "(activation bytes read + written, convolutions excluded) / BN's, written / BN likewise. "
     "The bound: moved and written at most 2x BN's, plus the layer's own convolutions (BNET, "
-    "UBN: the depthwise k x k affine), no host sync (a scalar read, a copy to the host, a "
-    "data-dependent shape) and no host copy (host data copied to the device). All MiB counts "
-    "every tensor, per-(n, c) statistics included; kernels counts the operator calls that "
-    "moved bytes (on a GPU each costs a launch). channels_last kept: a channels_last input "
+    "UBN: the depthwise k x k affine), kernels at most the kernel bound, no host sync (a "
+    "scalar read, a copy to the host, a data-dependent shape) and no host copy (host data "
+    "copied to the device). All MiB counts every tensor, per-(n, c) statistics included. "
+    "Kernels: the operator calls that moved bytes (on a GPU each costs a launch of a few "
+    "microseconds) plus, of which compiled, the kernels Inductor's Triton backend generates "
+    "for the layer's compiled coefficient regions (their forward and backward graphs, "
+    "scheduled by Inductor on the CPU and stopped before code generation); kernel bound: 4x "
+    "BN's kernels plus the layer's convolutions'. channels_last kept: a channels_last input "
     "gives a channels_last output and input gradient. A fused kernel (BN's "
     "`native_batch_norm`, normbench's `normbench::` Triton operators) counts each tensor it "
-    "touches once. See docs/variants.md#memory-traffic."
+    "touches once. See docs/variants.md#memory-traffic and #kernel-launches."
 )

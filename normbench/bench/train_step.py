@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,13 +87,17 @@ def _plan(rt: Runtime, quick: bool) -> Plan:
     return Plan(batch=64, repeats=5, steps=1, warmup=1)  # a shared 2-core CPU is slow
 
 
-def _configs(batch: int) -> list[tuple[str, str, dict[str, object]]]:
+def _configs(batch: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, variant, options): BN first, then every built-in, then Ghost BN at N/4."""
     from normbench.registry import BUILTIN
-    from normbench.variants_api import VARIANTS
+    from normbench.variants_api import VARIANTS, plain_norm
 
-    names = sorted(e.name for e in VARIANTS.entries() if e.source == BUILTIN and e.name != "bn")
-    configs: list[tuple[str, str, dict[str, object]]] = [("bn", "bn", {})]
+    names = sorted(
+        e.name
+        for e in VARIANTS.entries()
+        if e.source == BUILTIN and e.name != "bn" and plain_norm(e.obj)
+    )
+    configs: list[tuple[str, str, dict[str, Any]]] = [("bn", "bn", {})]
     configs += [(n, n, {}) for n in names]
     gbs = max(batch // 4, 2)
     configs.append((f"ghost_bn ghost_batch_size={gbs}", "ghost_bn", {"ghost_batch_size": gbs}))

@@ -133,7 +133,7 @@ def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) ->
     """The two references, every built-in with default options, and Ghost BN with N/4
     (with `compile`, each followed by its compiled copy, which is judged on no target)."""
     from normbench.registry import BUILTIN
-    from normbench.variants_api import VARIANTS, create_norm
+    from normbench.variants_api import VARIANTS, create_norm, plain_norm
 
     n, c = shape[0], shape[1]
     torch.manual_seed(0)  # SaBN draws its branch affine at random
@@ -142,7 +142,7 @@ def _build_cases(shape: tuple[int, ...], device: torch.device, compile: bool) ->
         Case(DWCONV, "", {}, nn.Conv2d(c, c, 3, padding=1, groups=c, bias=True)),
     ]
     configs: list[tuple[str, dict[str, object]]] = [
-        (e.name, {}) for e in VARIANTS.entries() if e.source == BUILTIN
+        (e.name, {}) for e in VARIANTS.entries() if e.source == BUILTIN and plain_norm(e.obj)
     ]
     configs.append(("ghost_bn", {"ghost_batch_size": n // 4}))
     for name, options in sorted(configs, key=lambda item: (item[0], len(item[1]))):

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from normbench.errors import UnknownNameError, UserError, closest
 
@@ -114,6 +115,11 @@ class DataSplits:
     `mean`/`std` are per channel in [0, 1] units (torchvision `Normalize` convention).
     `augment` is the data set's default training augmentation; a suite may override it.
     `info` holds JSON-able facts worth recording with results (source path, split rule...).
+    `loader`: for splits whose samples are not (image, class label) pairs (a detection data
+    set's image and target dict), the factory of their loaders, called as
+    `loader(split, *, train, batch_size, device, seed, augment, limit_batches, shard,
+    num_workers, cpus) -> Loader` (`normbench.data.build.Loader`): batches `(inputs, targets)`
+    on the device in whatever structure the data set's task takes (docs/tasks.md#batches).
     """
 
     name: str
@@ -127,6 +133,7 @@ class DataSplits:
     std: tuple[float, ...]
     augment: Augment = field(default_factory=Augment)
     info: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
@@ -177,6 +184,18 @@ def carve_val(
     return train.subset(keep), train.subset(held)
 
 
+def carve_val_dataset(
+    train: Dataset, labels: Any, val_fraction: float, split_seed: int
+) -> tuple[Dataset, Dataset | None]:
+    """(train, val or None) of a Dataset of images whose class labels are `labels`: the same
+    stratified, seeded carve as `carve_val`, as two `Subset`s."""
+    f = check_val_fraction(val_fraction)
+    if f == 0.0:
+        return train, None
+    keep, held = stratified_split(np.asarray(labels), f, int(split_seed))
+    return Subset(train, keep.tolist()), Subset(train, held.tolist())
+
+
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of uint8 (N, C, H, W) images to (size, size), once, at load time.
 
@@ -202,7 +221,25 @@ def check_image_size(image_size: int | None, default: int, name: str) -> int:
     return image_size
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W) images."""
-    x = images.to(torch.float64).div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1, unbiased=False).tolist())
+def channel_stats(
+    images: torch.Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W) images.
+
+    More than `chunk` images are summed chunk by chunk (float64 sums of x and x^2), so
+    SVHN's 604k images never exist as one float64 copy (14 GB)."""
+    if images.shape[0] <= chunk:
+        x = images.to(torch.float64).div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+        return tuple(x.mean(1).tolist()), tuple(x.std(1, unbiased=False).tolist())
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(torch.float64).div_(255.0)
+        x = x.transpose(0, 1).reshape(c, -1)  # (C, n*H*W)
+        total += x.sum(1)
+        squares += x.square().sum(1)
+    n = images.numel() // c
+    mean = total / n
+    var = (squares / n - mean.square()).clamp_(min=0.0)
+    return tuple(mean.tolist()), tuple(var.sqrt().tolist())

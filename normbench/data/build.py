@@ -31,8 +31,11 @@ _PROBE_STREAM = 2
 
 
 class Loader(Protocol):
-    """What the engine iterates: normalised float (x, y) batches on the training device, this
-    rank's part only (`normbench.data.shard`); `batch_size` and `len` count this rank's."""
+    """What the engine iterates: batches `(inputs, targets)` on the training device, this
+    rank's part only (`normbench.data.shard`); `batch_size` and `len` count this rank's.
+    Image classification's are normalised float images (N, C, H, W) and int64 labels (N,);
+    a data set with its own `DataSplits.loader` yields the structure its task takes (a list
+    of images and a list of target dicts for detection); `len(inputs)` counts the samples."""
 
     batch_size: int
 
@@ -48,7 +51,9 @@ class Data:
     train: Loader
     val: Loader | None
     test: Loader
-    probe: torch.Tensor  # fixed normalised train images (P, C, H, W) on the device
+    # fixed un-augmented train inputs on the device: normalised images (P, C, H, W), or the
+    # inputs of a data set's own loader (e.g. a list of P images)
+    probe: Any
     num_classes: int
     in_channels: int
     image_size: int
@@ -91,6 +96,9 @@ def _make_loader(
         limit_batches=limit_batches if train else None,
         shard=shard,
     )
+    if splits.loader is not None:  # samples of another structure (docs/tasks.md#batches)
+        loader: Loader = splits.loader(split, num_workers=num_workers, cpus=cpus, **common)
+        return loader
     if isinstance(split, TensorSet):
         return TensorLoader(split, **common)
     return FolderLoader(
@@ -103,8 +111,16 @@ def size(split: Any) -> int:
     return len(split)
 
 
-def _probe(splits: DataSplits, n: int, seed: int, device: torch.device) -> torch.Tensor:
-    """n training images chosen by (seed), un-augmented, normalised, on the device."""
+def _probe(splits: DataSplits, n: int, seed: int, device: torch.device) -> Any:
+    """n training images chosen by (seed), un-augmented, normalised, on the device; with the
+    data set's own loader, the inputs of its first n training samples in evaluation order."""
+    if splits.loader is not None:
+        loader = splits.loader(
+            splits.train, train=False, batch_size=n, device=device, mean=splits.mean,
+            std=splits.std, augment=Augment(), seed=seed, limit_batches=None, shard=Shard(),
+            num_workers=0, cpus=None,
+        )  # fmt: skip
+        return next(iter(loader))[0]
     total = size(splits.train)
     g = epoch_generator(seed, 0, stream=_PROBE_STREAM)
     idx = torch.randperm(total, generator=g)[: min(n, total)].sort().values
@@ -114,6 +130,23 @@ def _probe(splits: DataSplits, n: int, seed: int, device: torch.device) -> torch
         tf = build_transform(splits.image_size, Augment(), train=False)
         x = torch.stack([tf(splits.train[int(i)][0]) for i in idx])
     return Normalizer(splits.mean, splits.std, device)(x.to(device))
+
+
+def load_splits(
+    name: str, batch_size: int | None, dataset_options: dict[str, Any]
+) -> tuple[DataSplits, Augment, dict[str, Any], dict[str, Any]]:
+    """Data set `name`'s splits, its training augmentation (the data set's default with the
+    `augment` option applied), and the (factory, loader) options, after the registry's option
+    check at the optimiser's `batch_size` (the one suite validation runs)."""
+    fn = DATASETS.get(name).obj
+    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size)
+    splits = fn(**factory_opts)
+    if not isinstance(splits, DataSplits):
+        raise TypeError(
+            f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
+        )
+    augment = parse_augment(splits.augment, loader_opts.get("augment"))
+    return splits, augment, factory_opts, loader_opts
 
 
 def _check_batch(name: str, value: Any) -> int:
@@ -144,17 +177,12 @@ def build_data(
     evaluation batch of `eval_batch_size`. `cpus`: the trial's CPUs, which size a folder data
     set's decoding workers (None: this process's).
     """
-    fn = DATASETS.get(name).obj
     shard = shard or Shard()
     batch_size = _check_batch("batch_size", batch_size)
     # the options are checked against the optimiser batch, as suite validation checks them
-    factory_opts, loader_opts = _split_options(name, dataset_options, batch_size * shard.ranks)
-    splits = fn(**factory_opts)
-    if not isinstance(splits, DataSplits):
-        raise TypeError(
-            f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
-        )
-    augment = parse_augment(splits.augment, loader_opts.get("augment"))
+    splits, augment, factory_opts, loader_opts = load_splits(
+        name, batch_size * shard.ranks, dataset_options
+    )
     dev = torch.device(device)
     common: dict[str, Any] = dict(
         device=dev,

@@ -19,16 +19,14 @@ recipe names random cropping and flipping only).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity, extract_archive
+from torchvision.datasets.utils import check_integrity
 
 from normbench.contract import DatasetFacts
 from normbench.data.base import (
@@ -39,7 +37,14 @@ from normbench.data.base import (
     check_image_size,
     resize_uint8,
 )
-from normbench.errors import DatasetNotFoundError, one_line
+from normbench.data.files import (
+    data_root,
+    download_or_raise,
+    dry_run,
+    extract_once,
+    missing_message,
+)
+from normbench.errors import DatasetNotFoundError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -48,19 +53,9 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR_AUGMENT = Augment(crop_padding=4, hflip=True, rotation=0.0)
 
 
-def default_root() -> str:
-    """`$NORMBENCH_DATA` when set, else ~/.cache/normbench/data."""
-    return os.environ.get("NORMBENCH_DATA") or str(Path("~/.cache/normbench/data").expanduser())
-
-
 def _missing_message(cls: type[CIFAR10], root: Path, detail: str, *, download: bool) -> str:
     what = f"put {cls.filename} (or the extracted {cls.base_folder}/ folder) in {root}"
-    if download:
-        return f"{cls.__name__} data not found in {root}: {detail}; {what}"
-    return (
-        f"{cls.__name__} data not found in {root}: {detail}; download: false, so no download "
-        f"was tried; {what}, or set download: true when online"
-    )
+    return missing_message(cls.__name__, root, detail, what, download=download)
 
 
 def corrupted_files(cls: type[CIFAR10], root: Path) -> list[str]:
@@ -80,18 +75,6 @@ def find_files(cls: type[CIFAR10], root: Path) -> str:
     return "missing"
 
 
-def _extract(cls: type[CIFAR10], root: Path) -> None:
-    """Extract the archive into a private folder, then rename it into place: a concurrent
-    reader sees either no folder or a complete one (the rename is atomic on one file system)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cls.base_folder}-", dir=root))
-    try:
-        extract_archive(str(root / cls.filename), str(tmp))
-        with contextlib.suppress(OSError):  # another process renamed its copy first
-            os.rename(tmp / cls.base_folder, root / cls.base_folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
     """Make the extracted folder exist and pass its md5 checks, or raise one clear error."""
     if not (root / cls.base_folder).is_dir() and (root / cls.filename).is_file():
@@ -101,21 +84,15 @@ def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
                 f"(an incomplete download?); replace it with a complete copy, or delete it"
                 + (" and the run downloads it again" if download else "")
             )
-        _extract(cls, root)
+        extract_once(root / cls.filename, root, cls.base_folder)
     bad = corrupted_files(cls, root)
     if download and bad:
         folder = root / cls.base_folder
-        found = f"{folder}: {', '.join(bad)} missing or corrupted; " if folder.is_dir() else ""
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            cls(str(root), train=True, download=True)
-        except Exception as exc:  # offline, proxy, disk full...
-            why = one_line(f"{type(exc).__name__}: {exc}")
-            raise DatasetNotFoundError(
-                _missing_message(
-                    cls, root, f"{found}download was tried and failed ({why})", download=True
-                )
-            ) from exc
+        found = f"{folder}: {', '.join(bad)} missing or corrupted" if folder.is_dir() else ""
+        what = f"put {cls.filename} (or the extracted {cls.base_folder}/ folder) in {root}"
+        download_or_raise(
+            cls.__name__, root, found, what, lambda: cls(str(root), train=True, download=True)
+        )
     bad = corrupted_files(cls, root)
     if bad:
         folder = root / cls.base_folder
@@ -123,6 +100,25 @@ def _ensure_files(cls: type[CIFAR10], root: Path, download: bool) -> None:
         raise DatasetNotFoundError(
             _missing_message(cls, root, f"{folder} {what}", download=download)
         )
+
+
+def _dry_run(cls: type[CIFAR10]) -> Callable[..., str | None]:
+    """The dry-run hook (normbench.data.files): what the run does before reading."""
+
+    def check(*, root: str | None = None, download: bool = False, **_: Any) -> str | None:
+        base = data_root(root)
+        state = find_files(cls, base)
+        if state == "archive":
+            return f"{base / cls.filename} found (md5 ok); extracted once at run time"
+        if state != "folder" and download:
+            if state == "corrupted" and (base / cls.base_folder).is_dir():
+                state = f"{', '.join(corrupted_files(cls, base))} of {cls.base_folder}/ corrupted"
+            return f"not in {base} ({state}); a download is tried once at run time (download: true)"
+        if state != "folder":
+            _ensure_files(cls, base, download=False)  # raises the one-line error
+        return None
+
+    return check
 
 
 def _load_split(cls: type[CIFAR10], root: Path, train: bool) -> TensorSet:
@@ -146,7 +142,7 @@ def load_cifar(
 ) -> DataSplits:
     """Read both splits through torchvision and carve the validation split."""
     size = check_image_size(image_size, 32, name)
-    base = Path(root or default_root()).expanduser().resolve()
+    base = data_root(root)
     _ensure_files(cls, base, download)
     train_full, test = _load_split(cls, base, True), _load_split(cls, base, False)
     if size != 32:
@@ -169,6 +165,7 @@ def load_cifar(
 
 
 @DatasetFacts(train_images=50_000, channels=3, image_size=32)
+@dry_run(_dry_run(CIFAR10))
 def cifar10(
     *,
     root: str | None = None,
@@ -193,6 +190,7 @@ def cifar10(
 
 
 @DatasetFacts(train_images=50_000, channels=3, image_size=32)
+@dry_run(_dry_run(CIFAR100))
 def cifar100(
     *,
     root: str | None = None,

@@ -144,11 +144,9 @@ class FolderLoader:
         return len(self.dataset)
 
     def __len__(self) -> int:
-        n, bs = self.num_samples, self.batch_size
-        if not self.train:
-            return len(self.shard.eval_batches(n, bs))
-        full = self.shard.train_batches(n, bs)
-        return full if self.limit_batches is None else min(full, self.limit_batches)
+        return self.shard.num_batches(
+            self.num_samples, self.batch_size, train=self.train, limit_batches=self.limit_batches
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -11,17 +11,17 @@ serves as the test split; the validation split is carved from `train` (stratifie
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from torch.utils.data import Subset
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from normbench.contract import DatasetFacts
 from normbench.data.base import (
     Augment,
     DataSplits,
+    carve_val_dataset,
     check_image_size,
-    check_val_fraction,
-    stratified_split,
 )
 from normbench.errors import DatasetNotFoundError
 
@@ -72,22 +72,38 @@ def imagenet(
             f"{base / 'val'} differ ({len(train_full.classes)} vs "
             f"{len(test.classes)} classes)"
         )
-    f = check_val_fraction(val_fraction)
-    if f > 0:
-        keep, held = stratified_split(train_full.targets, f, int(split_seed))
-        train, val = Subset(train_full, keep.tolist()), Subset(train_full, held.tolist())
-    else:
-        train, val = train_full, None
+    train, val = carve_val_dataset(train_full, train_full.targets, val_fraction, split_seed)
+    return recipe_splits(
+        "imagenet",
+        (train, val, test),
+        num_classes=len(train_full.classes),
+        image_size=size,
+        info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
+    )
+
+
+def recipe_splits(
+    name: str,
+    splits: tuple[Dataset, Dataset | None, Dataset],
+    *,
+    num_classes: int,
+    image_size: int,
+    info: dict[str, Any],
+) -> DataSplits:
+    """(train, val or None, test) Datasets of PIL images as `DataSplits` with ImageNet's
+    recipe and constants: RGB, its mean/std, random resized crop and flip (the folder data
+    sets: imagenet, caltech256, flowers102, cub200)."""
+    train, val, test = splits
     return DataSplits(
-        name="imagenet",
+        name=name,
         train=train,
         val=val,
         test=test,
-        num_classes=len(train_full.classes),
+        num_classes=num_classes,
         in_channels=3,
-        image_size=size,
+        image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         augment=IMAGENET_AUGMENT,
-        info={"root": str(base), "val_split": "stratified", "train_full_size": len(train_full)},
+        info=info,
     )

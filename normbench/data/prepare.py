@@ -3,35 +3,25 @@
 `normbench run` calls it for every distinct data set of a suite (its preflight), so that
 - missing files are refused before Ray starts, with what to put where and whether a download
   was tried;
-- a CIFAR archive is downloaded and extracted once, by one process, instead of by every trial
-  at the same time;
+- an archive (CIFAR, Caltech-256, Flowers-102, CUB-200-2011) is downloaded and extracted once,
+  by one process, instead of by every trial at the same time;
 - the training-set size is known, so a batch larger than it is refused up front.
 
-With `fetch=False` (`--dry-run`) nothing is written: files that are absent but would be
-downloaded, or an archive not extracted yet, are reported as such and the size stays unknown.
+With `fetch=False` (`--dry-run`) nothing is written: the factory's dry-run hook
+(`normbench.data.files.dry_run`) reports files that are absent but would be downloaded, or an
+archive not extracted yet, and the size stays unknown; ready files are read as in a run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from normbench.data.base import DataSplits
 from normbench.data.build import _split_options, size
-from normbench.data.cifar import (
-    CIFAR10,
-    CIFAR100,
-    cifar10,
-    cifar100,
-    corrupted_files,
-    default_root,
-    find_files,
-)
+from normbench.data.files import dry_run_check
 from normbench.data.registry import DATASETS
 from normbench.errors import UserError, one_line
-
-_CIFAR = {cifar10: CIFAR10, cifar100: CIFAR100}
 
 
 class DatasetLoadError(UserError):
@@ -55,30 +45,12 @@ def prepare_dataset(name: str, options: dict[str, Any], *, fetch: bool = True) -
     """
     fn = DATASETS.get(name).obj
     factory, _ = _split_options(name, dict(options))
-    cls = _CIFAR.get(fn)
-    if cls is not None and not fetch:
-        root = Path(factory["root"] or default_root()).expanduser().resolve()
-        state = find_files(cls, root)
-        if state == "archive":
-            return DataReport(
-                name, None, f"{root / cls.filename} found (md5 ok); extracted once at run time"
-            )
-        if state != "folder" and factory["download"]:
-            if state == "corrupted" and (root / cls.base_folder).is_dir():
-                state = f"{', '.join(corrupted_files(cls, root))} of {cls.base_folder}/ corrupted"
-            return DataReport(
-                name,
-                None,
-                f"not in {root} ({state}); a download is tried once at run time (download: true)",
-            )
-    try:
-        splits = fn(**factory)
-    except UserError:
-        raise
-    except Exception as exc:  # a plugin factory's own bug, an unreadable file ...
-        raise DatasetLoadError(
-            one_line(f"dataset {name!r} could not be loaded: {type(exc).__name__}: {exc}")
-        ) from exc
+    check = dry_run_check(fn)
+    if check is not None and not fetch:
+        pending = _call(name, check, factory)
+        if pending is not None:
+            return DataReport(name, None, pending)
+    splits = _call(name, fn, factory)
     if not isinstance(splits, DataSplits):
         raise DatasetLoadError(
             f"dataset {name!r} factory returned {type(splits).__name__}, not DataSplits"
@@ -86,3 +58,15 @@ def prepare_dataset(name: str, options: dict[str, Any], *, fetch: bool = True) -
     where = splits.info.get("root") or splits.info.get("source") or "generated"
     n = size(splits.train)
     return DataReport(name, n, f"{n} training images per epoch ({where})")
+
+
+def _call(name: str, fn: Any, factory: dict[str, Any]) -> Any:
+    """`fn(**factory)`, any failure but a user's mistake as one `DatasetLoadError` line."""
+    try:
+        return fn(**factory)
+    except UserError:
+        raise
+    except Exception as exc:  # a plugin factory's own bug, an unreadable file ...
+        raise DatasetLoadError(
+            one_line(f"dataset {name!r} could not be loaded: {type(exc).__name__}: {exc}")
+        ) from exc

@@ -13,9 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from normbench.data.base import Augment, DataSplits, parse_augment
+from normbench.data.caltech import caltech256
 from normbench.data.cifar import cifar10, cifar100
+from normbench.data.cub import cub200
 from normbench.data.digits import digits
+from normbench.data.flowers import flowers102
 from normbench.data.imagenet import imagenet
+from normbench.data.imagenet16 import imagenet16
+from normbench.data.style_folders import style_folders
+from normbench.data.style_synthetic import style_synthetic
+from normbench.data.svhn import svhn
 from normbench.data.synthetic import synthetic
 from normbench.errors import UnknownNameError, UserError
 from normbench.options import OptionDoor, OptionProblem
@@ -25,9 +32,16 @@ from normbench.spec import DatasetOptions, LoaderOptions, declared
 BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "cifar10": cifar10,
     "cifar100": cifar100,
+    "svhn": svhn,
+    "caltech256": caltech256,
+    "flowers102": flowers102,
+    "cub200": cub200,
     "imagenet": imagenet,
+    "imagenet16": imagenet16,
     "digits": digits,
     "synthetic": synthetic,
+    "style_folders": style_folders,
+    "style_synthetic": style_synthetic,
 }
 # The keywords every factory takes, with their defaults, and the options the loaders take
 # (`normbench.data.build`): both declared in normbench.spec.

@@ -29,6 +29,16 @@ class Shard:
         if not 0 <= self.rank < self.ranks:
             raise ValueError(f"`0 <= rank < ranks` must hold, but got {self}")
 
+    def num_batches(
+        self, n: int, batch_size: int, *, train: bool, limit_batches: int | None = None
+    ) -> int:
+        """Batches this rank serves in an epoch over `n` samples: training steps (drop_last,
+        at most `limit_batches`), or its evaluation batches. Every loader's `len`."""
+        if not train:
+            return len(self.eval_batches(n, batch_size))
+        full = self.train_batches(n, batch_size)
+        return full if limit_batches is None else min(full, limit_batches)
+
     def train_batches(self, n: int, batch_size: int) -> int:
         """Training steps of an epoch over `n` samples, `batch_size` per rank (drop_last)."""
         return n // (batch_size * self.ranks)

@@ -1,13 +1,16 @@
-"""Build everything a trial trains with, from a `TrialSpec`: plugins, runtime, data, model,
-optimiser, schedule and loss.
+"""Build everything a trial trains with, from a `TrialSpec`: plugins, runtime, task, data,
+model, optimiser and schedule.
 
 Order matters for determinism: plugins load, the global RNGs are seeded from `spec.seed`, then
-data and model are built, so the model's initial weights depend on the seed alone.
+data and model are built, so the model's initial weights depend on the seed alone. The task
+(`normbench.tasks`) builds the model from the backbone with the variant placed
+(`build_model`) and the variant's norm layer, and owns the loss and the evaluation.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from normbench.engine.device import Runtime, build_runtime
-from normbench.engine.recipe import build_criterion, build_optimizer, build_scheduler
+from normbench.engine.recipe import build_optimizer, build_scheduler
 from normbench.errors import UserError
 from normbench.spec import SpecError, TrialSpec
 
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
 @dataclass
 class Trial:
     """The live objects of one trial. `model` is the module to inspect and checkpoint;
-    `forward` is what to call (the compiled model when `spec.compile`)."""
+    `forward` is what to call (the compiled model when `spec.compile`); `task` is the trial's
+    task (`normbench.contract.TaskClass`): its training step's loss and its evaluation."""
 
     spec: TrialSpec
     runtime: Runtime
@@ -38,11 +42,11 @@ class Trial:
     forward: nn.Module
     optimizer: Optimizer
     scheduler: LRScheduler
-    criterion: nn.Module
+    task: Any
     batches_per_epoch: int
     params: int
     variant_source: str
-    probe: torch.Tensor | None
+    probe: Any  # the condensation probe's inputs (None: no probe)
 
 
 def seed_everything(seed: int) -> None:
@@ -53,7 +57,7 @@ def seed_everything(seed: int) -> None:
 
 
 def load_plugins(spec: TrialSpec) -> None:
-    """Import the spec's plugin files (each registers its variants/backbones/data sets)."""
+    """Import the spec's plugin files (each registers its variants/backbones/data sets/tasks)."""
     from normbench.registry import load_plugin
 
     for path in spec.plugins:
@@ -72,11 +76,14 @@ def spec_refusals(spec: TrialSpec) -> dict[str, str]:
     return out
 
 
-def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
+def build_trial(
+    spec: TrialSpec, *, shard: Shard | None = None, run_trial: Callable[..., Any] | None = None
+) -> Trial:
     """Everything `run_trial` needs, freshly initialised from `spec.seed`.
 
     `shard`: the data-parallel rank this process is (`Parallel.shard`); its loaders serve
     only that rank's part of each batch. None: one process serving whole batches.
+    `run_trial`: the loop, handed to the task (`ModelContext.run_trial`) by the loop itself.
     """
     load_plugins(spec)
     refusals = spec_refusals(spec)
@@ -90,15 +97,22 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
         num_threads=spec.num_threads,
         deterministic=spec.deterministic,
     )
+    task = _build_task(spec)
     seed_everything(spec.seed)
     data = _build_data(spec, runtime, shard)
-    model = build_model(spec, num_classes=data.num_classes, in_channels=data.in_channels)
+    model = _task_model(spec, task, data, runtime, run_trial)
     forward = runtime.prepare(model)
     batches = len(data.train)
     if spec.limit_batches is not None:
         batches = min(batches, spec.limit_batches)
-    # fused SGD where the loop reads its divergence flag only every few steps (skips on device)
-    optimizer = build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    # fused SGD where the loop reads its divergence flag only every few steps (skips on device);
+    # a task that keeps other networks' optimisers may build the loop's (a GAN's generator's)
+    own = getattr(task, "build_optimizer", None)
+    optimizer = (
+        own(model, spec.recipe)
+        if callable(own)
+        else build_optimizer(model, spec.recipe, fused=runtime.check_every > 1)
+    )
     scheduler = build_scheduler(
         optimizer, spec.recipe, epochs=spec.epochs, batches_per_epoch=max(batches, 1)
     )
@@ -110,7 +124,7 @@ def build_trial(spec: TrialSpec, *, shard: Shard | None = None) -> Trial:
         forward=forward,
         optimizer=optimizer,
         scheduler=scheduler,
-        criterion=build_criterion(spec.recipe).to(runtime.device),
+        task=task,
         batches_per_epoch=batches,
         params=sum(p.numel() for p in model.parameters()),
         variant_source=_variant_source(spec.variant),
@@ -137,9 +151,57 @@ def _build_data(spec: TrialSpec, runtime: Runtime, shard: Shard | None) -> Any:
     )
 
 
+def _build_task(spec: TrialSpec) -> Any:
+    from normbench.tasks import create_task
+
+    return create_task(
+        spec.task,
+        spec.task_options,
+        dataset=spec.dataset,
+        backbone=spec.backbone,
+        variant=spec.variant,
+    )
+
+
+def _task_model(
+    spec: TrialSpec, task: Any, data: Any, runtime: Runtime, run_trial: Callable[..., Any] | None
+) -> nn.Module:
+    """The task's model (`build_model` of `normbench.contract.TaskClass`)."""
+    from normbench.tasks import ModelContext
+    from normbench.variants_api import norm_layer
+
+    def backbone(num_outputs: int, *, in_channels: int = data.in_channels) -> nn.Module:
+        return build_model(spec, num_classes=num_outputs, in_channels=in_channels)
+
+    ctx = ModelContext(
+        backbone=backbone,
+        # the task's own norm slots pass what it declares (a style network's: the style)
+        norm_layer=norm_layer(
+            spec.variant,
+            conditioning=getattr(task, "norm_conditioning", None),
+            **spec.variant_options,
+        ),
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        recipe=spec.recipe,
+        device=runtime.device,
+        info=dict(data.info),
+        spec=spec,
+        run_trial=run_trial,
+    )
+    model = task.build_model(ctx)
+    if not isinstance(model, nn.Module):
+        raise SpecError(
+            f"task {spec.task!r}: build_model returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
 def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Module:
     """The backbone with the spec's variant in the spec's placement
-    (`normbench.models.placement`).
+    (`normbench.models.placement`): classification's whole model, and what every task builds
+    on (`ModelContext.backbone`).
 
     "last-in-block" (BNET's official placement) puts the variant only in the last norm of
     each residual block and plain BN everywhere else; "except-shortcut" (IEBN's official
@@ -147,9 +209,11 @@ def build_model(spec: TrialSpec, *, num_classes: int, in_channels: int) -> nn.Mo
     """
     from normbench.models import create_backbone
     from normbench.models.placement import keep_bn_in_shortcuts
+    from normbench.models.registry import backbone_conditioning
     from normbench.variants_api import VARIANTS, norm_layer
 
-    variant = norm_layer(spec.variant, **spec.variant_options)
+    slot = backbone_conditioning(spec.backbone)  # a style network's slot: forward(x, style)
+    variant = norm_layer(spec.variant, conditioning=slot, **spec.variant_options)
     if spec.placement == "last-in-block":
         norm, last = norm_layer("bn"), variant
     else:
@@ -181,9 +245,12 @@ def _variant_source(name: str) -> str:
     return VARIANTS.get(name).source
 
 
-def _probe_batch(spec: TrialSpec, data: Any, runtime: Runtime) -> torch.Tensor | None:
-    """The fixed probe batch (first `probe_batch_size` samples of `data.probe`) on device."""
+def _probe_batch(spec: TrialSpec, data: Any, runtime: Runtime) -> Any:
+    """The fixed probe batch (first `probe_batch_size` samples of `data.probe`) on device: a
+    tensor of images, or the inputs a data set's own loader gives (e.g. a list of images)."""
     probe = getattr(data, "probe", None)
     if not spec.probe or probe is None:
         return None
-    return probe[: spec.probe_batch_size].to(runtime.device)
+    if isinstance(probe, torch.Tensor):
+        return probe[: spec.probe_batch_size].to(runtime.device)
+    return probe[: spec.probe_batch_size]

@@ -46,8 +46,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from normbench.contract import CLASSIFICATION, scoring_of
 from normbench.engine import checkpoint as ckpt
 from normbench.errors import UserError
+from normbench.results.paths import refuse_links, trial_dir
 from normbench.spec import TrialSpec
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
@@ -85,15 +87,27 @@ def parse_settings(values: dict[str, Any]) -> EvaluateSettings:
 
 # -- the command's driver -------------------------------------------------------------------
 def evaluate_run(
-    run_dir: str | Path, settings: EvaluateSettings, *, echo: Echo = print
+    run_dir: str | Path,
+    settings: EvaluateSettings,
+    *,
+    plugins: tuple[str | Path, ...] = (),
+    echo: Echo = print,
 ) -> list[dict[str, Any]]:
-    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines."""
+    """Evaluate every completed trial of `run_dir` under `settings`; return the new lines.
+
+    `plugins`: the plugin files the user names (`--plugin`); a plugin path stored in the run
+    directory is never imported (`normbench.engine.stored`)."""
+    from normbench.registry import load_plugin
     from normbench.results.store import RunStore
 
     run_dir = Path(run_dir)
-    todo = _trials(run_dir, settings)
+    refuse_links(run_dir, inside=f"run directory {run_dir}")  # before reading checkpoints
+    for path in plugins:
+        load_plugin(path)
+    todo = _trials(run_dir, settings, plugins)
     written: list[dict[str, Any]] = []
-    with RunStore(run_dir) as store:
+    hint = "wait for it to finish, then evaluate"
+    with RunStore(run_dir, busy_hint=hint, role="evaluate") as store:
         done = {(e["trial_id"], e["setting"], _key(e["params"])) for e in store.evaluations()}
         for summary, spec in todo:
             jobs = [
@@ -116,7 +130,9 @@ def evaluate_run(
     return written
 
 
-def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, Any], TrialSpec]]:
+def _trials(
+    run_dir: Path, settings: EvaluateSettings, plugins: tuple[str | Path, ...]
+) -> list[tuple[dict[str, Any], TrialSpec]]:
     """Completed trials to evaluate, with the specs to rebuild them; refuses bad input."""
     from normbench.results.store import TRIALS, read_jsonl
 
@@ -135,8 +151,8 @@ def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, A
         )
     out = []
     for tid in wanted:
-        spec = _spec(completed[tid]["spec"], settings)
-        if not ckpt.checkpoint_path(run_dir / "checkpoints" / tid).is_file():
+        spec = _spec(completed[tid]["spec"], settings, plugins, tid, run_dir)
+        if not ckpt.checkpoint_path(trial_dir(run_dir / "checkpoints", tid)).is_file():
             raise EvaluateError(
                 f"evaluate: trial {tid} has no checkpoint at "
                 f"{run_dir / 'checkpoints' / tid / 'checkpoint.pt'} (runs with --storage keep "
@@ -153,8 +169,16 @@ def _trials(run_dir: Path, settings: EvaluateSettings) -> list[tuple[dict[str, A
     return out
 
 
-def _spec(stored: dict[str, Any], settings: EvaluateSettings) -> TrialSpec:
-    spec = TrialSpec.from_dict(stored)
+def _spec(
+    stored: dict[str, Any],
+    settings: EvaluateSettings,
+    plugins: tuple[str | Path, ...],
+    tid: str,
+    run_dir: Path,
+) -> TrialSpec:
+    from normbench.engine.stored import spec_from_run
+
+    spec = spec_from_run(stored, plugins, trial_id=tid, where=run_dir)
     if settings.dataset_root is not None:
         options = {**spec.dataset_options, "root": settings.dataset_root}
         spec = spec.replace(dataset_options=options)
@@ -197,7 +221,8 @@ def _load(run_dir: Path, spec: TrialSpec) -> tuple[Any, int]:
     """The trial rebuilt by the engine, with its final weights and buffers loaded."""
     from normbench.engine.build import build_trial
 
-    payload = ckpt.load_checkpoint(run_dir / "checkpoints" / spec.trial_id, trial_id=spec.trial_id)
+    where = trial_dir(run_dir / "checkpoints", spec.trial_id)
+    payload = ckpt.load_checkpoint(where, trial_id=spec.trial_id)
     assert payload is not None  # _trials checked the file
     trial = build_trial(spec)
     trial.model.load_state_dict(payload["model"])
@@ -212,6 +237,7 @@ def _line(
     params: dict[str, Any],
     result: dict[str, Any],
 ) -> dict[str, Any]:
+    scoring = trial.task.scoring
     return {
         "trial_id": summary["trial_id"],
         "cell": summary.get("cell"),
@@ -219,6 +245,7 @@ def _line(
         "params": params,
         "checkpoint_epoch": epoch,
         **result,
+        **({} if scoring == CLASSIFICATION else {"scoring": scoring.to_dict()}),
         # what can change these numbers without changing the experiment
         "device": str(trial.runtime.device),
         "num_threads": torch.get_num_threads(),
@@ -228,21 +255,24 @@ def _line(
 
 
 def _describe(line: dict[str, Any]) -> str:
-    test = line.get("test_top1")
-    test_txt = "no test split" if test is None else f"test top-1 {test:.2f}%"
+    best = scoring_of(line).best
+    test = line.get(f"test_{best.name}")
+    test_txt = "no test split" if test is None else f"test {best.label} {test:.4g}{best.unit}"
     return f"trial {line['trial_id']}: {line['label']}: {test_txt}"
 
 
 # -- the two settings -----------------------------------------------------------------------
 def _metrics(trial: Any, split: str) -> dict[str, float | None]:
+    """The task's metrics of `split` as record keys (`val_top1`, ...)."""
     from normbench.engine.loop import evaluate
 
-    loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None))
-    return {f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5}
+    values = evaluate(trial, getattr(trial.data, split, None), split=split)
+    return {f"{split}_{m.name}": values.get(m.name) for m in trial.task.scoring.on(split)}
 
 
 def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] | None:
-    """alpha chosen on validation over `params["grid"]`; test metrics at that alpha only.
+    """alpha chosen on validation over `params["grid"]` by the task's headline metric (in
+    its direction); test metrics at that alpha only.
 
     Returns None when no layer of the model has an example weight.
     """
@@ -250,6 +280,8 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
     if not layers:
         return None
     trained = [getattr(m, EXAMPLE_WEIGHT) for m in layers]
+    headline = trial.task.scoring.best
+    key, sign = f"val_{headline.name}", 1.0 if headline.higher_is_better else -1.0
     by_alpha: dict[str, float | None] = {}
     best: tuple[float, dict[str, Any]] | None = None
     try:
@@ -257,9 +289,9 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
             for m in layers:
                 setattr(m, EXAMPLE_WEIGHT, float(alpha))
             val = _metrics(trial, "val")
-            top1 = val["val_top1"]
-            by_alpha[repr(float(alpha))] = top1
-            if top1 is not None and (best is None or top1 > best[1]["val_top1"]):
+            score = val[key]
+            by_alpha[repr(float(alpha))] = score
+            if score is not None and (best is None or sign * score > sign * best[1][key]):
                 best = (float(alpha), val)
         if best is None:
             return None
@@ -273,7 +305,7 @@ def choose_example_weight(trial: Any, params: dict[str, Any]) -> dict[str, Any] 
         "label": f"alpha={best[0]:g} chosen on val",
         "value": best[0],
         "trained_value": trained[0],
-        "val_top1_by_value": by_alpha,
+        f"{key}_by_value": by_alpha,
         **best[1],
         **test,
     }
@@ -293,11 +325,12 @@ def recalibrate(trial: Any, params: dict[str, Any]) -> dict[str, Any] | None:
         trial.data.train.set_epoch(0)
         seen = 0
         with torch.no_grad():
-            for i, (x, _) in enumerate(trial.data.train):
+            for i, (x, y) in enumerate(trial.data.train):
                 if i >= batches:
                     break
-                with trial.runtime.autocast():
-                    trial.forward(trial.runtime.to_input(x))
+                x = trial.runtime.to_input(x) if isinstance(x, torch.Tensor) else x
+                with trial.runtime.autocast():  # the task's training forward, no gradient
+                    trial.task.training_step(trial.forward, (x, y))
                 seen += 1
     return {
         "label": f"running statistics recalibrated on {seen} training batches",

@@ -4,6 +4,11 @@ One epoch: train (at most `limit_batches` batches, lr stepped per batch), call `
 every submodule that has it, check the weights, evaluate val and test, probe condensation and
 collect `diagnostics()`, save the checkpoint atomically, then yield the record.
 
+Every task goes through this loop (docs/tasks.md): the trial's task gives each batch's loss
+(`training_step`) and each split's metrics (`evaluate`); the record holds them as
+`{split}_{metric}` keys (`Scoring.keys()`), and a task other than classification adds its
+`scoring`. The best epoch a checkpoint remembers is chosen on the headline metric on val.
+
 Determinism: everything is seeded from `spec.seed`, and the checkpoint carries the RNG states,
 so on a CPU two runs with one seed, or a run resumed from any checkpoint, yield the same
 records apart from the timing keys (`TIMING_KEYS`).
@@ -43,7 +48,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from normbench.contract import METRIC_KEYS, TIMING_KEYS, EpochRecord
+from normbench.contract import CLASSIFICATION, METRIC_KEYS, TIMING_KEYS, EpochRecord, Scoring
 from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
@@ -59,7 +64,7 @@ from normbench.engine.training import (
 )
 from normbench.spec import TrialSpec
 
-# the record keys come from normbench.contract
+# the record keys come from normbench.contract (classification's: METRIC_KEYS)
 __all__ = ["METRIC_KEYS", "TIMING_KEYS", "CompileError", "run_trial"]
 
 
@@ -96,7 +101,7 @@ def run_trial(
         payload = ckpt.load_checkpoint(checkpoint_dir, trial_id=spec.trial_id)
     if payload is not None and (payload["status"] != "ok" or payload["epoch"] >= spec.epochs):
         return  # finished or diverged: nothing to build
-    trial = build_trial(spec, shard=par.shard)
+    trial = build_trial(spec, shard=par.shard, run_trial=run_trial)
     if payload is not None:
         _check_environment(spec, payload, trial.runtime.environment())
     state = _restore(trial, payload, par.rank) if payload is not None else _State()
@@ -109,7 +114,7 @@ def run_trial(
         state.elapsed_s += record["epoch_time_s"]
         record["elapsed_s"] = state.elapsed_s
         record = _finite_or_none(record)
-        _update_state(state, record, epoch)
+        _update_state(state, record, epoch, trial.task.scoring)
         if checkpoint_dir is not None and _should_save(spec, epoch, record):
             rng = par.gather(ckpt.rng_state(trial.runtime.device))  # every rank takes part
             if par.writer:
@@ -142,13 +147,16 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def _update_state(state: _State, record: dict[str, Any], epoch: int) -> None:
+def _update_state(state: _State, record: dict[str, Any], epoch: int, scoring: Scoring) -> None:
+    """The epoch's record kept, and the best epoch so far by the headline metric on val."""
     state.epoch = epoch
     state.status = record["status"]
     state.records.append(record)
-    val = record.get("val_top1")
-    if val is not None and val > state.best.get("val_top1", -math.inf):
-        state.best = {"val_top1": val, "epoch": epoch, "test_top1": record.get("test_top1")}
+    val_key, test_key = f"val_{scoring.headline}", f"test_{scoring.headline}"
+    val = record.get(val_key)
+    sign = 1.0 if scoring.best.higher_is_better else -1.0
+    if val is not None and sign * val > sign * state.best.get(val_key, -sign * math.inf):
+        state.best = {val_key: val, "epoch": epoch, test_key: record.get(test_key)}
 
 
 def _should_save(spec: TrialSpec, epoch: int, record: dict[str, Any]) -> bool:
@@ -173,8 +181,10 @@ def _run_epoch(
         record.update(status="diverged", diverged_epoch=epoch, diverged_reason=result.diverged)
         return record
     for split in ("val", "test"):
-        loss, top1, top5 = evaluate(trial, getattr(trial.data, split, None), run.par)
-        record.update({f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5})
+        values = evaluate(trial, getattr(trial.data, split, None), run.par, split=split)
+        record.update(
+            {f"{split}_{m.name}": values.get(m.name) for m in trial.task.scoring.on(split)}
+        )
     record["condensation"] = _condensation(trial)
     record["diagnostics"] = probes.diagnostics(trial.model)
     record.update(compile_record(trial))  # after evaluation compiled its graph
@@ -182,11 +192,12 @@ def _run_epoch(
 
 
 def _base_record(trial: Trial, epoch: int, result: TrainResult) -> dict[str, Any]:
+    scoring: Scoring = trial.task.scoring
     record: dict[str, Any] = {"epoch": epoch, "status": "ok"}
-    record.update(dict.fromkeys(METRIC_KEYS))
+    record.update(dict.fromkeys(scoring.keys()))
+    record["train_loss"] = result.loss
+    record.update({f"train_{m.name}": result.metrics.get(m.name) for m in scoring.on("train")[1:]})
     record.update(
-        train_loss=result.loss,
-        train_top1=result.top1,
         lr=result.lr,
         epoch_time_s=None,  # set by run_trial once evaluation and probes are done
         train_time_s=result.seconds,
@@ -203,6 +214,8 @@ def _base_record(trial: Trial, epoch: int, result: TrainResult) -> dict[str, Any
         condensation={},
         diagnostics={},
     )
+    if scoring != CLASSIFICATION:  # a reader takes classification's scoring without one
+        record["scoring"] = scoring.to_dict()
     return record
 
 
@@ -214,45 +227,57 @@ def _end_epoch(model: nn.Module) -> None:
             hook()
 
 
+@dataclass(frozen=True)
+class _EvalContext:
+    """`normbench.tasks.EvalContext` from the trial's runtime and its data-parallel ranks."""
+
+    runtime: Any  # normbench.engine.device.Runtime
+    par: distributed.Parallel
+    split: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    def autocast(self) -> Any:
+        return self.runtime.autocast()
+
+    def inputs(self, x: Any) -> Any:
+        return self.runtime.to_input(x) if isinstance(x, torch.Tensor) else x
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.par.all_sum(t)
+
+    def gather(self, obj: Any) -> list[Any]:
+        return self.par.gather(obj)
+
+
 @torch.no_grad()
 def evaluate(
-    trial: Trial, loader: Any, par: distributed.Parallel | None = None
-) -> tuple[float | None, ...]:
-    """(loss, top-1 %, top-5 %) of the model in eval mode on `loader`; Nones without one.
+    trial: Trial, loader: Any, par: distributed.Parallel | None = None, *, split: str | None = None
+) -> dict[str, float | None]:
+    """The task's metrics of the model in eval mode on `loader` ({metric name: value}, e.g.
+    classification's loss, top1 and top5); {} without a loader.
 
     With DDP (`par`) each rank's loader serves its batches (every N-th, `Parallel.shard`) and
-    the sums are all-reduced."""
+    the task sums (or gathers) over ranks through its context."""
     if loader is None:
-        return None, None, None
-    par = par or distributed.SINGLE
-    model, rt = trial.model, trial.runtime
+        return {}
+    model = trial.model
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=rt.device)
-    hits = torch.zeros(2, dtype=torch.int64, device=rt.device)  # top-1, top-5
-    seen = 0  # on the host: sums stay on the device until the end
-    for x, y in loader:
-        with rt.autocast():
-            logits = trial.forward(rt.to_input(x)).float()
-        loss += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices  # (N, k)
-        match = top == y[:, None]  # (N, k)
-        hits += torch.stack([match[:, 0].sum(), match.any(dim=1).sum()])
-        seen += len(y)
-    model.train()
-    totals = torch.cat([hits, hits.new_tensor([seen])])  # top-1, top-5, seen
-    loss, h = par.all_sum(loss), par.all_sum(totals).tolist()
-    seen = h[2]
-    if seen == 0:
-        return None, None, None
-    return float(loss) / seen, 100.0 * h[0] / seen, 100.0 * h[1] / seen
+    try:
+        ctx = _EvalContext(trial.runtime, par or distributed.SINGLE, split)
+        return dict(trial.task.evaluate(trial.forward, loader, ctx))
+    finally:
+        model.train()
 
 
 def _condensation(trial: Trial) -> dict[str, float]:
     probe = trial.probe
     if probe is None:
         return {}
-    return probes.condensation(trial.model, trial.runtime.to_input(probe), trial.runtime.autocast())
+    x = trial.runtime.to_input(probe) if isinstance(probe, torch.Tensor) else probe
+    return probes.condensation(trial.model, x, trial.runtime.autocast())
 
 
 def _memory_meter(trial: Trial) -> memory.PeakMemory:
@@ -279,7 +304,15 @@ def _payload(trial: Trial, state: _State, rng: list[dict[str, Any]]) -> dict[str
         "scheduler": trial.scheduler.state_dict(),
         "rng": rng,
         "environment": trial.runtime.environment(),
+        **_task_state(trial.task),
     }
+
+
+def _task_state(task: Any) -> dict[str, Any]:
+    """A task's own training state, when it keeps one (`state_dict()`, e.g. a GAN's second
+    optimiser or a NAS controller; docs/tasks.md): saved beside the model's."""
+    state = getattr(task, "state_dict", None)
+    return {"task": state()} if callable(state) else {}
 
 
 def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
@@ -291,6 +324,8 @@ def _restore(trial: Trial, payload: dict[str, Any], rank: int) -> _State:
     for group in trial.optimizer.param_groups:  # the saved groups carry the saver's choice
         group["fused"] = fused
     trial.scheduler.load_state_dict(payload["scheduler"])
+    if "task" in payload:
+        trial.task.load_state_dict(payload["task"])
     ckpt.set_rng_state(ckpt.rank_rng_state(payload["rng"], rank), trial.runtime.device)
     return _State(
         epoch=int(payload["epoch"]),

@@ -78,8 +78,10 @@ def norm_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield name, module
 
 
-def condensation(model: nn.Module, probe: torch.Tensor, autocast: Any = None) -> dict[str, float]:
-    """{norm layer name: average pairwise cosine similarity of its input on `probe`}.
+def condensation(model: nn.Module, probe: Any, autocast: Any = None) -> dict[str, float]:
+    """{norm layer name: average pairwise cosine similarity of its input on `probe`}, the
+    model's eval forward on the probe's inputs (images (P, C, H, W), or the structure a
+    task's model takes, e.g. a list of images).
 
     Leaves parameters, buffers, train flags and RNG streams exactly as it found them.
     """
@@ -88,7 +90,8 @@ def condensation(model: nn.Module, probe: torch.Tensor, autocast: Any = None) ->
     handles = [module.register_forward_pre_hook(_recorder(sims[name])) for name, module in layers]
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    devices = [probe.device] if probe.device.type == "cuda" else []
+    first = probe if isinstance(probe, torch.Tensor) else probe[0]
+    devices = [first.device] if first.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             model.eval()

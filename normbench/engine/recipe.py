@@ -20,12 +20,16 @@ parameter, each with one meaning:
   (unlike its first version, which chose by `ndim <= 1`, it now also frees BNET/UBN kernels
   and SaBN tables, and it still decays nothing but those two kinds).
 Parameters with equal settings share one SGD group, so the default recipe has one group.
+`optimizer: adam` takes the same groups into torch's Adam (weight decay as L2 added to the
+gradient, as torch's Adam does; decay toward the identity affine is SGD's only).
 
 Schedule, stepped once per training batch (torch's own schedulers):
 - warm-up (`warmup_epochs` > 0): `LinearLR` from lr/W to lr over the first W batches, so
   batch t (0-based, t < W) trains at lr*(t+1)/W and batch W-1 at the full lr;
 - then "multistep" (`MultiStepLR`, x`gamma` at each milestone), "cosine"
-  (`CosineAnnealingLR`, reaching 0 just after the last batch) or "constant";
+  (`CosineAnnealingLR`, reaching 0 just after the last batch), "constant" or "inverse_time"
+  (`LambdaLR`, lr / (1 + `lr_decay`·t) at the t-th batch after warm-up, t from 0: AdaIN's
+  `adjust_learning_rate`, called before each iteration with its 0-based count);
 - joined by `SequentialLR` at batch W.
 
 Milestones are epochs counted from the start of training (warm-up included) and become batch
@@ -42,10 +46,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import SGD, Optimizer
+from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import (
     ConstantLR,
     CosineAnnealingLR,
+    LambdaLR,
     LinearLR,
     LRScheduler,
     MultiStepLR,
@@ -174,10 +179,13 @@ def param_groups(model: nn.Module, recipe: Recipe) -> tuple[list[dict[str, Any]]
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> Optimizer:
-    """SGD with momentum (Nesterov when asked) over `param_groups`. `fused`: torch's fused
-    kernel, which can skip a step on the device (`found_inf`; normbench.engine.loop)."""
+    """SGD with momentum (Nesterov when asked), or Adam, over `param_groups`. `fused`:
+    torch's fused kernel, which can skip a step on the device (`found_inf`;
+    normbench.engine.loop)."""
     check_recipe(recipe)
     groups, targets = param_groups(model, recipe)
+    if recipe.optimizer == "adam":
+        return Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused or None)
     return DecayTargetSGD(
         groups,
         targets=targets,
@@ -204,6 +212,11 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(
             "recipe: no_decay_norm_and_bias=true means norm_weight_decay=0 and "
             f"bias_weight_decay=0, but {given} is also set; drop one of the two"
+        )
+    if recipe.optimizer == "adam" and (recipe.nesterov or recipe.decay_toward == "identity"):
+        raise RecipeError(
+            "recipe: optimizer adam takes neither nesterov nor norm_decay_toward identity "
+            "(SGD's); drop them or use optimizer sgd"
         )
     if recipe.nesterov and recipe.momentum <= 0:
         raise RecipeError(f"recipe: nesterov needs momentum > 0, got momentum={recipe.momentum}")
@@ -235,17 +248,15 @@ def build_scheduler(
         )
     elif recipe.schedule == "cosine":
         after = CosineAnnealingLR(optimizer, T_max=max(total - w, 1), eta_min=0.0)
+    elif recipe.schedule == "inverse_time":
+        decay = recipe.lr_decay
+        after = LambdaLR(optimizer, lambda t: 1.0 / (1.0 + decay * t))
     else:
         after = ConstantLR(optimizer, factor=1.0, total_iters=0)
     if w == 0:
         return after
     warm = LinearLR(optimizer, start_factor=1.0 / w, end_factor=1.0, total_iters=w - 1)
     return SequentialLR(optimizer, [warm, after], milestones=[w])
-
-
-def build_criterion(recipe: Recipe) -> nn.Module:
-    """Training loss: cross-entropy with the recipe's label smoothing."""
-    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
 def current_lr(optimizer: Optimizer) -> float:

@@ -9,6 +9,10 @@ loss was non-finite (`found_inf`, the mechanism of torch's GradScaler), so the p
 those the first non-finite loss was computed with, and the batch of that step is kept: the
 reason names the layer as a check at that very step would have. Loss sums and hits stay on the
 device until the end of the pass; `on_batch` is called at each read.
+
+The task (`Trial.task`) computes each batch's loss and its train metrics' sums
+(`training_step`, normbench/tasks/base.py); this pass does everything else, for every task.
+A batch is `(inputs, targets)`; tensor inputs are handed over in the model's memory format.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from normbench.engine import distributed, memory
 from normbench.engine.build import Trial
 from normbench.engine.device import DeviceError, compile_counts, synchronize
 from normbench.engine.recipe import current_lr
+from normbench.tasks.base import Batch, num_samples
 
 BatchCallback = Callable[[dict[str, Any]], None]
 
@@ -33,7 +38,7 @@ BatchCallback = Callable[[dict[str, Any]], None]
 @dataclass
 class TrainResult:
     loss: float | None
-    top1: float | None
+    metrics: dict[str, float | None]  # the task's train metrics but the loss, by name
     images: int
     seconds: float
     lr: float
@@ -52,22 +57,24 @@ class Run:
 
 class _Divergence:
     """The first step of an epoch (0-based) whose loss was not finite, and with `keep` its
-    input batch, kept on the device so that checking a loss needs no host sync; `read()` is
-    the one sync. (Keeping the batch costs one batch of memory and a select per step; it lets
-    a check that reads the flag steps later name the layer as the step itself would have.)"""
+    batch, kept on the device so that checking a loss needs no host sync; `read()` is the one
+    sync. (Keeping the batch costs one batch of memory and a select per step; it lets a check
+    that reads the flag steps later name the layer as the step itself would have. A batch
+    that is not a pair of tensors, e.g. detection's lists, cannot be selected on the device:
+    the latest one is kept, and the layer is named on it.)"""
 
     def __init__(self, device: torch.device, *, keep: bool) -> None:
         self.first = torch.full((), -1, dtype=torch.int64, device=device)  # -1: none yet
         # 1.0 from the first non-finite loss on: the fused SGD step's `found_inf`
         self.found = torch.zeros((), dtype=torch.float32, device=device)
         self.keep = keep
-        self.batch: torch.Tensor | None = None  # with `keep`: the first bad step's input
+        self.batch: Batch | None = None  # with `keep`: the first bad step's batch
 
-    def update(self, loss: torch.Tensor, step: int, x: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor, step: int, batch: Batch) -> None:
         bad = ~torch.isfinite(loss)
         new = bad & (self.first < 0)
         if self.keep:
-            self.batch = x.clone() if self.batch is None else torch.where(new, x, self.batch)
+            self.batch = _keep(new, batch, self.batch)
         self.first = torch.where(new, step, self.first)
         self.found = torch.maximum(self.found, bad.float())
 
@@ -76,13 +83,27 @@ class _Divergence:
         return None if first < 0 else first
 
 
+def _keep(new: torch.Tensor, batch: Batch, kept: Batch | None) -> Batch:
+    """`batch` where `new` (a device bool) is set, else `kept`, selected on the device."""
+    if not all(isinstance(t, torch.Tensor) for t in batch):
+        return batch
+    if kept is None:
+        return tuple(t.clone() for t in batch)  # type: ignore[return-value]
+    return tuple(torch.where(new, t, k) for t, k in zip(batch, kept, strict=True))  # type: ignore[return-value]
+
+
 @dataclass
 class _Epoch:
     """What a training pass has added up, on the device, and its steps' (lr, images)."""
 
     loss_sum: torch.Tensor  # float64: sum over steps of mean loss x images
-    correct: torch.Tensor  # int64
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # the train metrics' sums
     steps: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, sums: dict[str, torch.Tensor]) -> None:
+        for name, value in sums.items():
+            value = value.detach().double()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @property
     def seen(self) -> int:
@@ -95,68 +116,69 @@ def train_epoch(
     """One pass over the training loader; stops at a non-finite loss (see the module doc).
 
     With DDP the loader serves this rank's slice of each optimiser batch (`Parallel.shard`);
-    the loss (so the divergence check) and the hits are summed over ranks, and the image
-    counts are those of the optimiser batch.
+    the loss (so the divergence check) and the metric sums are summed over ranks, and the
+    sample counts are those of the optimiser batch.
     """
     trial, par = run.trial, run.par
     rt = trial.runtime
     trial.model.train()
     trial.data.train.set_epoch(epoch - 1)
-    sums = _Epoch(
-        torch.zeros((), dtype=torch.float64, device=rt.device),
-        torch.zeros((), dtype=torch.int64, device=rt.device),
-    )
+    sums = _Epoch(torch.zeros((), dtype=torch.float64, device=rt.device))
     watch = _Divergence(rt.device, keep=rt.check_every > 1)
     lr = current_lr(trial.optimizer)
     synchronize(rt.device)
     start = time.perf_counter()
-    x = None
+    batch = None
     for i, (x, y) in enumerate(trial.data.train):
         if i >= trial.batches_per_epoch:
             break
         lr = current_lr(trial.optimizer)  # the lr this batch trains with
-        x = rt.to_input(x)
+        batch = (rt.to_input(x) if isinstance(x, torch.Tensor) else x, y)
         with meter.step():
-            loss, logits = _forward_backward(run, x, y)
-            watch.update(loss, i, x)
+            loss, step_sums = _forward_backward(run, batch)
+            watch.update(loss, i, batch)
             if (i + 1) % rt.check_every == 0 and watch.read() is not None:
-                return _diverged(run, epoch, watch, sums, x, time.perf_counter() - start)
+                return _diverged(run, epoch, watch, sums, batch, time.perf_counter() - start)
             _optimizer_step(trial, watch)
         if i == 0 and rt.compile:
             _require_graphs()
-        images = int(y.shape[0]) * par.ranks  # every rank holds as many
+        images = num_samples(batch[0]) * par.ranks  # every rank holds as many
         sums.loss_sum += loss * images
-        sums.correct += (logits.argmax(dim=1) == y).sum()
+        sums.add(step_sums)
         sums.steps.append((lr, images))
         if on_batch is not None and (i + 1) % rt.check_every == 0:
             on_batch(_progress(epoch, i, trial, sums, start))
-    if x is not None and watch.read() is not None:  # the steps since the last read
-        return _diverged(run, epoch, watch, sums, x, time.perf_counter() - start)
+    if batch is not None and watch.read() is not None:  # the steps since the last read
+        return _diverged(run, epoch, watch, sums, batch, time.perf_counter() - start)
     synchronize(rt.device)
     seconds = meter.training_seconds(time.perf_counter() - start)
-    correct, seen = int(par.all_sum(sums.correct)), sums.seen
+    seen = sums.seen
     if seen == 0:
-        return TrainResult(None, None, 0, seconds, lr, "the training loader yielded no batch")
-    return TrainResult(float(sums.loss_sum) / seen, 100.0 * correct / seen, seen, seconds, lr)
+        return TrainResult(None, {}, 0, seconds, lr, "the training loader yielded no batch")
+    metrics: dict[str, float | None] = {
+        name: float(par.all_sum(v)) / seen for name, v in sums.sums.items()
+    }
+    return TrainResult(float(sums.loss_sum) / seen, metrics, seen, seconds, lr)
 
 
 def _diverged(
-    run: Run, epoch: int, watch: _Divergence, sums: _Epoch, x: torch.Tensor, seconds: float
+    run: Run, epoch: int, watch: _Divergence, sums: _Epoch, batch: Batch, seconds: float
 ) -> TrainResult:
-    """The result of an epoch whose step `watch.first` had a non-finite loss, read when `x`
-    was the latest batch. The parameters are still those that step computed with (later
-    steps were skipped on the device), and its input is `watch.batch` (or `x` itself)."""
+    """The result of an epoch whose step `watch.first` had a non-finite loss, read when
+    `batch` was the latest. The parameters are still those that step computed with (later
+    steps were skipped on the device), and its batch is `watch.batch` (or `batch` itself)."""
     first = watch.read()
     assert first is not None
     lr, _ = sums.steps[first] if first < len(sums.steps) else (current_lr(run.trial.optimizer), 0)
     why = f"non-finite training loss at batch {first + 1} of epoch {epoch}"
-    source = non_finite_source(run.trial, x if watch.batch is None else watch.batch)
+    source = non_finite_source(run.trial, batch if watch.batch is None else watch.batch)
     seen = sum(images for _, images in sums.steps[:first])
-    return TrainResult(None, None, seen, seconds, lr, f"{why}; {source}")
+    return TrainResult(None, {}, seen, seconds, lr, f"{why}; {source}")
 
 
 def _progress(epoch: int, i: int, trial: Trial, sums: _Epoch, start: float) -> dict[str, Any]:
-    """The live-display numbers after batch i (0-based) of an epoch."""
+    """The live-display numbers after batch i (0-based) of an epoch: the loss and each train
+    metric (this rank's) so far, by name (classification: `top1`)."""
     elapsed = time.perf_counter() - start
     seen = sums.seen
     return {
@@ -165,21 +187,20 @@ def _progress(epoch: int, i: int, trial: Trial, sums: _Epoch, start: float) -> d
         "batch": i + 1,
         "batches": trial.batches_per_epoch,
         "loss": float(sums.loss_sum) / seen,
-        "top1": 100.0 * int(sums.correct) / seen,
+        **{name: float(v) / seen for name, v in sums.sums.items()},
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
     }
 
 
-def _forward_backward(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Forward and backward of one batch: (the mean loss over the optimiser batch as a float64
-    device scalar, all ranks agreeing on it; the detached logits)."""
+def _forward_backward(run: Run, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The task's training step on one batch, and backward: (the mean loss over the optimiser
+    batch as a float64 device scalar, all ranks agreeing on it; the step's metric sums)."""
     trial = run.trial
     with trial.runtime.autocast(), run.par.statistics():
-        logits = run.train_forward(x)
-    loss = trial.criterion(logits.float(), y)
+        step = trial.task.training_step(run.train_forward, batch)
     trial.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    return run.par.all_sum(loss.detach()).double() / run.par.ranks, logits.detach()
+    step.loss.backward()
+    return run.par.all_sum(step.loss.detach()).double() / run.par.ranks, step.sums
 
 
 def _optimizer_step(trial: Trial, watch: _Divergence) -> None:
@@ -229,10 +250,11 @@ def non_finite_state(model: nn.Module) -> str | None:
     return None if name is None else f"non-finite values in {name} after the epoch"
 
 
-def non_finite_source(trial: Trial, x: torch.Tensor) -> str:
+def non_finite_source(trial: Trial, batch: Batch) -> str:
     """Where a non-finite loss came from: the first layer (in forward order) whose output is
-    not finite on the batch, else a NaN/inf parameter or buffer. The forward runs on a copy
-    of the model, so the trial's own state is untouched; this runs once, when a trial diverges."""
+    not finite on the batch (the task's training step, run again), else a NaN/inf parameter or
+    buffer. The step runs on a copy of the model without gradients, so the trial's own state
+    is untouched; this runs once, when a trial diverges."""
     model = copy.deepcopy(trial.model)
     found: list[str] = []
 
@@ -248,7 +270,7 @@ def non_finite_source(trial: Trial, x: torch.Tensor) -> str:
         if label:  # a child's hook fires before its parent's: the first hit is the innermost
             module.register_forward_hook(check(label))
     with torch.no_grad(), trial.runtime.autocast():
-        model(x)
+        trial.task.training_step(model, batch)
     if found:
         return f"first non-finite output: {found[0]}"
     name = non_finite_tensor(trial.model)

@@ -19,10 +19,12 @@ from torch import nn
 
 from normbench.errors import UserError, describe_failure
 from normbench.models import (
+    adain,
     cifar_resnet,
     convnext,
     imagenet,
     inception_v4,
+    nas201,
     res2net,
     small_resnet,
     vgg,
@@ -44,6 +46,8 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
     **convnext.FACTORIES,
+    **adain.FACTORIES,
+    **nas201.FACTORIES,
 }
 
 
@@ -95,6 +99,15 @@ BACKBONES = kind_registry(
         rules=backbone_rules,
     ),
 )
+
+
+def backbone_conditioning(name: str) -> str | None:
+    """What the backbone's norm slots pass besides x (its factory's `norm_conditioning`):
+    None for a plain `norm_layer(C)` (every classifier), "style" for a style network's
+    (`adain_vgg19`: forward(x, style)). Unknown names: None."""
+    if name not in BACKBONES:
+        return None
+    return getattr(BACKBONES.get(name).obj, "norm_conditioning", None)
 
 
 def register_backbone(name: str | None = None) -> Callable[[Any], Any]:

@@ -1,4 +1,5 @@
-"""`normbench report RUN_DIR [RUN_DIR ...] [--output DIR]`: (re)build a run's report."""
+"""`normbench report RUN_DIR [RUN_DIR ...] [--output DIR] [--baseline NAME]`: (re)build a
+run's report."""
 
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ def report(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Report folder (default: RUN_DIR/report for one run)."
     ),
+    baseline: str | None = typer.Option(
+        None,
+        "--baseline",
+        help="Variant (label or name) every row is compared with (default: the suite's "
+        "`baseline`, else bn).",
+    ),
 ) -> int:
     """Write leaderboard.md, CSV tables and plots from stored results (never retrains)."""
     from normbench.reports import build_report, print_summary
 
-    print_summary(build_report(list(run_dirs), output))
+    print_summary(build_report(list(run_dirs), output, baseline=baseline))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Read one or more run directories into one set of results, refusing incompatible merges.
 
 Merge rule: two run directories merge when they trained the same things the same way.
-A *cell* is (dataset, backbone label, variant label, variant options, batch size, epochs,
+A *cell* is (task, dataset, backbone label, variant label, variant options, batch size, epochs,
 limit_batches); trials of one cell may differ only in `seed` and in what is not part of a
 trial's identity (`normbench.spec.identity`: the environment such as threads, device and
 `parallel`, where the data and plugins are, checkpointing). A *leaderboard* is a cell without
@@ -18,12 +18,13 @@ simply add rows (e.g. a second run with more variants). The same trial id in two
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from normbench.contract import CLASSIFICATION, Scoring, scoring_of
 from normbench.errors import UserError
 from normbench.results import load_epochs, load_results
 from normbench.results.store import EPOCHS, TRIALS, read_jsonl
@@ -32,7 +33,12 @@ from normbench.spec import fields_on, identity
 # The replicate axis: the trials of one cell differ in it.
 _REPLICATE = ("seed",)
 # Preference among copies of one trial id: the most finished first.
-_STATUS_RANK = {"completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "interrupted": 4}
+_STATUS_RANK = {
+    "completed": 0, "diverged": 1, "pruned": 2, "failed": 3, "incomplete": 4, "running": 5,
+    "interrupted": 6,
+}  # fmt: skip
+# What identifies one leaderboard (its variants must share the recipe).
+TABLE_KEYS = ("task", "dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches")
 
 
 class ReportError(UserError):
@@ -61,6 +67,14 @@ class Results:
     condensation: dict[str, dict[int, dict[str, float]]]
     # trial id -> epoch -> {layer: {key: value}} (the layers' `diagnostics()`), model order
     diagnostics: dict[str, dict[int, dict[str, dict[str, float]]]]
+    # task -> its scoring, as the runs stored it (suite.resolved.json, records)
+    scorings: dict[str, Scoring] = field(default_factory=dict)
+    # the variant (label or name) rows are compared with: the suite's `baseline`, else bn
+    baseline: str = "bn"
+
+    def scoring(self, task: str) -> Scoring:
+        """How the trials of `task` are scored (classification's for a task none stored)."""
+        return self.scorings.get(task, CLASSIFICATION)
 
 
 def load_runs(run_dirs: list[Path]) -> Results:
@@ -87,7 +101,26 @@ def load_runs(run_dirs: list[Path]) -> Results:
         refs,
         _per_layer(runs, "condensation"),
         _per_layer(runs, "diagnostics"),
+        _scorings(runs),
+        next((str(r.suite["baseline"]) for r in runs if r.suite.get("baseline")), "bn"),
     )
+
+
+def _scorings(runs: list[RunInfo]) -> dict[str, Scoring]:
+    """Each task's scoring: from the suites (suite.resolved.json), then from the records of
+    trials whose task no suite names (a record of a task other than classification carries
+    it; `normbench.contract.scoring_of`)."""
+    out: dict[str, Scoring] = {}
+    for run in runs:
+        task, stored = (run.suite.get("task") or {}).get("name"), run.suite.get("scoring")
+        if isinstance(task, str) and isinstance(stored, dict):
+            out.setdefault(task, Scoring.from_dict(stored))
+    for run in runs:
+        for rec in read_jsonl(run.path / EPOCHS):
+            if not isinstance(rec.get("spec"), dict):  # only a trial's first line has its spec
+                continue
+            out.setdefault(rec["spec"].get("task", "classification"), scoring_of(rec))
+    return out
 
 
 def _per_layer(runs: list[RunInfo], key: str) -> dict[str, dict[int, dict[str, Any]]]:
@@ -154,16 +187,16 @@ def cell_key(row: pd.Series) -> tuple[Any, ...]:
 
 def table_key(row: pd.Series) -> tuple[Any, ...]:
     """What identifies one leaderboard: its variants must share the recipe."""
-    keys = ("dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches")
-    return tuple(row[k] for k in keys)
+    return tuple(row[k] for k in TABLE_KEYS)
 
 
 def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame) -> None:
     """Same cell: same spec up to seed; same leaderboard: same recipe and data up to variant."""
     where = f"cannot merge run directories {a.path} and {b.path}"
-    ta, tb = a.suite.get("target_accuracy"), b.suite.get("target_accuracy")
-    if a.suite and b.suite and ta != tb:
-        raise ReportError(f"{where}: they differ in target_accuracy ({ta} vs {tb})")
+    for key in ("target_accuracy", "baseline"):
+        va, vb = a.suite.get(key), b.suite.get(key)
+        if a.suite and b.suite and va != vb:
+            raise ReportError(f"{where}: they differ in {key} ({va} vs {vb})")
     for key_fn, ignored, what in (
         (cell_key, _REPLICATE, "cell"),
         (table_key, _REPLICATE + fields_on("variant"), "leaderboard"),

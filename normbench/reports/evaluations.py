@@ -1,7 +1,8 @@
 """Rows for `normbench evaluate` results: finished checkpoints re-scored under inference-time
 settings (`RUN_DIR/evaluations.jsonl`), labelled with the setting, beside the trained score.
 
-Pure function of the run directories; never imports torch.
+Pure function of the run directories; never imports torch. The numbers are each trial's task's
+headline on test (classification: top-1; a line of another task carries its `scoring`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from normbench.contract import scoring_of
 from normbench.results.store import EPOCHS, EVALUATIONS, read_jsonl
 
 SETTING_TITLES = {
@@ -29,7 +31,7 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
     groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], float | None]]] = defaultdict(list)
     for run_dir in run_dirs:
         trained = {
-            (r["trial_id"], r["epoch"]): r.get("test_top1")
+            (r["trial_id"], r["epoch"]): r.get(f"test_{scoring_of(r).headline}")
             for r in read_jsonl(Path(run_dir) / EPOCHS)
         }
         for e in read_jsonl(Path(run_dir) / EVALUATIONS):
@@ -54,7 +56,8 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (dataset, backbone, variant, batch, setting), rows in groups.items():
-        new = [e["test_top1"] for e, _ in rows if e.get("test_top1") is not None]
+        test = f"test_{scoring_of(rows[0][0]).headline}"
+        new = [e[test] for e, _ in rows if e.get(test) is not None]
         old = [t for _, t in rows if t is not None]
         values = ", ".join(f"{e['value']:g}" for e, _ in rows)
         diff = _mean(new) - _mean(old) if new and old else None

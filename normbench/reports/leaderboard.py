@@ -1,19 +1,25 @@
-"""Leaderboards: one table per (dataset, backbone, batch size, length), one row per variant.
+"""Leaderboards: one table per (task, dataset, backbone, batch size, length), one row per
+variant.
 
 Every statistic is over the *completed* trials of a variant (one per seed); diverged, failed,
 pruned and interrupted trials are counted in the row and listed in `did_not_finish`, never
-dropped silently. The headline accuracy is the final-epoch test top-1. The best epoch is
-chosen on the validation split; a trial without one falls back to best-on-test, and that is
-labelled wherever it is shown.
+dropped silently. The headline is the task's headline metric (`Table.scoring`,
+normbench.contract; classification: top-1) at the final epoch on the test split, and every
+comparison reads it in its direction: rows sort best first, the best epoch is the best on
+validation, time-to-target is the first epoch at least as good as the target. Row columns are
+named after the metric (`top1_mean`, `rmse_mean`, ...). The best epoch is chosen on the
+validation split; a trial without one falls back to best-on-test, and that is labelled
+wherever it is shown.
 
 In a search, a row is one sampled configuration (the searched values in its label): seeds
 are pooled only within a configuration. The paired tests of a table against its BN row are
 one family: their p-values are Holm-adjusted across the table's rows.
 
-Time-to-target uses one target per table: the suite's reference top-1 for BN on that data
+Time-to-target uses one target per table: the suite's reference headline for BN on that data
 set and backbone when it gives one (UBN Table 8: "time to reach BN's final accuracy"), else
-the suite's `target_accuracy`, else BN's mean final top-1 in the same table (Table 8 as
-measured within one run), else 95% of the table's best mean final top-1.
+the suite's `target_accuracy`, else BN's mean final headline in the same table (Table 8 as
+measured within one run), else within 5% of the table's best mean final headline (95% of it,
+or 105% for a lower-is-better metric).
 """
 
 from __future__ import annotations
@@ -25,12 +31,11 @@ from typing import Any
 
 import pandas as pd
 
+from normbench.contract import CLASSIFICATION, Metric, Scoring
 from normbench.reports import stats
-from normbench.reports.data import Results
+from normbench.reports.data import TABLE_KEYS, Results
 
-BASELINE = "bn"
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
-_TABLE_KEYS = ["dataset", "backbone_label", "batch_size", "epochs_planned", "limit_batches"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Table:
     target: float | None
     target_source: str  # "reference", "suite", "baseline" or "default"
     selection: str  # how the best epoch was chosen: "val", "test" or "mixed"
-    baseline: str | None  # label of the BN row, if any
+    baseline: str | None  # label of the baseline row (the suite's `baseline`, bn), if any
     # variant label -> completed trial ids, in the suite's variant order (for plots)
     members: dict[str, tuple[str, ...]]
     target_note: str = ""  # where a reference target comes from (its source)
@@ -57,6 +62,12 @@ class Table:
     taus: dict[str, float] = field(default_factory=dict)
     # (devices, stats_scope) when the trials ran on several devices (all alike), else None
     devices: tuple[int, str] | None = None
+    task: str = "classification"
+    scoring: Scoring = CLASSIFICATION  # the task's metrics; `rows` columns follow its headline
+
+    @property
+    def headline(self) -> Metric:
+        return self.scoring.best
 
     @property
     def title(self) -> str:
@@ -67,6 +78,8 @@ class Table:
             where = "per device" if scope == "device" else "over all devices"
             batch += f" per device x {n} devices ({n * self.batch_size} a step, statistics {where})"
         parts = [self.dataset, self.backbone, batch, epochs]
+        if self.task != "classification":
+            parts.insert(0, self.task)
         if self.smoke:
             parts.append(f"SMOKE RUN ({self.smoke})")
         return " · ".join(str(p) for p in parts)
@@ -74,6 +87,7 @@ class Table:
     @property
     def slug(self) -> str:
         s = f"{self.dataset}_{self.backbone}_b{self.batch_size}_e{self.epochs}"
+        s = s if self.task == "classification" else f"{self.task}_{s}"
         s += f"_lb{self.limit_batches}" if self.limit_batches else ""
         return "".join(c if c.isalnum() or c in "_-" else "-" for c in s)
 
@@ -88,7 +102,7 @@ def build_tables(res: Results) -> list[Table]:
     order = _suite_order(res)
     rank = [order.get(str(label), len(order)) for label in df["label"]]
     df = df.assign(_rank=rank).sort_values(["_rank", "trial_id"], kind="stable")
-    keys = df[_TABLE_KEYS].astype(object).where(df[_TABLE_KEYS].notna(), None)
+    keys = df[list(TABLE_KEYS)].astype(object).where(df[list(TABLE_KEYS)].notna(), None)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for idx, key in zip(df.index, map(tuple, keys.values.tolist()), strict=True):
         groups.setdefault(key, []).append(idx)
@@ -96,6 +110,8 @@ def build_tables(res: Results) -> list[Table]:
     return sorted(
         tables,
         key=lambda t: (
+            t.task != "classification",
+            t.task,
             str(t.dataset),
             str(t.backbone),
             t.batch_size or 0,
@@ -148,34 +164,38 @@ def _variant_key(row: pd.Series, paths: tuple[str, ...] = ()) -> tuple[str, str]
 
 
 def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
-    dataset, backbone, batch_size, epochs, limit = key
+    task, dataset, backbone, batch_size, epochs, limit = key
+    scoring = res.scoring(str(task))
+    h = scoring.best
     labels = _display_labels(df)
     done = df[df["status"] == "completed"]
-    baseline = _baseline(df, labels)
-    base_by_seed = _by_seed(done[done["variant_key"] == baseline]) if baseline else {}
+    baseline = _baseline(df, labels, res.baseline)
+    base_by_seed = _by_seed(done[done["variant_key"] == baseline], h) if baseline else {}
     rows = []
     for vkey in dict.fromkeys(df["variant_key"]):
         trials = df[df["variant_key"] == vkey]
-        row = _row(labels[vkey], trials, res, base_by_seed, is_base=vkey == baseline)
-        row.update(_paper(res.reference, dataset, trials.iloc[0], labels[vkey], row))
+        row = _row(labels[vkey], trials, res, base_by_seed, vkey == baseline, scoring)
+        row.update(_paper(res.reference, dataset, trials.iloc[0], row, scoring))
         rows.append(row)
     table = (
         pd.DataFrame(rows)
-        .sort_values("top1_mean", ascending=False, na_position="last", kind="stable")
+        .sort_values(
+            f"{h.name}_mean", ascending=not h.higher_is_better, na_position="last", kind="stable"
+        )
         .reset_index(drop=True)
     )
     table["p_holm"] = stats.holm(list(table["p_value"]))
     sources = tuple(
-        dict.fromkeys(str(r.get("source")) for r in res.reference if _ref_col(r, "top1") in table)
+        dict.fromkeys(str(r.get("source")) for r in res.reference if _ref_col(r, h.name) in table)
     )
-    bn_ref = _bn_reference(res.reference, dataset, df.iloc[0], batch_size)
+    bn_ref = _baseline_reference(res, dataset, df.iloc[0], batch_size, h.name)
     target: float | None
     if bn_ref is not None:
-        target, source = float(bn_ref["top1"]), "reference"
+        target, source = ref_value(bn_ref, h.name), "reference"
     else:
-        base_top1 = _baseline_top1(table, labels.get(baseline) if baseline else None)
-        target, source = _target(res.target_accuracy, table, base_top1)
-    table = _add_targets(table, df, res.epochs, labels, target)
+        base_value = _baseline_value(table, labels.get(baseline) if baseline else None, h)
+        target, source = _target(res.target_accuracy, table, h, base_value)
+    table = _add_targets(table, df, res.epochs, labels, target, h)
     sel = set(table["best_selection"].dropna())
     selection = "mixed" if len(sel) > 1 else (sel.pop() if sel else "val")
     base_label = labels.get(baseline) if baseline else None
@@ -201,6 +221,8 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         best_config=_best_config(table, df, labels, res),
         taus=taus,
         devices=_devices(df),
+        task=str(task),
+        scoring=scoring,
     )
 
 
@@ -227,18 +249,26 @@ def smoke_text(res: Results, runs: set[str] | None = None) -> str | None:
     return ", ".join(caps) or None
 
 
-def _bn_reference(
-    refs: tuple[dict, ...], dataset: Any, trial: pd.Series, batch_size: Any
+def ref_value(ref: dict, metric: str) -> float | None:
+    """A reference row's published number for `metric`: under `metrics`, or (classification's
+    `top1`, `top5`) a key of its own."""
+    value = (ref.get("metrics") or {}).get(metric, ref.get(metric))
+    return None if value is None else float(value)
+
+
+def _baseline_reference(
+    res: Results, dataset: Any, trial: pd.Series, batch_size: Any, metric: str
 ) -> dict | None:
-    """The first reference row (suite order) giving BN's top-1 on this data set and backbone."""
+    """The first reference row (suite order) giving the baseline's headline on this data set
+    and backbone."""
     names = {str(trial["backbone_label"]).lower(), str(trial["backbone"]).lower()}
-    for ref in refs:
+    for ref in res.reference:
         if (
             str(ref.get("dataset")).lower() == str(dataset).lower()
             and str(ref.get("backbone")).lower() in names
-            and str(ref.get("variant")).lower() == BASELINE
+            and str(ref.get("variant")).lower() == res.baseline.lower()
             and ref.get("batch_size") in (None, batch_size)
-            and ref.get("top1") is not None
+            and ref_value(ref, metric) is not None
         ):
             return ref
     return None
@@ -283,10 +313,11 @@ def _best_config(
     best = pick(scores, key=scores.__getitem__)
     row = table.set_index("variant").loc[best]
     where = "validation" if metric.startswith("val") else "the TEST split (optimistic)"
+    h = res.scoring(str(df["task"].iloc[0])).best
     text = (
         f"Best configuration (chosen on {where}, `{metric}` {search.get('mode', 'max')}, over "
         f"completed trials only): **{best}**, mean {metric} {scores[best]:.2f} over "
-        f"{int(row['n'])} seed(s); its final test top-1 {row['top1_mean']:.2f}."
+        f"{int(row['n'])} seed(s); its final test {h.label} {row[f'{h.name}_mean']:.2f}."
     )
     # A search over several layers: the best configuration of each, too.
     layer = {labels[k]: str(v) for k, v in zip(df["variant_key"], df["variant"], strict=True)}
@@ -329,42 +360,58 @@ def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _baseline(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> tuple[str, str] | None:
-    """The BN row: label "bn" first, else the first variant registered as bn."""
-    keys = list(labels)
-    for k in keys:
-        if k[0].lower() == BASELINE:
+def _baseline(
+    df: pd.DataFrame, labels: dict[tuple[str, str], str], name: str
+) -> tuple[str, str] | None:
+    """The baseline row (the suite's `baseline`, default bn): the row labelled `name` first,
+    else the first row of the variant registered as `name`."""
+    for k in labels:
+        if k[0].lower() == name.lower():
             return k
-    bn = df[df["variant"].astype(str).str.lower() == BASELINE]
-    return _variant_key(bn.iloc[0]) if not bn.empty else None
+    rows = df[df["variant"].astype(str).str.lower() == name.lower()]
+    return _variant_key(rows.iloc[0]) if not rows.empty else None
 
 
-def _by_seed(trials: pd.DataFrame) -> dict[int, float]:
-    """Final test top-1 per seed (trials without a seed or a final number are left out)."""
-    pairs = zip(trials["seed"], trials["final_test_top1"], strict=True)
+def _by_seed(trials: pd.DataFrame, h: Metric) -> dict[int, float]:
+    """Final test headline per seed (trials without a seed or a final number are left out)."""
+    pairs = zip(trials["seed"], _column(trials, f"final_test_{h.name}"), strict=True)
     return {int(s): float(v) for s, v in pairs if not pd.isna(s) and not pd.isna(v)}
 
 
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column of `df`, all NaN when it has none (a task's metric no trial stored)."""
+    if name not in df:
+        return pd.Series([math.nan] * len(df), index=df.index, dtype=float)
+    return pd.to_numeric(df[name], errors="coerce")
+
+
 def _row(
-    label: str, trials: pd.DataFrame, res: Results, base: dict[int, float], is_base: bool
+    label: str,
+    trials: pd.DataFrame,
+    res: Results,
+    base: dict[int, float],
+    is_base: bool,
+    scoring: Scoring,
 ) -> dict[str, Any]:
+    h = scoring.headline
     done = trials[trials["status"] == "completed"]
-    top1 = [float(v) for v in done["final_test_top1"].dropna()]
-    ci = stats.mean_ci(top1)
+    values = [float(v) for v in _column(done, f"final_test_{h}").dropna()]
+    ci = stats.mean_ci(values)
     row: dict[str, Any] = {
         "variant": label,
-        "n": len(top1),
+        "n": len(values),
         "diverged": int((trials["status"] == "diverged").sum()),
         "not_finished": int((~trials["status"].isin(["completed", "diverged"])).sum()),
-        "top1_mean": stats.mean(top1),
-        "top1_std": stats.sample_std(top1),
-        "top1_ci_low": ci.low,
-        "top1_ci_high": ci.high,
-        "top1_ci_method": ci.method,
-        "top5_mean": stats.mean([float(v) for v in done["final_test_top5"].dropna()]),
+        f"{h}_mean": stats.mean(values),
+        f"{h}_std": stats.sample_std(values),
+        f"{h}_ci_low": ci.low,
+        f"{h}_ci_high": ci.high,
+        f"{h}_ci_method": ci.method,
     }
-    row.update(_vs_baseline(_by_seed(done), base, is_base))
-    row.update(_best_epoch(done, res.epochs))
+    for m in scoring.shown:
+        row[f"{m}_mean"] = stats.mean([float(v) for v in _column(done, f"final_test_{m}").dropna()])
+    row.update(_vs_baseline(_by_seed(done, scoring.best), base, is_base))
+    row.update(_best_epoch(done, res.epochs, scoring.best))
     row.update(_cost(done))
     row.update(_frozen(done, res))
     row["source"] = _source(trials)
@@ -416,7 +463,7 @@ def _frozen(done: pd.DataFrame, res: Results) -> dict[str, Any]:
 def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) -> dict:
     nan = math.nan
     if is_base or not base:
-        note = "baseline" if is_base else "no BN baseline"
+        note = "baseline" if is_base else "no baseline"
         return {
             "diff_vs_bn": nan,
             "diff_ci_low": nan,
@@ -436,28 +483,30 @@ def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) 
     }
 
 
-def _best_epoch(done: pd.DataFrame, epochs: pd.DataFrame) -> dict[str, Any]:
-    """Mean test top-1 at each trial's best-on-val epoch (best-on-test without a val split)."""
+def _best_epoch(done: pd.DataFrame, epochs: pd.DataFrame, h: Metric) -> dict[str, Any]:
+    """Mean test headline at each trial's best-on-val epoch (best-on-test without a val split),
+    best in the metric's direction."""
     tops, eps, how = [], [], set()
+    test_key = f"test_{h.name}"
     for _, t in done.iterrows():
-        if not pd.isna(t["best_val_top1"]):
-            tops.append(t["test_top1_at_best_val"])
+        if not pd.isna(t.get(f"best_val_{h.name}", math.nan)):
+            tops.append(t[f"test_{h.name}_at_best_val"])
             eps.append(t["best_val_epoch"])
             how.add("val")
             continue
         mine = epochs[epochs["trial_id"] == t["trial_id"]]
-        if "test_top1" not in mine:
+        if test_key not in mine:
             continue
-        test = pd.to_numeric(mine["test_top1"], errors="coerce")
+        test = pd.to_numeric(mine[test_key], errors="coerce")
         if test.dropna().empty:
             continue
-        best = mine.loc[test.idxmax()]  # first maximum
-        tops.append(best["test_top1"])
+        best = mine.loc[test.idxmax() if h.higher_is_better else test.idxmin()]  # the first
+        tops.append(best[test_key])
         eps.append(best["epoch"])
         how.add("test")
     selection = None if not how else ("mixed" if len(how) > 1 else how.pop())
     return {
-        "best_top1_mean": stats.mean([float(x) for x in tops]),
+        f"best_{h.name}_mean": stats.mean([float(x) for x in tops]),
         "best_epoch_mean": stats.mean([float(x) for x in eps]),
         "best_selection": selection,
     }
@@ -504,53 +553,56 @@ def _ref_col(ref: dict, what: str) -> str:
 
 
 def _paper(
-    refs: tuple[dict, ...], dataset: str, trial: pd.Series, label: str, row: dict[str, Any]
+    refs: tuple[dict, ...], dataset: str, trial: pd.Series, row: dict[str, Any], scoring: Scoring
 ) -> dict[str, Any]:
     """Every source's reference numbers for this row (matched by label, else registry name):
-    `paper_top1[src]`, `paper_top5[src]` and `diff_vs_paper[src]` (our mean minus theirs)."""
+    `paper_<m>[src]` for the headline and shown metrics (classification: `paper_top1[src]`,
+    `paper_top5[src]`) and `diff_vs_paper[src]` (our mean headline minus theirs)."""
     names = {str(trial["backbone_label"]).lower(), str(trial["backbone"]).lower()}
+    h = scoring.headline
     out: dict[str, Any] = {}
-    for want in (label.lower(), str(trial["variant"]).lower()):
+    for want in (str(row["variant"]).lower(), str(trial["variant"]).lower()):
         for ref in refs:
+            value = ref_value(ref, h)
             if (
                 str(ref.get("dataset")).lower() == str(dataset).lower()
                 and str(ref.get("backbone")).lower() in names
                 and str(ref.get("variant")).lower() == want
                 and ref.get("batch_size") in (None, trial["batch_size"])
-                and ref.get("top1") is not None
-                and _ref_col(ref, "top1") not in out
+                and value is not None
+                and _ref_col(ref, h) not in out
             ):
-                top1 = float(ref["top1"])
-                out[_ref_col(ref, "top1")] = top1
-                out[_ref_col(ref, "top5")] = (
-                    math.nan if ref.get("top5") is None else float(ref["top5"])
-                )
-                out[f"diff_vs_paper[{ref.get('source')}]"] = row["top1_mean"] - top1
+                for m in (h, *scoring.shown):
+                    found = ref_value(ref, m)
+                    out[_ref_col(ref, m)] = math.nan if found is None else found
+                out[f"diff_vs_paper[{ref.get('source')}]"] = row[f"{h}_mean"] - value
     return out
 
 
-def _baseline_top1(table: pd.DataFrame, label: str | None) -> float | None:
-    """BN's mean final top-1 in this table (None without a completed BN row)."""
+def _baseline_value(table: pd.DataFrame, label: str | None, h: Metric) -> float | None:
+    """BN's mean final headline in this table (None without a completed BN row)."""
     if label is None:
         return None
-    value = table.set_index("variant")["top1_mean"].get(label)
+    value = table.set_index("variant")[f"{h.name}_mean"].get(label)
     # NOTE: unrounded: BN's own seeds must reach BN's target (the report rounds for display).
     return None if value is None or pd.isna(value) else float(value)
 
 
 def _target(
-    suite_target: float | None, table: pd.DataFrame, base_top1: float | None = None
+    suite_target: float | None, table: pd.DataFrame, h: Metric, base: float | None = None
 ) -> tuple[float | None, str]:
-    """The suite's target, else BN's final top-1 in this run (UBN Table 8), else 95% of the
-    best mean final top-1."""
+    """The suite's target, else BN's final headline in this run (UBN Table 8), else within 5%
+    of the best mean final headline (95% of it; 105% when lower is better)."""
     if suite_target is not None:
         return float(suite_target), "suite"
-    if base_top1 is not None:
-        return base_top1, "baseline"
-    best = table["top1_mean"].max()
+    if base is not None:
+        return base, "baseline"
+    column = table[f"{h.name}_mean"]
+    best = column.max() if h.higher_is_better else column.min()
     if pd.isna(best):
         return None, "default"
-    return DEFAULT_TARGET_FRACTION * float(best), "default"
+    fraction = DEFAULT_TARGET_FRACTION if h.higher_is_better else 2 - DEFAULT_TARGET_FRACTION
+    return fraction * float(best), "default"
 
 
 def _add_targets(
@@ -559,8 +611,10 @@ def _add_targets(
     epochs: pd.DataFrame,
     labels: dict[tuple[str, str], str],
     target: float | None,
+    h: Metric,
 ) -> pd.DataFrame:
-    """Epochs and wall time to first reach `target` (test top-1), mean over the seeds that did."""
+    """Epochs and wall time to first reach `target` (test headline, in its direction), mean
+    over the seeds that did."""
     out: dict[str, list[Any]] = {
         k: [] for k in ("epochs_to_target_mean", "time_to_target_s_mean", "reached")
     }
@@ -570,7 +624,12 @@ def _add_targets(
         trials = done[done["variant_key"].isin(keys)]
         hits = (
             [
-                stats.time_to_target(epochs[epochs["trial_id"] == t], target)
+                stats.time_to_target(
+                    epochs[epochs["trial_id"] == t],
+                    target,
+                    f"test_{h.name}",
+                    higher_is_better=h.higher_is_better,
+                )
                 for t in trials["trial_id"]
             ]
             if target is not None
@@ -611,5 +670,8 @@ def did_not_finish(res: Results) -> pd.DataFrame:
 
 
 def _default_reason(bad: pd.DataFrame) -> pd.Series:
-    text = {"interrupted": "interrupted (no summary line: the driver stopped mid-trial)"}
+    text = {
+        "interrupted": "interrupted (no summary line: the driver stopped mid-trial)",
+        "running": "running (a normbench run holds this run directory and is training it)",
+    }
     return bad["status"].map(text).fillna("no reason recorded")

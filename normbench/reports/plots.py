@@ -1,13 +1,14 @@
 """PNG plots of stored results (matplotlib's Agg canvas; no display, no global backend switch).
 
-- accuracy curves per leaderboard: test top-1 per epoch, mean over seeds with a min-max band;
+- accuracy curves per leaderboard: the test headline (top-1) per epoch, mean over seeds with a
+  min-max band;
 - feature condensation per layer over epochs (UBN Figure 2 style): one panel per variant,
   one line per norm layer coloured by depth, and the threshold tau each UBN row ran with;
 - UBN's running similarity per layer over training against its tau (when does FCT fire);
 - a search: the objective against each searched parameter, one figure per Optuna study in
   RUN_DIR/optuna.db (optuna.visualization.matplotlib.plot_slice; completed trials only), or,
   without a study, tau against the final accuracy from the trials' options;
-- cost vs accuracy: training time and images/s against final top-1, with std error bars;
+- cost vs accuracy: training time and images/s against the final headline, with std error bars;
 - the overall ranking's critical-difference diagram (scikit-posthocs).
 Each function returns the path it wrote, or None when the data has nothing to show.
 """
@@ -28,6 +29,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from normbench.contract import Metric
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import Table
 
@@ -61,22 +63,37 @@ def _epoch_ticks(ax: Any, epochs: Any) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, **kwargs: Any) -> Path:
+    """PNG bytes rendered in memory, then written atomically (never through a link)."""
+    import io
+
+    from normbench.results.paths import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, buf.getvalue())
     return path
 
 
+def _axis(m: Metric) -> str:
+    """An axis label of a metric: "test top-1 (%)", "test RMSE"."""
+    return f"{m.label} ({m.unit})" if m.unit else m.label
+
+
 def accuracy_curves(table: Table, res: Results, path: Path) -> Path | None:
-    """Test top-1 (%) per epoch: mean over seeds, shaded min-max over seeds."""
+    """The test headline (classification: top-1 %) per epoch: mean over seeds, shaded min-max
+    over seeds."""
     fig = _figure(8, 4.5 + 0.2 * len(table.members))
     ax = fig.add_subplot()
     style, epochs = styles(table), set()
+    h = table.headline
     for label, ids in table.members.items():
         curve = res.epochs[res.epochs["trial_id"].isin(ids)]
-        if curve.empty or "test_top1" not in curve:
+        if curve.empty or f"test_{h.name}" not in curve:
             continue
-        by_epoch = pd.to_numeric(curve["test_top1"], errors="coerce").groupby(curve["epoch"])
+        values = pd.to_numeric(curve[f"test_{h.name}"], errors="coerce")
+        by_epoch = values.groupby(curve["epoch"])
         agg = by_epoch.agg(["mean", "min", "max"]).dropna()
         if agg.empty:
             continue
@@ -94,9 +111,12 @@ def accuracy_curves(table: Table, res: Results, path: Path) -> Path | None:
     if not epochs:
         return None
     if table.target is not None:
-        ax.axhline(table.target, color="grey", ls=":", lw=1, label=f"target {table.target:.2f}%")
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)")
-    fig.suptitle(f"Test top-1 per epoch: {table.title}\n(mean over seeds, band = min–max)")
+        unit = "%" if h.unit == "%" else ""
+        ax.axhline(
+            table.target, color="grey", ls=":", lw=1, label=f"target {table.target:.2f}{unit}"
+        )
+    ax.set(xlabel="epoch", ylabel=f"test {_axis(h)}")
+    fig.suptitle(f"Test {h.label} per epoch: {table.title}\n(mean over seeds, band = min–max)")
     _epoch_ticks(ax, epochs)
     ax.grid(alpha=0.3)
     _legend_below(fig, ax)
@@ -209,8 +229,10 @@ def running_similarity(table: Table, res: Results, path: Path) -> Path | None:
 
 
 def cost_vs_accuracy(table: Table, path: Path) -> Path | None:
-    """Training time (s) and images/s against final top-1 (%), error bars = std over seeds."""
+    """Training time (s) and images/s against the final test headline (classification: top-1
+    %), error bars = std over seeds."""
     rows = table.rows[table.rows["n"] > 0]
+    h = table.headline
     if rows.empty:
         return None
     fig = _figure(11, 4.4 + 0.15 * len(rows))
@@ -221,15 +243,15 @@ def cost_vs_accuracy(table: Table, path: Path) -> Path | None:
             s = style.get(r["variant"], {})
             ax.errorbar(
                 r[f"{col}_mean"],
-                r["top1_mean"],
+                r[f"{h.name}_mean"],
                 xerr=_err(r[f"{col}_std"]),
-                yerr=_err(r["top1_std"]),
+                yerr=_err(r[f"{h.name}_std"]),
                 fmt=s.get("marker", "o"),
                 color=s.get("color"),
                 capsize=3,
                 label=f"{r['variant']} (n={r['n']})",
             )
-        ax.set(xlabel=xlabel, ylabel="final test top-1 (%)")
+        ax.set(xlabel=xlabel, ylabel=f"final test {_axis(h)}")
         ax.grid(alpha=0.3)
     _legend_below(fig, ax)
     fig.suptitle(f"Cost vs accuracy: {table.title} (error bars: std over seeds)")
@@ -251,10 +273,9 @@ def search_slices(res: Results, folder: Path, smoke: str | None = None) -> list[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = []
     for run in res.runs:
-        db = run.path / "optuna.db"
-        if not db.exists():
+        storage = _read_only_study(run.path / "optuna.db")
+        if storage is None:
             continue
-        storage = optuna.storages.get_storage(f"sqlite:///{db.resolve()}")
         for name in optuna.get_all_study_names(storage=storage):
             study = optuna.load_study(study_name=name, storage=storage)
             done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -262,20 +283,44 @@ def search_slices(res: Results, folder: Path, smoke: str | None = None) -> list[
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # one sample: matplotlib warns that the axis has no width; the plot is right
+                warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
                 axes = plot_slice(study)
             ax = axes.flat[0] if hasattr(axes, "flat") else axes
             fig: Any = ax.figure
             title = f"Search {_short_study(name)}: objective vs each parameter (completed trials)"
             fig.suptitle(title + (f"\nSMOKE RUN ({smoke})" if smoke else ""))
             slug = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)[:60]
-            path = folder / f"search_{slug}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110, bbox_inches="tight")
+            path = _save(fig, folder / f"search_{slug}.png", bbox_inches="tight")
             import matplotlib.pyplot as plt
 
             plt.close(fig)
             out.append(path)
     return out
+
+
+def _read_only_study(db: Path) -> Any:
+    """The Optuna storage of a run's `optuna.db`, opened read-only (a report never writes a
+    run directory, and never creates tables in a file planted there), or None when there is
+    none, it is a link, or it cannot be read (a warning names it)."""
+    import warnings
+
+    import optuna
+
+    from normbench.errors import RunDirWarning
+
+    if db.is_symlink() or not db.is_file():
+        if db.is_symlink():
+            warnings.warn(f"{db} is a symbolic link; not read", RunDirWarning, stacklevel=2)
+        return None
+    url = f"sqlite:///file:{db.resolve()}?mode=ro&uri=true"
+    try:
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    except Exception as exc:  # sqlite/sqlalchemy/optuna errors of a damaged or foreign file
+        why = " ".join(str(exc).split())[:160]
+        warnings.warn(f"{db}: the Optuna study cannot be read ({why}); no search plot",
+                      RunDirWarning, stacklevel=2)  # fmt: skip
+        return None
 
 
 def critical_difference(ranking: Any, path: Path, smoke: str | None = None) -> Path | None:
@@ -328,6 +373,8 @@ def _short_study(name: str) -> str:
 
 def _option_points(res: Results) -> tuple[pd.DataFrame, str]:
     df = res.trials[res.trials["status"].isin(["completed", "pruned"])]
+    if "final_val_top1" not in df:  # a task without top-1: no accuracy to plot tau against
+        return pd.DataFrame(columns=["study", "tau", "state", "value"]), ""
     taus = [json.loads(o).get("tau") if isinstance(o, str) else None for o in df["options"]]
     use_val = df["final_val_top1"].notna().any()
     metric = "final_val_top1" if use_val else "final_test_top1"

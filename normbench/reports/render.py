@@ -3,6 +3,7 @@ the same results always give the same file (the golden tests rely on it)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from normbench.contract import CLASSIFICATION, Metric
 from normbench.reports import stats
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, Table, smoke_text
@@ -22,6 +24,15 @@ def acc(x: Any, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return DASH
     return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def metric_text(x: Any, m: Metric, signed: bool = False) -> str:
+    """A value of metric `m`: a percent with 2 decimals (as `acc`), else 4 significant digits."""
+    if m.unit == "%":
+        return acc(x, signed)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    return f"{x:+.4g}" if signed else f"{x:.4g}"
 
 
 def num(x: Any, fmt: str = ".1f") -> str:
@@ -42,25 +53,26 @@ def _params(p: Any) -> str:
     return DASH if p is None or pd.isna(p) else f"{p / 1e6:.2f}M"
 
 
-def _best_header(selection: str) -> str:
-    return {"val": "best top-1 @ epoch (val-selected)", "test": "best-on-test top-1 @ epoch"}.get(
-        selection, "best top-1 @ epoch"
-    )
+def _best_header(selection: str, label: str = "top-1") -> str:
+    return {
+        "val": f"best {label} @ epoch (val-selected)",
+        "test": f"best-on-test {label} @ epoch",
+    }.get(selection, f"best {label} @ epoch")
 
 
-def _best_cell(row: Mapping[str, Any], table_selection: str) -> str:
-    if pd.isna(row["best_top1_mean"]):
+def _best_cell(row: Mapping[str, Any], table_selection: str, h: Metric) -> str:
+    if pd.isna(row[f"best_{h.name}_mean"]):
         return DASH
-    text = f"{acc(row['best_top1_mean'])} @ {row['best_epoch_mean']:.1f}"
+    text = f"{metric_text(row[f'best_{h.name}_mean'], h)} @ {row['best_epoch_mean']:.1f}"
     if table_selection == "mixed" and row["best_selection"] != "val":
         text += " (best-on-test)"
     return text
 
 
-def _ci(low: Any, high: Any, method: Any = None) -> str:
+def _ci(low: Any, high: Any, method: Any, h: Metric) -> str:
     if low is None or pd.isna(low):
         return DASH
-    text = f"[{acc(low)}, {acc(high)}]"
+    text = f"[{metric_text(low, h)}, {metric_text(high, h)}]"
     return text + " (bootstrap)" if method == stats.BOOTSTRAP_METHOD else text
 
 
@@ -88,23 +100,24 @@ def _frozen_text(row: Mapping[str, Any]) -> str:
 def table_markdown(t: Table) -> str:
     """One leaderboard as a Markdown table; optional columns only when they say something."""
     rows = t.rows
+    h, shown = t.headline, [t.scoring.metric(n) for n in t.scoring.shown]
     source = (rows["source"] != "built-in").any()
     frozen = rows["frozen_share"].notna().any()
     head = [
         "variant",
         "n",
-        "top-1 (final)",
+        f"{h.label} (final)",
         "std",
         "95% CI",
-        "top-5",
-        "Δ vs BN [95% CI]",
+        *(m.label for m in shown),
+        f"Δ vs {versus(t)} [95% CI]",
         "p (paired t)",
         "p (Holm)",
         "pairs",
-        _best_header(t.selection),
+        _best_header(t.selection, h.label),
     ]
     for k, _ in enumerate(t.sources, 1):
-        head += [f"ref [{k}] top-1", f"ref [{k}] top-5", f"Δ vs [{k}]"]
+        head += [f"ref [{k}] {m.label}" for m in (h, *shown)] + [f"Δ vs [{k}]"]
     head += ["frozen (FCT)"] if frozen else []
     head += [
         "epochs→target",
@@ -119,28 +132,27 @@ def table_markdown(t: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in rows.iterrows():
         name = f"**{r['variant']}**" if r["variant"] == t.baseline else r["variant"]
-        diff = acc(r["diff_vs_bn"], signed=True)
+        diff = metric_text(r["diff_vs_bn"], h, signed=True)
         if not pd.isna(r["diff_ci_low"]):
-            diff += f" [{acc(r['diff_ci_low'], True)}, {acc(r['diff_ci_high'], True)}]"
+            low, high = (metric_text(r[k], h, True) for k in ("diff_ci_low", "diff_ci_high"))
+            diff += f" [{low}, {high}]"
+        n = h.name
         cells = [
             name,
             str(r["n"]),
-            acc(r["top1_mean"]),
-            acc(r["top1_std"]),
-            _ci(r["top1_ci_low"], r["top1_ci_high"], r["top1_ci_method"]),
-            acc(r["top5_mean"]),
+            metric_text(r[f"{n}_mean"], h),
+            metric_text(r[f"{n}_std"], h),
+            _ci(r[f"{n}_ci_low"], r[f"{n}_ci_high"], r[f"{n}_ci_method"], h),
+            *(metric_text(r[f"{m.name}_mean"], m) for m in shown),
             diff,
             p_text(r),
             holm_text(r),
             str(r["n_pairs"]) if r["n_pairs"] else DASH,
-            _best_cell(r, t.selection),
+            _best_cell(r, t.selection, h),
         ]
         for src in t.sources:
-            cells += [
-                acc(r.get(f"paper_top1[{src}]")),
-                acc(r.get(f"paper_top5[{src}]")),
-                acc(r.get(f"diff_vs_paper[{src}]"), signed=True),
-            ]
+            cells += [metric_text(r.get(f"paper_{m.name}[{src}]"), m) for m in (h, *shown)]
+            cells += [metric_text(r.get(f"diff_vs_paper[{src}]"), h, signed=True)]
         cells += [_frozen_text(r)] if frozen else []
         cells += [
             f"{num(r['epochs_to_target_mean'])} ({r['reached']})",
@@ -207,7 +219,15 @@ def _diverged(r: Mapping[str, Any]) -> str:
     return text + (f" (+{r['not_finished']} not finished)" if r["not_finished"] else "")
 
 
+def versus(t: Table) -> str:
+    """The baseline's name in headers: "BN" for bn (the default), else its label (the suite's
+    `baseline`)."""
+    return "BN" if t.baseline is None or t.baseline.lower() == "bn" else t.baseline
+
+
 def target_line(t: Table) -> str:
+    if t.scoring != CLASSIFICATION:
+        return _task_target_line(t)
     if t.target is None:
         return "Target accuracy: none (no completed trial)."
     if t.target_source == "reference":
@@ -229,6 +249,48 @@ def target_line(t: Table) -> str:
         f"{DEFAULT_TARGET_FRACTION:.0%} of the best mean final top-1 in this table; "
         "the suite sets none)."
     )
+
+
+def _task_target_line(t: Table) -> str:
+    """The target sentence of a task other than classification: its headline, its unit and
+    its direction."""
+    h = t.headline
+    way = "at or above" if h.higher_is_better else "at or below"
+    what = f"test {h.label}" + (f" ({h.unit})" if h.unit and h.unit != "%" else "")
+    if t.target is None:
+        return f"Target {what}: none (no completed trial)."
+    value = metric_text(t.target, h) + ("%" if h.unit == "%" else "")
+    why = {
+        "reference": f"the reference {h.label} of {t.target_note}",
+        "suite": "`target_accuracy` of the suite",
+        "baseline": f"{versus(t)}'s mean final {h.label} in this table",
+        "default": f"within 5% of the best mean final {h.label} in this table",
+    }[t.target_source]
+    return f"Target {what}: {value} ({why}); a trial reaches it at its first epoch {way} it."
+
+
+def task_legend(tables: list[Table]) -> list[str]:
+    """How to read the tables of tasks other than classification: their headline in place of
+    top-1, with its unit and direction (the legend above is classification's)."""
+    out: list[str] = []
+    for task, scoring in dict((t.task, t.scoring) for t in tables).items():
+        if scoring == CLASSIFICATION:
+            continue
+        h = scoring.best
+        better = "higher" if h.higher_is_better else "lower"
+        unit = f", in {h.unit}" if h.unit else ""
+        shown = ", ".join(scoring.metric(m).label for m in scoring.shown)
+        out += [
+            f"- **Task {task}**: the headline is **{h.label}**{unit}, **{better} is better**"
+            + (f" ({h.description})" if h.description else "")
+            + "; it takes top-1's place in every column, rows sort best first, the best epoch "
+            "and time-to-target follow its direction, and ranks give 1 to the best. "
+            "Δ vs BN is variant − baseline in its unit (the suite's `baseline`, BN unless it "
+            "names another variant)"
+            + (" (negative is better)" if not h.higher_is_better else "")
+            + (f". Other columns: {shown} (final, mean over seeds)." if shown else ".")
+        ]
+    return out + [""] if out else []
 
 
 def header(res: Results) -> list[str]:
@@ -305,8 +367,9 @@ LEGEND = f"""## How to read the tables
 - **95% CI**: Student's t-interval of the mean over seeds (scipy.stats), which holds at the 3
   seeds suites use; from {stats.BOOTSTRAP_MIN_N} seeds on a percentile bootstrap (RNG seed
   {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples), marked "(bootstrap)".
-- **Δ vs BN [95% CI]**: mean over matching seeds of (variant − BN) final top-1, in points, with
-  the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
+- **Δ vs BN [95% CI]** (BN: the suite's `baseline`, bn unless it names another variant,
+  which the header then names): mean over matching seeds of (variant − BN) final top-1, in
+  points, with the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
   two-sided paired t-test (scipy.stats.ttest_rel) of one row against BN; **p (Holm)**: the
   same p-values adjusted for the table's number of comparisons with BN (Holm, statsmodels);
   read "significant" only off the Holm column. **pairs**: matching seeds. Below
@@ -327,8 +390,10 @@ LEGEND = f"""## How to read the tables
   machine vary). **peak mem (MB)**: the trial's own peak memory (how it was measured is said
   under the table); **params**: trainable parameters.
 - **diverged**: seeds that diverged (listed below with their reason).
-- Statistics use completed trials only; diverged, failed, pruned and interrupted trials are
-  listed under "Did not finish" with their reason. Accuracies are in %, 2 decimals.
+- Statistics use completed trials only; diverged, failed, pruned, incomplete (finished, but
+  epoch lines lost), running and interrupted trials are listed under "Did not finish" with
+  their reason. "Notes" lists what happened to trials on the way (e.g. an invalid
+  checkpoint moved aside and the trial restarted). Accuracies are in %, 2 decimals.
 - **source**: where a variant not built into normbench came from (a plugin file or package).
 """
 
@@ -342,7 +407,7 @@ def markdown(
 ) -> str:
     """The whole report; `plots` maps a table slug (or "search", "ranking") to image paths,
     relative; `ranking` is the overall ranking's Markdown, when there is one."""
-    out = header(res) + [LEGEND]
+    out = header(res) + [LEGEND] + task_legend(tables)
     if not tables:
         out += ["No trials are stored in this run directory yet.", ""]
     for t in tables:
@@ -355,10 +420,24 @@ def markdown(
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots.get("ranking", [])] + [""]
     out += ["## Did not finish", ""]
     out += [dnf_markdown(dnf), ""]
+    out += notes_markdown(res.trials)
     if plots.get("search"):
         out += ["## Search", ""]
         out += [f"![{p.stem}]({p.as_posix()})" for p in plots["search"]] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def notes_markdown(trials: pd.DataFrame) -> list[str]:
+    """A "Notes" section: each stored note of each trial, one bullet (none: no section)."""
+    if trials.empty or "notes" not in trials:
+        return []
+    lines = []
+    for _, r in trials.iterrows():
+        if not isinstance(r["notes"], str):
+            continue
+        who = f"`{r['trial_id']}` ({r['label']}, {r['backbone_label']}, seed {r['seed']})"
+        lines += [f"- {who}: {' '.join(str(n).split())}" for n in json.loads(r["notes"])]
+    return ["## Notes", "", *lines, ""] if lines else []
 
 
 def dnf_markdown(dnf: pd.DataFrame) -> str:

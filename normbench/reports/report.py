@@ -3,16 +3,19 @@ never imports torch: a report is a pure function of the run directories it reads
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from normbench.errors import closest
 from normbench.reports import plots, render
 from normbench.reports.data import Results, load_runs
 from normbench.reports.leaderboard import Table, build_tables, did_not_finish, smoke_text
 from normbench.reports.ranking import Ranking, overall_ranking, ranking_markdown
+from normbench.results.paths import atomic_write, make_dirs, refuse_links
 
 PLOTS = "plots"
 
@@ -39,23 +42,32 @@ class Report:
 
 
 def build_report(
-    run_dirs: list[Path] | list[str] | list[os.PathLike[str]], output: Path | None = None
+    run_dirs: list[Path] | list[str] | list[os.PathLike[str]],
+    output: Path | None = None,
+    *,
+    baseline: str | None = None,
 ) -> Report:
     """Read (and merge) run directories and write the report into `output`.
 
     `output` defaults to `<run dir>/report/` for a single run directory; merging several needs
-    an explicit output. Raises ReportError (a UserError) for missing or unmergeable dirs.
+    an explicit output. `baseline` (a variant label or name) replaces the suite's `baseline`
+    as the row every other is compared with. Raises ReportError (a UserError) for missing or
+    unmergeable dirs and for a baseline that is no variant of the runs.
     """
     from normbench.reports.data import ReportError
 
     dirs = [Path(d) for d in run_dirs]
     res = load_runs(dirs)
+    if baseline is not None:
+        res = _with_baseline(res, baseline)
     if output is None:
         if len(dirs) > 1:
             raise ReportError("merging several run directories needs --output DIR")
-        output = dirs[0] / "report"
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+        output = _output_in_run(dirs[0])
+    else:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+    refuse_links(output, inside=f"the report folder {output}")  # the folder named is the user's
     tables = build_tables(res)
     dnf = did_not_finish(res)
     ranking = overall_ranking(tables)
@@ -63,8 +75,15 @@ def build_report(
     files += _csv(tables, dnf, output)
     md = output / "leaderboard.md"
     section = ranking_markdown(ranking) if ranking is not None else None
-    md.write_text(render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
+    atomic_write(md, render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
     return Report(output, md, res, tables, dnf, [md, *files], ranking)
+
+
+def _output_in_run(run_dir: Path) -> Path:
+    """RUN_DIR/report, made without following a link planted in the run directory."""
+    out = run_dir / "report"
+    refuse_links(out, inside=f"run directory {run_dir}", root_too=True)
+    return make_dirs(out, run_dir)
 
 
 def _evaluations(dirs: list[Path]) -> str:
@@ -109,6 +128,21 @@ def _plots(
 
 def _csv(tables: list[Table], dnf: pd.DataFrame, out: Path) -> list[Path]:
     board, bad = out / "leaderboard.csv", out / "did_not_finish.csv"
-    render.leaderboard_csv(tables).to_csv(board, index=False)
-    dnf.to_csv(bad, index=False)
+    atomic_write(board, render.leaderboard_csv(tables).to_csv(index=False))
+    atomic_write(bad, dnf.to_csv(index=False))
     return [board, bad]
+
+
+def _with_baseline(res: Results, baseline: str) -> Results:
+    """`res` compared with `baseline`; ReportError when no trial has that label or variant."""
+    from normbench.reports.data import ReportError
+
+    known = dict.fromkeys(
+        str(v).lower() for col in ("label", "variant") if col in res.trials for v in res.trials[col]
+    )
+    if baseline.lower() not in known:
+        raise ReportError(
+            f"--baseline {baseline!r} is no variant of these runs{closest(baseline, list(known))}"
+            f"; their variants: {', '.join(known)}"
+        )
+    return dataclasses.replace(res, baseline=baseline)

@@ -11,7 +11,7 @@
   (scipy.stats.ttest_rel) with the t-interval of the mean paired difference (the effect size);
   fewer than `MIN_PAIRS` pairs give no p-value, only a note,
 - Holm's adjustment of a table's paired p-values (statsmodels' `multipletests`),
-- epochs and training time until a trial first reaches a target accuracy.
+- epochs and training time until a trial first reaches a target (in the metric's direction).
 """
 
 from __future__ import annotations
@@ -170,16 +170,24 @@ class TargetHit:
     train_time_s: float | None  # training seconds (train_time_s summed), None: not recorded
 
 
-def time_to_target(epochs: pd.DataFrame, target: float, metric: str = "test_top1") -> TargetHit:
-    """First epoch whose `metric` is >= target, and the *training* time until then: the sum of
-    `train_time_s` over epochs 1..that epoch (evaluation and probes excluded; UBN Table 8).
+def time_to_target(
+    epochs: pd.DataFrame,
+    target: float,
+    metric: str = "test_top1",
+    *,
+    higher_is_better: bool = True,
+) -> TargetHit:
+    """First epoch whose `metric` is at least as good as the target (>= it, or <= it when
+    lower is better), and the *training* time until then: the sum of `train_time_s` over
+    epochs 1..that epoch (evaluation and probes excluded; UBN Table 8).
 
     `epochs` holds one trial's records; rows without the metric (a diverged epoch) never count.
     """
     if metric not in epochs or epochs.empty:
         return TargetHit(None, None)
     rows = epochs.sort_values("epoch")
-    hit = rows[pd.to_numeric(rows[metric], errors="coerce") >= target]
+    values = pd.to_numeric(rows[metric], errors="coerce")
+    hit = rows[values >= target] if higher_is_better else rows[values <= target]
     if hit.empty:
         return TargetHit(None, None)
     first = hit.iloc[0]

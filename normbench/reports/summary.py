@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from normbench.reports import stats
-from normbench.reports.render import acc, holm_text, p_text
+from normbench.reports.render import holm_text, metric_text, p_text, versus
 from normbench.reports.report import Report
 from normbench.tables import print_table
 
@@ -16,15 +16,19 @@ TOP = 5  # rows per leaderboard in the terminal
 def print_summary(report: Report, console: Console | None = None, top: int = TOP) -> None:
     """Print each leaderboard's best `top` variants, the unfinished trials and the report path."""
     console = console or Console()
-    columns = ("variant", "n", "top-1 (final)", "std", "Δ vs BN", "p", "p (Holm)", "diverged")
     for t in report.tables:
+        h = t.headline
+        columns = (
+            *("variant", "n", f"{h.label} (final)", "std", f"Δ vs {versus(t)}", "p", "p (Holm)"),
+            "diverged",
+        )
         rows = [
             (
                 str(r["variant"]),
                 str(r["n"]),
-                acc(r["top1_mean"]),
-                acc(r["top1_std"]),
-                acc(r["diff_vs_bn"], signed=True),
+                metric_text(r[f"{h.name}_mean"], h),
+                metric_text(r[f"{h.name}_std"], h),
+                metric_text(r["diff_vs_bn"], h, signed=True),
                 "n<3 pairs" if r["test_note"] == stats.TOO_FEW else p_text(r),
                 holm_text(r),
                 str(r["diverged"]),

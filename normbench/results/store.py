@@ -27,7 +27,8 @@ This module never imports torch: reports read results through it.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from normbench.errors import RunDirError, RunDirWarning
+from normbench.results import paths
+from normbench.results.lock import LOCK, RUN_BUSY_HINT, Lease, acquire_lock, release_lock
 from normbench.spec import family_hash
 
 EPOCHS = "epochs.jsonl"
@@ -60,12 +63,21 @@ _EXECUTION_KEYS = ("resources", "max_concurrent", "retries", "plugins", "path", 
 
 
 class RunStore:
-    """Exclusive writer of one run directory. Use as a context manager (releases the lock)."""
+    """Exclusive writer of one run directory. Use as a context manager (releases the lock).
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    Opening refuses a run directory holding a symbolic link (`paths.refuse_links`) before
+    anything is written; `busy_hint` ends the message when another process holds the lock;
+    `role` ("run", "evaluate") is what readers see holding it.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike[str], *, busy_hint: str = RUN_BUSY_HINT, role: str = "run"
+    ) -> None:
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists():
+            paths.refuse_links(self.run_dir, inside=f"run directory {self.run_dir}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = _acquire_lock(self.run_dir)
+        self._lock_fd: int | None = acquire_lock(self.run_dir, busy_hint, role)
         self._fds: dict[str, int] = {}
         self._seen: set[tuple[str, int]] = set()
         self._trials: dict[str, dict[str, Any]] = {}
@@ -82,9 +94,14 @@ class RunStore:
             os.close(fd)
         self._fds.clear()
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
+
+    def lease(self) -> Lease:
+        """What this driver's trial workers check before each checkpoint write."""
+        assert self._lock_fd is not None, "a closed store holds no lease"
+        token = os.pread(self._lock_fd, 128, 0).decode().split()[1]
+        return Lease(str(self.run_dir.resolve() / LOCK), token)
 
     def __enter__(self) -> RunStore:
         return self
@@ -95,45 +112,12 @@ class RunStore:
     # -- suite and environment ------------------------------------------------------------
     def write_suite(self, suite: Any) -> None:
         """Write `suite.yaml` and `suite.resolved.json`; refuse an incompatible suite."""
-        resolved = suite.to_json()
-        resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
-        old_path = self.run_dir / "suite.resolved.json"
-        if old_path.exists():
-            old = json.loads(old_path.read_text())
-            if fingerprint(old) != fingerprint(resolved):
-                self._check_compatible(old, resolved)
+        resolved = check_suite_fits(self.run_dir, suite)
         _atomic_write(self.run_dir / "suite.yaml", suite.text)
-        _atomic_write(old_path, json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n")
-
-    def _check_compatible(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Every stored trial must still be a trial of the new suite, up to epochs and
-        limit_batches (smoke or truncated runs, told apart by trial id); a search may only
-        change num_samples. Raises RunDirError naming the first stored trial that would not fit."""
-        where = f"run directory {self.run_dir} holds results of a different suite"
-        if _search_key(old) != _search_key(new):
-            raise RunDirError(
-                f"{where} (its search section changed; only num_samples may); use another --output"
-            )
-        new_ids = {t["trial_id"] for t in new.get("trials", [])}
-        families = {family_hash(t["spec"]) for t in new.get("trials", [])}
-        stored = self._stored_specs()
-        if new.get("search"):  # searched trials are variations of the old base specs
-            stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
-        for tid, spec in sorted(stored.items()):
-            if tid not in new_ids and (spec is None or family_hash(spec) not in families):
-                raise RunDirError(
-                    f"{where}: stored trial {tid} is not a trial of the new suite, so results "
-                    "would mix; use another --output, or only add trials to the suite"
-                )
-
-    def _stored_specs(self) -> dict[str, dict[str, Any] | None]:
-        specs: dict[str, dict[str, Any] | None] = {t: None for t in self.trial_ids()}
-        for rec in read_jsonl(self.run_dir / EPOCHS):
-            if rec.get("spec"):
-                specs[rec["trial_id"]] = rec["spec"]
-        for tid, rec in self._trials.items():
-            specs[tid] = rec.get("spec") or specs.get(tid)
-        return specs
+        _atomic_write(
+            self.run_dir / "suite.resolved.json",
+            json.dumps(resolved, indent=2, sort_keys=True, default=str) + "\n",
+        )
 
     def write_environment(self, info: dict[str, Any]) -> None:
         _atomic_write(self.run_dir / "environment.json", json.dumps(info, indent=2) + "\n")
@@ -147,6 +131,7 @@ class RunStore:
         `extra` (e.g. the spec) is written only on a trial's first stored line, so a trial
         interrupted before its summary can still be described. Returns True when written.
         """
+        paths.trial_dir(self.run_dir, trial_id)  # only ids are stored: readers skip anything else
         key = (trial_id, int(record["epoch"]))
         if key in self._seen:
             return False
@@ -165,6 +150,7 @@ class RunStore:
         reason: str | None = None,
         **extra: Any,
     ) -> None:
+        paths.trial_dir(self.run_dir, trial_id)
         epochs = self.last_epoch(trial_id)
         source = extra.pop("variant_source", None)
         line = {
@@ -196,13 +182,27 @@ class RunStore:
         return {r["trial_id"]: r["ref"] for r in read_jsonl(self.run_dir / REMOTE_CHECKPOINTS)}
 
     def _append(self, name: str, obj: dict[str, Any]) -> None:
+        """One line in one write + fsync. A write that fails or lands short (a full disk) is
+        cut off again, so the file keeps only whole lines, and raises StorageFullError."""
+        path = self.run_dir / name
         fd = self._fds.get(name)
         if fd is None:
-            path = self.run_dir / name
-            fd = self._fds[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            fd = self._fds[name] = paths.open_nofollow(path, flags)
         data = (json.dumps(obj, separators=(",", ":"), default=_json_default) + "\n").encode()
-        os.write(fd, data)  # one write: the line is whole or torn at the end, never interleaved
-        os.fsync(fd)
+        size = os.fstat(fd).st_size  # the driver is the only writer (it holds the lock)
+        try:
+            written = os.write(fd, data)  # one write: whole or torn at the end, never interleaved
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line for the next append to follow
+            full = paths.storage_full(exc, path)
+            if full is not None:
+                raise full from None
+            raise
 
     # -- queries --------------------------------------------------------------------------
     def completed(self) -> set[str]:
@@ -234,7 +234,8 @@ class RunStore:
         while archive.exists():
             n += 1
             archive = self.run_dir / SUPERSEDED / f"{stamp}-{n}"
-        archive.mkdir(parents=True)
+        checkpoints = [paths.trial_dir(self.run_dir / "checkpoints", t) for t in sorted(trial_ids)]
+        paths.make_dirs(archive, self.run_dir)
         _atomic_write(archive / "reason.json", json.dumps(why, indent=2, sort_keys=True) + "\n")
         kept: dict[str, bytes] = {}
         for name in (EPOCHS, TRIALS, REMOTE_CHECKPOINTS):
@@ -242,11 +243,10 @@ class RunStore:
             if moved:
                 _atomic_write(archive / name, moved.decode())
                 kept[name] = keep
-        for tid in sorted(trial_ids):
-            ckpt = self.run_dir / "checkpoints" / tid
+        for ckpt in checkpoints:
             if ckpt.exists():
-                (archive / "checkpoints").mkdir(exist_ok=True)
-                os.replace(ckpt, archive / "checkpoints" / tid)
+                paths.make_dirs(archive / "checkpoints", self.run_dir)
+                os.replace(ckpt, archive / "checkpoints" / ckpt.name)
         for name, keep in kept.items():
             fd = self._fds.pop(name, None)  # an O_APPEND fd would keep writing the old file
             if fd is not None:
@@ -274,6 +274,58 @@ class RunStore:
             if rec["trial_id"] == trial_id and (last is None or rec["epoch"] >= last["epoch"]):
                 last = rec
         return last
+
+
+def check_suite_fits(run_dir: Path, suite: Any) -> dict[str, Any]:
+    """The suite's resolved form, after refusing (RunDirError) a suite whose results would mix
+    with those `run_dir` stores (see the module docstring). Reads only: `normbench run
+    --dry-run` makes the same refusal as the run."""
+    resolved = suite.to_json()
+    resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
+    raw = paths.read_bytes(run_dir / "suite.resolved.json")
+    if raw is None:
+        return resolved
+    try:
+        old = json.loads(raw)
+    except ValueError:
+        raise RunDirError(
+            f"{run_dir / 'suite.resolved.json'} is damaged (not JSON), so this run directory "
+            "cannot be checked against the suite; use another --output"
+        ) from None
+    if fingerprint(old) != fingerprint(resolved):
+        _check_compatible(run_dir, old, resolved)
+    return resolved
+
+
+def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Every stored trial must still be a trial of the new suite, up to epochs and
+    limit_batches (smoke or truncated runs, told apart by trial id); a search may only
+    change num_samples. Raises RunDirError naming the first stored trial that would not fit."""
+    where = f"run directory {run_dir} holds results of a different suite"
+    if _search_key(old) != _search_key(new):
+        raise RunDirError(
+            f"{where} (its search section changed; only num_samples may); use another --output"
+        )
+    new_ids = {t["trial_id"] for t in new.get("trials", [])}
+    families = {family_hash(t["spec"]) for t in new.get("trials", [])}
+    stored = _stored_specs(run_dir)
+    if new.get("search"):  # searched trials are variations of the old base specs
+        stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
+    for tid, spec in sorted(stored.items()):
+        if tid not in new_ids and (spec is None or family_hash(spec) not in families):
+            raise RunDirError(
+                f"{where}: stored trial {tid} is not a trial of the new suite, so results "
+                "would mix; use another --output, or only add trials to the suite"
+            )
+
+
+def _stored_specs(run_dir: Path) -> dict[str, dict[str, Any] | None]:
+    """Trial id -> its stored spec (a summary line's wins), None when no line has one."""
+    specs: dict[str, dict[str, Any] | None] = {}
+    for name in (EPOCHS, TRIALS):
+        for rec in read_jsonl(run_dir / name):
+            specs[rec["trial_id"]] = rec.get("spec") or specs.get(rec["trial_id"])
+    return specs
 
 
 def started_trials(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -332,9 +384,13 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     disk block, a hand edit) is skipped with a `RunDirWarning` naming the file and the line,
     so one bad line never hides the rest of a run.
     """
-    if not path.exists():
+    try:
+        data = paths.read_bytes(path)
+    except RunDirError as exc:  # a planted link: never read through
+        warnings.warn(f"{exc}; not read", RunDirWarning, stacklevel=2)
         return
-    data = path.read_bytes()
+    if data is None:
+        return
     lines = data.split(b"\n")
     if not data.endswith(b"\n"):
         lines = lines[:-1]  # torn tail: the writer died mid-line
@@ -354,10 +410,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _missing_keys(obj: Any, keys: tuple[str, ...]) -> list[str]:
+    """Required keys absent or of the wrong type; a `trial_id` must have the id's form
+    (`paths.TRIAL_ID`), as paths are built from it."""
     if not isinstance(obj, dict):
         return list(keys)
     types = {"trial_id": str, "epoch": int, "status": str, "ref": str}
-    return [k for k in keys if not isinstance(obj.get(k), types[k]) or obj.get(k) is True]
+    bad = [k for k in keys if not isinstance(obj.get(k), types[k]) or obj.get(k) is True]
+    if "trial_id" in keys and "trial_id" not in bad and not paths.is_trial_id(obj["trial_id"]):
+        bad.append("trial_id")
+    return bad
 
 
 def _warn_skipped(path: Path, lineno: int, why: str) -> None:
@@ -366,39 +427,19 @@ def _warn_skipped(path: Path, lineno: int, why: str) -> None:
 
 def _cut_torn_tail(path: Path) -> None:
     """Truncate a torn last line so the next append starts on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
+    data = paths.read_bytes(path)
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
-
-
-def _acquire_lock(run_dir: Path) -> int:
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunDirError(
-            f"run directory {run_dir} is in use by another normbench run (pid {holder}); "
-            "wait for it to finish or choose another --output"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        fd = paths.open_nofollow(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    paths.atomic_write(path, text)
 
 
 def _json_default(x: Any) -> Any:
@@ -409,4 +450,4 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-__all__ = ["RunStore", "read_jsonl", "fingerprint", "started_trials"]
+__all__ = ["RunStore", "check_suite_fits", "read_jsonl", "fingerprint", "started_trials"]

@@ -15,16 +15,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from normbench.contract import Scoring
 from normbench.data import DATASETS
 from normbench.errors import UserError, closest
 from normbench.models import BACKBONES
-from normbench.models.registry import norm_widths
+from normbench.models.registry import backbone_conditioning, norm_widths
 from normbench.options import OptionProblem, freeze
 from normbench.registry import Registry, load_plugin
 from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.suite.matrix import RawCell, cell_backbone_options, cell_recipe
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
+from normbench.tasks import TASKS
 from normbench.variants_api import VARIANTS
 
 Problems = list[tuple[Path, str]]
@@ -146,6 +148,7 @@ def _check_cell(
         batch_size=c.batch_size * devices,
         widths=widths,
         decay_toward=decay[0],
+        _slot=backbone_conditioning(backbone.lower()),  # what its norm slots pass besides x
         _where=f" of {backbone} (norm widths {sorted(widths)})",
     )
     if devices > 1:  # say where a batch size the file does not show comes from
@@ -304,3 +307,110 @@ def _global_stats_support(cells: list[RawCell]) -> Problems:
                 )
             )
     return problems
+
+
+# -- the task: its name and options, and what the suite says about its metrics --------------
+def check_task(model: SuiteModel, cells: list[RawCell]) -> Problems:
+    """The task's name and options (with each backbone and variant of the matrix and the data
+    set as context, for the task's own rules), and the suite keys read in the task's metrics: the
+    search's metric and mode, the target and the reference rows' metrics."""
+    name, options = model.task.name, model.task.options
+    obj, problems = lookup(TASKS, name, ("task", "name"))
+    if obj is None:
+        return problems
+    found: dict[tuple[Path, str], None] = {}
+    pairs = dict.fromkeys((c.backbone.name.lower(), c.variant.name.lower()) for c in cells)
+    for backbone, variant in pairs or [(None, None)]:
+        checked = TASKS.check_options(
+            name, options, dataset=model.dataset.name.lower(), backbone=backbone, variant=variant
+        )
+        for item in located(checked, ("task", "options")):
+            found[item] = None
+    problems += list(found)
+    scoring: Scoring = obj.scoring
+    problems += _search_metric(model, scoring)
+    problems += _target(model.target_accuracy, scoring)
+    for i, ref in enumerate(model.reference):
+        for metric in ref.metrics:
+            if metric not in {m.name for m in scoring.on("test")}:
+                problems.append(
+                    (
+                        ("reference", i, "metrics", metric),
+                        f"task {name!r} has no test metric {metric!r}"
+                        f"{closest(metric, [m.name for m in scoring.on('test')])}",
+                    )
+                )
+    return problems
+
+
+def check_baseline(model: SuiteModel, cells: list[RawCell]) -> Problems:
+    """`baseline` names a variant of the matrix, by label or by registered name (the
+    leaderboards compare every row with it: normbench.reports.leaderboard)."""
+    if model.baseline is None:
+        return []
+    known = dict.fromkeys(
+        n.lower() for c in cells for n in (c.variant.label, c.variant.name) if n is not None
+    )
+    if model.baseline.lower() in known:
+        return []
+    return [
+        (
+            ("baseline",),
+            f"baseline {model.baseline!r} is not a variant of this suite"
+            f"{closest(model.baseline, list(known))}; its variants: {', '.join(known)}",
+        )
+    ]
+
+
+def task_scoring(model: SuiteModel) -> Scoring:
+    """The scoring of the suite's task (validated: the name is registered)."""
+    scoring: Scoring = TASKS.get(model.task.name).obj.scoring
+    return scoring
+
+
+def search_objective(metric: str | None, mode: str | None, scoring: Scoring) -> tuple[str, str]:
+    """(metric, mode) a search optimises: as written, else the headline on the validation
+    split, in the metric's direction."""
+    metric = metric or f"val_{scoring.headline}"
+    found = scoring.key_metric(metric)
+    return metric, mode or (found.mode if found is not None else "max")
+
+
+def _search_metric(model: SuiteModel, scoring: Scoring) -> Problems:
+    if model.search is None:
+        return []
+    metric, _ = search_objective(model.search.metric, None, scoring)
+    found = scoring.key_metric(metric)
+    keys = ", ".join(k for k in scoring.keys() if not k.startswith("train_"))
+    if found is None:
+        return [
+            (
+                ("search", "metric"),
+                f"{metric!r} is not a metric of task {model.task.name!r}"
+                f"{closest(metric, list(scoring.keys()))}; its metrics: {keys}",
+            )
+        ]
+    mode = model.search.mode
+    if mode is not None and mode != found.mode:
+        better = "higher" if found.higher_is_better else "lower"
+        return [
+            (
+                ("search", "mode"),
+                f"mode {mode} would optimise {metric} the wrong way: {better} is better for "
+                f"{found.label}; write mode: {found.mode}, or leave mode out",
+            )
+        ]
+    return []
+
+
+def _target(target: float | None, scoring: Scoring) -> Problems:
+    best = scoring.best
+    if target is None or best.unit != "%" or 0 < target <= 100:
+        return []
+    return [
+        (
+            ("target_accuracy",),
+            f"target_accuracy is test {best.label} in percent: it must be in (0, 100], "
+            f"but got {target}",
+        )
+    ]

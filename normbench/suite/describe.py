@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from normbench.options import freeze
 from normbench.suite.loader import Suite
 
 CPU_MACS_PER_S = 25e9  # per core
@@ -46,6 +47,13 @@ def describe(suite: Suite) -> str:
         f"  resources {per}: {r.cpus:g} CPU, {r.gpus:g} GPU; max_concurrent="
         f"{suite.max_concurrent or 'unlimited'}; retries={suite.retries}"
     )
+    if suite.task.get("name", "classification") != "classification":
+        h = suite.scoring.best
+        options = ", ".join(f"{k}={v!r}" for k, v in (suite.task.get("options") or {}).items())
+        lines.append(
+            f"  task {suite.task['name']}" + (f" ({options})" if options else "") + ": headline "
+            f"{h.label}, {'higher' if h.higher_is_better else 'lower'} is better"
+        )
     if suite.search:
         s = suite.search
         lines.append(
@@ -94,7 +102,8 @@ def _cost(suite: Suite) -> list[str]:
         per_epoch = min(n, t.spec.limit_batches * t.spec.batch_size) if t.spec.limit_batches else n
         imgs = t.spec.epochs * per_epoch * samples
         images += imgs
-        macs += 3 * imgs * forward_macs(t.spec.backbone, channels, size)
+        options = freeze(t.spec.backbone_options)
+        macs += 3 * imgs * forward_macs(t.spec.backbone, channels, size, options)
     gpu = suite.resources.gpus > 0
     rate = (
         GPU_MACS_PER_S * suite.resources.gpus
@@ -131,8 +140,11 @@ def _data_facts(spec: Any) -> tuple[int, int, int] | None:
 
 
 @functools.cache
-def forward_macs(backbone: str, in_channels: int, image_size: int) -> float:
-    """Multiply-adds of one forward pass of one image (conv + linear), on the meta device."""
+def forward_macs(
+    backbone: str, in_channels: int, image_size: int, options: tuple[tuple[str, Any], ...] = ()
+) -> float:
+    """Multiply-adds of one forward pass of one image (conv + linear) of the backbone with
+    its (frozen) options, on the meta device."""
     import torch
     from torch import nn
 
@@ -147,9 +159,13 @@ def forward_macs(backbone: str, in_channels: int, image_size: int) -> float:
         elif isinstance(module, nn.Linear):
             total[0] += out.numel() * module.in_features
 
+    class Through(nn.Module):  # a norm slot's stand-in: x through, whatever else it passes
+        def forward(self, x: torch.Tensor, *conditioning: Any) -> torch.Tensor:
+            return x
+
     fn = BACKBONES.get(backbone).obj
     with torch.device("meta"):
-        model = fn(10, lambda c: nn.Identity(), in_channels=in_channels)
+        model = fn(10, lambda c: Through(), in_channels=in_channels, **dict(options))
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 m.register_forward_hook(count)

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from normbench.contract import EpochRecord
+from normbench.contract import EpochRecord, scoring_of
 
 MAX_FINISHED_ROWS = 10
 
@@ -29,8 +29,10 @@ class Row:
     seed: int | None = None
     status: str = "pending"
     epoch: int = 0
-    val_top1: float | None = None
-    test_top1: float | None = None
+    # the task's headline metric on val and test (classification: top1)
+    headline: str = "top1"
+    val_score: float | None = None
+    test_score: float | None = None
     images_per_s: float | None = None
     epoch_time_s: float | None = None
 
@@ -96,14 +98,16 @@ class LiveView:
         if row is None:
             return
         row.epoch = int(record["epoch"])
-        row.val_top1, row.test_top1 = record.get("val_top1"), record.get("test_top1")
+        row.headline = h = scoring_of(record).headline
+        values: dict[str, Any] = dict(record)
+        row.val_score, row.test_score = values.get(f"val_{h}"), values.get(f"test_{h}")
         row.images_per_s, row.epoch_time_s = record.get("images_per_s"), record.get("epoch_time_s")
         self.epochs_done += 1
         eta = self.suite_eta_s()
         self.progress.update(self.task, eta=_eta_text(eta))
         self._changed(
             f"{_name(row)} [{trial_id}] epoch {row.epoch}/{row.epochs} "
-            f"val_top1={_num(row.val_top1)} test_top1={_num(row.test_top1)} "
+            f"val_{row.headline}={_num(row.val_score)} test_{row.headline}={_num(row.test_score)} "
             f"images/s={_num(row.images_per_s, 0)} {_eta_text(eta)}".rstrip()
         )
 
@@ -148,13 +152,15 @@ class LiveView:
 
     def _render(self) -> Group:
         table = Table(expand=False)
-        for col in ("trial", "seed", "status", "epoch", "val top1", "test top1", "images/s", "ETA"):
+        rows = self._visible()
+        h = rows[0].headline if rows else "top1"
+        for col in ("trial", "seed", "status", "epoch", f"val {h}", f"test {h}", "images/s", "ETA"):
             table.add_column(col, justify="left" if col in ("trial", "status") else "right")
-        for row in self._visible():
+        for row in rows:
             eta = row.eta_s()
             table.add_row(
                 row.label, "" if row.seed is None else str(row.seed), row.status,
-                f"{row.epoch}/{row.epochs}", _num(row.val_top1), _num(row.test_top1),
+                f"{row.epoch}/{row.epochs}", _num(row.val_score), _num(row.test_score),
                 _num(row.images_per_s, 0),
                 "" if eta is None else _duration(eta),
             )  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from normbench.contract import CLASSIFICATION, Scoring
 from normbench.errors import SuiteError
 from normbench.spec import TrialSpec
 from normbench.suite.matrix import Trial, apply_params, build_trials, expand
@@ -75,6 +76,11 @@ class Suite:
     search: SearchConfig | None
     reference: tuple[dict[str, Any], ...]
     target_accuracy: float | None
+    baseline: str | None  # the variant (label or name) the leaderboards compare with; None: bn
+    # what the trials train and how they are scored: {"name", "options"} and the task's
+    # `Scoring` (normbench.contract), which suite.resolved.json stores for the reports
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "classification"})
+    scoring: Scoring = CLASSIFICATION
     overrides: tuple[str, ...] = ()
     max_epochs: int | None = None
     limit_batches: int | None = None
@@ -98,6 +104,7 @@ class Suite:
             if f.name not in ("_trials", "text")
         }
         d["path"] = str(self.path)
+        d["scoring"] = self.scoring.to_dict()
         d["resources"] = dataclasses.asdict(self.resources)
         d["search"] = dataclasses.asdict(self.search) if self.search else None
         d["reference"] = [dict(r) for r in self.reference]
@@ -174,6 +181,8 @@ def _validate(
     names = checks.check_names(model, cells)
     found += names + checks.check_cells(model, cells, names)
     found += checks.check_search(model, cells)
+    found += checks.check_task(model, cells)
+    found += checks.check_baseline(model, cells)
     found += checks.check_parallel(model, cells)
     if not found:
         found += _search_space_problems(model)
@@ -272,13 +281,15 @@ def _make_suite(
     plugins: tuple[str, ...],
     trials: list[Trial],
 ) -> Suite:
+    from normbench.suite.checks import search_objective, task_scoring
+
+    scoring = task_scoring(model)
     s = model.search
     search = None
     if s is not None:
         space = {k: _param_dict(p) for k, p in s.space.items()}
         search = SearchConfig(
-            s.metric,
-            s.mode,
+            *search_objective(s.metric, s.mode, scoring),
             s.num_samples,
             space,
             s.sampler,
@@ -303,6 +314,9 @@ def _make_suite(
         search=search,
         reference=tuple(r.model_dump() for r in model.reference),
         target_accuracy=model.target_accuracy,
+        baseline=model.baseline,
+        task={"name": model.task.name.lower(), "options": dict(model.task.options)},
+        scoring=scoring,
         overrides=overrides,
         max_epochs=caps[0],
         limit_batches=caps[1],

@@ -279,6 +279,8 @@ def _base_spec(
         plugins=plugins,
         num_threads=t.num_threads or max(1, int(model.resources.cpus)),
         placement=t.placement,
+        task=model.task.name.lower(),
+        task_options=dict(model.task.options),
         **shared,
     )
 

@@ -13,7 +13,8 @@ In order (cheapest first; the data check comes last because it may download or e
    pending forever. Local Ray offers this machine's CPUs (or `num_cpus`) and CUDA devices; a
    cluster's nodes are read once joined. `--allow-autoscaling` skips the check for clusters
    that add nodes on demand;
-4. data: each distinct data set is prepared once (`normbench.data.prepare`): downloaded and
+4. the task's own preflight (`preflight(options)`, optional): files it reads at run time;
+5. data: each distinct data set is prepared once (`normbench.data.prepare`): downloaded and
    extracted when needed, by this process alone, before trials start; and no batch may be
    larger than its training set (training drops the last incomplete batch, so no step would
    run).
@@ -74,6 +75,7 @@ def run_preflight(
     try:
         nodes, where = _nodes(found, address, num_cpus)
         found.lines.append(check_resources(suite, nodes, where, allow_autoscaling))
+        found.lines += check_task(suite)
         found.lines += check_data(suite, fetch=fetch)
     except BaseException:
         if found.shutdown is not None:
@@ -260,6 +262,26 @@ def _slots(nodes: Nodes, cpus: float, gpus: float) -> int:
         ]
         total += min(fit) if fit else 1 << 30
     return total
+
+
+# ------------------------------------------------------------------------- task
+def check_task(suite: Any) -> list[str]:
+    """Each distinct task's own preflight: the optional classmethod `preflight(options) ->
+    line` (docs/tasks.md) finds the files the task reads at run time (the generation task's
+    Inception weights) or raises UserError with one line saying which file to put where."""
+    from normbench.tasks import TASKS
+
+    lines: dict[str, str] = {}
+    for t in suite.trials():
+        key = json.dumps([t.spec.task, t.spec.task_options], sort_keys=True, default=str)
+        hook = getattr(TASKS.get(t.spec.task).obj, "preflight", None)
+        if key in lines or not callable(hook):
+            continue
+        try:
+            lines[key] = f"task {t.spec.task}: {hook(dict(t.spec.task_options))}"
+        except UserError as exc:
+            raise PreflightError(f"{suite.path}: task: {exc}") from exc
+    return list(lines.values())
 
 
 # ------------------------------------------------------------------------- data

@@ -19,6 +19,7 @@ so far, and a resumed trial replays those the store lacks before training on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from normbench.results.lock import Lease
 from normbench.spec import TrialSpec
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
@@ -62,6 +64,9 @@ class Task:
     checkpoint_root: str | None  # RUN_DIR/checkpoints; None: remote storage via Ray
     stored_epochs: dict[str, int] = field(default_factory=dict)  # trial_id -> epochs stored
     remote_refs: dict[str, str] = field(default_factory=dict)  # trial_id -> checkpoint path
+    # The driver's hold on the run directory, checked before each checkpoint write: a worker
+    # that outlives its driver (SIGKILL, SIGTERM) never writes again. None: remote storage.
+    lease: Lease | None = None
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -69,6 +74,7 @@ class Task:
             "checkpoint_root": self.checkpoint_root,
             "stored_epochs": self.stored_epochs,
             "remote_refs": self.remote_refs,
+            "lease": dataclasses.asdict(self.lease) if self.lease else None,
         }
 
 
@@ -270,13 +276,14 @@ def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> Non
     if _is_ddp(spec):
         _run_data_parallel(task, spec, ckpt_dir, worker_resources, note)
         return
-    for record in run_trial(_fit_to_worker(spec), checkpoint_dir=ckpt_dir):
-        placed = {**record, **_placement()}
-        if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
-            placed[CHECKPOINT_NOTE], note = note, None
-        ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
-        tune.report(_result(tid, placed), checkpoint=ckpt)  # uploads before returning
-        reported = True
+    with _leased(task.get("lease")):
+        for record in run_trial(_fit_to_worker(spec), checkpoint_dir=ckpt_dir):
+            placed = {**record, **_placement()}
+            if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
+                placed[CHECKPOINT_NOTE], note = note, None
+            ckpt = None if task["checkpoint_root"] else tune.Checkpoint.from_directory(ckpt_dir)
+            tune.report(_result(tid, placed), checkpoint=ckpt)  # uploads before returning
+            reported = True
     if not reported:
         # Finished and fully stored, but its summary line was lost with a killed driver: report
         # the last record again (the store ignores the repeat) so searchers and schedulers get
@@ -313,7 +320,12 @@ def _run_data_parallel(
     callbacks: list[Any] = [TuneReportCallback()]  # Ray types it as a Tune callback
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.to_dict(), "checkpoint_dir": ckpt_dir, "note": note},
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "checkpoint_dir": ckpt_dir,
+            "note": note,
+            "lease": task.get("lease"),
+        },
         torch_config=TorchConfig(backend="nccl" if gpus > 0 and spec.device != "cpu" else "gloo"),
         scaling_config=train.ScalingConfig(
             num_workers=spec.devices,
@@ -339,12 +351,25 @@ def _train_worker(config: dict[str, Any]) -> None:
     spec = _fit_to_worker(TrialSpec.from_dict(config["spec"]), rank_device=True)
     rank = train.get_context().get_world_rank()
     note = config.get("note")
-    for rec in run_trial(spec, checkpoint_dir=config["checkpoint_dir"]):
-        placed = {**rec, **_placement()}
-        if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
-            placed[CHECKPOINT_NOTE], note = note, None
-        # every rank reports (a barrier); Tune gets rank 0's
-        train.report({**_result(spec.trial_id, placed), **_group()} if rank == 0 else {})
+    with _leased(config.get("lease")):
+        for rec in run_trial(spec, checkpoint_dir=config["checkpoint_dir"]):
+            placed = {**rec, **_placement()}
+            if note is not None:  # an invalid checkpoint was moved aside: tell the driver once
+                placed[CHECKPOINT_NOTE], note = note, None
+            # every rank reports (a barrier); Tune gets rank 0's
+            train.report({**_result(spec.trial_id, placed), **_group()} if rank == 0 else {})
+
+
+@contextlib.contextmanager
+def _leased(lease: dict[str, str] | None) -> Iterator[None]:
+    """Checkpoint writes of this block check the driver's lease first (see `Task.lease`)."""
+    if lease is None:
+        yield
+        return
+    from normbench.engine.checkpoint import lease as checkpoint_lease
+
+    with checkpoint_lease(Lease(**lease).check):
+        yield
 
 
 def _group() -> dict[str, str]:

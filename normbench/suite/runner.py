@@ -13,6 +13,8 @@ experiment; continuity lives in the store and the checkpoints, not in Tune's own
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import importlib.metadata as md
 import os
@@ -30,10 +32,12 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from normbench.contract import EpochRecord
-from normbench.errors import RunDirError, RunStopped, Terminated, UserError
+from normbench.errors import RunDirError, RunStopped, StorageFullError, Terminated, UserError
+from normbench.results import paths
 from normbench.results.store import RunStore
 from normbench.spec import TrialSpec
 from normbench.suite.live import LiveView
+from normbench.suite.rundir import check_run_dir, full_disk_line, restore_lost_records
 
 
 @dataclass(frozen=True)
@@ -56,27 +60,28 @@ class RunRequest:
 
 
 def execute(req: RunRequest, *, stream: TextIO | None = None) -> int:
-    """Run (or describe) a suite. Returns 0, or 1 when some trial failed or the report could
-    not be written, or 143 after SIGTERM (one line on stderr; every finished epoch is stored
-    and a rerun resumes). A refused preflight or environment check raises a UserError before
-    anything is written and before Ray starts."""
+    """Run (or describe) a suite. Returns 0, or 1 when some trial failed, the report could
+    not be written or the storage is full (one line naming the file and its file system),
+    or 143 after SIGTERM / 130 after SIGINT (one line on stderr; every finished epoch is
+    stored and a rerun resumes). A refused preflight, run-directory or environment check
+    raises a UserError before anything is written and before Ray starts (`--dry-run` makes
+    the same checks)."""
     with _SigtermGuard() as guard:
         try:
             return _execute(req, stream or sys.stdout, guard)
         except KeyboardInterrupt:
-            if not guard.received:
-                raise  # Ctrl-C: the CLI's "aborted"
+            signal_name, code = ("SIGTERM", 143) if guard.received else ("SIGINT", 130)
         where = guard.run_dir
         if guard.opened and where is not None:
             print(
-                f"normbench: stopped by SIGTERM; finished trials are stored in {where}; "
+                f"normbench: stopped by {signal_name}; finished trials are stored in {where}; "
                 "rerun the same command to resume",
                 file=sys.stderr,
             )
         else:
-            print("normbench: stopped by SIGTERM before any trial ran; nothing was run",
+            print(f"normbench: stopped by {signal_name} before any trial ran; nothing was run",
                   file=sys.stderr)  # fmt: skip
-        return 143
+        return code
 
 
 def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
@@ -92,6 +97,7 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
     if req.resume and not (run_dir / "suite.resolved.json").exists():
         raise RunDirError(f"--resume: {run_dir} holds no run to resume (no suite.resolved.json)")
     # Reads only: a refused rerun leaves the run directory byte for byte as it was.
+    check_run_dir(run_dir, suite)
     changed = check_environments(suite, run_dir, restart=req.restart_changed)
     found = run_preflight(
         suite,
@@ -108,20 +114,27 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
         print(_describe(suite) + "\n\n" + found.text(), file=stream)
         return 0
     stopped: RunStopped | None = None
+    full: StorageFullError | None = None
     try:
         with RunStore(run_dir) as store:
             guard.opened = True
-            store.write_suite(suite)
-            store.write_environment(environment())
             driver = Driver(store, suite, req.storage, stream, ray.start)
-            if changed:
-                driver.notes.update(_restart(store, changed, stream))
-            _restore_lost_records(store, stream)
-            ray.store = store
             try:
+                store.write_suite(suite)
+                store.write_environment(environment())
+                if changed:
+                    driver.notes.update(_restart(store, changed, stream))
+                driver.notes.update(restore_lost_records(store, suite, stream))
+                ray.store = store
                 failed = driver.run()
             except RunStopped as exc:  # stored results stay; the report shows them
                 stopped, failed = exc, True
+            except Exception as exc:  # a full disk anywhere (the store, Tune's state files)
+                where = getattr(exc, "filename", None) or run_dir
+                full = driver.full or paths.storage_full(exc, where)
+                if full is None:
+                    raise
+                failed = True
             counts: dict[str, int] = {}
             for tid in store.trial_ids():
                 status = (store.summary(tid) or {}).get("status", "interrupted")
@@ -131,8 +144,13 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
             ray.stop()
     if guard.received:
         raise Terminated()
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"run directory {run_dir}: {summary or 'no trials'}", file=stream)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
+    print(f"run directory {run_dir}: {summary}", file=stream)
+    if full is not None:
+        report = _build_report(run_dir, stream, quiet=True)
+        print(full_disk_line(full, run_dir, summary, report or "report not written"),
+              file=sys.stderr)  # fmt: skip
+        return 1
     reported = _build_report(run_dir, stream)
     if stopped is not None:
         print(
@@ -140,7 +158,7 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
             f"{run_dir}; trials that were running resume when you rerun the same command",
             file=sys.stderr,
         )
-    return 1 if failed or not reported else 0
+    return 1 if failed or reported is None else 0
 
 
 class _SigtermGuard:
@@ -234,26 +252,6 @@ def _restart(store: RunStore, changed: dict[str, str], stream: TextIO) -> dict[s
     return notes
 
 
-def _restore_lost_records(store: RunStore, stream: TextIO) -> None:
-    """Put back epoch records a finished trial lost from epochs.jsonl (a torn or corrupt line)
-    from its checkpoint, which holds every record the trial yielded."""
-    from normbench.engine.checkpoint import CheckpointError, read_records
-
-    for tid in sorted(store.completed()):
-        planned = int((store.summary(tid) or {}).get("epochs") or 0)
-        if store.stored_epochs(tid) >= set(range(1, planned + 1)):
-            continue
-        try:
-            records = read_records(store.run_dir / "checkpoints" / tid)
-        except CheckpointError as exc:
-            print(f"warning: trial {tid} lost epoch records and {exc}", file=stream)
-            continue
-        restored = [int(r["epoch"]) for r in records if store.append_epoch(tid, r)]
-        if restored:
-            print(f"trial {tid}: restored epoch records {restored} from its checkpoint",
-                  file=stream)  # fmt: skip
-
-
 class _RayOnDemand:
     """Starts (or joins) Ray the first time a trial must run: a finished run never starts it.
     A cluster the preflight already joined (`shutdown` given) is used as it is."""
@@ -294,6 +292,7 @@ class Driver:
         self.finished: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
         self.notes: dict[str, list[str]] = {}  # trial_id -> what happened to it on the way
+        self.full: StorageFullError | None = None  # the storage filled up: the run stops
         self._view: LiveView | None = None
 
     @property
@@ -336,12 +335,16 @@ class Driver:
         trial ids are only known once sampled)."""
         from normbench.suite import ray_adapter
 
-        root = None if self.storage else str((self.store.run_dir / "checkpoints").resolve())
+        # The run directory itself is resolved, never a link planted below it.
+        root = None if self.storage else str(self.store.run_dir.resolve() / "checkpoints")
+        if root is not None:
+            paths.make_dirs(Path(root), self.store.run_dir.resolve())
         ids = self.store.trial_ids() if searched else {spec.trial_id}
         stored = {t: self.store.last_epoch(t) for t in ids if self.store.last_epoch(t)}
         refs = self.store.checkpoint_refs() if self.storage else {}
         refs = {t: r for t, r in refs.items() if t in ids}
-        return ray_adapter.Task(spec, root, stored_epochs=stored, remote_refs=refs)
+        lease = self.store.lease() if root is not None else None  # workers reach the lock
+        return ray_adapter.Task(spec, root, stored_epochs=stored, remote_refs=refs, lease=lease)
 
     def _run_grid(self, todo: list[Any]) -> None:
         from normbench.suite import ray_adapter
@@ -439,14 +442,29 @@ class Driver:
         searched = self._search_fields(tid, spec)
         if searched:  # on epoch lines "params" is the parameter count
             searched["search_params"] = searched.pop("params")
-        self.store.append_epoch(tid, record, extra={**extra, **searched})
+        try:
+            self.store.append_epoch(tid, record, extra={**extra, **searched})
+        except StorageFullError as exc:
+            self._stop_full(spec, exc)
         if self.context.get("session") is not None:
             self.context["session"].report(tid, record)
         self.last[tid] = record
         self.view.record(tid, cast(EpochRecord, record))  # Ray hands results over as dicts
 
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None:
-        self.store.note_checkpoint(spec.trial_id, epoch, ref)
+        try:
+            self.store.note_checkpoint(spec.trial_id, epoch, ref)
+        except StorageFullError as exc:
+            self._stop_full(spec, exc)
+
+    def _stop_full(self, spec: TrialSpec, exc: StorageFullError) -> None:
+        """The store could not write (full storage): store the trial's failure if a short
+        line still fits, then stop the run (`execute` ends it in one line)."""
+        self.full = exc
+        reason = f"StorageFullError: {exc.strerror}"
+        with contextlib.suppress(OSError):
+            self.on_end(spec, reason, error={"type": "StorageFullError", "message": exc.strerror})
+        raise exc
 
     def on_end(
         self, spec: TrialSpec, reason: str | None, *, error: dict[str, Any] | None = None
@@ -465,12 +483,20 @@ class Driver:
             extra.update(self._search_fields(tid, spec))
             extra["value"] = (last or {}).get(self.suite.search.metric)
         cell = self._cell(tid, spec)
-        self.store.finish_trial(tid, spec.to_dict(), cell, status, reason, **extra)
+        try:
+            self.store.finish_trial(tid, spec.to_dict(), cell, status, reason, **extra)
+        except StorageFullError as exc:
+            self.full = self.full or exc
+            raise
         if self.context.get("session") is not None:  # store first, then the study
             self.context["session"].finish(tid, {**extra, "status": status})
         self.finished.add(tid)
         self.failed += status == "failed"
         self.view.end(tid, status, reason)
+        if (error or {}).get("type") == "StorageFullError" and self.full is None:
+            # A trial's checkpoint did not fit: every other trial would fail the same way.
+            self.full = StorageFullError(errno.ENOSPC, str((error or {}).get("message")))
+            raise self.full
 
 
 def _status(
@@ -558,20 +584,22 @@ def _describe(suite: Any) -> str:
     return "\n".join(lines)
 
 
-def _build_report(run_dir: Path, stream: TextIO) -> bool:
-    """Write the run's report; False (and a line on stderr) when it could not be written.
-    Results are stored either way, and `normbench report RUN_DIR` can retry."""
+def _build_report(run_dir: Path, stream: TextIO, *, quiet: bool = False) -> str | None:
+    """Write the run's report; returns "report: PATH", or None (and unless `quiet`, a line on
+    stderr) when it could not be written. Results are stored either way, and `normbench
+    report RUN_DIR` can retry."""
     try:
         from normbench.reports import build_report
 
         out = build_report([run_dir], run_dir / "report")
     except Exception as exc:  # a report bug must not hide finished results
         why = " ".join(f"{type(exc).__name__}: {exc}".split())
-        print(
-            f"normbench: error: report not written ({why}); the results are stored in "
-            f"{run_dir}: retry with `normbench report {run_dir}`",
-            file=sys.stderr,
-        )
-        return False
+        if not quiet:
+            print(
+                f"normbench: error: report not written ({why}); the results are stored in "
+                f"{run_dir}: retry with `normbench report {run_dir}`",
+                file=sys.stderr,
+            )
+        return None
     print(f"report: {out}", file=stream)
-    return True
+    return f"report: {out}"

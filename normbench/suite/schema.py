@@ -11,6 +11,8 @@ Reference (see suites/*.yaml for commented examples):
     version: 1                      # required; the only version
     name: my_suite                  # letters, digits, _ . -; names the run directory
     description: free text
+    task: classification            # or {name: my_task, options: {...}}: what the trials train
+                                    # and how they are scored (docs/tasks.md)
     dataset: {name: cifar100, root: null, download: false, image_size: null,
               val_fraction: 0.1, split_seed: 0, augment: {crop_padding, hflip, rotation},
               ...}                  # other keys: the data set's own options (signature-checked)
@@ -40,11 +42,16 @@ Reference (see suites/*.yaml for commented examples):
     include: [{backbone, variant, batch_size, seed}]  # backbone and variant required; a
                                     # missing batch_size/seed takes every listed value
     search: {metric: val_top1, mode: max, num_samples, sampler: tpe|random, seed,
+             # metric default: val_<the task's headline>; mode default: its direction
              scheduler: none|asha, grace_period, reduction_factor, storage, study_name,
              space: {"variant_options.tau": {type: float|int|loguniform|categorical,
                                              low, high, step, log, choices}}}
-    reference: [{dataset, backbone, variant, batch_size, top1, top5, source, note}]
-    target_accuracy: 77.0           # test top-1 (%) for epochs/time-to-target in reports
+    reference: [{dataset, backbone, variant, batch_size, top1, top5, metrics: {AP: 37.7},
+                 source, note}]     # top1/top5: classification's; metrics: any task's, by name
+    target_accuracy: 77.0           # the task's headline on test (its unit; classification:
+                                    # top-1 %) for epochs/time-to-target in reports
+    baseline: bn                    # the variant (label or name) every row is compared with:
+                                    # Δ, paired tests, Holm, the target; default bn
 
 The matrix is backbones x variants x batch_sizes x seeds, minus `exclude`, plus `include`
 (see `normbench.suite.matrix`). A search runs once per cell of that matrix.
@@ -254,8 +261,10 @@ class ParamModel(Strict):
 
 
 class SearchModel(Strict):
-    metric: str = "val_top1"
-    mode: Literal["max", "min"] = "max"
+    # None: the task's headline on the validation split, and its direction (the suite checks
+    # resolve both from the task's scoring, normbench.contract.Scoring)
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
     num_samples: int = Field(gt=0, le=MAX_SAMPLES)
     space: dict[str, ParamModel] = Field(min_length=1)
     sampler: Literal["tpe", "random"] = "tpe"
@@ -276,6 +285,9 @@ class ReferenceRow(Strict):
     batch_size: int | None = None
     top1: float | None = Field(default=None, ge=0, le=100)
     top5: float | None = Field(default=None, ge=0, le=100)
+    # a task's published numbers by metric name (e.g. {AP: 37.7, AP50: 58.6}); classification's
+    # are top1 and top5 above
+    metrics: dict[str, float] = Field(default_factory=dict)
     source: str
     note: str | None = None
 
@@ -284,6 +296,7 @@ class SuiteModel(Strict):
     version: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
+    task: NamedEntry = Field(default_factory=lambda: NamedEntry(name="classification"))
     dataset: DatasetModel
     backbones: list[BackboneEntry] = Field(min_length=1, max_length=MAX_TRIALS)
     variants: list[VariantEntry] = Field(min_length=1, max_length=MAX_TRIALS)
@@ -298,7 +311,12 @@ class SuiteModel(Strict):
     exclude: list[ExcludeCell] = Field(default_factory=list)
     search: SearchModel | None = None
     reference: list[ReferenceRow] = Field(default_factory=list)
-    target_accuracy: float | None = Field(default=None, gt=0, le=100)
+    # the task's headline metric on test, in its unit (a percent: in (0, 100]; checked with the
+    # task, normbench.suite.checks.check_task)
+    target_accuracy: float | None = None
+    # the variant label (or name) the leaderboards compare every row with; None: "bn"
+    # (checked against the matrix, normbench.suite.checks.check_baseline)
+    baseline: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _matrix_size(self) -> SuiteModel:

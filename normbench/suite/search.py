@@ -502,6 +502,8 @@ class SearchSession:
     def _tell(
         self, number: int, summary: dict[str, Any], *, duplicate_of: int | None = None
     ) -> None:
+        from optuna.trial import TrialState
+
         status = summary.get("status")
         attrs = {"nb_status": "duplicate" if duplicate_of is not None else status}
         if duplicate_of is not None:
@@ -509,6 +511,12 @@ class SearchSession:
         trial = self._trial(number)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        if duplicate_of is not None:
+            # A repeat of a configuration the study holds already: FAIL (with duplicate_of),
+            # so COMPLETE trials are the distinct points (optuna-dashboard's count) and the
+            # sampler does not weigh one point twice.
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            return
         state, value = _state_of(status, summary.get("value"))
         self.study.tell(number, value, state=state, skip_if_finished=True)
 

@@ -316,7 +316,10 @@ def _uncompilable(num_classes: int, norm_layer: Any, *, in_channels: int = 3, **
 
 def test_a_compiled_trial_that_captures_nothing_fails(eager_backend) -> None:
     from normbench.engine.loop import CompileError
+    from normbench.models.registry import BACKBONES
 
+    if "engine_uncompilable" not in BACKBONES:  # a test that resets the registries ran first
+        register_backbone("engine_uncompilable")(_uncompilable)
     spec = tiny(backbone="engine_uncompilable", compile=True, epochs=1)
     with pytest.raises(CompileError, match="captured no graph"):
         list(run_trial(spec))

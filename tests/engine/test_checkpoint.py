@@ -93,3 +93,73 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path) -> None:
     torch.save({"format_version": 1, "trial_id": "t"}, tmp_path / "checkpoint.pt")
     with pytest.raises(ckpt.CheckpointError, match="has checkpoint format 1; this normbench"):
         ckpt.load_checkpoint(tmp_path)
+
+
+def test_a_worker_never_writes_once_its_driver_let_go(tmp_path) -> None:
+    """The lease a trial worker checks before each checkpoint write: valid while the driver
+    holds the run directory's lock, refused (DriverGone, nothing written) once it is released
+    (a killed driver) or taken by a rerun (another token)."""
+    from normbench.errors import DriverGone
+    from normbench.results.store import RunStore
+
+    run = tmp_path / "run"
+    where = run / "checkpoints" / "abc"
+    store = RunStore(run)
+    lease = store.lease()
+    with ckpt.lease(lease.check):
+        ckpt.save_checkpoint(where, {"trial_id": "t", "epoch": 1})
+        store.close()  # the driver is gone
+        with pytest.raises(DriverGone, match="no longer holds"):
+            ckpt.save_checkpoint(where, {"trial_id": "t", "epoch": 2})
+        with RunStore(run):  # a rerun holds it now, with its own token
+            with pytest.raises(DriverGone):
+                ckpt.save_checkpoint(where, {"trial_id": "t", "epoch": 3})
+    assert ckpt.load_checkpoint(where)["epoch"] == 1
+    assert [p.name for p in where.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_path, monkeypatch) -> None:
+    """ENOSPC from the file system while torch serializes: StorageFullError naming the file
+    and its file system (torch itself says only "unexpected pos"), the old checkpoint kept."""
+    import errno
+    import os
+
+    from normbench.errors import StorageFullError
+
+    ckpt.save_checkpoint(tmp_path, {"trial_id": "t", "epoch": 1})
+    real = os.fsync
+
+    def full(fd):  # the file system reports the full disk when the data is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    big = {"trial_id": "t", "epoch": 2, "w": torch.zeros(4096)}
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageFullError) as err:
+        ckpt.save_checkpoint(tmp_path, big)
+    monkeypatch.setattr(os, "fsync", real)
+    assert str(err.value).startswith(
+        f"No space left on device writing {tmp_path / 'checkpoint.pt'}"
+    )
+    assert "(file system " in str(err.value) and "free of" in str(err.value)
+    assert ckpt.load_checkpoint(tmp_path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_newer_format_is_refused_naming_both_versions_and_kept(tmp_path) -> None:
+    torch.save(
+        {"format_version": ckpt.FORMAT_VERSION + 1, "trial_id": "t"}, tmp_path / "checkpoint.pt"
+    )
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ckpt.NewerCheckpointError) as err:
+        ckpt.load_or_quarantine(tmp_path, trial_id="t")
+    assert f"format {ckpt.FORMAT_VERSION + 1}, newer than the format {ckpt.FORMAT_VERSION}" in str(
+        err.value
+    )
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # not moved aside, not changed
+
+
+def test_an_invalid_checkpoint_note_never_advises_unsafe_loading(tmp_path) -> None:
+    _plant(tmp_path / "checkpoint.pt", tmp_path / "pwned")
+    _, note = ckpt.load_or_quarantine(tmp_path, trial_id="t")
+    assert "holds the Python object" in note and "never loaded" in note
+    assert "weights_only" not in note and "trust" not in note

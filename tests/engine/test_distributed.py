@@ -24,7 +24,7 @@ from torchvision.datasets import DatasetFolder
 from normbench.engine import checkpoint as ckpt
 from normbench.engine.loop import TIMING_KEYS, run_trial
 from normbench.spec import SpecError, TrialSpec
-from normbench.variants import BUILTIN_VARIANTS
+from normbench.variants import BUILTIN_VARIANTS, plain_norm
 
 # Options that make each layer's batch dependence visible at 8 samples per device.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -35,7 +35,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "brn": {"relax_from": 0, "rmax_at": 2, "dmax_at": 2},  # r and d at work from step 1
     "evonorm_s0": {"num_groups": 2},
 }
-LAYERS = sorted(BUILTIN_VARIANTS)
+LAYERS = sorted(n for n, cls in BUILTIN_VARIANTS.items() if plain_norm(cls))
 GLOBAL_LAYERS = ("bn", "ubn", "brn")  # SyncBatchNorm; UBN with its similarity over both ranks;
 # Batch Renorm with r, d and its four moving averages over both ranks
 KILL_AT_EPOCH = 2  # the resume test's ranks die in the first batch of this epoch

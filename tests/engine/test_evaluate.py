@@ -164,3 +164,15 @@ def test_evaluate_refuses_an_unknown_setting(finished_run: Path, capsys) -> None
     assert "evaluate: --set recalibrate_batches: Input should be greater than or equal to 0" in (
         capsys.readouterr().err
     )
+
+
+def test_evaluate_refused_by_a_running_run_names_no_flag_it_lacks(
+    finished_run: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    with RunStore(finished_run):  # a run (or another evaluation) holds the directory
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", str(finished_run)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "--output" not in err
+    assert err.startswith(f"normbench: error: run directory {finished_run} is in use by another")
+    assert err.endswith("wait for it to finish, then evaluate")

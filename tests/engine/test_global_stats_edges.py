@@ -8,6 +8,8 @@ torch.compile.
   instead of aborting both processes in the backend.
 * DDP + `stats_scope: global` + `torch.compile(fullgraph=True)`: the collectives trace, so the
   model is one graph that does not recompile across steps, with eager's numbers.
+* DDP + `stats_scope: global` on the accelerator path (the coefficients as compiled regions,
+  forced on the CPU): eager's numbers.
 """
 
 from __future__ import annotations
@@ -96,11 +98,38 @@ def _compiled(rank: int) -> dict[str, Any]:
     return {"frames": frames, "diffs": diffs}
 
 
+def _regions(rank: int) -> list[float]:
+    """The accelerator path's compiled coefficient regions (forced on the CPU, `aot_eager`)
+    inside global statistics: each step's largest difference from the eager coefficients."""
+    from normbench.variants import _region
+
+    models = [nn.parallel.DistributedDataParallel(_model()) for _ in range(2)]
+    diffs = []
+    for step in range(2):
+        x = _batch((6, 3, 5, 5), 20 + step)[3 * rank : 3 * rank + 3]
+        outs = []
+        for model, mode in zip(models, ("eager", "compiled"), strict=True):
+            with _region.coefficient_mode(mode), _region.compiled_with("aot_eager"):
+                with global_statistics():
+                    y = model(x)
+                y.square().sum().backward()
+            outs.append(y.detach())
+        grads = zip(models[0].parameters(), models[1].parameters(), strict=True)
+        diffs.append(max([float((outs[0] - outs[1]).abs().max())]
+                         + [float((a.grad - b.grad).abs().max()) for a, b in grads]))  # fmt: skip
+    return diffs
+
+
 def _rank(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=RANKS)
     try:
-        results = {"tiny": _tiny(rank), "uneven": _uneven(rank), "compiled": _compiled(rank)}
+        results = {
+            "tiny": _tiny(rank),
+            "uneven": _uneven(rank),
+            "compiled": _compiled(rank),
+            "regions": _regions(rank),
+        }
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -140,6 +169,12 @@ def test_compiled_ddp_with_global_statistics_is_one_graph(ranks: list) -> None:
         frames, diffs = result["compiled"]["frames"], result["compiled"]["diffs"]
         assert frames[0] >= 1 and frames == frames[:1] * len(frames), frames  # no recompiles
         assert max(diffs) < 1e-10, diffs
+
+
+def test_compiled_regions_under_global_statistics_match_eager(ranks: list) -> None:
+    """The coefficient regions (the CUDA path's) see the whole batch's moments too."""
+    for result in ranks:
+        assert max(result["regions"]) < 1e-10, result["regions"]
 
 
 def test_the_layer_alone_refuses_one_value(ranks: list) -> None:

@@ -15,7 +15,7 @@ from normbench.engine.recipe import (
     current_lr,
     param_groups,
 )
-from normbench.spec import Recipe, SpecError
+from normbench.spec import Recipe, SpecError, input_problems
 
 CIFAR100 = Recipe(
     lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1, milestones=(60, 120, 160), gamma=0.2
@@ -201,3 +201,37 @@ def test_nesterov_and_momentum_reach_sgd() -> None:
     opt = build_optimizer(nn.Linear(2, 2), Recipe(nesterov=True, momentum=0.8))
     assert opt.param_groups[0]["nesterov"] is True
     assert opt.param_groups[0]["momentum"] == 0.8
+
+
+def test_inverse_time_is_adains_decay_after_warmup() -> None:
+    """AdaIN's `adjust_learning_rate`: lr / (1 + decay * t) at the t-th batch after warm-up."""
+    r = Recipe(optimizer="adam", lr=1e-4, schedule="inverse_time", lr_decay=5e-5)
+    got = lrs_per_batch(r, 3, 1000)
+    assert got == pytest.approx([1e-4 / (1 + 5e-5 * t) for t in range(3000)], rel=1e-9)
+    warm = lrs_per_batch(
+        Recipe(lr=0.2, warmup_epochs=1, schedule="inverse_time", lr_decay=0.5), 2, 2
+    )
+    assert warm == pytest.approx([0.1, 0.2, 0.2, 0.2 / 1.5], rel=1e-9)
+
+
+def test_adam_takes_the_groups_and_one_adam_step_is_hand_computed() -> None:
+    """torch's Adam (betas 0.9, 0.999, eps 1e-8): the first step moves each weight by about
+    lr · sign(g), and weight decay is L2 added to the gradient."""
+    net = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    opt = build_optimizer(net, Recipe(optimizer="adam", lr=0.01, weight_decay=0.1))
+    assert isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1
+    x = torch.tensor([[1.0, 1.0, 0.0]])
+    net(x).sum().backward()
+    g = x[0] + 0.1 * torch.tensor([1.0, -2.0, 0.5])  # gradient plus L2 decay
+    want = torch.tensor([1.0, -2.0, 0.5]) - 0.01 * g / (g.abs() + 1e-8)
+    opt.step()
+    torch.testing.assert_close(net.weight[0].detach(), want, rtol=0, atol=1e-7)
+    adam_nesterov = Recipe(optimizer="adam", nesterov=True)
+    adam_identity = Recipe(optimizer="adam", norm_decay_toward="identity")
+    for bad, why in ((adam_nesterov, "nesterov"), (adam_identity, "identity")):
+        with pytest.raises(RecipeError, match=why):
+            build_optimizer(net, bad)
+    problems = input_problems({"schedule": "cosine", "lr_decay": 0.1})  # what a user writes
+    assert problems == ["lr_decay 0.1 only applies to schedule inverse_time, not 'cosine'"]

@@ -9,11 +9,15 @@ import torch
 from torch import nn
 
 from normbench.models import BUILTIN_BACKBONES, create_backbone
+from normbench.models.registry import backbone_conditioning
 
-CIFAR = [n for n in BUILTIN_BACKBONES if not n.startswith("imagenet_")]
-IMAGENET = [n for n in BUILTIN_BACKBONES if n.startswith("imagenet_")]
+# the classifiers: backbones whose norm slots take a plain norm_layer(C) (the style network
+# adain_vgg19 has one slot, called with the style: tests/models/test_adain_net.py)
+CLASSIFIERS = sorted(n for n in BUILTIN_BACKBONES if backbone_conditioning(n) is None)
+CIFAR = [n for n in CLASSIFIERS if not n.startswith("imagenet_")]
+IMAGENET = [n for n in CLASSIFIERS if n.startswith("imagenet_")]
 NO_BLOCKS = ["vgg11", "vgg13", "vgg16", "vgg19", "inceptionv4"]
-RESIDUAL = [n for n in BUILTIN_BACKBONES if n not in NO_BLOCKS]
+RESIDUAL = [n for n in CLASSIFIERS if n not in NO_BLOCKS]
 
 
 class OneGroupNorm(nn.GroupNorm):
@@ -72,7 +76,7 @@ def widths(model: nn.Module, cls: type[nn.Module]) -> list[int]:
     )
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_BACKBONES))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_norm_layer_goes_everywhere_bn_went(name: str) -> None:
     with_bn = widths(create_backbone(name, 10, nn.BatchNorm2d), nn.BatchNorm2d)
     rec = Recorder()
@@ -115,13 +119,15 @@ def last_norm_names(name: str) -> set[str]:
 
 # Backbones whose blocks are not `layer{s}.{j}`: Res2Net is one flat Sequential (stem modules
 # 0-3, then one module per block); ConvNeXt's blocks sit in `stages.{s}.blocks.{j}` and have
-# one norm each.
+# one norm each. The NAS-Bench-201 network: its residual blocks are the two reductions after 5
+# cells each.
 FLAT_LAST_NORMS = {
     "imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)},
     **{
         name: {f"stages.{s}.blocks.{j}.norm" for s, n in enumerate(depths) for j in range(n)}
         for name, depths in (("convnext_atto", (2, 2, 6, 2)), ("convnext_tiny", (3, 3, 9, 3)))
     },
+    "nas201": {"cells.5.conv_b.2", "cells.11.conv_b.2"},
 }
 
 

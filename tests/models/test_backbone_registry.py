@@ -29,6 +29,8 @@ EXPECTED = {
     "imagenet_res2net50",
     "convnext_atto",
     "convnext_tiny",
+    "adain_vgg19",  # AdaIN's style transfer network (its one norm slot passes the style)
+    "nas201",
 }
 
 
@@ -50,7 +52,7 @@ def test_factory_contract(name: str) -> None:
     assert defaults["in_channels"] == 3 and defaults["last_norm_layer"] is None
     # filled in by the harness, never a suite option
     assert "in_channels" not in options and "last_norm_layer" not in options
-    has_blocks = not name.startswith(("vgg", "inception"))
+    has_blocks = not name.startswith(("vgg", "inception", "adain"))
     assert ("zero_init_residual" in options) == has_blocks
 
 

@@ -449,3 +449,47 @@ def test_a_multi_device_table_says_devices_step_batch_and_statistics_scope(
     assert f"batch {batch} per device x 3 devices ({3 * batch} a step, statistics over all " in (
         table.title
     )
+
+
+def test_a_suite_baseline_other_than_bn_is_what_every_row_is_compared_with(tmp_path: Path) -> None:
+    """`baseline: ubn` in the suite: Δ, the paired t-test and Holm compare every row with UBN
+    (recomputed here from the JSONL), the header names it, and a run directory whose suite
+    names another baseline does not merge."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    resolved = json.loads((run / "suite.resolved.json").read_text())
+    (run / "suite.resolved.json").write_text(json.dumps({**resolved, "baseline": "ubn"}))
+    rep = build_report([run], tmp_path / "out")
+    final = {
+        v: {s: recs[-1]["test_top1"] for s, recs in seeds.items()}
+        for v, seeds in _completed(run).items()
+    }
+    seeds = sorted(final["bn"])
+    a, b = [final["bn"][s] for s in seeds], [final["ubn"][s] for s in seeds]
+    (table,) = rep.tables
+    rows = table.rows.set_index("variant")
+    assert table.baseline == "ubn" and rows.loc["ubn", "test_note"] == "baseline"
+    assert rows.loc["bn", "diff_vs_bn"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert rows.loc["bn", "p_value"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    assert "Δ vs ubn [95% CI]" in rep.markdown.read_text()
+    with pytest.raises(ReportError, match="differ in baseline"):
+        build_report([run, FIXTURE], tmp_path / "merged")
+
+
+def test_report_baseline_flag_overrides_the_suites_and_refuses_an_unknown_name(
+    tmp_path: Path,
+) -> None:
+    """`normbench report RUN --baseline ubn` equals a suite that wrote `baseline: ubn`; a name
+    no trial has is one line, exit 2, and no report is written."""
+    from normbench.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as ok:
+        main(["report", str(FIXTURE), "--output", str(out), "--baseline", "ubn"])
+    assert ok.value.code == 0
+    text = (out / "leaderboard.md").read_text()
+    assert "Δ vs ubn [95% CI]" in text and "| **ubn** |" in text
+    bad = tmp_path / "bad"
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(FIXTURE), "--output", str(bad), "--baseline", "ubm"])
+    assert exc.value.code == 2 and not (bad / "leaderboard.md").exists()

@@ -72,3 +72,51 @@ def test_reports_never_import_torch(tmp_path: Path) -> None:
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_running_trial_is_running_and_a_stopped_one_interrupted(tmp_path: Path) -> None:
+    """A trial with epochs and no summary line is 'running' while a `normbench run` holds the
+    run directory, 'interrupted' once nobody does (or only `normbench evaluate` does)."""
+    import json
+
+    from normbench.reports import build_report
+    from normbench.results import RunStore
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    lines = (run / "trials.jsonl").read_text().splitlines()
+    (run / "trials.jsonl").write_text("\n".join(lines[1:]) + "\n")  # its summary not yet written
+    tid = json.loads(lines[0])["trial_id"]
+
+    def status(role: str | None) -> str:
+        if role is None:
+            report = build_report([run], tmp_path / "out")
+        else:
+            with RunStore(run, role=role):
+                report = build_report([run], tmp_path / "out")
+        row = report.did_not_finish.set_index("trial_id").loc[tid]
+        return f"{row['status']}: {row['reason']}"
+
+    assert status("run").startswith("running: running (a normbench run holds this run directory")
+    assert status(None).startswith("interrupted: interrupted (no summary line")
+    assert status("evaluate").startswith("interrupted")
+
+
+def test_one_sample_search_report_prints_no_matplotlib_warning(tmp_path: Path, capsys) -> None:
+    """A study with one finished sample (optuna's own storage, as a search writes it): its
+    slice plot is drawn without matplotlib's singular-axis warning on stderr."""
+    import optuna
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    study = optuna.create_study(study_name="one", storage=f"sqlite:///{run / 'optuna.db'}",
+                                direction="maximize")  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(
+        params={"recipe.lr": 0.05}, value=50.0,
+        distributions={"recipe.lr": optuna.distributions.FloatDistribution(0.01, 0.2, log=True)},
+    ))  # fmt: skip
+    before = (run / "optuna.db").read_bytes()
+    assert _main(["report", str(run), "--output", str(tmp_path / "out")]) == 0
+    assert not capsys.readouterr().err
+    assert (tmp_path / "out" / "plots" / "search_one.png").exists()
+    assert (run / "optuna.db").read_bytes() == before  # opened read-only

@@ -59,6 +59,20 @@ BOMB = (
 )
 
 EXITS = "import sys\nsys.exit(3)\n"
+STYLE_NET = "[{name: adain_vgg19, options: {encoder_weights: random, width_divisor: 16}}]"
+CONDITIONED = """
+from torch import nn
+from normbench import register_variant
+
+@register_variant("captioned")
+class Captioned(nn.BatchNorm2d):
+    paper = "corpus (nowhere 2026)"
+    batch_dependent = True
+    conditioning = "text"
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+"""
 PLUGIN_VARIANT = """
 from torch import nn
 from normbench import register_variant
@@ -222,6 +236,13 @@ CASES: dict[str, Case] = {
     "unknown_dataset": Case(suite(dataset="{name: digitz}"), "unknown dataset 'digitz' (did you mean 'digits'?)"),
     "unknown_backbone": Case(suite(backbones="[resnet21]"), "unknown backbone 'resnet21'"),
     "unknown_variant": Case(suite(variants="[ubnn]"), "unknown variant 'ubnn' (did you mean 'ubn'?)"),
+    "style_layer_as_backbone_norm": Case(suite(variants="[bn, adain]"), "variant 'adain' takes the style features as a second input (forward(x, style), conditioning 'style'), so it cannot be a backbone's norm_layer(C)"),
+    "unknown_conditioning": Case(None, "conditioning must be absent or one of ['index', 'style'], got 'text'", command="variants", args=["--plugin", "cond.py"], files={"cond.py": CONDITIONED}),
+    "style_task_on_a_classifier": Case(suite(task="style_transfer"), "task 'style_transfer' trains a backbone whose norm slots pass the style features, but backbone 'resnet20' passes plain norm layers (x alone)"),
+    "classifier_on_a_style_network": Case(suite(backbones=STYLE_NET, variants="[adain]"), "task 'classification' trains a backbone whose norm slots pass plain norm layers (x alone), but backbone 'adain_vgg19' passes the style features (a style network: use task style_transfer)"),
+    "plain_layer_in_a_style_slot": Case(suite(task="style_transfer", backbones=STYLE_NET, variants="[adain, bn]"), "variant 'bn' is not style-conditioned, but this norm slot passes the style features"),
+    "style_encoder_weights_missing": Case(suite(task="style_transfer", backbones="[{name: adain_vgg19, options: {encoder_path: no/vgg.pth}}]", variants="[adain]"), "the VGG-19 encoder weights (vgg_normalised) are missing: put vgg_normalised.pth from pytorch-AdaIN's release v0.0.0 (github.com/naoto0804/pytorch-AdaIN) at no/vgg.pth"),
+    "style_folder_missing": Case(suite(task="style_transfer", backbones=STYLE_NET, variants="[adain]", dataset="{name: style_folders, root: data, content_dir: coco, style_dir: art, test_content_dir: coco_val, test_style_dir: art_test}"), "/data/coco' does not exist"),
     "unknown_variant_option": Case(suite(variants=variant("thau: 0.1", "ubn")), "did you mean 'tau'"),
     "unknown_backbone_option": Case(suite(backbones="[{name: resnet20, options: {widht: 8}}]"), "did you mean 'width'"),
     "unknown_dataset_option": Case(suite(dataset="{name: digits, image_sise: 8}"), "image_sise"),
@@ -265,6 +286,7 @@ CASES: dict[str, Case] = {
     "plugin_without_identity_affine": Case(suite(variants="[bn, odd_norm]", plugins="[p.py]", train=train("norm_decay_toward: identity")), "train.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine (norm_decay_toward: identity) at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): ValueError: its .weight (16, 2) is not a (C,) gamma and it has no decay_targets() hook", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_without_identity_affine_in_entry": Case(suite(variants="[bn, {name: odd_norm, recipe: {norm_decay_toward: identity}}]", plugins="[p.py]"), "variants[1].recipe.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
+    "baseline_not_a_variant": Case(suite(variants="[bn, {name: gn, label: GN32}]", baseline="gn32x"), "baseline: baseline 'gn32x' is not a variant of this suite (did you mean 'gn32'?); its variants: bn, gn32, gn"),
 }  # fmt: skip
 
 

@@ -90,13 +90,32 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
     pytest.fail("the run never reached the fault point")
 
 
-def _kill_group(proc: subprocess.Popen, marker: str) -> None:
+def _kill_group(proc: subprocess.Popen, marker: str, run: Path) -> None:
+    """SIGKILL the driver's process group; then no trial worker (each in its own group, alive
+    for seconds more) writes a checkpoint once the write it may have been in has landed."""
     # The driver was never reaped (`_wait_for` returned while it ran), so its group id is
     # still its own: no other process (the test beside this one) can be in that group.
     assert proc.returncode is None
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _no_late_checkpoint(run, marker, proc.wait)
     assert not _wait_gone(marker, 30), "Ray processes survived the driver's SIGKILL"
+
+
+def _checkpoints(run: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in (run / "checkpoints").glob("*/checkpoint.pt")}  # fmt: skip
+
+
+def _no_late_checkpoint(run: Path, marker: str, wait) -> None:  # type: ignore[no-untyped-def]
+    """The driver is gone (`wait` reaps it): after half a second's grace for a write already
+    under way, the checkpoints stay as they are until every Ray process of the test is gone
+    (trial workers check the driver's lease before each write; the mechanism itself is
+    tested in tests/engine/test_checkpoint.py)."""
+    wait()
+    time.sleep(0.5)
+    state = _checkpoints(run)
+    _wait_gone(marker, 30)
+    assert _checkpoints(run) == state, "a trial worker wrote a checkpoint after its driver died"
 
 
 def _trial_workers(marker: str) -> list[int]:
@@ -141,11 +160,14 @@ def _check_complete(run: Path, expected_trials: int) -> dict[str, list[dict]]:
 
 
 def _train_cli(source: Path, tid: str, env: dict[str, str]) -> list[str]:
-    """The trial run uninterrupted by `normbench train --suite SUITE|RUN_DIR --trial ID`."""
+    """The trial run uninterrupted by `normbench train --suite SUITE|RUN_DIR --trial ID`, in a
+    fresh process: its records, and nothing on stderr (torch's C++ allocator once logged
+    "Memory block of unknown size..." there from the memory profiler's window)."""
     out = subprocess.run(
         [sys.executable, "-m", "normbench", "train", "--suite", str(source), "--trial", tid,
          "--json"], env=env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
+    assert out.stderr == "", out.stderr
     return [_fields(json.loads(x)) for x in out.stdout.splitlines()]
 
 
@@ -198,7 +220,7 @@ def test_grid_survives_a_worker_kill_and_driver_kills(tmp_path: Path, env: dict[
     # Fault 2: SIGKILL of the driver's process group at a seeded random later point.
     point = rng.randint(2, total - 1)
     _wait_for(proc, lambda: _epochs_stored(run) >= point)
-    _kill_group(proc, env["NB_TEST_MARKER"])
+    _kill_group(proc, env["NB_TEST_MARKER"], run)
     faults += 1
     # Fault 3: another kill at a random point of the rerun, then a rerun to the end.
     stored = _epochs_stored(run)
@@ -206,7 +228,7 @@ def test_grid_survives_a_worker_kill_and_driver_kills(tmp_path: Path, env: dict[
         point = rng.randint(stored + 1, total - 1)
         proc = _run(suite, run, env, tmp_path / "2.log")
         _wait_for(proc, lambda: _epochs_stored(run) >= point)
-        _kill_group(proc, env["NB_TEST_MARKER"])
+        _kill_group(proc, env["NB_TEST_MARKER"], run)
         faults += 1
     _finish(suite, run, env, tmp_path / "3.log")
     records = _check_complete(run, expected_trials=2)
@@ -236,7 +258,7 @@ def test_search_survives_driver_kills_and_a_deleted_study(
         point = rng.randint(stored + 1, stored + 2)
         proc = _run(suite, run, env, tmp_path / f"{attempt}.log")
         _wait_for(proc, lambda p=point: _epochs_stored(run) >= p)
-        _kill_group(proc, env["NB_TEST_MARKER"])
+        _kill_group(proc, env["NB_TEST_MARKER"], run)
         faults += 1
     assert _epochs_stored(run) < total
     (run / "optuna.db").unlink()  # fault: the study file lost
@@ -262,25 +284,30 @@ def test_search_survives_driver_kills_and_a_deleted_study(
     assert (faults, compared) == (3, 3 * EPOCHS)
 
 
-def test_sigterm_ends_the_run_in_one_line(tmp_path: Path, env: dict[str, str]) -> None:
-    """SIGTERM while a trial trains: exit 143, one line, Ray gone; a rerun then resumes and
-    the records equal an uninterrupted run's."""
+def test_sigterm_and_sigint_end_the_run_in_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """SIGTERM while a trial trains: exit 143, one line, Ray gone, no checkpoint written
+    after the driver ended; SIGINT to the rerun: exit 130, one line; a last rerun then
+    resumes and the records equal an uninterrupted run's."""
     suite, run = tmp_path / "grid.yaml", tmp_path / "run"
     suite.write_text(GRID)
-    log = tmp_path / "term.log"
-    proc = _run(suite, run, env, log)
-    _wait_for(proc, lambda: _epochs_stored(run) >= 1)
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143, log.read_text()
-    assert not _wait_gone(env["NB_TEST_MARKER"], 30)
-    text = log.read_text()
-    assert "Traceback" not in text and "Error" not in text, text
-    assert text.strip().splitlines()[-1] == (
-        f"normbench: stopped by SIGTERM; finished trials are stored in {run}; "
-        "rerun the same command to resume"
-    )
-    stored = _lines(run / "epochs.jsonl")
-    assert stored and not _lines(run / "trials.jsonl")[2:]
+    for signum, code, name in ((signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")):
+        log = tmp_path / f"{name}.log"
+        done = _epochs_stored(run)
+        proc = _run(suite, run, env, log)
+        _wait_for(proc, lambda d=done: _epochs_stored(run) >= d + 1)
+        os.kill(proc.pid, signum)
+        _no_late_checkpoint(run, env["NB_TEST_MARKER"], lambda p=proc, c=code: p.wait(60) == c)
+        assert proc.returncode == code, log.read_text()
+        assert not _wait_gone(env["NB_TEST_MARKER"], 30)
+        text = log.read_text()
+        assert "Traceback" not in text and "Error" not in text, text
+        assert text.strip().splitlines()[-1] == (
+            f"normbench: stopped by {name}; finished trials are stored in {run}; "
+            "rerun the same command to resume"
+        )
+        if signum == signal.SIGTERM:
+            stored = _lines(run / "epochs.jsonl")
+            assert stored and not _lines(run / "trials.jsonl")[2:]
     _finish(suite, run, env, tmp_path / "rerun.log")
     records = _check_complete(run, expected_trials=2)
     # Nothing stored before the SIGTERM was lost or rewritten.

@@ -104,7 +104,7 @@ def test_a_report_that_cannot_be_written_is_an_error(tmp_path: Path, capsys) -> 
     from normbench.suite.runner import _build_report
 
     out = io.StringIO()
-    assert _build_report(tmp_path / "no_run_here", out) is False
+    assert _build_report(tmp_path / "no_run_here", out) is None
     err = capsys.readouterr().err
     assert err.startswith("normbench: error: report not written (")
     assert f"retry with `normbench report {tmp_path / 'no_run_here'}`" in err

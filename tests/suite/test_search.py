@@ -132,7 +132,8 @@ def test_pruned_and_diverged_trials_are_finished_samples(tmp_path: Path) -> None
 
 def test_a_repeated_point_gets_the_finished_result_and_another_point(tmp_path: Path) -> None:
     """2-value space, 2 samples: the sampler's repeats never run twice and never stop the
-    search; every configuration runs exactly once."""
+    search; every configuration runs exactly once, and the study's COMPLETE trials are the
+    distinct points (a repeat is FAIL, pointing at its original: optuna-dashboard counts 2)."""
     path = _suite(tmp_path, space=TWO, num=2)
     done: dict = {}
     s = _session(path, done)
@@ -141,10 +142,16 @@ def test_a_repeated_point_gets_the_finished_result_and_another_point(tmp_path: P
         ran.append(c["params"]["recipe.lr"])
         _finish(s, c, done, value=10 * c["params"]["recipe.lr"])
     assert sorted(ran) == [0.01, 0.1]
-    for t in _study(path).get_trials():
-        assert t.state == TrialState.COMPLETE
-        if t.user_attrs["nb_status"] == "duplicate":  # told the original's value
-            assert t.value == 10 * t.params["recipe.lr"]
+    trials = _study(path).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["recipe.lr"] for t in complete) == [0.01, 0.1]
+    assert all(t.value == 10 * t.params["recipe.lr"] for t in complete)
+    assert len(trials) > 2  # the sampler did repeat a point
+    for t in trials:
+        if t.user_attrs["nb_status"] == "duplicate":
+            original = trials[t.user_attrs["duplicate_of"]]
+            assert t.state == TrialState.FAIL and t.value is None
+            assert original.state == TrialState.COMPLETE and original.params == t.params
 
 
 def test_num_samples_above_a_discrete_space_is_refused(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ not read from the suite files.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ import pytest
 from normbench.spec import Recipe
 from normbench.suite.describe import describe
 from normbench.suite.loader import load_suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from style_files import write_vgg_normalised  # noqa: E402
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
 BUILTINS = {"bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ghost_bn", "ubn", "fourthings"}
@@ -35,6 +39,9 @@ EXPECTED_TRIALS = {
     "imagenet_table2_resnet50": 2,
     "modern_norms": 2 * 11 * 3,
     "modern_norms_digits": 2 * 11 * 3,
+    "sabn_gan": 2 * 3,
+    "sabn_style_transfer": 2 * 3,
+    "sabn_nas": 2 * 3,
 }
 
 TABLE3 = {  # (backbone, variant): (top-1, top-5), UBN Table 3
@@ -70,6 +77,17 @@ TABLE7 = {
     ("cifar100", "resnet50"): (78.02, 78.52, 78.99, 78.86, 77.21),
     ("cifar100", "resnet101"): (77.53, 78.27, 79.33, 78.03, 77.87),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_home(tmp_path_factory: pytest.TempPathFactory):
+    """The style suite's encoder file where torch's hub cache is (a stand-in: its keys and
+    shapes), for loading and describing the suite."""
+    home = tmp_path_factory.mktemp("torch")
+    write_vgg_normalised(home / "hub" / "checkpoints" / "vgg_normalised.pth")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +294,26 @@ def test_modern_norms_recipes(loaded):
         "dmax_at": 50,
         "renorm_momentum": 0.1,
     }
+def test_sabn_style_transfer_recipe(loaded):
+    """SaBN's NST/train.py: Adam 1e-4, lr / (1 + 5e-5 t), batch 8, content + 10 style, 256
+    crops of 512 resizes, COCO and WikiArt folders; 11 epochs ~ its 160,000 iterations."""
+    trials = loaded["sabn_style_transfer"].trials()
+    assert {t.spec.variant for t in trials} == {"adain", "saadain"}
+    spec = trials[0].spec
+    assert spec.recipe == Recipe(
+        optimizer="adam", lr=1e-4, weight_decay=0.0, schedule="inverse_time", lr_decay=5e-5
+    )
+    assert (spec.task, spec.task_options) == (
+        "style_transfer",
+        {"content_weight": 1.0, "style_weight": 10.0},
+    )
+    assert (spec.batch_size, spec.backbone, spec.dataset) == (8, "adain_vgg19", "style_folders")
+    data = spec.dataset_options
+    assert (data["image_size"], data["load_size"], data["content_dir"]) == (
+        256,
+        512,
+        "coco/train2017",
+    )
+    iterations = spec.epochs * (118_287 - round(0.01 * 118_287)) // 8
+    assert abs(iterations - 160_000) < 160_000 * 0.02
+    assert not loaded["sabn_style_transfer"].reference  # the paper gives curves, no numbers

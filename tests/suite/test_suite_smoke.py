@@ -1,8 +1,10 @@
 """Every shipped suite (suites/*.yaml, so a new file is covered without editing this test) runs
 through the CLI to a written report, on small data sets written in the real on-disk formats:
-CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders) and an ImageFolder
-tree. Suites are shrunk only with the flags a user has (`--set`, `--max-epochs`,
-`--limit-batches`, `--plugin`, `--address`): one epoch of one batch, one seed, the suite's
+CIFAR-10/100 Python pickles (as `.tar.gz` archives and as extracted folders), an ImageFolder
+tree, and flat content and style image folders with a stand-in `vgg_normalised.pth` (AdaIN's
+encoder file: its keys and shapes, random tensors) given as `encoder_path`. Suites are shrunk
+only with the flags a user has (`--set`, `--max-epochs`, `--limit-batches`, `--plugin`,
+`--address`): one epoch of one batch, one seed, the suite's
 first backbone and first two variants (BN and a layer compared with it where the suite
 has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
 Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
@@ -47,11 +49,31 @@ from normbench.results import load_results  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from cifar_files import write_cifar10, write_cifar100  # noqa: E402
+from fourthings_files import (  # noqa: E402
+    trust_plugin,
+    write_caltech256,
+    write_cub,
+    write_flowers102,
+    write_svhn,
+)
+from style_files import write_image_folder, write_vgg_normalised  # noqa: E402
 
 SUITES = sorted((Path(__file__).resolve().parents[2] / "suites").glob("*.yaml"))
 CIFAR = {"cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", "CIFAR10"),
          "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", "CIFAR100")}  # fmt: skip
 SMOKE_BATCH = 8  # at most; a suite's smallest batch size when smaller
+# what a suite adds to the shrink, with `--set` as a user would: sabn_nas's supernet (C 4,
+# N 1), its retraining of each found cell, and alpha's split (the generated CIFAR-100 has
+# about 2 images per class); sabn_gan's SNGAN sizes and metric sample, and the digits
+# feature extractor (Inception's weights are not here)
+SUITE_SHRINK = {
+    "sabn_nas": {"task.options.retrain_epochs": "1", "dataset.val_fraction": "0.5",
+                 "task.options.retrain_batch_size": str(SMOKE_BATCH),
+                 "backbones": '[{name: nas201, options: {channels: 4, cells_per_stage: 1}}]'},
+    "sabn_gan": {f"task.options.{k}": str(v) for k, v in {
+        "g_width": 16, "d_width": 16, "latent_dim": 16, "g_batch_size": 8, "samples": 20,
+        "isc_splits": 2, "feature_extractor": "normbench-digits"}.items()},
+}  # fmt: skip
 
 TRUST_PLUGIN = '''"""Test plugin: md5s of the generated CIFAR files (the genuine ones differ)."""
 from torchvision.datasets import CIFAR10, CIFAR100
@@ -70,6 +92,7 @@ for cls in (CIFAR10, CIFAR100):
 class DataFiles:
     src: Path  # src/<cifar folder>, src/<archive>, src/imagenet/{train,val}/<class>/*.png
     plugin: Path
+    vgg: Path  # a stand-in for AdaIN's vgg_normalised.pth (its keys and shapes, random)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +101,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
     rng = np.random.default_rng(0)
     md5: dict[str, dict[str, str]] = {}
     md5["CIFAR10"] = write_cifar10(src, rng, per_batch=20, n_test=10)[0]
-    md5["CIFAR100"] = write_cifar100(src, rng, n_train=100, n_test=10)[0]
+    md5["CIFAR100"] = write_cifar100(src, rng, n_train=200, n_test=10)[0]
     for folder, archive, cls in CIFAR.values():
         with tarfile.open(src / archive, "w:gz") as tar:
             tar.add(src / folder, arcname=folder)
@@ -91,7 +114,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
                 Image.fromarray(img).save(src / "imagenet" / split / f"n{c:08d}" / f"{i}.png")
     plugin = src / "trust_generated_cifar.py"
     plugin.write_text(TRUST_PLUGIN.format(md5=md5))
-    return DataFiles(src, plugin)
+    return DataFiles(src, plugin, write_vgg_normalised(src / "vgg_normalised.pth"))
 
 
 def _md5(path: Path) -> str:
@@ -130,6 +153,7 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
     for key in ("include", "exclude"):
         if key in suite:
             sets[key] = "[]"
+    sets.update(SUITE_SHRINK.get(suite["name"], {}))
     if "search" in suite:
         sets["search.num_samples"] = "2"
         sets["search.grace_period"] = "1"
@@ -148,6 +172,16 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
         sets["dataset.image_size"] = "32"
         # 60 training images: 8 virtual devices x 2 fit (a batch is per device)
         sets["batch_sizes"] = "[2]"
+    elif name == "style_folders":  # the suite's four folders, and the encoder's weight file
+        rng = np.random.default_rng(index)
+        for key, n in (("content_dir", 60), ("style_dir", 60), ("test_content_dir", 4),
+                       ("test_style_dir", 4)):  # fmt: skip
+            write_image_folder(root / suite["dataset"][key], n, rng)
+        sets["dataset.root"] = str(root)
+        sets["dataset.load_size"], sets["dataset.image_size"] = "24", "16"
+        net = suite["backbones"][0]
+        options = {**net.get("options", {}), "encoder_path": str(data.vgg)}
+        sets["backbones"] = json.dumps([{**net, "options": options}])
     for k, v in sets.items():
         flags += ["--set", f"{k}={v}"]
     return flags
@@ -226,6 +260,55 @@ def test_modern_norms_convnext_with_weight_standardization(
     )
     assert spec["backbone_options"] == {"patch_size": 1, "weight_standardization": True}
     assert "gn+ws" in (out / "report" / "leaderboard.md").read_text()
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(root, trust plugin): SVHN, Caltech-256, Flowers-102 and CUB files in one data root."""
+    root = tmp_path_factory.mktemp("fourthings")
+    rng = np.random.default_rng(1)
+    svhn = write_svhn(root, rng, {"train": 30, "test": 6})
+    write_caltech256(root, rng, per_class=[5, 5, 5])
+    flowers = write_flowers102(root, rng, classes=3, per_split=2)
+    write_cub(root, rng, classes=3, per_class=4)
+    digests = {split: digest for split, (_, _, digest) in svhn.items()}
+    return root, trust_plugin(root / "trust_generated.py", digests, flowers.md5)
+
+
+FOURTHINGS_DATA = {  # the header's `--set dataset=...`, shrunk: small files, 32 px
+    "svhn": "{name: svhn, val_fraction: 0.2}",
+    "caltech256": "{name: caltech256, val_fraction: 0.2, image_size: 32, train_per_class: 3, "
+    "test_per_class: 2}",
+    "flowers102": "{name: flowers102, image_size: 32}",
+    "cub200": "{name: cub200, val_fraction: 0.25, image_size: 32}",
+}
+
+
+@pytest.mark.parametrize("name", list(FOURTHINGS_DATA))
+def test_fourthings_runs_on_the_papers_other_data_sets(
+    name: str,
+    other_data: tuple[Path, Path],
+    ray_cluster: Cluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """suites/fourthings.yaml on each data set its header names, as the header says (one
+    `--set dataset=...`), shrunk with the user's flags to one BN trial of one batch."""
+    root, plugin = other_data
+    dataset = FOURTHINGS_DATA[name].replace("{", f"{{root: {root}, ", 1)
+    sets = {"dataset": dataset, "seeds": "1", "batch_sizes": "[2]", "variants": "[bn]",
+            "include": "[]", "train.probe_batch_size": "2", "resources.cpus": "1",
+            "resources.gpus": "0"}  # fmt: skip
+    flags = [f for k, v in sets.items() for f in ("--set", f"{k}={v}")]
+    out = tmp_path / "run"
+    suite = str(SUITES[0].parent / "fourthings.yaml")
+    argv = ["run", suite, "-o", str(out), "--address", ray_cluster.address, "--plugin",
+            str(plugin), "--max-epochs", "1", "--limit-batches", "1", *flags]  # fmt: skip
+    code = run_cli(argv)
+    err = capsys.readouterr().err
+    trials = _jsonl(out / "trials.jsonl") if (out / "trials.jsonl").exists() else []
+    assert code == 0, (err, [t.get("reason") for t in trials])
+    assert [(t["status"], t["spec"]["dataset"]) for t in trials] == [("completed", name)]
+    board = (out / "report" / "leaderboard.md").read_text()
+    assert "| **bn** | 1 |" in board and f"cost_{name}_resnet18_b2" in board
 
 
 BOOM = """
@@ -242,7 +325,8 @@ class BoomNorm(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
 
     def forward(self, x):
-        if self.training and x.shape[0] > 8:  # real batches only; the contract check uses 4
+        # real feature maps only: the contract check and suite validation run 5x5 and 4x4 ones
+        if self.training and x.shape[-1] > 5:
             raise ValueError(f"boom_norm cannot normalise {x.shape[1]} channels today")
         return super().forward(x)
 """

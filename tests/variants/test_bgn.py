@@ -87,24 +87,37 @@ def test_grouped_statistics_match_hand_reference(channels, groups, hw, spatial) 
     torch.testing.assert_close(layer(x), expected)
 
 
+SPATIAL = [  # (C, G, H, W): what a group is
+    (3, 6, 4, 3),  # two whole rows of one channel
+    (2, 8, 3, 4),  # three positions: splits rows (segments of 3 on rows of 4)
+    (3, 4, 2, 4),  # six positions: straddles two channels (segments of 2)
+    (2, 3, 2, 3),  # four positions of 6 per channel: straddles, segments of 2 split rows
+]
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_row_band_groups_match_hand_reference_in_both_layouts(channels_last) -> None:
-    """G = 2C on 4 rows: each group is two whole rows of one channel, normalised on a view of x
-    (the per-(n, group) affine); outputs, buffers and every gradient against autograd of the
-    hand reference, and the memory format kept."""
+@pytest.mark.parametrize(("channels", "groups", "h", "w"), SPATIAL)
+def test_spatial_groups_match_hand_reference_in_both_layouts(
+    channels, groups, h, w, channels_last
+) -> None:
+    """Spatial groups of any shape (whole rows, split rows, straddling channels), normalised on
+    a view of x (the per-(n, segment) affine); outputs, buffers and every gradient against
+    autograd of the hand reference, and the memory format kept."""
     torch.manual_seed(4)
-    layer = BatchGroupNorm2d(3, num_groups=6, allow_spatial_groups=True, momentum=0.3, dtype=DT)
+    layer = BatchGroupNorm2d(
+        channels, num_groups=groups, allow_spatial_groups=True, momentum=0.3, dtype=DT
+    )
     _randomise(layer, 5)
-    rm, rv = torch.zeros(6, dtype=DT), torch.ones(6, dtype=DT)
+    rm, rv = torch.zeros(groups, dtype=DT), torch.ones(groups, dtype=DT)
     for step in range(2):
-        x = torch.randn(5, 3, 4, 3, dtype=DT) * 2 + 1 + step
+        x = torch.randn(5, channels, h, w, dtype=DT) * 2 + 1 + step
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
         gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
         params = [gamma.requires_grad_(), beta.requires_grad_()]
         y = layer(xs[0])
-        y_ref, rm, rv = _reference_train(xs[1], *params, 6, rm, rv, 0.3)
+        y_ref, rm, rv = _reference_train(xs[1], *params, groups, rm, rv, 0.3)
         torch.testing.assert_close(y, y_ref)
         assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
         g = torch.randn(y.shape, dtype=DT)
@@ -114,6 +127,13 @@ def test_row_band_groups_match_hand_reference_in_both_layouts(channels_last) -> 
             torch.testing.assert_close(a, b)
         torch.testing.assert_close(layer.running_mean, rm.detach())
         torch.testing.assert_close(layer.running_var, rv.detach())
+    layer.eval()  # the running statistics per group, on the same view
+    xr = x.reshape(5, groups, -1)
+    xhat = (xr - rm[None, :, None]) / torch.sqrt(rv[None, :, None] + 1e-5)
+    gamma, beta = (p[None, :, None, None] for p in (layer.weight, layer.bias))
+    y = layer(x)
+    torch.testing.assert_close(y, xhat.reshape(x.shape) * gamma + beta)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 @pytest.mark.parametrize(("training", "offset"), [(True, 0.0), (True, 50.0), (False, 3.0)])

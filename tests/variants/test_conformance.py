@@ -17,7 +17,8 @@ from torch import nn
 
 from normbench.registry import BUILTIN
 from normbench.testing import VariantConformance
-from normbench.variants import GroupNorm2d
+from normbench.testing_style import StyleConformance
+from normbench.variants import GroupNorm2d, plain_norm
 from normbench.variants_api import VARIANTS
 
 # Inputs a layer needs for the contract checks, by registry name.
@@ -56,9 +57,12 @@ BUILTIN_CLAIMS = {"global_stats": "checked with every built-in in tests/engine/t
 def _conformance_class(name: str, options: dict[str, Any], settings: dict[str, Any]) -> type:
     suffix = "".join(f"_{k}_{v}" for k, v in options.items())
     attrs = {"variant": name, "options": options, **SETTINGS.get(name, {}), **settings}
-    if VARIANTS.get(name).source == BUILTIN:
+    entry = VARIANTS.get(name)
+    if entry.source == BUILTIN:
         attrs["opt_out"] = {**BUILTIN_CLAIMS, **attrs.get("opt_out", {})}
-    return type(f"TestConformance_{name}{suffix}", (VariantConformance,), attrs)
+    # a style-conditioned layer (forward(x, style), AdaIN) runs the same checks on a bound style
+    kit = VariantConformance if plain_norm(entry.obj) else StyleConformance
+    return type(f"TestConformance_{name}{suffix}", (kit,), attrs)
 
 
 # Built-ins and installed plugins (entry points); not variants a test file registered earlier.
@@ -72,6 +76,9 @@ def test_every_registered_variant_has_a_conformance_class() -> None:
     covered = {cls.variant for cls in GENERATED}
     assert set(REGISTERED) <= covered
     assert {"bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn", "ghost_bn", "ubn"} <= covered
+    assert {"adain", "saadain"} <= covered
+    styled = {cls.variant for cls in GENERATED if issubclass(cls, StyleConformance)}
+    assert styled == {name for name in REGISTERED if not plain_norm(VARIANTS.get(name).obj)}
 
 
 class TestClassReference(VariantConformance):

@@ -133,7 +133,7 @@ def test_bad_index_raises_value_error(index, match: str) -> None:
 
 
 def test_sabn_index_rejects_non_index_values() -> None:
-    with pytest.raises(ValueError, match="sabn_index"), sabn_index(make(2), 0.5):  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="branch_index"), sabn_index(make(2), 0.5):  # type: ignore[arg-type]
         pass
 
 

@@ -86,6 +86,7 @@ LAYERS = [
     ("ubn", {"decide": "step"}),
     ("ubn", {"sim_source": "centered"}),
     ("bgn", {"num_groups": 40, "allow_spatial_groups": True}),  # row bands on a view of x
+    ("bgn", {"num_groups": 20, "allow_spatial_groups": True}),  # groups straddle channels
 ]
 
 

@@ -1,0 +1,49 @@
+"""Trial specs read back from a run directory (`normbench evaluate`, `normbench train --suite
+RUN_DIR`): data, never code to run or a place to write.
+
+A stored spec names its plugin files by path, and a run directory on a shared folder can be
+written by others. So a stored plugin path is never imported: each plugin file the trial was
+trained with must be named again on the command line (`--plugin PATH`), matched by file name
+(the part of a plugin path that is in the trial id, `normbench.spec.identity`), and the spec
+takes the user's path. A stored `download: true` is dropped: reading a run never downloads
+into the data root it names (`--set dataset_root=...` moves it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from normbench.errors import PluginError, RunDirError, UserError
+from normbench.spec import TrialSpec
+
+
+def spec_from_run(
+    stored: Any, plugins: Sequence[str | Path], *, trial_id: str, where: Path
+) -> TrialSpec:
+    """The TrialSpec of a stored spec dict, with its plugins replaced by the user's files.
+
+    Raises RunDirError for a stored spec that is not a valid spec, PluginError for a plugin
+    file the trial needs that the user did not name.
+    """
+    try:
+        spec = TrialSpec.from_dict(stored)
+    except (TypeError, ValueError, AttributeError, UserError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise RunDirError(
+            f"{where}: the stored spec of trial {trial_id} is not a valid trial spec ({why})"
+        ) from None
+    given = {Path(p).name: str(Path(p).expanduser().resolve()) for p in plugins}
+    missing = [p for p in spec.plugins if Path(p).name not in given]
+    if missing:
+        names = ", ".join(Path(p).name for p in missing)
+        raise PluginError(
+            f"trial {trial_id} of {where} was trained with the plugin file(s) {names} "
+            f"(stored as {', '.join(missing)}); code named by a run directory is never run: "
+            f"name each file with --plugin PATH to load it"
+        )
+    options = {k: v for k, v in spec.dataset_options.items() if k != "download"}
+    return spec.replace(
+        plugins=tuple(given[Path(p).name] for p in spec.plugins), dataset_options=options
+    )

@@ -1,0 +1,106 @@
+"""What `normbench run` checks in an existing run directory, and how it ends on a full disk.
+
+- `check_run_dir` makes, reading only, every refusal opening the run directory would make (a
+  planted link, a lock held by another process, a suite whose results would mix with the
+  stored ones, an unreadable study), so `--dry-run` refuses exactly what the run refuses.
+- `restore_lost_records` puts back epoch lines a finished trial lost, from its checkpoint;
+  when the checkpoint cannot give them back, the trial is retrained from scratch (its old
+  lines and checkpoint kept in `superseded/`) instead of standing as complete with a
+  shorter history. A searched trial, which the study counts as done, is left for the
+  report to mark as incomplete (`results.frames`).
+- `full_disk_line`: the one line a run ends with when its storage is full.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, TextIO
+
+from normbench.errors import RunDirError, StorageFullError
+from normbench.results import paths
+from normbench.results.lock import RUN_BUSY_HINT, lock_holder
+from normbench.results.store import RunStore, check_suite_fits
+
+
+def check_run_dir(run_dir: Path, suite: Any) -> None:
+    """Refuse (RunDirError) what opening `run_dir` for `suite` would refuse; reads only."""
+    if not run_dir.is_dir():
+        return
+    paths.refuse_links(run_dir, inside=f"run directory {run_dir}")
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise RunDirError(
+            f"run directory {run_dir} is in use by another normbench process (pid {holder[0]}); "
+            f"{RUN_BUSY_HINT}"
+        )
+    check_suite_fits(run_dir, suite)
+    db = run_dir / "optuna.db"
+    if suite.search is not None and not suite.search.storage and db.is_file():
+        _check_study_file(db)
+
+
+def _check_study_file(db: Path) -> None:
+    """The study file opens read-only as an Optuna SQLite storage (the run would refuse it)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            conn.execute("SELECT count(*) FROM studies").fetchone()
+    except sqlite3.Error as exc:
+        raise RunDirError(
+            f"{db}: the Optuna study cannot be read (sqlite3: {exc}); move the file away and "
+            "rerun to rebuild the study from trials.jsonl"
+        ) from None
+
+
+def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:
+    """Put back epoch records finished trials lost from epochs.jsonl (a torn or corrupt
+    line), from their checkpoints; retrain the grid trials whose checkpoint cannot give them
+    back. Returns the note each retrained trial's summary line will carry."""
+    from normbench.engine.checkpoint import CheckpointError, read_records
+
+    grid = {t.trial_id for t in suite.trials()} if suite.search is None else set()
+    lost: dict[str, str] = {}
+    for tid in sorted(store.completed()):
+        planned = set(range(1, int((store.summary(tid) or {}).get("epochs") or 0) + 1))
+        if store.stored_epochs(tid) >= planned:
+            continue
+        why = "its checkpoint does not hold them"
+        try:
+            records = read_records(paths.trial_dir(store.run_dir / "checkpoints", tid))
+        except CheckpointError as exc:
+            records, why = [], str(exc)
+        restored = [int(r["epoch"]) for r in records if store.append_epoch(tid, r)]
+        if restored:
+            print(f"trial {tid}: restored epoch records {restored} from its checkpoint",
+                  file=stream)  # fmt: skip
+        missing = sorted(planned - store.stored_epochs(tid))
+        if missing:
+            lost[tid] = f"epoch records {missing} of its {len(planned)} epochs were lost and {why}"
+    for tid in sorted(set(lost) - grid):
+        print(f"warning: trial {tid}: {lost[tid]}; it is not retrained (a searched trial): "
+              "the report marks it incomplete", file=stream)  # fmt: skip
+    return _retrain(store, {t: w for t, w in lost.items() if t in grid}, stream)
+
+
+def _retrain(store: RunStore, lost: dict[str, str], stream: TextIO) -> dict[str, list[str]]:
+    if not lost:
+        return {}
+    archive = store.supersede(set(lost), lost).relative_to(store.run_dir)
+    notes: dict[str, list[str]] = {}
+    for tid, why in sorted(lost.items()):
+        note = (
+            f"retrained from scratch: {why}; its earlier records and checkpoint are in {archive}/"
+        )
+        notes[tid] = [note]
+        print(f"trial {tid}: {note}", file=stream)
+    return notes
+
+
+def full_disk_line(exc: StorageFullError, run_dir: Path, stored: str, report: str) -> str:
+    """The one line a run ends with when its storage is full: what failed where, what is
+    stored, the report, and what to do."""
+    return (
+        f"normbench: error: storage full: {exc.strerror}; stopped the run, stored results are "
+        f"intact ({run_dir}: {stored}; {report}); free space and rerun the same command to "
+        "resume"
+    )

@@ -1,0 +1,18 @@
+"""Tasks: what a trial trains and how it is scored (the contract: `normbench.contract.TaskClass`
+and `Scoring`; docs/tasks.md). `TASKS` is their registry, a kind like variants and backbones;
+`classification` and `darts` (SaBN's architecture search, `normbench.tasks.nas`) are built in.
+`base` holds the types a task's methods take and return.
+
+`normbench.tasks.detection` holds the building blocks of object detection and instance
+segmentation (UBN Tables 5-6): COCO-format data, torchvision's Faster R-CNN and Mask R-CNN with
+any norm layer, pycocotools evaluation, and an embedded data set; they are not registered as a
+task yet.
+"""
+
+from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
+from normbench.tasks.registry import BUILTIN_TASKS, TASKS, create_task, register_task
+
+__all__ = [
+    "BUILTIN_TASKS", "TASKS", "Batch", "EvalContext", "ModelContext", "Step", "create_task",
+    "register_task",
+]  # fmt: skip

@@ -1,0 +1,82 @@
+"""The tasks' registry: `TASKS`, its built-ins, `register_task`, `create_task`, and the check
+every task (built-in or plugin) passes on registration.
+
+A task is a class following `normbench.contract.TaskClass`: keyword-only options with
+defaults, a `scoring` class attribute (`normbench.contract.Scoring`) and the methods
+`build_model`, `training_step` and `evaluate`; optionally a classmethod `check_options(options,
+*, dataset=None, backbone=None) -> {option: why}` that suite validation and trial building
+call through the one option door (`normbench.options`). Plugins register through the
+entry-point group `normbench.tasks` or `@register_task("name")` in a plugin file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from normbench.contract import Scoring
+from normbench.options import OptionDoor
+from normbench.registry import kind_registry
+from normbench.tasks.classification import Classification
+from normbench.tasks.generation.task import Generation
+from normbench.tasks.nas.task import Darts
+from normbench.tasks.slots import task_rules
+from normbench.tasks.style_transfer.task import StyleTransfer
+
+BUILTIN_TASKS: dict[str, type] = {
+    "classification": Classification,
+    "darts": Darts,
+    "generation": Generation,
+    "style_transfer": StyleTransfer,
+}
+METHODS = ("build_model", "training_step", "evaluate")
+
+
+def task_problem(cls: Any) -> str | None:
+    """How `cls` breaks the task contract, or None."""
+    if not inspect.isclass(cls):
+        return f"is not a class (got {type(cls).__name__})"
+    scoring = getattr(cls, "scoring", None)
+    if not isinstance(scoring, Scoring):
+        return "has no `scoring` class attribute (a normbench.contract.Scoring)"
+    missing = [m for m in METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        return f"lacks the method(s) {', '.join(missing)} (docs/tasks.md)"
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    bad = [
+        p.name
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and (p.kind is not p.KEYWORD_ONLY or p.default is p.empty)
+    ]
+    if bad:
+        return (
+            f"takes {', '.join(bad)} without a default or not keyword-only; a task's options "
+            "are keyword-only with defaults (`def __init__(self, *, option=default)`)"
+        )
+    return None
+
+
+TASKS = kind_registry(
+    "task",
+    "normbench.tasks",
+    lambda: BUILTIN_TASKS,
+    check=task_problem,
+    door=OptionDoor("task", rules=task_rules),
+)
+
+
+def register_task(name: str | None = None) -> Callable[[Any], Any]:
+    """Decorator: register a task class under `name` (default: the class name)."""
+    return TASKS.decorator(name)
+
+
+def create_task(name: str, options: dict[str, Any], **context: Any) -> Any:
+    """Task `name` built with `options`, after the option check suite validation runs
+    (`context`: the trial's `dataset` and `backbone` names, for the task's own rules)."""
+    TASKS.require_options(name, options, **context)
+    return TASKS.get(name).obj(**options)
