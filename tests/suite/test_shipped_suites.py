@@ -294,6 +294,8 @@ def test_modern_norms_recipes(loaded):
         "dmax_at": 50,
         "renorm_momentum": 0.1,
     }
+
+
 def test_sabn_style_transfer_recipe(loaded):
     """SaBN's NST/train.py: Adam 1e-4, lr / (1 + 5e-5 t), batch 8, content + 10 style, 256
     crops of 512 resizes, COCO and WikiArt folders; 11 epochs ~ its 160,000 iterations."""

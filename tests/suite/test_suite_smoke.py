@@ -260,6 +260,8 @@ def test_modern_norms_convnext_with_weight_standardization(
     )
     assert spec["backbone_options"] == {"patch_size": 1, "weight_standardization": True}
     assert "gn+ws" in (out / "report" / "leaderboard.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def other_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(root, trust plugin): SVHN, Caltech-256, Flowers-102 and CUB files in one data root."""
