@@ -147,7 +147,7 @@ def _flag_parameter(d: Declared) -> inspect.Parameter:
     (shown, never repeated: an unset flag passes nothing, so the spec's default applies)."""
     origin, args = typing.get_origin(d.type), typing.get_args(d.type)
     tp: Any = d.type
-    if origin is dict:
+    if _is_mapping(d):  # dict, or dict | None (init_from): key=value, repeatable
         tp, extra = list[str], " (repeatable)"
     elif origin is tuple:
         tp, extra = list[args[0]], " (repeatable)"  # type: ignore[valid-type]
@@ -169,6 +169,11 @@ def _flag_parameter(d: Declared) -> inspect.Parameter:
     )
 
 
+def _is_mapping(d: Declared) -> bool:
+    """A dict field, or a dict-or-None one (`init_from`)."""
+    return any(typing.get_origin(t) is dict for t in (d.type, *typing.get_args(d.type)))
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -188,7 +193,7 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
         d = by_name[name]
         if value is None or value == []:
             continue
-        if typing.get_origin(d.type) is dict:
+        if _is_mapping(d):
             value = parse_key_values(value, _flag(d))
         elif name == "plugins":
             value = tuple(str(Path(p).expanduser().resolve()) for p in value)

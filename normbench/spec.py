@@ -230,6 +230,20 @@ class LoaderOptions:
     )
 
 
+@dataclass(frozen=True)
+class InitFrom:
+    """The keys of `TrialSpec.init_from`: the weights a trial's backbone starts from, those
+    of a finished classification trial of another normbench run (`normbench.engine.init_from`).
+    The run's location is not part of the trial id; the cell that picks its trial is."""
+
+    run: str = param(role=LOCATION, help="The run directory (absolute once a suite loads it).")
+    cell: dict[str, Any] = param(
+        factory=dict,
+        help="Spec fields that pick the trial (seed, batch_size, dataset, ...); the variant, "
+        "its options, the backbone, its options and the placement are this trial's unless given.",
+    )
+
+
 Placement = Literal["everywhere", "last-in-block", "except-shortcut"]
 
 
@@ -341,6 +355,17 @@ class TrialSpec:
     )
     task_options: dict[str, Any] = param(
         factory=dict, new=True, flag="--task-option", help="Task option key=value."
+    )
+    # A backbone that starts from another run's classification weights (a detector from a
+    # classifier, UBN Tables 5-6): {run: DIR, cell: {seed: 0, ...}}; normbench.engine.init_from.
+    init_from: dict[str, Any] | None = param(
+        None,
+        new=True,
+        suite=True,
+        keys=(InitFrom,),
+        help="Start the backbone from a finished classification trial of another run: "
+        "{run: DIR, cell: {seed: 0}} (normbench train: --init-from run=DIR "
+        "--init-from 'cell={seed: 0}').",
     )
 
     def __post_init__(self) -> None:

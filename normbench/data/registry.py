@@ -15,8 +15,10 @@ from typing import Any
 from normbench.data.base import Augment, DataSplits, parse_augment
 from normbench.data.caltech import caltech256
 from normbench.data.cifar import cifar10, cifar100
+from normbench.data.coco import coco
 from normbench.data.cub import cub200
 from normbench.data.digits import digits
+from normbench.data.digits_coco import digits_coco_dataset
 from normbench.data.flowers import flowers102
 from normbench.data.imagenet import imagenet
 from normbench.data.imagenet16 import imagenet16
@@ -40,6 +42,8 @@ BUILTIN_DATASETS: dict[str, Callable[..., DataSplits]] = {
     "imagenet16": imagenet16,
     "digits": digits,
     "synthetic": synthetic,
+    "coco": coco,  # detection and instance segmentation (normbench.tasks.detection)
+    "digits_coco": digits_coco_dataset,
     "style_folders": style_folders,
     "style_synthetic": style_synthetic,
 }

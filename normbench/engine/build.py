@@ -73,7 +73,40 @@ def spec_refusals(spec: TrialSpec) -> dict[str, str]:
             f"sabn_index {spec.sabn_index!r} is not supported by this engine (its loaders do "
             "not mark augmented samples); use 'zeros'"
         )
+    out.update(_uneven_batches(spec))
+    if spec.init_from is not None:
+        from normbench.engine.init_from import init_problem
+
+        problem = init_problem(spec)
+        if problem is not None:
+            out["init_from"] = problem
     return out
+
+
+def _uneven_batches(spec: TrialSpec) -> dict[str, str]:
+    """A task whose norms see a different number of samples on each device (Mask R-CNN's
+    mask head normalises each device's positive RoIs; class attribute `uneven_norm_batches`)
+    cannot split a batch into virtual devices nor exchange moments across ranks."""
+    from normbench.tasks import TASKS
+
+    try:
+        uneven = getattr(TASKS.get(spec.task).obj, "uneven_norm_batches", False)
+    except UserError:  # an unknown task is reported by the task check
+        return {}
+    if spec.devices == 1 or not uneven:
+        return {}
+    why = (
+        f"task {spec.task!r} normalises a different number of samples on each device (its "
+        "heads' RoIs)"
+    )
+    if spec.parallel == "virtual":
+        return {"parallel": f"{why}, which virtual devices cannot split; use parallel: ddp"}
+    if spec.stats_scope == "global":
+        return {
+            "stats_scope": f"{why}, which global statistics cannot exchange across ranks; "
+            "use stats_scope: device"
+        }
+    return {}
 
 
 def build_trial(
@@ -171,7 +204,12 @@ def _task_model(
     from normbench.variants_api import norm_layer
 
     def backbone(num_outputs: int, *, in_channels: int = data.in_channels) -> nn.Module:
-        return build_model(spec, num_classes=num_outputs, in_channels=in_channels)
+        model = build_model(spec, num_classes=num_outputs, in_channels=in_channels)
+        if spec.init_from is not None:  # another run's classification weights
+            from normbench.engine.init_from import load_init
+
+            load_init(model, spec)
+        return model
 
     ctx = ModelContext(
         backbone=backbone,

@@ -131,6 +131,7 @@ def load_suite(
         raise SuiteError([smap.problem((), "the suite must be a mapping of keys to values")])
     problems = apply_overrides(data, list(overrides), smap)
     root_moved = _resolve_root(data, file, smap)
+    root_moved = _resolve_init_from(data, file, smap) or root_moved
     model, trials, found = _validate(data, file, smap, max_epochs, limit_batches)
     problems += _format(found, smap)
     if problems or model is None:
@@ -249,6 +250,19 @@ def _resolve_root(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
     resolved = _absolute(base, root)
     dataset["root"] = resolved  # type: ignore[index]
     return resolved != root
+
+
+def _resolve_init_from(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
+    """Make a relative `train.init_from.run` absolute, in place, as `dataset.root` is."""
+    train = data.get("train")
+    init = train.get("init_from") if isinstance(train, dict) else None
+    run = init.get("run") if isinstance(init, dict) else None
+    if not isinstance(run, str) or not run:
+        return False
+    set_here = any(k[:2] == ("train", "init_from") for k in smap.overrides)
+    resolved = _absolute(Path.cwd() if set_here else file.resolve().parent, run)
+    init["run"] = resolved  # type: ignore[index]
+    return resolved != run
 
 
 def _format(found: list[tuple[KeyPath, str]], smap: SourceMap) -> list[str]:

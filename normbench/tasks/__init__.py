@@ -3,10 +3,10 @@ and `Scoring`; docs/tasks.md). `TASKS` is their registry, a kind like variants a
 `classification` and `darts` (SaBN's architecture search, `normbench.tasks.nas`) are built in.
 `base` holds the types a task's methods take and return.
 
-`normbench.tasks.detection` holds the building blocks of object detection and instance
-segmentation (UBN Tables 5-6): COCO-format data, torchvision's Faster R-CNN and Mask R-CNN with
-any norm layer, pycocotools evaluation, and an embedded data set; they are not registered as a
-task yet.
+`normbench.tasks.detection` holds object detection and instance segmentation (UBN Tables
+5-6), the built-in tasks `detection` and `instance_segmentation`: torchvision's Faster R-CNN
+and Mask R-CNN with any norm layer, scored by pycocotools (their COCO-format data sets are in
+`normbench.data.coco` and `normbench.data.digits_coco`).
 """
 
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step

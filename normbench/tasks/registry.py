@@ -19,6 +19,7 @@ from normbench.contract import Scoring
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.classification import Classification
+from normbench.tasks.detection.task import Detection, InstanceSegmentation
 from normbench.tasks.generation.task import Generation
 from normbench.tasks.nas.task import Darts
 from normbench.tasks.slots import task_rules
@@ -27,7 +28,9 @@ from normbench.tasks.style_transfer.task import StyleTransfer
 BUILTIN_TASKS: dict[str, type] = {
     "classification": Classification,
     "darts": Darts,
+    "detection": Detection,
     "generation": Generation,
+    "instance_segmentation": InstanceSegmentation,
     "style_transfer": StyleTransfer,
 }
 METHODS = ("build_model", "training_step", "evaluate")

@@ -39,6 +39,9 @@ EXPECTED_TRIALS = {
     "imagenet_table2_resnet50": 2,
     "modern_norms": 2 * 11 * 3,
     "modern_norms_digits": 2 * 11 * 3,
+    "detection_digits": 4 * 3,
+    "coco_table5_faster_rcnn": 2 * 2,
+    "coco_table6_mask_rcnn": 2 * 2,
     "sabn_gan": 2 * 3,
     "sabn_style_transfer": 2 * 3,
     "sabn_nas": 2 * 3,
@@ -294,6 +297,50 @@ def test_modern_norms_recipes(loaded):
         "dmax_at": 50,
         "renorm_momentum": 0.1,
     }
+
+
+# UBN Tables 5-6 (AP, AP50, AP75, APs, APm, APl), COCO's column order, written from the paper
+TABLE5 = {
+    ("imagenet_resnet50", "bn"): (33.1, 53.2, 35.6, 18.4, 35.8, 43.6),
+    ("imagenet_resnet50", "ubn"): (37.7, 58.6, 40.5, 20.8, 40.9, 49.5),
+    ("imagenet_resnet101", "bn"): (31.9, 51.4, 34.1, 17.6, 34.5, 42.2),
+    ("imagenet_resnet101", "ubn"): (37.6, 58.2, 40.1, 20.7, 40.7, 50.4),
+}
+TABLE6_BOX = {
+    ("imagenet_resnet50", "bn"): (34.0, 54.0, 36.6, 18.5, 36.9, 44.5),
+    ("imagenet_resnet50", "ubn"): (38.5, 59.3, 41.6, 21.3, 41.9, 50.5),
+    ("imagenet_resnet101", "bn"): (33.1, 52.5, 35.7, 17.8, 35.8, 44.0),
+    ("imagenet_resnet101", "ubn"): (38.6, 59.1, 41.4, 22.3, 41.6, 51.8),
+}
+TABLE6_MASK = {
+    ("imagenet_resnet50", "bn"): (31.1, 50.8, 33.0, 13.5, 33.1, 46.4),
+    ("imagenet_resnet50", "ubn"): (34.8, 56.1, 36.8, 15.6, 37.3, 50.7),
+    ("imagenet_resnet101", "bn"): (30.3, 49.4, 32.0, 12.7, 31.8, 45.7),
+    ("imagenet_resnet101", "ubn"): (34.6, 55.8, 36.6, 16.5, 36.6, 51.2),
+}
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "tables"),
+    [("coco_table5_faster_rcnn", "detection", {"box": TABLE5}),
+     ("coco_table6_mask_rcnn", "instance_segmentation", {"box": TABLE6_BOX, "mask": TABLE6_MASK})],
+)  # fmt: skip
+def test_coco_tables_recipe_and_references(loaded, name, task, tables):
+    suite = loaded[name]
+    spec = suite.trials()[0].spec
+    assert (spec.task, spec.dataset, spec.epochs, spec.batch_size, spec.devices) == (
+        task, "coco", 12, 2, 8,
+    )  # fmt: skip
+    assert spec.recipe == Recipe(
+        lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_epochs=0.0, schedule="multistep",
+        milestones=(8, 11), gamma=0.1,
+    )  # fmt: skip
+    assert spec.dataset_options["masks"] == (task == "instance_segmentation")
+    rows = {(r["backbone"], r["variant"]): r["metrics"] for r in suite.reference}
+    for prefix, table in tables.items():
+        got = {cell: tuple(m[f"{prefix}_{s}"] for s in COCO_STATS) for cell, m in rows.items()}
+        assert got == table
 
 
 def test_sabn_style_transfer_recipe(loaded):

@@ -9,7 +9,9 @@ first backbone and first two variants (BN and a layer compared with it where the
 has BN), the suite's smallest batch size capped at 8 images (a multiple of a chosen
 Ghost BN's ghost batch), every multi-device suite on virtual devices, and a search of two
 samples; what each suite adds (its data set and format, its backbone, its layers' options
-and per-layer recipes, devices, reference numbers, the search) still runs. All runs share
+and per-layer recipes, devices, reference numbers, the search) still runs. The COCO suites
+run on generated COCO 2017 files (tests/data/coco_files.py) with a CPU-size detector
+(`--set task.options=...`) on one device. All runs share
 the test session's Ray cluster (tests/suite/conftest.py, two 1-CPU nodes), joined with
 `--address` as a user joins theirs, instead of paying Ray's start-up per suite.
 
@@ -49,6 +51,7 @@ from normbench.results import load_results  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from cifar_files import write_cifar10, write_cifar100  # noqa: E402
+from coco_files import write_coco  # noqa: E402
 from fourthings_files import (  # noqa: E402
     trust_plugin,
     write_caltech256,
@@ -112,6 +115,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
             for i in range(n):
                 img = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
                 Image.fromarray(img).save(src / "imagenet" / split / f"n{c:08d}" / f"{i}.png")
+    write_coco(src / "coco", rng)
     plugin = src / "trust_generated_cifar.py"
     plugin.write_text(TRUST_PLUGIN.format(md5=md5))
     return DataFiles(src, plugin, write_vgg_normalised(src / "vgg_normalised.pth"))
@@ -167,6 +171,13 @@ def shrink_flags(suite: dict[str, Any], data: DataFiles, root: Path, index: int)
         # relative, as users type it: resolved against the current directory (the test runs
         # in root's parent), not against each trial's Ray working directory
         sets["dataset.root"] = root.name
+    elif name == "coco":  # the generated COCO 2017 files; a CPU-size detector on one device
+        sets["dataset.root"] = str(data.src / "coco")
+        sets["dataset.image_size"] = "48"
+        sets["train.devices"] = "1"  # RoI heads cannot be split into virtual devices
+        sets["task.options"] = "{layout: small, width: 16}"
+        sets["batch_sizes"] = "[2]"
+        sets["train.eval_batch_size"] = "4"
     elif name == "imagenet":
         sets["dataset.root"] = str(data.src / "imagenet")
         sets["dataset.image_size"] = "32"

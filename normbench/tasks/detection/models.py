@@ -39,10 +39,14 @@ class Body:
 
 
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_WIDE = (256, 512, 1024, 2048)  # Bottleneck stages
 BODIES: dict[str, Body] = {
     "resnet18": Body("imagenet_resnet18", _RESNET_STAGES, (64, 128, 256, 512)),
-    "resnet50": Body("imagenet_resnet50", _RESNET_STAGES, (256, 512, 1024, 2048)),
-    "resnet101": Body("imagenet_resnet101", _RESNET_STAGES, (256, 512, 1024, 2048)),
+    "resnet34": Body("imagenet_resnet34", _RESNET_STAGES, (64, 128, 256, 512)),
+    "resnet50": Body("imagenet_resnet50", _RESNET_STAGES, _WIDE),
+    "resnet101": Body("imagenet_resnet101", _RESNET_STAGES, _WIDE),
+    "resnet152": Body("imagenet_resnet152", _RESNET_STAGES, _WIDE),
+    "resnext50": Body("imagenet_resnext50_32x4d", _RESNET_STAGES, _WIDE),
 }
 
 
@@ -96,6 +100,35 @@ def build_detector(
     `backbone` body (`BODIES`), `norm_layer(C)` in every norm slot of body, FPN, box head and
     mask head. `num_classes` counts the background (COCO: 91). `options` go to torchvision's
     `FasterRCNN`/`MaskRCNN` (e.g. `box_detections_per_img`)."""
+    from normbench.models import create_backbone
+
+    body = body_of(backbone)
+    classifier = create_backbone(body.factory, 1, norm_layer)  # its fc is never run
+    return detector(kind, classifier, body, num_classes, norm_layer, layout=layout, **options)
+
+
+def body_of(backbone: str) -> Body:
+    """The body of a detection backbone name (`resnet50`) or its classification factory's
+    (`imagenet_resnet50`); ValueError naming the choices."""
+    for name, body in BODIES.items():
+        if backbone in (name, body.factory):
+            return body
+    choices = ", ".join(b.factory for b in BODIES.values())
+    raise ValueError(f"unknown detection backbone {backbone!r}; choices: {choices}")
+
+
+def detector(
+    kind: Kind,
+    classifier: nn.Module,
+    body: Body,
+    num_classes: int,
+    norm_layer: NormLayer,
+    *,
+    layout: Layout | None = None,
+    **options: Any,
+) -> nn.Module:
+    """The detector of `build_detector` on a classifier already built with the norm layer
+    (a task's `ctx.backbone(...)`): its `body.stages` feed the FPN."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -125,32 +158,26 @@ def build_detector(
         },  # fmt: skip
         **options,
     }
-    body = fpn_body(backbone, norm_layer, w)
+    fpn = fpn_body(classifier, body, norm_layer, w)
     if kind == "faster_rcnn":
-        return FasterRCNN(body, **parts)
+        return FasterRCNN(fpn, **parts)
     mask_head = MaskRCNNHeads(w, [w] * 4, 1, norm_layer=norm_layer)
     # the predictor's transposed conv keeps the head's width (torchvision: 256 -> 256)
     return MaskRCNN(
-        body, mask_head=mask_head, mask_predictor=MaskRCNNPredictor(w, w, num_classes), **parts
+        fpn, mask_head=mask_head, mask_predictor=MaskRCNNPredictor(w, w, num_classes), **parts
     )
 
 
-def fpn_body(backbone: str, norm_layer: NormLayer, width: int) -> nn.Module:
-    """The classification backbone `backbone` (`BODIES`) built with `norm_layer`, its stages
-    feeding an FPN of `width` channels with a norm after every conv (+ a max-pooled level)."""
+def fpn_body(classifier: nn.Module, body: Body, norm_layer: NormLayer, width: int) -> nn.Module:
+    """The classifier's stages (`body`) feeding an FPN of `width` channels with a norm after
+    every conv (+ a max-pooled level)."""
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-    from normbench.models import create_backbone
-
-    if backbone not in BODIES:
-        raise ValueError(f"unknown detection backbone {backbone!r}; choices: {', '.join(BODIES)}")
-    spec = BODIES[backbone]
-    classifier = create_backbone(spec.factory, 1, norm_layer)  # its fc is never run
     return BackboneWithFPN(
         classifier,
-        return_layers={stage: str(i) for i, stage in enumerate(spec.stages)},
-        in_channels_list=list(spec.channels),
+        return_layers={stage: str(i) for i, stage in enumerate(body.stages)},
+        in_channels_list=list(body.channels),
         out_channels=width,
         extra_blocks=LastLevelMaxPool(),
         norm_layer=norm_layer,

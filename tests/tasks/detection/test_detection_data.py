@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from normbench.tasks.detection.canvas import CanvasSpec, digits_coco
-from normbench.tasks.detection.data import DetectionLoader, coco_dataset
+from normbench.data.coco import DetectionLoader, coco_dataset
+from normbench.data.digits_coco import CanvasSpec, digits_coco
 
 SPEC = CanvasSpec(n_train=6, n_val=4, size=48, per_image=(2, 3), sides=(10, 20), seed=3)
 
@@ -135,7 +135,7 @@ def test_loader_batches_lists_on_the_device(canvases) -> None:
     assert len(loader) == 1  # 6 images: one full batch, the rest dropped
     images, targets = next(iter(loader))
     assert len(images) == len(targets) == 4 and images[0].shape == (3, 48, 48)
-    assert set(targets[0]) == {"image_id", "boxes", "labels"}
+    assert set(targets[0]) == {"image_id", "boxes", "labels", "area", "iscrowd"}
     loader.set_epoch(0)
     again, again_targets = next(iter(loader))  # the same epoch: the same images and flips
     assert all(torch.equal(a, b) for a, b in zip(images, again, strict=True))

@@ -106,8 +106,9 @@ def test_a_small_detector_trains_and_predicts() -> None:
 
 
 def test_unknown_names_are_refused() -> None:
-    with pytest.raises(ValueError, match="choices: resnet18, resnet50, resnet101"):
+    with pytest.raises(ValueError, match="choices: imagenet_resnet18, imagenet_resnet34, "):
         build_detector("faster_rcnn", "vgg16", 11, nn.BatchNorm2d)
     with pytest.raises(ValueError, match="kind must be"):
         build_detector("retinanet", "resnet18", 11, nn.BatchNorm2d)  # type: ignore[arg-type]
-    assert set(BODIES) == {"resnet18", "resnet50", "resnet101"}
+    assert set(BODIES) == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                           "resnext50"}  # fmt: skip

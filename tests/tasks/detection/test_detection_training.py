@@ -21,8 +21,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from normbench.tasks.detection.canvas import CanvasSpec, digits_coco
-from normbench.tasks.detection.data import DetectionLoader, coco_dataset
+from normbench.data.coco import DetectionLoader, coco_dataset
+from normbench.data.digits_coco import CanvasSpec, digits_coco
 from normbench.tasks.detection.evaluate import evaluate_detector
 from normbench.tasks.detection.models import build_detector, small_layout
 from normbench.variants_api import norm_layer

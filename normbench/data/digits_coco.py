@@ -16,6 +16,11 @@ digit is seen in training. Everything follows from the parameters and `seed`.
 Layout, COCO's: `FOLDER/annotations/instances_{train,val}.json` and `FOLDER/{train,val}/*.png`,
 with FOLDER = `<data root>/digits_coco/<parameters>/`. It is written into a private folder
 and renamed into place, so concurrent readers see no folder or a complete one.
+
+As a registered data set (`digits_coco_dataset`, name `digits_coco`), the "val" canvases are
+the test split (the held-out digits, as COCO's val2017 is the reported split) and the
+validation split is `val_fraction` of the training canvases; batches come from
+`normbench.data.coco`'s loader.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from normbench.contract import DatasetFacts
+from normbench.data.base import DatasetOptionError, DataSplits
 from normbench.data.files import data_root, write_once
 
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
@@ -183,3 +190,46 @@ def _free_spot(
                for px, py, ps in placed):  # fmt: skip
             return x, y, side
     return None
+
+
+@DatasetFacts(train_images=512, channels=3, image_size=96, count_option="n_train")
+def digits_coco_dataset(
+    *,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    n_train: int = 512,
+    n_test: int = 128,
+    max_per_image: int = 4,
+    min_side: int = 16,
+    max_side: int = 36,
+    canvas_seed: int = 0,
+    masks: bool = True,
+) -> DataSplits:
+    """The embedded detection data set: `n_train` training and `n_test` test canvases of
+    side `image_size` (default 96 px), 1 to `max_per_image` digits each, of sides `min_side` to
+    `max_side` px, drawn from `canvas_seed`; written on first use (nothing is downloaded)."""
+    from normbench.data.coco import coco_splits
+
+    del download
+    try:
+        spec = CanvasSpec(
+            n_train=int(n_train), n_val=int(n_test), size=int(image_size or 96),
+            per_image=(1, int(max_per_image)), sides=(int(min_side), int(max_side)),
+            seed=int(canvas_seed),
+        )  # fmt: skip
+    except (ValueError, TypeError) as exc:
+        raise DatasetOptionError(f"digits_coco: {exc}") from exc
+    files = digits_coco(spec, root)
+    return coco_splits(
+        "digits_coco",
+        ((files.images("train"), files.annotations("train")),
+         (files.images("val"), files.annotations("val"))),
+        masks=masks,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        image_size=spec.size,
+        info={"source": f"generated from scikit-learn digits ({spec.key})"},
+    )  # fmt: skip
