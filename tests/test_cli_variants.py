@@ -33,6 +33,13 @@ BATCH_DEPENDENT = {name: name not in ("in", "gn", "adain", "saadain") for name i
 FORWARD = {**dict.fromkeys(HAND_COUNT, "x"), "sabn": "x, index", "ccbn": "x, index",
            "auxbn": "x, index", "saauxbn": "x, index",
            "adain": "x, style", "saadain": "x, style"}  # fmt: skip
+# The modern comparison (docs/variants.md#the-layers-convnets-compare-against-today), at the
+# listing's 64 channels: LN2d, GN1, BRN gamma, beta; RMSNorm2d gamma only; FRN gamma, beta,
+# tau; EvoNorm gamma, beta, v; DyT gamma, beta and one alpha for the layer (1/64 per channel).
+MODERN_COUNT = {"layernorm2d": 2, "rmsnorm2d": 1, "gn1": 2, "frn": 3, "evonorm_b0": 3,
+                "evonorm_s0": 3, "dyt": 2 + 1 / 64, "brn": 2}  # fmt: skip
+MODERN_EPS = {"layernorm2d": 1e-6, "rmsnorm2d": 1e-6, "gn1": 1e-5, "frn": 1e-6,
+              "evonorm_b0": 1e-3, "evonorm_s0": 1e-5, "dyt": 1e-5, "brn": 1e-5}  # fmt: skip
 
 
 @pytest.fixture()
@@ -64,6 +71,12 @@ def test_json_lists_all_builtins_with_hand_counted_parameters(
         assert row["source"] == "built-in" and row["paper"], name
         assert row["conditioning"] == {"x": None}.get(FORWARD[name], FORWARD[name][3:]), name
         assert row["options"]["eps"] == 1e-5 and row["options"]["momentum"] == 0.1, name
+    for name, count in MODERN_COUNT.items():
+        row = rows[name]
+        assert row["params_per_channel"] == count, name
+        assert row["batch_dependent"] is (name in ("evonorm_b0", "brn")), name
+        assert row["options"]["eps"] == MODERN_EPS[name], name
+    assert rows["brn"]["options"]["rmax"] == 3.0 and rows["dyt"]["options"]["alpha_init"] == 0.5
     assert rows["gn"]["options"]["num_groups"] == 32
     assert rows["bnet"]["options"]["kernel_size"] == 3
     assert rows["ghost_bn"]["options"]["ghost_batch_size"] == 128
@@ -99,6 +112,7 @@ def test_terminal_table_shows_every_builtin(
     code, out, err = _run(["variants"], capsys)
     assert code == 0, err
     for name, count in HAND_COUNT.items():
+        # the name column, not a wrapped paper title's line that starts with "in"
         row = next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
         assert f" {count} " in row and "built-in" in row, row
 

@@ -38,6 +38,8 @@ FIRST_TRIAL = {
     "fourthings.yaml": "60153dd7af94",
     "imagenet_table2.yaml": "4cca4da3d357",
     "imagenet_table2_resnet50.yaml": "87ff6733c60e",
+    "modern_norms.yaml": "ffd6a542d879",
+    "modern_norms_digits.yaml": "831a4f345bcd",  # the quickstart's BN trial: the same spec
     "quickstart.yaml": "831a4f345bcd",
     "small_batch.yaml": "e359c0c9a4db",
     "ubn_ablation.yaml": "5bebaa1f41e5",

@@ -25,13 +25,20 @@ from normbench.variants.auxbn import AuxBatchNorm2d, SaAuxBatchNorm2d
 from normbench.variants.bgn import BatchGroupNorm2d
 from normbench.variants.bn import BatchNorm2d
 from normbench.variants.bnet import BNET2d
+from normbench.variants.brn import BatchRenorm2d
 from normbench.variants.ccbn import CategoricalConditionalBatchNorm2d
+from normbench.variants.dyt import DynamicTanh2d
+from normbench.variants.evonorm import EvoNormB0, EvoNormS0
 from normbench.variants.fourthings import FourThingsNorm2d
+from normbench.variants.frn import FilterResponseNorm2d
 from normbench.variants.ghost_bn import GhostBatchNorm2d
 from normbench.variants.gn import GroupNorm2d
+from normbench.variants.gn1 import GroupNorm1
 from normbench.variants.iebn import IEBN2d
 from normbench.variants.in_ import InstanceNorm2d
+from normbench.variants.layernorm2d import LayerNorm2d
 from normbench.variants.rbn import RepresentativeBatchNorm2d
+from normbench.variants.rmsnorm2d import RMSNorm2d
 from normbench.variants.sabn import SandwichBatchNorm2d, sabn_index
 from normbench.variants.ubn import UnifiedBatchNorm2d
 
@@ -47,6 +54,15 @@ BUILTIN_VARIANTS: dict[str, type] = {
     "ghost_bn": GhostBatchNorm2d,
     "ubn": UnifiedBatchNorm2d,
     "fourthings": FourThingsNorm2d,
+    # the layers convnets compare against today (issue 24)
+    "layernorm2d": LayerNorm2d,
+    "rmsnorm2d": RMSNorm2d,
+    "gn1": GroupNorm1,
+    "frn": FilterResponseNorm2d,
+    "evonorm_b0": EvoNormB0,
+    "evonorm_s0": EvoNormS0,
+    "dyt": DynamicTanh2d,
+    "brn": BatchRenorm2d,
     "ccbn": CategoricalConditionalBatchNorm2d,
     # style-conditioned (forward(x, style)): the style transfer task's, not a norm_layer(C)
     "adain": AdaptiveInstanceNorm2d,

@@ -146,16 +146,20 @@ def buffer(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def factor_tensor(
-    module: nn.Module, momentum: float | None, enabled: torch.Tensor | None = None
+    module: nn.Module,
+    momentum: float | None,
+    enabled: torch.Tensor | None = None,
+    *,
+    stats: str = "running_mean",
 ) -> torch.Tensor | float:
     """Increment `num_batches_tracked` (by `enabled`, a bool tensor, if given) and return this
     step's EMA factor, 0 where not enabled; on the device, without a host sync.
 
-    The factor is in the running statistics' dtype: 1/count in float64 for a float64 layer
-    (a float32 factor would move float64 buffers by about 1e-8 relative).
+    The factor is in the running statistics' dtype (the buffer `stats`): 1/count in float64
+    for a float64 layer (a float32 factor would move float64 buffers by about 1e-8 relative).
     """
     counter = buffer(module, "num_batches_tracked")
-    dtype = buffer(module, "running_mean").dtype
+    dtype = buffer(module, stats).dtype
     if enabled is None:
         counter.add_(1)
         return 1.0 / counter.to(dtype) if momentum is None else momentum

@@ -35,10 +35,15 @@ from ._fused import accelerator_path, block_affine, block_moments, fused_instanc
 from ._options import check_common, check_int, groups_dividing_widths
 
 
-def effective_groups(num_features: int, num_groups: int, channels_per_group: int | None) -> int:
+def effective_groups(
+    num_features: int,
+    num_groups: int,
+    channels_per_group: int | None,
+    *,
+    name: str = "GroupNorm2d",
+) -> int:
     """The number of groups GN uses for `num_features` channels (gcd fallback,
-    docs/variants.md#gn)."""
-    name = GroupNorm2d.__name__
+    docs/variants.md#gn); `name` is the layer the error messages name."""
     if channels_per_group is not None:
         check_int(name, "channels_per_group", channels_per_group, minimum=1)
         if num_features % channels_per_group != 0:

@@ -15,7 +15,8 @@ Two settings, each applied to the final checkpoint of every completed trial it c
   no gradient, `momentum=None` (a cumulative average) from a zeroed counter, so the old
   statistics are replaced by the plain mean over the K batches. Layers that can switch to
   frozen statistics in training (UBN's threshold, `fct`) use batch statistics throughout.
-  Only `running_mean`, `running_var` and `running_sq_mean` change; every other buffer (UBN's
+  Only `running_mean`, `running_var`, `running_sq_mean` and `running_std` (Batch Renorm's
+  inference pair) change; every other buffer (UBN's
   running similarity, counters) is restored. The weights are untouched.
 
 Each result is one line of `RUN_DIR/evaluations.jsonl`, appended by this process alone under
@@ -52,7 +53,7 @@ from normbench.results.paths import refuse_links, trial_dir
 from normbench.spec import TrialSpec
 
 # Buffers that hold normalization statistics; recalibration recomputes exactly these.
-STAT_BUFFERS = ("running_mean", "running_var", "running_sq_mean")
+STAT_BUFFERS = ("running_mean", "running_var", "running_sq_mean", "running_std")
 EXAMPLE_WEIGHT = "eval_example_weight"
 Echo = Callable[[str], None]
 

@@ -14,6 +14,9 @@ Families, one module each:
 - `inception_v4`: Inception-v4 for 32x32 inputs: inceptionv4.
 - `imagenet`: torchvision's ImageNet ResNets: imagenet_resnet18/34/50/101/152,
   imagenet_resnext50_32x4d, imagenet_res2net50.
+- `convnext`: ConvNeXt-style networks for small images: convnext_atto, convnext_tiny.
+
+Every backbone also takes `weight_standardization` (`std_conv`), applied around the factory.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from normbench.errors import UserError, describe_failure
 from normbench.models import (
     adain,
     cifar_resnet,
+    convnext,
     imagenet,
     inception_v4,
     nas201,
@@ -30,6 +31,11 @@ from normbench.models import (
     vgg,
 )
 from normbench.models._common import BackboneOptionError, NormLayer
+from normbench.models.std_conv import (
+    HARNESS_OPTIONS,
+    apply_harness_options,
+    split_harness_options,
+)
 from normbench.options import OptionDoor, OptionProblem, freeze
 from normbench.registry import kind_registry
 
@@ -41,6 +47,7 @@ BUILTIN_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     **inception_v4.FACTORIES,
     **imagenet.FACTORIES,
     **res2net.FACTORIES,
+    **convnext.FACTORIES,
     **adain.FACTORIES,
     **nas201.FACTORIES,
 }
@@ -74,7 +81,7 @@ def norm_widths(backbone: str, options: tuple[tuple[str, Any], ...], last: bool)
         seen.add(int(c))
         return nn.Identity()
 
-    kwargs: dict[str, Any] = dict(options)
+    kwargs: dict[str, Any] = split_harness_options(dict(options))[1]  # convs only: no widths
     if last:
         kwargs["last_norm_layer"] = record
     with torch.device("meta"):
@@ -90,6 +97,7 @@ BACKBONES = kind_registry(
         "backbone",
         skip=2,
         internal=frozenset({"in_channels", "last_norm_layer", "device", "dtype"}),
+        common=lambda: dict(HARNESS_OPTIONS),  # every backbone's: applied around the factory
         rules=backbone_rules,
     ),
 )
@@ -124,6 +132,8 @@ def create_backbone(
 ) -> nn.Module:
     """Build a registered backbone: `create_backbone("resnet18", 100, nn.BatchNorm2d)`.
 
+    `weight_standardization=True` (an option of every backbone,
+    `normbench.models.std_conv`) makes every convolution a weight-standardized one.
     Unknown names and options raise `UnknownNameError` (options are checked by the registry,
     the same check suite validation runs); a ValueError while building (a bad
     option value, or a norm layer that does not fit a layer's width) becomes a `UserError`
@@ -132,12 +142,13 @@ def create_backbone(
     entry = BACKBONES.get(name)
     internal = BACKBONES.door.internal  # in_channels, last_norm_layer: the harness's own
     BACKBONES.require_options(entry.name, {k: v for k, v in options.items() if k not in internal})
+    harness, options = split_harness_options(options)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BackboneOptionError(
             f"backbone {entry.name!r}: num_classes must be an integer >= 1, but got {num_classes!r}"
         )
     try:
-        return entry.obj(num_classes, norm_layer, **options)
+        return apply_harness_options(entry.obj(num_classes, norm_layer, **options), harness)
     except UserError:
         raise
     except ValueError as exc:  # e.g. a norm option that does not fit a layer's width

@@ -23,7 +23,7 @@ from normbench.models.registry import backbone_conditioning, norm_widths
 from normbench.options import OptionProblem, freeze
 from normbench.registry import Registry, load_plugin
 from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
-from normbench.suite.matrix import RawCell, cell_recipe
+from normbench.suite.matrix import RawCell, cell_backbone_options, cell_recipe
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
 from normbench.tasks import TASKS
@@ -187,7 +187,7 @@ def _bases(cells: list[RawCell]) -> list[TrialSpec]:
         TrialSpec(
             variant=c.variant.name.lower(), backbone=c.backbone.name.lower(), dataset="",
             epochs=1, batch_size=c.batch_size, variant_options=dict(c.variant.options),
-            backbone_options=dict(c.backbone.options),
+            backbone_options=cell_backbone_options(c),
         )
         for c in cells
     ]  # fmt: skip

@@ -149,6 +149,7 @@ def forward_macs(
     from torch import nn
 
     from normbench.models import BACKBONES
+    from normbench.models.std_conv import split_harness_options
 
     total = [0.0]
 
@@ -164,8 +165,11 @@ def forward_macs(
             return x
 
     fn = BACKBONES.get(backbone).obj
+    # the options every backbone takes (weight standardization) act around the factory and
+    # leave the multiply-adds as they are
+    _, own = split_harness_options(dict(options))
     with torch.device("meta"):
-        model = fn(10, lambda c: Through(), in_channels=in_channels, **dict(options))
+        model = fn(10, lambda c: Through(), in_channels=in_channels, **own)
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 m.register_forward_hook(count)

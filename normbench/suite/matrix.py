@@ -53,12 +53,15 @@ def label_of(entry: NamedEntry, ambiguous: bool) -> str:
     if entry.label:
         return entry.label
     placement = getattr(entry, "placement", None)
-    if not ambiguous or not (entry.options or placement):
+    ws = getattr(entry, "weight_standardization", None)
+    if not ambiguous or not (entry.options or placement or ws):
         return entry.name.lower()
     short = _option_labels(entry)
     parts = [f"{short.get(k, k)}={_fmt(v)}" for k, v in sorted(entry.options.items())]
     if placement:
         parts.append(placement)
+    if ws:
+        parts.append("ws")
     return f"{entry.name.lower()}({','.join(parts)})"
 
 
@@ -81,12 +84,23 @@ def _fmt(v: Any) -> str:
 
 def _key(entry: NamedEntry) -> tuple[str, str, str]:
     recipe = getattr(entry, "recipe", None)
+    ws = getattr(entry, "weight_standardization", None)
     return (
         entry.name.lower(),
         repr(sorted(entry.options.items())),
         str(getattr(entry, "placement", None))
-        + (repr(sorted(recipe.model_dump(exclude_none=True).items())) if recipe else ""),
+        + (repr(sorted(recipe.model_dump(exclude_none=True).items())) if recipe else "")
+        + ("" if ws is None else f"ws={ws}"),
     )
+
+
+def cell_backbone_options(cell: RawCell) -> dict[str, Any]:
+    """The backbone's options in this cell: its entry's, with the variant entry's
+    `weight_standardization` (when set) on top."""
+    options = dict(cell.backbone.options)
+    if cell.variant.weight_standardization is not None:
+        options["weight_standardization"] = cell.variant.weight_standardization
+    return options
 
 
 def make_labels(entries: Sequence[NamedEntry]) -> dict[tuple[str, str, str], str]:
@@ -199,7 +213,7 @@ def build_trials(
             batch_size=c.batch_size,
             seed=c.seed,
             variant_options=dict(c.variant.options),
-            backbone_options=dict(c.backbone.options),
+            backbone_options=cell_backbone_options(c),
             dataset_options=dict(base.dataset_options),
             recipe=recipe,
             placement=c.variant.placement or _train_placement(t, c.variant.name),

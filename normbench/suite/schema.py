@@ -21,7 +21,10 @@ Reference (see suites/*.yaml for commented examples):
     backbones: [resnet50, {name: resnet20, options: {width: 32}, label: r20w32}]
     variants: [bn, {name: gn, options: {num_groups: 16}, label: gn16,
                     placement: last-in-block,    # placement overrides train.placement
-                    recipe: {norm_weight_decay: 0}}]  # and recipe train's decay keys
+                    recipe: {norm_weight_decay: 0},  # and recipe train's decay keys
+                    weight_standardization: true}]   # WS convs in this entry's cells
+                                    # (the backbone option every backbone takes: GN+WS in
+                                    # the same table as GN and BN)
     batch_sizes: [128]
     seeds: 3                        # a count means seeds 0..n-1; or a list [0, 5, 7]
     train: {epochs: 5, lr: 0.1, schedule: cosine, ...}   # epochs required; every key, with its
@@ -190,6 +193,9 @@ class VariantEntry(NamedEntry):
     placement: Placement | None = None  # overrides train.placement for this variant
     # overrides train's weight-decay keys for this variant's cells (e.g. "four things" #3)
     recipe: RecipeOverride | None = None
+    # the backbone's `weight_standardization` for this variant's cells (GN+WS): a backbone
+    # option every backbone takes, set here so the cells share their backbone's table
+    weight_standardization: bool | None = None
 
 
 class ResourcesModel(Strict):

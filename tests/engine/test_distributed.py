@@ -32,9 +32,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "fourthings": {"examples_per_group": 4, "channels_per_group": 2},
     "bgn": {"num_groups": 2},
     "ubn": {"tau": 0.3},
+    "brn": {"relax_from": 0, "rmax_at": 2, "dmax_at": 2},  # r and d at work from step 1
+    "evonorm_s0": {"num_groups": 2},
 }
 LAYERS = sorted(n for n, cls in BUILTIN_VARIANTS.items() if plain_norm(cls))
-GLOBAL_LAYERS = ("bn", "ubn")  # SyncBatchNorm; UBN with its similarity over both ranks
+GLOBAL_LAYERS = ("bn", "ubn", "brn")  # SyncBatchNorm; UBN with its similarity over both ranks;
+# Batch Renorm with r, d and its four moving averages over both ranks
 KILL_AT_EPOCH = 2  # the resume test's ranks die in the first batch of this epoch
 
 

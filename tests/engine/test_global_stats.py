@@ -48,6 +48,10 @@ CASES.update(
         "iebn(momentum None)": Case("iebn", {"momentum": None}),
         "ghost_bn(momentum None)": Case("ghost_bn", {"ghost_batch_size": 4, "momentum": None}),
         "ubn(momentum None)": Case("ubn", {"momentum": None}),
+        # r and d from the first step, clipped on some channels and not on others
+        "brn(relaxed)": Case("brn", {"relax_from": 0, "rmax_at": 1, "dmax_at": 1, "rmax": 1.5}),
+        "brn(momentum None)": Case("brn", {"momentum": None, "relax_from": 0, "rmax_at": 0}),
+        "evonorm_b0(momentum None)": Case("evonorm_b0", {"momentum": None}),
     }
 )
 # Plugin files: a layer built on normbench's BN keeps its claim; torch's BN does not.

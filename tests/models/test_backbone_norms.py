@@ -118,10 +118,16 @@ def last_norm_names(name: str) -> set[str]:
     return {f"layer{s}.{j}.{attr}" for s, n in enumerate(blocks, 1) for j in range(n)}
 
 
-# Backbones built as one flat Sequential (stem modules 0-3, then one module per block).
-# The NAS-Bench-201 network: its residual blocks are the two reductions after 5 cells each.
+# Backbones whose blocks are not `layer{s}.{j}`: Res2Net is one flat Sequential (stem modules
+# 0-3, then one module per block); ConvNeXt's blocks sit in `stages.{s}.blocks.{j}` and have
+# one norm each. The NAS-Bench-201 network: its residual blocks are the two reductions after 5
+# cells each.
 FLAT_LAST_NORMS = {
     "imagenet_res2net50": {f"{i}.bn3" for i in range(4, 4 + 3 + 4 + 6 + 3)},
+    **{
+        name: {f"stages.{s}.blocks.{j}.norm" for s, n in enumerate(depths) for j in range(n)}
+        for name, depths in (("convnext_atto", (2, 2, 6, 2)), ("convnext_tiny", (3, 3, 9, 3)))
+    },
     "nas201": {"cells.5.conv_b.2", "cells.11.conv_b.2"},
 }
 

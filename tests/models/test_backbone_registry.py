@@ -27,6 +27,8 @@ EXPECTED = {
     *(f"imagenet_resnet{d}" for d in (18, 34, 50, 101, 152)),
     "imagenet_resnext50_32x4d",
     "imagenet_res2net50",
+    "convnext_atto",
+    "convnext_tiny",
     "adain_vgg19",  # AdaIN's style transfer network (its one norm slot passes the style)
     "nas201",
 }

@@ -38,6 +38,8 @@ EXPECTED_TRIALS = {
     "bgn_small_batch": 4 * 2 * 3,
     "imagenet_table2": 3 * 2,
     "imagenet_table2_resnet50": 2,
+    "modern_norms": 2 * 11 * 3,
+    "modern_norms_digits": 2 * 11 * 3,
     "detection_digits": 4 * 3,
     "coco_table5_faster_rcnn": 2 * 2,
     "coco_table6_mask_rcnn": 2 * 2,
@@ -255,6 +257,47 @@ def test_cifar10_suites_do_not_rotate(loaded):
     for suite in cifar10:
         for t in suite.trials():
             assert (t.spec.dataset_options.get("augment") or {}).get("rotation", 0) == 0, suite.name
+
+
+MODERN = {"bn", "gn", "gn+ws", "layernorm2d", "rmsnorm2d", "frn", "evonorm_b0", "evonorm_s0",
+          "dyt", "brn", "ubn"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["modern_norms", "modern_norms_digits"])
+def test_modern_norms_rows_and_per_layer_choices(loaded, name):
+    """The issue's rows on ResNet and a ConvNeXt; GN+WS in the same backbone's table as BN;
+    DyT's official no-decay; the DyT-on-ResNet finding in the header."""
+    trials = loaded[name].trials()
+    assert {t.cell["variant"] for t in trials} == MODERN
+    backbones = {t.spec.backbone for t in trials}
+    assert len(backbones) == 2 and any(b.startswith("convnext") for b in backbones)
+    for t in trials:
+        ws = t.spec.backbone_options.get("weight_standardization", False)
+        assert ws is (t.cell["variant"] == "gn+ws"), t.cell
+        assert t.cell["backbone"] == t.spec.backbone  # one table per backbone, WS included
+        if t.spec.variant == "dyt":
+            assert t.spec.recipe.norm_weight_decay == 0.0
+        else:
+            assert t.spec.recipe.norm_weight_decay is None
+    head = (SUITES / f"{name}.yaml").read_text().split("\nversion:")[0]
+    assert "76.2 -> 68.9" in head and "App. D" in head
+
+
+def test_modern_norms_recipes(loaded):
+    cifar = loaded["modern_norms"].trials()[0].spec
+    assert (cifar.dataset, cifar.epochs, cifar.batch_size) == ("cifar100", 200, 128)
+    assert cifar.recipe.milestones == (60, 120, 160) and cifar.recipe.gamma == 0.2
+    brn = [t.spec for t in loaded["modern_norms"].trials() if t.spec.variant == "brn"]
+    assert all(s.variant_options == {} for s in brn)  # the paper's 5k/40k/25k warm-up
+    digits = [t.spec for t in loaded["modern_norms_digits"].trials() if t.spec.variant == "brn"]
+    # 5 epochs of ceil(1293 / 64) = 21 batches: relaxed after one epoch, done before the end;
+    # one pair of moving averages (the paper's)
+    assert digits[0].variant_options == {
+        "relax_from": 20,
+        "rmax_at": 60,
+        "dmax_at": 50,
+        "renorm_momentum": 0.1,
+    }
 
 
 # UBN Tables 5-6 (AP, AP50, AP75, APs, APm, APl), COCO's column order, written from the paper

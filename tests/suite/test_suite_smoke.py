@@ -253,6 +253,32 @@ def test_shipped_suite_reaches_its_report(
         assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(f".{folder}")]
 
 
+def test_modern_norms_convnext_with_weight_standardization(
+    data: DataFiles, ray_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The smoke above takes a suite's first backbone and first two layers; the modern-norms
+    twin's ConvNeXt and its GN+WS row (weight-standardized convs) go through `normbench run`
+    here, with the same flags (one trial: the suite's cost in CI)."""
+    path = SUITES[0].parent / "modern_norms_digits.yaml"
+    suite = yaml.safe_load(path.read_text())
+    rows = [v for v in suite["variants"] if isinstance(v, dict) and v.get("label") == "gn+ws"]
+    shrunk = {**suite, "backbones": suite["backbones"][1:], "variants": rows}
+    monkeypatch.chdir(tmp_path)
+    flags = shrink_flags(shrunk, data, tmp_path / "data", 0)
+    out = tmp_path / "run"
+    code = run_cli(["run", str(path), "-o", str(out), "--address", ray_cluster.address, *flags])
+    trials = _jsonl(out / "trials.jsonl")
+    assert code == 0 and [t["status"] for t in trials] == ["completed"], trials
+    spec = trials[0]["spec"]
+    assert (trials[0]["cell"]["variant"], spec["variant"], spec["backbone"]) == (
+        "gn+ws",
+        "gn",
+        "convnext_atto",
+    )
+    assert spec["backbone_options"] == {"patch_size": 1, "weight_standardization": True}
+    assert "gn+ws" in (out / "report" / "leaderboard.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def other_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(root, trust plugin): SVHN, Caltech-256, Flowers-102 and CUB files in one data root."""
