@@ -1,6 +1,7 @@
 """The task `adversarial`: adversarial training with clean and adversarial branches, scored by
-standard and robust accuracy per branch, as SaBN Sec 4.3 (docs/recipes.md#adversarial-training-
-with-auxiliary-branches-sabn; the contract: docs/tasks.md).
+standard and robust accuracy per branch, as SaBN Sec 4.3
+(docs/recipes.md#adversarial-training-with-auxiliary-branches-sabn; the contract:
+docs/tasks.md).
 
 - **Model.** The trial's backbone (the variant in every norm) inside a `PixelModel`: it takes
   pixels in [0, 1] and normalises them with the data set's mean and std, so the attack's ε is
