@@ -36,7 +36,7 @@ _COMMAND_MODULES = (
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="normbench",
-        help="Compare normalization layers in image classifiers.",
+        help="Compare normalization layers in vision models (classification and other tasks).",
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
@@ -55,7 +55,7 @@ def build_app() -> typer.Typer:
             ),
         ] = False,
     ) -> None:
-        """Compare normalization layers in image classifiers."""
+        """Compare normalization layers in vision models (classification and other tasks)."""
 
     for mod in _COMMAND_MODULES:
         try:

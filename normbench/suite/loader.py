@@ -169,6 +169,8 @@ def _validate(
 
     plugins = _resolve_plugins(data.get("plugins"), file)
     found: list[tuple[KeyPath, str]] = checks.load_plugins(plugins)
+    if found:  # a broken plugin first and alone: its names would read as unknown ones below
+        return None, [], found
     try:
         model = SuiteModel.model_validate(data)
     except ValidationError as exc:

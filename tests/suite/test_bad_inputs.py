@@ -286,6 +286,7 @@ CASES: dict[str, Case] = {
     "plugin_without_identity_affine": Case(suite(variants="[bn, odd_norm]", plugins="[p.py]", train=train("norm_decay_toward: identity")), "train.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine (norm_decay_toward: identity) at a 16-channel layer of resnet20 (norm widths [16, 32, 64]): ValueError: its .weight (16, 2) is not a (C,) gamma and it has no decay_targets() hook", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_without_identity_affine_in_entry": Case(suite(variants="[bn, {name: odd_norm, recipe: {norm_decay_toward: identity}}]", plugins="[p.py]"), "variants[1].recipe.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
+    "broken_plugin_alone_not_its_names": Case(suite(variants="[bn, my_norm]", plugins="[p.py]"), "plugins[0]: plugin", files={"p.py": "import no_such_module_x\n"}),
     "baseline_not_a_variant": Case(suite(variants="[bn, {name: gn, label: GN32}]", baseline="gn32x"), "baseline: baseline 'gn32x' is not a variant of this suite (did you mean 'gn32'?); its variants: bn, gn32, gn"),
 }  # fmt: skip
 
