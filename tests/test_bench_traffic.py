@@ -98,7 +98,7 @@ OVER_KERNELS = {
 
 @pytest.mark.parametrize("name", ["bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn",
                                   "ghost_bn", "ubn", "fourthings", "ccbn", "auxbn",
-                                  "saauxbn", "layernorm2d", "rmsnorm2d", "gn1"])  # fmt: skip
+                                  "saauxbn", "layernorm2d", "rmsnorm2d", "gn1", "brn"])  # fmt: skip
 def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) -> None:
     """Bytes, host syncs, channels_last, and kernels per step (the compiled coefficient
     regions' as Inductor's Triton backend fuses them) at most 4x BN's plus convolutions."""
@@ -163,9 +163,7 @@ def test_bgn_spatial_groups_of_any_shape_are_within_the_bound(groups: int) -> No
 
 # Element-wise non-linear layers on composite ops: over the bound until they have fused kernels
 # of their own (docs/variants.md#memory-traffic); `normbench bench gpu` names them and fails.
-# BRN is within the bytes but over the kernels (its r, d and warm-up math is not yet a compiled
-# coefficient region as the per-instance layers' are).
-OVER_THE_BOUND = ["dyt", "frn", "evonorm_b0", "evonorm_s0", "brn"]
+OVER_THE_BOUND = ["dyt", "frn", "evonorm_b0", "evonorm_s0"]
 
 
 @pytest.mark.parametrize("name", OVER_THE_BOUND)

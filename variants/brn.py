@@ -144,10 +144,13 @@ class BatchRenorm2d(ContractNorm):
             buffer(self, name).fill_(1.0 if name.endswith("std") else 0.0)
         self.num_batches_tracked.zero_()
 
-    def bounds(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rmax_t, dmax_t) for this training step (see `renorm_bounds`)."""
+    def bounds(
+        self, dtype: torch.dtype = torch.float32, step: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rmax_t, dmax_t) at `step` (this training step's counter by default; see
+        `renorm_bounds`)."""
         return renorm_bounds(
-            self.num_batches_tracked,
+            self.num_batches_tracked if step is None else step,
             rmax=self.rmax,
             dmax=self.dmax,
             relax_from=self.relax_from,
@@ -160,10 +163,19 @@ class BatchRenorm2d(ContractNorm):
     def corrections(self, mu: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """r, d (C,) from the batch's μ_B, σ_B (detached) and the renorm averages before this
         step; then every moving average and the step counter move."""
-        rmax_t, dmax_t = self.bounds(mu.dtype)
-        renorm_std = self.renorm_std.to(mu.dtype).clamp_min(math.sqrt(self.eps))
+        # NOTE: the state r and d read is copied into one tensor first. In a compiled region
+        # (`_region`) the buffers are inputs the region then updates in place, and torch's
+        # min-cut partitioner (2.14) may recompute r and d in the backward from the inputs,
+        # i.e. after the update (wrong weight gradients; pytorch/pytorch PR 197039). `cat` is
+        # not on its recomputable list, so this copy is saved; it costs no launch of its own.
+        c, dt = self.num_features, mu.dtype
+        state = torch.cat(
+            [self.renorm_mean.to(dt), self.renorm_std.to(dt), self.num_batches_tracked[None].to(dt)]
+        )
+        renorm_mean, renorm_std = state[:c], state[c : 2 * c].clamp_min(math.sqrt(self.eps))
+        rmax_t, dmax_t = self.bounds(dt, state[2 * c])
         r = torch.clamp(std / renorm_std, 1.0 / rmax_t, rmax_t)
-        d = torch.clamp((mu - self.renorm_mean.to(mu.dtype)) / renorm_std, -dmax_t, dmax_t)
+        d = torch.clamp((mu - renorm_mean) / renorm_std, -dmax_t, dmax_t)
         self.renorm_mean.lerp_(mu.to(self.renorm_mean.dtype), self.renorm_momentum)
         self.renorm_std.lerp_(std.to(self.renorm_std.dtype), self.renorm_momentum)
         factor = factor_tensor(self, self.momentum)  # counter += 1
@@ -181,18 +193,19 @@ class BatchRenorm2d(ContractNorm):
                 x, self.running_mean, var, self.weight, self.bias, False, 0.0, self.eps
             )
         check_batch_statistics(self, x, x.numel() // x.shape[1])
+        return fused_instance_affine(x, self._coefficients, self.weight, self.bias)
 
-        def coefficients(
-            mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            # mean, var: (N, C) moments of x; μ_B, σ_B (C,) with gradient, r and d without
-            mu, batch_var = batch_moments(mean, var)
-            std = torch.sqrt(batch_var + self.eps)
-            r, d = self.corrections(mu.detach(), std.detach())
-            scale = (weight * r / std).expand_as(mean)  # y = (x − mean)·A + Y, (N, C)
-            return scale, (mean - mu) * scale + (bias + weight * d)
-
-        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+    def _coefficients(
+        self, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c) from the per-instance moments (N, C):
+        μ_B, σ_B (C,) with gradient, r and d without; the moving averages move. A bound
+        method, so on an accelerator it runs as one compiled region (`_region`)."""
+        mu, batch_var = batch_moments(mean, var)
+        std = torch.sqrt(batch_var + self.eps)
+        r, d = self.corrections(mu.detach(), std.detach())
+        scale = (weight * r / std).expand_as(mean)
+        return scale, (mean - mu) * scale + (bias + weight * d)
 
     def extra_repr(self) -> str:
         return (

@@ -70,6 +70,9 @@ def _model() -> nn.Module:
         nn.Conv2d(C, C, 1),
         create_norm("ghost_bn", C, ghost_batch_size=4),  # ghost batches across the ranks
         create_norm("bn", C),
+        nn.Conv2d(C, C, 1),
+        # r and d relaxed from the second step: the warm-up counter and renorm averages too
+        create_norm("brn", C, rmax=1.2, dmax=0.5, relax_from=1, rmax_at=2, dmax_at=2),
     ).to(DT)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from normbench.variants import BatchNorm2d, BatchRenorm2d
+from normbench.variants import BatchNorm2d, BatchRenorm2d, _region
 from normbench.variants.brn import renorm_bounds
 
 DT = torch.float64
@@ -93,8 +93,17 @@ def _step_input(step: int) -> torch.Tensor:
 OPTIONS = {"rmax": 1.8, "dmax": 1.5, "relax_from": 1, "rmax_at": 4, "dmax_at": 3}
 
 
-@pytest.mark.parametrize(("momentum", "renorm_momentum"), [(0.1, 0.01), (0.3, 0.2), (0.5, 0.5)])
-def test_training_and_inference_equal_keras_renorm(momentum, renorm_momentum) -> None:
+@pytest.mark.parametrize(
+    ("momentum", "renorm_momentum", "coefficients"),
+    [(0.1, 0.01, "eager"), (0.3, 0.2, "eager"), (0.5, 0.5, "eager"), (0.3, 0.2, "compiled")],
+)
+def test_training_and_inference_equal_keras_renorm(momentum, renorm_momentum, coefficients) -> None:
+    """`coefficients` "compiled": the accelerator path's compiled region (`aot_eager` here)."""
+    with _region.coefficient_mode(coefficients), _region.compiled_with("aot_eager"):
+        _check_against_keras(momentum, renorm_momentum)
+
+
+def _check_against_keras(momentum: float, renorm_momentum: float) -> None:
     eps = 1e-3
     ours = BatchRenorm2d(
         C, eps=eps, momentum=momentum, renorm_momentum=renorm_momentum, dtype=DT, **OPTIONS
