@@ -92,7 +92,6 @@ OPTIONS = {
 }
 OVER_KERNELS = {
     "ubn": "its similarity, decision and buffer updates: 17 compiled kernels",
-    "saauxbn": "the branch's folded affine (shared and branch affines) outside a compiled region",
 }
 
 

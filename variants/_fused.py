@@ -168,6 +168,12 @@ def accelerator_path(x: torch.Tensor) -> bool:
     return x.device.type != "cpu" or _region.forced()
 
 
+def regions_on(x: torch.Tensor) -> bool:
+    """Whether the per-channel math of `x`'s layer runs as compiled regions (`_region.call`):
+    the Functions run (eager, no transform) and the mode compiles on `x`'s device."""
+    return _backend(x) is not None and _region.active(x)
+
+
 def _fast_path(x: torch.Tensor) -> bool:
     """Whether `fused_instance_affine` runs its autograd Functions (`_backend` is not None)."""
     return _backend(x) is not None

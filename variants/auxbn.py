@@ -47,7 +47,8 @@ from torch import nn
 from . import _core
 from ._branch import BranchIndexed, Index, host_checks
 from ._core import ContractNorm, check_batch_statistics, check_input
-from ._fused import fused_instance_affine, gather_rows, global_scope, stats_dtype
+from . import _region
+from ._fused import fused_instance_affine, gather_rows, global_scope, regions_on, stats_dtype
 from ._options import check_int
 
 
@@ -98,6 +99,11 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
         """(W, B), (K, C) each: y = W_k ⊙ x̂ + B_k in branch k."""
         raise NotImplementedError
 
+    def branch_row(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_k, B_k), (C,) each: branch k's affine for an input `x` sent through it whole."""
+        weight, bias = self.branch_affine()
+        return weight[k], bias[k]
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, num_branches={self.num_branches}, eps={self.eps}, "
@@ -110,9 +116,9 @@ class _BranchStatsNorm(BranchIndexed, ContractNorm):
     def forward_impl(self, x: torch.Tensor, index: Index | None = None) -> torch.Tensor:  # type: ignore[override]
         check_input(self, x, self.num_features)
         k = self.resolve_index(x, index)
-        weight, bias = self.branch_affine()
         if isinstance(k, int) and not (self.training and global_scope()):
-            return self._one_branch(x, k, weight[k], bias[k])
+            return self._one_branch(x, k, *self.branch_row(x, k))
+        weight, bias = self.branch_affine()
         if isinstance(k, int):  # statistics over every rank: through the per-sample path
             k = torch.full((x.shape[0],), k, dtype=torch.int64, device=x.device)
         if not self.training:
@@ -254,6 +260,21 @@ class SaAuxBatchNorm2d(_BranchStatsNorm):
         c = self.num_features
         gamma, beta = self.embed.weight[:, :c], self.embed.weight[:, c:]
         return gamma * self.weight, torch.addcmul(beta, gamma, self.bias)
+
+    def branch_row(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Branch k's folded affine (C,): on the accelerator path one compiled region (its
+        four per-channel ops and their backward would be a dozen launches)."""
+        params = (self.embed.weight, self.weight, self.bias)
+        if regions_on(x):
+            return _region.call(self._fold_row, k, *params)  # type: ignore[no-any-return]
+        return self._fold_row(k, *params)
+
+    def _fold_row(
+        self, k: int, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_k = γ_k ⊙ γ_sa and B_k = γ_k ⊙ β_sa + β_k from row k of the table (K, 2C)."""
+        gamma, beta = table[k, : self.num_features], table[k, self.num_features :]
+        return gamma * weight, torch.addcmul(beta, gamma, bias)
 
     def decay_targets(self) -> dict[str, torch.Tensor]:
         """γ_sa and each γ_k (columns [0, C) of the table) toward 1; the betas toward 0."""

@@ -30,6 +30,7 @@ LAYERS = [
     # r and d clipped and relaxed within the two steps (the warm-up counter in the region)
     ("brn", {"rmax": 1.1, "dmax": 0.2, "relax_from": 0, "rmax_at": 2, "dmax_at": 1}),
     ("brn", {"momentum": None, "relax_from": 1, "rmax_at": 1, "dmax_at": 3}),
+    ("saauxbn", {"num_branches": 3}),  # its folded affine (`_region.call`)
 ]
 
 
