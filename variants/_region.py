@@ -161,38 +161,24 @@ def _compiled(func: Callable[..., Any], backend: Any) -> Region:
     return torch.compile(_runner(func), backend=backend, dynamic=True, fullgraph=True)
 
 
-def _call_body(
-    func: Callable[..., Any], bound: tuple[Any, ...], keywords: dict[str, Any], args: tuple[Any, ...]
-) -> Any:
-    """A region that is not a coefficient function: `func(*bound, *args, **keywords)`."""
-    return func(*bound, *args, **keywords)
-
-
-@functools.cache
-def _call_runner(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`_call_body` with a code object of its own for `func` (as `_runner`)."""
-    name = "region_of_" + func.__qualname__.replace(".", "_").replace("<", "").replace(">", "")
-    code = _call_body.__code__.replace(co_name=name, co_qualname=name)
-    return types.FunctionType(code, _call_body.__globals__, name)
-
-
 @functools.cache
 def _compiled_call(func: Callable[..., Any], backend: Any) -> Callable[..., Any]:
-    return torch.compile(_call_runner(func), backend=backend, dynamic=True, fullgraph=True)
+    return torch.compile(func, backend=backend, dynamic=True, fullgraph=True)
 
 
-def call(function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)` as a compiled region of its own (small per-channel math around a
-    layer's fused kernels, e.g. SaAuxBN's folded affine): a bound method or a partial of one,
-    compiled once per function as `run`'s coefficients are. The caller decides whether the
-    accelerator path is taken (`_fused.regions_on`)."""
-    func, bound, keywords = _unbind(function)
-    full = (func, bound, keywords, args)
+def call(statistics: Callable[..., Any], *args: Any) -> Any:
+    """`statistics(*args)` as a compiled region whose outputs are whatever it returns: the
+    per-(n, c) math of the element-wise layers (`_elementwise`: DyT, FRN, EvoNorm), which is
+    not an affine (A, Y). `statistics` is a module-level function or a bound method of one
+    (its own code object, hence its own Dynamo cache); it runs eagerly where the region is not
+    active (`active`), as `run` does."""
+    func, bound, keywords = _unbind(statistics)
+    assert not keywords and compilable(statistics), "a bound method or a plain function"
     intercept = _state["intercept"]
     if intercept is not None:
-        return intercept(_call_runner(func), full)
+        return intercept(func, (*bound, *args))
     with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-        return _compiled_call(func, _state["backend"])(*full)
+        return _compiled_call(func, _state["backend"])(*bound, *args)
 
 
 def run(
