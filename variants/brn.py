@@ -37,6 +37,8 @@ Choices where Keras or the paper differ or are silent:
 * Statistics in fp32 (float64 stays float64) with autocast off, from per-instance moments
   (`_fused.fused_instance_affine`), so under `stats_scope: global` μ_B, σ_B, r, d and every
   moving average span all ranks' batches, as Keras' synchronized BN would.
+* On an accelerator the coefficient math (μ_B, σ_B, r, d, the warm-up and every moving
+  average) runs as one compiled region (`_region`; docs/variants.md#kernel-launches).
 * Buffers: running_mean 0 and running_std 1 (inference), renorm_mean 0 and renorm_std 1,
   num_batches_tracked (the step t), all (C,) but the counter.
 """

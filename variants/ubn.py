@@ -295,21 +295,25 @@ class UnifiedBatchNorm2d(ContractNorm):
         `use_batch` True: batch statistics of x_c (and the update); False: running statistics;
         a 0-d bool tensor: chosen on the device by `torch.where` (no host sync).
         """
-        running = self.running_mean, torch.rsqrt(self.running_var + self.eps)
         if use_batch is False:
-            return running
+            return self.running_mean, torch.rsqrt(self.running_var + self.eps)
         mu, batch_var = batch_moments(mean_c, var)
         batch = mu, torch.rsqrt(batch_var + self.eps)
         if use_batch is True:
             update_running_stats(self, mu, batch_var, count, self.momentum)
             return batch
         assert isinstance(use_batch, torch.Tensor)
+        # NOTE: read before the update below, into one tensor: a compiled region must not
+        # recompute them in its backward from the updated buffers (see BRN's `corrections`)
+        c, dt = self.num_features, mean_c.dtype
+        state = torch.cat([self.running_mean.to(dt), self.running_var.to(dt)])
+        running = state[:c], torch.rsqrt(state[c:] + self.eps)
         update_running_stats(self, mu, batch_var, count, self.momentum, enabled=use_batch)
         if self.below_tau == "batch_no_update":
             return batch
         return (
-            torch.where(use_batch, batch[0], running[0].to(mu.dtype)),
-            torch.where(use_batch, batch[1], running[1].to(mu.dtype)),
+            torch.where(use_batch, batch[0], running[0]),
+            torch.where(use_batch, batch[1], running[1]),
         )
 
     def _train_decision(

@@ -27,6 +27,7 @@ LAYERS = [
     ("ghost_bn", {"ghost_batch_size": 2, "momentum": None}),
     ("bgn", {"num_groups": 20, "allow_spatial_groups": True}),  # groups straddle channels
     ("ubn", {"decide": "step", "momentum": None}),
+    ("ubn", {"decide": "step", "tau": 2.0}),  # never condensed: the running pair normalises
     # r and d clipped and relaxed within the two steps (the warm-up counter in the region)
     ("brn", {"rmax": 1.1, "dmax": 0.2, "relax_from": 0, "rmax_at": 2, "dmax_at": 1}),
     ("brn", {"momentum": None, "relax_from": 1, "rmax_at": 1, "dmax_at": 3}),
