@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _core
+from . import _core, _region
 from ._branch import BranchIndexed, Index, host_checks
 from ._core import ContractNorm, check_batch_statistics, check_input
-from . import _region
 from ._fused import fused_instance_affine, gather_rows, global_scope, regions_on, stats_dtype
 from ._options import check_int
 
