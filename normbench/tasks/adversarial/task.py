@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normbench.contract import Metric, Scoring
+from normbench.contract import Metric, Scoring, TaskCost
 from normbench.tasks.adversarial.attack import PGDAttack, PixelModel
 from normbench.tasks.adversarial.evaluate import EVAL_ATTACKS, HEADLINE, robust_accuracy
 from normbench.tasks.adversarial.training import (
@@ -90,6 +90,23 @@ class AdversarialTraining:
         self.eval_attacks = tuple(attack(a.steps) for a in EVAL_ATTACKS)
         self.joint_batch = joint_batch
         self.model: PixelModel | None = None  # set by build_model
+
+    @classmethod
+    def cost(cls, options: dict[str, Any]) -> TaskCost:
+        """In backbone forwards per image: a PGD step is a forward and a backward to the
+        input only (~2); training runs `train_steps` of them, then the clean and the
+        adversarial batch forward and backward (~3 each); evaluation runs, per branch (2:
+        a layer without branches is evaluated once, half of it), a forward for SA and, per
+        evaluation attack, its steps and a forward of the result."""
+        task = cls(**options)
+        train = 2.0 * task.train_attack.steps + 6.0
+        per_branch = 1.0 + sum(2.0 * a.steps + 1.0 for a in task.eval_attacks)
+        steps = "/".join(str(a.steps) for a in task.eval_attacks)
+        return TaskCost(
+            train,
+            2 * per_branch,
+            f"PGD-{task.train_attack.steps} training; SA and PGD-{steps} through 2 branches",
+        )
 
     @classmethod
     def check_options(
