@@ -284,8 +284,9 @@ class TaskClass(Protocol):
       on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
     * optional classmethod `preflight(options) -> line`: files the task reads at run time,
       found before Ray starts (UserError, one line, when missing);
-    * optional classmethod `cost(options) -> TaskCost | str`: its work per image in backbone
-      forwards, for the dry run's estimate, or why it cannot say (no hook: no estimate).
+    * optional classmethod `cost(options, *, variant=None, ...) -> TaskCost | str`: its work
+      per image in backbone forwards, for the dry run's estimate, or why it cannot say (no
+      hook: no estimate); context keywords as `check_options`'.
     """
 
     scoring: Scoring

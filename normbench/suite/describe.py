@@ -25,6 +25,7 @@ this machine or the cluster (the preflight's count), and the trials there are.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ class Work:
     trained: float = 0.0
     evaluated: float = 0.0
     macs: float = 0.0
-    what: dict[str, str] = field(default_factory=dict)  # task -> what its cost counts
+    what: dict[str, None] = field(default_factory=dict)  # each distinct task cost, in words
     notes: dict[str, None] = field(default_factory=dict)
 
 
@@ -148,10 +149,8 @@ def work(suite: Suite, skip: frozenset[str] = frozenset()) -> Work | str:
         out.trained += trained
         out.evaluated += evaluated
         out.macs += (cost.train * trained + cost.evaluate * evaluated) * forward
-        out.what[t.spec.task] = (
-            f"{t.spec.task} {cost.train:g} a trained image, {cost.evaluate:g} an evaluated one"
-            + (f" ({cost.what})" if cost.what else "")
-        )
+        text = f"{t.spec.task} {cost.train:g} a trained image, {cost.evaluate:g} an evaluated one"
+        out.what[text + (f" ({cost.what})" if cost.what else "")] = None
     return out
 
 
@@ -164,7 +163,7 @@ def _cost(suite: Suite, fits: int | None, where: str, progress: Any) -> list[str
         f"estimated images: {found.trained:.3g} trained (epochs x train images x trials{x}), "
         f"{found.evaluated:.3g} evaluated (epochs x val + test images x trials{x})",
         f"estimated work: {found.macs / 1e12:.3g} TMAC (the backbone's forward conv/linear "
-        f"MACs x the forwards an image costs: {'; '.join(found.what.values())})",
+        f"MACs x the forwards an image costs: {'; '.join(found.what)})",
     ]
     lines += [f"not counted: {', '.join(found.notes)}"] if found.notes else []
     gpu = suite.resources.gpus > 0
@@ -220,7 +219,15 @@ def _task_cost(spec: Any) -> Any:
     hook = getattr(TASKS.get(spec.task).obj, "cost", None)
     if not callable(hook):
         return "declares no cost (classmethod cost(options) -> TaskCost; docs/tasks.md)"
-    cost = hook(dict(spec.task_options))
+    # the trial's context, as far as the hook declares it (as `check_options` does)
+    context = {
+        "variant": spec.variant,
+        "variant_options": dict(spec.variant_options),
+        "backbone": spec.backbone,
+        "dataset": spec.dataset,
+    }
+    params = inspect.signature(hook).parameters
+    cost = hook(dict(spec.task_options), **{k: v for k, v in context.items() if k in params})
     return cost if isinstance(cost, TaskCost | str) else f"gave no TaskCost ({cost!r})"
 
 

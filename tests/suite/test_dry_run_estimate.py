@@ -62,15 +62,19 @@ def _digits_eval_images() -> tuple[int, int]:
 
 def test_the_estimate_is_the_tasks(tmp_path: Path, capsys) -> None:
     """sabn_adversarial: the adversarial task's cost (PGD-7 training: 7 x ~2 forwards + the
-    clean and adversarial passes, 3 each; evaluation of SA and PGD-10/20 through 2 branches:
-    2 x (1 + 21 + 41) forwards) on CIFAR-10's 45k/5k/10k images; tasks that cannot say
-    their cost (detection, darts) get no estimate, and the dry run says so."""
+    clean and adversarial passes, 3 each; evaluation of SA and PGD-10/20 per branch:
+    1 + 21 + 41 forwards, through 2 branches for AuxBN and SaAuxBN, 1 for BN) on CIFAR-10's
+    45k/5k/10k images, 3 seeds x 200 epochs; tasks that cannot say their cost (detection,
+    darts) get no estimate, and the dry run says so."""
     out = _dry([str(SUITES / "sabn_adversarial.yaml"), "-o", str(tmp_path / "a"), *LOCAL], capsys)
     train, evaluated = 45_000, 5_000 + 10_000  # CIFAR-10, val_fraction 0.1 of 50k
-    per_epoch = (2 * 7 + 6) * train + 2 * (1 + 21 + 41) * evaluated
-    expected = 9 * 200 * per_epoch * _macs("preact_resnet18", 3, 32)
+    per_epoch = {b: (2 * 7 + 6) * train + b * (1 + 21 + 41) * evaluated for b in (1, 2)}
+    trials = {1: 3, 2: 6}  # bn; auxbn and saauxbn
+    forwards = sum(trials[b] * 200 * per_epoch[b] for b in (1, 2))
+    expected = forwards * _macs("preact_resnet18", 3, 32)
     got = _number(out, r"estimated work: ([0-9.e+]+) TMAC") * 1e12
     assert got == pytest.approx(expected, rel=5e-3)
+    assert "adversarial 20 a trained image, 63 an evaluated one" in out
     assert "adversarial 20 a trained image, 126 an evaluated one" in out
     for suite, task in (("detection_digits", "detection"), ("sabn_nas", "darts")):
         out = _dry([str(SUITES / f"{suite}.yaml"), "-o", str(tmp_path / suite), *LOCAL], capsys)
