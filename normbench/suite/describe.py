@@ -78,8 +78,8 @@ def describe(
             f"{', '.join(s.space)}"
         )
     lines.append("")
-    lines += _table(trials)
     progress = stored_progress(run_dir, suite) if run_dir is not None else None
+    lines += _table(trials, progress.stored if progress is not None and not suite.search else None)
     if progress is not None:
         lines.append(progress.text(run_dir))  # type: ignore[arg-type]
     lines.append("")
@@ -87,8 +87,18 @@ def describe(
     return "\n".join(lines)
 
 
-def _table(trials: list[Any]) -> list[str]:
-    head = ("trial_id", "dataset", "backbone", "variant", "batch", "seed", "epochs")
+def _table(trials: list[Any], stored: dict[str, str] | None = None) -> list[str]:
+    """One line per trial; with `stored` (a run directory's statuses), what it holds of each
+    ("new" for a trial it does not hold)."""
+    head: tuple[str, ...] = (
+        "trial_id",
+        "dataset",
+        "backbone",
+        "variant",
+        "batch",
+        "seed",
+        "epochs",
+    )
     rows = [
         (
             t.trial_id,
@@ -101,6 +111,9 @@ def _table(trials: list[Any]) -> list[str]:
         )
         for t in trials
     ]
+    if stored is not None:
+        head += ("stored",)
+        rows = [(*r, stored.get(t.trial_id, "new")) for r, t in zip(rows, trials, strict=True)]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*head), *(fmt.format(*r) for r in rows), f"{len(trials)} trials"]

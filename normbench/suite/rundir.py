@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -74,6 +74,7 @@ class Progress:
     interrupted: int
     failed: int
     done: frozenset[str] = frozenset()  # the finished trials' ids
+    stored: dict[str, str] = field(default_factory=dict)  # trial id -> status or "interrupted"
 
     @property
     def left(self) -> int:
@@ -111,9 +112,9 @@ def stored_progress(run_dir: Path, suite: Any) -> Progress | None:
     done = {t for t in ids if status.get(t) in DONE_STATUSES}
     failed = sum(status.get(t) == "failed" for t in ids)
     interrupted = len({t for t in ids & started if t not in status})
-    return Progress(
-        total, dict(Counter(status[t] for t in done)), interrupted, failed, frozenset(done)
-    )
+    stored = {t: status.get(t, "interrupted") for t in ids & (set(status) | started)}
+    finished = dict(Counter(status[t] for t in done))
+    return Progress(total, finished, interrupted, failed, frozenset(done), stored)
 
 
 def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:

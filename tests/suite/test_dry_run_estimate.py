@@ -146,3 +146,9 @@ def test_an_existing_run_directory_says_what_is_left(tmp_path: Path, capsys) -> 
         f"({len(interrupted)} resume from their checkpoints, 2 failed, run again)"
     ) in out
     assert f"the {33 - done} left: ~" in out and _digest(run) == before
+    stored = {
+        ln.split()[0]: ln.split()[-1] for ln in out.splitlines() if re.match(r"[0-9a-f]{12} ", ln)
+    }
+    assert {t for t, s in stored.items() if s == "interrupted"} == interrupted
+    assert {t for t, s in stored.items() if s == "failed"} == {x["trial_id"] for x in kept[:2]}
+    assert len(stored) == 33 and list(stored.values()).count("completed") == done
