@@ -116,7 +116,7 @@ def _table(trials: list[Any], stored: dict[str, str] | None = None) -> list[str]
         rows = [(*r, stored.get(t.trial_id, "new")) for r, t in zip(rows, trials, strict=True)]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*head), *(fmt.format(*r) for r in rows), f"{len(trials)} trials"]
+    return [fmt.format(*head), *(fmt.format(*r) for r in rows), _trials(len(trials))]
 
 
 @dataclass

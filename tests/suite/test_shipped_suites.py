@@ -109,7 +109,8 @@ def test_every_suite_validates_and_expands(loaded):
         text = describe(suite)
         task = suite.task.get("name", "classification")
         said = f"no cost estimate: task {task!r} counts no cost: " in text
-        assert f"{len(trials)} trials" in text and ("estimated time" in text) != said, name
+        count = "\n1 trial\n" if len(trials) == 1 else f"\n{len(trials)} trials\n"
+        assert count in text and ("estimated time" in text) != said, name
         assert said == (task not in ("classification", "adversarial")), name
 
 
