@@ -126,8 +126,14 @@ class Work:
 
     trained: float = 0.0
     evaluated: float = 0.0
-    macs: float = 0.0
+    train_macs: float = 0.0
+    eval_macs: float = 0.0
     what: dict[str, None] = field(default_factory=dict)  # each distinct task cost, in words
+
+    @property
+    def macs(self) -> float:
+        return self.train_macs + self.eval_macs
+
     notes: dict[str, None] = field(default_factory=dict)
 
 
@@ -161,7 +167,8 @@ def work(suite: Suite, skip: frozenset[str] = frozenset()) -> Work | str:
         forward = forward_macs(t.spec.backbone, channels, size, freeze(t.spec.backbone_options))
         out.trained += trained
         out.evaluated += evaluated
-        out.macs += (cost.train * trained + cost.evaluate * evaluated) * forward
+        out.train_macs += cost.train * trained * forward
+        out.eval_macs += cost.evaluate * evaluated * forward
         text = f"{t.spec.task} {cost.train:g} a trained image, {cost.evaluate:g} an evaluated one"
         out.what[text + (f" ({cost.what})" if cost.what else "")] = None
     return out
@@ -175,7 +182,8 @@ def _cost(suite: Suite, fits: int | None, where: str, progress: Any) -> list[str
     lines = [
         f"estimated images: {found.trained:.3g} trained (epochs x train images x trials{x}), "
         f"{found.evaluated:.3g} evaluated (epochs x val + test images x trials{x})",
-        f"estimated work: {found.macs / 1e12:.3g} TMAC (the backbone's forward conv/linear "
+        f"estimated work: {found.macs / 1e12:.3g} TMAC, {found.train_macs / 1e12:.3g} training "
+        f"and {found.eval_macs / 1e12:.3g} evaluation (the backbone's forward conv/linear "
         f"MACs x the forwards an image costs: {'; '.join(found.what)})",
     ]
     lines += [f"not counted: {', '.join(found.notes)}"] if found.notes else []
