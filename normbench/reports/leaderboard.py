@@ -217,7 +217,7 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         selection,
         base_label,
         members,
-        target_note=f"BN in {bn_ref.get('source')}" if bn_ref is not None else "",
+        target_note=_reference_note(bn_ref),
         smoke=smoke_text(res, set(df["run"])),
         sources=sources,
         best_config=_best_config(table, df, labels, res),
@@ -227,6 +227,14 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         scoring=scoring,
         baseline_name=res.baseline,
     )
+
+
+def _reference_note(ref: dict | None) -> str:
+    """Whose reference number a table's target is: "BN in UBN Table 3"."""
+    if ref is None:
+        return ""
+    name = str(ref.get("variant"))
+    return f"{'BN' if name.lower() == 'bn' else name} in {ref.get('source')}"
 
 
 def _devices(df: pd.DataFrame) -> tuple[int, str] | None:

@@ -227,19 +227,20 @@ def target_line(t: Table) -> str:
         return _task_target_line(t)
     if t.target is None:
         return "Target accuracy: none (no completed trial)."
+    base = versus(t)
     if t.target_source == "reference":
         return (
             f"Target accuracy: {acc(t.target)}% test top-1 (the reference top-1 of "
-            f"{t.target_note}: time for each layer to reach BN's published accuracy, "
+            f"{t.target_note}: time for each layer to reach {base}'s published accuracy, "
             "as UBN Table 8)."
         )
     if t.target_source == "suite":
         return f"Target accuracy: {acc(t.target)}% test top-1 (`target_accuracy` of the suite)."
     if t.target_source == "baseline":
         return (
-            f"Target accuracy: {acc(t.target)}% test top-1 (BN's mean final top-1 in this "
-            "table: time for each layer to reach BN's final accuracy, as UBN Table 8; the "
-            "suite sets no target and gives no BN reference)."
+            f"Target accuracy: {acc(t.target)}% test top-1 ({base}'s mean final top-1 in this "
+            f"table: time for each layer to reach {base}'s final accuracy, as UBN Table 8; the "
+            f"suite sets no target and gives no {base} reference)."
         )
     return (
         f"Target accuracy: {acc(t.target)}% test top-1 (default: "

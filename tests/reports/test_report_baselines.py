@@ -100,6 +100,8 @@ def test_baseline_takes_the_label_a_table_shows(tmp_path: Path, capsys) -> None:
         diffs = [finals[label][s] - finals["gn"][s] for s in sorted(finals["gn"])]
         assert rows[label][column].split(" [")[0] == number(statistics.mean(diffs), "+.2f")
     assert rows["ubn"][column].startswith("0.00 [")
+    gn_mean = number(statistics.mean(finals["gn"].values()), ".2f")  # the target it sets
+    assert f"Target accuracy: {gn_mean}% test top-1 ({shown}'s mean final top-1 in this" in text
     assert "-0.00" not in text + out
 
 
