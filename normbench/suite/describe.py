@@ -25,7 +25,6 @@ this machine or the cluster (the preflight's count), and the trials there are.
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,23 +232,17 @@ def _trials(n: int) -> str:
 
 
 def _task_cost(spec: Any) -> Any:
-    """The task's `TaskCost` for these options, or a string saying why there is none."""
-    from normbench.contract import TaskCost
-    from normbench.tasks import TASKS
+    """The trial's task's `TaskCost`, or a string saying why there is none."""
+    from normbench.tasks.registry import task_cost
 
-    hook = getattr(TASKS.get(spec.task).obj, "cost", None)
-    if not callable(hook):
-        return "declares no cost (classmethod cost(options) -> TaskCost; docs/tasks.md)"
-    # the trial's context, as far as the hook declares it (as `check_options` does)
-    context = {
-        "variant": spec.variant,
-        "variant_options": dict(spec.variant_options),
-        "backbone": spec.backbone,
-        "dataset": spec.dataset,
-    }
-    params = inspect.signature(hook).parameters
-    cost = hook(dict(spec.task_options), **{k: v for k, v in context.items() if k in params})
-    return cost if isinstance(cost, TaskCost | str) else f"gave no TaskCost ({cost!r})"
+    return task_cost(
+        spec.task,
+        spec.task_options,
+        variant=spec.variant,
+        variant_options=dict(spec.variant_options),
+        backbone=spec.backbone,
+        dataset=spec.dataset,
+    )
 
 
 def _data_facts(spec: Any) -> tuple[int, int, int | None, int, int] | None:
