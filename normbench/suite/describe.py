@@ -42,6 +42,7 @@ def describe(
     """A plain-text summary of what `normbench run` would do with this suite. `fits`: trials
     whose resources fit side by side on `where` (the preflight's count; None: unknown);
     `run_dir`: an existing run directory to report the resume of."""
+    from normbench.suite.preflight import amount
     from normbench.suite.rundir import stored_progress
 
     trials = suite.trials()
@@ -59,7 +60,7 @@ def describe(
     n = suite.ddp_devices
     per = "per trial" if n == 1 else f"per device ({n} devices a trial)"
     lines.append(
-        f"  resources {per}: {r.cpus:g} CPU, {r.gpus:g} GPU; max_concurrent="
+        f"  resources {per}: {amount(r.cpus, r.gpus)}; max_concurrent="
         f"{suite.max_concurrent or 'unlimited'}; retries={suite.retries}"
     )
     if suite.task.get("name", "classification") != "classification":

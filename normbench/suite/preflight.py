@@ -232,9 +232,9 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     devices, N per-device bundles (Ray Train workers, which may sit on different nodes)."""
     cpus, gpus = suite.resources.cpus, suite.resources.gpus
     devices = suite.ddp_devices
-    ask = _amount(cpus, gpus)
+    ask = amount(cpus, gpus)
     if devices > 1:
-        ask = f"{devices} devices x ({ask}) = {_amount(devices * cpus, devices * gpus)}"
+        ask = f"{devices} devices x ({ask}) = {amount(devices * cpus, devices * gpus)}"
     if _slots(nodes, cpus, gpus) >= devices:
         return f"resources: each trial asks for {ask}; fits on {where}"
     if allow_autoscaling:
@@ -254,7 +254,7 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     )
 
 
-def _amount(cpus: float, gpus: float) -> str:
+def amount(cpus: float, gpus: float) -> str:
     return f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''}"
 
 
