@@ -99,7 +99,7 @@ def _table(trials: list[Any], stored: dict[str, str] | None = None) -> list[str]
         "seed",
         "epochs",
     )
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             t.trial_id,
             t.cell["dataset"],
