@@ -10,7 +10,7 @@ the backbone (`normbench.contract.TaskCost`, the task's classmethod `cost(option
 classification: 3, forward + backward ~ 3 forwards, and 1) and the forward count is taken
 from the backbone itself (conv and linear layers, counted by a forward pass on the meta
 device, so nothing is allocated). A task that cannot say its cost gets no estimate, said so.
-Time = work / an assumed rate:
+Time = work / an assumed rate (per trial: its CPUs or GPUs, times its devices in DDP):
 * CPU: 25 GMAC/s per core, measured: ResNet-20 on 16x16 digits (10.1 M MACs forward per
   image, 1293 training images) takes ~1.7 CPU-seconds per epoch on one thread of this
   project's 2-core dev machine, averaged over the 11 built-in variants (23 GMAC/s);
@@ -80,8 +80,8 @@ def describe(
     lines.append("")
     progress = stored_progress(run_dir, suite) if run_dir is not None else None
     lines += _table(trials, progress.stored if progress is not None and not suite.search else None)
-    if progress is not None:
-        lines.append(progress.text(run_dir))  # type: ignore[arg-type]
+    if progress is not None and run_dir is not None:
+        lines.append(progress.text(run_dir))
     lines.append("")
     lines += _cost(suite, fits, where, progress)
     return "\n".join(lines)
@@ -129,12 +129,11 @@ class Work:
     train_macs: float = 0.0
     eval_macs: float = 0.0
     what: dict[str, None] = field(default_factory=dict)  # each distinct task cost, in words
+    notes: dict[str, None] = field(default_factory=dict)
 
     @property
     def macs(self) -> float:
         return self.train_macs + self.eval_macs
-
-    notes: dict[str, None] = field(default_factory=dict)
 
 
 def work(suite: Suite, skip: frozenset[str] = frozenset()) -> Work | str:
