@@ -16,6 +16,9 @@ from normbench.bench import gpu_layers as gl
 from normbench.cli import main
 
 CUDA_CHECKS = {name for name, _, cuda in gpu.checks() if cuda}
+# EvoNorm-B0 runs composite ops, over the traffic bound until it has fused kernels of its own
+# as DyT, FRN and EvoNorm-S0 do (docs/variants.md#memory-traffic): the check names it and fails.
+KNOWN_OVER_THE_BOUND = {"evonorm_b0"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -32,7 +35,11 @@ def test_the_device_check_runs_on_the_cpu_with_each_cuda_check_skipped(tmp_path,
     assert status["killed and resumed trial"] == "PASS"
     assert status["compiled matches eager per layer"] == "PASS"
     traffic = next(ln for ln in lines if "bytes per layer against the traffic model" in ln)
-    assert traffic.startswith("PASS") and "(simulated CUDA (FakeTensors))" in traffic
+    if traffic.startswith("FAIL"):  # only the layers known to be over the bound, named
+        over = {part.split(" moves ")[0] for part in traffic.split(": ", 1)[1].split("; ")}
+        assert over == KNOWN_OVER_THE_BOUND, traffic
+    else:
+        assert "(simulated CUDA (FakeTensors))" in traffic
     failed = "FAIL" in status.values()
     assert exit_info.value.code == (1 if failed else 0)
     text = out.read_text()
