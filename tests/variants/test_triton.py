@@ -77,6 +77,94 @@ def test_operators_match_torch(shape, channels_last, dtype) -> None:
     torch.testing.assert_close(total, (xf * weights[:, None, None, None]).sum(dim=0))
 
 
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 70, 3, 3), (4, 3, 1, 1)])
+def test_dyt_operators_match_torch(shape, channels_last, dtype) -> None:
+    from normbench.variants import _elementwise_kernels
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    if channels_last:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    alpha = torch.tensor([0.7])
+    weight, bias = torch.randn(shape[1], generator=gen), torch.randn(shape[1], generator=gen)
+    xf, gf = x.float(), g.float()
+    t = torch.tanh(0.7 * xf)
+    y = _elementwise_kernels.dyt_forward(x, alpha, weight, bias)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    torch.testing.assert_close(y, (t * weight[:, None, None] + bias[:, None, None]).to(dtype))
+    dx, s_t, s_g, s_a = _elementwise_kernels.dyt_backward(g, x, alpha, weight)
+    slope = gf * weight[:, None, None] * (1 - t * t)
+    assert dx.stride() == x.stride()
+    torch.testing.assert_close(dx, (slope * 0.7).to(dtype))
+    torch.testing.assert_close(s_t, (gf * t).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s_g, gf.sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s_a, (slope * xf).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 70, 3, 3), (4, 3, 1, 1)])
+def test_frn_operators_match_torch(shape, channels_last, dtype) -> None:
+    from normbench.variants import _elementwise_kernels
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    if channels_last:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    a, p = torch.rand(shape[:2], generator=gen) + 0.5, torch.randn(shape[:2], generator=gen)
+    bias, tau = torch.randn(shape[1], generator=gen), 0.3 * torch.randn(shape[1], generator=gen)
+    xf, gf = x.float(), g.float()
+    y = xf * _nc(a) + bias[:, None, None]
+    through = y >= tau[:, None, None]
+    z = _elementwise_kernels.frn_forward(x, a, bias, tau)
+    assert z.dtype == dtype and z.stride() == x.stride()
+    torch.testing.assert_close(z, torch.maximum(y, tau[:, None, None]).to(dtype))
+    s_gx, s_g, s_tau = _elementwise_kernels.frn_grad_sums(g, x, a, bias, tau)
+    torch.testing.assert_close(s_gx, (gf * xf * through).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s_g, (gf * through).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s_tau, (gf * ~through).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    dx = _elementwise_kernels.frn_input_grad(g, x, a, bias, tau, p)
+    assert dx.stride() == x.stride()
+    torch.testing.assert_close(dx, (xf * _nc(p) + gf * _nc(a) * through).to(dtype))
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 70, 3, 3), (4, 3, 1, 1)])
+def test_evo_s0_operators_match_torch(shape, channels_last, dtype) -> None:
+    from normbench.variants import _elementwise_kernels
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    if channels_last:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    v, bias = torch.randn(shape[1], generator=gen), torch.randn(shape[1], generator=gen)
+    k = torch.rand(shape[:2], generator=gen) + 0.5
+    mean, p, q = (torch.randn(shape[:2], generator=gen) for _ in range(3))
+    xf, gf = x.float(), g.float()
+    s = torch.sigmoid(v[:, None, None] * xf)
+    y = _elementwise_kernels.evo_s0_forward(x, v, k, bias)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    torch.testing.assert_close(y, (xf * s * _nc(k) + bias[:, None, None]).to(dtype))
+    s1, s2, s3 = _elementwise_kernels.evo_s0_grad_sums(g, x, v, k)
+    torch.testing.assert_close(s1, (gf * xf * s).sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s2, gf.sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+    expected = (gf * _nc(k) * xf * xf * s * (1 - s)).sum(dim=(2, 3))
+    torch.testing.assert_close(s3, expected, rtol=1e-5, atol=1e-4)
+    dx = _elementwise_kernels.evo_s0_input_grad(g, x, v, k, mean, p, q)
+    direct = gf * _nc(k) * s * (1 + v[:, None, None] * xf * (1 - s))
+    assert dx.stride() == x.stride()
+    torch.testing.assert_close(dx, (direct + (xf - _nc(mean)) * _nc(p) + _nc(q)).to(dtype))
+
+
 LAYERS = [
     ("iebn", {}),
     ("rbn", {"affine": False}),
@@ -87,6 +175,10 @@ LAYERS = [
     ("ubn", {"sim_source": "centered"}),
     ("bgn", {"num_groups": 40, "allow_spatial_groups": True}),  # row bands on a view of x
     ("bgn", {"num_groups": 20, "allow_spatial_groups": True}),  # groups straddle channels
+    ("dyt", {}),  # its own kernels (_elementwise_kernels), switched by the same _backend
+    ("frn", {}),
+    ("frn", {"learnable_eps": True, "apply_act": False}),
+    ("evonorm_s0", {"num_groups": 2}),
 ]
 
 
