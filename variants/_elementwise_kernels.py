@@ -1,10 +1,14 @@
-"""DyT's, FRN's and EvoNorm-S0's CUDA kernels as torch operators (`torch.library`), as
-`_kernels` does for the per-instance affine: each Triton kernel of `_triton_elementwise` is one
-operator `normbench::<name>`, so autograd, `torch.compile` and the traffic counter see one
-call, and FakeTensor/meta tensors get shapes from the fake implementations without importing
-Triton. x, g, y, dx: (N, C, H, W)
-in any memory format, fp16, bf16 or fp32 (`_kernels.available`); alpha (1,), weight, bias,
-tau (C,); per-(n, c) coefficients and sums (N, C) float32.
+"""The element-wise layers' CUDA kernels (`_triton_elementwise`) as torch operators
+(`torch.library`), as `_kernels` does for the per-instance affine: each kernel is one operator
+`normbench::pointwise_*`, so autograd, `torch.compile` and the traffic counter see one call,
+and FakeTensor/meta tensors get shapes from the fake implementations without importing Triton.
+
+Shapes: x, g, y, dx (N, C, H, W) in any memory format, fp16, bf16 or fp32
+(`_kernels.available`); `coef` the (K, N, C) stacked per-(n, c) coefficients of layer `kind`
+(`_triton_elementwise.DYT` .. `EVO_B0`: the formulas there); sums (K, N, C) float32; mean, p,
+q (N, C). The public functions convert their per-instance arguments to contiguous float32
+outside the operators, where the dispatcher (and `normbench bench traffic`) sees any
+conversion; the coefficient region's outputs need none.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 
 from ._kernels import STATS, _blocks, _cdiv, _geometry, _stat
 
+DYT, FRN, EVO_S0, EVO_B0 = 0, 1, 2, 3  # `_triton_elementwise`'s, without importing Triton
+
 
 def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
     from normbench.variants import _triton_elementwise
@@ -24,209 +30,144 @@ def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **met
         _triton_elementwise.kernels()[name][grid](*args, **meta)
 
 
-def _param(p: torch.Tensor) -> torch.Tensor:
-    return p.detach().to(STATS).contiguous()
+def _tile_grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
+    """(grid, BLOCK_C, BLOCK_HW) of an element-wise kernel: one program per tile."""
+    bc, bhw = _blocks(x, elementwise=True)
+    return (x.shape[0], _cdiv(x.shape[1], bc), _cdiv(x.shape[2] * x.shape[3], bhw)), bc, bhw
 
 
-@torch.library.custom_op("normbench::dyt_forward", mutates_args=())
-def dyt_forward(
-    x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """y = weight_c·tanh(alpha·x) + bias_c, in x's dtype and memory format; reads x once."""
+def pointwise_forward(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
+    """y = f_kind(x; coef), in x's dtype and memory format; reads x once."""
+    return _forward(x, coef.to(STATS).contiguous(), kind)
+
+
+@torch.library.custom_op("normbench::pointwise_forward", mutates_args=())
+def _forward(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
     y = torch.empty_like(x)
     if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
+        grid, bc, bhw = _tile_grid(x)
         _launch(
-            x, "dyt_forward", grid,
-            x, y, _param(alpha), _param(weight), _param(bias),
-            c, w, hw, *x.stride(), *y.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
+            x, "pointwise_forward", grid,
+            x, y, coef, x.shape[0] * x.shape[1], *_geometry(x), *x.stride(), *y.stride(),
+            KIND=kind, BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
     return y
 
 
-@dyt_forward.register_fake
-def _(x: torch.Tensor, alpha: Any, weight: Any, bias: Any) -> torch.Tensor:
+@_forward.register_fake
+def _(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+def pointwise_grad_sums(
+    g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, kind: int
+) -> torch.Tensor:
+    """Σ_hw g·∂y/∂coef_k per (n, c): the gradient of `coef`, (K, N, C) float32; reads g and x
+    once."""
+    return _grad_sums(g, x, coef.to(STATS).contiguous(), kind)
+
+
+@torch.library.custom_op("normbench::pointwise_grad_sums", mutates_args=())
+def _grad_sums(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
+    sums = torch.empty_like(coef)
+    _sums_launch(g, x, x, coef, sums, kind, write_dx=False)
+    return sums
+
+
+@_grad_sums.register_fake
+def _(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
+    return torch.empty_like(coef)
+
+
+def dyt_backward(
+    g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DyT's whole backward in one pass: (dx in x's dtype and memory format, the (3, N, C)
+    sums of its coefficients' gradients); reads g and x once."""
+    return _dyt_backward(g, x, coef.to(STATS).contiguous())
 
 
 @torch.library.custom_op("normbench::dyt_backward", mutates_args=())
-def dyt_backward(
-    g: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, Σ_hw g·t, Σ_hw g, Σ_hw g·weight·(1 − t²)·x) with t = tanh(alpha·x): dx in x's dtype
-    and memory format, the sums (N, C) float32; reads g and x once."""
-    dx = torch.empty_like(x)
-    s_t = x.new_empty(x.shape[:2], dtype=STATS)
-    s_g, s_a = torch.empty_like(s_t), torch.empty_like(s_t)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=False)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc))
-        _launch(
-            x, "dyt_backward", grid,
-            g, x, dx, s_t, s_g, s_a, _param(alpha), _param(weight),
-            c, w, hw, *x.stride(), *g.stride(), *dx.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return dx, s_t, s_g, s_a
+def _dyt_backward(
+    g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dx, sums = torch.empty_like(x), torch.empty_like(coef)
+    _sums_launch(g, x, dx, coef, sums, DYT, write_dx=True)
+    return dx, sums
 
 
-@dyt_backward.register_fake
-def _(g: torch.Tensor, x: torch.Tensor, alpha: Any, weight: Any) -> Any:
-    s = x.new_empty(x.shape[:2], dtype=STATS)
-    return torch.empty_like(x), s, torch.empty_like(s), torch.empty_like(s)
+@_dyt_backward.register_fake
+def _(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> Any:
+    return torch.empty_like(x), torch.empty_like(coef)
 
 
-@torch.library.custom_op("normbench::frn_forward", mutates_args=())
-def frn_forward(
-    x: torch.Tensor, a: torch.Tensor, bias: torch.Tensor, tau: torch.Tensor
-) -> torch.Tensor:
-    """z = max(x·a + bias_c, tau_c) with a (N, C), in x's dtype and memory format."""
-    z = torch.empty_like(x)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        _launch(
-            x, "frn_forward", grid,
-            x, z, _stat(a, x), _param(bias), _param(tau),
-            c, w, hw, *x.stride(), *z.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return z
-
-
-@frn_forward.register_fake
-def _(x: torch.Tensor, a: Any, bias: Any, tau: Any) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("normbench::frn_grad_sums", mutates_args=())
-def frn_grad_sums(
-    g: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bias: torch.Tensor, tau: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Σ_hw g·x and Σ_hw g where the TLU passes y (y >= tau), Σ_hw g where it gives tau;
-    (N, C) float32 each; reads g and x once."""
-    s_gx = x.new_empty(x.shape[:2], dtype=STATS)
-    s_g, s_tau = torch.empty_like(s_gx), torch.empty_like(s_gx)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=False)
-        c, w, hw = _geometry(x)
-        _launch(
-            x, "frn_grad_sums", (x.shape[0], _cdiv(c, bc)),
-            g, x, _stat(a, x), _param(bias), _param(tau), s_gx, s_g, s_tau,
-            c, w, hw, *x.stride(), *g.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return s_gx, s_g, s_tau
-
-
-@frn_grad_sums.register_fake
-def _(g: torch.Tensor, x: torch.Tensor, a: Any, bias: Any, tau: Any) -> Any:
-    s = x.new_empty(x.shape[:2], dtype=STATS)
-    return s, torch.empty_like(s), torch.empty_like(s)
-
-
-@torch.library.custom_op("normbench::frn_input_grad", mutates_args=())
-def frn_input_grad(
+def _sums_launch(
     g: torch.Tensor,
     x: torch.Tensor,
-    a: torch.Tensor,
-    bias: torch.Tensor,
-    tau: torch.Tensor,
-    p: torch.Tensor,
-) -> torch.Tensor:
-    """dx = x·p + g·a where the TLU passes y, with a, p (N, C); x's dtype and memory format."""
-    dx = torch.empty_like(x)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        _launch(
-            x, "frn_input_grad", grid,
-            g, x, dx, _stat(a, x), _param(bias), _param(tau), _stat(p, x),
-            c, w, hw, *x.stride(), *g.stride(), *dx.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return dx
+    dx: torch.Tensor,
+    coef: torch.Tensor,
+    sums: torch.Tensor,
+    kind: int,
+    *,
+    write_dx: bool,
+) -> None:
+    if not x.numel():
+        sums.zero_()
+        return
+    bc, bhw = _blocks(x, elementwise=False)
+    _launch(
+        x, "pointwise_grad_sums", (x.shape[0], _cdiv(x.shape[1], bc)),
+        g, x, dx, coef, sums, x.shape[0] * x.shape[1], *_geometry(x),
+        *x.stride(), *g.stride(), *dx.stride(),
+        KIND=kind, WRITE_DX=write_dx, BLOCK_C=bc, BLOCK_HW=bhw,
+    )  # fmt: skip
 
 
-@frn_input_grad.register_fake
-def _(g: torch.Tensor, x: torch.Tensor, a: Any, bias: Any, tau: Any, p: Any) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("normbench::evo_s0_forward", mutates_args=())
-def evo_s0_forward(
-    x: torch.Tensor, v: torch.Tensor, k: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """y = x·sigmoid(v_c·x)·k + bias_c with k (N, C), in x's dtype and memory format."""
-    y = torch.empty_like(x)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        _launch(
-            x, "evo_s0_forward", grid,
-            x, y, _param(v), _stat(k, x), _param(bias),
-            c, w, hw, *x.stride(), *y.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return y
-
-
-@evo_s0_forward.register_fake
-def _(x: torch.Tensor, v: Any, k: Any, bias: Any) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("normbench::evo_s0_grad_sums", mutates_args=())
-def evo_s0_grad_sums(
-    g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, k: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(Σ_hw g·x·s, Σ_hw g, Σ_hw g·k·x²·s·(1 − s)) with s = sigmoid(v_c·x): the gradients
-    of k, β and v per (n, c), float32; reads g and x once."""
-    s1 = x.new_empty(x.shape[:2], dtype=STATS)
-    s2, s3 = torch.empty_like(s1), torch.empty_like(s1)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=False)
-        c, w, hw = _geometry(x)
-        _launch(
-            x, "evo_s0_grad_sums", (x.shape[0], _cdiv(c, bc)),
-            g, x, _param(v), _stat(k, x), s1, s2, s3,
-            c, w, hw, *x.stride(), *g.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
-    return s1, s2, s3
-
-
-@evo_s0_grad_sums.register_fake
-def _(g: torch.Tensor, x: torch.Tensor, v: Any, k: Any) -> Any:
-    s = x.new_empty(x.shape[:2], dtype=STATS)
-    return s, torch.empty_like(s), torch.empty_like(s)
-
-
-@torch.library.custom_op("normbench::evo_s0_input_grad", mutates_args=())
-def evo_s0_input_grad(
+def pointwise_input_grad(
     g: torch.Tensor,
     x: torch.Tensor,
-    v: torch.Tensor,
-    k: torch.Tensor,
+    coef: torch.Tensor,
+    kind: int,
     mean: torch.Tensor,
     p: torch.Tensor,
     q: torch.Tensor,
+    p_scale: float,
+    q_scale: float,
 ) -> torch.Tensor:
-    """dx = g·k·s·(1 + v·x·(1 − s)) + (x − mean)·p + q, s = sigmoid(v_c·x), per (n, c)
-    coefficients k, mean, p, q; in x's dtype and memory format."""
+    """dx = g·∂y/∂x + (x − mean)·p·p_scale + q·q_scale per (n, c) (the second term: the
+    per-instance moments' gradients, p_scale = 2/(H·W), q_scale = 1/(H·W)), in x's dtype and
+    memory format; reads g and x once. Not for DyT (no statistics: `dyt_backward`)."""
+    if kind == DYT:
+        raise ValueError("DyT has no statistics: its input gradient comes from dyt_backward")
+    stats = [_stat(t, x) for t in (mean, p, q)]
+    return _input_grad(g, x, coef.to(STATS).contiguous(), kind, *stats, p_scale, q_scale)
+
+
+@torch.library.custom_op("normbench::pointwise_input_grad", mutates_args=())
+def _input_grad(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    coef: torch.Tensor,
+    kind: int,
+    mean: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    p_scale: float,
+    q_scale: float,
+) -> torch.Tensor:
     dx = torch.empty_like(x)
     if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
+        grid, bc, bhw = _tile_grid(x)
         _launch(
-            x, "evo_s0_input_grad", grid,
-            g, x, dx, _param(v), _stat(k, x), _stat(mean, x), _stat(p, x), _stat(q, x),
-            c, w, hw, *x.stride(), *g.stride(), *dx.stride(), BLOCK_C=bc, BLOCK_HW=bhw,
+            x, "pointwise_input_grad", grid,
+            g, x, dx, coef, mean, p, q, p_scale, q_scale, x.shape[0] * x.shape[1],
+            *_geometry(x), *x.stride(), *g.stride(), *dx.stride(),
+            KIND=kind, BLOCK_C=bc, BLOCK_HW=bhw,
         )  # fmt: skip
     return dx
 
 
-@evo_s0_input_grad.register_fake
-def _(g: torch.Tensor, x: torch.Tensor, v: Any, k: Any, mean: Any, p: Any, q: Any) -> Any:
+@_input_grad.register_fake
+def _(g: torch.Tensor, x: torch.Tensor, coef: Any, kind: int, mean: Any, p: Any, q: Any,
+      p_scale: float, q_scale: float) -> torch.Tensor:  # fmt: skip
     return torch.empty_like(x)

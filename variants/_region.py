@@ -161,6 +161,26 @@ def _compiled(func: Callable[..., Any], backend: Any) -> Region:
     return torch.compile(_runner(func), backend=backend, dynamic=True, fullgraph=True)
 
 
+@functools.cache
+def _compiled_call(func: Callable[..., Any], backend: Any) -> Callable[..., Any]:
+    return torch.compile(func, backend=backend, dynamic=True, fullgraph=True)
+
+
+def call(statistics: Callable[..., Any], *args: Any) -> Any:
+    """`statistics(*args)` as a compiled region whose outputs are whatever it returns: the
+    per-(n, c) math of the element-wise layers (`_elementwise`: DyT, FRN, EvoNorm), which is
+    not an affine (A, Y). `statistics` is a module-level function or a bound method of one
+    (its own code object, hence its own Dynamo cache); it runs eagerly where the region is not
+    active (`active`), as `run` does."""
+    func, bound, keywords = _unbind(statistics)
+    assert not keywords and compilable(statistics), "a bound method or a plain function"
+    intercept = _state["intercept"]
+    if intercept is not None:
+        return intercept(func, (*bound, *args))
+    with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+        return _compiled_call(func, _state["backend"])(*bound, *args)
+
+
 def run(
     coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     mean: torch.Tensor,

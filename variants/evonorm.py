@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import _elementwise
 from ._core import (
     ContractNorm,
     buffer,
@@ -83,29 +84,52 @@ class EvoNormB0(ContractNorm):
             "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
         )
 
-    def batch_std(self, x: torch.Tensor, var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    def batch_std(self, mean: torch.Tensor, var: torch.Tensor, plane: int) -> torch.Tensor:
         """sqrt(s²_c + eps), (C,): the batch variance (and the running update) in training,
-        the running variance in eval. `mean`, `var`: x's per-instance moments (N, C)."""
+        the running variance in eval. `mean`, `var`: the per-instance moments (N, C) of the
+        batch (every rank's under global scope), `plane` H·W."""
         if not self.training:
             return torch.sqrt(self.running_var.to(var.dtype) + self.eps)
-        check_batch_statistics(self, x, x.numel() // x.shape[1])
-        if global_scope():  # every rank's moments (a compiled step outside it traces none)
-            mean, var = gather_rows(mean), gather_rows(var)
         mu = mean.mean(dim=0)
         batch_var = var.mean(dim=0) + (mean - mu).square().mean(dim=0)  # total variance
         with torch.no_grad():
-            n = mean.shape[0] * x.shape[2] * x.shape[3]
+            n = mean.shape[0] * plane
             factor = factor_tensor(self, self.momentum, stats="running_var")  # no running mean
             running = buffer(self, "running_var")
             unbiased = batch_var.detach() * (n / max(n - 1, 1))
             running.lerp_(unbiased.to(running.dtype), factor)
         return torch.sqrt(batch_var + self.eps)
 
+    def _coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        batch_mean: torch.Tensor,
+        batch_var: torch.Tensor,
+        plane: int,
+    ) -> torch.Tensor:
+        """(L, R, v, γ, β) (5, N, C) of y = γ·x / max(L, v·x + R) + β: the accelerator path's
+        coefficient region (`_elementwise`); `batch_*` every rank's moments under global
+        scope."""
+        n, c = mean.shape
+        left = self.batch_std(batch_mean, batch_var, plane).expand(n, c)
+        params = [p.to(var.dtype).expand(n, c) for p in (self.v, self.weight, self.bias)]
+        return torch.stack([left, torch.sqrt(var + self.eps), *params])
+
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
+        plane = x.shape[2] * x.shape[3]
+        if self.training:
+            check_batch_statistics(self, x, x.numel() // x.shape[1])
         with statistics_precision(x):
+            if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+                kind, coefficients = _elementwise.EVO_B0, self._coefficients
+                return _elementwise.normalise(x, kind, coefficients, plane, batch=True)
             mean, var = instance_moments(x)  # (N, C) each, fp32 or wider
-            left = per_channel(self.batch_std(x, var, mean))
+            whole = (mean, var)
+            if global_scope() and self.training:  # every rank's moments
+                whole = (gather_rows(mean), gather_rows(var))
+            left = per_channel(self.batch_std(*whole, plane))
             instance_std = _nc11(torch.sqrt(var + self.eps))
             # NOTE: the max compares in fp32 (x promoted): in bf16, left and right round to
             # the same value where batch and instance std are close, and the branch (hence
@@ -159,9 +183,26 @@ class EvoNormS0(ContractNorm):
         inv = torch.rsqrt(var + self.eps).repeat_interleave(c // self.num_groups, dim=1)
         return _nc11(inv)
 
+    def _coefficients(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """(v, k, β) (3, N, C) of y = x·sigmoid(v·x)·k + β, k = γ/sqrt(s²_{n,g} + eps) with
+        the group variance from the per-instance moments (law of total variance): the
+        accelerator path's coefficient region (`_elementwise`)."""
+        n, c = mean.shape
+        g = self.num_groups
+        means, variances = mean.reshape(n, g, c // g), var.reshape(n, g, c // g)
+        centred = means - means.mean(dim=2, keepdim=True)
+        group_var = variances.mean(dim=2) + centred.square().mean(dim=2)  # (N, G)
+        inv = torch.rsqrt(group_var + self.eps)[:, :, None].expand(n, g, c // g).reshape(n, c)
+        scale = inv * self.weight.to(var.dtype)
+        params = [p.to(var.dtype).expand(n, c) for p in (self.v, self.bias)]
+        return torch.stack([params[0], scale, params[1]])
+
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         dt = x.dtype
+        if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+            with statistics_precision(x):
+                return _elementwise.normalise(x, _elementwise.EVO_S0, self._coefficients)
         with statistics_precision(x):
             scale = (self.group_inv_std(x) * per_channel(self.weight)).to(dt)  # (N, C, 1, 1)
             gated = x * torch.sigmoid(x * per_channel(self.v).to(dt))

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _elementwise
 from ._core import ContractNorm, check_input, per_channel, register_affine
 from ._fused import fused_instance_affine, statistics_precision, stats_dtype
 from ._options import check_bool, check_float
@@ -101,17 +102,30 @@ class FilterResponseNorm2d(ContractNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        if self.tau is not None:
-            return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
+        if self.tau is None:
+            return fused_instance_affine(x, self._coefficients, self.weight, self.bias)
+        if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+            with statistics_precision(x):
+                return _elementwise.normalise(x, _elementwise.FRN, self._tlu_coefficients)
+        return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
 
-        def coefficients(
-            mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
-            scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
-            return scale, bias + mean * scale
+    def _coefficients(
+        self, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c), without the TLU (a compiled region on
+        the accelerator's path: a bound method, not a closure)."""
+        # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
+        scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
+        return scale, bias + mean * scale
 
-        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+    def _tlu_coefficients(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """(A, β, τ) (3, N, C) of z = max(x·A + β, τ), A = γ/sqrt(ν² + ε), ν² = var + mean²:
+        the accelerator path's coefficient region (`_elementwise`)."""
+        scale, _ = self._coefficients(mean, var, self.weight, self.bias)
+        n, c = mean.shape
+        assert self.tau is not None
+        per = [scale, self.bias.to(mean.dtype).expand(n, c), self.tau.to(mean.dtype).expand(n, c)]
+        return torch.stack(per)
 
     def _with_tlu(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """z = where(y ≥ τ, y, τ), y = x·A + β (module doc: why not the centred affine)."""
