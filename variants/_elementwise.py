@@ -28,6 +28,7 @@ needs NORMBENCH_COEFFICIENTS=eager on this path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -171,10 +172,9 @@ class _Pointwise(torch.autograd.Function):
 def _composite_grads(
     ctx: Any, g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor
 ) -> list[torch.Tensor | None]:
-    """(dx, dcoef) of the composite f, with a graph (create_graph)."""
-    needs = ctx.needs_input_grad[:2]
-    with torch.enable_grad():
-        y = composite(ctx.kind, x, coef)
-        wanted = [t for t, need in zip((x, coef), needs, strict=True) if need]
-        found = iter(torch.autograd.grad(y, wanted, g, create_graph=True))
-    return [next(found) if need else None for need in needs]
+    """(dx, dcoef) of the composite f, differentiable (create_graph). `torch.func.vjp` takes
+    the partial derivatives: coef depends on x through the statistics, whose term the moments'
+    node adds (`torch.autograd.grad` would count it here too)."""
+    _, pullback = torch.func.vjp(functools.partial(composite, ctx.kind), x, coef)
+    dx, dcoef = pullback(g)
+    return [t if need else None for t, need in zip((dx, dcoef), ctx.needs_input_grad[:2])]

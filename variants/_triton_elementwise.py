@@ -81,7 +81,7 @@ def _pointwise_forward(
     else:  # EvoNorm-B0
         gamma = tl.load(base + 3 * NC, mask=c_ok, other=0.0)[:, None]
         beta = tl.load(base + 4 * NC, mask=c_ok, other=0.0)[:, None]
-        y = gamma * x / tl.maximum(c0, c2 * x + c1) + beta
+        y = gamma * x / tl.where(ok, tl.maximum(c0, c2 * x + c1), 1.0) + beta
     out = y_ptr + n * t_n + c[:, None] * t_c + h * t_h + w * t_w
     tl.store(out, y.to(y_ptr.dtype.element_ty), mask=ok)
 
