@@ -98,7 +98,8 @@ OVER_KERNELS = {
 
 @pytest.mark.parametrize("name", ["bn", "in", "gn", "iebn", "rbn", "bnet", "sabn", "bgn",
                                   "ghost_bn", "ubn", "fourthings", "ccbn", "auxbn",
-                                  "saauxbn", "layernorm2d", "rmsnorm2d", "gn1"])  # fmt: skip
+                                  "saauxbn", "layernorm2d", "rmsnorm2d", "gn1", "dyt", "frn",
+                                  "evonorm_s0", "evonorm_b0"])  # fmt: skip
 def test_every_builtin_is_within_the_bound_and_keeps_channels_last(name: str) -> None:
     """Bytes, host syncs, channels_last, and kernels per step (the compiled coefficient
     regions' as Inductor's Triton backend fuses them) at most 4x BN's plus convolutions."""
@@ -161,11 +162,17 @@ def test_bgn_spatial_groups_of_any_shape_are_within_the_bound(groups: int) -> No
     assert result.within_traffic_bound and result.channels_last_kept, result
 
 
-# Element-wise non-linear layers on composite ops: over the bound until they have fused kernels
-# of their own (docs/variants.md#memory-traffic); `normbench bench gpu` names them and fails.
+def test_frn_without_its_tlu_is_within_the_bound() -> None:
+    """FRN without its TLU (the per-instance affine, its coefficients a compiled region) with a
+    learned eps: bytes, written bytes, kernels, no host sync."""
+    result = measure_layer("frn", {"apply_act": False, "learnable_eps": True}, shape=SHAPE)
+    assert result.within_bound and result.channels_last_kept, result
+    assert result.compiled_kernels > 0, result  # the region ran compiled
+
+
 # BRN is within the bytes but over the kernels (its r, d and warm-up math is not yet a compiled
-# coefficient region as the per-instance layers' are).
-OVER_THE_BOUND = ["dyt", "frn", "evonorm_b0", "evonorm_s0", "brn"]
+# coefficient region as the per-instance layers' are); `normbench bench gpu` names it and fails.
+OVER_THE_BOUND = ["brn"]
 
 
 @pytest.mark.parametrize("name", OVER_THE_BOUND)
@@ -177,11 +184,12 @@ def test_the_layers_known_over_the_bound_make_no_host_sync(name: str) -> None:
     assert not result.within_bound, f"{name} now meets the bound: list it with the others"
 
 
-def test_the_composite_path_is_over_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The count has teeth: IEBN on composite ops (the path every non-CPU device took before
-    the Triton operators) moves several times BN's bytes."""
+@pytest.mark.parametrize("name", ["iebn", "dyt", "evonorm_b0"])
+def test_the_composite_path_is_over_the_bound(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count has teeth: IEBN, DyT and EvoNorm-B0 on composite ops (the path every non-CPU
+    device took before the Triton operators) move several times BN's bytes."""
     monkeypatch.setattr(_fused, "_backend", lambda x: None)
-    result = measure_layer("iebn", shape=SHAPE)
+    result = measure_layer(name, shape=SHAPE)
     assert not result.within_bound and result.norm_bytes > 2 * result.bound_bytes
 
 

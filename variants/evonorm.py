@@ -28,6 +28,11 @@ Defaults and choices:
 * Statistics in fp32 (float64 stays float64) with autocast off. S0's element-wise pass runs
   in the input's dtype with the (N, C) coefficients rounded to it once; B0's in fp32, rounded
   to the input's dtype at the end (its max picks a branch: see the NOTE in its forward).
+* On an eager CUDA device (fp16, bf16, fp32) both run the per-instance moments kernel, their
+  per-(n, c) coefficients as one compiled region (`_coefficients`, the running variance's
+  update included) and the element-wise Triton kernels (`_elementwise`, fp32 arithmetic;
+  B0's max splits a tie's gradient in halves, as `torch.maximum`), within the accelerator
+  path's traffic and kernel bounds (docs/variants.md#memory-traffic).
 """
 
 from __future__ import annotations

@@ -34,7 +34,11 @@ y = β exactly, then z = where(y ≥ τ, y, τ): at a tie y = τ (zeros with β 
 initialisation) the whole gradient goes to y in eager and compiled code alike. Through the
 affine's centring, y rounded to ±1 ulp of β and the compiled and eager steps sent the
 gradient of the tied positions to different sides (`normbench bench gpu`), as
-`torch.maximum`, which splits a tie's gradient in eager mode only, also did.
+`torch.maximum`, which splits a tie's gradient in eager mode only, also did. On an eager
+CUDA device the TLU form runs the per-instance moments kernel, (A, β, τ) as one compiled region
+(`_tlu_coefficients`) and the element-wise Triton kernels (`_elementwise`: z = max(x·A + β, τ)
+in fp32, the same tie rule), within the accelerator path's traffic and kernel bounds
+(docs/variants.md#memory-traffic).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ LAYERS = [
     ("ghost_bn", {"ghost_batch_size": 2, "momentum": None}),
     ("bgn", {"num_groups": 20, "allow_spatial_groups": True}),  # groups straddle channels
     ("ubn", {"decide": "step", "momentum": None}),
+    # the element-wise layers' regions (`_region.call`) between the moments and composite f
+    ("frn", {"learnable_eps": True}),
+    ("frn", {"apply_act": False}),  # the per-instance affine's region (a bound method)
+    ("evonorm_s0", {"num_groups": 2}),
+    ("evonorm_b0", {"momentum": None}),
 ]
 
 
