@@ -170,8 +170,8 @@ def call(statistics: Callable[..., Any], *args: Any) -> Any:
     """`statistics(*args)` as a compiled region whose outputs are whatever it returns: the
     per-(n, c) math of the element-wise layers (`_elementwise`: DyT, FRN, EvoNorm), which is
     not an affine (A, Y). `statistics` is a module-level function or a bound method of one
-    (its own code object, hence its own Dynamo cache); it runs eagerly where the region is not
-    active (`active`), as `run` does."""
+    (its own code object, hence its own Dynamo cache); callers run it eagerly where the region
+    is not `active`."""
     func, bound, keywords = _unbind(statistics)
     assert not keywords and compilable(statistics), "a bound method or a plain function"
     intercept = _state["intercept"]
