@@ -13,8 +13,8 @@ per-channel parameters expanded to (N, C)), run as one compiled region (`_region
               -> `pointwise_input_grad` (read g, x, write dx with the moments' term)
 
 DyT has no statistics: its coef is (α, γ, β) expanded, its backward one pass (`dyt_backward`).
-Like `_fused`'s, the two autograd Functions pass the direct term of dx from the element-wise
-node to the moments' node (`_Handoff`), so dx is written once.
+The element-wise node hands the direct term of dx to `_fused`'s moments node (its `_Handoff`),
+which writes dx once with the statistics' term.
 
 Where it runs (`path`): the Triton operators on an eager CUDA tensor of a kernel dtype; on the
 CPU only with the accelerator path forced (`_region.coefficient_mode("compiled")`), where the
@@ -88,9 +88,9 @@ def normalise(
     moments of every rank's batch under `stats_scope: global`, this rank's otherwise);
     `statistics` a bound method (one compiled region per layer class)."""
     cuda = path(x) == "cuda"
-    handoff = _Handoff()
+    handoff = _fused._Handoff()
     if cuda:
-        mean, var = _Moments.apply(x, handoff)
+        mean, var = _fused._InstanceMoments.apply(x, handoff, True)
     else:
         mean, var = _fused.instance_moments(x)
     if batch:
@@ -109,47 +109,13 @@ def dyt(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.
     return _Pointwise.apply(x, coef, DYT, None)
 
 
-class _Handoff:
-    """The element-wise node's part of dx, (g, coef, kind), for the moments' node to add."""
-
-    def __init__(self) -> None:
-        self.direct: tuple[torch.Tensor, torch.Tensor, int] | None = None
-
-
-class _Moments(torch.autograd.Function):
-    """(m, v) = per-instance mean and biased variance of x (the Triton moments); backward
-    dx = g·∂y/∂x (handed over) + (x − m)·2·dL/dv / HW + dL/dm / HW in one pass."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, handoff: _Handoff) -> Any:
-        mean, var = _kernels.instance_moments(x)
-        ctx.save_for_backward(x, mean)
-        ctx.handoff = handoff
-        return mean, var
-
-    @staticmethod
-    def backward(ctx: Any, g_mean: torch.Tensor, g_var: torch.Tensor) -> Any:
-        x, mean = ctx.saved_tensors
-        hw = x.shape[2] * x.shape[3]
-        direct, ctx.handoff.direct = ctx.handoff.direct, None
-        if torch.is_grad_enabled():  # double backward: differentiable in x
-            xf = x.to(mean.dtype)
-            centred = xf - _nc(xf.mean(dim=(2, 3)))
-            return (centred * _nc(2.0 * g_var / hw) + _nc(g_mean / hw)).to(x.dtype), None
-        if direct is None:
-            dx = _kernels.instance_input_grad(x, mean, g_var, g_mean, None, None, 2 / hw, 1 / hw)
-            return dx, None
-        g, coef, kind = direct
-        return ops.pointwise_input_grad(g, x, coef, kind, mean, g_var, g_mean, 2 / hw, 1 / hw), None
-
-
 class _Pointwise(torch.autograd.Function):
     """y = f_kind(x; coef); backward: the gradient of coef (one read of g and x), and dx
     directly (DyT) or handed to the moments' node (`handoff`)."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, coef: torch.Tensor, kind: int, handoff: _Handoff | None
+        ctx: Any, x: torch.Tensor, coef: torch.Tensor, kind: int, handoff: _fused._Handoff | None
     ) -> torch.Tensor:
         ctx.save_for_backward(x, coef)
         ctx.kind, ctx.handoff = kind, handoff
@@ -165,7 +131,7 @@ class _Pointwise(torch.autograd.Function):
             return (dx if ctx.needs_input_grad[0] else None), sums, None, None
         sums = ops.pointwise_grad_sums(g, x, coef, ctx.kind)
         if ctx.needs_input_grad[0]:  # NOTE: x's moments node needs d/dm, so it runs next
-            ctx.handoff.direct = (g, coef, ctx.kind)
+            ctx.handoff.grad = functools.partial(ops.pointwise_input_grad, g, x, coef, ctx.kind)
         return None, sums, None, None
 
 
@@ -175,6 +141,7 @@ def _composite_grads(
     """(dx, dcoef) of the composite f, differentiable (create_graph). `torch.func.vjp` takes
     the partial derivatives: coef depends on x through the statistics, whose term the moments'
     node adds (`torch.autograd.grad` would count it here too)."""
-    _, pullback = torch.func.vjp(functools.partial(composite, ctx.kind), x, coef)
+    pullback = torch.func.vjp(functools.partial(composite, ctx.kind), x, coef)[1]
     dx, dcoef = pullback(g)
-    return [t if need else None for t, need in zip((dx, dcoef), ctx.needs_input_grad[:2])]
+    needs = ctx.needs_input_grad[:2]
+    return [t if need else None for t, need in zip((dx, dcoef), needs, strict=True)]

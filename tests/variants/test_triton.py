@@ -144,15 +144,21 @@ LAYERS = [
 ]
 
 
+def _perturbed(name: str, options: dict) -> torch.nn.Module:
+    """A layer of 8 channels whose parameters are off their initial values."""
+    torch.manual_seed(0)
+    layer = create_norm(name, 8, **options)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return layer
+
+
 @interpreted
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(("name", "options"), LAYERS, ids=str)
 def test_layers_on_the_kernels_equal_the_cpu_path(name, options, channels_last, monkeypatch):
-    torch.manual_seed(0)
-    cpu = create_norm(name, 8, **options)
-    with torch.no_grad():
-        for p in cpu.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    cpu = _perturbed(name, options)
     kernels = copy.deepcopy(cpu)
     gen = torch.Generator().manual_seed(1)
     for _ in range(2):
@@ -219,11 +225,7 @@ def test_elementwise_layers_on_the_accelerator_path_equal_their_composite_path(
 
     from normbench.variants import _region
 
-    torch.manual_seed(0)
-    composite = create_norm(name, 8, **options)
-    with torch.no_grad():
-        for p in composite.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    composite = _perturbed(name, options)
     accelerated = copy.deepcopy(composite)
     counter = CompileCounterWithBackend("aot_eager")
     with _region.coefficient_mode("eager"):
