@@ -85,7 +85,7 @@ def normalise(
 ) -> torch.Tensor:
     """y of a layer with per-instance statistics on `path(x)` (not None): coef =
     statistics(m, v, *args), or statistics(m, v, m_all, v_all, *args) with `batch` (the
-    moments of every rank's batch under `stats_scope: global`, this rank's otherwise);
+    moments of every rank's batch under `stats_scope: global`, None otherwise);
     `statistics` a bound method (one compiled region per layer class)."""
     cuda = path(x) == "cuda"
     handoff = _fused._Handoff()
@@ -94,7 +94,8 @@ def normalise(
     else:
         mean, var = _fused.instance_moments(x)
     if batch:
-        whole = (gather_rows(mean), gather_rows(var)) if global_scope() else (mean, var)
+        # None: this rank's (not passed twice, which would add their gradients: 2 launches)
+        whole = (gather_rows(mean), gather_rows(var)) if global_scope() else (None, None)
         args = (*whole, *args)
     coef = _region_or_eager(x, statistics, mean, var, *args)
     if cuda:

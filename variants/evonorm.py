@@ -109,14 +109,16 @@ class EvoNormB0(ContractNorm):
         self,
         mean: torch.Tensor,
         var: torch.Tensor,
-        batch_mean: torch.Tensor,
-        batch_var: torch.Tensor,
+        batch_mean: torch.Tensor | None,
+        batch_var: torch.Tensor | None,
         plane: int,
     ) -> torch.Tensor:
         """(L, R, v, γ, β) (5, N, C) of y = γ·x / max(L, v·x + R) + β: the accelerator path's
         coefficient region (`_elementwise`); `batch_*` every rank's moments under global
-        scope."""
+        scope, None for this rank's."""
         n, c = mean.shape
+        if batch_mean is None or batch_var is None:
+            batch_mean, batch_var = mean, var
         left = self.batch_std(batch_mean, batch_var, plane).expand(n, c)
         params = [p.to(var.dtype).expand(n, c) for p in (self.v, self.weight, self.bias)]
         return torch.stack([left, torch.sqrt(var + self.eps), *params])
