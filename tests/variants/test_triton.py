@@ -135,11 +135,8 @@ LAYERS = [
     ("bgn", {"num_groups": 40, "allow_spatial_groups": True}),  # row bands on a view of x
     ("bgn", {"num_groups": 20, "allow_spatial_groups": True}),  # groups straddle channels
     ("dyt", {}),  # the element-wise kernels (_elementwise), switched by the same _backend
-    ("frn", {}),
-    ("frn", {"learnable_eps": True, "apply_act": False}),
-    ("frn", {"learnable_eps": True}),
+    ("frn", {}),  # more options: test_elementwise_layers_on_the_accelerator_path_...
     ("evonorm_s0", {"num_groups": 2}),
-    ("evonorm_b0", {}),
     ("evonorm_b0", {"momentum": None}),
 ]
 
