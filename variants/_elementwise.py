@@ -103,7 +103,9 @@ def normalise(
     return composite(kind, x, coef)
 
 
-def dyt(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> Any:
+def dyt(
+    x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """DyT on the Triton operators: y = γ·tanh(α·x) + β (CUDA path only)."""
     n, c = x.shape[:2]
     coef = torch.stack([t.to(_kernels.STATS).expand(n, c) for t in (alpha, weight, bias)])
