@@ -112,16 +112,17 @@ class EvoNormB0(ContractNorm):
         batch_mean: torch.Tensor | None,
         batch_var: torch.Tensor | None,
         plane: int,
+        *params: torch.Tensor,
     ) -> torch.Tensor:
         """(L, R, v, γ, β) (5, N, C) of y = γ·x / max(L, v·x + R) + β: the accelerator path's
         coefficient region (`_elementwise`); `batch_*` every rank's moments under global
-        scope, None for this rank's."""
+        scope, None for this rank's; `params` (v, γ, β)."""
         n, c = mean.shape
         if batch_mean is None or batch_var is None:
             batch_mean, batch_var = mean, var
         left = self.batch_std(batch_mean, batch_var, plane).expand(n, c)
-        params = [p.to(var.dtype).expand(n, c) for p in (self.v, self.weight, self.bias)]
-        return torch.stack([left, torch.sqrt(var + self.eps), *params])
+        per_sample = [p.to(var.dtype).expand(n, c) for p in params]
+        return torch.stack([left, torch.sqrt(var + self.eps), *per_sample])
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
@@ -130,8 +131,9 @@ class EvoNormB0(ContractNorm):
             check_batch_statistics(self, x, x.numel() // x.shape[1])
         with statistics_precision(x):
             if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+                params = (plane, self.v, self.weight, self.bias)  # region inputs, not `self`'s
                 kind, coefficients = _elementwise.EVO_B0, self._coefficients
-                return _elementwise.normalise(x, kind, coefficients, plane, batch=True)
+                return _elementwise.normalise(x, kind, coefficients, *params, batch=True)
             mean, var = instance_moments(x)  # (N, C) each, fp32 or wider
             whole = (mean, var)
             if global_scope() and self.training:  # every rank's moments
@@ -190,7 +192,14 @@ class EvoNormS0(ContractNorm):
         inv = torch.rsqrt(var + self.eps).repeat_interleave(c // self.num_groups, dim=1)
         return _nc11(inv)
 
-    def _coefficients(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    def _coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        v: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
         """(v, k, β) (3, N, C) of y = x·sigmoid(v·x)·k + β, k = γ/sqrt(s²_{n,g} + eps) with
         the group variance from the per-instance moments (law of total variance): the
         accelerator path's coefficient region (`_elementwise`)."""
@@ -200,16 +209,16 @@ class EvoNormS0(ContractNorm):
         centred = means - means.mean(dim=2, keepdim=True)
         group_var = variances.mean(dim=2) + centred.square().mean(dim=2)  # (N, G)
         inv = torch.rsqrt(group_var + self.eps)[:, :, None].expand(n, g, c // g).reshape(n, c)
-        scale = inv * self.weight.to(var.dtype)
-        params = [p.to(var.dtype).expand(n, c) for p in (self.v, self.bias)]
-        return torch.stack([params[0], scale, params[1]])
+        per_sample = [p.to(var.dtype).expand(n, c) for p in (v, bias)]
+        return torch.stack([per_sample[0], inv * weight.to(var.dtype), per_sample[1]])
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         dt = x.dtype
         if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
             with statistics_precision(x):
-                return _elementwise.normalise(x, _elementwise.EVO_S0, self._coefficients)
+                params = (self.v, self.weight, self.bias)  # region inputs, not `self`'s
+                return _elementwise.normalise(x, _elementwise.EVO_S0, self._coefficients, *params)
         with statistics_precision(x):
             scale = (self.group_inv_std(x) * per_channel(self.weight)).to(dt)  # (N, C, 1, 1)
             gated = x * torch.sigmoid(x * per_channel(self.v).to(dt))

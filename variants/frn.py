@@ -98,38 +98,55 @@ class FilterResponseNorm2d(ContractNorm):
             else None
         )
 
-    def effective_eps(self) -> torch.Tensor | float:
-        """ε: `eps`, or eps + |ε_l| (C,) with a learned ε."""
-        if self.eps_learned is None:
+    def effective_eps(self, learned: torch.Tensor | None = None) -> torch.Tensor | float:
+        """ε: `eps`, or eps + |ε_l| (C,) with a learned ε (`learned`: ε_l passed explicitly,
+        as a compiled region's input)."""
+        learned = self.eps_learned if learned is None else learned
+        if learned is None:
             return self.eps
-        return self.eps + self.eps_learned.abs()
+        return self.eps + learned.abs()
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
+        # the parameters go to the coefficient function as arguments: a compiled region's
+        # inputs, whose gradients the count sees accumulate (never read through `self`)
+        learned = () if self.eps_learned is None else (self.eps_learned,)
         if self.tau is None:
-            return fused_instance_affine(x, self._coefficients, self.weight, self.bias)
+            return fused_instance_affine(x, self._coefficients, self.weight, self.bias, *learned)
         if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+            params = (self.weight, self.bias, self.tau, *learned)
             with statistics_precision(x):
-                return _elementwise.normalise(x, _elementwise.FRN, self._tlu_coefficients)
+                return _elementwise.normalise(x, _elementwise.FRN, self._tlu_coefficients, *params)
         return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
 
     def _coefficients(
-        self, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        learned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, Y) of y = (x − mean)·A + Y per (n, c), without the TLU (a compiled region on
         the accelerator's path: a bound method, not a closure)."""
         # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
-        scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
+        scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps(learned))
         return scale, bias + mean * scale
 
-    def _tlu_coefficients(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    def _tlu_coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        tau: torch.Tensor,
+        learned: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(A, β, τ) (3, N, C) of z = max(x·A + β, τ), A = γ/sqrt(ν² + ε), ν² = var + mean²:
         the accelerator path's coefficient region (`_elementwise`)."""
-        scale, _ = self._coefficients(mean, var, self.weight, self.bias)
+        scale, _ = self._coefficients(mean, var, weight, bias, learned)
         n, c = mean.shape
-        assert self.tau is not None
-        per = [scale, self.bias.to(mean.dtype).expand(n, c), self.tau.to(mean.dtype).expand(n, c)]
-        return torch.stack(per)
+        return torch.stack([scale, *(p.to(mean.dtype).expand(n, c) for p in (bias, tau))])
 
     def _with_tlu(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """z = where(y ≥ τ, y, τ), y = x·A + β (module doc: why not the centred affine)."""
