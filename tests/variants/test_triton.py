@@ -5,9 +5,11 @@ jitted at import), so `test_kernels_under_the_interpreter` runs this file's othe
 fresh process with TRITON_INTERPRET=1; in that process they run, elsewhere they skip.
 
 Each `normbench::` operator against the same quantity in plain torch, in both memory formats
-and in fp32 and bf16 (statistics fp32); then whole layers with the fused path switched to the
-kernels (`_fused._backend` says "cuda" for these CPU tensors) against the CPU path: outputs,
-input and parameter gradients, buffers. Skipped where Triton is not installed.
+and in fp32 and bf16 (statistics fp32; the element-wise layers' against float64 autograd);
+then whole layers with the fused path switched to the kernels (`_fused._backend` says "cuda"
+for these CPU tensors) against the CPU path: outputs, input and parameter gradients, buffers
+(DyT, FRN and EvoNorm also with their coefficients compiled, over two steps and eval, and
+differentiated twice). Skipped where Triton is not installed.
 """
 
 from __future__ import annotations
