@@ -101,6 +101,11 @@ class DatasetFacts:
         factory.facts = self  # type: ignore[attr-defined]
         return factory
 
+    def channels_with(self, options: Mapping[str, Any]) -> int:
+        """The image channels of the data set built with `options` (its `channels` option,
+        when it has one and it is given, else the declared count)."""
+        return int(options.get("channels") or self.channels)
+
 
 def dataset_facts(factory: Any) -> DatasetFacts | None:
     """The facts a data-set factory declares, or None."""
