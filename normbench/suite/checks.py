@@ -26,7 +26,7 @@ from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.suite.matrix import RawCell, cell_backbone_options, cell_recipe
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
-from normbench.tasks import TASKS
+from normbench.tasks import TASKS, task_norm_widths
 from normbench.variants_api import VARIANTS
 
 Problems = list[tuple[Path, str]]
@@ -128,21 +128,18 @@ class TaskParts:
 
 
 def task_parts(model: SuiteModel) -> tuple[TaskParts, Problems]:
-    """The task's own norm widths (its optional `norm_widths()`, docs/tasks.md); none when
-    the task has no such method or its name or options are refused (`check_task` says why)."""
+    """The task's own norm widths (`normbench.tasks.task_norm_widths`); none when its name or
+    options are refused (`check_task` says why)."""
     name, options = model.task.name, model.task.options
     if name.lower() not in TASKS or TASKS.check_options(name, options):
         return TaskParts(), []
-    cls = TASKS.get(name).obj
-    if not callable(getattr(cls, "norm_widths", None)):
-        return TaskParts(), []
     try:
-        found = cls(**options).norm_widths()
-        widths = {f"task {name}'s {part}": frozenset(map(int, w)) for part, w in found.items()}
+        found = task_norm_widths(name, options)
     except BaseException as exc:  # plugin code
-        return TaskParts(), [(("task", "name"), f"task {name!r}: norm_widths() failed: "
-                              f"{describe_failure(exc)}")]  # fmt: skip
-    return TaskParts(widths, getattr(cls, "norm_conditioning", None)), []
+        why = f"task {name!r}: norm_widths() failed: {describe_failure(exc)}"
+        return TaskParts(), [(("task", "name"), why)]
+    slot = getattr(TASKS.get(name).obj, "norm_conditioning", None)
+    return TaskParts({f"task {name}'s {part}": w for part, w in found.items()}, slot), []
 
 
 def _decay(model: SuiteModel, c: RawCell) -> tuple[str, Path]:
