@@ -266,6 +266,9 @@ class TaskClass(Protocol):
     * optional `check_options(options, *, dataset=None, backbone=None, variant=None) ->
       {option: why}` (it declares the context it reads: the trial's data set, backbone and
       variant names);
+    * optional `norm_widths() -> {where: widths}`: the channel counts its own parts (a
+      detector's FPN and heads) give `ctx.norm_layer`, which validation checks the variant's
+      options at besides the backbone's;
     * optional `state_dict()` / `load_state_dict(state)`: the task's own training state;
     * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
       on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
