@@ -95,61 +95,6 @@ def test_planted_checkpoint_never_runs_and_the_trial_restarts(
     assert "not a valid normbench checkpoint" in out.getvalue()
 
 
-# A layer that validation accepts (it runs plugins on other sizes) but that fails on the trial's
-# 8x8 images: the trial fails in its first step, before its first record.
-FAILS_ON_8PX = """
-from torch import nn
-from normbench import register_variant
-
-@register_variant("small_only")
-class SmallOnly(nn.BatchNorm2d):
-    paper = "test (nowhere 2026)"
-    batch_dependent = True
-
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
-        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
-
-    def forward(self, x):
-        if x.shape[-1] == 8:  # the trial's images; the checks run others
-            raise RuntimeError("small_only: 8 px inputs")
-        return super().forward(x)
-"""
-
-
-@pytest.mark.slow
-def test_a_set_aside_checkpoint_keeps_its_note_when_the_trial_fails_before_a_record(
-    tmp_path: Path,
-) -> None:
-    """The note about a checkpoint moved aside rides on the trial's first record; a trial that
-    fails before it has none, and the failure carries the note to the summary line instead
-    (a rerun would find no checkpoint and could not say it again)."""
-    from normbench import registry
-    from normbench.suite.loader import load_suite
-
-    (tmp_path / "p.py").write_text(FAILS_ON_8PX)
-    suite = tmp_path / "s.yaml"
-    suite.write_text(SUITE.replace("variants: [bn]", "variants: [small_only]\nplugins: [p.py]"))
-    (trial,) = load_suite(suite).trials()
-    folder = tmp_path / "run" / "checkpoints" / trial.spec.trial_id
-    folder.mkdir(parents=True)
-    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    registry._reset_all()
-    out = io.StringIO()
-    try:
-        assert execute(RunRequest(suite, output=tmp_path / "run", num_cpus=1), stream=out) == 1
-    finally:
-        registry._reset_all()
-    (summary,) = _lines(tmp_path / "run" / "trials.jsonl")
-    assert summary["status"] == "failed" and "8 px inputs" in summary["reason"]
-    (note,) = summary["notes"]
-    assert note.startswith(f"{folder / 'checkpoint.pt'} is not a valid normbench checkpoint (")
-    assert note.endswith("moved it to checkpoint.pt.invalid (kept for inspection, never "
-                         "loaded) and restarted the trial from scratch")  # fmt: skip
-    assert (folder / "checkpoint.pt.invalid").read_bytes() == b"not a checkpoint"
-    assert not (tmp_path / "run" / "epochs.jsonl").exists()  # no record
-    assert "is not a valid normbench checkpoint" in out.getvalue()
-
-
 def test_a_torn_epoch_line_of_a_finished_trial_comes_back_from_its_checkpoint(
     finished_run: Path, tmp_path: Path
 ) -> None:
