@@ -1,6 +1,7 @@
 """`normbench run --address` on a real two-node Ray cluster simulated on this machine:
 trials spread over both nodes, a failing trial is retried then recorded as failed without
-stopping the suite, and logical GPUs are scheduled (two 0.5-GPU trials share one GPU) while
+stopping the suite (keeping the note about a checkpoint set aside, although no record carried
+it), and logical GPUs are scheduled (two 0.5-GPU trials share one GPU) while
 the trials themselves run on the CPU. The cluster (tests/suite/conftest.py) is the one the
 suite smoke tests join too."""
 
