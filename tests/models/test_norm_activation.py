@@ -46,10 +46,13 @@ class _LeafTracer(fx.Tracer):
         )
 
 
-def _model(variant: str, options: dict[str, Any], **backbone: Any) -> nn.Module:
+def _model(
+    variant: str, options: dict[str, Any], name: str = "resnet20", **backbone: Any
+) -> nn.Module:
+    backbone = {"width": 4, **backbone} if name == "resnet20" else backbone
     spec = TrialSpec(
-        variant=variant, backbone="resnet20", dataset="digits", epochs=1,
-        variant_options=options, backbone_options={"width": 4, **backbone},
+        variant=variant, backbone=name, dataset="digits", epochs=1,
+        variant_options=options, backbone_options=backbone,
     )  # fmt: skip
     return build_model(spec, num_classes=10, in_channels=1)  # the path a trial builds
 
@@ -149,3 +152,12 @@ def test_preact_resnet20_trains_with_evonorm_b0() -> None:
     first = model.layer2[0]
     assert isinstance(first.shortcut, nn.Conv2d) and first.pad_shortcut is None
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("backbone", ["vgg11", "inceptionv4", "resnet50", "preact_resnet18"])
+def test_other_backbones_put_no_relu_after_evonorm(backbone: str) -> None:
+    evonorm = VARIANTS.get("evonorm_s0").obj
+    consumers = _consumers(_model("evonorm_s0", {}, backbone), _layers(evonorm))
+    assert consumers and not any("relu" in users for users in consumers.values()), consumers
+    bn = _consumers(_model("bn", {}, backbone), _layers(VARIANTS.get("bn").obj))
+    assert sum("relu" in users for users in bn.values()) > len(bn) / 2  # BN keeps its ReLUs
