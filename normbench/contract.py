@@ -90,12 +90,15 @@ class DatasetFacts:
     Used as a decorator on the factory: `@DatasetFacts(train_images=1437, channels=1,
     image_size=16)`. `train_images` counts the training split before the validation carve;
     `image_size` is the default side length in pixels; `count_option` names a factory option
-    that sets the training image count instead (the synthetic set's `n_train`)."""
+    that sets the training image count instead (the synthetic set's `n_train`); `test_images`
+    and `test_count_option` do the same for the test split, which every epoch evaluates."""
 
     train_images: int
     channels: int
     image_size: int
     count_option: str | None = None
+    test_images: int | None = None  # the test split (None: unknown; no evaluation counted)
+    test_count_option: str | None = None  # the factory option that sets it instead (`n_test`)
 
     def __call__(self, factory: _F) -> _F:
         factory.facts = self  # type: ignore[attr-defined]
@@ -106,6 +109,21 @@ def dataset_facts(factory: Any) -> DatasetFacts | None:
     """The facts a data-set factory declares, or None."""
     facts = getattr(factory, "facts", None)
     return facts if isinstance(facts, DatasetFacts) else None
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """What a task's work costs per image, in forward passes of the trial's backbone (its
+    conv and linear multiply-adds at the data's image size), for `normbench run --dry-run`.
+
+    `train`: per training image and epoch (classification: 3, forward + backward ~ 3
+    forwards); `evaluate`: per image of each evaluated split, val and test, every epoch
+    (classification: 1). `what` says in words what the numbers count. A task returns one
+    from its optional classmethod `cost(options)`, or a string saying why it cannot."""
+
+    train: float
+    evaluate: float
+    what: str = ""
 
 
 # -- tasks: what a trial trains and how it is scored (docs/tasks.md) ------------------------
@@ -265,7 +283,10 @@ class TaskClass(Protocol):
     * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
       on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);
     * optional classmethod `preflight(options) -> line`: files the task reads at run time,
-      found before Ray starts (UserError, one line, when missing).
+      found before Ray starts (UserError, one line, when missing);
+    * optional classmethod `cost(options, *, variant=None, ...) -> TaskCost | str`: its work
+      per image in backbone forwards, for the dry run's estimate, or why it cannot say (no
+      hook: no estimate); context keywords as `check_options`'.
     """
 
     scoring: Scoring

@@ -154,6 +154,20 @@ class TaskConformance:
         )
         assert not problems, [p.message for p in problems]
 
+    def test_cost_is_a_task_cost_or_a_reason(self) -> None:
+        """The dry run's estimate: `cost(options)`, when the task has it, answers with a
+        TaskCost (forwards per image, >= 0) or a sentence saying why it cannot."""
+        from normbench.tasks.registry import task_cost
+
+        if not callable(getattr(self.task_class(), "cost", None)):
+            pytest.skip(f"{self.task_name()} has no cost hook: the dry run gives no estimate")
+        cost = task_cost(
+            self.task_name(), dict(self.options), variant=self.variant,
+            variant_options=dict(self.variant_options), backbone=self.backbone,
+            dataset=self.dataset,
+        )  # fmt: skip
+        assert not str(cost).startswith("gave no TaskCost"), cost
+
     def test_metric_keys_are_free(self) -> None:
         taken = (RECORD_KEYS - set(METRIC_KEYS) - {"scoring"}) | set(TIMING_KEYS)
         keys = self.scoring.keys()

@@ -74,7 +74,7 @@ def test_every_builtin_dataset_declares_its_facts() -> None:
     ("dataset", "expected"),
     [
         # 3 epochs x 500 images x (1 - 0.2) validation carve x 2 trials
-        ("counted_set", "estimated images processed: 2.4e+03 "),
+        ("counted_set", "estimated images: 2.4e+03 trained "),
         ("uncounted_set", "no cost estimate: data set 'uncounted_set' declares no image count"),
     ],
 )

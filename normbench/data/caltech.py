@@ -121,7 +121,7 @@ def fixed_split(
     return np.sort(np.concatenate(pool)), np.sort(np.concatenate(test))
 
 
-@DatasetFacts(train_images=256 * 50, channels=3, image_size=224)
+@DatasetFacts(train_images=256 * 50, channels=3, image_size=224, test_images=256 * 30)
 @dry_run(_dry_run)
 def caltech256(
     *,

@@ -164,7 +164,7 @@ def load_cifar(
     )
 
 
-@DatasetFacts(train_images=50_000, channels=3, image_size=32)
+@DatasetFacts(train_images=50_000, channels=3, image_size=32, test_images=10_000)
 @dry_run(_dry_run(CIFAR10))
 def cifar10(
     *,
@@ -189,7 +189,7 @@ def cifar10(
     )
 
 
-@DatasetFacts(train_images=50_000, channels=3, image_size=32)
+@DatasetFacts(train_images=50_000, channels=3, image_size=32, test_images=10_000)
 @dry_run(_dry_run(CIFAR100))
 def cifar100(
     *,

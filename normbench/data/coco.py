@@ -275,7 +275,7 @@ def _coco_files(root: Path, split: str) -> tuple[Path, Path]:
     return images, ann
 
 
-@DatasetFacts(train_images=118_287, channels=3, image_size=800)
+@DatasetFacts(train_images=118_287, channels=3, image_size=800, test_images=5000)
 def coco(
     *,
     root: str | None = None,

@@ -125,7 +125,7 @@ def read_split(folder: Path, root: Path) -> tuple[list[str], np.ndarray, np.ndar
     return paths, y, np.asarray([split[i] == "1" for i in ids])
 
 
-@DatasetFacts(train_images=5994, channels=3, image_size=224)
+@DatasetFacts(train_images=5994, channels=3, image_size=224, test_images=5794)
 @dry_run(_dry_run)
 def cub200(
     *,

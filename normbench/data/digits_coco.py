@@ -192,7 +192,10 @@ def _free_spot(
     return None
 
 
-@DatasetFacts(train_images=512, channels=3, image_size=96, count_option="n_train")
+@DatasetFacts(
+    train_images=512, channels=3, image_size=96, count_option="n_train",
+    test_images=128, test_count_option="n_test",
+)  # fmt: skip
 def digits_coco_dataset(
     *,
     root: str | None = None,

@@ -97,7 +97,7 @@ def _dry_run(*, root: str | None = None, download: bool = False, **_: Any) -> st
     return None
 
 
-@DatasetFacts(train_images=1020, channels=3, image_size=224)
+@DatasetFacts(train_images=1020, channels=3, image_size=224, test_images=6149)
 @dry_run(_dry_run)
 def flowers102(
     *,

@@ -47,7 +47,7 @@ def _folder(root: Path, split: str) -> ImageFolder:
         ) from exc
 
 
-@DatasetFacts(train_images=1_281_167, channels=3, image_size=224)
+@DatasetFacts(train_images=1_281_167, channels=3, image_size=224, test_images=50_000)
 def imagenet(
     *,
     root: str | None = None,

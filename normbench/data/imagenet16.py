@@ -115,7 +115,7 @@ def _dry_run(*, root: str | None = None, **_: Any) -> str | None:
     return None
 
 
-@DatasetFacts(train_images=151_700, channels=3, image_size=16)
+@DatasetFacts(train_images=151_700, channels=3, image_size=16, test_images=6000)
 @dry_run(_dry_run)
 def imagenet16(
     *,

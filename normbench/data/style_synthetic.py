@@ -72,7 +72,10 @@ def generated_folders(spec: FolderSpec | None = None, root: str | None = None) -
     return StyleFolders(write_once(folder, lambda tmp: write_folders(spec, tmp)))
 
 
-@DatasetFacts(train_images=160, channels=3, image_size=32, count_option="n_train")
+@DatasetFacts(
+    train_images=160, channels=3, image_size=32, count_option="n_train",
+    test_images=16, test_count_option="n_test",
+)  # fmt: skip
 def style_synthetic(
     *,
     root: str | None = None,

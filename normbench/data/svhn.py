@@ -108,7 +108,7 @@ def _load(root: Path, split: str) -> TensorSet:
     return TensorSet(images, torch.from_numpy(ds.labels))
 
 
-@DatasetFacts(train_images=73_257, channels=3, image_size=32)
+@DatasetFacts(train_images=73_257, channels=3, image_size=32, test_images=26_032)
 @dry_run(_dry_run)
 def svhn(
     *,

@@ -62,7 +62,10 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return value
 
 
-@DatasetFacts(train_images=2000, channels=3, image_size=16, count_option="n_train")
+@DatasetFacts(
+    train_images=2000, channels=3, image_size=16, count_option="n_train",
+    test_images=500, test_count_option="n_test",
+)  # fmt: skip
 def synthetic(
     *,
     root: str | None = None,

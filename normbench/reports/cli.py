@@ -18,7 +18,8 @@ def report(
     baseline: str | None = typer.Option(
         None,
         "--baseline",
-        help="Variant (label or name) every row is compared with (default: the suite's "
+        help="Row every other is compared with: a label as the tables show it "
+        "(gn(num_groups=8)), the suite's label or the variant's name (default: the suite's "
         "`baseline`, else bn).",
     ),
 ) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.contract import scoring_of
+from normbench.reports.numbers import number
 from normbench.results.store import EPOCHS, EVALUATIONS, read_jsonl
 
 SETTING_TITLES = {
@@ -64,7 +65,7 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
         out.append(
             f"| {dataset} | {backbone} | {variant} | {batch} | "
             f"{SETTING_TITLES.get(setting, setting)} | {len(rows)} | {_mean_sd(new)} | "
-            f"{_mean_sd(old)} | {'' if diff is None else f'{diff:+.2f}'} | {values} |"
+            f"{_mean_sd(old)} | {'' if diff is None else number(diff, '+.2f')} | {values} |"
         )
     return "\n".join(out) + "\n"
 
@@ -77,5 +78,5 @@ def _mean_sd(xs: list[float]) -> str:
     if not xs:
         return ""
     if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{_mean(xs):.2f} ({statistics.stdev(xs):.2f})"
+        return number(xs[0], ".2f")
+    return f"{number(_mean(xs), '.2f')} ({number(statistics.stdev(xs), '.2f')})"

@@ -34,6 +34,7 @@ import pandas as pd
 from normbench.contract import CLASSIFICATION, Metric, Scoring
 from normbench.reports import stats
 from normbench.reports.data import TABLE_KEYS, Results
+from normbench.reports.numbers import number
 
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
 
@@ -64,6 +65,7 @@ class Table:
     devices: tuple[int, str] | None = None
     task: str = "classification"
     scoring: Scoring = CLASSIFICATION  # the task's metrics; `rows` columns follow its headline
+    baseline_name: str = "bn"  # the baseline asked for (suite or --baseline), found or not
 
     @property
     def headline(self) -> Metric:
@@ -215,7 +217,7 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         selection,
         base_label,
         members,
-        target_note=f"BN in {bn_ref.get('source')}" if bn_ref is not None else "",
+        target_note=_reference_note(bn_ref),
         smoke=smoke_text(res, set(df["run"])),
         sources=sources,
         best_config=_best_config(table, df, labels, res),
@@ -223,7 +225,16 @@ def _table(key: tuple[Any, ...], df: pd.DataFrame, res: Results) -> Table:
         devices=_devices(df),
         task=str(task),
         scoring=scoring,
+        baseline_name=res.baseline,
     )
+
+
+def _reference_note(ref: dict | None) -> str:
+    """Whose reference number a table's target is: "BN in UBN Table 3"."""
+    if ref is None:
+        return ""
+    name = str(ref.get("variant"))
+    return f"{'BN' if name.lower() == 'bn' else name} in {ref.get('source')}"
 
 
 def _devices(df: pd.DataFrame) -> tuple[int, str] | None:
@@ -316,8 +327,9 @@ def _best_config(
     h = res.scoring(str(df["task"].iloc[0])).best
     text = (
         f"Best configuration (chosen on {where}, `{metric}` {search.get('mode', 'max')}, over "
-        f"completed trials only): **{best}**, mean {metric} {scores[best]:.2f} over "
-        f"{int(row['n'])} seed(s); its final test {h.label} {row[f'{h.name}_mean']:.2f}."
+        f"completed trials only): **{best}**, mean {metric} {number(scores[best], '.2f')} over "
+        f"{int(row['n'])} seed(s); its final test {h.label} "
+        f"{number(row[f'{h.name}_mean'], '.2f')}."
     )
     # A search over several layers: the best configuration of each, too.
     layer = {labels[k]: str(v) for k, v in zip(df["variant_key"], df["variant"], strict=True)}
@@ -328,7 +340,8 @@ def _best_config(
         text += (
             " Best per layer: "
             + "; ".join(
-                f"{name}: **{label}** ({metric} {scores[label]:.2f})" for name, label in per.items()
+                f"{name}: **{label}** ({metric} {number(scores[label], '.2f')})"
+                for name, label in per.items()
             )
             + "."
         )
@@ -357,19 +370,35 @@ def _display_labels(df: pd.DataFrame) -> dict[tuple[str, str], str]:
 
 
 def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return number(v, ".4g") if isinstance(v, float) else str(v)
 
 
 def _baseline(
     df: pd.DataFrame, labels: dict[tuple[str, str], str], name: str
 ) -> tuple[str, str] | None:
-    """The baseline row (the suite's `baseline`, default bn): the row labelled `name` first,
-    else the first row of the variant registered as `name`."""
+    """The baseline row (the suite's `baseline`, default bn): the row labelled `name` in the
+    suite first, then the row the table shows as `name` (`gn(num_groups=8)`), else the first
+    row of the variant registered as `name`."""
     for k in labels:
         if k[0].lower() == name.lower():
             return k
+    for k, shown in labels.items():
+        if shown.lower() == name.lower():
+            return k
     rows = df[df["variant"].astype(str).str.lower() == name.lower()]
     return _variant_key(rows.iloc[0]) if not rows.empty else None
+
+
+def baseline_names(tables: list[Table], res: Results) -> list[str]:
+    """Every name `baseline` may take: the labels the tables show, then the suites' labels
+    and the registry names of their variants (first seen first, case kept)."""
+    names = [str(v) for t in tables for v in t.rows["variant"]]
+    for col in ("label", "variant"):
+        names += [str(v) for v in res.trials.get(col, [])]
+    seen: dict[str, str] = {}
+    for n in names:
+        seen.setdefault(n.lower(), n)
+    return list(seen.values())
 
 
 def _by_seed(trials: pd.DataFrame, h: Metric) -> dict[int, float]:

@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from normbench.contract import Metric
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import Table
+from normbench.reports.numbers import number
 
 PAPER_TAU = 0.15  # UBN's default threshold (Sec 4.3.2)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -113,7 +114,11 @@ def accuracy_curves(table: Table, res: Results, path: Path) -> Path | None:
     if table.target is not None:
         unit = "%" if h.unit == "%" else ""
         ax.axhline(
-            table.target, color="grey", ls=":", lw=1, label=f"target {table.target:.2f}{unit}"
+            table.target,
+            color="grey",
+            ls=":",
+            lw=1,
+            label=f"target {number(table.target, '.2f')}{unit}",
         )
     ax.set(xlabel="epoch", ylabel=f"test {_axis(h)}")
     fig.suptitle(f"Test {h.label} per epoch: {table.title}\n(mean over seeds, band = min–max)")
@@ -213,7 +218,11 @@ def running_similarity(table: Table, res: Results, path: Path) -> Path | None:
             ax.plot(curves.index, curves[layer], color=cmap(norm(i)), lw=1, marker=".", ms=3)
         tau = table.taus.get(variant)
         share = table.rows.set_index("variant")["frozen_share"].get(variant)
-        frozen = "" if share is None or pd.isna(share) else f"; frozen steps {100 * share:.1f}%"
+        frozen = (
+            ""
+            if share is None or pd.isna(share)
+            else f"; frozen steps {number(100 * share, '.1f')}%"
+        )
         if tau is not None:
             ax.axhline(tau, color="red", ls="--", lw=1.2, label=f"τ = {tau:g}")
             ax.legend(fontsize="x-small", loc="best")

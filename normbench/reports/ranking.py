@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from normbench.reports.leaderboard import Table
+from normbench.reports.numbers import number
 
 ALPHA = 0.05
 
@@ -101,7 +102,7 @@ def ranking_markdown(r: Ranking) -> list[str]:
     ranks = r.ranks if r.ranks is not None else r.scores.rank(axis=1, ascending=False)
     for variant, mean in r.mean_rank.items():
         per_cell = " | ".join(f"{v:g}" for v in ranks[variant])
-        out.append(f"| {variant} | {mean:.2f} | {per_cell} |")
+        out.append(f"| {variant} | {number(mean, '.2f')} | {per_cell} |")
     out += [""] + [f"[{i}] {title}  " for i, title in enumerate(r.scores.index, 1)]
     out[-1] = out[-1].rstrip()
     out.append("")
@@ -115,7 +116,8 @@ def ranking_markdown(r: Ranking) -> list[str]:
         )
         out += [
             f"Friedman test (scipy.stats.friedmanchisquare) over {cells} leaderboards: "
-            f"χ² = {r.friedman_stat:.2f}, p = {r.friedman_p:.3g} ({verdict} at {ALPHA}). "
+            f"χ² = {number(r.friedman_stat, '.2f')}, p = {r.friedman_p:.3g} "
+            f"({verdict} at {ALPHA}). "
             "The diagram below joins variants that Nemenyi's post-hoc test (scikit-posthocs) "
             f"does not separate at {ALPHA}.",
             "",

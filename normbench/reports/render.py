@@ -4,7 +4,6 @@ the same results always give the same file (the golden tests rely on it)."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,30 +14,19 @@ from normbench.contract import CLASSIFICATION, Metric
 from normbench.reports import stats
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, Table, smoke_text
-
-DASH = "—"
+from normbench.reports.numbers import DASH, number
 
 
 def acc(x: Any, signed: bool = False) -> str:
     """An accuracy in percent with 2 decimals ("—" when missing)."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return DASH
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
+    return number(x, "+.2f" if signed else ".2f")
 
 
 def metric_text(x: Any, m: Metric, signed: bool = False) -> str:
     """A value of metric `m`: a percent with 2 decimals (as `acc`), else 4 significant digits."""
     if m.unit == "%":
         return acc(x, signed)
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return DASH
-    return f"{x:+.4g}" if signed else f"{x:.4g}"
-
-
-def num(x: Any, fmt: str = ".1f") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return DASH
-    return format(x, fmt)
+    return number(x, "+.4g" if signed else ".4g")
 
 
 def p_text(row: Mapping[str, Any]) -> str:
@@ -46,11 +34,11 @@ def p_text(row: Mapping[str, Any]) -> str:
     if isinstance(row.get("test_note"), str):
         return row["test_note"]
     p = row["p_value"]
-    return DASH if pd.isna(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    return DASH if pd.isna(p) else ("<0.001" if p < 0.001 else number(p, ".3f"))
 
 
 def _params(p: Any) -> str:
-    return DASH if p is None or pd.isna(p) else f"{p / 1e6:.2f}M"
+    return DASH if p is None or pd.isna(p) else f"{number(p / 1e6, '.2f')}M"
 
 
 def _best_header(selection: str, label: str = "top-1") -> str:
@@ -63,7 +51,7 @@ def _best_header(selection: str, label: str = "top-1") -> str:
 def _best_cell(row: Mapping[str, Any], table_selection: str, h: Metric) -> str:
     if pd.isna(row[f"best_{h.name}_mean"]):
         return DASH
-    text = f"{metric_text(row[f'best_{h.name}_mean'], h)} @ {row['best_epoch_mean']:.1f}"
+    text = f"{metric_text(row[f'best_{h.name}_mean'], h)} @ {number(row['best_epoch_mean'])}"
     if table_selection == "mixed" and row["best_selection"] != "val":
         text += " (best-on-test)"
     return text
@@ -80,21 +68,21 @@ def _spread(mean: Any, std: Any, fmt: str = ".1f") -> str:
     """`mean ± std` over seeds (the mean alone for one seed)."""
     if mean is None or pd.isna(mean):
         return DASH
-    return num(mean, fmt) + ("" if std is None or pd.isna(std) else f" ± {num(std, fmt)}")
+    return number(mean, fmt) + ("" if std is None or pd.isna(std) else f" ± {number(std, fmt)}")
 
 
 def holm_text(row: Mapping[str, Any]) -> str:
     p = row.get("p_holm")
     if p is None or pd.isna(p):
         return DASH
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "<0.001" if p < 0.001 else number(p, ".3f")
 
 
 def _frozen_text(row: Mapping[str, Any]) -> str:
     share = row.get("frozen_share")
     if share is None or pd.isna(share):
         return DASH
-    return f"{100 * share:.1f}%"
+    return f"{number(100 * share, '.1f')}%"
 
 
 def table_markdown(t: Table) -> str:
@@ -155,8 +143,8 @@ def table_markdown(t: Table) -> str:
             cells += [metric_text(r.get(f"diff_vs_paper[{src}]"), h, signed=True)]
         cells += [_frozen_text(r)] if frozen else []
         cells += [
-            f"{num(r['epochs_to_target_mean'])} ({r['reached']})",
-            num(r["time_to_target_s_mean"]),
+            f"{number(r['epochs_to_target_mean'])} ({r['reached']})",
+            number(r["time_to_target_s_mean"]),
             _spread(r["train_time_s_mean"], r["train_time_s_std"]),
             _spread(r["images_per_s_mean"], r["images_per_s_std"], ".0f"),
             _spread(r["peak_mem_mb_mean"], r["peak_mem_mb_std"]),
@@ -192,6 +180,12 @@ def table_notes(t: Table) -> list[str]:
                 "environment's effect, not only the seeds' (docs/reproducibility.md).",
                 "",
             ]
+    if t.baseline is None and (t.rows["n"] > 0).any():
+        out += [
+            f"No row of this table is the baseline `{t.baseline_name}` (the suite's `baseline` "
+            "or `--baseline`), so Δ, p and pairs compare nothing here.",
+            "",
+        ]
     methods = {str(m) for m in t.rows["peak_mem_method"].dropna()}
     if (t.rows["n"] > 0).any() and not methods:
         out += [
@@ -220,9 +214,12 @@ def _diverged(r: Mapping[str, Any]) -> str:
 
 
 def versus(t: Table) -> str:
-    """The baseline's name in headers: "BN" for bn (the default), else its label (the suite's
-    `baseline`)."""
-    return "BN" if t.baseline is None or t.baseline.lower() == "bn" else t.baseline
+    """What a table's Δ columns compare with, as its headers name it: "BN" for bn (the
+    default), else the baseline row's label (the suite's `baseline` or `--baseline`), or
+    "none" when no row of this table is the baseline."""
+    if t.baseline is None:
+        return "none"
+    return "BN" if t.baseline.lower() == "bn" else t.baseline
 
 
 def target_line(t: Table) -> str:
@@ -230,19 +227,20 @@ def target_line(t: Table) -> str:
         return _task_target_line(t)
     if t.target is None:
         return "Target accuracy: none (no completed trial)."
+    base = versus(t)
     if t.target_source == "reference":
         return (
             f"Target accuracy: {acc(t.target)}% test top-1 (the reference top-1 of "
-            f"{t.target_note}: time for each layer to reach BN's published accuracy, "
+            f"{t.target_note}: time for each layer to reach {base}'s published accuracy, "
             "as UBN Table 8)."
         )
     if t.target_source == "suite":
         return f"Target accuracy: {acc(t.target)}% test top-1 (`target_accuracy` of the suite)."
     if t.target_source == "baseline":
         return (
-            f"Target accuracy: {acc(t.target)}% test top-1 (BN's mean final top-1 in this "
-            "table: time for each layer to reach BN's final accuracy, as UBN Table 8; the "
-            "suite sets no target and gives no BN reference)."
+            f"Target accuracy: {acc(t.target)}% test top-1 ({base}'s mean final top-1 in this "
+            f"table: time for each layer to reach {base}'s final accuracy, as UBN Table 8; the "
+            f"suite sets no target and gives no {base} reference)."
         )
     return (
         f"Target accuracy: {acc(t.target)}% test top-1 (default: "
@@ -285,8 +283,7 @@ def task_legend(tables: list[Table]) -> list[str]:
             + (f" ({h.description})" if h.description else "")
             + "; it takes top-1's place in every column, rows sort best first, the best epoch "
             "and time-to-target follow its direction, and ranks give 1 to the best. "
-            "Δ vs BN is variant − baseline in its unit (the suite's `baseline`, BN unless it "
-            "names another variant)"
+            "Δ is variant − baseline in its unit (the baseline its header names)"
             + (" (negative is better)" if not h.higher_is_better else "")
             + (f". Other columns: {shown} (final, mean over seeds)." if shown else ".")
         ]
@@ -367,8 +364,9 @@ LEGEND = f"""## How to read the tables
 - **95% CI**: Student's t-interval of the mean over seeds (scipy.stats), which holds at the 3
   seeds suites use; from {stats.BOOTSTRAP_MIN_N} seeds on a percentile bootstrap (RNG seed
   {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples), marked "(bootstrap)".
-- **Δ vs BN [95% CI]** (BN: the suite's `baseline`, bn unless it names another variant,
-  which the header then names): mean over matching seeds of (variant − BN) final top-1, in
+- **Δ vs BN [95% CI]**: the header names each table's baseline (BN: the suite's `baseline`
+  or `normbench report --baseline`, bn by default), or says "none" when no row of that table
+  is the baseline; mean over matching seeds of (variant − BN) final top-1, in
   points, with the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
   two-sided paired t-test (scipy.stats.ttest_rel) of one row against BN; **p (Holm)**: the
   same p-values adjusted for the table's number of comparisons with BN (Holm, statsmodels);

@@ -13,7 +13,13 @@ import pandas as pd
 from normbench.errors import closest
 from normbench.reports import plots, render
 from normbench.reports.data import Results, load_runs
-from normbench.reports.leaderboard import Table, build_tables, did_not_finish, smoke_text
+from normbench.reports.leaderboard import (
+    Table,
+    baseline_names,
+    build_tables,
+    did_not_finish,
+    smoke_text,
+)
 from normbench.reports.ranking import Ranking, overall_ranking, ranking_markdown
 from normbench.results.paths import atomic_write, make_dirs, refuse_links
 
@@ -59,7 +65,10 @@ def build_report(
     dirs = [Path(d) for d in run_dirs]
     res = load_runs(dirs)
     if baseline is not None:
-        res = _with_baseline(res, baseline)
+        res = dataclasses.replace(res, baseline=baseline)
+    tables = build_tables(res)
+    if baseline is not None:
+        _check_baseline(baseline, tables, res)
     if output is None:
         if len(dirs) > 1:
             raise ReportError("merging several run directories needs --output DIR")
@@ -68,7 +77,6 @@ def build_report(
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
     refuse_links(output, inside=f"the report folder {output}")  # the folder named is the user's
-    tables = build_tables(res)
     dnf = did_not_finish(res)
     ranking = overall_ranking(tables)
     files, links = _plots(res, tables, ranking, output)
@@ -133,16 +141,14 @@ def _csv(tables: list[Table], dnf: pd.DataFrame, out: Path) -> list[Path]:
     return [board, bad]
 
 
-def _with_baseline(res: Results, baseline: str) -> Results:
-    """`res` compared with `baseline`; ReportError when no trial has that label or variant."""
+def _check_baseline(baseline: str, tables: list[Table], res: Results) -> None:
+    """ReportError (one line, the names it may take) when `baseline` is none of the labels
+    the tables show, the suites' labels or their variants' registry names."""
     from normbench.reports.data import ReportError
 
-    known = dict.fromkeys(
-        str(v).lower() for col in ("label", "variant") if col in res.trials for v in res.trials[col]
-    )
-    if baseline.lower() not in known:
+    names = baseline_names(tables, res)
+    if baseline.lower() not in {n.lower() for n in names}:
         raise ReportError(
-            f"--baseline {baseline!r} is no variant of these runs{closest(baseline, list(known))}"
-            f"; their variants: {', '.join(known)}"
+            f"--baseline {baseline!r} is no variant of these runs{closest(baseline, names)}; "
+            f"the labels available: {', '.join(repr(n) for n in names)}"
         )
-    return dataclasses.replace(res, baseline=baseline)

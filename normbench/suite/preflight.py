@@ -52,6 +52,9 @@ class Preflight:
 
     lines: list[str] = field(default_factory=list)
     shutdown: Callable[[], None] | None = None
+    # trials whose resources fit side by side on `where` (None: none fits now, autoscaling)
+    fits: int | None = None
+    where: str = "this machine"
 
     def text(self) -> str:
         return "\n".join(["preflight:", *(f"  {line}" for line in self.lines)])
@@ -73,8 +76,10 @@ def run_preflight(
     found.lines.append(check_output(run_dir))
     check_storage(suite, storage)
     try:
-        nodes, where = _nodes(found, address, num_cpus)
-        found.lines.append(check_resources(suite, nodes, where, allow_autoscaling))
+        nodes, found.where = _nodes(found, address, num_cpus)
+        found.lines.append(check_resources(suite, nodes, found.where, allow_autoscaling))
+        side_by_side = _slots(nodes, suite.resources.cpus, suite.resources.gpus)
+        found.fits = side_by_side // suite.ddp_devices or None
         found.lines += check_task(suite)
         found.lines += check_data(suite, fetch=fetch)
     except BaseException:
@@ -227,9 +232,9 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     devices, N per-device bundles (Ray Train workers, which may sit on different nodes)."""
     cpus, gpus = suite.resources.cpus, suite.resources.gpus
     devices = suite.ddp_devices
-    ask = _amount(cpus, gpus)
+    ask = amount(cpus, gpus)
     if devices > 1:
-        ask = f"{devices} devices x ({ask}) = {_amount(devices * cpus, devices * gpus)}"
+        ask = f"{devices} devices x ({ask}) = {amount(devices * cpus, devices * gpus)}"
     if _slots(nodes, cpus, gpus) >= devices:
         return f"resources: each trial asks for {ask}; fits on {where}"
     if allow_autoscaling:
@@ -249,7 +254,7 @@ def check_resources(suite: Any, nodes: Nodes, where: str, allow_autoscaling: boo
     )
 
 
-def _amount(cpus: float, gpus: float) -> str:
+def amount(cpus: float, gpus: float) -> str:
     return f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''}"
 
 

@@ -8,19 +8,29 @@
   lines and checkpoint kept in `superseded/`) instead of standing as complete with a
   shorter history. A searched trial, which the study counts as done, is left for the
   report to mark as incomplete (`results.frames`).
+- `stored_progress`: what a rerun would find done and left (`--dry-run` prints it).
 - `full_disk_line`: the one line a run ends with when its storage is full.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from normbench.errors import RunDirError, StorageFullError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
-from normbench.results.store import RunStore, check_suite_fits
+from normbench.results.store import (
+    DONE_STATUSES,
+    EPOCHS,
+    TRIALS,
+    RunStore,
+    check_suite_fits,
+    read_jsonl,
+)
 
 
 def check_run_dir(run_dir: Path, suite: Any) -> None:
@@ -50,6 +60,61 @@ def _check_study_file(db: Path) -> None:
             f"{db}: the Optuna study cannot be read (sqlite3: {exc}); move the file away and "
             "rerun to rebuild the study from trials.jsonl"
         ) from None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A suite's trials in an existing run directory, as a rerun sees them: `finished` by
+    status (completed, diverged, pruned: skipped), `interrupted` (epochs stored, no summary:
+    resumed from their checkpoints), `failed` (run again), out of `total` (a search: its
+    samples over every cell)."""
+
+    total: int
+    finished: dict[str, int]
+    interrupted: int
+    failed: int
+    done: frozenset[str] = frozenset()  # the finished trials' ids
+    stored: dict[str, str] = field(default_factory=dict)  # trial id -> status or "interrupted"
+
+    @property
+    def left(self) -> int:
+        return max(0, self.total - sum(self.finished.values()))
+
+    def text(self, run_dir: Path) -> str:
+        done = sum(self.finished.values())
+        how = ", ".join(f"{n} {s}" for s, n in sorted(self.finished.items()))
+        parts = [f"{self.interrupted} resume from their checkpoints"] if self.interrupted else []
+        parts += [f"{self.failed} failed, run again"] if self.failed else []
+        new = self.left - self.interrupted - self.failed
+        parts += [f"{new} not started"] if new and parts else []
+        return (
+            f"resume: {run_dir} holds {done} of the {self.total} trials finished"
+            + (f" ({how})" if how else "")
+            + f"; {self.left} left"
+            + (f" ({', '.join(parts)})" if parts else "")
+        )
+
+
+def stored_progress(run_dir: Path, suite: Any) -> Progress | None:
+    """What `run_dir` holds of `suite`'s trials (None: no run there); reads only. Finished
+    means a summary line with a status in DONE_STATUSES, as the run's own skip decides."""
+    if not (run_dir / TRIALS).is_file() and not (run_dir / EPOCHS).is_file():
+        return None
+    status = {r["trial_id"]: str(r.get("status")) for r in read_jsonl(run_dir / TRIALS)}
+    started = {r["trial_id"] for r in read_jsonl(run_dir / EPOCHS)}
+    trials = suite.trials()
+    if suite.search is None:
+        ids = {t.trial_id for t in trials}
+        total = len(ids)
+    else:  # sampled trial ids are unknown beforehand: everything this suite's run stored
+        ids = set(status) | started
+        total = suite.search.num_samples * len(trials)
+    done = {t for t in ids if status.get(t) in DONE_STATUSES}
+    failed = sum(status.get(t) == "failed" for t in ids)
+    interrupted = len({t for t in ids & started if t not in status})
+    stored = {t: status.get(t, "interrupted") for t in ids & (set(status) | started)}
+    finished = dict(Counter(status[t] for t in done))
+    return Progress(total, finished, interrupted, failed, frozenset(done), stored)
 
 
 def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import importlib.metadata as md
 import os
 import platform
@@ -111,7 +110,10 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
     ray = _RayOnDemand(req.address, req.num_cpus, found.shutdown)
     if req.dry_run:
         ray.stop()
-        print(_describe(suite) + "\n\n" + found.text(), file=stream)
+        from normbench.suite.describe import describe
+
+        text = describe(suite, fits=found.fits, where=found.where, run_dir=run_dir)
+        print(text + "\n\n" + found.text(), file=stream)
         return 0
     stopped: RunStopped | None = None
     full: StorageFullError | None = None
@@ -569,19 +571,6 @@ def _plugin_overrides(suite_path: Path, plugins: tuple[str, ...]) -> tuple[str, 
         own = []  # the loader reports the file's problem itself
     extra = [str(Path(p).expanduser().resolve()) for p in plugins]
     return (f"plugins={json.dumps(own + extra)}",)
-
-
-def _describe(suite: Any) -> str:
-    for mod in ("normbench.suite.loader", "normbench.suite.describe"):
-        try:
-            fn = getattr(importlib.import_module(mod), "describe", None)
-        except ModuleNotFoundError:
-            continue
-        if fn is not None:
-            return fn(suite)
-    lines = [f"suite {suite.name}: {len(suite.trials())} trials"]
-    lines += [f"  {t.trial_id}  {t.cell}" for t in suite.trials()]
-    return "\n".join(lines)
 
 
 def _build_report(run_dir: Path, stream: TextIO, *, quiet: bool = False) -> str | None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.contract import CLASSIFICATION
+from normbench.contract import CLASSIFICATION, TaskCost
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
 
 
@@ -28,6 +28,11 @@ class Classification:
 
     def __init__(self) -> None:
         self.criterion: nn.Module = nn.CrossEntropyLoss()
+
+    @classmethod
+    def cost(cls, options: dict[str, Any]) -> TaskCost:
+        """A training image: forward + backward (~3 forwards); an evaluated one: a forward."""
+        return TaskCost(3.0, 1.0, "forward + backward ~ 3 forwards")
 
     def build_model(self, ctx: ModelContext) -> nn.Module:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=ctx.recipe.label_smoothing).to(

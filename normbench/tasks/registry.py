@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from normbench.contract import Scoring
+from normbench.contract import Scoring, TaskCost
 from normbench.options import OptionDoor
 from normbench.registry import kind_registry
 from normbench.tasks.adversarial.task import AdversarialTraining
@@ -48,6 +48,8 @@ def task_problem(cls: Any) -> str | None:
     missing = [m for m in METHODS if not callable(getattr(cls, m, None))]
     if missing:
         return f"lacks the method(s) {', '.join(missing)} (docs/tasks.md)"
+    if hasattr(cls, "cost") and not callable(cls.cost):
+        return "has a `cost` that is not a classmethod `cost(options) -> TaskCost | str`"
     try:
         params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
@@ -85,3 +87,20 @@ def create_task(name: str, options: dict[str, Any], **context: Any) -> Any:
     (`context`: the trial's `dataset` and `backbone` names, for the task's own rules)."""
     TASKS.require_options(name, options, **context)
     return TASKS.get(name).obj(**options)
+
+
+def task_cost(name: str, options: dict[str, Any], **context: Any) -> TaskCost | str:
+    """Task `name`'s cost per image in backbone forwards (`TaskCost`), or a sentence saying
+    why there is none: its classmethod `cost(options)`, given the trial's context keywords
+    (`variant`, `variant_options`, `backbone`, `dataset`) it declares, as `check_options` is;
+    a task without the hook, or one that answers with something else, gets a sentence."""
+    hook = getattr(TASKS.get(name).obj, "cost", None)
+    if not callable(hook):
+        return "declares no cost (classmethod cost(options) -> TaskCost; docs/tasks.md)"
+    params = inspect.signature(hook).parameters
+    cost = hook(dict(options), **{k: v for k, v in context.items() if k in params})
+    if isinstance(cost, str) and cost.strip():
+        return cost
+    if isinstance(cost, TaskCost) and min(cost.train, cost.evaluate) >= 0:
+        return cost
+    return f"gave no TaskCost with train, evaluate >= 0 and no reason ({cost!r})"

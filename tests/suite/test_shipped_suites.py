@@ -107,7 +107,11 @@ def test_every_suite_validates_and_expands(loaded):
         assert len(trials) == EXPECTED_TRIALS[name], name
         assert len({t.trial_id for t in trials}) == len(trials), name
         text = describe(suite)
-        assert f"{len(trials)} trials" in text and "estimated time" in text
+        task = suite.task.get("name", "classification")
+        said = f"no cost estimate: task {task!r} counts no cost: " in text
+        count = "\n1 trial\n" if len(trials) == 1 else f"\n{len(trials)} trials\n"
+        assert count in text and ("estimated time" in text) != said, name
+        assert said == (task not in ("classification", "adversarial")), name
 
 
 def test_every_suite_has_a_header_comment():
@@ -198,12 +202,14 @@ def test_small_batch_and_search(loaded):
 
 
 def test_describe_counts_images(loaded):
-    # digits: 1437 training images before the 10% validation carve -> 1293 per epoch;
-    # quickstart: 5 epochs x 33 trials.
+    # digits: 1437 training images before the 10% validation carve -> 1293 per epoch, 144
+    # validation and 360 test images evaluated every epoch; quickstart: 5 epochs x 33 trials.
     text = describe(loaded["quickstart"])
-    assert f"estimated images processed: {5 * 1293 * 33:.3g}" in text
+    assert f"estimated images: {5 * 1293 * 33:.3g} trained" in text
+    assert f"{5 * (144 + 360) * 33:.3g} evaluated" in text
     smoke = describe(load_suite(SUITES / "quickstart.yaml", limit_batches=2, max_epochs=1))
-    assert f"estimated images processed: {1 * 2 * 64 * 33:.3g}" in smoke
+    assert f"estimated images: {1 * 2 * 64 * 33:.3g} trained" in smoke
+    assert f"{1 * (144 + 360) * 33:.3g} evaluated" in smoke
 
 
 def test_ubn_suites_set_the_papers_switches(loaded):

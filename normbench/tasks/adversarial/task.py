@@ -21,19 +21,21 @@ instead of the official two passes). Every branch-indexed layer needs 2 branches
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from normbench.contract import Metric, Scoring
+from normbench.contract import Metric, Scoring, TaskCost
 from normbench.tasks.adversarial.attack import PGDAttack, PixelModel
 from normbench.tasks.adversarial.evaluate import EVAL_ATTACKS, HEADLINE, robust_accuracy
 from normbench.tasks.adversarial.training import (
     adversarial_step,
     branch_problem,
     check_branches,
+    has_branches,
 )
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
 from normbench.variants_api import norm_layer
@@ -90,6 +92,36 @@ class AdversarialTraining:
         self.eval_attacks = tuple(attack(a.steps) for a in EVAL_ATTACKS)
         self.joint_batch = joint_batch
         self.model: PixelModel | None = None  # set by build_model
+
+    @classmethod
+    def cost(
+        cls,
+        options: dict[str, Any],
+        *,
+        variant: str | None = None,
+        variant_options: dict[str, Any] | None = None,
+    ) -> TaskCost:
+        """In backbone forwards per image: a PGD step is a forward and a backward to the
+        input only (~2); training runs `train_steps` of them, then the clean and the
+        adversarial batch forward and backward (~3 each); evaluation runs, per branch (2,
+        or 1 for a layer without branches, as `robust_accuracy` does), a forward for SA and,
+        per evaluation attack, its steps and a forward of the result."""
+        task = cls(**options)
+        branches = 2
+        if variant is not None:
+            with contextlib.suppress(Exception):  # validation reports a layer that fails
+                branches = (
+                    2 if has_branches(norm_layer(variant, **(variant_options or {}))(8)) else 1
+                )
+        train = 2.0 * task.train_attack.steps + 6.0
+        per_branch = 1.0 + sum(2.0 * a.steps + 1.0 for a in task.eval_attacks)
+        steps = "/".join(str(a.steps) for a in task.eval_attacks)
+        return TaskCost(
+            train,
+            branches * per_branch,
+            f"PGD-{task.train_attack.steps} training; SA and PGD-{steps} through "
+            f"{branches} branch{'es' if branches > 1 else ''}",
+        )
 
     @classmethod
     def check_options(

@@ -87,6 +87,14 @@ class _Detector:
         self.num_classes = 0
 
     @classmethod
+    def cost(cls, options: dict[str, Any]) -> str:
+        """Why the dry run gives no estimate (normbench.contract.TaskCost)."""
+        return (
+            "counts no cost: its detector adds an FPN, the RPN and RoI heads to the backbone "
+            "at its own image sizes, which the estimate does not count"
+        )
+
+    @classmethod
     def check_options(
         cls, options: dict[str, Any], *, dataset: str | None = None, backbone: str | None = None
     ) -> dict[str, str]:

@@ -117,6 +117,14 @@ class Generation:
         self.mean = self.std = torch.zeros(0)
 
     @classmethod
+    def cost(cls, options: dict[str, Any]) -> str:
+        """Why the dry run gives no estimate (normbench.contract.TaskCost)."""
+        return (
+            "counts no cost: a step trains the generator and the discriminator, and IS/FID "
+            "run an Inception network over generated images, none of which the estimate counts"
+        )
+
+    @classmethod
     def check_options(
         cls,
         options: dict[str, Any],

@@ -119,6 +119,15 @@ class Darts:
         self.size: dict[str, Any] = {}  # the supernet's channels and cells_per_stage
 
     @classmethod
+    def cost(cls, options: dict[str, Any]) -> str:
+        """Why the dry run gives no estimate (normbench.contract.TaskCost)."""
+        return (
+            "counts no cost: its supernet runs every candidate operation of every edge, and "
+            "scoring the found cell may retrain it (retrain_epochs), none of which is one "
+            "forward of the nas201 backbone the estimate counts"
+        )
+
+    @classmethod
     def check_options(
         cls, options: dict[str, Any], *, dataset: str | None = None, backbone: str | None = None
     ) -> dict[str, str]:

@@ -49,6 +49,14 @@ class StyleTransfer:
         self.content_weight, self.style_weight = float(content_weight), float(style_weight)
 
     @classmethod
+    def cost(cls, options: dict[str, Any]) -> str:
+        """Why the dry run gives no estimate (normbench.contract.TaskCost)."""
+        return (
+            "counts no cost: a step runs the VGG encoder on content, style and output besides "
+            "the decoder, which the estimate does not count"
+        )
+
+    @classmethod
     def check_options(cls, options: dict[str, Any], **_: Any) -> dict[str, str]:
         return {
             k: f"{k} must be a number >= 0, got {v!r}"
