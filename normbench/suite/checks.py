@@ -135,6 +135,8 @@ def task_parts(model: SuiteModel) -> tuple[TaskParts, Problems]:
         return TaskParts(), []
     try:
         found = task_norm_widths(name, options)
+    except UserError:  # the task refuses to exist here (files it reads): its preflight says why
+        return TaskParts(), []
     except BaseException as exc:  # plugin code
         why = f"task {name!r}: norm_widths() failed: {describe_failure(exc)}"
         return TaskParts(), [(("task", "name"), why)]
