@@ -5,8 +5,10 @@ the problem and, for a suite, FILE:LINE), no traceback, nothing written on disk,
 started. The cases are those of issue 15 (non-UTF-8, 20,000-deep nesting, unknown tags,
 malformed typed scalars, `ghost_batch_size: 0`, `seeds: 1e11`, the alias bomb, plugins that
 exit), the existing bad-suite cases of test_schema.py, one case per size limit and per zero
-or negative that would divide or loop, and every constructor refusal that must surface at
-validation. The alias bomb also runs in a subprocess under a 1 GiB address-space limit.
+or negative that would divide or loop, every constructor refusal that must surface at
+validation, and what a new user's walk found (a `--set` list's items located at the flag, a
+group count that fails only at a detector's FPN and head width; `exact` cases compare the
+whole line). The alias bomb also runs in a subprocess under a 1 GiB address-space limit.
 """
 
 # ruff: noqa: E501  (the corpus table keeps one case per line)
