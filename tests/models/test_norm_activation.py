@@ -154,7 +154,9 @@ def test_preact_resnet20_trains_with_evonorm_b0() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("backbone", ["vgg11", "inceptionv4", "resnet50", "preact_resnet18"])
+@pytest.mark.parametrize(
+    "backbone", ["vgg11", "inceptionv4", "resnet50", "preact_resnet18", "imagenet_res2net50"]
+)
 def test_other_backbones_put_no_relu_after_evonorm(backbone: str) -> None:
     evonorm = VARIANTS.get("evonorm_s0").obj
     consumers = _consumers(_model("evonorm_s0", {}, backbone), _layers(evonorm))
