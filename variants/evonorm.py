@@ -66,6 +66,7 @@ class EvoNormB0(ContractNorm):
     paper = PAPER
     batch_dependent = True
     global_stats = True
+    norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)
@@ -158,6 +159,7 @@ class EvoNormS0(ContractNorm):
 
     paper = PAPER
     batch_dependent = False
+    norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)

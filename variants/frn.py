@@ -87,6 +87,7 @@ class FilterResponseNorm2d(ContractNorm):
         super().__init__(num_features, eps=eps, momentum=momentum)  # momentum: contract only
         name = type(self).__name__
         self.apply_act = check_bool(name, "apply_act", apply_act)
+        self.norm_activation = self.apply_act  # FRN-TLU replaces BN-ReLU: no ReLU after it
         self.learnable_eps = check_bool(name, "learnable_eps", learnable_eps)
         self.eps_init = check_float(name, "eps_init", eps_init, low=0.0, high=1.0)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
