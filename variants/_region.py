@@ -168,8 +168,8 @@ def _compiled_call(func: Callable[..., Any], backend: Any) -> Callable[..., Any]
 
 def call(statistics: Callable[..., Any], *args: Any) -> Any:
     """`statistics(*args)` as a compiled region whose outputs are whatever it returns: the
-    per-(n, c) math of the element-wise layers with statistics (`_elementwise`: FRN, EvoNorm), which is
-    not an affine (A, Y). `statistics` is a module-level function or a bound method of one
+    per-(n, c) math of the element-wise layers with statistics (`_elementwise`: FRN, EvoNorm),
+    which is not an affine (A, Y). `statistics` is a module-level function or a bound method of one
     (its own code object, hence its own Dynamo cache); callers run it eagerly where the region
     is not `active`."""
     func, bound, keywords = _unbind(statistics)
