@@ -85,8 +85,9 @@ def evaluate_command(
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """['k=v', ...] -> {k: YAML-typed v} ('tau=0.2' gives a float, 'fct=false' a bool)."""
-    import yaml
+    """['k=v', ...] -> {k: v typed by the suite's YAML rules} ('tau=0.2' and 'eps=1e-5' give
+    floats, 'fct=false' a bool; `normbench.suite.yamlmap.parse_value`)."""
+    from normbench.suite.yamlmap import parse_value
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -94,9 +95,9 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         if not sep or not key.strip():
             raise OptionSyntaxError(f"{flag} {item!r}: expected key=value, e.g. {flag} tau=0.2")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise OptionSyntaxError(f"{flag} {item!r}: the value is not valid YAML") from exc
+            out[key.strip()] = parse_value(raw) if raw.strip() else ""
+        except ValueError as exc:
+            raise OptionSyntaxError(f"{flag} {item!r}: {exc}") from None
     return out
 
 

@@ -104,6 +104,11 @@ class DatasetFacts:
         factory.facts = self  # type: ignore[attr-defined]
         return factory
 
+    def channels_with(self, options: Mapping[str, Any]) -> int:
+        """The image channels of the data set built with `options` (its `channels` option,
+        when it has one and it is given, else the declared count)."""
+        return int(options.get("channels") or self.channels)
+
 
 def dataset_facts(factory: Any) -> DatasetFacts | None:
     """The facts a data-set factory declares, or None."""
@@ -279,6 +284,9 @@ class TaskClass(Protocol):
     * optional `check_options(options, *, dataset=None, backbone=None, variant=None) ->
       {option: why}` (it declares the context it reads: the trial's data set, backbone and
       variant names);
+    * optional `norm_widths() -> {where: widths}`: the channel counts its own parts (a
+      detector's FPN and heads) give `ctx.norm_layer`, which validation checks the variant's
+      options at besides the backbone's;
     * optional `state_dict()` / `load_state_dict(state)`: the task's own training state;
     * optional `build_optimizer(model, recipe) -> Optimizer`: the optimiser the loop steps
       on the step's loss, in place of the recipe's SGD (a GAN's generator's Adam);

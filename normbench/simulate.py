@@ -251,10 +251,13 @@ def run_quietly(region: Callable[..., Any], args: tuple[Any, ...], quiet: Callab
     what a compiled region would still launch), its backward too (`_Quiet`)."""
     with quiet():
         outs = region(*args)  # the graph is recorded only to see what it differentiates
+    single = isinstance(outs, torch.Tensor)  # a region of one output (`_region.call`)
+    outs = (outs,) if single else outs
     inputs = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)]
     used = _differentiated(outs, [t for t in inputs if t.requires_grad])
     # tensors first: the simulated backward pairs gradients with edges in order
-    return _Quiet.apply(*used, (quiet, outs))
+    found = _Quiet.apply(*used, (quiet, outs))
+    return found[0] if single else found
 
 
 def _differentiated(outs: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

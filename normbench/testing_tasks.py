@@ -183,6 +183,24 @@ class TaskConformance:
         assert norms, "the model has no norm layer"
         others = [f"{name} ({type(m).__name__})" for name, m in norms if not isinstance(m, cls)]
         assert not others, f"norms the trial's variant {self.variant!r} did not replace: {others}"
+        self._widths_are_known(norms)
+
+    def _widths_are_known(self, norms: list[tuple[str, Any]]) -> None:
+        """Every norm's width is one of the backbone's or one the task declares
+        (`norm_widths()`), so suite validation checks the variant's options at each."""
+        from normbench.models.registry import norm_widths
+        from normbench.options import freeze
+        from normbench.tasks import task_norm_widths
+
+        backbone = norm_widths(self.backbone, freeze(self.backbone_options), False)
+        declared = task_norm_widths(self.task_name(), dict(self.options)).values()
+        known = set(backbone).union(*declared)
+        unknown = {n: m.num_features for n, m in norms if getattr(m, "num_features", 0) not in known
+                   and isinstance(getattr(m, "num_features", None), int)}  # fmt: skip
+        assert not unknown, (
+            f"norms of widths the backbone does not have ({sorted(backbone)}) and the task does "
+            f"not declare in norm_widths() (docs/tasks.md): {unknown}"
+        )
 
     def test_training_step(self) -> None:
         trial = self.build()

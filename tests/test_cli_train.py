@@ -102,3 +102,25 @@ def test_flags_are_the_declared_fields_with_the_suites_defaults(tmp_path) -> Non
     from_flags = spec_from_flags(flags)
     assert from_flags.placement == "except-shortcut"  # the layer's own, as in a suite
     assert from_flags.trial_id == from_suite.trial_id
+
+
+def test_flag_values_follow_the_suites_yaml_rules(tmp_path) -> None:
+    """`--option eps=1e-5` is the float a suite's `eps: 1e-5` is (YAML 1.2; PyYAML's 1.1 would
+    read a string), so the flag and the suite name the same trial."""
+    from normbench.cli_train import spec_from_flags
+    from normbench.spec import flat_fields
+    from normbench.suite.loader import load_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "version: 1\nname: s\ndataset: {name: digits}\nbackbones: [resnet20]\n"
+        "variants: [{name: evonorm_b0, options: {eps: 1e-5}}]\nbatch_sizes: [128]\n"
+        "train: {epochs: 2}\n"
+    )
+    (from_suite,) = load_suite(suite).trials()
+    flags = {d.name: None for d in flat_fields()}
+    flags |= {"variant": "evonorm_b0", "backbone": "resnet20", "dataset": "digits",
+              "epochs": 2, "variant_options": ["eps=1e-5"]}  # fmt: skip
+    from_flags = spec_from_flags(flags)
+    assert from_flags.variant_options == {"eps": 1e-05}
+    assert from_flags.trial_id == from_suite.trial_id

@@ -179,12 +179,17 @@ def _fast_path(x: torch.Tensor) -> bool:
     return _backend(x) is not None
 
 
+InputGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+
 class _Handoff:
     """The affine term of dL/dx (g and A), passed from `_InstanceAffine`'s backward to
-    `_InstanceMoments`'s backward of the same call, which adds it in its own pass."""
+    `_InstanceMoments`'s backward of the same call, which adds it in its own pass; or, from
+    another element-wise node on CUDA (`_elementwise`), a function that writes the whole dx
+    given (m, dL/dv, dL/dm, 2/(H·W), 1/(H·W))."""
 
     def __init__(self) -> None:
-        self.grad: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.grad: tuple[torch.Tensor, torch.Tensor] | InputGrad | None = None
 
 
 class _InstanceMoments(torch.autograd.Function):
@@ -207,15 +212,17 @@ class _InstanceMoments(torch.autograd.Function):
         x, mean = ctx.saved_tensors
         hw = x.shape[2] * x.shape[3]
         affine, ctx.handoff.grad = ctx.handoff.grad, None
+        if callable(affine) and not torch.is_grad_enabled():
+            return affine(mean, g_var, g_mean, 2.0 / hw, 1.0 / hw), None, None
         if ctx.cuda and not torch.is_grad_enabled():  # the kernel scales p and q itself
-            g, a = affine if affine is not None else (None, None)
+            g, a = affine if isinstance(affine, tuple) else (None, None)
             dx = _kernels.instance_input_grad(x, mean, g_var, g_mean, g, a, 2.0 / hw, 1.0 / hw)
             return dx, None, None
         p, q = 2.0 * g_var / hw, g_mean / hw
         if torch.is_grad_enabled():  # double backward: differentiable in x
             centred = x.to(mean.dtype) - _nc11(x.to(mean.dtype).mean(dim=(2, 3)))
             return (centred * _nc11(p) + _nc11(q)).to(x.dtype), None, None
-        return _input_grad(x, mean, p, q, affine), None, None
+        return _input_grad(x, mean, p, q, affine if isinstance(affine, tuple) else None), None, None
 
 
 class _InstanceAffine(torch.autograd.Function):

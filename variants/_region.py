@@ -168,10 +168,10 @@ def _compiled_call(func: Callable[..., Any], backend: Any) -> Callable[..., Any]
 
 def call(statistics: Callable[..., Any], *args: Any) -> Any:
     """`statistics(*args)` as a compiled region whose outputs are whatever it returns: the
-    per-(n, c) math of the element-wise layers (`_elementwise`: DyT, FRN, EvoNorm), which is
-    not an affine (A, Y). `statistics` is a module-level function or a bound method of one
-    (its own code object, hence its own Dynamo cache); it runs eagerly where the region is not
-    active (`active`), as `run` does."""
+    per-(n, c) math of the element-wise layers with statistics (`_elementwise`: FRN, EvoNorm)
+    and SaAuxBN's folded branch affine, which are not an affine (A, Y). `statistics` is a
+    module-level function or a bound method of one (its own code object, hence its own Dynamo
+    cache); callers run it eagerly where the region is not `active` (`_fused.regions_on`)."""
     func, bound, keywords = _unbind(statistics)
     assert not keywords and compilable(statistics), "a bound method or a plain function"
     intercept = _state["intercept"]

@@ -15,7 +15,11 @@ with α one learned scalar (shape (1,), as the official parameter) starting at `
 
 `eps` and `momentum` are accepted for the contract and unused. Implementation: one `tanh` and
 one `addcmul` in the input's dtype (α, γ, β rounded to it once), the same function as the
-official `tanh(alpha * x) * weight[:, None, None] + bias[:, None, None]`.
+official `tanh(alpha * x) * weight[:, None, None] + bias[:, None, None]`. On an eager CUDA
+device (fp16, bf16, fp32) a Triton kernel each way instead (`_elementwise.dyt`: forward reads
+x and writes y in fp32 arithmetic; backward reads g and x and writes dx and the per-(n, c)
+sums of the α, γ, β gradients), within the accelerator path's traffic bound
+(docs/variants.md#memory-traffic).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import _elementwise
 from ._core import ContractNorm, check_input, per_channel, register_affine
 from ._options import check_float
 
@@ -54,6 +59,8 @@ class DynamicTanh2d(ContractNorm):
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
+        if _elementwise.path(x) == "cuda":  # one Triton pass forward, one backward
+            return _elementwise.dyt(x, self.alpha, self.weight, self.bias)
         dt = x.dtype
         squashed = torch.tanh(x * self.alpha.to(dt))
         return torch.addcmul(

@@ -28,6 +28,11 @@ Defaults and choices:
 * Statistics in fp32 (float64 stays float64) with autocast off. S0's element-wise pass runs
   in the input's dtype with the (N, C) coefficients rounded to it once; B0's in fp32, rounded
   to the input's dtype at the end (its max picks a branch: see the NOTE in its forward).
+* On an eager CUDA device (fp16, bf16, fp32) both run the per-instance moments kernel, their
+  per-(n, c) coefficients as one compiled region (`_coefficients`, the running variance's
+  update included) and the element-wise Triton kernels (`_elementwise`, fp32 arithmetic;
+  B0's max splits a tie's gradient in halves, as `torch.maximum`), within the accelerator
+  path's traffic and kernel bounds (docs/variants.md#memory-traffic).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import _elementwise
 from ._core import (
     ContractNorm,
     buffer,
@@ -60,6 +66,7 @@ class EvoNormB0(ContractNorm):
     paper = PAPER
     batch_dependent = True
     global_stats = True
+    norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)
@@ -83,29 +90,56 @@ class EvoNormB0(ContractNorm):
             "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
         )
 
-    def batch_std(self, x: torch.Tensor, var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    def batch_std(self, mean: torch.Tensor, var: torch.Tensor, plane: int) -> torch.Tensor:
         """sqrt(s²_c + eps), (C,): the batch variance (and the running update) in training,
-        the running variance in eval. `mean`, `var`: x's per-instance moments (N, C)."""
+        the running variance in eval. `mean`, `var`: the per-instance moments (N, C) of the
+        batch (every rank's under global scope), `plane` H·W."""
         if not self.training:
             return torch.sqrt(self.running_var.to(var.dtype) + self.eps)
-        check_batch_statistics(self, x, x.numel() // x.shape[1])
-        if global_scope():  # every rank's moments (a compiled step outside it traces none)
-            mean, var = gather_rows(mean), gather_rows(var)
         mu = mean.mean(dim=0)
         batch_var = var.mean(dim=0) + (mean - mu).square().mean(dim=0)  # total variance
         with torch.no_grad():
-            n = mean.shape[0] * x.shape[2] * x.shape[3]
+            n = mean.shape[0] * plane
             factor = factor_tensor(self, self.momentum, stats="running_var")  # no running mean
             running = buffer(self, "running_var")
             unbiased = batch_var.detach() * (n / max(n - 1, 1))
             running.lerp_(unbiased.to(running.dtype), factor)
         return torch.sqrt(batch_var + self.eps)
 
+    def _coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        batch_mean: torch.Tensor | None,
+        batch_var: torch.Tensor | None,
+        plane: int,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
+        """(L, R, v, γ, β) (5, N, C) of y = γ·x / max(L, v·x + R) + β: the accelerator path's
+        coefficient region (`_elementwise`); `batch_*` every rank's moments under global
+        scope, None for this rank's; `params` (v, γ, β)."""
+        n, c = mean.shape
+        if batch_mean is None or batch_var is None:
+            batch_mean, batch_var = mean, var
+        left = self.batch_std(batch_mean, batch_var, plane).expand(n, c)
+        per_sample = [p.to(var.dtype).expand(n, c) for p in params]
+        return torch.stack([left, torch.sqrt(var + self.eps), *per_sample])
+
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
+        plane = x.shape[2] * x.shape[3]
+        if self.training:
+            check_batch_statistics(self, x, x.numel() // x.shape[1])
         with statistics_precision(x):
+            if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+                params = (plane, self.v, self.weight, self.bias)  # region inputs, not `self`'s
+                kind, coefficients = _elementwise.EVO_B0, self._coefficients
+                return _elementwise.normalise(x, kind, coefficients, *params, batch=True)
             mean, var = instance_moments(x)  # (N, C) each, fp32 or wider
-            left = per_channel(self.batch_std(x, var, mean))
+            whole = (mean, var)
+            if global_scope() and self.training:  # every rank's moments
+                whole = (gather_rows(mean), gather_rows(var))
+            left = per_channel(self.batch_std(*whole, plane))
             instance_std = _nc11(torch.sqrt(var + self.eps))
             # NOTE: the max compares in fp32 (x promoted): in bf16, left and right round to
             # the same value where batch and instance std are close, and the branch (hence
@@ -125,6 +159,7 @@ class EvoNormS0(ContractNorm):
 
     paper = PAPER
     batch_dependent = False
+    norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)
@@ -159,9 +194,33 @@ class EvoNormS0(ContractNorm):
         inv = torch.rsqrt(var + self.eps).repeat_interleave(c // self.num_groups, dim=1)
         return _nc11(inv)
 
+    def _coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        v: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """(v, k, β) (3, N, C) of y = x·sigmoid(v·x)·k + β, k = γ/sqrt(s²_{n,g} + eps) with
+        the group variance from the per-instance moments (law of total variance): the
+        accelerator path's coefficient region (`_elementwise`)."""
+        n, c = mean.shape
+        g = self.num_groups
+        means, variances = mean.reshape(n, g, c // g), var.reshape(n, g, c // g)
+        centred = means - means.mean(dim=2, keepdim=True)
+        group_var = variances.mean(dim=2) + centred.square().mean(dim=2)  # (N, G)
+        inv = torch.rsqrt(group_var + self.eps)[:, :, None].expand(n, g, c // g).reshape(n, c)
+        per_sample = [p.to(var.dtype).expand(n, c) for p in (v, bias)]
+        return torch.stack([per_sample[0], inv * weight.to(var.dtype), per_sample[1]])
+
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
         dt = x.dtype
+        if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+            with statistics_precision(x):
+                params = (self.v, self.weight, self.bias)  # region inputs, not `self`'s
+                return _elementwise.normalise(x, _elementwise.EVO_S0, self._coefficients, *params)
         with statistics_precision(x):
             scale = (self.group_inv_std(x) * per_channel(self.weight)).to(dt)  # (N, C, 1, 1)
             gated = x * torch.sigmoid(x * per_channel(self.v).to(dt))

@@ -34,7 +34,11 @@ y = β exactly, then z = where(y ≥ τ, y, τ): at a tie y = τ (zeros with β 
 initialisation) the whole gradient goes to y in eager and compiled code alike. Through the
 affine's centring, y rounded to ±1 ulp of β and the compiled and eager steps sent the
 gradient of the tied positions to different sides (`normbench bench gpu`), as
-`torch.maximum`, which splits a tie's gradient in eager mode only, also did.
+`torch.maximum`, which splits a tie's gradient in eager mode only, also did. On an eager
+CUDA device the TLU form runs the per-instance moments kernel, (A, β, τ) as one compiled region
+(`_tlu_coefficients`) and the element-wise Triton kernels (`_elementwise`: z = max(x·A + β, τ)
+in fp32, the same tie rule), within the accelerator path's traffic and kernel bounds
+(docs/variants.md#memory-traffic).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _elementwise
 from ._core import ContractNorm, check_input, per_channel, register_affine
 from ._fused import fused_instance_affine, statistics_precision, stats_dtype
 from ._options import check_bool, check_float
@@ -82,6 +87,7 @@ class FilterResponseNorm2d(ContractNorm):
         super().__init__(num_features, eps=eps, momentum=momentum)  # momentum: contract only
         name = type(self).__name__
         self.apply_act = check_bool(name, "apply_act", apply_act)
+        self.norm_activation = self.apply_act  # FRN-TLU replaces BN-ReLU: no ReLU after it
         self.learnable_eps = check_bool(name, "learnable_eps", learnable_eps)
         self.eps_init = check_float(name, "eps_init", eps_init, low=0.0, high=1.0)
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -93,25 +99,55 @@ class FilterResponseNorm2d(ContractNorm):
             else None
         )
 
-    def effective_eps(self) -> torch.Tensor | float:
-        """ε: `eps`, or eps + |ε_l| (C,) with a learned ε."""
-        if self.eps_learned is None:
+    def effective_eps(self, learned: torch.Tensor | None = None) -> torch.Tensor | float:
+        """ε: `eps`, or eps + |ε_l| (C,) with a learned ε (`learned`: ε_l passed explicitly,
+        as a compiled region's input)."""
+        learned = self.eps_learned if learned is None else learned
+        if learned is None:
             return self.eps
-        return self.eps + self.eps_learned.abs()
+        return self.eps + learned.abs()
 
     def forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.num_features)
-        if self.tau is not None:
-            return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
+        # the parameters go to the coefficient function as arguments: a compiled region's
+        # inputs, whose gradients the count sees accumulate (never read through `self`)
+        learned = () if self.eps_learned is None else (self.eps_learned,)
+        if self.tau is None:
+            return fused_instance_affine(x, self._coefficients, self.weight, self.bias, *learned)
+        if _elementwise.path(x) is not None:  # the accelerator's: Triton kernels on CUDA
+            params = (self.weight, self.bias, self.tau, *learned)
+            with statistics_precision(x):
+                return _elementwise.normalise(x, _elementwise.FRN, self._tlu_coefficients, *params)
+        return self._with_tlu(x, per_channel(self.tau).to(x.dtype))
 
-        def coefficients(
-            mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
-            scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps())
-            return scale, bias + mean * scale
+    def _coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        learned: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Y) of y = (x − mean)·A + Y per (n, c), without the TLU (a compiled region on
+        the accelerator's path: a bound method, not a closure)."""
+        # ν² = mean_hw x² = var + mean² (a sum of two non-negative terms: no cancellation)
+        scale = weight * torch.rsqrt(var + mean.square() + self.effective_eps(learned))
+        return scale, bias + mean * scale
 
-        return fused_instance_affine(x, coefficients, self.weight, self.bias)
+    def _tlu_coefficients(
+        self,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        tau: torch.Tensor,
+        learned: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(A, β, τ) (3, N, C) of z = max(x·A + β, τ), A = γ/sqrt(ν² + ε), ν² = var + mean²:
+        the accelerator path's coefficient region (`_elementwise`)."""
+        scale, _ = self._coefficients(mean, var, weight, bias, learned)
+        n, c = mean.shape
+        return torch.stack([scale, *(p.to(mean.dtype).expand(n, c) for p in (bias, tau))])
 
     def _with_tlu(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """z = where(y ≥ τ, y, τ), y = x·A + β (module doc: why not the centred affine)."""

@@ -39,6 +39,8 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("ubn", {"decide": "step", "momentum": None}),
     ("ubn", {"sim_source": "centered", "sim_features": "gap"}),
     ("sabn", {"num_branches": 3}),
+    ("frn", {"apply_act": False, "learnable_eps": True}),  # the per-instance affine's path
+    ("evonorm_b0", {"momentum": None}),
 ]
 MIB = 2**20
 

@@ -77,10 +77,29 @@ def spec_refusals(spec: TrialSpec) -> dict[str, str]:
     if spec.init_from is not None:
         from normbench.engine.init_from import init_problem
 
-        problem = init_problem(spec)
+        problem = init_problem(spec, lambda: _meta_backbone(spec))
         if problem is not None:
             out["init_from"] = problem
     return out
+
+
+def _meta_backbone(spec: TrialSpec) -> nn.Module | None:
+    """The backbone as `ModelContext.backbone` builds it for the trial's data (its channels,
+    from the data set's `DatasetFacts`), on the meta device: no memory. None when the data set
+    declares no facts, or the backbone cannot be built (the suite's other checks say why)."""
+    from normbench.contract import dataset_facts
+    from normbench.data import DATASETS
+
+    facts = dataset_facts(DATASETS.get(spec.dataset).obj) if spec.dataset in DATASETS else None
+    if facts is None:
+        return None
+    try:
+        with torch.device("meta"):
+            return build_model(
+                spec, num_classes=1, in_channels=facts.channels_with(spec.dataset_options)
+            )
+    except Exception:  # a name or option problem: reported at its own key
+        return None
 
 
 def _uneven_batches(spec: TrialSpec) -> dict[str, str]:

@@ -187,12 +187,13 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_checkpoint(
-    checkpoint_dir: str | os.PathLike, *, trial_id: str | None = None
+    checkpoint_dir: str | os.PathLike, *, trial_id: str | None = None, mmap: bool = False
 ) -> dict[str, Any] | None:
     """The checkpoint in `checkpoint_dir`, or None when there is none.
 
     With `trial_id`, a checkpoint written by another trial raises CheckpointError instead of
-    silently continuing the wrong experiment.
+    silently continuing the wrong experiment. `mmap`: the tensors are memory-mapped from the
+    file, read only when used (their shapes cost nothing).
     """
     path = checkpoint_path(checkpoint_dir)
     if not path.is_file():
@@ -202,7 +203,7 @@ def load_checkpoint(
         # crafted file cannot run code (see the module docstring).
         with warnings.catch_warnings():  # torch's notes on an odd file (pickle protocol)
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a valid normbench checkpoint ({_why(exc)})") from None
     version = payload.get("format_version") if isinstance(payload, dict) else None

@@ -6,10 +6,12 @@ theirs; UBN Tables 5-6).
 trial of it. The trial's own variant, variant options, backbone, backbone options and placement
 are matched unless `cell` gives them (the norm layers' weights and statistics must fit the
 model they are loaded into), and the trial must be a completed classification trial with its
-checkpoint. Suite validation checks all of this (`init_problem`, at `train.init_from`'s line,
-exit status 2 before Ray starts); `build_trial` loads the weights into the module
-`ModelContext.backbone` returns (`load_init`), every tensor but the classifier's last layer,
-whose shape follows the classes (a detector never runs it).
+checkpoint, whose tensors fit the trial's backbone (in name and shape: the data's channels,
+the backbone's width and depth). Suite validation checks all of this (`init_problem`, at
+`train.init_from`'s line, exit status 2 before Ray starts), the fit against the backbone built
+on the meta device; `build_trial` loads the weights into the module `ModelContext.backbone`
+returns (`load_init`). Both take the tensors `loaded_names` picks: every tensor but the
+classifier's last layer, whose shape follows the classes (a detector never runs it).
 
 Nothing read from the run directory runs: `trials.jsonl` is JSON and the checkpoint is read
 with `torch.load(weights_only=True)` (`normbench.engine.checkpoint`); a plugin it names is
@@ -19,6 +21,7 @@ never imported.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,16 @@ MATCHED = ("variant", "variant_options", "backbone", "backbone_options", "placem
 TRIALS = "trials.jsonl"
 
 
-def init_problem(spec: TrialSpec) -> str | None:
-    """Why `spec.init_from` names no usable trial, in one line, or None."""
+def init_problem(spec: TrialSpec, backbone: Callable[[], nn.Module | None]) -> str | None:
+    """Why `spec.init_from` cannot start this trial, in one line, or None: no usable trial, or
+    a checkpoint whose tensors do not fit `backbone()`, the trial's backbone as the task
+    builds it, on the meta device (None: it cannot be known here; the trial checks)."""
     try:
-        source_checkpoint(spec)
-    except SpecError as exc:
+        tid, folder = source_checkpoint(spec)
+        target = backbone()
+        if target is not None:  # the checkpoint memory-mapped: its shapes, no tensor read
+            loaded_names(target, _source_model(folder, tid, mmap=True), _source(spec, tid))
+    except (SpecError, ckpt.CheckpointError) as exc:
         return str(exc)
     return None
 
@@ -97,28 +105,52 @@ def _plain(value: Any) -> Any:
 
 
 def load_init(model: nn.Module, spec: TrialSpec) -> None:
-    """Load the picked trial's weights into `model` (the backbone as built for `spec`): every
-    tensor of the same name and shape; the classifier's last layer may differ in shape (other
-    classes). SpecError naming the first tensor that does not fit."""
+    """Load the picked trial's weights into `model` (the backbone as built for `spec`): the
+    tensors `loaded_names` picks. SpecError naming the first tensor that does not fit."""
     tid, folder = source_checkpoint(spec)
-    payload = ckpt.load_checkpoint(folder, trial_id=tid)
-    if payload is None:
-        raise SpecError(f"init_from: the checkpoint of trial {tid} in {folder} is gone")
-    source: dict[str, torch.Tensor] = payload["model"]
-    own = model.state_dict()
+    source = _source_model(folder, tid)
+    names = loaded_names(model, source, _source(spec, tid))
+    model.load_state_dict({n: source[n] for n in names}, strict=False)
+
+
+def loaded_names(model: nn.Module, source: dict[str, torch.Tensor], where: str) -> list[str]:
+    """The names of the tensors init_from loads into `model` from `source` (the checkpoint's
+    model state): every tensor of the model's state dict, each of the same shape there, but
+    the classifier's last layer, whose shape follows the classes (a detector never runs it).
+    SpecError naming the first other tensor that is missing or of another shape, with both
+    shapes. Suite validation asks it of the backbone built on the meta device; the trial, of
+    the real one."""
     last = _last_linear(model)
-    take = {}
-    for name, tensor in own.items():
+    names = []
+    for name, tensor in model.state_dict().items():
         theirs = source.get(name)
         if theirs is not None and theirs.shape == tensor.shape:
-            take[name] = theirs
+            names.append(name)
         elif not name.startswith(f"{last}."):
-            why = "missing" if theirs is None else f"of shape {tuple(theirs.shape)}"
-            raise SpecError(
-                f"init_from: trial {tid}'s checkpoint does not fit this backbone: {name} "
-                f"{tuple(tensor.shape)} is {why} there"
+            mine = tuple(tensor.shape)
+            why = (
+                f"is missing from its checkpoint ({mine} here)"
+                if theirs is None
+                else f"is {tuple(theirs.shape)} in its checkpoint and {mine} here"
             )
-    model.load_state_dict(take, strict=False)
+            raise SpecError(f"init_from: {where} does not fit this trial's backbone: {name} {why}")
+    return names
+
+
+def _source(spec: TrialSpec, tid: str) -> str:
+    """'trial ID of RUN' (what a message names)."""
+    run = (spec.init_from or {}).get("run")
+    return f"trial {tid} of {Path(str(run)).expanduser()}"
+
+
+def _source_model(folder: Path, tid: str, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The model state of the source trial's checkpoint (`mmap`: memory-mapped, nothing read
+    until used)."""
+    payload = ckpt.load_checkpoint(folder, trial_id=tid, mmap=mmap)
+    if payload is None:
+        raise SpecError(f"init_from: the checkpoint of trial {tid} in {folder} is gone")
+    model: dict[str, torch.Tensor] = payload["model"]
+    return model
 
 
 def _last_linear(model: nn.Module) -> str:

@@ -26,6 +26,7 @@ from torch import nn
 
 from normbench.models._common import (
     NormLayer,
+    activation_after,
     check_bool,
     init_convs,
     zero_norm_weight,
@@ -48,7 +49,8 @@ def projection(c_in: int, c_out: int, stride: int, norm_layer: NormLayer) -> nn.
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-norm-ReLU-conv3x3-norm, plus shortcut, then ReLU."""
+    """conv3x3-norm-ReLU-conv3x3-norm, plus shortcut, then ReLU (no ReLU after a
+    normalization-activation norm1: `activation_after`)."""
 
     expansion = 1
 
@@ -65,17 +67,18 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = conv3x3(c_in, planes, stride)
         self.norm1 = norm_layer(planes)
+        self.act1 = activation_after(self.norm1)
         self.conv2 = conv3x3(planes, planes)
         self.norm2 = (last_norm_layer or norm_layer)(planes)
         self.shortcut = shortcut or projection(c_in, planes, stride, norm_layer)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU(inplace=True)  # after the sum
 
     @property
     def last_norm(self) -> nn.Module:
         return self.norm2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.act1(self.norm1(self.conv1(x)))
         out = self.norm2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
@@ -106,20 +109,22 @@ class Bottleneck(nn.Module):
         c_out = planes * self.expansion
         self.conv1 = conv1x1(c_in, width, groups=reduce_groups)
         self.norm1 = norm_layer(width)
+        self.act1 = activation_after(self.norm1)
         self.conv2 = conv3x3(width, width, stride, groups=groups)
         self.norm2 = norm_layer(width)
+        self.act2 = activation_after(self.norm2)
         self.conv3 = conv1x1(width, c_out)
         self.norm3 = (last_norm_layer or norm_layer)(c_out)
         self.shortcut = projection(c_in, c_out, stride, norm_layer)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU(inplace=True)  # after the sum
 
     @property
     def last_norm(self) -> nn.Module:
         return self.norm3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
-        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.act1(self.norm1(self.conv1(x)))
+        out = self.act2(self.norm2(self.conv2(out)))
         out = self.norm3(self.conv3(out))
         return self.relu(out + self.shortcut(x))
 
@@ -141,8 +146,9 @@ class CifarResNet(nn.Module):
         **block_options: Any,
     ) -> None:
         super().__init__()
+        stem_norm = norm_layer(64)
         self.stem = nn.Sequential(  # (N, in, 32, 32) -> (N, 64, 32, 32)
-            conv3x3(in_channels, 64), norm_layer(64), nn.ReLU(inplace=True)
+            conv3x3(in_channels, 64), stem_norm, activation_after(stem_norm)
         )
         stages, c_in = [], 64
         for planes, n, stride in zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True):

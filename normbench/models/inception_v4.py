@@ -25,7 +25,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, init_convs, reject_last_norm
+from normbench.models._common import NormLayer, activation_after, init_convs, reject_last_norm
 
 Kernel = int | tuple[int, int]
 # ("conv", out, kernel, stride, padding | None = "same"), ("max" | "avg", kernel, stride, padding),
@@ -109,7 +109,8 @@ def build_branch(ops: Branch, c_in: int, norm_layer: NormLayer) -> tuple[nn.Sequ
             if pad is None:  # "same" padding for odd kernels at stride 1
                 pad = (k // 2) if isinstance(k, int) else (k[0] // 2, k[1] // 2)
             conv2d = nn.Conv2d(c_in, out, k, stride=stride, padding=pad, bias=False)
-            layers += [conv2d, norm_layer(out), nn.ReLU(inplace=True)]
+            norm = norm_layer(out)
+            layers += [conv2d, norm, activation_after(norm)]
             c_in = out
         else:
             kind, k, stride, pad = op

@@ -24,15 +24,25 @@ adversarial task's `PixelModel`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from normbench.models._common import NormLayer, check_bool, check_positive_int, zero_norm_weight
+from normbench.models._common import (
+    NormLayer,
+    activation_after,
+    check_bool,
+    check_positive_int,
+    zero_norm_weight,
+)
 from normbench.models.cifar_resnet import conv1x1, conv3x3
 
 
 class PreActBlock(nn.Module):
-    """norm-ReLU-conv3x3-norm-ReLU-conv3x3 plus the shortcut; no activation after the sum."""
+    """norm-ReLU-conv3x3-norm-ReLU-conv3x3 plus the shortcut; no activation after the sum.
+    A normalization-activation layer (EvoNorm, FRN-TLU) replaces each norm-ReLU pair whole
+    (`activation_after`).
+
+    The shortcut when the shape changes: a 1x1 conv of the pre-activated input (default), or
+    `pad_shortcut`, a parameter-free module applied to x itself (the CIFAR option A)."""
 
     def __init__(
         self,
@@ -41,18 +51,27 @@ class PreActBlock(nn.Module):
         stride: int,
         norm_layer: NormLayer,
         last_norm_layer: NormLayer | None = None,
+        *,
+        pad_shortcut: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(c_in)
+        self.act1 = activation_after(self.norm1)
         self.conv1 = conv3x3(c_in, planes, stride)
         self.norm2 = (last_norm_layer or norm_layer)(planes)
+        self.act2 = activation_after(self.norm2)
         self.conv2 = conv3x3(planes, planes)
-        self.shortcut = None if stride == 1 and c_in == planes else conv1x1(c_in, planes, stride)
+        same = stride == 1 and c_in == planes
+        self.shortcut = None if same or pad_shortcut else conv1x1(c_in, planes, stride)
+        self.pad_shortcut = None if same else pad_shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.relu(self.norm1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(a)
-        out = self.conv2(F.relu(self.norm2(self.conv1(a))))
+        a = self.act1(self.norm1(x))
+        if self.shortcut is not None:
+            shortcut = self.shortcut(a)
+        else:
+            shortcut = x if self.pad_shortcut is None else self.pad_shortcut(x)
+        out = self.conv2(self.act2(self.norm2(self.conv1(a))))
         return out + shortcut
 
 

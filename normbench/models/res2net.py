@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, check_bool, zero_norm_weight
+from normbench.models._common import NormLayer, activation_after, check_bool, zero_norm_weight
 
 BASE_WIDTH = 26
 SCALES = 4
@@ -50,6 +50,9 @@ class Bottle2neck(nn.Module):
             for _ in range(SCALES - 1)
         )
         self.bns = nn.ModuleList(norm_layer(width) for _ in range(SCALES - 1))
+        # No ReLU after a normalization-activation layer (`activation_after`).
+        self.act1 = activation_after(self.bn1)
+        self.acts = nn.ModuleList(activation_after(bn) for bn in self.bns)
         self.pool = nn.AvgPool2d(3, stride=stride, padding=1) if first else nn.Identity()
         self.conv3 = nn.Conv2d(width * SCALES, planes * EXPANSION, 1, bias=False)
         self.bn3 = last_norm_layer(planes * EXPANSION)
@@ -62,12 +65,12 @@ class Bottle2neck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         parts = out.chunk(SCALES, dim=1)  # s x (N, w, H, W)
         ys: list[torch.Tensor] = []
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+        for i, (conv, bn, act) in enumerate(zip(self.convs, self.bns, self.acts, strict=True)):
             sp = parts[i] if self.first or i == 0 else parts[i] + ys[-1]
-            ys.append(self.relu(bn(conv(sp))))
+            ys.append(act(bn(conv(sp))))
         ys.append(self.pool(parts[-1]))
         out = self.bn3(self.conv3(torch.cat(ys, dim=1)))  # (N, 4*planes, H', W')
         return self.relu(out + self.downsample(x))
@@ -84,10 +87,11 @@ def res2net50(
     """Res2Net-50 (26w x 4s), 224x224 ImageNet layout, with any norm layer."""
     zero_init = check_bool("res2net50", "zero_init_residual", zero_init_residual)
     last = last_norm_layer or norm_layer
+    stem_norm = norm_layer(64)
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
-        norm_layer(64),
-        nn.ReLU(inplace=True),
+        stem_norm,
+        activation_after(stem_norm),
         nn.MaxPool2d(3, stride=2, padding=1),
     ]
     inplanes = 64

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, init_convs, reject_last_norm
+from normbench.models._common import NormLayer, activation_after, init_convs, reject_last_norm
 
 M = 0  # marks a 2x2 max-pool in a configuration
 CONFIGS: dict[str, tuple[int, ...]] = {
@@ -44,7 +44,8 @@ class VGG(nn.Module):
             if c == M:
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
             else:
-                layers += [nn.Conv2d(c_in, c, 3, padding=1), norm_layer(c), nn.ReLU(inplace=True)]
+                norm = norm_layer(c)
+                layers += [nn.Conv2d(c_in, c, 3, padding=1), norm, activation_after(norm)]
                 c_in = c
         self.features = nn.Sequential(*layers)  # (N, in, 32, 32) -> (N, 512, 1, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -17,7 +17,7 @@ from typing import Any
 
 from normbench.contract import Scoring
 from normbench.data import DATASETS
-from normbench.errors import UserError, closest
+from normbench.errors import UserError, closest, describe_failure
 from normbench.models import BACKBONES
 from normbench.models.registry import backbone_conditioning, norm_widths
 from normbench.options import OptionProblem, freeze
@@ -26,7 +26,7 @@ from normbench.spec import IDENTITY, Recipe, TrialSpec, fields_with
 from normbench.suite.matrix import RawCell, cell_backbone_options, cell_recipe
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path
-from normbench.tasks import TASKS
+from normbench.tasks import TASKS, task_norm_widths
 from normbench.variants_api import VARIANTS
 
 Problems = list[tuple[Path, str]]
@@ -100,7 +100,7 @@ def check_cells(model: SuiteModel, cells: list[RawCell], known: Problems) -> Pro
     """Each variant entry in the context of its cells: batch size, backbone, placement.
     Entries that already have a problem in `known` (names, option names) are skipped."""
     broken = [path for path, _ in known]
-    problems: Problems = []
+    parts, problems = task_parts(model)
     done: set[Any] = set()
     for c in cells:
         if any(p[: len(c.variant_path)] == c.variant_path for p in broken) or any(
@@ -113,9 +113,35 @@ def check_cells(model: SuiteModel, cells: list[RawCell], known: Problems) -> Pro
             continue
         done.add(key)
         problems += _check_cell(
-            c, placement == "last-in-block", _statistics_devices(model), _decay(model, c)
+            c, placement == "last-in-block", _statistics_devices(model), _decay(model, c), parts
         )
     return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskParts:
+    """The norms the suite's task builds besides the backbone's (a detector's FPN and heads):
+    {where: widths}, each `where` naming the task, and what its norm slots pass besides x."""
+
+    widths: dict[str, frozenset[int]] = dataclasses.field(default_factory=dict)
+    slot: str | None = None
+
+
+def task_parts(model: SuiteModel) -> tuple[TaskParts, Problems]:
+    """The task's own norm widths (`normbench.tasks.task_norm_widths`); none when its name or
+    options are refused (`check_task` says why)."""
+    name, options = model.task.name, model.task.options
+    if name.lower() not in TASKS or TASKS.check_options(name, options):
+        return TaskParts(), []
+    try:
+        found = task_norm_widths(name, options)
+    except UserError:  # the task refuses to exist here (files it reads): its preflight says why
+        return TaskParts(), []
+    except BaseException as exc:  # plugin code
+        why = f"task {name!r}: norm_widths() failed: {describe_failure(exc)}"
+        return TaskParts(), [(("task", "name"), why)]
+    slot = getattr(TASKS.get(name).obj, "norm_conditioning", None)
+    return TaskParts({f"task {name}'s {part}": w for part, w in found.items()}, slot), []
 
 
 def _decay(model: SuiteModel, c: RawCell) -> tuple[str, Path]:
@@ -134,23 +160,24 @@ def _statistics_devices(model: SuiteModel) -> int:
 
 
 def _check_cell(
-    c: RawCell, last: bool, devices: int, decay: tuple[str, Path] = ("zero", ())
+    c: RawCell,
+    last: bool,
+    devices: int,
+    decay: tuple[str, Path] = ("zero", ()),
+    parts: TaskParts | None = None,
 ) -> Problems:
+    """The variant at every norm width of the backbone, then at the task's own (`parts`)."""
     backbone = c.backbone.name
     built = BACKBONES.check_options(backbone, c.backbone.options, build=True, last_in_block=last)
     if built:
         return located(built, (*c.backbone_path, "options"))
     widths = norm_widths(backbone.lower(), freeze(c.backbone.options), last)
-    found = VARIANTS.check_options(
-        c.variant.name,
-        c.variant.options,
-        build=True,
-        batch_size=c.batch_size * devices,
-        widths=widths,
-        decay_toward=decay[0],
-        _slot=backbone_conditioning(backbone.lower()),  # what its norm slots pass besides x
-        _where=f" of {backbone} (norm widths {sorted(widths)})",
+    slot = backbone_conditioning(backbone.lower())  # what its norm slots pass besides x
+    found = _at_widths(
+        c, devices, decay, widths, slot, f" of {backbone} (norm widths {sorted(widths)})"
     )
+    if not found and parts is not None:
+        found = _at_task_widths(c, devices, decay, parts)
     if devices > 1:  # say where a batch size the file does not show comes from
         shown, note = (
             f"batch size {c.batch_size * devices}",
@@ -161,6 +188,46 @@ def _check_cell(
         ]
     context = {"batch_size": c.batch_path, "decay_toward": decay[1]}
     return located(found, (*c.variant_path, "options"), context)
+
+
+def _at_task_widths(
+    c: RawCell, devices: int, decay: tuple[str, Path], parts: TaskParts
+) -> list[OptionProblem]:
+    """The variant at the task's own norm widths; a problem that does not say where (a
+    `check_options` hook's) is told which part of the task has the width."""
+    for part, widths in parts.widths.items():
+        found = _at_widths(c, devices, decay, widths, parts.slot, f" of {part}")
+        shown = f"width {min(widths)}" if len(widths) == 1 else f"widths {sorted(widths)}"
+        told = [
+            p
+            if part in p.message
+            else dataclasses.replace(p, message=f"{p.message}; {shown}: {part}")
+            for p in found
+        ]
+        if told:
+            return told
+    return []
+
+
+def _at_widths(
+    c: RawCell,
+    devices: int,
+    decay: tuple[str, Path],
+    widths: frozenset[int],
+    slot: str | None,
+    where: str,
+) -> list[OptionProblem]:
+    """The variant entry's options checked by the registry at these norm widths."""
+    return VARIANTS.check_options(
+        c.variant.name,
+        c.variant.options,
+        build=True,
+        batch_size=c.batch_size * devices,
+        widths=widths,
+        decay_toward=decay[0],
+        _slot=slot,
+        _where=where,
+    )
 
 
 # Searchable: identity fields (environment, location and bookkeeping fields never change what

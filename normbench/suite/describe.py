@@ -259,9 +259,8 @@ def _data_facts(spec: Any) -> tuple[int, int, int | None, int, int] | None:
     n = int(opts.get(facts.count_option or "", facts.train_images))
     test = opts.get(facts.test_count_option or "", facts.test_images)
     size = int(opts.get("image_size") or facts.image_size)
-    channels = int(opts.get("channels") or facts.channels)
     train = int(n * (1 - float(opts.get("val_fraction", 0.1))))
-    return train, n - train, None if test is None else int(test), channels, size
+    return train, n - train, None if test is None else int(test), facts.channels_with(opts), size
 
 
 @functools.cache

@@ -78,7 +78,7 @@ class LiveView:
             self.live.__enter__()
         else:
             known = f", {self.done} already finished" if self.done_known else ""
-            self._log(f"{self.total} trials{known}")
+            self._log(f"{self.total} trial{'s' if self.total != 1 else ''}{known}")
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -248,7 +248,7 @@ def _resolve_root(data: dict[str, Any], file: Path, smap: SourceMap) -> bool:
     root = dataset.get("root") if isinstance(dataset, dict) else None
     if not isinstance(root, str) or not root:
         return False
-    base = Path.cwd() if ("dataset", "root") in smap.overrides else file.resolve().parent
+    base = Path.cwd() if smap.given_by_flag(("dataset", "root")) else file.resolve().parent
     resolved = _absolute(base, root)
     dataset["root"] = resolved  # type: ignore[index]
     return resolved != root
@@ -261,7 +261,7 @@ def _resolve_init_from(data: dict[str, Any], file: Path, smap: SourceMap) -> boo
     run = init.get("run") if isinstance(init, dict) else None
     if not isinstance(run, str) or not run:
         return False
-    set_here = any(k[:2] == ("train", "init_from") for k in smap.overrides)
+    set_here = smap.given_by_flag(("train", "init_from", "run"))
     resolved = _absolute(Path.cwd() if set_here else file.resolve().parent, run)
     init["run"] = resolved  # type: ignore[index]
     return resolved != run

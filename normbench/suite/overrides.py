@@ -5,7 +5,9 @@ gives a float, `--set train.epochs=2` gives an int, `--set seeds=[0,1]` a list,
 `--set train.amp=null` None). Dotted parts index into mappings, and integer parts into lists
 (`--set variants.1.options.num_groups=8`). A missing mapping key is created, so an override can
 add a key the file does not have; whether that key exists in the schema is then decided by
-validation like any other key, and the error names the override instead of a line.
+validation like any other key, and the error names the override instead of a line. So does
+an error anywhere in a value the override gave: `--set variants=[bn, {name: gnn}]` replaces the
+file's list, and its items are located at the flag, not at the file's old lines.
 """
 
 from __future__ import annotations
@@ -46,10 +48,23 @@ def apply_overrides(
             msg = exc.args[0] if exc.args else str(exc)
             problems.append(f"{smap.file}: {label}: {msg}")
             continue
-        for n in range(1, len(path) + 1):  # keys the override created point at it too
-            if path[:n] not in smap.lines or n == len(path):
-                smap.overrides[path[:n]] = label
+        _point_at(smap, path, label)
     return problems
+
+
+def _point_at(smap: SourceMap, path: Path, label: str) -> None:
+    """Locate `path` and everything under it at the override: the value replaced the file's
+    (a list given whole, `--set variants=[...]`, forgets the file's items and their lines).
+    Keys the override created on the way point at it too, unless an earlier override or a
+    line of the file already says where they come from."""
+    for known in (smap.lines, smap.overrides):
+        for key in [k for k in known if k[: len(path)] == path]:
+            del known[key]
+    for n in range(1, len(path)):
+        located = any(path[:m] in smap.overrides for m in range(1, n + 1))
+        if path[:n] not in smap.lines and not located:
+            smap.overrides[path[:n]] = label
+    smap.overrides[path] = label
 
 
 def _set(data: Any, path: Path, value: Any) -> None:

@@ -84,6 +84,7 @@ class Events(Protocol):
     def on_start(self, spec: TrialSpec) -> None: ...
     def on_record(self, spec: TrialSpec, record: dict[str, Any]) -> None: ...
     def on_checkpoint(self, spec: TrialSpec, epoch: int, ref: str) -> None: ...
+    def on_notes(self, spec: TrialSpec, notes: list[str]) -> None: ...
     def on_end(
         self, spec: TrialSpec, reason: str | None, *, error: dict[str, Any] | None = None
     ) -> None: ...
@@ -256,16 +257,35 @@ def _trainable(config: dict[str, Any], worker_resources: tuple[float, float] = (
 
 
 def _train(config: dict[str, Any], worker_resources: tuple[float, float]) -> None:
-    """Replay unstored records, then train and report each epoch."""
+    """Replay unstored records, then train and report each epoch. The note of a checkpoint
+    moved aside reaches the driver on the first record, or with the failure (`NOTE_MARK`)."""
     from normbench.engine.checkpoint import load_or_quarantine
-    from normbench.engine.loop import run_trial
 
     task = config["task"]
     spec = spec_of(config)  # a DDP trial's workers fit it to their own grants
+    ckpt_dir = _checkpoint_dir(task, spec.trial_id)
+    payload, note = load_or_quarantine(ckpt_dir, trial_id=spec.trial_id)
+    try:
+        _replay_and_run(task, spec, ckpt_dir, payload, note, worker_resources)
+    except Exception as exc:
+        if note is not None:  # failed, maybe before the record that carries it: keep it
+            exc.add_note(NOTE_MARK + json.dumps(note))
+        raise
+
+
+def _replay_and_run(
+    task: dict[str, Any],
+    spec: TrialSpec,
+    ckpt_dir: str,
+    payload: dict[str, Any] | None,
+    note: str | None,
+    worker_resources: tuple[float, float],
+) -> None:
+    """Report the checkpoint's records the driver has not stored, then train on."""
+    from normbench.engine.loop import run_trial
+
     tid = spec.trial_id
-    ckpt_dir = _checkpoint_dir(task, tid)
     stored = int(task["stored_epochs"].get(tid, 0))
-    payload, note = load_or_quarantine(ckpt_dir, trial_id=tid)
     records = list((payload or {}).get("records", []))
     del payload
     reported = False
@@ -469,7 +489,14 @@ class _Relay(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._release(trial)
         reason = _Reason.of_trial(trial)
-        self.events.on_end(self._spec(trial), reason.line(), error=reason.to_dict())
+        error = reason.to_dict()
+        self.events.on_notes(self._spec(trial), error.pop("notes"))  # the summary line's
+        self.events.on_end(self._spec(trial), reason.line(), error=error)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed attempt Tune retries: keep the notes its failure carried (the retry
+        starts without the checkpoint that was moved aside, so it cannot say it again)."""
+        self.events.on_notes(self._spec(trial), list(_Reason.of_trial(trial).notes))
 
     def _release(self, trial: Any) -> None:
         """Remove the placement group of a DDP trial Tune has ended (its ranks die with it).
@@ -511,6 +538,7 @@ def _uri(checkpoint: Any) -> str:
 
 
 REASON_MARK = "normbench-trial-error: "
+NOTE_MARK = "normbench-trial-note: "  # + JSON string: a note the failure carries (`_Reason`)
 TRACEBACK_LINES = 8
 
 
@@ -530,6 +558,7 @@ class _Reason:
     message: str
     traceback: tuple[str, ...] = ()
     where: str | None = None  # "file.py:LINE in function" of the innermost frame
+    notes: tuple[str, ...] = ()  # for the trial's summary line (a checkpoint moved aside)
 
     @classmethod
     def of(cls, exc: BaseException) -> _Reason:
@@ -544,9 +573,14 @@ class _Reason:
             ln.rstrip()
             for chunk in tb.format_exception(type(exc), exc, exc.__traceback__)
             for ln in chunk.splitlines()
-            if ln.strip() and not ln.startswith(REASON_MARK)
+            if ln.strip() and not ln.startswith((REASON_MARK, NOTE_MARK))
         ]
-        return cls(type(exc).__name__, str(exc), tuple(lines[-TRACEBACK_LINES:]), where)
+        notes = tuple(
+            json.loads(n[len(NOTE_MARK) :])
+            for n in getattr(exc, "__notes__", ())
+            if isinstance(n, str) and n.startswith(NOTE_MARK)
+        )
+        return cls(type(exc).__name__, str(exc), tuple(lines[-TRACEBACK_LINES:]), where, notes)
 
     @classmethod
     def of_trial(cls, trial: Any) -> _Reason:
@@ -566,7 +600,8 @@ class _Reason:
         marked = [ln for ln in text.splitlines() if ln.startswith(REASON_MARK)]
         if marked:
             d = json.loads(marked[-1][len(REASON_MARK) :])
-            return cls(d["type"], d["message"], tuple(d["traceback"]), d.get("where"))
+            notes = tuple(d.get("notes") or ())
+            return cls(d["type"], d["message"], tuple(d["traceback"]), d.get("where"), notes)
         lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
         if not lines:
             return cls("RayError", "the trial failed and Ray recorded no error text")
@@ -586,6 +621,7 @@ class _Reason:
             "message": self.message,
             "traceback": list(self.traceback),
             "where": self.where,
+            "notes": list(self.notes),
         }
 
 

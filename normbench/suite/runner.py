@@ -468,6 +468,17 @@ class Driver:
             self.on_end(spec, reason, error={"type": "StorageFullError", "message": exc.strerror})
         raise exc
 
+    def on_notes(self, spec: TrialSpec, notes: list[str]) -> None:
+        """Notes a trial's failure carried (a checkpoint moved aside before the trial failed,
+        maybe before its first record), for its summary line."""
+        kept = self.notes.setdefault(spec.trial_id, [])
+        for note in notes:
+            if note not in kept:  # a record may have carried it already
+                kept.append(note)
+                self.view.note(f"warning: {note}")
+        if not kept:
+            del self.notes[spec.trial_id]
+
     def on_end(
         self, spec: TrialSpec, reason: str | None, *, error: dict[str, Any] | None = None
     ) -> None:

@@ -131,6 +131,11 @@ class SourceMap:
     lines: dict[Path, int] = field(default_factory=dict)
     overrides: dict[Path, str] = field(default_factory=dict)  # path -> "--set a.b=v"
 
+    def given_by_flag(self, path: Path) -> bool:
+        """Whether `path` was set by a `--set` override (itself, or a mapping or list holding
+        it given whole)."""
+        return any(tuple(path[:n]) in self.overrides for n in range(1, len(path) + 1))
+
     def locate(self, path: Path) -> str:
         """'FILE:LINE' of the deepest known prefix of `path` (or the override that set it)."""
         for n in range(len(path), -1, -1):

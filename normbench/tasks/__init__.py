@@ -10,9 +10,15 @@ and Mask R-CNN with any norm layer, scored by pycocotools (their COCO-format dat
 """
 
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
-from normbench.tasks.registry import BUILTIN_TASKS, TASKS, create_task, register_task
+from normbench.tasks.registry import (
+    BUILTIN_TASKS,
+    TASKS,
+    create_task,
+    register_task,
+    task_norm_widths,
+)
 
 __all__ = [
     "BUILTIN_TASKS", "TASKS", "Batch", "EvalContext", "ModelContext", "Step", "create_task",
-    "register_task",
+    "register_task", "task_norm_widths",
 ]  # fmt: skip

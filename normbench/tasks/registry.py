@@ -5,8 +5,10 @@ A task is a class following `normbench.contract.TaskClass`: keyword-only options
 defaults, a `scoring` class attribute (`normbench.contract.Scoring`) and the methods
 `build_model`, `training_step` and `evaluate`; optionally a classmethod `check_options(options,
 *, dataset=None, backbone=None) -> {option: why}` that suite validation and trial building
-call through the one option door (`normbench.options`). Plugins register through the
-entry-point group `normbench.tasks` or `@register_task("name")` in a plugin file.
+call through the one option door (`normbench.options`), and a method `norm_widths()` naming
+the widths of the norms it builds besides the backbone's (`task_norm_widths`). Plugins
+register through the entry-point group `normbench.tasks` or `@register_task("name")` in a
+plugin file.
 """
 
 from __future__ import annotations
@@ -87,6 +89,17 @@ def create_task(name: str, options: dict[str, Any], **context: Any) -> Any:
     (`context`: the trial's `dataset` and `backbone` names, for the task's own rules)."""
     TASKS.require_options(name, options, **context)
     return TASKS.get(name).obj(**options)
+
+
+def task_norm_widths(name: str, options: dict[str, Any]) -> dict[str, frozenset[int]]:
+    """{where: widths} of the norms task `name` with `options` builds itself, besides the
+    backbone's (a detector's FPN and heads; its optional `norm_widths()` method, docs/tasks.md),
+    for suite validation to check the variant's options at. Empty when it declares none;
+    raises what the task raises."""
+    cls = TASKS.get(name).obj
+    if not callable(getattr(cls, "norm_widths", None)):
+        return {}
+    return {str(k): frozenset(int(w) for w in v) for k, v in cls(**options).norm_widths().items()}
 
 
 def task_cost(name: str, options: dict[str, Any], **context: Any) -> TaskCost | str:

@@ -9,7 +9,7 @@ torch.compile.
 * DDP + `stats_scope: global` + `torch.compile(fullgraph=True)`: the collectives trace, so the
   model is one graph that does not recompile across steps, with eager's numbers.
 * DDP + `stats_scope: global` on the accelerator path (the coefficients as compiled regions,
-  forced on the CPU): eager's numbers.
+  forced on the CPU, EvoNorm-B0's batch variance included): eager's numbers.
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ def _regions(rank: int) -> list[float]:
     inside global statistics: each step's largest difference from the eager coefficients."""
     from normbench.variants import _region
 
-    models = [nn.parallel.DistributedDataParallel(_model()) for _ in range(2)]
+    def model() -> nn.Module:  # EvoNorm-B0: the element-wise layers' region (batch moments)
+        return nn.Sequential(_model(), create_norm("evonorm_b0", C).to(DT))
+
+    models = [nn.parallel.DistributedDataParallel(model()) for _ in range(2)]
     diffs = []
     for step in range(2):
         x = _batch((6, 3, 5, 5), 20 + step)[3 * rank : 3 * rank + 3]

@@ -5,8 +5,10 @@ the problem and, for a suite, FILE:LINE), no traceback, nothing written on disk,
 started. The cases are those of issue 15 (non-UTF-8, 20,000-deep nesting, unknown tags,
 malformed typed scalars, `ghost_batch_size: 0`, `seeds: 1e11`, the alias bomb, plugins that
 exit), the existing bad-suite cases of test_schema.py, one case per size limit and per zero
-or negative that would divide or loop, and every constructor refusal that must surface at
-validation. The alias bomb also runs in a subprocess under a 1 GiB address-space limit.
+or negative that would divide or loop, every constructor refusal that must surface at
+validation, and what a new user's walk found (a `--set` list's items located at the flag, a
+group count that fails only at a detector's FPN and head width; `exact` cases compare the
+whole line). The alias bomb also runs in a subprocess under a 1 GiB address-space limit.
 """
 
 # ruff: noqa: E501  (the corpus table keeps one case per line)
@@ -59,6 +61,8 @@ BOMB = (
 )
 
 EXITS = "import sys\nsys.exit(3)\n"
+DETECTOR = "{name: detection, options: {layout: small, width: 32}}"
+CANVASES = "{name: digits_coco, image_size: 48}"
 STYLE_NET = "[{name: adain_vgg19, options: {encoder_weights: random, width_divisor: 16}}]"
 CONDITIONED = """
 from torch import nn
@@ -128,6 +132,7 @@ class Case:
     args: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     command: str = "run"  # "run" (with --dry-run unless "real" in args), or "variants"
+    exact: bool = False  # `expect` is the whole line after "normbench: error: " (SUITE: its path)
 
 
 CASES: dict[str, Case] = {
@@ -287,6 +292,12 @@ CASES: dict[str, Case] = {
     "plugin_without_identity_affine_in_entry": Case(suite(variants="[bn, {name: odd_norm, recipe: {norm_decay_toward: identity}}]", plugins="[p.py]"), "variants[1].recipe.norm_decay_toward: variant 'odd_norm' cannot decay toward its identity affine", files={"p.py": PLUGIN_NO_IDENTITY}),
     "plugin_option_type": Case(suite(variants=variant("k: 2.5", "corpus_norm"), plugins="[p.py]"), "option 'k' expects an int like the default 2, but got 2.5", files={"p.py": PLUGIN_VARIANT}),
     "broken_plugin_alone_not_its_names": Case(suite(variants="[bn, my_norm]", plugins="[p.py]"), "plugins[0]: plugin", files={"p.py": "import no_such_module_x\n"}),
+    # -- found by a new user's walk: a --set list's items at the flag; a detector's own widths
+    "set_list_item_at_the_flag": Case(suite(variants="[bn,\n  gn]"), "SUITE: --set variants=[bn, {name: gn, lable: x}]: variants[1].lable: unknown key 'lable' (did you mean 'label'?); allowed keys: label, name, options, placement, recipe, weight_standardization", args=["--set", "variants=[bn, {name: gn, lable: x}]"], exact=True),
+    "set_list_option_at_the_flag": Case(suite(variants="[bn,\n  gn]"), "SUITE: --set variants=[bn, {name: gn, options: {num_groups: 5}}]: variants[1].options.num_groups: variant 'gn': num_groups=5 does not divide the norm widths [16, 32, 64]; the layer would silently use gcd(G, C) there", args=["--set", "variants=[bn, {name: gn, options: {num_groups: 5}}]"], exact=True),
+    "set_list_then_its_item": Case(suite(variants="[bn,\n  gn]"), "SUITE: --set variants=[bn, {name: gn, lable: x}]: variants[1].lable: unknown key 'lable' (did you mean 'label'?); allowed keys: label, name, options, placement, recipe, weight_standardization", args=["--set", "variants=[bn, {name: gn, lable: x}]", "--set", "variants.1.options.num_groups=8"], exact=True),
+    "gn_groups_not_dividing_the_fpn": Case(suite(task=DETECTOR, dataset=CANVASES, backbones="[imagenet_resnet18]", variants=variant("num_groups: 64", "gn"), batch_sizes="[2]"), "SUITE:5: variants[0].options.num_groups: variant 'gn': num_groups=64 does not divide the norm widths [32]; the layer would silently use gcd(G, C) there; width 32: task detection's FPN and box head (task.options.width)", exact=True),
+    "bgn_groups_not_dividing_the_mask_head": Case(suite(task=DETECTOR.replace("detection", "instance_segmentation").replace("32", "24"), dataset=CANVASES, backbones="[imagenet_resnet18]", variants=variant("num_groups: 16", "bgn"), batch_sizes="[2]"), "SUITE:5: variants[0].options.num_groups: variant 'bgn': num_groups=16 does not divide the norm widths [24]; the layer would silently use gcd(G, C) there; width 24: task instance_segmentation's FPN, box and mask heads (task.options.width)", exact=True),
     "baseline_not_a_variant": Case(suite(variants="[bn, {name: gn, label: GN32}]", baseline="gn32x"), "baseline: baseline 'gn32x' is not a variant of this suite (did you mean 'gn32'?); its variants: bn, gn32, gn"),
 }  # fmt: skip
 
@@ -335,7 +346,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     lines = err.strip().splitlines()
     assert exit_.value.code == 2, err
     assert len(lines) == 1 and lines[0].startswith("normbench: error: "), err
-    assert "Traceback" not in err and case.expect in lines[0], lines[0]
+    assert "Traceback" not in err and case.expect.replace("SUITE", str(path)) in lines[0], lines[0]
+    if case.exact:
+        assert lines[0] == "normbench: error: " + case.expect.replace("SUITE", str(path))
     if case.command == "run" and case.text is not None and not case.args:
         assert f"{path}:" in lines[0] or "plugin file" in lines[0], lines[0]  # FILE:LINE
     assert _tree(tmp_path) == before

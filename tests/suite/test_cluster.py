@@ -1,6 +1,7 @@
 """`normbench run --address` on a real two-node Ray cluster simulated on this machine:
 trials spread over both nodes, a failing trial is retried then recorded as failed without
-stopping the suite, and logical GPUs are scheduled (two 0.5-GPU trials share one GPU) while
+stopping the suite (keeping the note about a checkpoint set aside, although no record carried
+it), and logical GPUs are scheduled (two 0.5-GPU trials share one GPU) while
 the trials themselves run on the CPU. The cluster (tests/suite/conftest.py) is the one the
 suite smoke tests join too."""
 
@@ -65,18 +66,55 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
 
 
+def _plant(suite: Path, plugin: Path, run: Path, variant: str, seed: int) -> Path:
+    """An invalid checkpoint where the trial (variant, seed) of `suite` will look for its own,
+    to be set aside when it starts; returns the trial's checkpoint folder."""
+    from normbench.suite.loader import load_suite
+
+    loaded = load_suite(suite, overrides=[f"plugins={json.dumps([str(plugin)])}"])
+    (tid,) = [t.spec.trial_id for t in loaded.trials()
+              if t.spec.variant == variant and t.spec.seed == seed]  # fmt: skip
+    folder = run / "checkpoints" / tid
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    return folder
+
+
+def _notes(run: Path) -> dict[str, list[str] | None]:
+    lines = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    return {t["trial_id"]: t.get("notes") for t in lines}
+
+
+def _set_aside(folder: Path, tmp_path: Path) -> str:
+    """The note `load_or_quarantine` writes for the planted checkpoint (asked of a copy)."""
+    from normbench.engine.checkpoint import load_or_quarantine
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    _, note = load_or_quarantine(copy, trial_id="x")
+    assert note is not None
+    return note.replace(str(copy), str(folder))
+
+
 def test_trials_spread_over_nodes_and_failures_are_recorded(
     ray_cluster: Cluster, tmp_path: Path
 ) -> None:
+    """... and a checkpoint set aside keeps its note although the trial fails before its
+    first record, in an attempt Tune retries (the retry has no checkpoint to set aside)."""
     log = tmp_path / "attempts.log"  # each training attempt of `boom` adds its node's id
     (tmp_path / "boom.py").write_text(BOOM.replace("ATTEMPTS_LOG", repr(str(log))))
     suite = tmp_path / "s.yaml"
     suite.write_text(_suite("[bn, boom]", "{cpus: 1, gpus: 0}", "cpu", retries=1))
     run, out = tmp_path / "run", io.StringIO()
+    planted = _plant(suite, tmp_path / "boom.py", run, "boom", 0)
     req = RunRequest(
         suite, output=run, address=ray_cluster.address, plugins=(str(tmp_path / "boom.py"),)
     )
     assert execute(req, stream=out) == 1  # a failed trial: exit status 1, suite finished
+    notes = _notes(run)
+    assert notes.pop(planted.name) == [_set_aside(planted, tmp_path)]
+    assert set(notes.values()) == {None}
     df = load_results(run).set_index("variant")
     assert sorted(df.loc["bn"].status) == ["completed", "completed"]
     failed = df.loc["boom"]
@@ -87,6 +125,33 @@ def test_trials_spread_over_nodes_and_failures_are_recorded(
     # Two 1-CPU nodes: the first two trials start together, one on each node.
     nodes = {r["ray_node_id"] for r in _records(run)} | set(attempts)
     assert len(nodes) == 2
+
+
+def test_a_set_aside_checkpoint_keeps_its_note_when_the_trial_fails_first(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The note about a checkpoint set aside rides on the trial's first record; a trial that
+    fails before it (no retry) carries the note to its summary line with the failure: a rerun
+    finds no checkpoint and could not say it again."""
+    from normbench import registry
+
+    registry._reset_all()  # `boom` from the test above's file
+    (tmp_path / "boom.py").write_text(BOOM.replace("ATTEMPTS_LOG", repr(str(tmp_path / "log"))))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(_suite("[boom]", "{cpus: 1, gpus: 0}", "cpu").replace("[0, 1]", "[0]"))
+    run, out = tmp_path / "run", io.StringIO()
+    planted = _plant(suite, tmp_path / "boom.py", run, "boom", 0)
+    req = RunRequest(
+        suite, output=run, address=ray_cluster.address, plugins=(str(tmp_path / "boom.py"),)
+    )
+    try:
+        assert execute(req, stream=out) == 1
+    finally:
+        registry._reset_all()
+    assert _notes(run) == {planted.name: [_set_aside(planted, tmp_path)]}
+    assert (planted / "checkpoint.pt.invalid").read_bytes() == b"not a checkpoint"
+    assert not (run / "epochs.jsonl").exists()  # it failed before its first record
+    assert "is not a valid normbench checkpoint" in out.getvalue()
 
 
 def test_fractional_logical_gpus_are_scheduled_and_trials_run_on_cpu(

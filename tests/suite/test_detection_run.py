@@ -187,3 +187,47 @@ def test_bad_init_from_is_refused_at_its_line(
     assert err and all(f"bad.yaml:{line + 1}: train.init_from:" in x for x in err), err
     assert any(message in x for x in err), err
     assert not (folder / "bad").exists()
+
+
+def _classifier_trial(classifier: Path, variant: str) -> str:
+    return next(t["trial_id"] for t in _lines(classifier / "trials.jsonl")
+                if t["spec"]["variant"] == variant)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "dataset", "backbone", "cell", "misfit"),
+    [("classification", "{name: digits, image_size: 16}", "imagenet_resnet18", "{seed: 0}",
+      "conv1.weight is (64, 3, 7, 7) in its checkpoint and (64, 1, 7, 7) here"),
+     ("detection", CANVAS, "imagenet_resnet34", "{seed: 0, backbone: imagenet_resnet18}",
+      "layer1.2.conv1.weight is missing from its checkpoint ((64, 64, 3, 3) here)")],
+    ids=["channels", "depth"],
+)  # fmt: skip
+def test_a_checkpoint_that_does_not_fit_is_refused_before_ray(
+    classifier: Path, task: str, dataset: str, backbone: str, cell: str, misfit: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The source trial exists, but its tensors do not fit the trial's backbone (1-channel
+    digits into a 3-channel classifier's conv1; a ResNet-34 from a ResNet-18): refused at
+    `train.init_from`'s line naming the first tensor and both shapes, exit status 2, nothing
+    written, Ray never started (the real run, not a dry run)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started for a bad input")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    folder = classifier.parent
+    text = (f"version: 1\nname: misfit\ntask: {{name: {task}, options: {{}}}}\n"
+            f"dataset: {dataset}\nbackbones: [{backbone}]\nvariants: [bn]\nbatch_sizes: [2]\n"
+            "train: {epochs: 1, device: cpu,\n"
+            f"        init_from: {{run: classifier, cell: {cell}}}}}\n")  # fmt: skip
+    if task == "detection":
+        text = text.replace("options: {}", "options: {layout: small, width: 16}")
+    (folder / "misfit.yaml").write_text(text)
+    before = sorted(p.name for p in folder.iterdir())
+    assert _run(["run", str(folder / "misfit.yaml"), "-o", str(folder / "misfit")]) == 2
+    tid = _classifier_trial(classifier, "bn")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"normbench: error: {folder / 'misfit.yaml'}:9: train.init_from: init_from: trial "
+        f"{tid} of {classifier} does not fit this trial's backbone: {misfit}"
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == before

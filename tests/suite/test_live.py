@@ -48,3 +48,10 @@ def test_the_header_claims_finished_trials_only_when_it_knows_them() -> None:
     assert grid.getvalue().splitlines()[0].endswith("4 trials, 1 already finished")
     assert search.getvalue().splitlines()[0].endswith("6 trials")
     assert view.done == 5
+
+
+def test_the_header_counts_one_trial_in_the_singular() -> None:
+    one = io.StringIO()
+    with LiveView(total=1, done=0, stream=one):
+        pass
+    assert one.getvalue().splitlines()[0].endswith("1 trial, 0 already finished")

@@ -375,6 +375,8 @@ def test_relative_dataset_root_is_made_absolute(tmp_path, monkeypatch):
     by_flag = load_suite(path, overrides=["dataset.root=cifar"])
     assert by_flag.dataset["root"] == str(elsewhere / "cifar")
     assert load_suite(path, overrides=["dataset.root=/abs/x"]).dataset["root"] == "/abs/x"
+    whole = load_suite(path, overrides=["dataset={name: digits, image_size: 8, root: cifar}"])
+    assert whole.dataset["root"] == str(elsewhere / "cifar")  # the flag gave the mapping
 
 
 def test_a_ghost_batch_may_span_devices_under_global_statistics(tmp_path):

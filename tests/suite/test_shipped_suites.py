@@ -39,7 +39,7 @@ EXPECTED_TRIALS = {
     "imagenet_table2": 3 * 2,
     "imagenet_table2_resnet50": 2,
     "modern_norms": 2 * 11 * 3,
-    "modern_norms_digits": 2 * 11 * 3,
+    "modern_norms_digits": 3 * 11 * 3,
     "detection_digits": 4 * 3,
     "coco_table5_faster_rcnn": 2 * 2,
     "coco_table6_mask_rcnn": 2 * 2,
@@ -272,7 +272,8 @@ MODERN = {"bn", "gn", "gn+ws", "layernorm2d", "rmsnorm2d", "frn", "evonorm_b0", 
 @pytest.mark.parametrize("name", ["modern_norms", "modern_norms_digits"])
 def test_modern_norms_rows_and_per_layer_choices(loaded, name):
     """The issue's rows on ResNet and a ConvNeXt; GN+WS in the same backbone's table as BN;
-    DyT's official no-decay; the DyT-on-ResNet finding in the header."""
+    DyT's official no-decay; the DyT-on-ResNet finding in the header; the digits twin also
+    has ResNet-20's pre-activation form, the one EvoNorm's official code builds."""
     trials = loaded[name].trials()
     assert {t.cell["variant"] for t in trials} == MODERN
     backbones = {t.spec.backbone for t in trials}
@@ -280,13 +281,17 @@ def test_modern_norms_rows_and_per_layer_choices(loaded, name):
     for t in trials:
         ws = t.spec.backbone_options.get("weight_standardization", False)
         assert ws is (t.cell["variant"] == "gn+ws"), t.cell
-        assert t.cell["backbone"] == t.spec.backbone  # one table per backbone, WS included
+        preact = t.spec.backbone_options.get("preact", False)
+        label = "preact_resnet20" if preact else t.spec.backbone
+        assert t.cell["backbone"] == label  # one table per backbone, WS included
         if t.spec.variant == "dyt":
             assert t.spec.recipe.norm_weight_decay == 0.0
         else:
             assert t.spec.recipe.norm_weight_decay is None
     head = (SUITES / f"{name}.yaml").read_text().split("\nversion:")[0]
     assert "76.2 -> 68.9" in head and "App. D" in head
+    tables = {t.cell["backbone"] for t in trials}
+    assert ("preact_resnet20" in tables) is (name == "modern_norms_digits")
 
 
 def test_modern_norms_recipes(loaded):

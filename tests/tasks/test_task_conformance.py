@@ -74,6 +74,22 @@ class HeadWithBatchNorm(Classification):
         return nn.Sequential(body, nn.BatchNorm1d(16), nn.Linear(16, ctx.num_classes))
 
 
+class HeadOfItsOwnWidth(Classification):
+    """A task whose head normalises 24 channels, a width the backbone (4, 8, 16) lacks, and
+    does not say so: validation would not check the variant's options there."""
+
+    def build_model(self, ctx):  # type: ignore[no-untyped-def]
+        super().build_model(ctx)
+        body = ctx.backbone(24, in_channels=ctx.in_channels)
+        head = [nn.Unflatten(1, (24, 1, 1)), ctx.norm_layer(24), nn.Flatten()]
+        return nn.Sequential(body, *head, nn.Linear(24, ctx.num_classes))
+
+
+class DeclaredHead(HeadOfItsOwnWidth):
+    def norm_widths(self) -> dict[str, set[int]]:
+        return {"head": {24}}
+
+
 class ForgetsTheTrainMetric(Classification):
     """A task whose step leaves out the train top-1 its scoring declares."""
 
@@ -85,6 +101,7 @@ class ForgetsTheTrainMetric(Classification):
     ("cls", "check", "message"),
     [
         (HeadWithBatchNorm, "test_norm_layer_everywhere", "did not replace"),
+        (HeadOfItsOwnWidth, "test_norm_layer_everywhere", r"does not declare in norm_widths"),
         (ForgetsTheTrainMetric, "test_training_step", "train sums"),
     ],
 )
@@ -97,6 +114,14 @@ def test_the_kit_fails_a_broken_task(cls: type, check: str, message: str) -> Non
             getattr(kit, check)()
     finally:
         TASKS.unregister(name)
+
+
+def test_the_kit_passes_a_head_whose_width_is_declared() -> None:
+    register_task("declared_head")(DeclaredHead)
+    try:
+        type("Kit", (TaskConformance,), {"task": "declared_head"})().test_norm_layer_everywhere()
+    finally:
+        TASKS.unregister("declared_head")
 
 
 def test_registration_refuses_what_breaks_the_contract() -> None:

@@ -32,6 +32,11 @@ LAYERS = [
     ("brn", {"rmax": 1.1, "dmax": 0.2, "relax_from": 0, "rmax_at": 2, "dmax_at": 1}),
     ("brn", {"momentum": None, "relax_from": 1, "rmax_at": 1, "dmax_at": 3}),
     ("saauxbn", {"num_branches": 3}),  # its folded affine (`_region.call`)
+    # the element-wise layers' regions (`_region.call`) between the moments and composite f
+    ("frn", {"learnable_eps": True}),
+    ("frn", {"apply_act": False}),  # the per-instance affine's region (a bound method)
+    ("evonorm_s0", {"num_groups": 2}),
+    ("evonorm_b0", {"momentum": None}),
 ]
 
 

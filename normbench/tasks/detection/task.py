@@ -20,6 +20,7 @@ detector for `digits_coco`: `width` channels, anchors 8-128 px, no resize).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from normbench.tasks.detection.models import (
     BODIES,
     Body,
     Kind,
+    Layout,
     body_of,
     detector,
     small_layout,
@@ -122,18 +124,29 @@ class _Detector:
             )
         return out
 
+    def norm_widths(self) -> dict[str, frozenset[int]]:
+        """The widths of the detector's own norms (`ctx.norm_layer`: after every FPN conv, in
+        the box head's convs and the mask head's), by where they come from; the body's are
+        the backbone's. Suite validation checks the variant's options at these widths too."""
+        parts = "FPN, box and mask heads" if self.kind == "mask_rcnn" else "FPN and box head"
+        origin = "task.options.width" if self.layout == "small" else "layout v2"
+        width = self._layout(image_size=1).width  # the widths do not follow the image size
+        return {f"{parts} ({origin})": frozenset({width})}
+
+    def _layout(self, image_size: int) -> Layout:
+        if self.layout == "small":
+            return small_layout(image_size, width=self.width)
+        # torchvision's v2 sizes, the shorter side at the data set's image size
+        v2 = torchvision_v2_layout()
+        side = (image_size, round(image_size * v2.max_size / v2.min_size))
+        return dataclasses.replace(v2, min_size=side[0], max_size=side[1])
+
     def build_model(self, ctx: ModelContext) -> nn.Module:
         self.num_classes = ctx.num_classes
-        if self.layout == "small":
-            layout = small_layout(ctx.image_size, width=self.width)
-        else:  # torchvision's v2 sizes, the shorter side at the data set's image size
-            v2 = torchvision_v2_layout()
-            side = (ctx.image_size, round(ctx.image_size * v2.max_size / v2.min_size))
-            layout = type(v2)(**{**v2.__dict__, "min_size": side[0], "max_size": side[1]})
         classifier = ctx.backbone(1, in_channels=ctx.in_channels)  # its fc is never run
         return detector(
             self.kind, classifier, stages_of(classifier), ctx.num_classes, ctx.norm_layer,
-            layout=layout,
+            layout=self._layout(ctx.image_size),
         )  # fmt: skip
 
     def training_step(self, forward: Callable[..., Any], batch: Batch) -> Step:

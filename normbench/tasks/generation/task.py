@@ -168,6 +168,12 @@ class Generation:
             return f"feature extractor {extractor} (not comparable with Inception's IS/FID)"
         return f"Inception weights {inception_weights(options.get('feature_extractor_weights'))}"
 
+    def norm_widths(self) -> dict[str, frozenset[int]]:
+        """The widths of the generator's class-conditional norms (two per block, each at
+        `g_width`; its output BN is plain BN), which suite validation checks the variant's
+        options at: the suite's backbone is never built."""
+        return {"generator blocks (task.options.g_width)": frozenset({self.sizes["g_width"]})}
+
     def build_model(self, ctx: ModelContext) -> nn.Module:
         mean, std = ctx.info.get("mean"), ctx.info.get("std")
         if mean is None or std is None:

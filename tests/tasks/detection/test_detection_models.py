@@ -112,3 +112,33 @@ def test_unknown_names_are_refused() -> None:
         build_detector("retinanet", "resnet18", 11, nn.BatchNorm2d)  # type: ignore[arg-type]
     assert set(BODIES) == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                            "resnext50"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "options", "width"),
+    [("detection", {"layout": "small", "width": 24}, 24),
+     ("instance_segmentation", {"layout": "small", "width": 40}, 40),
+     ("instance_segmentation", {}, 256)],
+)  # fmt: skip
+def test_the_tasks_declared_norm_widths_are_those_it_builds(
+    task: str, options: dict, width: int
+) -> None:
+    """`norm_widths()` (what suite validation checks a variant's options at, besides the
+    backbone's widths) names every width the task gives `ctx.norm_layer` in FPN and heads."""
+    from normbench.models import create_backbone
+    from normbench.spec import Recipe
+    from normbench.tasks import ModelContext, create_task
+
+    made = create_task(task, options)
+    own: list[int] = []
+    ctx = ModelContext(
+        backbone=lambda n, *, in_channels: create_backbone(
+            "imagenet_resnet18", n, nn.BatchNorm2d, in_channels=in_channels
+        ),
+        norm_layer=functools.partial(Marked, widths=own),
+        num_classes=4, in_channels=3, image_size=40, recipe=Recipe(), device=torch.device("meta"),
+    )  # fmt: skip
+    with torch.device("meta"):
+        made.build_model(ctx)
+    (declared,) = made.norm_widths().values()
+    assert set(own) == declared == {width}

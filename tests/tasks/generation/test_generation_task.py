@@ -52,6 +52,18 @@ class TestGeneration(TaskConformance):
         assert norms and all(isinstance(m, ccbn) for m in norms.values()), norms
 
 
+def test_the_declared_norm_widths_are_the_generators() -> None:
+    """`norm_widths()` (what validation checks the variant's options at) is the width of every
+    class-conditional norm the generator has, here 12, a width the backbone lacks."""
+    from normbench.tasks import task_norm_widths
+
+    options = {**TINY, "g_width": 12}
+    norms = dict(norm_layers(TestGeneration().build(task_options=options).model))
+    norms.pop("generator.b5")  # plain BN in both arms
+    (declared,) = task_norm_widths("generation", options).values()
+    assert {m.num_features for m in norms.values()} == declared == {12}
+
+
 def test_the_loop_steps_the_generator_and_the_task_the_discriminator() -> None:
     """One training batch through the loop's pass: the loop's optimiser is the generator's
     Adam (betas from the task), n_critic discriminator steps and one generator step, the
