@@ -315,6 +315,11 @@ def compiled_regions(
     if not _INDUCTOR:
         _INDUCTOR.append(InductorKernels())
     backend, cpu = _INDUCTOR[0], torch.device("cpu")
+    # A fresh Dynamo: what earlier calls of the same region saw (other option values, dtypes,
+    # shapes) would make its floats and sizes dynamic ("automatic dynamic") and change the
+    # graph, so the count would depend on what ran before in this process. A model's layers
+    # of one kind share their options, so the first compile is the graph a training runs.
+    torch._dynamo.reset()
     torch.manual_seed(0)
     with cpu, _region.coefficient_mode("compiled"), _region.compiled_with(backend):
         layer = build().train()
