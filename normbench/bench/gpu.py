@@ -127,7 +127,8 @@ def check_traffic(ctx: Context) -> Result:
     where = "simulated CUDA (FakeTensors)" if simulated else "CUDA"
     head = ["layer", "activation bytes x BN", "kernels", "kernel bound", "host syncs",
             "host copies", "within bound"]  # fmt: skip
-    good = f"all {len(rows)} within 2x BN's bytes with no host sync ({where})"
+    shape = "x".join(map(str, ctx.shape))  # counts depend on it (--quick: a smaller input)
+    good = f"all {len(rows)} within 2x BN's bytes with no host sync ({where}, {shape} bf16)"
     if launches:
         good += f"; kernels over 4x BN's plus convolutions: {', '.join(launches)}"
     return verdict(bad, good, table(head, rows), ctx)

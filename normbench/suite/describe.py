@@ -195,7 +195,8 @@ def _cost(suite: Suite, fits: int | None, where: str, progress: Any) -> list[str
     seconds = found.macs / rate
     total = len(suite.trials()) * (suite.search.num_samples if suite.search else 1)
     text = (
-        f"estimated time: {_hms(seconds)} of trial time for all {_trials(total)} on "
+        f"estimated time: {_hms(seconds)} of trial time for {'all ' if total != 1 else ''}"
+        f"{_trials(total)} on "
         f"{'GPU' if gpu else 'CPU'} at the assumed rate"
     )
     todo, todo_s = total, seconds
@@ -205,7 +206,11 @@ def _cost(suite: Suite, fits: int | None, where: str, progress: Any) -> list[str
         todo_s = rest.macs / rate if isinstance(rest, Work) else seconds * todo / max(total, 1)
         text += f"; the {todo} left: ~{_hms(todo_s)}" if todo else "; nothing left to run"
     text += f", {_wall(suite, todo_s, todo, fits, where)}" if todo else ""
-    return [*lines, text + "; see normbench.suite.describe"]
+    return [
+        *lines,
+        text + "; an order of magnitude: norm layers, Ray's start-up and data loading are not "
+        "counted (normbench.suite.describe)",
+    ]
 
 
 def _wall(suite: Suite, seconds: float, count: int, fits: int | None, where: str) -> str:
