@@ -112,9 +112,11 @@ def test_evaluate_picks_alpha_on_validation(finished_run: Path, capsys) -> None:
         for x in (finished_run / "epochs.jsonl").read_text().splitlines()
         if json.loads(x)["trial_id"] == tid
     ][-1]
+    delta = f"{line['test_top1'] - trained:+.2f}"
+    delta = "0.00" if float(delta) == 0 else delta  # a shown zero carries no sign
     assert rows == [
         f"| digits | resnet20 | fourthings | 32 | example weight alpha chosen on val | 1 | "
-        f"{line['test_top1']:.2f} | {trained:.2f} | {line['test_top1'] - trained:+.2f} | {best:g} |"
+        f"{line['test_top1']:.2f} | {trained:.2f} | {delta} | {best:g} |"
     ]
 
     # a rerun resumes: nothing evaluated twice
