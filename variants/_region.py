@@ -157,13 +157,18 @@ def _runner(func: Callable[..., Any]) -> Region:
 
 
 @functools.cache
-def _compiled(func: Callable[..., Any], backend: Any) -> Region:
-    return torch.compile(_runner(func), backend=backend, dynamic=True, fullgraph=True)
-
-
-@functools.cache
-def _compiled_call(func: Callable[..., Any], backend: Any) -> Callable[..., Any]:
+def _compiled(func: Callable[..., Any], backend: Any) -> Callable[..., Any]:
     return torch.compile(func, backend=backend, dynamic=True, fullgraph=True)
+
+
+def _call_compiled(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """`func(*args)` compiled with the region's backend, or through the intercept the count
+    installs (`normbench.simulate`); what `run` and `call` share."""
+    intercept = _state["intercept"]
+    if intercept is not None:
+        return intercept(func, args)
+    with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+        return _compiled(func, _state["backend"])(*args)
 
 
 def call(statistics: Callable[..., Any], *args: Any) -> Any:
@@ -174,11 +179,7 @@ def call(statistics: Callable[..., Any], *args: Any) -> Any:
     cache); callers run it eagerly where the region is not `active` (`_fused.regions_on`)."""
     func, bound, keywords = _unbind(statistics)
     assert not keywords and compilable(statistics), "a bound method or a plain function"
-    intercept = _state["intercept"]
-    if intercept is not None:
-        return intercept(func, (*bound, *args))
-    with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-        return _compiled_call(func, _state["backend"])(*bound, *args)
+    return _call_compiled(func, (*bound, *args))
 
 
 def run(
@@ -190,9 +191,4 @@ def run(
     """(A, Y') = the compiled region of `coefficients(mean, var, *params)`; Y' = Y + (m̄ − m)·A
     (numerically Y; the affine pass takes m̄ and owes the mean no gradient)."""
     func, bound, keywords = _unbind(coefficients)
-    args = (func, bound, keywords, mean, var, params)
-    intercept = _state["intercept"]
-    if intercept is not None:
-        return intercept(_runner(func), args)  # type: ignore[no-any-return]
-    with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-        return _compiled(func, _state["backend"])(*args)
+    return _call_compiled(_runner(func), (func, bound, keywords, mean, var, params))  # type: ignore[no-any-return]
