@@ -65,6 +65,10 @@ class PreActBlock(nn.Module):
         self.shortcut = None if same or pad_shortcut else conv1x1(c_in, planes, stride)
         self.pad_shortcut = None if same else pad_shortcut
 
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.norm2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act1(self.norm1(x))
         if self.shortcut is not None:
@@ -106,7 +110,7 @@ class PreActResNet(nn.Module):
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, PreActBlock):
-                    zero_norm_weight(m.norm2)
+                    zero_norm_weight(m.last_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -91,7 +91,7 @@ class SmallResNet(nn.Module):
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock | PreActBlock):
-                    zero_norm_weight(m.norm2)
+                    zero_norm_weight(m.last_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final(self.layer3(self.layer2(self.layer1(self.stem(x)))))
