@@ -10,6 +10,15 @@ returns the factory timm expects (a partial of a norm+act class timm knows), bui
 `<Variant>Act2d`: the variant itself (same parameters, buffers and state_dict keys as
 `BatchNormAct2d` for `bn`), followed by `drop` and `act` children.
 
+Normalization-activation variants (EvoNorm-B0/S0, FRN with TLU: `is_norm_activation`) follow
+timm's own EvoNorm and FRN layers (`timm.layers.EvoNorm2dB0`, `FilterResponseNormTlu2d`), which
+are norm+act layers that swallow the model's `act_layer`: the layer's own nonlinearity is the
+slot's activation, and no activation follows it (`act` is an identity). A slot built with
+`apply_act=False` (EfficientNet's projection convs, RegNet's last conv of a block) reaches a
+variant that takes `apply_act` (FRN: no TLU there, as timm's); timm's EvoNorms there drop their
+nonlinearity (no v), a layer normbench does not offer (variants/evonorm.py), so normbench's
+EvoNorms stay whole in those slots.
+
 Data parallel: normbench synchronises the statistics of every layer itself (`stats_scope:
 global`, `normbench.variants.global_statistics`). timm's `convert_sync_batchnorm` also works on
 `bn` (its norm+act layer is a timm `BatchNormAct2d`, converted to timm's `SyncBatchNormAct`
@@ -35,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normbench.models._common import is_norm_activation
 from normbench.variants_api import VARIANTS
 
 TIMM_MISSING = (
@@ -85,10 +95,12 @@ class _NormAct:
                         f"timm asked {self.variant_name} for {flag}=False, which it does not "
                         "support"
                     )
+        if _accepts(type(self).__mro__[2], "apply_act"):  # timm's FRN-TLU: the slot's choice
+            norm_options["apply_act"] = apply_act
         super().__init__(num_features, **norm_options)  # type: ignore[call-arg]
         self.drop = drop_layer() if drop_layer is not None else nn.Identity()
-        act: nn.Module = nn.Identity()
-        if apply_act and act_layer is not None:
+        act: nn.Module = nn.Identity()  # none after a normalization-activation layer (doc)
+        if apply_act and act_layer is not None and not is_norm_activation(self):  # type: ignore[arg-type]
             from timm.layers import create_act_layer
 
             act = create_act_layer(act_layer, inplace=inplace, **(act_kwargs or {}))

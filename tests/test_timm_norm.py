@@ -46,7 +46,32 @@ def test_every_variant_fills_every_slot_with_timms_activation(variant) -> None:
     for name, ref in slots.items():
         mine = ours.get_submodule(name)
         assert isinstance(mine, BUILTIN_VARIANTS[variant]), name
-        assert type(mine.act) is type(ref.act), name  # SiLU where timm has SiLU, else Identity
+        if getattr(mine, "norm_activation", False):  # EvoNorm, FRN with its TLU
+            assert type(mine.act) is torch.nn.Identity, name  # their own nonlinearity only
+        else:
+            assert type(mine.act) is type(ref.act), name  # SiLU where timm has SiLU, else Identity
+
+
+@pytest.mark.parametrize(("variant", "timms"), [("frn", "frntlu"), ("evonorm_b0", "evonormb0")])
+def test_norm_activation_variants_follow_timms_own_layers(variant: str, timms: str) -> None:
+    """timm's own EvoNorm2dB0 / FilterResponseNormTlu2d in regnetx_002 (timm picks them by
+    name) swallow the model's activation: no act follows them, and a slot without activation
+    (`apply_act=False`: each block's last conv) turns FRN's TLU off. normbench's variants in
+    the same slots: no activation after any of them, FRN's TLU where timm's has one; EvoNorm
+    keeps its nonlinearity everywhere (timm's without it is not a layer normbench offers)."""
+    with torch.device("meta"):
+        reference = timm.create_model("regnetx_002", norm_layer=timms)
+        ours = create_model("regnetx_002", variant)
+    slots = {n: m for n, m in reference.named_modules() if hasattr(m, "apply_act")}
+    assert len(slots) == 44 and not any(hasattr(m, "act") for m in slots.values())
+    assert sum(m.apply_act for m in slots.values()) == 27  # 17 slots without activation
+    for name, ref in slots.items():
+        mine = ours.get_submodule(name)
+        assert type(mine.act) is torch.nn.Identity, name
+        if variant == "frn":
+            assert mine.apply_act == ref.apply_act and mine.norm_activation == ref.apply_act, name
+    acts = [n for n, m in ours.named_modules() if isinstance(m, torch.nn.ReLU)]
+    assert acts == [n for n, m in reference.named_modules() if isinstance(m, torch.nn.ReLU)]
 
 
 @pytest.mark.parametrize("variant", ["ubn"])

@@ -58,14 +58,19 @@ def init_convs(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def is_norm_activation(norm: nn.Module) -> bool:
+    """Whether `norm` is a normalization-activation layer (its `norm_activation` is true:
+    EvoNorm-B0/S0, FRN with its TLU), which replaces a norm *and* the activation after it (Liu
+    et al. 2020, arXiv 2004.02967: EvoNorms replace BN-ReLU; Singh & Krishnan 2020, arXiv
+    1911.09737: FRN-TLU replaces BN-ReLU), so no backbone puts an activation after it: one its
+    paper never has (docs/variants.md#normalization-activation-layers)."""
+    return bool(getattr(norm, "norm_activation", False))
+
+
 def activation_after(norm: nn.Module) -> nn.Module:
     """The ReLU a backbone puts after `norm`, or `nn.Identity()` when `norm` is a
-    normalization-activation layer (its `norm_activation` is true: EvoNorm-B0/S0, FRN with its
-    TLU). Such a layer replaces a norm *and* the activation after it (Liu et al. 2020, arXiv
-    2004.02967: EvoNorms replace BN-ReLU; Singh & Krishnan 2020, arXiv 1911.09737: FRN-TLU
-    replaces BN-ReLU), so a ReLU after it would be a second activation its paper never has
-    (docs/variants.md#normalization-activation-layers)."""
-    if getattr(norm, "norm_activation", False):
+    normalization-activation layer (`is_norm_activation`)."""
+    if is_norm_activation(norm):
         return nn.Identity()
     return nn.ReLU(inplace=True)
 

@@ -7,6 +7,15 @@ each placeholder is then swapped for the real layer (the last norm of each block
 BasicBlock and `bn3` in a Bottleneck, for `last_norm_layer` when given). Parameter counts with
 BN and 1000 classes are torchvision's: 11.69M, 21.80M, 25.56M, 44.55M, 60.19M, 25.03M.
 
+Normalization-activation layers (EvoNorm-B0/S0, FRN with TLU; `is_norm_activation`) replace a
+norm and the ReLU after it, so with one the ReLU after `bn1` (and `bn2` in a Bottleneck) and
+the stem's are left out. torchvision's blocks call one shared `self.relu` module after their
+norms and after the residual sum, so no module can be swapped; the blocks are instead
+torchvision's classes with a forward that skips `self.relu` after such a norm and keeps it after
+the sum, which follows no norm (`normbench.models.torchvision_blocks`). With any other norm the
+model is torchvision's: same modules, same state_dict, same output
+(tests/models/test_norm_activation_backbones.py checks it against torchvision's own).
+
 `in_channels != 3` replaces the 7x7 stem conv by one with that many input channels.
 Pretrained weights are never loaded: the benchmark trains every normalization from scratch.
 """
@@ -18,7 +27,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, check_bool, zero_norm_weight
+from normbench.models._common import (
+    NormLayer,
+    activation_after,
+    check_bool,
+    zero_norm_weight,
+)
 
 
 class _Placeholder(nn.Module):
@@ -67,13 +81,22 @@ def _factory(arch: str) -> Callable[..., nn.Module]:
         last_norm_layer: NormLayer | None = None,
         zero_init_residual: bool = False,
     ) -> nn.Module:
-        import torchvision.models  # lazy: torchvision is slow to import
+        from torchvision.models.resnet import ResNet  # lazy: torchvision is slow to import
+
+        from normbench.models.torchvision_blocks import LAYOUTS
 
         zero_init = check_bool(name, "zero_init_residual", zero_init_residual)
-        model = getattr(torchvision.models, arch)(
-            weights=None, num_classes=num_classes, norm_layer=_Placeholder
+        block, layers, groups, width = LAYOUTS[arch]
+        model = ResNet(
+            block,  # type: ignore[arg-type]
+            layers,
+            num_classes=num_classes,
+            groups=groups,
+            width_per_group=width,
+            norm_layer=_Placeholder,
         )
         _swap_norms(model, norm_layer, last_norm_layer or norm_layer)
+        model.relu = activation_after(model.bn1)  # the stem's, used only there
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

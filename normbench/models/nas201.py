@@ -23,6 +23,22 @@ variant's `norm_layer(C)` in every norm (stem, operations, reduction blocks, the
 Ours: weights keep PyTorch's default initialisation, as the official search and benchmark
 networks; `last_norm_layer` (placement last-in-block) replaces the second norm of the two
 residual reduction blocks, the only residual blocks.
+
+Normalization-activation layers (EvoNorm-B0/S0, FRN with TLU: `is_norm_activation`) replace a
+norm and the ReLU after it. Here the ReLU comes first in each operation (ReLU -> conv -> norm),
+so the ReLU that pairs with a norm is the one at the start of the *next* operation, and the rule
+is the one every normbench ResNet follows: no ReLU whose input is exactly one
+normalization-activation layer's output; a ReLU after a sum of several terms stays (the
+post-activation ResNet's ReLU after the residual sum, kept everywhere). So a `nor_conv` op
+starts without its ReLU when its source node holds one such output unchanged: the stem's norm
+(node 0 of the first cell), a node whose only non-`none` edge is a `nor_conv` (`none` adds
+zeros) or a `skip_connect` of such a node, a cell whose output node is one (node 0 of the next
+cell); and the reduction block's second conv (its ReLU follows the first conv's norm directly);
+and the head has no ReLU after its last norm. The ResNet-like cell then reads
+ReLU(x) -> conv -> norm-act -> conv -> norm-act, plus x: the post-activation ResNet block with
+its norms replaced. An `avg_pool_3x3` in between is not a norm's output (the ReLU stays). With
+any other norm nothing changes. The DARTS supernet (normbench.tasks.nas.supernet) keeps every
+ReLU: each of its nodes is a weighted sum over all operations.
 """
 
 from __future__ import annotations
@@ -35,8 +51,10 @@ from torch import nn
 from normbench.models._common import (
     BackboneOptionError,
     NormLayer,
+    activation_after,
     check_bool,
     check_positive_int,
+    is_norm_activation,
     zero_norm_weight,
 )
 
@@ -85,11 +103,14 @@ def format_genotype(genotype: Genotype) -> str:
 
 class ReLUConvNorm(nn.Sequential):
     """ReLU -> conv (no bias) -> norm: the benchmark's `nor_conv_kxk` and the reduction
-    blocks' convs."""
+    blocks' convs. `relu=False` puts an `nn.Identity` in the ReLU's place, for an input that is
+    a normalization-activation layer's output (module doc)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, norm: nn.Module) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, norm: nn.Module, *, relu: bool = True
+    ) -> None:
         conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
-        super().__init__(nn.ReLU(inplace=False), conv, norm)
+        super().__init__(nn.ReLU(inplace=False) if relu else nn.Identity(), conv, norm)
 
 
 class Zero(nn.Module):
@@ -99,8 +120,12 @@ class Zero(nn.Module):
         return torch.zeros_like(x)
 
 
-def operation(name: str, channels: int, norm_layer: NormLayer) -> nn.Module:
-    """One candidate operation on a cell edge (stride 1, `channels` in and out)."""
+def operation(
+    name: str, channels: int, norm_layer: NormLayer, *, activated_input: bool = False
+) -> nn.Module:
+    """One candidate operation on a cell edge (stride 1, `channels` in and out);
+    `activated_input`: its input is a normalization-activation layer's output, so a `nor_conv`
+    starts without its ReLU (module doc)."""
     if name == "none":
         return Zero()
     if name == "skip_connect":
@@ -109,19 +134,32 @@ def operation(name: str, channels: int, norm_layer: NormLayer) -> nn.Module:
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     if name in ("nor_conv_1x1", "nor_conv_3x3"):
         k = 1 if name == "nor_conv_1x1" else 3
-        return ReLUConvNorm(channels, channels, k, 1, norm_layer(channels))
+        return ReLUConvNorm(
+            channels, channels, k, 1, norm_layer(channels), relu=not activated_input
+        )
     raise ValueError(f"unknown operation {name!r}; operations: {', '.join(OPERATIONS)}")
 
 
 class ReductionBlock(nn.Module):
-    """The residual block between stages: (N, C_in, H, W) -> (N, C_out, H/2, W/2)."""
+    """The residual block between stages: (N, C_in, H, W) -> (N, C_out, H/2, W/2);
+    `activated_input`: x is a normalization-activation layer's output (no ReLU on it)."""
 
     def __init__(
-        self, c_in: int, c_out: int, norm_layer: NormLayer, last_norm_layer: NormLayer | None
+        self,
+        c_in: int,
+        c_out: int,
+        norm_layer: NormLayer,
+        last_norm_layer: NormLayer | None,
+        *,
+        activated_input: bool = False,
     ) -> None:
         super().__init__()
-        self.conv_a = ReLUConvNorm(c_in, c_out, 3, 2, norm_layer(c_out))
-        self.conv_b = ReLUConvNorm(c_out, c_out, 3, 1, (last_norm_layer or norm_layer)(c_out))
+        norm_a = norm_layer(c_out)
+        self.conv_a = ReLUConvNorm(c_in, c_out, 3, 2, norm_a, relu=not activated_input)
+        self.conv_b = ReLUConvNorm(
+            c_out, c_out, 3, 1, (last_norm_layer or norm_layer)(c_out),
+            relu=not is_norm_activation(norm_a),
+        )  # fmt: skip
         self.shortcut = nn.Sequential(
             nn.AvgPool2d(2, stride=2), nn.Conv2d(c_in, c_out, 1, bias=False)
         )
@@ -132,14 +170,32 @@ class ReductionBlock(nn.Module):
 
 
 class Cell(nn.Module):
-    """A found cell: node i = sum over its entries (op, j) of op(node j); returns the last."""
+    """A found cell: node i = sum over its entries (op, j) of op(node j); returns the last.
 
-    def __init__(self, genotype: Genotype, channels: int, norm_layer: NormLayer) -> None:
+    `activated_input`: node 0 is a normalization-activation layer's output; `output_activated`
+    says whether the last node is one (module doc)."""
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        channels: int,
+        norm_layer: NormLayer,
+        *,
+        activated_input: bool = False,
+    ) -> None:
         super().__init__()
         self.genotype = genotype
-        self.ops = nn.ModuleList(
-            operation(op, channels, norm_layer) for node in genotype for op, _ in node
-        )
+        ops: list[nn.Module] = []
+        activated = [activated_input]  # per node: holds one norm-activation output unchanged
+        for node in genotype:
+            terms = []
+            for op, j in node:
+                ops.append(operation(op, channels, norm_layer, activated_input=activated[j]))
+                if op != "none":
+                    terms.append((op, activated[j], ops[-1]))
+            activated.append(len(terms) == 1 and _passes_norm_activation(*terms[0]))
+        self.ops = nn.ModuleList(ops)
+        self.output_activated = activated[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes, k = [x], 0
@@ -152,12 +208,23 @@ class Cell(nn.Module):
         return nodes[-1]
 
 
+def _passes_norm_activation(op: str, activated_source: bool, module: nn.Module) -> bool:
+    """Whether operation `op` (`module`) outputs one normalization-activation layer's output
+    unchanged: a `nor_conv` ending in one, or a `skip_connect` of a node holding one."""
+    if op == "skip_connect":
+        return activated_source
+    return isinstance(module, ReLUConvNorm) and is_norm_activation(module[-1])
+
+
 class CellNetwork(nn.Module):
-    """The macro skeleton (module doc) around cells made by `make_cell(channels)`."""
+    """The macro skeleton (module doc) around cells made by `make_cell(channels,
+    activated_input)`: `activated_input` is whether the cell's input is a
+    normalization-activation layer's output; a cell's `output_activated` (default False) says
+    the same of its output."""
 
     def __init__(
         self,
-        make_cell: Callable[[int], nn.Module],
+        make_cell: Callable[[int, bool], nn.Module],
         num_classes: int,
         norm_layer: NormLayer,
         *,
@@ -168,17 +235,23 @@ class CellNetwork(nn.Module):
     ) -> None:
         super().__init__()
         c = channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1, bias=False), norm_layer(c)
-        )
+        stem_norm = norm_layer(c)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), stem_norm)
+        activated = is_norm_activation(stem_norm)
         layers: list[nn.Module] = []
         for stage in range(3):
             if stage > 0:
-                layers.append(ReductionBlock(c, 2 * c, norm_layer, last_norm_layer))
-                c *= 2
-            layers.extend(make_cell(c) for _ in range(cells_per_stage))
+                block = ReductionBlock(
+                    c, 2 * c, norm_layer, last_norm_layer, activated_input=activated
+                )
+                layers.append(block)
+                c, activated = 2 * c, False  # its output is a sum
+            for _ in range(cells_per_stage):
+                layers.append(make_cell(c, activated))
+                activated = bool(getattr(layers[-1], "output_activated", False))
         self.cells = nn.ModuleList(layers)
-        self.lastact = nn.Sequential(norm_layer(c), nn.ReLU(inplace=True))
+        last_norm = norm_layer(c)
+        self.lastact = nn.Sequential(last_norm, activation_after(last_norm))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
 
@@ -212,7 +285,7 @@ def nas201(
     except ValueError as exc:
         raise BackboneOptionError(f"backbone 'nas201': option 'genotype': {exc}") from exc
     model = CellNetwork(
-        lambda c: Cell(cell, c, norm_layer),
+        lambda c, activated: Cell(cell, c, norm_layer, activated_input=activated),
         num_classes,
         norm_layer,
         channels=check_positive_int("nas201", "channels", channels),

@@ -11,6 +11,11 @@ same parts from torchvision's public classes with `norm_layer`, the way mmdetect
 normbench classification backbone factory (`imagenet_resnet50`, ...) built with `norm_layer`;
 the FPN reads its stages (its classifier head is never run). No pretrained weights are loaded.
 
+Normalization-activation layers (EvoNorm-B0/S0, FRN with TLU) replace a norm and the ReLU after
+it: the body (an ImageNet ResNet, normbench.models.imagenet) leaves its ReLUs out after them,
+and so do the box and mask heads, whose convs are torchvision's `Conv2dNormActivation` (conv,
+norm, ReLU; `without_activation_after_norm_activation`). The FPN's convs have no activation.
+
 `torchvision_v2_layout()` is the v2 models' sizes (FPN and head width 256, fc 1024, anchors
 32-512 px, images resized to 800-1333 px), for COCO; `small_layout(image_size)` is a CPU-size
 detector for the `digits_coco` canvases (width 64, fc 256, anchors 8-128 px, no resize).
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
+
+from normbench.models._common import is_norm_activation
 
 NormLayer = Callable[[int], nn.Module]
 Kind = Literal["faster_rcnn", "mask_rcnn"]
@@ -160,12 +167,26 @@ def detector(
     }
     fpn = fpn_body(classifier, body, norm_layer, w)
     if kind == "faster_rcnn":
-        return FasterRCNN(fpn, **parts)
+        return without_activation_after_norm_activation(FasterRCNN(fpn, **parts))
     mask_head = MaskRCNNHeads(w, [w] * 4, 1, norm_layer=norm_layer)
     # the predictor's transposed conv keeps the head's width (torchvision: 256 -> 256)
-    return MaskRCNN(
+    model = MaskRCNN(
         fpn, mask_head=mask_head, mask_predictor=MaskRCNNPredictor(w, w, num_classes), **parts
     )
+    return without_activation_after_norm_activation(model)
+
+
+def without_activation_after_norm_activation(model: nn.Module) -> nn.Module:
+    """`model` with the activation of each torchvision `Conv2dNormActivation` (a Sequential
+    conv, norm, activation) whose norm is a normalization-activation layer replaced by
+    `nn.Identity` (`is_norm_activation`); in place, returned. Blocks with any other norm, or
+    without an activation (the FPN's), are left as they are."""
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    for m in model.modules():
+        if isinstance(m, Conv2dNormActivation) and len(m) == 3 and is_norm_activation(m[1]):
+            m[2] = nn.Identity()
+    return model
 
 
 def fpn_body(classifier: nn.Module, body: Body, norm_layer: NormLayer, width: int) -> nn.Module:

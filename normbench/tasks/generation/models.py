@@ -13,7 +13,9 @@ A GenBlock is  x + residual  with a learnable 1x1 shortcut on the upsampled x, a
 conv3x3(ReLU(norm2(conv3x3(up(ReLU(norm1(x, y))))), y)); up is nearest-neighbour x2. norm1 and
 norm2 are the conditional norm (`ccbn`, `sabn` or a branch-indexed plugin) with one branch per
 class, called with the class as the index (docs/variants.md#branch-index); the last norm before
-the output conv is unconditional BN, as in the official code for both arms.
+the output conv is unconditional BN, as in the official code for both arms. A conditional norm
+that is a normalization-activation layer (`norm_activation`, docs/variants.md; none of the
+built-in conditional layers is) gets no ReLU after it.
 
 Discriminator D(x, y) (spectral norm on every weight): OptimizedDisBlock (conv, ReLU, conv,
 avg-pool 2; shortcut avg-pool then 1x1 conv), DisBlock with down-sampling, two DisBlocks
@@ -39,6 +41,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from normbench.errors import UserError
+from normbench.models._common import is_norm_activation
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -124,10 +127,16 @@ class GenBlock(nn.Module):
         self.c_sc = _conv(c_in, c_out, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.b1(x, y))
+        h = _relu_after(self.b1, self.b1(x, y))
         h = self.c1(F.interpolate(h, scale_factor=2))  # nearest x2: (N, C, 2H, 2W)
-        h = self.c2(F.relu(self.b2(h, y)))
+        h = self.c2(_relu_after(self.b2, self.b2(h, y)))
         return h + self.c_sc(F.interpolate(x, scale_factor=2))
+
+
+def _relu_after(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """ReLU(h), `norm`'s output, unless `norm` is a normalization-activation layer (a
+    branch-indexed plugin may be one; no built-in class-conditional layer is)."""
+    return h if is_norm_activation(norm) else F.relu(h)
 
 
 class Generator(nn.Module):

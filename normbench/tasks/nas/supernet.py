@@ -140,7 +140,7 @@ class Supernet(CellNetwork):
         nodes: int = NODES,
     ) -> None:
         super().__init__(
-            lambda c: SearchCell(c, norm_layer, operations, nodes),
+            lambda c, _: SearchCell(c, norm_layer, operations, nodes),  # ReLUs kept (nas201)
             num_classes,
             skeleton_norm_layer,
             channels=channels,
