@@ -238,10 +238,10 @@ def _option_problems(spec: TrialSpec, items: dict[str, list[str] | None]) -> lis
     out = []
     for field, given in items.items():
         kind, flag = field.removesuffix("_options"), _flag(by_name[field])
-        reg, name = registries.get(kind), getattr(spec, kind, None)
+        reg, name = registries.get(kind), str(getattr(spec, kind, ""))
         if not given or reg is None or name not in reg:
             continue
-        context = {"batch_size": spec.batch_size} if kind == "variant" else {}
+        context: dict[str, Any] = {"batch_size": spec.batch_size} if kind == "variant" else {}
         for p in reg.check_options(name, getattr(spec, field), **context):
             said = [i for i in given if p.option and i.partition("=")[0].strip() == p.option]
             out.append(f"{flag} {said[-1] if said else ' '.join(given)}: {p.message}")

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from normbench.contract import CLASSIFICATION, Metric
+from normbench.provenance import short_commit
 from normbench.reports import stats
 from normbench.reports.data import Results
 from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, DIFF, Table, smoke_text
@@ -311,7 +312,7 @@ def header(res: Results) -> list[str]:
     out += _as_run(res)
     for run in res.runs:
         env = run.environment
-        commit = (env.get("git_commit") or "unknown")[:12]
+        commit = short_commit(env.get("git_commit"))
         out.append(
             f"- Run `{run.path.name}`: started {env.get('started', 'unknown')}, device "
             f"{env.get('device', 'unknown')} on {env.get('hostname', 'unknown host')} "
