@@ -99,14 +99,14 @@ class NamedEntry(Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
-    what: ClassVar[str] = "name"  # what a bare entry names, for the message below
+    what: ClassVar[str] = "a name"  # what a bare entry names, for the message below
 
     @model_validator(mode="before")
     @classmethod
     def _short(cls, value: Any) -> Any:
         if isinstance(value, str):
             return {"name": value}
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | NamedEntry):
             raise ValueError(
                 f"expected {cls.what} or a mapping {{name: ..., options: {{...}}}}, "
                 f"but got {value!r}"
