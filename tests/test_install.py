@@ -47,12 +47,13 @@ def _fresh_venv(path: Path) -> Path:
 
 
 def _recent_setuptools() -> str | None:
-    """The folder holding the newest setuptools >= 68 this environment has, if any."""
+    """The folder holding the newest setuptools >= 77 (the build requirement) this environment has,
+    if any."""
     found = [
         (int(d.version.split(".")[0]), str(d.locate_file("")))
         for d in importlib.metadata.distributions(name="setuptools")
     ]
-    return max(found)[1] if found and max(found)[0] >= 68 else None
+    return max(found)[1] if found and max(found)[0] >= 77 else None
 
 
 def _build_wheel(python: Path, src: Path, dist: Path, env: dict[str, str]) -> Path:
