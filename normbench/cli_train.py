@@ -215,7 +215,9 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
         values["placement"] = default_placement(values["variant"])
     recipe = {k: v for k, v in values.items() if by_name[k].owner is Recipe}
     rest = {k: v for k, v in values.items() if k not in recipe}
-    return TrialSpec(**rest, recipe=Recipe(**recipe))
+    from normbench.engine.revisions import stamp
+
+    return stamp(TrialSpec(**rest, recipe=Recipe(**recipe)))  # as a suite's trial is
 
 
 def _generated_signature() -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normbench.contract import Revision, revisions_of
 from normbench.errors import (
     DuplicateNameError,
     PluginError,
@@ -112,6 +113,10 @@ class Registry:
             )
         key = name.lower()
         src = source or (_SOURCE_STACK[-1] if _SOURCE_STACK else _default_source(obj))
+        try:
+            revisions_of(obj)  # a malformed declaration is refused, built-in or plugin
+        except ValueError as exc:
+            raise PluginError(f"{self.kind} {key!r} (from {src}): {exc}") from None
         with self._lock:
             self._ensure_loaded()
             old = self._entries.get(key)
@@ -210,6 +215,11 @@ class Registry:
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}{closest(key, names)}; available: {', '.join(names)}"
         )
+
+    def revisions(self, name: str) -> tuple[Revision, ...]:
+        """The computation changes entry `name` declares (`normbench.contract.Revision`; its
+        `revision` attribute, checked at registration): () while it is at revision 1."""
+        return revisions_of(self.get(name).obj)
 
     def names(self) -> list[str]:
         self._ensure_loaded()

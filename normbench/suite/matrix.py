@@ -201,13 +201,15 @@ def build_trials(
 ) -> list[Trial]:
     """One Trial per distinct cell, in order. Capped epochs and smoke mode are in the spec, so
     they change the trial id: a smoke or truncated run never passes for a full one."""
+    from normbench.engine.revisions import stamp
+
     labels = _all_labels(model, [])
     base = _base_spec(model, plugins, max_epochs, limit_batches)
     t = model.train
     trials: dict[str, Trial] = {}
     for c in cells:
         recipe = cell_recipe(model, c, base.recipe)
-        spec = base.replace(
+        spec = base.replace(  # at the revisions the code declares (they enter the id)
             variant=c.variant.name.lower(),
             backbone=c.backbone.name.lower(),
             batch_size=c.batch_size,
@@ -218,6 +220,7 @@ def build_trials(
             recipe=recipe,
             placement=c.variant.placement or _train_placement(t, c.variant.name),
         )
+        spec = stamp(spec)
         cell = {
             "dataset": spec.dataset,
             "backbone": labels[("b", *_key(c.backbone))],
@@ -306,7 +309,9 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
             changes[head] = value
     if recipe:
         changes["recipe"] = dataclasses.replace(spec.recipe, **recipe)
-    return spec.replace(**changes)
+    from normbench.engine.revisions import stamp
+
+    return stamp(spec.replace(**changes))  # a searched layer or backbone has its own
 
 
 def _train_placement(train: Any, variant: str) -> str:

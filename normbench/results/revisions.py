@@ -1,0 +1,83 @@
+"""Stored trials computed by another revision of the code than the suite's trials now.
+
+A suite's trial carries the revisions of its layer, backbone and task that are not 1
+(`TrialSpec.revisions`, in its id). When a component's computation changed after a trial was
+stored, the suite now expands to the same trial at a new revision, under a new id: the stored
+one is *superseded*. This module is the one place that decides which stored trials are:
+`normbench run` (and `--dry-run`) does not reuse them and says so, and `normbench report`
+leaves them out of the leaderboards and says how many. Their records stay on disk as they are.
+
+Reads specs only (no torch): the reports use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from normbench.spec import REVISION_FIELD, SpecError, TrialSpec, unrevised_id
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A stored trial that the suite's trial `by` replaces; `was` and `now` are the
+    revisions ({kind: n}, kinds at 1 left out) of the components whose revision differs."""
+
+    trial_id: str
+    by: str
+    was: dict[str, int]
+    now: dict[str, int]
+
+
+def superseded(
+    stored: Mapping[str, Mapping[str, Any] | None], current: Iterable[Mapping[str, Any]]
+) -> dict[str, Superseded]:
+    """{stored trial id: Superseded} for each stored trial (id -> its spec, None: unknown)
+    that is one of the `current` trials (specs) at other revisions of its components."""
+    by_unrevised: dict[str, tuple[str, dict[str, int]]] = {}
+    for spec in current:
+        ids = _ids(spec)
+        if ids is not None:
+            by_unrevised[ids[1]] = (ids[0], dict(spec.get(REVISION_FIELD) or {}))
+    out: dict[str, Superseded] = {}
+    for tid, stored_spec in stored.items():
+        ids = _ids(stored_spec) if stored_spec is not None else None
+        if ids is None or ids[1] not in by_unrevised or ids[0] == by_unrevised[ids[1]][0]:
+            continue
+        by, now = by_unrevised[ids[1]]
+        was = dict((stored_spec or {}).get(REVISION_FIELD) or {})
+        kinds = sorted(k for k in set(was) | set(now) if was.get(k, 1) != now.get(k, 1))
+        out[tid] = Superseded(
+            tid, by, {k: was.get(k, 1) for k in kinds}, {k: now.get(k, 1) for k in kinds}
+        )
+    return out
+
+
+def _ids(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(trial id, id at revision 1) of a stored spec; None for one this code cannot read."""
+    try:
+        return TrialSpec.from_dict(dict(spec)).trial_id, unrevised_id(spec)
+    except (SpecError, TypeError, ValueError):
+        return None
+
+
+def left_out_line(found: Mapping[str, Superseded], specs: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report's one line on the superseded trials it leaves out (`found`, non-empty)."""
+    parts: dict[str, int] = {}
+    for s in found.values():
+        spec = specs.get(s.trial_id) or {}
+        for kind in s.now:
+            name = (
+                f"{spec.get('variant')} in {spec.get('backbone')}"
+                if kind == "backbone"
+                else (spec.get(kind))
+            )
+            key = f"{kind} {name}: revision {s.was[kind]}, now {s.now[kind]}"
+            parts[key] = parts.get(key, 0) + 1
+    what = "; ".join(f"{k} ({n})" for k, n in sorted(parts.items()))
+    return (
+        f"left out {len(found)} trials computed by an older revision of their components "
+        f"({what}): the suite's trials now are those of the new revision; the old records "
+        "stay in the run directory"
+    )
