@@ -112,6 +112,7 @@ def load_runs(run_dirs: list[Path]) -> Results:
         _per_layer(runs, "diagnostics"),
         _scorings(runs),
         next((str(r.suite["baseline"]) for r in runs if r.suite.get("baseline")), "bn"),
+        tuple(f"{r.path}: {_left_out_line(r, left[r.path])}" for r in runs if left[r.path]),
     )
 
 

@@ -63,21 +63,21 @@ def _ids(spec: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def left_out_line(found: Mapping[str, Superseded], specs: Mapping[str, Mapping[str, Any]]) -> str:
-    """The report's one line on the superseded trials it leaves out (`found`, non-empty)."""
-    parts: dict[str, int] = {}
+    """The report's line on the superseded trials it leaves out (`found`, non-empty):
+    "2 trials computed by an older revision (variant tinynorm: 2 at revision 1, now 2); ..."."""
+    parts: dict[tuple[str, int, int], int] = {}
     for s in found.values():
         spec = specs.get(s.trial_id) or {}
         for kind in s.now:
-            name = (
-                f"{spec.get('variant')} in {spec.get('backbone')}"
-                if kind == "backbone"
-                else (spec.get(kind))
-            )
-            key = f"{kind} {name}: revision {s.was[kind]}, now {s.now[kind]}"
+            name = spec.get(kind)
+            if kind == "backbone":
+                name = f"{spec.get('variant')} in {name}"
+            key = (f"{kind} {name}", s.was[kind], s.now[kind])
             parts[key] = parts.get(key, 0) + 1
-    what = "; ".join(f"{k} ({n})" for k, n in sorted(parts.items()))
+    what = "; ".join(f"{k}: {n} at revision {was}, now {now}" for (k, was, now), n in sorted(
+        parts.items()
+    ))  # fmt: skip
     return (
-        f"left out {len(found)} trials computed by an older revision of their components "
-        f"({what}): the suite's trials now are those of the new revision; the old records "
-        "stay in the run directory"
+        f"{len(found)} trials computed by an older revision of a component ({what}); the "
+        "suite now runs them at the new one; their records stay in the run directory"
     )
