@@ -216,8 +216,12 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
     recipe = {k: v for k, v in values.items() if by_name[k].owner is Recipe}
     rest = {k: v for k, v in values.items() if k not in recipe}
     from normbench.engine.revisions import stamp
+    from normbench.registry import load_plugin
 
-    return stamp(TrialSpec(**rest, recipe=Recipe(**recipe)))  # as a suite's trial is
+    spec = TrialSpec(**rest, recipe=Recipe(**recipe))
+    for plugin in spec.plugins:  # their layers and backbones declare revisions too
+        load_plugin(plugin)
+    return stamp(spec)  # at the code's revisions, as a suite's trial is
 
 
 def _generated_signature() -> None:

@@ -38,6 +38,11 @@ enters the id. The fields of other tasks than classification went in that way: `
 with the default "classification" and `task_options`, both `new=True`, so every
 classification id stays.
 
+**Changing what a component computes** (not a field): the layer, backbone or task declares a
+new computation revision; `revisions` (derived: set from the declarations, no suite key or
+flag) puts the revisions that are not 1 into the id, so only the trials the change touches
+get new ids (docs/reproducibility.md#computation-revisions).
+
 This module imports neither torch nor pydantic: the results store and the reports read it.
 """
 
