@@ -145,3 +145,47 @@ def test_superseded_names_the_stored_trials_of_another_revision() -> None:
     assert found[old.trial_id].was == {"backbone": 1, "variant": 1}
     assert found[old.trial_id].now == {"backbone": 2, "variant": 2}
     assert superseded({new.trial_id: new.to_dict()}, [new.to_dict()]) == {}
+
+
+SEARCH = """
+version: 1
+name: revsearch
+dataset: {name: synthetic, image_size: 16, n_train: 64, n_test: 16, num_classes: 4}
+backbones: [{name: resnet20, options: {width: 4}}]
+variants: [evonorm_s0]
+batch_sizes: [16]
+seeds: [0]
+train: {epochs: 1, probe: false, device: cpu}
+resources: {cpus: 1, gpus: 0}
+search:
+  metric: val_top1
+  mode: max
+  num_samples: 2
+  space:
+    recipe.lr: {type: float, low: 0.01, high: 0.2, log: true}
+"""
+
+
+def test_a_search_does_not_go_on_across_a_revision(tmp_path: Path) -> None:
+    """Its study would count the samples of the old code as done: refused, nothing written."""
+    import json
+
+    from normbench.errors import RunDirError
+    from normbench.results.store import check_suite_fits
+    from normbench.suite.loader import load_suite
+
+    (tmp_path / "s.yaml").write_text(SEARCH)
+    suite = load_suite(tmp_path / "s.yaml")
+    assert suite.trials()[0].spec.revisions == {"backbone": 2}
+    old = suite.to_json()
+    for t in old["trials"]:  # as the code before the change stored it
+        t["spec"]["revisions"] = {}
+        t["trial_id"] = unrevised_id(t["spec"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "suite.resolved.json").write_text(json.dumps(old))
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunDirError, match=r"search computed by another revision of the code "
+                       r"\(backbone revision 1 then, 2 now\)"):  # fmt: skip
+        check_suite_fits(run, suite)
+    assert sorted(p.name for p in run.iterdir()) == before

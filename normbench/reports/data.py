@@ -29,7 +29,7 @@ import pandas as pd
 from normbench.contract import CLASSIFICATION, Scoring, scoring_of
 from normbench.errors import UserError
 from normbench.results import load_epochs, load_results
-from normbench.results.revisions import Superseded, left_out_line, superseded
+from normbench.results.revisions import Superseded, left_out_line, superseded_in
 from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 from normbench.spec import fields_on, identity
 
@@ -167,8 +167,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _superseded(run: RunInfo) -> dict[str, Superseded]:
     """The run's stored trials that its suite (as last run) has at a newer revision."""
-    current = [t["spec"] for t in run.suite.get("trials") or [] if isinstance(t, dict)]
-    return superseded(_specs(run.path), current) if current else {}
+    return superseded_in(run.path) if run.suite else {}
 
 
 def _left_out_line(run: RunInfo, found: dict[str, Superseded]) -> str:

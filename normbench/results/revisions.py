@@ -4,18 +4,22 @@ A suite's trial carries the revisions of its layer, backbone and task that are n
 (`TrialSpec.revisions`, in its id). When a component's computation changed after a trial was
 stored, the suite now expands to the same trial at a new revision, under a new id: the stored
 one is *superseded*. This module is the one place that decides which stored trials are:
-`normbench run` (and `--dry-run`) does not reuse them and says so, and `normbench report`
-leaves them out of the leaderboards and says how many. Their records stay on disk as they are.
+`normbench run` (and `--dry-run`) does not reuse them and says so, `normbench report`
+leaves them out of the leaderboards and says how many, and `train.init_from` never picks
+one. Their records stay on disk as they are.
 
 Reads specs only (no torch): the reports use it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from normbench.results import paths
 from normbench.spec import REVISION_FIELD, SpecError, TrialSpec, unrevised_id
 
 
@@ -52,6 +56,20 @@ def superseded(
             tid, by, {k: was.get(k, 1) for k in kinds}, {k: now.get(k, 1) for k in kinds}
         )
     return out
+
+
+def superseded_in(run_dir: Path) -> dict[str, Superseded]:
+    """`superseded` for a run directory: its stored trials against the trials of its suite as
+    last run (`suite.resolved.json`; none there: nothing is superseded)."""
+    from normbench.results.store import stored_specs
+
+    try:
+        suite = json.loads(paths.read_bytes(run_dir / "suite.resolved.json") or b"{}")
+    except ValueError:
+        return {}
+    trials = suite.get("trials") if isinstance(suite, dict) else None
+    current = [t["spec"] for t in trials or [] if isinstance(t, dict) and "spec" in t]
+    return superseded(stored_specs(run_dir), current) if current else {}
 
 
 def _ids(spec: Mapping[str, Any]) -> tuple[str, str] | None:
