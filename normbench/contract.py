@@ -11,7 +11,7 @@ What an extension provides and what flows between the stages:
   evaluation; its `Scoring` (the `Metric`s with unit and direction, and the headline) is plain
   data here, so the reports and the search read it without torch. `CLASSIFICATION` is the
   scoring of the built-in task, and of every record that names no other.
-* `Revision`: a change to what a layer, backbone or task computes, declared on it
+* `Revision`: a change to what a layer, backbone, data set or task computes, declared on it
   (`revision`), so a rerun never reuses results of the code before the change.
 * `EpochRecord`: what `run_trial` yields once per epoch, what the store writes to
   `epochs.jsonl`, and what the live view, the runner and the reports read. Its keys exist
@@ -136,9 +136,9 @@ class TaskCost:
 # -- computation revisions (docs/reproducibility.md#computation-revisions) -----------------
 @dataclass(frozen=True)
 class Revision:
-    """One change to what a component computes: a layer (its class), a backbone (its factory)
-    or a task (its class) declares its changes as its `revision` attribute, which the
-    registry reads for built-ins and plugins alike (`revisions_of`).
+    """One change to what a component computes: a layer (its class), a backbone or data set
+    (its factory) or a task (its class) declares its changes as its `revision` attribute,
+    which the registry reads for built-ins and plugins alike (`revisions_of`).
 
     `number` (>= 2; a component without a declaration is at revision 1) is the revision the
     change starts; `reason` says in one line what changed; `when` names an attribute of the
@@ -422,7 +422,7 @@ class EpochRecord(TypedDict):
     # docs/reproducibility.md): device, threads, dtype, deterministic flags, versions
     environment: dict[str, Any]
     # the revision of each component the trial used, as its code declared it when the epoch
-    # ran ({"variant": 1, "backbone": 2, "task": 1}; `Revision`, normbench.engine.revisions)
+    # ran ({"variant": 1, "backbone": 2, "dataset": 1, "task": 1}; normbench.engine.revisions)
     revisions: NotRequired[dict[str, int]]
     # compile: true: graphs torch.compile captured and graph breaks it met since the trial
     # started in this process (a resumed trial counts again); None without compile

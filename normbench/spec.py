@@ -38,7 +38,8 @@ enters the id. The fields of other tasks than classification went in that way: `
 with the default "classification" and `task_options`, both `new=True`, so every
 classification id stays.
 
-**Changing what a component computes** (not a field): the layer, backbone or task declares a
+**Changing what a component computes** (not a field): the layer, backbone, data set or task
+declares a
 new computation revision; `revisions` (derived: set from the declarations, no suite key or
 flag) puts the revisions that are not 1 into the id, so only the trials the change touches
 get new ids (docs/reproducibility.md#computation-revisions).
@@ -376,14 +377,14 @@ class TrialSpec:
     )
 
     # What the code computes changes between normbench versions: the revisions of the layer,
-    # backbone and task the trial uses that are not 1 (normbench.contract.Revision), set from
-    # their declarations (normbench.engine.revisions.stamp) wherever a spec is made from a
+    # backbone, data set and task the trial uses that are not 1 (normbench.contract.Revision), set
+    # from their declarations (normbench.engine.revisions.stamp) wherever a spec is made from a
     # suite or the command line. A new field: every trial at revision 1 keeps its id.
     revisions: dict[str, int] = param(
         factory=dict,
         new=True,
         derived=True,
-        help="Computation revisions not at 1 of the trial's variant, backbone and task "
+        help="Computation revisions not at 1 of the trial's variant, backbone, data set and task "
         "({backbone: 2}; declared by each component, docs/reproducibility.md).",
     )
 

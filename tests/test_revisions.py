@@ -45,7 +45,7 @@ def test_an_id_at_revision_1_is_unchanged(pinned: str, fields: dict) -> None:
     spec = TrialSpec(**fields)
     assert stamp(spec) == spec and spec.revisions == {}  # revision 1 everywhere: nothing added
     assert spec.trial_id == pinned == unrevised_id(spec.to_dict())
-    assert revisions(spec) == {"variant": 1, "backbone": 1, "task": 1}
+    assert revisions(spec) == {"variant": 1, "backbone": 1, "dataset": 1, "task": 1}
 
 
 def test_a_revised_component_gives_a_new_id_of_the_same_trial() -> None:
@@ -171,8 +171,8 @@ def test_a_search_does_not_go_on_across_a_revision(tmp_path: Path) -> None:
     import json
 
     from normbench.errors import RunDirError
-    from normbench.results.store import check_suite_fits
     from normbench.suite.loader import load_suite
+    from normbench.suite.rundir import check_run_dir
 
     (tmp_path / "s.yaml").write_text(SEARCH)
     suite = load_suite(tmp_path / "s.yaml")
@@ -187,5 +187,5 @@ def test_a_search_does_not_go_on_across_a_revision(tmp_path: Path) -> None:
     before = sorted(p.name for p in run.iterdir())
     with pytest.raises(RunDirError, match=r"search computed by another revision of the code "
                        r"\(backbone revision 1 then, 2 now\)"):  # fmt: skip
-        check_suite_fits(run, suite)
+        check_run_dir(run, suite)
     assert sorted(p.name for p in run.iterdir()) == before

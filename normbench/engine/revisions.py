@@ -1,11 +1,12 @@
-"""Which revision of the code computes a trial: its layer's, backbone's and task's.
+"""Which revision of the code computes a trial: its layer's, backbone's, data set's, task's.
 
-Each component declares the changes to what it computes as its `revision` attribute
-(`normbench.contract.Revision`; the registries check the declaration). A trial's revision of
-a component is the latest change that applies to it (a change with `when` applies only when
-the trial's norm layer has that attribute true), else 1. `stamp` writes the revisions that
-are not 1 into the spec, so they enter the trial id, and only then: a trial no change
-touched keeps its id (docs/reproducibility.md#computation-revisions).
+Each component (layer, backbone, data set, task) declares the changes to what it computes
+as its `revision` attribute (`normbench.contract.Revision`; the registries check the
+declaration). A trial's revision of a component is the latest change that applies to it (a
+change with `when` applies only when the trial's norm layer has that attribute true), else
+1. `stamp` writes the revisions that are not 1 into the spec, so they enter the trial id,
+and only then: a trial no change touched keeps its id
+(docs/reproducibility.md#computation-revisions).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from normbench.contract import Revision, revision_at
+from normbench.data.registry import DATASETS
 from normbench.models.registry import BACKBONES, norm_widths
 from normbench.options import freeze
 from normbench.registry import Registry
@@ -23,11 +25,12 @@ from normbench.spec import TrialSpec
 from normbench.tasks.registry import TASKS
 from normbench.variants_api import VARIANTS, create_norm
 
-KINDS = ("variant", "backbone", "task")
+# the spec fields naming a registered component whose code computes the trial
+KINDS = ("variant", "backbone", "dataset", "task")
 
 
 def _registry(kind: str) -> Registry:
-    return {"variant": VARIANTS, "backbone": BACKBONES, "task": TASKS}[kind]
+    return {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "task": TASKS}[kind]
 
 
 def changes(spec: TrialSpec) -> dict[str, Revision | None]:
@@ -66,8 +69,8 @@ def notes(spec: TrialSpec) -> dict[str, str]:
         name = getattr(spec, kind)
         if r.when is not None:  # the change is the backbone's (or task's) for this layer
             name = f"{spec.variant} in {name}"
-        elif kind == "task":
-            name = f"task {name}"
+        elif kind in ("dataset", "task"):
+            name = f"{kind} {name}"
         out[kind] = f"{name}: revision {r.number}" + (f" ({r.reason})" if r.reason else "")
     return out
 

@@ -36,9 +36,9 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
             (r["trial_id"], r["epoch"]): r.get(f"test_{scoring_of(r).headline}")
             for r in read_jsonl(Path(run_dir) / EPOCHS)
         }
-        old = superseded_in(Path(run_dir))  # left out of the leaderboards: here too
+        left_out = superseded_in(Path(run_dir))  # left out of the leaderboards: here too
         for e in read_jsonl(Path(run_dir) / EVALUATIONS):
-            if e.get("trial_id") in old:
+            if e.get("trial_id") in left_out:
                 continue
             cell = e.get("cell") or {}
             key = (

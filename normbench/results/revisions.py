@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.results import paths
+from normbench.results.store import stored_specs
 from normbench.spec import REVISION_FIELD, SpecError, TrialSpec, unrevised_id
 
 
@@ -60,16 +61,23 @@ def superseded(
 
 def superseded_in(run_dir: Path) -> dict[str, Superseded]:
     """`superseded` for a run directory: its stored trials against the trials of its suite as
-    last run (`suite.resolved.json`; none there: nothing is superseded)."""
-    from normbench.results.store import stored_specs
+    last run (`suite.resolved.json`; none there: nothing is superseded). Reads only."""
+    current = resolved_trials(run_dir)
+    return superseded(stored_specs(run_dir), current.values()) if current else {}
 
+
+def resolved_trials(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> spec of the suite last run in `run_dir` ({} without a readable one)."""
     try:
         suite = json.loads(paths.read_bytes(run_dir / "suite.resolved.json") or b"{}")
     except ValueError:
         return {}
     trials = suite.get("trials") if isinstance(suite, dict) else None
-    current = [t["spec"] for t in trials or [] if isinstance(t, dict) and "spec" in t]
-    return superseded(stored_specs(run_dir), current) if current else {}
+    return {
+        str(t["trial_id"]): t["spec"]
+        for t in trials or []
+        if isinstance(t, dict) and "spec" in t and "trial_id" in t
+    }
 
 
 def _ids(spec: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -311,29 +311,12 @@ def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -
     stored = stored_specs(run_dir)
     if new.get("search"):  # searched trials are variations of the old base specs
         stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
-        _refuse_new_revisions(run_dir, stored, [t["spec"] for t in new.get("trials", [])])
     for tid, spec in sorted(stored.items()):
         if tid not in new_ids and (spec is None or family_hash(spec) not in families):
             raise RunDirError(
                 f"{where}: stored trial {tid} is not a trial of the new suite, so results "
                 "would mix; use another --output, or only add trials to the suite"
             )
-
-
-def _refuse_new_revisions(run_dir: Path, old: dict[str, Any], new: list[dict[str, Any]]) -> None:
-    """A search's study counts its samples done whatever code computed them, so a search
-    whose components changed revision cannot go on in the same run directory."""
-    from normbench.results.revisions import superseded
-
-    found = next(iter(superseded(old, new).values()), None)
-    if found is not None:
-        change = ", ".join(
-            f"{k} revision {found.was[k]} then, {found.now[k]} now" for k in found.now
-        )
-        raise RunDirError(
-            f"run directory {run_dir} holds a search computed by another revision of the code "
-            f"({change}); its study would reuse those samples; use another --output"
-        )
 
 
 def stored_specs(run_dir: Path) -> dict[str, dict[str, Any] | None]:

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from normbench.errors import RunDirError, StorageFullError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
-from normbench.results.revisions import superseded
+from normbench.results.revisions import resolved_trials, superseded
 from normbench.results.store import (
     DONE_STATUSES,
     EPOCHS,
@@ -49,9 +49,26 @@ def check_run_dir(run_dir: Path, suite: Any) -> None:
             f"{RUN_BUSY_HINT}"
         )
     check_suite_fits(run_dir, suite)
+    if suite.search is not None:
+        _refuse_new_revisions(run_dir, suite)
     db = run_dir / "optuna.db"
     if suite.search is not None and not suite.search.storage and db.is_file():
         _check_study_file(db)
+
+
+def _refuse_new_revisions(run_dir: Path, suite: Any) -> None:
+    """A search's study counts its samples done whatever code computed them, so a search
+    whose components changed revision cannot go on in the same run directory."""
+    new = [t.spec.to_dict() for t in suite.trials()]
+    found = next(iter(superseded(resolved_trials(run_dir), new).values()), None)
+    if found is not None:
+        change = ", ".join(
+            f"{k} revision {n} then, {found.now[k]} now" for k, n in found.was.items()
+        )
+        raise RunDirError(
+            f"run directory {run_dir} holds a search computed by another revision of the code "
+            f"({change}); its study would reuse those samples; use another --output"
+        )
 
 
 def _check_study_file(db: Path) -> None:
