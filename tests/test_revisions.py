@@ -189,3 +189,14 @@ def test_a_search_does_not_go_on_across_a_revision(tmp_path: Path) -> None:
                        r"\(backbone revision 1 then, 2 now\)"):  # fmt: skip
         check_run_dir(run, suite)
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_sampled_layer_option_gets_the_revisions_it_then_has() -> None:
+    """A search that samples FRN's apply_act samples two computations: the plain FRN is at
+    revision 1 on resnet20, FRN with its TLU at 2; a sampled lr keeps the base's."""
+    from normbench.suite.matrix import searched_spec
+
+    base = stamp(TrialSpec(variant="frn", backbone="resnet20", dataset="digits", epochs=1))
+    assert base.revisions == {"backbone": 2}
+    assert searched_spec(base, {"variant_options.apply_act": False}).revisions == {}
+    assert searched_spec(base, {"recipe.lr": 0.01}).revisions == {"backbone": 2}

@@ -309,9 +309,25 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
             changes[head] = value
     if recipe:
         changes["recipe"] = dataclasses.replace(spec.recipe, **recipe)
-    from normbench.engine.revisions import stamp
+    return spec.replace(**changes)
 
-    return stamp(spec.replace(**changes))  # a searched layer or backbone has its own
+
+def searched_spec(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
+    """The spec of a sampled trial: `apply_params`, at the revisions of the components it
+    then uses (the base spec's, unless a parameter picks another layer, backbone, data set or
+    task, or their options; a plugin of the suite may declare them, so it is loaded first)."""
+    spec = apply_params(spec, params)
+    if not {path.partition(".")[0].removesuffix("_options") for path in params} & set(_KINDS):
+        return spec
+    from normbench.engine.revisions import stamp
+    from normbench.registry import load_plugin
+
+    for plugin in spec.plugins:
+        load_plugin(plugin)
+    return stamp(spec)
+
+
+_KINDS = ("variant", "backbone", "dataset", "task")  # what a revision is declared on
 
 
 def _train_placement(train: Any, variant: str) -> str:
