@@ -111,7 +111,7 @@ def test_declarations_a_plugin_may_write() -> None:
 def test_a_malformed_declaration_is_refused_at_registration(bad: object) -> None:
     reg = Registry("gadget", "normbench.test_gadgets", dict)
     with pytest.raises(PluginError, match=r"gadget 'thing' .*revision must be|must increase"):
-        reg.register("thing", type("Thing", (), {"revision": bad}))
+        reg.register("thing", type("Thing", (), {"revision": bad}), source="file:a_test.py")
     assert "thing" not in reg
 
 
