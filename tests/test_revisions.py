@@ -200,3 +200,19 @@ def test_a_sampled_layer_option_gets_the_revisions_it_then_has() -> None:
     assert base.revisions == {"backbone": 2}
     assert searched_spec(base, {"variant_options.apply_act": False}).revisions == {}
     assert searched_spec(base, {"recipe.lr": 0.01}).revisions == {"backbone": 2}
+
+
+def test_a_stored_trial_of_an_older_revision_is_not_rebuilt(tmp_path: Path) -> None:
+    """`normbench evaluate` and `normbench train --suite RUN_DIR` read a spec back: one
+    computed by other code is refused in one line instead of run through the new code."""
+    from normbench.engine.stored import spec_from_run
+    from normbench.errors import UserError
+
+    old = TrialSpec(variant="evonorm_s0", backbone="resnet20", dataset="digits", epochs=1)
+    with pytest.raises(UserError, match=(
+        r"computed by other code \(evonorm_s0 in resnet20: revision 2 \(no ReLU after "
+        r"normalization-activation layers\) now, revision 1 when it ran\)"
+    )):  # fmt: skip
+        spec_from_run(old.to_dict(), (), trial_id=old.trial_id, where=tmp_path)
+    now = stamp(old)
+    assert spec_from_run(now.to_dict(), (), trial_id=now.trial_id, where=tmp_path) == now

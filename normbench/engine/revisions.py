@@ -97,3 +97,18 @@ def _norm_flag(
     except Exception:
         return True
     return bool(getattr(layer, attribute, False))
+
+
+def code_change(spec: TrialSpec) -> str | None:
+    """How the revisions of the code here differ from those `spec` was computed with (its
+    components' plugins loaded), in words, or None when they agree."""
+    now = stamp(spec)
+    if now.revisions == spec.revisions:
+        return None
+    was, new, lines = spec.revisions, now.revisions, notes(now)
+    kinds = [k for k in KINDS if was.get(k, 1) != new.get(k, 1)]
+    return "; ".join(
+        f"{lines.get(k) or f'{getattr(spec, k)} ({k}): revision 1'} now, revision "
+        f"{was.get(k, 1)} when it ran"
+        for k in kinds
+    )

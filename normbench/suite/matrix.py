@@ -319,11 +319,10 @@ def searched_spec(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
     spec = apply_params(spec, params)
     if not {path.partition(".")[0].removesuffix("_options") for path in params} & set(_KINDS):
         return spec
+    from normbench.engine.build import load_plugins
     from normbench.engine.revisions import stamp
-    from normbench.registry import load_plugin
 
-    for plugin in spec.plugins:
-        load_plugin(plugin)
+    load_plugins(spec)
     return stamp(spec)
 
 
