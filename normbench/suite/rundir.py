@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from normbench.errors import RunDirError, StorageFullError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
-from normbench.results.revisions import resolved_trials, superseded
+from normbench.results.revisions import resolved_trials, superseded, superseded_in
 from normbench.results.store import (
     DONE_STATUSES,
     EPOCHS,
@@ -175,7 +175,8 @@ def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[st
 
     grid = {t.trial_id for t in suite.trials()} if suite.search is None else set()
     lost: dict[str, str] = {}
-    for tid in sorted(store.completed()):
+    old = superseded_in(store.run_dir)  # older revisions: their records stay as they are
+    for tid in sorted(store.completed() - set(old)):
         planned = set(range(1, int((store.summary(tid) or {}).get("epochs") or 0) + 1))
         if store.stored_epochs(tid) >= planned:
             continue
