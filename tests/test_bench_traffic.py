@@ -276,7 +276,7 @@ def test_the_screen_shows_the_reports_table(
     plugin = tmp_path / "plugin.py"
     plugin.write_text(textwrap.dedent(HOST_SYNC_PLUGIN))
     out = tmp_path / "traffic.md"
-    args = ["bench", "traffic", "--quick", "--layers", "bn,dyt,syncing_bn"]
+    args = ["bench", "traffic", "--quick", "--layers", "bn,syncing_bn"]
     result = CliRunner().invoke(build_app(), [*args, "--plugin", str(plugin), "--output", str(out)])
     assert result.exit_code == 0, result.output
     screen = _screen_rows(result.stdout, traffic_report.COLUMNS)
@@ -286,7 +286,7 @@ def test_the_screen_shows_the_reports_table(
         if len(v) == len(traffic_report.COLUMNS)  # not the machine's table
     }
     assert recorded.pop("layer") == list(traffic_report.COLUMNS)
-    assert screen == recorded and set(screen) == {"bn", "dyt", "syncing_bn", "bn momentum=None"}
+    assert screen == recorded and set(screen) == {"bn", "syncing_bn", "bn momentum=None"}
     bn = measure_layer("bn", shape=SHAPE)
     counts = [bn.kernels, bn.compiled_kernels, bn.bound_kernels, bn.host_syncs, bn.host_copies]
     assert screen["bn"][1:] == [
