@@ -215,7 +215,37 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
         values["placement"] = default_placement(values["variant"])
     recipe = {k: v for k, v in values.items() if by_name[k].owner is Recipe}
     rest = {k: v for k, v in values.items() if k not in recipe}
-    return TrialSpec(**rest, recipe=Recipe(**recipe))
+    spec = TrialSpec(**rest, recipe=Recipe(**recipe))
+    problems = _option_problems(spec, {k: given[k] for k in given if _is_mapping(by_name[k])})
+    if problems:
+        raise TrainArgumentError("; ".join(problems))
+    return spec
+
+
+def _option_problems(spec: TrialSpec, items: dict[str, list[str] | None]) -> list[str]:
+    """The registries' check of each `--<kind>-option` flag's options (the check the trial's
+    build makes, here before it starts), each problem named at the flag item it is about
+    (`--option eps=abc: ...`). An unknown name or plugin is left to the build to report."""
+    from normbench.data import DATASETS
+    from normbench.engine.build import load_plugins
+    from normbench.models import BACKBONES
+    from normbench.tasks import TASKS
+    from normbench.variants_api import VARIANTS
+
+    load_plugins(spec)
+    registries = {"variant": VARIANTS, "backbone": BACKBONES, "dataset": DATASETS, "task": TASKS}
+    by_name = {d.name: d for d in flat_fields()}
+    out = []
+    for field, given in items.items():
+        kind, flag = field.removesuffix("_options"), _flag(by_name[field])
+        reg, name = registries.get(kind), str(getattr(spec, kind, ""))
+        if not given or reg is None or name not in reg:
+            continue
+        context: dict[str, Any] = {"batch_size": spec.batch_size} if kind == "variant" else {}
+        for p in reg.check_options(name, getattr(spec, field), **context):
+            said = [i for i in given if p.option and i.partition("=")[0].strip() == p.option]
+            out.append(f"{flag} {said[-1] if said else ' '.join(given)}: {p.message}")
+    return out
 
 
 def _generated_signature() -> None:

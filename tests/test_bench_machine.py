@@ -1,4 +1,4 @@
-"""The machine description every benchmark report carries."""
+"""The machine description every benchmark report carries, the live checkout's commit too."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ def test_describes_this_machine_and_checkout() -> None:
     assert info["cores"].startswith(f"{os.cpu_count()} (")
     assert info["no-such-package-xyz"] == "not installed"
     assert info["load average (1, 5, 15 min)"] == "1.00, 2.50, 3.25"
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
-        capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    if head:  # a git checkout (CI clones one)
-        assert info["git commit"].removesuffix("+dirty") == head
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.stdout.strip():  # a git checkout (CI clones one), installed editable: the live HEAD
+        changed = subprocess.run([*git, "status", "--porcelain", "-uno"], capture_output=True)
+        dirty = "+dirty" if changed.stdout.strip() else ""
+        assert info["git commit"] == head.stdout.strip() + dirty
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()

@@ -47,12 +47,13 @@ def _fresh_venv(path: Path) -> Path:
 
 
 def _recent_setuptools() -> str | None:
-    """The folder holding the newest setuptools >= 68 this environment has, if any."""
+    """The folder holding the newest setuptools >= 77 (the build requirement) this environment has,
+    if any."""
     found = [
         (int(d.version.split(".")[0]), str(d.locate_file("")))
         for d in importlib.metadata.distributions(name="setuptools")
     ]
-    return max(found)[1] if found and max(found)[0] >= 68 else None
+    return max(found)[1] if found and max(found)[0] >= 77 else None
 
 
 def _build_wheel(python: Path, src: Path, dist: Path, env: dict[str, str]) -> Path:
@@ -67,18 +68,40 @@ def _build_wheel(python: Path, src: Path, dist: Path, env: dict[str, str]) -> Pa
     return wheel
 
 
-def test_wheel_install_works_from_the_checkout_and_elsewhere(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    src = tmp_path / "src"
+def _sources(src: Path) -> Path:
+    """A copy of what a build reads (no .git)."""
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     for name in ("normbench", "variants"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def _git(src: Path, *args: str) -> str:
+    who = ["-c", "user.name=normbench test", "-c", "user.email=test@normbench.invalid"]
+    out = subprocess.run(["git", "-C", str(src), *who, *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+COMMIT = "from normbench.suite.runner import environment; print(environment()['git_commit'])"
+
+
+def test_wheel_install_works_from_the_checkout_and_elsewhere(tmp_path: Path) -> None:
+    """... and records the commit it was built from (a fresh clone's, as .ci/run builds: no
+    tags), which the run directory's environment.json takes, though no checkout is near it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    src = _sources(tmp_path / "src")
+    _git(src, "init", "-q")
+    _git(src, "add", "-A")
+    _git(src, "commit", "-q", "-m", "the sources")
     python = _fresh_venv(tmp_path / "venv")
     wheel = _build_wheel(python, src, tmp_path / "dist", env)
     pip_install = [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)]
     _run(pip_install, cwd=tmp_path, env=env)
+    recorded = _run([str(python), "-c", COMMIT], cwd=tmp_path, env=env).stdout.strip()
+    assert recorded == _git(src, "rev-parse", "HEAD")
 
     listed = _run([str(python), "-m", "normbench", "variants", "--json"], cwd=ROOT, env=env)
     assert {"bn", "ubn", "fourthings"} <= {info["name"] for info in json.loads(listed.stdout)}
@@ -89,3 +112,13 @@ def test_wheel_install_works_from_the_checkout_and_elsewhere(tmp_path: Path) -> 
     where = "import importlib.util as u; print(u.find_spec('normbench.variants').origin)"
     installed = _run([str(python), "-c", where], cwd=tmp_path, env=env).stdout.strip()
     assert Path(installed).is_relative_to(tmp_path / "venv")
+
+
+def test_a_build_outside_a_checkout_records_an_unknown_commit(tmp_path: Path) -> None:
+    """An sdist or a tarball has no .git: the wheel says "unknown" (and why), not a guess."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    src = _sources(tmp_path / "src")
+    wheel = _build_wheel(Path(sys.executable), src, tmp_path / "dist", env)
+    read = f"import sys; sys.path.insert(0, {str(wheel)!r}); {COMMIT}"  # a wheel is importable
+    recorded = _run([sys.executable, "-c", read], cwd=tmp_path, env=env).stdout.strip()
+    assert recorded == "unknown (built outside a git checkout)"

@@ -7,9 +7,10 @@ import datetime as dt
 import importlib.metadata as md
 import os
 import platform
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+
+from normbench.provenance import source_commit
 
 
 def cpu_model() -> str:
@@ -21,23 +22,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    """HEAD of the checkout holding this file, '+dirty' when tracked files have changes."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return head + ("+dirty" if dirty else "")
 
 
 def describe_machine(
@@ -58,7 +42,7 @@ def describe_machine(
         **{pkg: _version(pkg) for pkg in packages},
         "torch threads": str(torch.get_num_threads()),
         "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "git commit": git_commit(),
+        "git commit": source_commit(),
     }
     values = load if load is not None else os.getloadavg()
     info["load average (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in values)

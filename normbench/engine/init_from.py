@@ -33,6 +33,7 @@ from normbench.spec import SpecError, TrialSpec
 
 MATCHED = ("variant", "variant_options", "backbone", "backbone_options", "placement")
 TRIALS = "trials.jsonl"
+SHOWN = 6  # values listed per spec field when no trial or several match (a run may hold 100s)
 
 
 def init_problem(spec: TrialSpec, backbone: Callable[[], nn.Module | None]) -> str | None:
@@ -67,8 +68,9 @@ def source_checkpoint(spec: TrialSpec) -> tuple[str, Path]:
     if len(found) != 1:
         shown = ", ".join(f"{k}={v}" for k, v in want.items())
         raise SpecError(
-            f"init_from: {len(found)} trials of {run} have {shown}; give init_from.cell "
-            "fields (seed, batch_size, dataset, ...) that pick exactly one"
+            f"init_from: {len(found)} trials of {run} have {shown}; "
+            f"{_holds(found or list(latest.values()), want, differ=bool(found))}; give "
+            "init_from.cell fields (seed, batch_size, dataset, ...) that pick exactly one"
         )
     trial = found[0]
     tid, task = str(trial["trial_id"]), (trial.get("spec") or {}).get("task", "classification")
@@ -94,6 +96,36 @@ def _latest(run: Path) -> dict[str, dict[str, Any]]:
         if isinstance(record, dict) and "trial_id" in record:
             out[str(record["trial_id"])] = record
     return out
+
+
+def _holds(trials: list[dict[str, Any]], want: dict[str, Any], differ: bool) -> str:
+    """What `trials` hold, in words: their values of the `want` fields none of them has (of
+    every `want` field when each value occurs but not together), or, `differ`, of the spec
+    fields the (several matching) trials differ in; at most `SHOWN` values a field."""
+    specs = [t.get("spec") or {} for t in trials]
+    values = {
+        k: list(dict.fromkeys(_text(s.get(k)) for s in specs))
+        for k in (sorted({k for s in specs for k in s}) if differ else want)
+    }
+    if differ:
+        keys = [k for k, v in values.items() if len(v) > 1]
+        return f"they differ in {_fields(values, keys)}"
+    absent = [k for k in want if _text(_plain(want[k])) not in values[k]]
+    return f"its {len(trials)} trials have {_fields(values, absent or list(want))}"
+
+
+def _fields(values: dict[str, list[str]], keys: list[str]) -> str:
+    def one(k: str) -> str:
+        more = len(values[k]) - SHOWN
+        return f"{k} " + ", ".join(values[k][:SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+
+    return "; ".join(one(k) for k in keys) or "no field"
+
+
+def _text(value: Any) -> str:
+    """A stored spec value as the message shows it, JSON beyond a string, at most 60 chars."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _matches(stored: dict[str, Any], want: dict[str, Any]) -> bool:

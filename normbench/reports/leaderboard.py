@@ -12,14 +12,15 @@ validation split; a trial without one falls back to best-on-test, and that is la
 wherever it is shown.
 
 In a search, a row is one sampled configuration (the searched values in its label): seeds
-are pooled only within a configuration. The paired tests of a table against its BN row are
-one family: their p-values are Holm-adjusted across the table's rows.
+are pooled only within a configuration. The paired tests of a table against its baseline row
+(bn unless the suite's `baseline` or `normbench report --baseline` names another) are one
+family: their p-values are Holm-adjusted across the table's rows.
 
-Time-to-target uses one target per table: the suite's reference headline for BN on that data
-set and backbone when it gives one (UBN Table 8: "time to reach BN's final accuracy"), else
-the suite's `target_accuracy`, else BN's mean final headline in the same table (Table 8 as
-measured within one run), else within 5% of the table's best mean final headline (95% of it,
-or 105% for a lower-is-better metric).
+Time-to-target uses one target per table: the suite's reference headline for the baseline on
+that data set and backbone when it gives one (UBN Table 8: "time to reach BN's final
+accuracy"), else the suite's `target_accuracy`, else the baseline's mean final headline in the
+same table (Table 8 as measured within one run), else within 5% of the table's best mean final
+headline (95% of it, or 105% for a lower-is-better metric).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from normbench.reports.data import TABLE_KEYS, Results
 from normbench.reports.numbers import number
 
 DEFAULT_TARGET_FRACTION = 0.95  # default target: 95% of the best mean final top-1 of a table
+# a row's column (and the CSV's): mean over matching seeds of (row − baseline row) headline;
+# named `diff_vs_bn` before the baseline could be another layer (docs/tasks.md, Baseline)
+DIFF = "diff_vs_baseline"
 
 
 @dataclass(frozen=True)
@@ -494,7 +498,7 @@ def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) 
     if is_base or not base:
         note = "baseline" if is_base else "no baseline"
         return {
-            "diff_vs_bn": nan,
+            DIFF: nan,
             "diff_ci_low": nan,
             "diff_ci_high": nan,
             "p_value": nan,
@@ -503,7 +507,7 @@ def _vs_baseline(mine: dict[int, float], base: dict[int, float], is_base: bool) 
         }
     r = stats.paired_test(mine, base)
     return {
-        "diff_vs_bn": r.mean_diff,
+        DIFF: r.mean_diff,
         "diff_ci_low": r.diff_low,
         "diff_ci_high": r.diff_high,
         "p_value": nan if r.p_value is None else r.p_value,
@@ -609,19 +613,20 @@ def _paper(
 
 
 def _baseline_value(table: pd.DataFrame, label: str | None, h: Metric) -> float | None:
-    """BN's mean final headline in this table (None without a completed BN row)."""
+    """The baseline's mean final headline in this table (None without a completed row)."""
     if label is None:
         return None
     value = table.set_index("variant")[f"{h.name}_mean"].get(label)
-    # NOTE: unrounded: BN's own seeds must reach BN's target (the report rounds for display).
+    # NOTE: unrounded: the baseline's own seeds must reach its target (the report rounds for
+    # display).
     return None if value is None or pd.isna(value) else float(value)
 
 
 def _target(
     suite_target: float | None, table: pd.DataFrame, h: Metric, base: float | None = None
 ) -> tuple[float | None, str]:
-    """The suite's target, else BN's final headline in this run (UBN Table 8), else within 5%
-    of the best mean final headline (95% of it; 105% when lower is better)."""
+    """The suite's target, else the baseline's final headline in this run (UBN Table 8), else
+    within 5% of the best mean final headline (95% of it; 105% when lower is better)."""
     if suite_target is not None:
         return float(suite_target), "suite"
     if base is not None:

@@ -11,9 +11,10 @@ from typing import Any
 import pandas as pd
 
 from normbench.contract import CLASSIFICATION, Metric
+from normbench.provenance import short_commit
 from normbench.reports import stats
 from normbench.reports.data import Results
-from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, Table, smoke_text
+from normbench.reports.leaderboard import DEFAULT_TARGET_FRACTION, DIFF, Table, smoke_text
 from normbench.reports.numbers import DASH, number
 
 
@@ -120,7 +121,7 @@ def table_markdown(t: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in rows.iterrows():
         name = f"**{r['variant']}**" if r["variant"] == t.baseline else r["variant"]
-        diff = metric_text(r["diff_vs_bn"], h, signed=True)
+        diff = metric_text(r[DIFF], h, signed=True)
         if not pd.isna(r["diff_ci_low"]):
             low, high = (metric_text(r[k], h, True) for k in ("diff_ci_low", "diff_ci_high"))
             diff += f" [{low}, {high}]"
@@ -217,9 +218,12 @@ def versus(t: Table) -> str:
     """What a table's Δ columns compare with, as its headers name it: "BN" for bn (the
     default), else the baseline row's label (the suite's `baseline` or `--baseline`), or
     "none" when no row of this table is the baseline."""
-    if t.baseline is None:
-        return "none"
-    return "BN" if t.baseline.lower() == "bn" else t.baseline
+    return "none" if t.baseline is None else baseline_text(t.baseline)
+
+
+def baseline_text(name: str) -> str:
+    """A baseline as the report writes it: "BN" for bn, else its label or name as given."""
+    return "BN" if name.lower() == "bn" else name
 
 
 def target_line(t: Table) -> str:
@@ -308,7 +312,7 @@ def header(res: Results) -> list[str]:
     out += _as_run(res)
     for run in res.runs:
         env = run.environment
-        commit = (env.get("git_commit") or "unknown")[:12]
+        commit = short_commit(env.get("git_commit"))
         out.append(
             f"- Run `{run.path.name}`: started {env.get('started', 'unknown')}, device "
             f"{env.get('device', 'unknown')} on {env.get('hostname', 'unknown host')} "
@@ -354,22 +358,25 @@ def _last_result(res: Results) -> str | None:
     return pd.Timestamp(stamps.max(), unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S+0000")
 
 
-LEGEND = f"""## How to read the tables
+def legend(baseline: str) -> str:
+    """How to read the tables, naming `baseline` (the suite's `baseline` or `--baseline`)."""
+    base = baseline_text(baseline)
+    return f"""## How to read the tables
 
 - **variant**: the suite's label, with the layer's options (and, in a search, the sampled
-  values) when the label does not show them; the BN baseline is in bold. **n**: completed
+  values) when the label does not show them; the baseline ({base}) is in bold. **n**: completed
   seeds the statistics use; in a search, seeds are pooled only within one configuration.
 - **top-1 (final)**: mean final-epoch test top-1 (%) over the n seeds. **std**: sample
   standard deviation (ddof=1), "—" for n=1. **top-5**: mean final-epoch test top-5.
 - **95% CI**: Student's t-interval of the mean over seeds (scipy.stats), which holds at the 3
   seeds suites use; from {stats.BOOTSTRAP_MIN_N} seeds on a percentile bootstrap (RNG seed
   {stats.BOOTSTRAP_SEED}, {stats.BOOTSTRAP_RESAMPLES} resamples), marked "(bootstrap)".
-- **Δ vs BN [95% CI]**: the header names each table's baseline (BN: the suite's `baseline`
-  or `normbench report --baseline`, bn by default), or says "none" when no row of that table
-  is the baseline; mean over matching seeds of (variant − BN) final top-1, in
+- **Δ vs {base} [95% CI]**: the header names each table's baseline ({base}: the suite's
+  `baseline` or `normbench report --baseline`, bn by default), or says "none" when no row of
+  that table is the baseline; mean over matching seeds of (variant − {base}) final top-1, in
   points, with the t-interval of that mean difference (the effect size). **p (paired t)**: the raw
-  two-sided paired t-test (scipy.stats.ttest_rel) of one row against BN; **p (Holm)**: the
-  same p-values adjusted for the table's number of comparisons with BN (Holm, statsmodels);
+  two-sided paired t-test (scipy.stats.ttest_rel) of one row against {base}; **p (Holm)**: the
+  same p-values adjusted for the table's number of comparisons with {base} (Holm, statsmodels);
   read "significant" only off the Holm column. **pairs**: matching seeds. Below
   {stats.MIN_PAIRS} pairs no p-value is given: too few seeds for any claim.
 - **best top-1 @ epoch**: mean test top-1 at the epoch with the best *validation* top-1, and
@@ -405,7 +412,7 @@ def markdown(
 ) -> str:
     """The whole report; `plots` maps a table slug (or "search", "ranking") to image paths,
     relative; `ranking` is the overall ranking's Markdown, when there is one."""
-    out = header(res) + [LEGEND] + task_legend(tables)
+    out = header(res) + [legend(res.baseline)] + task_legend(tables)
     if not tables:
         out += ["No trials are stored in this run directory yet.", ""]
     for t in tables:

@@ -7,9 +7,9 @@
   from `BOOTSTRAP_MIN_N` seeds on, labelled "bootstrap". With 3 seeds a percentile bootstrap
   cannot leave [min, max] of the seeds and covers the mean about 75% of the time;
   `tests/reports/test_report_stats.py` checks the shipped interval's coverage by simulation,
-- a paired t-test against the BN baseline over the seeds both variants finished
-  (scipy.stats.ttest_rel) with the t-interval of the mean paired difference (the effect size);
-  fewer than `MIN_PAIRS` pairs give no p-value, only a note,
+- a paired t-test against the baseline row (bn by default) over the seeds both variants
+  finished (scipy.stats.ttest_rel) with the t-interval of the mean paired difference (the
+  effect size); fewer than `MIN_PAIRS` pairs give no p-value, only a note,
 - Holm's adjustment of a table's paired p-values (statsmodels' `multipletests`),
 - epochs and training time until a trial first reaches a target (in the metric's direction).
 """

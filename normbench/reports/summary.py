@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from normbench.reports import stats
+from normbench.reports.leaderboard import DIFF
 from normbench.reports.render import holm_text, metric_text, p_text, versus
 from normbench.reports.report import Report
 from normbench.tables import print_table
@@ -28,7 +29,7 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
                 str(r["n"]),
                 metric_text(r[f"{h.name}_mean"], h),
                 metric_text(r[f"{h.name}_std"], h),
-                metric_text(r["diff_vs_bn"], h, signed=True),
+                metric_text(r[DIFF], h, signed=True),
                 "n<3 pairs" if r["test_note"] == stats.TOO_FEW else p_text(r),
                 holm_text(r),
                 str(r["diverged"]),

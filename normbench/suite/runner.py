@@ -20,7 +20,6 @@ import os
 import platform
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any, TextIO, cast
 
 from normbench.contract import EpochRecord
 from normbench.errors import RunDirError, RunStopped, StorageFullError, Terminated, UserError
+from normbench.provenance import source_commit
 from normbench.results import paths
 from normbench.results.store import RunStore
 from normbench.spec import TrialSpec
@@ -547,24 +547,12 @@ def environment(cluster: dict[str, float] | None = None) -> dict[str, Any]:
         "versions": versions,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "cuda": torch.version.cuda if cuda else None,
-        "git_commit": _git_commit(),
+        "git_commit": source_commit(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "ray_cluster": cluster,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=5, check=True,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _plugin_overrides(suite_path: Path, plugins: tuple[str, ...]) -> tuple[str, ...]:

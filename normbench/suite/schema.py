@@ -66,7 +66,7 @@ constants below and in `normbench.spec`); infinities and NaN are refused everywh
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -99,15 +99,23 @@ class NamedEntry(Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    what: ClassVar[str] = "a name"  # what a bare entry names, for the message below
 
     @model_validator(mode="before")
     @classmethod
     def _short(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"name": value}
+        if not isinstance(value, dict | NamedEntry):
+            raise ValueError(
+                f"expected {cls.what} or a mapping {{name: ..., options: {{...}}}}, "
+                f"but got {value!r}"
+            )
+        return value
 
 
 class BackboneEntry(NamedEntry):
-    pass
+    what: ClassVar[str] = "a backbone name (e.g. resnet20)"
 
 
 def pydantic_field(d: Declared, *, optional: bool = False) -> tuple[Any, Any]:
@@ -190,6 +198,7 @@ else:
 
 
 class VariantEntry(NamedEntry):
+    what: ClassVar[str] = "a layer name (e.g. gn)"
     placement: Placement | None = None  # overrides train.placement for this variant
     # overrides train's weight-decay keys for this variant's cells (e.g. "four things" #3)
     recipe: RecipeOverride | None = None

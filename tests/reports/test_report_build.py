@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from fixtures import make_fixture
 from scipy import stats as sps
@@ -82,7 +83,7 @@ def test_leaderboard_statistics_match_independent_computation(report) -> None:
     seeds = sorted(final["ubn"])
     a, b = [final["ubn"][s] for s in seeds], [final["bn"][s] for s in seeds]
     ubn = _row(report, "ubn")
-    assert ubn["diff_vs_bn"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert ubn["diff_vs_baseline"] == pytest.approx(np.mean(np.subtract(a, b)))
     p = sps.ttest_rel(a, b).pvalue
     assert ubn["p_value"] == pytest.approx(p) and ubn["n_pairs"] == 3
     assert ubn["p_holm"] == pytest.approx(p)  # one comparison with BN: Holm leaves it
@@ -469,7 +470,7 @@ def test_a_suite_baseline_other_than_bn_is_what_every_row_is_compared_with(tmp_p
     (table,) = rep.tables
     rows = table.rows.set_index("variant")
     assert table.baseline == "ubn" and rows.loc["ubn", "test_note"] == "baseline"
-    assert rows.loc["bn", "diff_vs_bn"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert rows.loc["bn", "diff_vs_baseline"] == pytest.approx(np.mean(np.subtract(a, b)))
     assert rows.loc["bn", "p_value"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
     assert "Δ vs ubn [95% CI]" in rep.markdown.read_text()
     with pytest.raises(ReportError, match="differ in baseline"):
@@ -479,8 +480,10 @@ def test_a_suite_baseline_other_than_bn_is_what_every_row_is_compared_with(tmp_p
 def test_report_baseline_flag_overrides_the_suites_and_refuses_an_unknown_name(
     tmp_path: Path,
 ) -> None:
-    """`normbench report RUN --baseline ubn` equals a suite that wrote `baseline: ubn`; a name
-    no trial has is one line, exit 2, and no report is written."""
+    """`normbench report RUN --baseline ubn` equals a suite that wrote `baseline: ubn`: the
+    legend and the headers name ubn (never BN), the CSV's `diff_vs_baseline` is each row's mean
+    final top-1 minus ubn's over their common seeds (recomputed from the JSONL); a name no
+    trial has is one line, exit 2, and no report is written."""
     from normbench.cli import main
 
     out = tmp_path / "out"
@@ -489,6 +492,19 @@ def test_report_baseline_flag_overrides_the_suites_and_refuses_an_unknown_name(
     assert ok.value.code == 0
     text = (out / "leaderboard.md").read_text()
     assert "Δ vs ubn [95% CI]" in text and "| **ubn** |" in text
+    assert "the baseline (ubn) is in bold" in text and "(variant − ubn) final top-1" in text
+    assert "vs BN" not in text and "BN baseline" not in text
+    final = {
+        v: {s: recs[-1]["test_top1"] for s, recs in seeds.items()}
+        for v, seeds in _completed(FIXTURE).items()
+    }
+    csv = pd.read_csv(out / "leaderboard.csv").set_index("variant")
+    assert "diff_vs_bn" not in csv.columns and np.isnan(csv.loc["ubn", "diff_vs_baseline"])
+    for variant in set(final) - {"ubn"}:
+        common = sorted(set(final[variant]) & set(final["ubn"]))
+        mine = np.mean([final[variant][s] for s in common])
+        base = np.mean([final["ubn"][s] for s in common])
+        assert csv.loc[variant, "diff_vs_baseline"] == pytest.approx(mine - base)
     bad = tmp_path / "bad"
     with pytest.raises(SystemExit) as exc:
         main(["report", str(FIXTURE), "--output", str(bad), "--baseline", "ubm"])

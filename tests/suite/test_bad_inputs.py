@@ -61,6 +61,8 @@ BOMB = (
 )
 
 EXITS = "import sys\nsys.exit(3)\n"
+# a committed run directory (bn and ubn on resnet20, seeds 0-3): what init_from reads
+RUN_SMALL = Path(__file__).resolve().parents[1] / "reports" / "fixtures" / "run_small"
 DETECTOR = "{name: detection, options: {layout: small, width: 32}}"
 CANVASES = "{name: digits_coco, image_size: 48}"
 STYLE_NET = "[{name: adain_vgg19, options: {encoder_weights: random, width_divisor: 16}}]"
@@ -131,7 +133,7 @@ class Case:
     expect: str
     args: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
-    command: str = "run"  # "run" (with --dry-run unless "real" in args), or "variants"
+    command: str = "run"  # "run" (with --dry-run unless "real" in args), "variants" or "train"
     exact: bool = False  # `expect` is the whole line after "normbench: error: " (SUITE: its path)
 
 
@@ -298,6 +300,12 @@ CASES: dict[str, Case] = {
     "set_list_then_its_item": Case(suite(variants="[bn,\n  gn]"), "SUITE: --set variants=[bn, {name: gn, lable: x}]: variants[1].lable: unknown key 'lable' (did you mean 'label'?); allowed keys: label, name, options, placement, recipe, weight_standardization", args=["--set", "variants=[bn, {name: gn, lable: x}]", "--set", "variants.1.options.num_groups=8"], exact=True),
     "gn_groups_not_dividing_the_fpn": Case(suite(task=DETECTOR, dataset=CANVASES, backbones="[imagenet_resnet18]", variants=variant("num_groups: 64", "gn"), batch_sizes="[2]"), "SUITE:5: variants[0].options.num_groups: variant 'gn': num_groups=64 does not divide the norm widths [32]; the layer would silently use gcd(G, C) there; width 32: task detection's FPN and box head (task.options.width)", exact=True),
     "bgn_groups_not_dividing_the_mask_head": Case(suite(task=DETECTOR.replace("detection", "instance_segmentation").replace("32", "24"), dataset=CANVASES, backbones="[imagenet_resnet18]", variants=variant("num_groups: 16", "bgn"), batch_sizes="[2]"), "SUITE:5: variants[0].options.num_groups: variant 'bgn': num_groups=16 does not divide the norm widths [24]; the layer would silently use gcd(G, C) there; width 24: task instance_segmentation's FPN, box and mask heads (task.options.width)", exact=True),
+    # -- found by a new user's walk: what an init_from run holds; a --set item that names no layer; the --option flag
+    "init_from_matches_no_trial": Case(suite(variants="[gn]", train=train(f"init_from: {{run: {RUN_SMALL}, cell: {{seed: 0}}}}")), f"SUITE:7: train.init_from: init_from: 0 trials of {RUN_SMALL} have variant=gn, variant_options={{}}, backbone=resnet20, backbone_options={{}}, placement=everywhere, seed=0; its 8 trials have variant bn, ubn; give init_from.cell fields (seed, batch_size, dataset, ...) that pick exactly one", exact=True),
+    "init_from_matches_several_trials": Case(suite(train=train(f"init_from: {{run: {RUN_SMALL}, cell: {{}}}}")), f"init_from: 4 trials of {RUN_SMALL} have variant=bn, variant_options={{}}, backbone=resnet20, backbone_options={{}}, placement=everywhere; they differ in seed 0, 1, 2, 3; give init_from.cell"),
+    "set_list_item_not_a_layer": Case(suite(), "SUITE: --set variants=[bn, 3]: variants[1]: expected a layer name (e.g. gn) or a mapping {name: ..., options: {...}}, but got 3", args=["--set", "variants=[bn, 3]"], exact=True),
+    "list_item_not_a_backbone": Case(suite(backbones="[resnet20, [x]]"), "SUITE:4: backbones[1]: expected a backbone name (e.g. resnet20) or a mapping {name: ..., options: {...}}, but got ['x']", exact=True),
+    "train_option_mistyped": Case(None, "--option eps=abc: variant 'bn' option 'eps' expects a float like the default 1e-05, but got 'abc'; --backbone-option widht=3: backbone 'resnet20' has no option 'widht' (did you mean 'width'?)", args=["--variant", "bn", "--backbone", "resnet20", "--dataset", "digits", "--epochs", "1", "--option", "eps=abc", "--backbone-option", "widht=3"], command="train"),
     "baseline_not_a_variant": Case(suite(variants="[bn, {name: gn, label: GN32}]", baseline="gn32x"), "baseline: baseline 'gn32x' is not a variant of this suite (did you mean 'gn32'?); its variants: bn, gn32, gn"),
 }  # fmt: skip
 
@@ -321,6 +329,8 @@ def _argv(case: Case, path: Path, tmp_path: Path) -> list[str]:
     args = [a if not a.endswith(".py") else str(tmp_path / a) for a in case.args]
     if case.command == "variants":
         return ["variants", *args, "--json"]
+    if case.command == "train":
+        return ["train", *args]
     return ["run", str(path), "--output", str(tmp_path / "out"), "--dry-run", *args]
 
 

@@ -136,7 +136,7 @@ def test_leaderboard_reads_ap(runs: dict[str, Path], task: str, headline: str,
                 (low, high)
             )
     diff = np.subtract(per["gn"], per["bn"])
-    assert rows.loc[label["gn"], "diff_vs_bn"] == pytest.approx(diff.mean())
+    assert rows.loc[label["gn"], "diff_vs_baseline"] == pytest.approx(diff.mean())
     if np.std(diff) > 0:
         p = sps.ttest_rel(per["gn"], per["bn"]).pvalue
         assert rows.loc[label["gn"], "p_value"] == pytest.approx(p)

@@ -123,7 +123,7 @@ def test_leaderboard_reads_rmse_lower_is_better(run: Path) -> None:
         assert list(t.rows["variant"]) == sorted(means, key=means.__getitem__)  # best first
         assert rows.loc["rbn", "rmse_mean"] == pytest.approx(means["rbn"])
         diff = [per["rbn"][s] - per["bn"][s] for s in (0, 1, 2)]
-        assert rows.loc["rbn", "diff_vs_bn"] == pytest.approx(np.mean(diff))
+        assert rows.loc["rbn", "diff_vs_baseline"] == pytest.approx(np.mean(diff))
         p = sps.ttest_rel([per["rbn"][s] for s in (0, 1, 2)], [per["bn"][s] for s in (0, 1, 2)])
         assert rows.loc["rbn", "p_value"] == pytest.approx(p.pvalue)
         # time-to-target: BN's mean final RMSE, reached at the first epoch at or below it
