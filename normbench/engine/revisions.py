@@ -23,7 +23,7 @@ from normbench.options import freeze
 from normbench.registry import Registry
 from normbench.spec import TrialSpec
 from normbench.tasks.registry import TASKS
-from normbench.variants_api import VARIANTS, create_norm
+from normbench.variants_api import VARIANTS
 
 # the spec fields naming a registered component whose code computes the trial
 KINDS = ("variant", "backbone", "dataset", "task")
@@ -37,9 +37,9 @@ def changes(spec: TrialSpec) -> dict[str, Revision | None]:
     """{kind: the latest change of the trial's component of that kind that applies to it}
     (None: revision 1). Raises what the registries raise for an unknown name."""
 
-    def flag(attribute: str) -> bool:
+    def flag(attribute: str) -> bool:  # keyed by the class: a reloaded plugin is asked anew
         return _norm_flag(
-            spec.variant, freeze(spec.variant_options), spec.backbone,
+            VARIANTS.get(spec.variant).obj, freeze(spec.variant_options), spec.backbone,
             freeze(spec.backbone_options), attribute,
         )  # fmt: skip
 
@@ -77,7 +77,7 @@ def notes(spec: TrialSpec) -> dict[str, str]:
 
 @functools.cache
 def _norm_flag(
-    variant: str,
+    cls: type,
     options: tuple[tuple[str, Any], ...],
     backbone: str,
     backbone_options: tuple[tuple[str, Any], ...],
@@ -87,13 +87,13 @@ def _norm_flag(
     layer built on the meta device at the backbone's smallest norm width (FRN decides with
     its options). A layer that cannot be built so counts as having it: a rerun costs less
     than results of old code passing for new."""
-    value = getattr(VARIANTS.get(variant).obj, attribute, None)
+    value = getattr(cls, attribute, None)
     if isinstance(value, bool):
         return value
     try:
         width = min(norm_widths(backbone, backbone_options, False), default=64)
         with torch.device("meta"):
-            layer = create_norm(variant, width, **dict(options))
+            layer = cls(width, **dict(options))
     except Exception:
         return True
     return bool(getattr(layer, attribute, False))

@@ -73,8 +73,8 @@ def _files(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def fresh_registries() -> object:
-    """The plugin file changes between the runs: the driver reads it again (as a new
-    process would); the registries are left as they were found."""
+    """The registries as a fresh process has them, and left so: the test's plugin layer
+    (edited between the runs; the driver loads the edited file again) leaves nothing behind."""
     _reset_all()
     yield
     _reset_all()
@@ -96,7 +96,6 @@ def test_a_bumped_layer_reruns_alone_and_the_report_leaves_its_old_trials_out(
 
     # the layer's author changes what it computes and says so
     plugin.write_text(PLUGIN.format(revision=f"\n    revision = {{2: {REASON!r}}}", eps="1e-3"))
-    _reset_all()
     line = f"tinynorm: revision 2 ({REASON}); 1 finished trials of revision 1 are not reused"
     capsys.readouterr()
     assert _main(["run", str(suite), "--output", str(run), "--dry-run", *ARGS]) == 0
