@@ -219,7 +219,9 @@ def spec_from_flags(given: dict[str, Any]) -> Any:
     problems = _option_problems(spec, {k: given[k] for k in given if _is_mapping(by_name[k])})
     if problems:
         raise TrainArgumentError("; ".join(problems))
-    return spec
+    from normbench.engine.revisions import stamp
+
+    return stamp(spec)  # at the code's revisions (plugins loaded above), as a suite's trial is
 
 
 def _option_problems(spec: TrialSpec, items: dict[str, list[str] | None]) -> list[str]:
@@ -241,11 +243,43 @@ def _option_problems(spec: TrialSpec, items: dict[str, list[str] | None]) -> lis
         reg, name = registries.get(kind), str(getattr(spec, kind, ""))
         if not given or reg is None or name not in reg:
             continue
-        context: dict[str, Any] = {"batch_size": spec.batch_size} if kind == "variant" else {}
+        context = _variant_context(spec) if kind == "variant" else {}
         for p in reg.check_options(name, getattr(spec, field), **context):
             said = [i for i in given if p.option and i.partition("=")[0].strip() == p.option]
             out.append(f"{flag} {said[-1] if said else ' '.join(given)}: {p.message}")
     return out
+
+
+def _variant_context(spec: TrialSpec) -> dict[str, Any]:
+    """What a suite's check tells the variant's option hook about this trial: the batch its
+    statistics see, where L2 pulls its parameters, and every width the backbone and the task
+    build it at (so `--variant gn --option num_groups=5` on resnet20 is refused here as in a
+    suite, instead of falling back to gcd(5, C) groups)."""
+    from normbench.models import BACKBONES
+    from normbench.models.registry import backbone_conditioning, norm_widths
+    from normbench.options import freeze
+    from normbench.tasks import TASKS, task_norm_widths
+
+    devices = spec.devices if spec.stats_scope == "global" else 1
+    context: dict[str, Any] = {"batch_size": spec.batch_size * devices}
+    backbone, last = spec.backbone.lower(), spec.placement == "last-in-block"
+    if (
+        backbone not in BACKBONES
+        or spec.task.lower() not in TASKS
+        or BACKBONES.check_options(backbone, spec.backbone_options, build=True, last_in_block=last)
+        or TASKS.check_options(spec.task, spec.task_options)
+    ):
+        return context  # no widths to check at: the build names the backbone's or task's problem
+    widths = set(norm_widths(backbone, freeze(spec.backbone_options), last))
+    for found in task_norm_widths(spec.task, spec.task_options).values():
+        widths |= found
+    return {
+        **context,
+        "widths": frozenset(widths),
+        "decay_toward": spec.recipe.decay_toward,
+        "_slot": backbone_conditioning(backbone),
+        "_where": f" of {spec.backbone} (norm widths {sorted(widths)})",
+    }
 
 
 def _generated_signature() -> None:

@@ -11,6 +11,8 @@ What an extension provides and what flows between the stages:
   evaluation; its `Scoring` (the `Metric`s with unit and direction, and the headline) is plain
   data here, so the reports and the search read it without torch. `CLASSIFICATION` is the
   scoring of the built-in task, and of every record that names no other.
+* `Revision`: a change to what a layer, backbone, data set or task computes, declared on it
+  (`revision`), so a rerun never reuses results of the code before the change.
 * `EpochRecord`: what `run_trial` yields once per epoch, what the store writes to
   `epochs.jsonl`, and what the live view, the runner and the reports read. Its keys exist
   here only; a reader that types its record as `EpochRecord` has every key checked by mypy.
@@ -129,6 +131,80 @@ class TaskCost:
     train: float
     evaluate: float
     what: str = ""
+
+
+# -- computation revisions (docs/reproducibility.md#computation-revisions) -----------------
+@dataclass(frozen=True)
+class Revision:
+    """One change to what a component computes: a layer (its class), a backbone or data set
+    (its factory) or a task (its class) declares its changes as its `revision` attribute,
+    which the registry reads for built-ins and plugins alike (`revisions_of`).
+
+    `number` (>= 2; a component without a declaration is at revision 1) is the revision the
+    change starts; `reason` says in one line what changed; `when` names an attribute of the
+    trial's norm layer that must be true for the change to apply (a backbone's change that
+    only alters the trials of normalization-activation layers: `when="norm_activation"`),
+    None for every trial. A trial's revision of a component is the highest `number` that
+    applies to it, else 1; the trial id includes it when it is not 1 (`TrialSpec.revisions`).
+    Used as a decorator on a factory it appends itself to the factory's declaration."""
+
+    number: int
+    reason: str
+    when: str | None = None
+
+    def __call__(self, factory: _F) -> _F:
+        known = revisions_of(factory)
+        if self not in known:  # a module imported twice declares once
+            factory.revision = (*known, self)  # type: ignore[attr-defined]
+            revisions_of(factory)  # the numbers must still increase
+        return factory
+
+    def applies(self, flag: Callable[[str], bool]) -> bool:
+        """Whether the change applies to a trial; `flag(attribute)` asks its norm layer."""
+        return self.when is None or flag(self.when)
+
+
+def revisions_of(obj: Any) -> tuple[Revision, ...]:
+    """The changes `obj` declares in its `revision` attribute: nothing (revision 1), an int
+    `n` (`Revision(n, "")`), a `Revision`, a tuple of them in increasing `number`, or a dict
+    {number: reason} (what a layer of `variants/`, which imports nothing of normbench,
+    writes). Raises ValueError naming the rule and the value."""
+    declared = getattr(obj, "revision", None)
+    if declared is None:
+        return ()
+    if isinstance(declared, Mapping):  # {number: reason}: needs no import (variants/ layers)
+        declared = tuple(Revision(n, r) for n, r in sorted(declared.items(), key=_number))
+    items = declared if isinstance(declared, tuple) else (declared,)
+    out = tuple(
+        Revision(r, "") if isinstance(r, int) and not isinstance(r, bool) else r for r in items
+    )
+    numbers = [r.number for r in out if isinstance(r, Revision)]
+    if len(numbers) != len(out) or any(not _revision_ok(r) for r in out):
+        raise ValueError(
+            "revision must be an int >= 1, a normbench.contract.Revision(number, reason, "
+            "when=None), a tuple of them or a dict {number: reason}, but got "
+            f"revision={getattr(obj, 'revision', None)!r}"
+        )
+    if numbers != sorted(set(numbers)):
+        raise ValueError(f"revision numbers must increase, but got {numbers}")
+    return tuple(r for r in out if r.number > 1)
+
+
+def _number(item: tuple[Any, Any]) -> Any:
+    return item[0] if isinstance(item[0], int) else 0
+
+
+def _revision_ok(r: Revision) -> bool:
+    n = r.number
+    return (
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 and isinstance(r.reason, str)
+        and (r.when is None or isinstance(r.when, str))
+    )  # fmt: skip
+
+
+def revision_at(changes: tuple[Revision, ...], flag: Callable[[str], bool]) -> Revision | None:
+    """The latest change that applies to a trial (None: the trial is at revision 1)."""
+    return next((r for r in reversed(changes) if r.applies(flag)), None)
 
 
 # -- tasks: what a trial trains and how it is scored (docs/tasks.md) ------------------------
@@ -345,6 +421,9 @@ class EpochRecord(TypedDict):
     # what can change a number without changing the experiment (Runtime.environment();
     # docs/reproducibility.md): device, threads, dtype, deterministic flags, versions
     environment: dict[str, Any]
+    # the revision of each component the trial used, as its code declared it when the epoch
+    # ran ({"variant": 1, "backbone": 2, "dataset": 1, "task": 1}; normbench.engine.revisions)
+    revisions: NotRequired[dict[str, int]]
     # compile: true: graphs torch.compile captured and graph breaks it met since the trial
     # started in this process (a resumed trial counts again); None without compile
     compile_graphs: NotRequired[int | None]

@@ -36,6 +36,7 @@ class Param:
     keys: tuple[type, ...] = ()  # a mapping field's known keys: the fields of these classes
     check: tuple[str, Callable[[Any], bool]] | None = None  # (rule text, test) beyond bounds
     by_file_name: bool = False  # identity by file name, location by the rest of the path
+    derived: bool = False  # set by normbench from the code, never by a user (no flag, no key)
 
     def bounds_text(self) -> str:
         low = (">=", self.ge) if self.ge is not None else (">", self.gt)

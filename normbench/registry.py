@@ -23,6 +23,7 @@ other plugins stay usable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata as md
 import importlib.util
 import itertools
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normbench.contract import Revision, revisions_of
 from normbench.errors import (
     DuplicateNameError,
     PluginError,
@@ -112,6 +114,10 @@ class Registry:
             )
         key = name.lower()
         src = source or (_SOURCE_STACK[-1] if _SOURCE_STACK else _default_source(obj))
+        try:
+            revisions_of(obj)  # a malformed declaration is refused, built-in or plugin
+        except ValueError as exc:
+            raise PluginError(f"{self.kind} {key!r} (from {src}): {exc}") from None
         with self._lock:
             self._ensure_loaded()
             old = self._entries.get(key)
@@ -211,6 +217,11 @@ class Registry:
             f"unknown {self.kind} {name!r}{closest(key, names)}; available: {', '.join(names)}"
         )
 
+    def revisions(self, name: str) -> tuple[Revision, ...]:
+        """The computation changes entry `name` declares (`normbench.contract.Revision`; its
+        `revision` attribute, checked at registration): () while it is at revision 1."""
+        return revisions_of(self.get(name).obj)
+
     def names(self) -> list[str]:
         self._ensure_loaded()
         return sorted(self._entries)
@@ -286,7 +297,7 @@ def kind_registry(
 
 
 # Plugin files already imported: resolved path -> the "kind:name" list they added.
-_PLUGIN_FILES: dict[Path, list[str]] = {}
+_PLUGIN_FILES: dict[Path, tuple[str, list[str]]] = {}  # file -> (content digest, "kind:name"s)
 _MODULE_COUNTER = itertools.count()
 
 
@@ -322,14 +333,23 @@ def load_plugin(path: str | Path) -> list[str]:
     Returns the "kind:name" entries it added. A file that fails to import, registers a taken
     name, or holds a variant that breaks the constructor contract raises `PluginError` naming
     the file; everything that file registered is removed again. Loading the same file twice
-    is a no-op.
+    is a no-op; a file whose content changed since it was loaded (an edited plugin in a
+    long-lived process: a notebook, a Ray worker of a cluster reached by address) has what it
+    registered before removed and is loaded again, so no stale code runs under its names.
     """
     p = Path(path).expanduser().resolve()
-    if p in _PLUGIN_FILES:
-        return list(_PLUGIN_FILES[p])
     if not p.is_file():
         what = "is a directory, not a Python file" if p.is_dir() else "does not exist"
         raise PluginError(f"plugin file {str(path)!r} {what}")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    if p in _PLUGIN_FILES:
+        loaded, entries = _PLUGIN_FILES.pop(p)
+        if loaded == digest:
+            _PLUGIN_FILES[p] = (loaded, entries)
+            return list(entries)
+        for entry in entries:
+            kind, _, name = entry.partition(":")
+            REGISTRIES[kind].unregister(name)
     for reg in REGISTRIES.values():  # built-ins first, so a clash always blames the plugin
         with contextlib.suppress(ImportError):  # a kind whose built-ins are not importable
             reg._ensure_loaded()
@@ -351,8 +371,9 @@ def load_plugin(path: str | Path) -> list[str]:
             reg.unregister(key)
         why = str(exc) if isinstance(exc, UserError) else describe_failure(exc)
         raise PluginError(one_line(f"plugin file {str(p)!r} failed to load: {why}")) from None
-    _PLUGIN_FILES[p] = [f"{reg.kind}:{key}" for reg, key in _added_since(before, src)]
-    return list(_PLUGIN_FILES[p])
+    entries = [f"{reg.kind}:{key}" for reg, key in _added_since(before, src)]
+    _PLUGIN_FILES[p] = (digest, entries)
+    return list(entries)
 
 
 def _reset_all() -> None:

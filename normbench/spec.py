@@ -38,6 +38,12 @@ enters the id. The fields of other tasks than classification went in that way: `
 with the default "classification" and `task_options`, both `new=True`, so every
 classification id stays.
 
+**Changing what a component computes** (not a field): the layer, backbone, data set or task
+declares a
+new computation revision; `revisions` (derived: set from the declarations, no suite key or
+flag) puts the revisions that are not 1 into the id, so only the trials the change touches
+get new ids (docs/reproducibility.md#computation-revisions).
+
 This module imports neither torch nor pydantic: the results store and the reports read it.
 """
 
@@ -85,6 +91,8 @@ MAX_THREADS = 4_096
 
 # Identity fields that only say how long a trial runs (a truncated run is the same family).
 LENGTH_FIELDS = ("epochs", "limit_batches")
+# The identity field that says which revision of the code computes a trial (`TrialSpec`).
+REVISION_FIELD = "revisions"
 
 
 class SpecError(UserError, ValueError):
@@ -368,6 +376,18 @@ class TrialSpec:
         "--init-from 'cell={seed: 0}').",
     )
 
+    # What the code computes changes between normbench versions: the revisions of the layer,
+    # backbone, data set and task the trial uses that are not 1 (normbench.contract.Revision), set
+    # from their declarations (normbench.engine.revisions.stamp) wherever a spec is made from a
+    # suite or the command line. A new field: every trial at revision 1 keeps its id.
+    revisions: dict[str, int] = param(
+        factory=dict,
+        new=True,
+        derived=True,
+        help="Computation revisions not at 1 of the trial's variant, backbone, data set and task "
+        "({backbone: 2}; declared by each component, docs/reproducibility.md).",
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -406,6 +426,8 @@ class TrialSpec:
 def flat_fields() -> Iterator[Declared]:
     """Every field a user sets, the recipe's flattened in (as a suite's `train:` has them)."""
     for d in declared(TrialSpec):
+        if d.param.derived:
+            continue
         if d.name == "recipe":
             yield from declared(Recipe)
         else:
@@ -453,9 +475,17 @@ def _identity(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def family(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity without its length (`LENGTH_FIELDS`): smoke, truncated and full runs of
-    one experiment share a family."""
-    return {k: v for k, v in identity(spec).items() if k not in LENGTH_FIELDS}
+    """The identity without its length (`LENGTH_FIELDS`) and its computation revisions
+    (`REVISION_FIELD`): smoke, truncated and full runs of one experiment, and its runs before
+    and after a revision of the code, share a family."""
+    skip = (*LENGTH_FIELDS, REVISION_FIELD)
+    return {k: v for k, v in identity(spec).items() if k not in skip}
+
+
+def unrevised_id(spec: Mapping[str, Any]) -> str:
+    """The trial id `spec` has at revision 1 of every component: what a trial and its runs
+    under other revisions of the code share (`normbench.results.revisions`)."""
+    return TrialSpec.from_dict({**spec, REVISION_FIELD: {}}).trial_id
 
 
 def family_hash(spec: Mapping[str, Any]) -> str:

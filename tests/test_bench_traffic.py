@@ -4,6 +4,7 @@ docs/variants.md#memory-traffic, and the report through the CLI with a plugin.""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,10 +247,63 @@ def test_report_through_the_cli_lists_layers_and_a_plugin_over_the_bound(
     assert info.value.code == 2 and not (tmp_path / "not.md").exists()
 
 
-def test_compiled_report_counts_inductor_kernels_and_bytes(tmp_path: Path) -> None:
+def _screen_rows(text: str, columns: tuple[str, ...]) -> dict[str, list[str]]:
+    """The plain table `print_table` prints off a terminal: columns two spaces apart or more."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("layer  "))
+    assert re.split(r"\s{2,}", lines[start]) == list(columns)
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) != len(columns):
+            break  # the caption
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_the_screen_shows_the_reports_table(
+    tmp_path: Path, fresh: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench traffic` prints the report's table (typer's CliRunner, not a terminal: plain
+    columns): every cell equal to the recorded report's, BN's counts to `measure_layer`'s,
+    a plugin over the bound named under the table."""
+    from typer.testing import CliRunner
+
+    from normbench.bench import traffic as traffic_report
+    from normbench.cli import build_app
+
+    monkeypatch.setattr(traffic_report, "QUICK_SHAPE", SHAPE)
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(textwrap.dedent(HOST_SYNC_PLUGIN))
+    out = tmp_path / "traffic.md"
+    args = ["bench", "traffic", "--quick", "--layers", "bn,syncing_bn"]
+    result = CliRunner().invoke(build_app(), [*args, "--plugin", str(plugin), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    screen = _screen_rows(result.stdout, traffic_report.COLUMNS)
+    recorded = {
+        k: [c.strip("*") for c in v]
+        for k, v in _rows(out.read_text()).items()
+        if len(v) == len(traffic_report.COLUMNS)  # not the machine's table
+    }
+    assert recorded.pop("layer") == list(traffic_report.COLUMNS)
+    assert screen == recorded and set(screen) == {"bn", "syncing_bn", "bn momentum=None"}
+    bn = measure_layer("bn", shape=SHAPE)
+    counts = [bn.kernels, bn.compiled_kernels, bn.bound_kernels, bn.host_syncs, bn.host_copies]
+    assert screen["bn"][1:] == [
+        f"{bn.activation_read / 2**20:.1f}", f"{bn.activation_written / 2**20:.1f}", "0.0",
+        "1.00", "1.00", f"{(bn.read_bytes + bn.written_bytes) / 2**20:.1f}", *map(str, counts),
+        "yes", "pass",
+    ]  # fmt: skip
+    assert screen["syncing_bn"][-3:] == ["0", "yes", "over"] and screen["syncing_bn"][10] == "1"
+    assert "over the bound: syncing_bn: host syncs: 1" in result.stdout.splitlines()
+
+
+def test_compiled_report_counts_inductor_kernels_and_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`--compile`: BN compiled whole by Inductor on this CPU; its kernels access at least
     the five activation tensors a training step must move (x and y forward, g, x and dx
-    backward), in bf16."""
+    backward), in bf16. The screen shows the report's table."""
     from normbench.bench import traffic_compiled
     from normbench.cli import main
 
@@ -261,6 +315,7 @@ def test_compiled_report_counts_inductor_kernels_and_bytes(tmp_path: Path) -> No
     kernels, mib, ratio = int(row[1]), float(row[2]), row[3]
     activation = torch.Size(traffic_compiled_shape()).numel() * 2 / 2**20
     assert kernels >= 2 and 5 * activation <= mib < 40 * activation and ratio == "1.00", row
+    assert _screen_rows(capsys.readouterr().out, traffic_compiled.COLUMNS) == {"bn": row}
     assert traffic_compiled.DEFAULT_LAYERS[0] == "bn"
 
 

@@ -98,6 +98,23 @@ def test_plugin_variant_is_usable_after_loading(fresh: None, tmp_path: Path) -> 
     torch.testing.assert_close(layer(x), 3.0 * _bn_reference(x))
 
 
+def test_an_edited_plugin_file_is_loaded_again_without_its_old_names(
+    fresh: None, tmp_path: Path
+) -> None:
+    """A long-lived process (a notebook, a cluster's Ray worker) that loads a plugin file again
+    after it was edited runs the new code: the old content's names are gone, the new ones are
+    registered, and the same content again is still a no-op."""
+    path = _write(tmp_path, "my_plugin.py", GOOD_PLUGIN)
+    assert load_plugin(path) == ["variant:scaled_bn"]
+    edited = GOOD_PLUGIN.replace('"Scaled_BN"', '"Tripled_BN"').replace("y * scale", "3 * y")
+    path.write_text(textwrap.dedent(edited))
+    assert load_plugin(path) == ["variant:tripled_bn"]
+    assert "scaled_bn" not in list_variants() and "tripled_bn" in list_variants()
+    assert load_plugin(path) == ["variant:tripled_bn"]
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(create_norm("tripled_bn", 3)(x), 3.0 * _bn_reference(x))
+
+
 def test_loading_a_plugin_keeps_the_seeded_random_stream(fresh: None, tmp_path: Path) -> None:
     path = _write(tmp_path, "my_plugin.py", GOOD_PLUGIN)
     torch.manual_seed(7)

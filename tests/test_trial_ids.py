@@ -7,7 +7,10 @@ in `normbench/spec.py` with `new=True`: it is left out of the id while it holds 
 so every trial that existed before keeps its id (as `devices` and `stats_scope` were added).
 A field that only says where or how fast a trial runs gets `role=ENVIRONMENT` (or location,
 bookkeeping) and never enters the id. Never edit the ids below to make this test pass: a
-changed id is a run directory that silently stops resuming.
+changed id is a run directory that silently stops resuming. (A change to what a layer,
+backbone or task computes is the one that should change ids: it bumps the component's
+computation revision, docs/reproducibility.md#computation-revisions, and the trials it
+touches get new ids; tests/test_revisions.py pins that the others keep theirs.)
 """
 
 from __future__ import annotations

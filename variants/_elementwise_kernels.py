@@ -13,27 +13,23 @@ conversion; the coefficient region's outputs need none.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
-from ._kernels import STATS, _blocks, _cdiv, _geometry, _stat
+from ._kernels import STATS, _stat, launch_over
 
 DYT, FRN, EVO_S0, EVO_B0 = 0, 1, 2, 3  # `_triton_elementwise`'s, without importing Triton
 
 
-def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
-    from normbench.variants import _triton_elementwise
-
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _triton_elementwise.kernels()[name][grid](*args, **meta)
-
-
-def _tile_grid(x: torch.Tensor) -> tuple[tuple[int, int, int], int, int]:
-    """(grid, BLOCK_C, BLOCK_HW) of an element-wise kernel: one program per tile."""
-    bc, bhw = _blocks(x, elementwise=True)
-    return (x.shape[0], _cdiv(x.shape[1], bc), _cdiv(x.shape[2] * x.shape[3], bhw)), bc, bhw
+def _over(
+    name: str, x: torch.Tensor, args: tuple[Any, ...], strided: tuple[torch.Tensor, ...],
+    **meta: Any,
+) -> None:  # fmt: skip
+    """Kernel `name` of `_triton_elementwise` over x (`_kernels.launch_over`), N·C after
+    `args` (the (K, N, C) planes' distance)."""
+    args = (*args, x.shape[0] * x.shape[1])
+    launch_over("_triton_elementwise", name, x, args, strided, **meta)
 
 
 def pointwise_forward(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
@@ -44,13 +40,7 @@ def pointwise_forward(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.T
 @torch.library.custom_op("normbench::pointwise_forward", mutates_args=())
 def _forward(x: torch.Tensor, coef: torch.Tensor, kind: int) -> torch.Tensor:
     y = torch.empty_like(x)
-    if x.numel():
-        grid, bc, bhw = _tile_grid(x)
-        _launch(
-            x, "pointwise_forward", grid,
-            x, y, coef, x.shape[0] * x.shape[1], *_geometry(x), *x.stride(), *y.stride(),
-            KIND=kind, BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+    _over("pointwise_forward", x, (x, y, coef), (x, y), tiles=True, KIND=kind)
     return y
 
 
@@ -113,14 +103,8 @@ def _sums_launch(
 ) -> None:
     if not x.numel():
         sums.zero_()
-        return
-    bc, bhw = _blocks(x, elementwise=False)
-    _launch(
-        x, "pointwise_grad_sums", (x.shape[0], _cdiv(x.shape[1], bc)),
-        g, x, dx, coef, sums, x.shape[0] * x.shape[1], *_geometry(x),
-        *x.stride(), *g.stride(), *dx.stride(),
-        KIND=kind, WRITE_DX=write_dx, BLOCK_C=bc, BLOCK_HW=bhw,
-    )  # fmt: skip
+    meta = {"KIND": kind, "WRITE_DX": write_dx}
+    _over("pointwise_grad_sums", x, (g, x, dx, coef, sums), (x, g, dx), tiles=False, **meta)
 
 
 def pointwise_input_grad(
@@ -156,14 +140,8 @@ def _input_grad(
     q_scale: float,
 ) -> torch.Tensor:
     dx = torch.empty_like(x)
-    if x.numel():
-        grid, bc, bhw = _tile_grid(x)
-        _launch(
-            x, "pointwise_input_grad", grid,
-            g, x, dx, coef, mean, p, q, p_scale, q_scale, x.shape[0] * x.shape[1],
-            *_geometry(x), *x.stride(), *g.stride(), *dx.stride(),
-            KIND=kind, BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+    args = (g, x, dx, coef, mean, p, q, p_scale, q_scale)
+    _over("pointwise_input_grad", x, args, (x, g, dx), tiles=True, KIND=kind)
     return dx
 
 

@@ -32,12 +32,37 @@ def available(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and x.dtype in KERNEL_DTYPES and triton_installed()
 
 
-def _launch(x: torch.Tensor, name: str, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
-    """Run kernel `name` on x's device (Triton launches on the current CUDA device)."""
-    from normbench.variants import _triton
-
+def _launch(
+    module: str, name: str, x: torch.Tensor, grid: tuple[int, ...], *args: Any, **meta: Any
+) -> None:
+    """Run kernel `name` of `normbench.variants.<module>` on x's device (Triton launches on
+    the current CUDA device). Importing the module builds its kernels: this first launch."""
+    kernel = getattr(importlib.import_module(f"normbench.variants.{module}"), name)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _triton.kernels()[name][grid](*args, **meta)
+        kernel[grid](*args, **meta)
+
+
+def launch_over(
+    module: str,
+    name: str,
+    x: torch.Tensor,
+    args: tuple[Any, ...],
+    strided: tuple[torch.Tensor, ...],
+    *,
+    tiles: bool,
+    **meta: Any,
+) -> None:
+    """Run kernel `name` over x (N, C, H, W): one program per (sample, channel block) that
+    walks the positions (a reduction), or with `tiles` per (sample, channel block, position
+    block). Its arguments: `args`, x's `C, W, H·W`, each `strided` tensor's strides (one
+    tuple each), `meta`, and the blocks (`_blocks`). Nothing runs on an empty x."""
+    if not x.numel():
+        return
+    bc, bhw = _blocks(x, elementwise=tiles)
+    c, w, hw = _geometry(x)
+    grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))[: 3 if tiles else 2]
+    strides = (t.stride() for t in strided)
+    _launch(module, name, x, grid, *args, c, w, hw, *strides, BLOCK_C=bc, BLOCK_HW=bhw, **meta)
 
 
 def _pow2(v: int) -> int:
@@ -76,12 +101,7 @@ def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and biased variance over (H, W), (N, C) float32 each; reads x once."""
     mean = x.new_empty(x.shape[:2], dtype=STATS)
     var = torch.empty_like(mean)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=False)
-        grid = (x.shape[0], _cdiv(x.shape[1], bc))
-        _launch(
-            x, "moments", grid, x, mean, var, *_geometry(x), *x.stride(), BLOCK_C=bc, BLOCK_HW=bhw
-        )
+    launch_over("_triton", "moments", x, (x, mean, var), (x,), tiles=False)
     return mean, var
 
 
@@ -103,15 +123,7 @@ def _affine(
     x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, at_mean: torch.Tensor
 ) -> torch.Tensor:
     y = torch.empty_like(x)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        _launch(
-            x, "affine", grid,
-            x, y, mean, scale, at_mean, c, w, hw, *x.stride(), *y.stride(),
-            BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+    launch_over("_triton", "affine", x, (x, y, mean, scale, at_mean), (x, y), tiles=True)
     return y
 
 
@@ -133,14 +145,7 @@ def _grad_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     s_g = x.new_empty(x.shape[:2], dtype=STATS)
     s_gc = torch.empty_like(s_g)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=False)
-        grid = (x.shape[0], _cdiv(x.shape[1], bc))
-        _launch(
-            x, "grad_sums", grid,
-            g, x, mean, s_g, s_gc, *_geometry(x), *x.stride(), *g.stride(),
-            BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+    launch_over("_triton", "grad_sums", x, (g, x, mean, s_g, s_gc), (x, g), tiles=False)
     return s_g, s_gc
 
 
@@ -179,19 +184,11 @@ def _input_grad(
     q_scale: float,
 ) -> torch.Tensor:
     dx = torch.empty_like(x)
-    if x.numel():
-        bc, bhw = _blocks(x, elementwise=True)
-        c, w, hw = _geometry(x)
-        grid = (x.shape[0], _cdiv(c, bc), _cdiv(hw, bhw))
-        has_g = g is not None and a is not None
-        g_arg = g if g is not None else x
-        a_arg = a if a is not None else mean  # unread without g
-        _launch(
-            x, "input_grad", grid,
-            x, g_arg, dx, mean, p, q, a_arg, p_scale, q_scale,
-            c, w, hw, *x.stride(), *g_arg.stride(), *dx.stride(),
-            HAS_G=has_g, BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+    has_g = g is not None and a is not None
+    g_arg = g if g is not None else x
+    a_arg = a if a is not None else mean  # unread without g
+    args = (x, g_arg, dx, mean, p, q, a_arg, p_scale, q_scale)
+    launch_over("_triton", "input_grad", x, args, (x, g_arg, dx), tiles=True, HAS_G=has_g)
     return dx
 
 
@@ -212,11 +209,8 @@ def _weighted_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if x.numel():
         bc, bhw = _blocks(x, elementwise=True)
         grid = (_cdiv(c, bc), _cdiv(h * w, bhw))
-        _launch(
-            x, "weighted_sum", grid,
-            x, weights, out, n, c, w, h * w, *x.stride(),
-            BLOCK_C=bc, BLOCK_HW=bhw,
-        )  # fmt: skip
+        args = (x, weights, out, n, c, w, h * w, x.stride())
+        _launch("_triton", "weighted_sum", x, grid, *args, BLOCK_C=bc, BLOCK_HW=bhw)
     return out
 
 

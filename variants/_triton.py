@@ -9,48 +9,31 @@ input dtype (fp16, bf16 or fp32; float64 takes the composite path); outputs have
 dtype and memory format: every kernel indexes (n, c, h, w) through the tensors' own strides.
 
 A program owns a (sample, channel block) and walks the positions in blocks (reductions), or a
-(sample, channel block, position block) tile (element-wise). The moments merge per-block mean
-and centred sum of squares (Chan et al.'s parallel update): one read, no E[x²] − E[x]²
-cancellation. Tested on the CPU under `TRITON_INTERPRET=1` (tests/variants/test_triton.py),
-which is also why kernels are built on first use (`kernels()`): the interpreter is chosen when
+(sample, channel block, position block) tile (element-wise); the indexing, loads and stores
+are `_triton_tiles`'s. The moments merge per-block mean and centred sum of squares (Chan et
+al.'s parallel update): one read, no E[x²] − E[x]² cancellation. Tested on the CPU under
+`TRITON_INTERPRET=1` (tests/variants/test_triton.py), which is also why this module is
+imported on the first launch only (`_kernels._launch`): the interpreter is chosen when
 `triton.jit` runs.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any
-
 import triton
 import triton.language as tl
 
+from ._triton_tiles import channel_block, load, load_stat, positions, store, store_stat, tile
 
-def _moments(
-    x_ptr,
-    mean_ptr,
-    var_ptr,
-    C,
-    W,
-    HW,
-    s_n,
-    s_c,
-    s_h,
-    s_w,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+
+@triton.jit
+def moments(x_ptr, mean_ptr, var_ptr, C, W, HW, xs, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    n, c = channel_block(BLOCK_C)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     count = tl.zeros([BLOCK_C], dtype=tl.float32)
     for start in range(0, HW, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        ok = c_ok[:, None] & (hw < HW)[None, :]
-        off = n * s_n + c[:, None] * s_c + (hw // W)[None, :] * s_h + (hw % W)[None, :] * s_w
-        v = tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32)
+        h, w, ok = positions(c, start, C, W, HW, BLOCK_HW)
+        v = load(x_ptr, xs, n, c, h, w, ok)
         k = tl.sum(ok.to(tl.float32), axis=1)  # positions in this block
         block_mean = tl.sum(v, axis=1) / tl.maximum(k, 1.0)
         d = tl.where(ok, v - block_mean[:, None], 0.0)
@@ -59,170 +42,69 @@ def _moments(
         mean = mean + delta * (k / tl.maximum(total, 1.0))
         m2 = m2 + tl.sum(d * d, axis=1) + delta * delta * (count * k / tl.maximum(total, 1.0))
         count = total
-    tl.store(mean_ptr + n * C + c, mean, mask=c_ok)
-    tl.store(var_ptr + n * C + c, m2 / tl.maximum(count, 1.0), mask=c_ok)
+    store_stat(mean_ptr, n, c, C, mean)
+    store_stat(var_ptr, n, c, C, m2 / tl.maximum(count, 1.0))
 
 
-def _affine(
-    x_ptr,
-    y_ptr,
-    mean_ptr,
-    scale_ptr,
-    at_mean_ptr,
-    C,
-    W,
-    HW,
-    s_n,
-    s_c,
-    s_h,
-    s_w,
-    t_n,
-    t_c,
-    t_h,
-    t_w,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    ok = (c < C)[:, None] & (hw < HW)[None, :]
-    h, w = (hw // W)[None, :], (hw % W)[None, :]
-    stat = n * C + c
-    m = tl.load(mean_ptr + stat, mask=c < C, other=0.0)[:, None]
-    a = tl.load(scale_ptr + stat, mask=c < C, other=0.0)[:, None]
-    b = tl.load(at_mean_ptr + stat, mask=c < C, other=0.0)[:, None]
-    x = tl.load(x_ptr + n * s_n + c[:, None] * s_c + h * s_h + w * s_w, mask=ok, other=0.0)
-    y = (x.to(tl.float32) - m) * a + b
-    out = y_ptr + n * t_n + c[:, None] * t_c + h * t_h + w * t_w
-    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=ok)
+@triton.jit
+def affine(
+    x_ptr, y_ptr, mean_ptr, scale_ptr, at_mean_ptr, C, W, HW, xs, ys,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
+    n, c, h, w, ok = tile(C, W, HW, BLOCK_C, BLOCK_HW)
+    m = load_stat(mean_ptr, n, c, C)
+    a = load_stat(scale_ptr, n, c, C)
+    b = load_stat(at_mean_ptr, n, c, C)
+    store(y_ptr, ys, n, c, h, w, ok, (load(x_ptr, xs, n, c, h, w, ok) - m) * a + b)
 
 
-def _grad_sums(
-    g_ptr,
-    x_ptr,
-    mean_ptr,
-    sg_ptr,
-    sgc_ptr,
-    C,
-    W,
-    HW,
-    s_n,
-    s_c,
-    s_h,
-    s_w,
-    u_n,
-    u_c,
-    u_h,
-    u_w,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    m = tl.load(mean_ptr + n * C + c, mask=c_ok, other=0.0)[:, None]
+@triton.jit
+def grad_sums(
+    g_ptr, x_ptr, mean_ptr, sg_ptr, sgc_ptr, C, W, HW, xs, gs,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
+    n, c = channel_block(BLOCK_C)
+    m = load_stat(mean_ptr, n, c, C)
     s_g = tl.zeros([BLOCK_C], dtype=tl.float32)
     s_gc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for start in range(0, HW, BLOCK_HW):
-        hw = start + tl.arange(0, BLOCK_HW)
-        ok = c_ok[:, None] & (hw < HW)[None, :]
-        h, w = (hw // W)[None, :], (hw % W)[None, :]
-        x = tl.load(x_ptr + n * s_n + c[:, None] * s_c + h * s_h + w * s_w, mask=ok, other=0.0)
-        g = tl.load(g_ptr + n * u_n + c[:, None] * u_c + h * u_h + w * u_w, mask=ok, other=0.0)
-        g = g.to(tl.float32)
+        h, w, ok = positions(c, start, C, W, HW, BLOCK_HW)
+        x = load(x_ptr, xs, n, c, h, w, ok)
+        g = load(g_ptr, gs, n, c, h, w, ok)
         s_g += tl.sum(g, axis=1)
-        s_gc += tl.sum(tl.where(ok, g * (x.to(tl.float32) - m), 0.0), axis=1)
-    tl.store(sg_ptr + n * C + c, s_g, mask=c_ok)
-    tl.store(sgc_ptr + n * C + c, s_gc, mask=c_ok)
+        s_gc += tl.sum(tl.where(ok, g * (x - m), 0.0), axis=1)
+    store_stat(sg_ptr, n, c, C, s_g)
+    store_stat(sgc_ptr, n, c, C, s_gc)
 
 
-def _input_grad(
-    x_ptr,
-    g_ptr,
-    dx_ptr,
-    mean_ptr,
-    p_ptr,
-    q_ptr,
-    a_ptr,
-    p_scale,
-    q_scale,
-    C,
-    W,
-    HW,
-    s_n,
-    s_c,
-    s_h,
-    s_w,
-    u_n,
-    u_c,
-    u_h,
-    u_w,
-    t_n,
-    t_c,
-    t_h,
-    t_w,
-    HAS_G: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    ok = (c < C)[:, None] & (hw < HW)[None, :]
-    h, w = (hw // W)[None, :], (hw % W)[None, :]
-    stat = n * C + c
-    m = tl.load(mean_ptr + stat, mask=c < C, other=0.0)[:, None]
-    p = tl.load(p_ptr + stat, mask=c < C, other=0.0)[:, None] * p_scale
-    q = tl.load(q_ptr + stat, mask=c < C, other=0.0)[:, None] * q_scale
-    x = tl.load(x_ptr + n * s_n + c[:, None] * s_c + h * s_h + w * s_w, mask=ok, other=0.0)
-    dx = (x.to(tl.float32) - m) * p + q
+@triton.jit
+def input_grad(
+    x_ptr, g_ptr, dx_ptr, mean_ptr, p_ptr, q_ptr, a_ptr, p_scale, q_scale, C, W, HW, xs, gs, ts,
+    HAS_G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
+    n, c, h, w, ok = tile(C, W, HW, BLOCK_C, BLOCK_HW)
+    m = load_stat(mean_ptr, n, c, C)
+    p = load_stat(p_ptr, n, c, C) * p_scale
+    q = load_stat(q_ptr, n, c, C) * q_scale
+    dx = (load(x_ptr, xs, n, c, h, w, ok) - m) * p + q
     if HAS_G:
-        a = tl.load(a_ptr + stat, mask=c < C, other=0.0)[:, None]
-        g = tl.load(g_ptr + n * u_n + c[:, None] * u_c + h * u_h + w * u_w, mask=ok, other=0.0)
-        dx += g.to(tl.float32) * a
-    out = dx_ptr + n * t_n + c[:, None] * t_c + h * t_h + w * t_w
-    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        dx += load(g_ptr, gs, n, c, h, w, ok) * load_stat(a_ptr, n, c, C)
+    store(dx_ptr, ts, n, c, h, w, ok, dx)
 
 
-def _weighted_sum(
-    x_ptr,
-    wt_ptr,
-    out_ptr,
-    N,
-    C,
-    W,
-    HW,
-    s_n,
-    s_c,
-    s_h,
-    s_w,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+@triton.jit
+def weighted_sum(
+    x_ptr, wt_ptr, out_ptr, N, C, W, HW, xs, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr
 ):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     ok = (c < C)[:, None] & (hw < HW)[None, :]
-    off = c[:, None].to(tl.int64) * s_c + (hw // W)[None, :] * s_h + (hw % W)[None, :] * s_w
+    off = c[:, None].to(tl.int64) * xs[1] + (hw // W)[None, :] * xs[2] + (hw % W)[None, :] * xs[3]
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     sample = x_ptr + off  # advanced by pointer arithmetic (64-bit): no n * s_n overflow
     for n in range(0, N):
         weight = tl.load(wt_ptr + n)
         x = tl.load(sample, mask=ok, other=0.0)
         acc += x.to(tl.float32) * weight
-        sample += s_n
+        sample += xs[0]
     tl.store(out_ptr + c[:, None] * HW + hw[None, :], acc, mask=ok)
-
-
-KERNELS = ("_moments", "_affine", "_grad_sums", "_input_grad", "_weighted_sum")
-
-
-@functools.cache
-def _build(interpret: bool) -> dict[str, Any]:
-    del interpret  # the cache key: `triton.jit` picks the interpreter when it runs
-    return {name.lstrip("_"): triton.jit(globals()[name]) for name in KERNELS}
-
-
-def kernels() -> dict[str, Any]:
-    """The jitted kernels by name (interpreted when TRITON_INTERPRET=1, as in the CPU tests)."""
-    return _build(os.environ.get("TRITON_INTERPRET", "0") == "1")

@@ -67,6 +67,8 @@ class EvoNormB0(ContractNorm):
     batch_dependent = True
     global_stats = True
     norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
+    # the computation's changes (docs/reproducibility.md#computation-revisions); dbd6f67
+    revision = {2: "the max of batch and instance std compared in fp32, which changed bf16 runs"}
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)

@@ -117,7 +117,8 @@ def traffic_command(
 ) -> None:
     """Bytes read and written, kernels and host syncs of one training step per layer (every
     registered variant) on the accelerator path, against 2x BN's bytes and 4x its kernels;
-    with --compile, Inductor's own count for each layer compiled whole."""
+    with --compile, Inductor's own count for each layer compiled whole. The report's table is
+    printed too."""
     from normbench.bench.traffic import run
 
     name = "traffic_compiled" if compile else "traffic"

@@ -107,6 +107,7 @@ def run(
             print(f"  [{k}] {name} {options or ''}", file=sys.stderr)
             results.append(measure_layer(name, options, shape=shape, device=device))
         text = report(results, quick=quick, load=load)
+        print_results(results)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
@@ -116,13 +117,16 @@ def run(
 def _compiled_report(
     names: list[str], shape: tuple[int, ...], device: str, *, quick: bool, load: tuple
 ) -> str:
-    from normbench.bench.traffic_compiled import measure_compiled, report_rows
+    from normbench.bench.traffic_compiled import COLUMNS, measure_compiled, report_rows, table
+    from normbench.tables import print_table
 
     here = device if torch.device(device).type == "cpu" or _have(device) else "cpu"
     results = []
     for k, name in enumerate(names, 1):
         print(f"  [{k}] {name} (Inductor)", file=sys.stderr)
         results.append(measure_compiled(name, shape=shape, device=here))
+    title = f"Kernels and bytes per training step, each layer compiled whole by Inductor ({here})"
+    print_table(COLUMNS, table(results), title=title, right=COLUMNS[1:])
     info = describe_machine(("torch", "triton"), load=load)
     info["measured on"] = f"{here} (Inductor's {'C++' if here == 'cpu' else 'Triton'} kernels)"
     lines = [
@@ -167,18 +171,50 @@ def _why(r: LayerTraffic) -> str:
     return ", ".join(filter(None, reasons))
 
 
-def _row(r: LayerTraffic) -> str:
+COLUMNS = (
+    "layer", "act. read MiB", "act. written MiB", "of which conv MiB", "moved / BN",
+    "written / BN", "all MiB", "kernels", "of which compiled", "kernel bound", "host syncs",
+    "host copies", "channels_last kept", "result",
+)  # fmt: skip
+_TEXT_COLUMNS = ("layer", "channels_last kept", "result")
+
+
+def _cells(r: LayerTraffic) -> list[str]:
+    """`r`'s row under `COLUMNS`, as the report and the screen show it (without Markdown)."""
     moved = r.norm_bytes / (r.bound_bytes / 2)
     written = r.norm_written / (r.bound_written / 2)
-    kept = {True: "yes", False: "**no**", None: "-"}[r.channels_last_kept]
-    result = "pass" if r.within_bound else "**over**"
     everything = r.read_bytes + r.written_bytes + r.compiled_bytes
-    return (
-        f"| {_label(r)} | {r.activation_read / MIB:.1f} | {r.activation_written / MIB:.1f} | "
-        f"{r.conv_activation_bytes / MIB:.1f} | {moved:.2f} | {written:.2f} | "
-        f"{everything / MIB:.1f} | {r.kernels} | {r.compiled_kernels} | {r.bound_kernels} | "
-        f"{r.host_syncs} | {r.host_copies} | {kept} | {result} |"
-    )
+    return [
+        _label(r),
+        *(f"{b / MIB:.1f}" for b in (r.activation_read, r.activation_written)),
+        f"{r.conv_activation_bytes / MIB:.1f}",
+        f"{moved:.2f}",
+        f"{written:.2f}",
+        f"{everything / MIB:.1f}",
+        *map(str, (r.kernels, r.compiled_kernels, r.bound_kernels, r.host_syncs, r.host_copies)),
+        {True: "yes", False: "no", None: "-"}[r.channels_last_kept],
+        "pass" if r.within_bound else "over",
+    ]
+
+
+def _row(r: LayerTraffic) -> str:
+    """The Markdown row: a failure (a format dropped, over the bound) in bold."""
+    cells = _cells(r)
+    cells[-2:] = [f"**{c}**" if c in ("no", "over") else c for c in cells[-2:]]
+    return "| " + " | ".join(cells) + " |"
+
+
+def print_results(results: list[LayerTraffic], console: Any = None) -> None:
+    """The report's table on the screen (`normbench.tables.print_table`: rich on a terminal,
+    aligned columns otherwise), what is over the bound under it."""
+    from normbench.tables import print_table
+
+    over = [f"over the bound: {_label(r)}: {_why(r)}" for r in results if not r.within_bound]
+    right = [c for c in COLUMNS if c not in _TEXT_COLUMNS]
+    rows = [_cells(r) for r in results]
+    title = "Memory traffic and kernels per training step (accelerator path)"
+    caption = "\n".join(over) or "every layer within the bound"
+    print_table(COLUMNS, rows, title=title, caption=caption, right=right, console=console)
 
 
 def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...]) -> str:
@@ -198,10 +234,8 @@ def report(results: list[LayerTraffic], *, quick: bool, load: tuple[float, ...])
         "",
         *(over or ["None: every layer is within the bound."]),
         "",
-        "| layer | act. read MiB | act. written MiB | of which conv MiB | moved / BN | "
-        "written / BN | all MiB | kernels | of which compiled | kernel bound | host syncs | "
-        "host copies | channels_last kept | result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if c in _TEXT_COLUMNS else "---:" for c in COLUMNS) + "|",
         *map(_row, results),
         "",
         _METHOD,

@@ -108,18 +108,22 @@ def measure_compiled(
     )
 
 
-def report_rows(results: list[CompiledTraffic]) -> list[str]:
-    """The Markdown table of `results` (bytes against BN's, when BN is among them)."""
+COLUMNS = ("layer", "Inductor kernels", "bytes accessed MiB", "bytes / BN", "compile + step s")
+
+
+def table(results: list[CompiledTraffic]) -> list[list[str]]:
+    """`results` as rows under `COLUMNS` (bytes against BN's, when BN is among them)."""
     bn = next((r for r in results if r.name == "bn" and not r.options), None)
-    rows = [
-        "| layer | Inductor kernels | bytes accessed MiB | bytes / BN | compile + step s |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     for r in results:
         label = r.name + "".join(f" {k}={v}" for k, v in r.options.items())
         ratio = f"{r.bytes_accessed / bn.bytes_accessed:.2f}" if bn else "-"
-        rows.append(
-            f"| {label} | {r.kernels} | {r.bytes_accessed / MIB:.1f} | {ratio} | "
-            f"{r.compile_seconds:.0f} |"
-        )
+        mib = f"{r.bytes_accessed / MIB:.1f}"
+        rows.append([label, str(r.kernels), mib, ratio, f"{r.compile_seconds:.0f}"])
     return rows
+
+
+def report_rows(results: list[CompiledTraffic]) -> list[str]:
+    """The Markdown table of `results` (`table`)."""
+    head = ["| " + " | ".join(COLUMNS) + " |", "|---|---:|---:|---:|---:|"]
+    return head + ["| " + " | ".join(row) + " |" for row in table(results)]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from normbench.engine import checkpoint as ckpt
+from normbench.results.revisions import superseded_in
 from normbench.spec import SpecError, TrialSpec
 
 MATCHED = ("variant", "variant_options", "backbone", "backbone_options", "placement")
@@ -63,8 +64,8 @@ def source_checkpoint(spec: TrialSpec) -> tuple[str, Path]:
     if not (run / TRIALS).is_file():
         raise SpecError(f"init_from.run {run} is not a normbench run directory (no {TRIALS})")
     want = {k: getattr(spec, k) for k in MATCHED} | cell
-    latest = _latest(run)
-    found = [t for t in latest.values() if _matches(t.get("spec") or {}, want)]
+    latest, old = _latest(run), superseded_in(run)  # never a trial of an older revision
+    found = [t for i, t in latest.items() if i not in old and _matches(t.get("spec") or {}, want)]
     if len(found) != 1:
         shown = ", ".join(f"{k}={v}" for k, v in want.items())
         raise SpecError(

@@ -53,6 +53,7 @@ from normbench.engine import checkpoint as ckpt
 from normbench.engine import distributed, memory, probes
 from normbench.engine.build import Trial, build_trial
 from normbench.engine.device import environment_difference
+from normbench.engine.revisions import revisions
 from normbench.engine.training import (
     BatchCallback,
     CompileError,
@@ -210,6 +211,7 @@ def _base_record(trial: Trial, epoch: int, result: TrainResult) -> dict[str, Any
         optimizer_batch_size=trial.spec.devices * trial.spec.batch_size,
         device=str(trial.runtime.device),
         environment=trial.runtime.environment(),
+        revisions=revisions(trial.spec),
         variant_source=trial.variant_source,
         condensation={},
         diagnostics={},

@@ -6,7 +6,9 @@ written by others. So a stored plugin path is never imported: each plugin file t
 trained with must be named again on the command line (`--plugin PATH`), matched by file name
 (the part of a plugin path that is in the trial id, `normbench.spec.identity`), and the spec
 takes the user's path. A stored `download: true` is dropped: reading a run never downloads
-into the data root it names (`--set dataset_root=...` moves it).
+into the data root it names (`--set dataset_root=...` moves it). A trial computed at other
+revisions of its components than this code's (docs/reproducibility.md#computation-revisions)
+is refused: its weights would run through code that computes something else.
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ def spec_from_run(
             f"name each file with --plugin PATH to load it"
         )
     options = {k: v for k, v in spec.dataset_options.items() if k != "download"}
-    return spec.replace(
+    spec = spec.replace(
         plugins=tuple(given[Path(p).name] for p in spec.plugins), dataset_options=options
     )
+    _refuse_other_code(spec, trial_id, where)
+    return spec
+
+
+def _refuse_other_code(spec: TrialSpec, trial_id: str, where: Path) -> None:
+    """A trial computed at other revisions of its components than this code's cannot be
+    rebuilt here: its weights would run through code that computes something else."""
+    from normbench.engine.build import load_plugins
+    from normbench.engine.revisions import code_change
+
+    load_plugins(spec)
+    change = code_change(spec)
+    if change is not None:
+        raise UserError(
+            f"trial {trial_id} of {where} was computed by other code ({change}); this code "
+            "cannot rebuild it: rerun its suite to train it at the new revision"
+        )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from normbench.contract import Revision
 from normbench.errors import UserError
 
 NormLayer = Callable[[int], nn.Module]
@@ -73,6 +74,15 @@ def activation_after(norm: nn.Module) -> nn.Module:
     if is_norm_activation(norm):
         return nn.Identity()
     return nn.ReLU(inplace=True)
+
+
+# Revision 2 of every backbone whose ReLUs after a norm go through `activation_after`: the
+# trials of normalization-activation layers changed (0caff98: resnet18-152, resnext50,
+# preact_resnet18, resnet20/32/56; 238961d: vgg11-19, inceptionv4; 7e4f716:
+# imagenet_res2net50); a backbone that gains `activation_after` declares it too.
+NO_RELU_AFTER_NORM_ACTIVATION = Revision(
+    2, "no ReLU after normalization-activation layers", when="norm_activation"
+)
 
 
 def zero_norm_weight(norm: nn.Module) -> None:

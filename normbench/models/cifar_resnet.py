@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
     NormLayer,
     activation_after,
     check_bool,
@@ -285,10 +286,13 @@ def resnext50(
 
 
 FACTORIES = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-    "resnet152": resnet152,
-    "resnext50": resnext50,
+    n: NO_RELU_AFTER_NORM_ACTIVATION(f)  # revision 2: why in models/_common.py
+    for n, f in {
+        "resnet18": resnet18,
+        "resnet34": resnet34,
+        "resnet50": resnet50,
+        "resnet101": resnet101,
+        "resnet152": resnet152,
+        "resnext50": resnext50,
+    }.items()
 }

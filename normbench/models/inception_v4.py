@@ -25,7 +25,13 @@ from typing import Union
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, activation_after, init_convs, reject_last_norm
+from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
+    NormLayer,
+    activation_after,
+    init_convs,
+    reject_last_norm,
+)
 
 Kernel = int | tuple[int, int]
 # ("conv", out, kernel, stride, padding | None = "same"), ("max" | "avg", kernel, stride, padding),
@@ -170,4 +176,6 @@ def inceptionv4(
     return InceptionV4(num_classes, norm_layer, in_channels)
 
 
-FACTORIES = {"inceptionv4": inceptionv4}
+FACTORIES = {
+    "inceptionv4": NO_RELU_AFTER_NORM_ACTIVATION(inceptionv4)
+}  # revision 2: why in models/_common.py

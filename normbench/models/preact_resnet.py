@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
     NormLayer,
     activation_after,
     check_bool,
@@ -141,4 +142,6 @@ def preact_resnet18(
     )
 
 
-FACTORIES = {"preact_resnet18": preact_resnet18}
+FACTORIES = {
+    "preact_resnet18": NO_RELU_AFTER_NORM_ACTIVATION(preact_resnet18)
+}  # revision 2: why in models/_common.py

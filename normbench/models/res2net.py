@@ -21,7 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, activation_after, check_bool, zero_norm_weight
+from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
+    NormLayer,
+    activation_after,
+    check_bool,
+    zero_norm_weight,
+)
 
 BASE_WIDTH = 26
 SCALES = 4
@@ -114,4 +120,6 @@ def res2net50(
     return model
 
 
-FACTORIES = {"imagenet_res2net50": res2net50}
+FACTORIES = {
+    "imagenet_res2net50": NO_RELU_AFTER_NORM_ACTIVATION(res2net50)
+}  # revision 2: why in models/_common.py

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
     BackboneOptionError,
     NormLayer,
     activation_after,
@@ -162,4 +163,7 @@ resnet20 = _factory("resnet20", 3, "0.27M")
 resnet32 = _factory("resnet32", 5, "0.46M")
 resnet56 = _factory("resnet56", 9, "0.85M")
 
-FACTORIES = {"resnet20": resnet20, "resnet32": resnet32, "resnet56": resnet56}
+FACTORIES = {
+    n: NO_RELU_AFTER_NORM_ACTIVATION(f)  # revision 2: why in models/_common.py
+    for n, f in {"resnet20": resnet20, "resnet32": resnet32, "resnet56": resnet56}.items()
+}

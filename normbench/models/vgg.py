@@ -19,7 +19,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from normbench.models._common import NormLayer, activation_after, init_convs, reject_last_norm
+from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
+    NormLayer,
+    activation_after,
+    init_convs,
+    reject_last_norm,
+)
 
 M = 0  # marks a 2x2 max-pool in a configuration
 CONFIGS: dict[str, tuple[int, ...]] = {
@@ -84,4 +90,5 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-FACTORIES = {name: _factory(name) for name in CONFIGS}
+# revision 2: why in models/_common.py
+FACTORIES = {name: NO_RELU_AFTER_NORM_ACTIVATION(_factory(name)) for name in CONFIGS}

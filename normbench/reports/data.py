@@ -12,7 +12,9 @@ options, backbone options. The suites must also agree on
 (the UBN paper and pytorch-cifar100 for one cell, say) all stay, one column per source in the
 report; identical rows count once. Cells present in only one directory
 simply add rows (e.g. a second run with more variants). The same trial id in two directories
-(a copied or resumed run) counts once: the most finished copy wins.
+(a copied or resumed run) counts once: the most finished copy wins. A stored trial that the
+run's suite (as last run) now has at a newer revision of its layer, backbone or task is left
+out, with one line saying how many and why (`normbench.results.revisions`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 from normbench.contract import CLASSIFICATION, Scoring, scoring_of
 from normbench.errors import UserError
 from normbench.results import load_epochs, load_results
+from normbench.results.revisions import Superseded, left_out_line, superseded_in
 from normbench.results.store import EPOCHS, TRIALS, read_jsonl
 from normbench.spec import fields_on, identity
 
@@ -71,6 +74,9 @@ class Results:
     scorings: dict[str, Scoring] = field(default_factory=dict)
     # the variant (label or name) rows are compared with: the suite's `baseline`, else bn
     baseline: str = "bn"
+    # one line per run directory whose trials of an older revision of a component were left
+    # out (normbench.results.revisions: the suite's trials now are the new revision's)
+    left_out: tuple[str, ...] = ()
 
     def scoring(self, task: str) -> Scoring:
         """How the trials of `task` are scored (classification's for a task none stored)."""
@@ -82,13 +88,16 @@ def load_runs(run_dirs: list[Path]) -> Results:
     if not run_dirs:
         raise ReportError("no run directory given")
     runs = [_read_run(Path(d)) for d in run_dirs]
-    frames = [_trial_frame(r.path) for r in runs]
+    left = {r.path: _superseded(r) for r in runs}
+    frames = [_trial_frame(r.path, set(left[r.path])) for r in runs]
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             _check_compatible(runs[i], frames[i], runs[j], frames[j])
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     trials = _dedupe_trials(trials)
     epochs = pd.concat([load_epochs(r.path) for r in runs], ignore_index=True)
+    gone = {t for found in left.values() for t in found}
+    epochs = epochs[~epochs["trial_id"].isin(gone)] if gone else epochs
     epochs = epochs.drop_duplicates(["trial_id", "epoch"], keep="first")
     epochs = epochs.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
     target = next((r.suite.get("target_accuracy") for r in runs if r.suite), None)
@@ -103,6 +112,7 @@ def load_runs(run_dirs: list[Path]) -> Results:
         _per_layer(runs, "diagnostics"),
         _scorings(runs),
         next((str(r.suite["baseline"]) for r in runs if r.suite.get("baseline")), "bn"),
+        tuple(f"{r.path}: {_left_out_line(r, left[r.path])}" for r in runs if left[r.path]),
     )
 
 
@@ -155,9 +165,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ReportError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def _trial_frame(run_dir: Path) -> pd.DataFrame:
-    """load_results plus what grouping and merging need: the spec, backbone name, smoke cap."""
+def _superseded(run: RunInfo) -> dict[str, Superseded]:
+    """The run's stored trials that its suite (as last run) has at a newer revision."""
+    return superseded_in(run.path) if run.suite else {}
+
+
+def _left_out_line(run: RunInfo, found: dict[str, Superseded]) -> str:
+    return left_out_line(found, _specs(run.path))
+
+
+def _trial_frame(run_dir: Path, left_out: set[str]) -> pd.DataFrame:
+    """load_results plus what grouping and merging need: the spec, backbone name, smoke cap;
+    without the `left_out` trials (superseded by a newer revision)."""
     df = load_results(run_dir)
+    df = df[~df["trial_id"].isin(left_out)].reset_index(drop=True) if left_out else df
     specs = _specs(run_dir)
     cells = [json.loads(c) if isinstance(c, str) else {} for c in df["cell"]]
     df["run"] = str(run_dir)

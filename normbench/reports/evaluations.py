@@ -14,6 +14,7 @@ from typing import Any
 
 from normbench.contract import scoring_of
 from normbench.reports.numbers import number
+from normbench.results.revisions import superseded_in
 from normbench.results.store import EPOCHS, EVALUATIONS, read_jsonl
 
 SETTING_TITLES = {
@@ -35,7 +36,10 @@ def evaluation_markdown(run_dirs: list[Path]) -> str:
             (r["trial_id"], r["epoch"]): r.get(f"test_{scoring_of(r).headline}")
             for r in read_jsonl(Path(run_dir) / EPOCHS)
         }
+        left_out = superseded_in(Path(run_dir))  # left out of the leaderboards: here too
         for e in read_jsonl(Path(run_dir) / EVALUATIONS):
+            if e.get("trial_id") in left_out:
+                continue
             cell = e.get("cell") or {}
             key = (
                 cell.get("dataset"),

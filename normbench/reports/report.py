@@ -83,8 +83,18 @@ def build_report(
     files += _csv(tables, dnf, output)
     md = output / "leaderboard.md"
     section = ranking_markdown(ranking) if ranking is not None else None
-    atomic_write(md, render.markdown(res, tables, dnf, links, section) + _evaluations(dirs))
+    text = _with_left_out(render.markdown(res, tables, dnf, links, section), res)
+    atomic_write(md, text + _evaluations(dirs))
     return Report(output, md, res, tables, dnf, [md, *files], ranking)
+
+
+def _with_left_out(text: str, res: Results) -> str:
+    """The report with its left-out trials (older revisions) said under the title."""
+    if not res.left_out:
+        return text
+    title, _, rest = text.partition("\n")
+    notes = "".join(f"\n**Left out**: {line}.\n" for line in res.left_out)
+    return f"{title}\n{notes}{rest}"
 
 
 def _output_in_run(run_dir: Path) -> Path:

@@ -47,4 +47,6 @@ def print_summary(report: Report, console: Console | None = None, top: int = TOP
         counts = report.did_not_finish["status"].value_counts().to_dict()
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         console.print(f"[yellow]Did not finish: {text} (reasons in the report)[/yellow]")
+    for line in report.results.left_out:
+        console.print(f"Left out: {line}", style="yellow", markup=False, soft_wrap=True)
     console.print(f"Full report: {report.markdown}", soft_wrap=True)  # a path never wraps

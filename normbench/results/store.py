@@ -308,7 +308,7 @@ def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -
         )
     new_ids = {t["trial_id"] for t in new.get("trials", [])}
     families = {family_hash(t["spec"]) for t in new.get("trials", [])}
-    stored = _stored_specs(run_dir)
+    stored = stored_specs(run_dir)
     if new.get("search"):  # searched trials are variations of the old base specs
         stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
     for tid, spec in sorted(stored.items()):
@@ -319,7 +319,7 @@ def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -
             )
 
 
-def _stored_specs(run_dir: Path) -> dict[str, dict[str, Any] | None]:
+def stored_specs(run_dir: Path) -> dict[str, dict[str, Any] | None]:
     """Trial id -> its stored spec (a summary line's wins), None when no line has one."""
     specs: dict[str, dict[str, Any] | None] = {}
     for name in (EPOCHS, TRIALS):
@@ -450,4 +450,6 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
-__all__ = ["RunStore", "check_suite_fits", "read_jsonl", "fingerprint", "started_trials"]
+__all__ = [
+    "RunStore", "check_suite_fits", "fingerprint", "read_jsonl", "started_trials", "stored_specs",
+]  # fmt: skip

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from normbench.contract import CLASSIFICATION, Scoring
 from normbench.errors import SuiteError
 from normbench.spec import TrialSpec
-from normbench.suite.matrix import Trial, apply_params, build_trials, expand
+from normbench.suite.matrix import Trial, build_trials, expand, searched_spec
 from normbench.suite.overrides import apply_overrides
 from normbench.suite.schema import SuiteModel
 from normbench.suite.yamlmap import Path as KeyPath
@@ -58,7 +58,7 @@ class SearchConfig:
 
     def apply(self, spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
         """The spec of one sampled trial (params keyed by the dotted paths of `space`)."""
-        return apply_params(spec, params)
+        return searched_spec(spec, params)
 
 
 @dataclass(frozen=True)

@@ -201,13 +201,15 @@ def build_trials(
 ) -> list[Trial]:
     """One Trial per distinct cell, in order. Capped epochs and smoke mode are in the spec, so
     they change the trial id: a smoke or truncated run never passes for a full one."""
+    from normbench.engine.revisions import stamp
+
     labels = _all_labels(model, [])
     base = _base_spec(model, plugins, max_epochs, limit_batches)
     t = model.train
     trials: dict[str, Trial] = {}
     for c in cells:
         recipe = cell_recipe(model, c, base.recipe)
-        spec = base.replace(
+        spec = base.replace(  # at the revisions the code declares (they enter the id)
             variant=c.variant.name.lower(),
             backbone=c.backbone.name.lower(),
             batch_size=c.batch_size,
@@ -218,6 +220,7 @@ def build_trials(
             recipe=recipe,
             placement=c.variant.placement or _train_placement(t, c.variant.name),
         )
+        spec = stamp(spec)
         cell = {
             "dataset": spec.dataset,
             "backbone": labels[("b", *_key(c.backbone))],
@@ -307,6 +310,23 @@ def apply_params(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
     if recipe:
         changes["recipe"] = dataclasses.replace(spec.recipe, **recipe)
     return spec.replace(**changes)
+
+
+def searched_spec(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
+    """The spec of a sampled trial: `apply_params`, at the revisions of the components it
+    then uses (the base spec's, unless a parameter picks another layer, backbone, data set or
+    task, or their options; a plugin of the suite may declare them, so it is loaded first)."""
+    spec = apply_params(spec, params)
+    if not {path.partition(".")[0].removesuffix("_options") for path in params} & set(_KINDS):
+        return spec
+    from normbench.engine.build import load_plugins
+    from normbench.engine.revisions import stamp
+
+    load_plugins(spec)
+    return stamp(spec)
+
+
+_KINDS = ("variant", "backbone", "dataset", "task")  # what a revision is declared on
 
 
 def _train_placement(train: Any, variant: str) -> str:

@@ -109,11 +109,11 @@ class Plan:
 
 def spec_of(config: dict[str, Any]) -> TrialSpec:
     """The trial a Ray config stands for: the task's spec with sampled values applied."""
-    from normbench.suite.matrix import apply_params
+    from normbench.suite.matrix import searched_spec
 
     spec = TrialSpec.from_dict(config["task"]["spec"])
     params = config.get("params")
-    return apply_params(spec, params) if params else spec
+    return searched_spec(spec, params) if params else spec
 
 
 def run(tasks: list[Task], plan: Plan, events: Events) -> None:

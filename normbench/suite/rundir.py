@@ -8,7 +8,9 @@
   lines and checkpoint kept in `superseded/`) instead of standing as complete with a
   shorter history. A searched trial, which the study counts as done, is left for the
   report to mark as incomplete (`results.frames`).
-- `stored_progress`: what a rerun would find done and left (`--dry-run` prints it).
+- `stored_progress`: what a rerun would find done and left (`--dry-run` prints it), with
+  `revision_lines`: the stored trials a rerun does not reuse because a component they use
+  changed revision since (the run prints them too).
 - `full_disk_line`: the one line a run ends with when its storage is full.
 """
 
@@ -23,6 +25,7 @@ from typing import Any, TextIO
 from normbench.errors import RunDirError, StorageFullError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
+from normbench.results.revisions import resolved_trials, superseded, superseded_in
 from normbench.results.store import (
     DONE_STATUSES,
     EPOCHS,
@@ -30,6 +33,7 @@ from normbench.results.store import (
     RunStore,
     check_suite_fits,
     read_jsonl,
+    stored_specs,
 )
 
 
@@ -45,9 +49,26 @@ def check_run_dir(run_dir: Path, suite: Any) -> None:
             f"{RUN_BUSY_HINT}"
         )
     check_suite_fits(run_dir, suite)
+    if suite.search is not None:
+        _refuse_new_revisions(run_dir, suite)
     db = run_dir / "optuna.db"
     if suite.search is not None and not suite.search.storage and db.is_file():
         _check_study_file(db)
+
+
+def _refuse_new_revisions(run_dir: Path, suite: Any) -> None:
+    """A search's study counts its samples done whatever code computed them, so a search
+    whose components changed revision cannot go on in the same run directory."""
+    new = [t.spec.to_dict() for t in suite.trials()]
+    found = next(iter(superseded(resolved_trials(run_dir), new).values()), None)
+    if found is not None:
+        change = ", ".join(
+            f"{k} revision {n} then, {found.now[k]} now" for k, n in found.was.items()
+        )
+        raise RunDirError(
+            f"run directory {run_dir} holds a search computed by another revision of the code "
+            f"({change}); its study would reuse those samples; use another --output"
+        )
 
 
 def _check_study_file(db: Path) -> None:
@@ -75,6 +96,7 @@ class Progress:
     failed: int
     done: frozenset[str] = frozenset()  # the finished trials' ids
     stored: dict[str, str] = field(default_factory=dict)  # trial id -> status or "interrupted"
+    revisions: tuple[str, ...] = ()  # one line per component whose stored trials are not reused
 
     @property
     def left(self) -> int:
@@ -87,12 +109,13 @@ class Progress:
         parts += [f"{self.failed} failed, run again"] if self.failed else []
         new = self.left - self.interrupted - self.failed
         parts += [f"{new} not started"] if new and parts else []
-        return (
+        return "\n".join((
             f"resume: {run_dir} holds {done} of the {self.total} trials finished"
             + (f" ({how})" if how else "")
             + f"; {self.left} left"
-            + (f" ({', '.join(parts)})" if parts else "")
-        )
+            + (f" ({', '.join(parts)})" if parts else ""),
+            *self.revisions,
+        ))  # fmt: skip
 
 
 def stored_progress(run_dir: Path, suite: Any) -> Progress | None:
@@ -114,7 +137,34 @@ def stored_progress(run_dir: Path, suite: Any) -> Progress | None:
     interrupted = len({t for t in ids & started if t not in status})
     stored = {t: status.get(t, "interrupted") for t in ids & (set(status) | started)}
     finished = dict(Counter(status[t] for t in done))
-    return Progress(total, finished, interrupted, failed, frozenset(done), stored)
+    lines = revision_lines(run_dir, suite, status)
+    return Progress(total, finished, interrupted, failed, frozenset(done), stored, lines)
+
+
+def revision_lines(run_dir: Path, suite: Any, status: dict[str, str]) -> tuple[str, ...]:
+    """One line per component revision that keeps stored trials from being reused
+    (`normbench.results.revisions` decides which): "evonorm_b0 in resnet20: revision 2
+    (reason); 6 finished trials of revision 1 are not reused". `status`: trial id -> its
+    summary's status."""
+    from normbench.engine.revisions import notes
+
+    specs = {t.trial_id: t.spec for t in suite.trials()}
+    found = superseded(stored_specs(run_dir), [s.to_dict() for s in specs.values()])
+    counts: Counter[tuple[str, int, bool]] = Counter()
+    for s in found.values():
+        spec, done = specs[s.by], status.get(s.trial_id) in DONE_STATUSES
+        lines = notes(spec)
+        for kind, now in s.now.items():
+            line = lines.get(kind) or f"{getattr(spec, kind)} ({kind}): revision {now}"
+            counts[(line, s.was[kind], done)] += 1
+    out = []
+    for line, was in dict.fromkeys((line, was) for line, was, _ in sorted(counts)):
+        n_done, n_started = counts[(line, was, True)], counts[(line, was, False)]
+        what = [f"{n_done} finished trials of revision {was} are not reused"] if n_done else []
+        if n_started:
+            what.append(f"{n_started} unfinished trials of revision {was} are not resumed")
+        out.append(f"{line}; {', '.join(what)}")
+    return tuple(out)
 
 
 def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:
@@ -125,7 +175,8 @@ def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[st
 
     grid = {t.trial_id for t in suite.trials()} if suite.search is None else set()
     lost: dict[str, str] = {}
-    for tid in sorted(store.completed()):
+    old = superseded_in(store.run_dir)  # older revisions: their records stay as they are
+    for tid in sorted(store.completed() - set(old)):
         planned = set(range(1, int((store.summary(tid) or {}).get("epochs") or 0) + 1))
         if store.stored_epochs(tid) >= planned:
             continue

@@ -7,8 +7,11 @@ run directory; Ray workers only write their trial's checkpoint folder.
 Resume: trial ids are hashes of resolved specs, so a rerun on the same directory skips trials
 whose summary says completed/diverged/pruned, resumes interrupted ones from their checkpoints
 (and replays epochs the store missed), and runs the rest, failed trials included (a failure
-may be transient; the new summary line supersedes the old one). Each invocation is a fresh Ray Tune
-experiment; continuity lives in the store and the checkpoints, not in Tune's own state.
+may be transient; the new summary line supersedes the old one). A trial whose layer, backbone
+or task changed revision since it was stored has a new id and runs again; one line per such
+component says so, and the old records stay (`normbench.results.revisions`). Each invocation
+is a fresh Ray Tune experiment; continuity lives in the store and the checkpoints, not in
+Tune's own state.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from normbench.results import paths
 from normbench.results.store import RunStore
 from normbench.spec import TrialSpec
 from normbench.suite.live import LiveView
-from normbench.suite.rundir import check_run_dir, full_disk_line, restore_lost_records
+from normbench.suite.rundir import (
+    check_run_dir,
+    full_disk_line,
+    restore_lost_records,
+    stored_progress,
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
         text = describe(suite, fits=found.fits, where=found.where, run_dir=run_dir)
         print(text + "\n\n" + found.text(), file=stream)
         return 0
+    progress = stored_progress(run_dir, suite)
+    for line in progress.revisions if progress is not None else ():
+        print(line, file=stream)  # the stored trials a component's new revision runs again
     stopped: RunStopped | None = None
     full: StorageFullError | None = None
     try:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from normbench.errors import UserError
 from normbench.spec import TrialSpec
-from normbench.suite.matrix import apply_params
+from normbench.suite.matrix import apply_params, searched_spec
 
 # Where a problem is, as a key path into the suite (rendered file:line by the loader).
 KeyPath = tuple[str | int, ...]
@@ -414,7 +414,7 @@ class SearchSession:
 
     # -- asking ---------------------------------------------------------------------------
     def trial_id(self, params: dict[str, Any]) -> str:
-        return apply_params(self.base, params).trial_id
+        return searched_spec(self.base, params).trial_id
 
     def params_of(self, spec: TrialSpec) -> dict[str, Any] | None:
         return self.params.get(spec.trial_id)

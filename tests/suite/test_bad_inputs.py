@@ -306,6 +306,7 @@ CASES: dict[str, Case] = {
     "set_list_item_not_a_layer": Case(suite(), "SUITE: --set variants=[bn, 3]: variants[1]: expected a layer name (e.g. gn) or a mapping {name: ..., options: {...}}, but got 3", args=["--set", "variants=[bn, 3]"], exact=True),
     "list_item_not_a_backbone": Case(suite(backbones="[resnet20, [x]]"), "SUITE:4: backbones[1]: expected a backbone name (e.g. resnet20) or a mapping {name: ..., options: {...}}, but got ['x']", exact=True),
     "train_option_mistyped": Case(None, "--option eps=abc: variant 'bn' option 'eps' expects a float like the default 1e-05, but got 'abc'; --backbone-option widht=3: backbone 'resnet20' has no option 'widht' (did you mean 'width'?)", args=["--variant", "bn", "--backbone", "resnet20", "--dataset", "digits", "--epochs", "1", "--option", "eps=abc", "--backbone-option", "widht=3"], command="train"),
+    "train_groups_not_dividing_widths": Case(None, "--option num_groups=5: variant 'gn': num_groups=5 does not divide the norm widths [16, 32, 64]; the layer would silently use gcd(G, C) there", args=["--variant", "gn", "--backbone", "resnet20", "--dataset", "digits", "--epochs", "1", "--option", "num_groups=5"], command="train", exact=True),
     "baseline_not_a_variant": Case(suite(variants="[bn, {name: gn, label: GN32}]", baseline="gn32x"), "baseline: baseline 'gn32x' is not a variant of this suite (did you mean 'gn32'?); its variants: bn, gn32, gn"),
 }  # fmt: skip
 
