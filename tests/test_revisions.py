@@ -67,7 +67,10 @@ def test_a_revised_component_gives_a_new_id_of_the_same_trial() -> None:
         ("frn", {}, "preact_resnet18", 2),  # FRN with its TLU: the built layer says so
         ("frn", {"apply_act": False}, "preact_resnet18", 1),  # plain FRN: no change
         ("bn", {}, "vgg16", 1),
-        ("evonorm_s0", {}, "imagenet_resnet18", 1),  # no activation_after there (yet)
+        ("evonorm_s0", {}, "imagenet_resnet18", 2),  # torchvision's blocks skip their ReLU
+        ("bn", {}, "imagenet_resnet18", 1),
+        ("frn", {}, "nas201", 2),
+        ("evonorm_b0", {}, "convnext_atto", 1),  # no activation after its norms
     ],
 )
 def test_a_backbone_change_applies_where_its_when_holds(

@@ -79,7 +79,8 @@ def activation_after(norm: nn.Module) -> nn.Module:
 # Revision 2 of every backbone whose ReLUs after a norm go through `activation_after`: the
 # trials of normalization-activation layers changed (0caff98: resnet18-152, resnext50,
 # preact_resnet18, resnet20/32/56; 238961d: vgg11-19, inceptionv4; 7e4f716:
-# imagenet_res2net50); a backbone that gains `activation_after` declares it too.
+# imagenet_res2net50; this change: imagenet_resnet18-152, imagenet_resnext50_32x4d, nas201);
+# a backbone that gains `activation_after` declares it too.
 NO_RELU_AFTER_NORM_ACTIVATION = Revision(
     2, "no ReLU after normalization-activation layers", when="norm_activation"
 )

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
     NormLayer,
     activation_after,
     check_bool,
@@ -111,4 +112,6 @@ def _factory(arch: str) -> Callable[..., nn.Module]:
 
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d")
-FACTORIES = {f"imagenet_{arch}": _factory(arch) for arch in ARCHS}
+FACTORIES = {  # revision 2: why in models/_common.py
+    f"imagenet_{arch}": NO_RELU_AFTER_NORM_ACTIVATION(_factory(arch)) for arch in ARCHS
+}

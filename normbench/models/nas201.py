@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from normbench.models._common import (
+    NO_RELU_AFTER_NORM_ACTIVATION,
     BackboneOptionError,
     NormLayer,
     activation_after,
@@ -300,4 +301,4 @@ def nas201(
     return model
 
 
-FACTORIES = {"nas201": nas201}
+FACTORIES = {"nas201": NO_RELU_AFTER_NORM_ACTIVATION(nas201)}  # revision 2: models/_common.py

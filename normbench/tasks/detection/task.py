@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normbench.contract import Metric, Scoring
+from normbench.contract import Metric, Revision, Scoring
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
 from normbench.tasks.detection.evaluate import PREFIX, STATS, coco_metrics, to_coco_results
 from normbench.tasks.detection.models import (
@@ -83,6 +83,10 @@ class _Detector:
 
     kind: ClassVar[Kind]
     scoring: ClassVar[Scoring]
+    # the box and mask heads' (models.without_activation_after_norm_activation)
+    revision = Revision(
+        2, "no ReLU after normalization-activation layers in the heads", when="norm_activation"
+    )
 
     def __init__(self, *, layout: str = "v2", width: int = 64) -> None:
         self.layout, self.width = layout, int(width)

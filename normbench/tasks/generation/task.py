@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from normbench.contract import Metric, Scoring
+from normbench.contract import Metric, Revision, Scoring
 from normbench.errors import UserError
 from normbench.spec import Recipe
 from normbench.tasks.base import Batch, EvalContext, ModelContext, Step
@@ -79,6 +79,8 @@ class Generation:
     """Class-conditional image generation (SNGAN, hinge loss), scored by FID and IS."""
 
     scoring = GENERATION
+    # a plugin conditional norm that is a normalization-activation layer (models._relu_after)
+    revision = Revision(2, "no ReLU after normalization-activation layers", when="norm_activation")
 
     def __init__(
         self,
