@@ -15,7 +15,9 @@ timm's own EvoNorm and FRN layers (`timm.layers.EvoNorm2dB0`, `FilterResponseNor
 are norm+act layers that swallow the model's `act_layer`: the layer's own nonlinearity is the
 slot's activation, and no activation follows it (`act` is an identity). A slot built with
 `apply_act=False` (EfficientNet's projection convs, RegNet's last conv of a block) reaches a
-variant that takes `apply_act` (FRN: no TLU there, as timm's); timm's EvoNorms there drop their
+variant that takes `apply_act` (FRN: no TLU there, as timm's; the variant option `apply_act:
+false` turns it off in every slot, which then gets the model's activation, as timm's
+`FilterResponseNormAct2d`); timm's EvoNorms there drop their
 nonlinearity (no v), a layer normbench does not offer (variants/evonorm.py), so normbench's
 EvoNorms stay whole in those slots.
 
@@ -78,6 +80,7 @@ class _NormAct:
         act_kwargs: dict[str, Any] | None = None,
         inplace: bool = True,
         drop_layer: Callable[[], nn.Module] | None = None,
+        variant_apply_act: bool = True,
         **norm_options: Any,
     ) -> None:
         if act_layer is _PLAIN_SLOT:  # timm's norm+act slots always pass it (None: no act)
@@ -96,7 +99,7 @@ class _NormAct:
                         "support"
                     )
         if _accepts(type(self).__mro__[2], "apply_act"):  # timm's FRN-TLU: the slot's choice
-            norm_options["apply_act"] = apply_act
+            norm_options["apply_act"] = apply_act and variant_apply_act
         super().__init__(num_features, **norm_options)  # type: ignore[call-arg]
         self.drop = drop_layer() if drop_layer is not None else nn.Identity()
         act: nn.Module = nn.Identity()  # none after a normalization-activation layer (doc)
@@ -145,6 +148,9 @@ def norm_act_layer(variant: str, **options: Any) -> Callable[..., nn.Module]:
     _timm()
     entry = VARIANTS.get(variant)
     VARIANTS.require_options(entry.name, options)
+    if "apply_act" in options:  # the variant's own option, not timm's per-slot keyword
+        options = dict(options)
+        options["variant_apply_act"] = options.pop("apply_act")
     return functools.partial(_norm_act_class(entry.obj, entry.name), **options)
 
 

@@ -74,6 +74,21 @@ def test_norm_activation_variants_follow_timms_own_layers(variant: str, timms: s
     assert acts == [n for n, m in reference.named_modules() if isinstance(m, torch.nn.ReLU)]
 
 
+def test_frn_without_its_tlu_is_a_norm_with_the_models_activation() -> None:
+    """FRN's own `apply_act: false` (no TLU in any slot) is not timm's per-slot keyword: the
+    slots then act as timm's FilterResponseNormAct2d, with the model's activation where the
+    model asks for one (regnetx_002's ReLU in timm's own build)."""
+    with torch.device("meta"):
+        reference = timm.create_model("regnetx_002", norm_layer="frn")
+        ours = timm.create_model("regnetx_002", norm_layer=norm_act_layer("frn", apply_act=False))
+    slots = {n: m for n, m in reference.named_modules() if hasattr(m, "act")}
+    assert len(slots) == 44
+    for name, ref in slots.items():
+        mine = ours.get_submodule(name)
+        assert mine.tau is None and not mine.norm_activation, name
+        assert type(mine.act) is type(ref.act), name  # ReLU in 27 slots, Identity in 17
+
+
 @pytest.mark.parametrize("variant", ["ubn"])
 def test_trains_in_a_regnet(variant) -> None:
     model = create_model("regnetx_002", variant, num_classes=3, variant_options={})
