@@ -2,8 +2,10 @@
 
 Shows name, paper, options with defaults, learnable parameters per channel, whether the layer
 depends on the batch, what its forward takes (x; x and a branch index, which defaults; x and the
-style features, not a plain norm_layer(C)), and where it came from: a rich table on a terminal,
-plain aligned columns (one line per variant, never wrapped) when piped, `--json` for scripts.
+style features, not a plain norm_layer(C)), its computation revision (the latest its code
+declares, docs/reproducibility.md#computation-revisions; `--json` lists each change) and where
+it came from: a rich table on a terminal, plain aligned columns (one line per variant, never
+wrapped) when piped, `--json` for scripts.
 `--plugin FILE` (repeatable) loads plugin files first; a broken file is a user error (one
 line, exit 2). Installed entry-point plugins that fail to load are listed as warnings on
 stderr and do not hide the others.
@@ -52,7 +54,7 @@ def variants_command(
         )
 
 
-_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "forward", "source", "paper")
+_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "forward", "revision", "source", "paper")
 # what forward takes (the layer's `conditioning`): a plain norm_layer(C) takes x alone
 _FORWARD = {None: "x", "index": "x, index", "style": "x, style"}
 
@@ -72,6 +74,7 @@ def _rows(infos: list[dict[str, Any]], options_sep: str) -> list[tuple[str, ...]
             "error: " + info["error"] if ppc is None else str(ppc),
             {True: "yes", False: "no"}.get(info["batch_dependent"], "?"),
             _FORWARD.get(info.get("conditioning"), "?"),
+            str(info["revision"]),
             info["source"],
             info["paper"] or "-",
         ))  # fmt: skip

@@ -165,10 +165,11 @@ class Revision:
 
 
 def revisions_of(obj: Any) -> tuple[Revision, ...]:
-    """The changes `obj` declares in its `revision` attribute: nothing (revision 1), an int
-    `n` (`Revision(n, "")`), a `Revision`, a tuple of them in increasing `number`, or a dict
-    {number: reason} (what a layer of `variants/`, which imports nothing of normbench,
-    writes). Raises ValueError naming the rule and the value."""
+    """The changes `obj` declares in its `revision` attribute: nothing or 1 (revision 1), a
+    `Revision`, a tuple of them in increasing `number`, or a dict {number: reason} (what a
+    layer of `variants/`, which imports nothing of normbench, writes). The changes are
+    numbered 2, 3, ... without a gap, each with a one-line reason (a bare int `n` >= 2 has
+    none). Raises ValueError naming the rule and the value."""
     declared = getattr(obj, "revision", None)
     if declared is None:
         return ()
@@ -179,15 +180,24 @@ def revisions_of(obj: Any) -> tuple[Revision, ...]:
         Revision(r, "") if isinstance(r, int) and not isinstance(r, bool) else r for r in items
     )
     numbers = [r.number for r in out if isinstance(r, Revision)]
+    shown = f"revision={getattr(obj, 'revision', None)!r}"
     if len(numbers) != len(out) or any(not _revision_ok(r) for r in out):
         raise ValueError(
-            "revision must be an int >= 1, a normbench.contract.Revision(number, reason, "
-            "when=None), a tuple of them or a dict {number: reason}, but got "
-            f"revision={getattr(obj, 'revision', None)!r}"
+            "revision must be a dict {number: reason}, a normbench.contract.Revision(number, "
+            f"reason, when=None) or a tuple of them (1: unchanged), but got {shown}"
         )
     if numbers != sorted(set(numbers)):
         raise ValueError(f"revision numbers must increase, but got {numbers}")
-    return tuple(r for r in out if r.number > 1)
+    changes = tuple(r for r in out if r.number > 1)
+    if [r.number for r in changes] != list(range(2, 2 + len(changes))):
+        raise ValueError(f"revision numbers must run 2, 3, ... without a gap, but got {shown}")
+    blank = next((r.number for r in changes if not r.reason.strip() or "\n" in r.reason), None)
+    if blank is not None:
+        raise ValueError(
+            f"revision {blank} needs a one-line reason saying what changed "
+            f"(revision = {{{blank}: \"what changed\"}}), but got {shown}"
+        )
+    return changes
 
 
 def _number(item: tuple[Any, Any]) -> Any:

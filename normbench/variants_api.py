@@ -408,6 +408,13 @@ def variant_info(name: str) -> dict[str, Any]:
         "conditioning": getattr(cls, "conditioning", None),
         "source": entry.source,
     }
+    # its computation revision (docs/reproducibility.md#computation-revisions): the latest
+    # declared change, and each change; what a trial uses may also depend on its backbone
+    changes = VARIANTS.revisions(name)
+    info["revision"] = changes[-1].number if changes else 1
+    info["revisions"] = [
+        {"revision": r.number, "reason": r.reason, "when": r.when} for r in changes
+    ]
     try:
         info["params_per_channel"] = params_per_channel(cls)
     except BaseException as exc:  # shown in the table, not a crash of the whole listing

@@ -104,7 +104,7 @@ def evaluate_run(
     refuse_links(run_dir, inside=f"run directory {run_dir}")  # before reading checkpoints
     for path in plugins:
         load_plugin(path)
-    todo = _trials(run_dir, settings, plugins)
+    todo = _trials(run_dir, settings, plugins, echo)
     written: list[dict[str, Any]] = []
     hint = "wait for it to finish, then evaluate"
     with RunStore(run_dir, busy_hint=hint, role="evaluate") as store:
@@ -131,9 +131,12 @@ def evaluate_run(
 
 
 def _trials(
-    run_dir: Path, settings: EvaluateSettings, plugins: tuple[str | Path, ...]
+    run_dir: Path, settings: EvaluateSettings, plugins: tuple[str | Path, ...], echo: Echo
 ) -> list[tuple[dict[str, Any], TrialSpec]]:
-    """Completed trials to evaluate, with the specs to rebuild them; refuses bad input."""
+    """Completed trials to evaluate, with the specs to rebuild them; refuses bad input.
+    Without `--set trials`, the trials a newer revision superseded are skipped, in one line
+    (`normbench.results.revisions`, as the report leaves them out)."""
+    from normbench.results.revisions import left_out_line, superseded_in
     from normbench.results.store import TRIALS, read_jsonl
 
     if not (run_dir / TRIALS).is_file():
@@ -142,12 +145,24 @@ def _trials(
         )
     latest = {r["trial_id"]: r for r in read_jsonl(run_dir / TRIALS)}  # a rerun's line wins
     completed = {t: r for t, r in latest.items() if r["status"] == "completed"}
-    wanted = settings.trials if settings.trials is not None else sorted(completed)
+    old = {t: s for t, s in superseded_in(run_dir).items() if t in completed}
+    wanted = settings.trials
+    if wanted is None:
+        wanted = sorted(set(completed) - set(old))
+        if old:
+            specs = {t: completed[t]["spec"] for t in old}
+            echo(f"evaluate: skipped {left_out_line(old, specs)}")
     unknown = [t for t in wanted if t not in completed]
     if unknown:
         raise EvaluateError(
             f"evaluate: --set trials names {', '.join(unknown)}, which are not completed trials "
             f"of {run_dir}"
+        )
+    named_old = [f"{t} (by {old[t].by})" for t in wanted if t in old]
+    if named_old:
+        raise EvaluateError(
+            f"evaluate: --set trials names {', '.join(named_old)}, superseded by a newer "
+            f"revision of a component in {run_dir}: name the new trial instead"
         )
     out = []
     for tid in wanted:
@@ -178,7 +193,10 @@ def _spec(
 ) -> TrialSpec:
     from normbench.engine.stored import spec_from_run
 
-    spec = spec_from_run(stored, plugins, trial_id=tid, where=run_dir)
+    spec = spec_from_run(
+        stored, plugins, trial_id=tid, where=run_dir, or_else="or leave it out with --set "
+        "'trials=[...]' (the trial ids to evaluate)",
+    )  # fmt: skip
     if settings.dataset_root is not None:
         options = {**spec.dataset_options, "root": settings.dataset_root}
         spec = spec.replace(dataset_options=options)

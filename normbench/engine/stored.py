@@ -22,12 +22,13 @@ from normbench.spec import TrialSpec
 
 
 def spec_from_run(
-    stored: Any, plugins: Sequence[str | Path], *, trial_id: str, where: Path
+    stored: Any, plugins: Sequence[str | Path], *, trial_id: str, where: Path, or_else: str = ""
 ) -> TrialSpec:
     """The TrialSpec of a stored spec dict, with its plugins replaced by the user's files.
 
     Raises RunDirError for a stored spec that is not a valid spec, PluginError for a plugin
-    file the trial needs that the user did not name.
+    file the trial needs that the user did not name, UserError for a trial computed by other
+    code (`or_else`: the command's other way out, added to that line).
     """
     try:
         spec = TrialSpec.from_dict(stored)
@@ -49,11 +50,11 @@ def spec_from_run(
     spec = spec.replace(
         plugins=tuple(given[Path(p).name] for p in spec.plugins), dataset_options=options
     )
-    _refuse_other_code(spec, trial_id, where)
+    _refuse_other_code(spec, trial_id, where, or_else)
     return spec
 
 
-def _refuse_other_code(spec: TrialSpec, trial_id: str, where: Path) -> None:
+def _refuse_other_code(spec: TrialSpec, trial_id: str, where: Path, or_else: str) -> None:
     """A trial computed at other revisions of its components than this code's cannot be
     rebuilt here: its weights would run through code that computes something else."""
     from normbench.engine.build import load_plugins
@@ -65,4 +66,5 @@ def _refuse_other_code(spec: TrialSpec, trial_id: str, where: Path) -> None:
         raise UserError(
             f"trial {trial_id} of {where} was computed by other code ({change}); this code "
             "cannot rebuild it: rerun its suite to train it at the new revision"
+            + (f", {or_else}" if or_else else "")
         )

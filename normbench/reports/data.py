@@ -29,9 +29,9 @@ import pandas as pd
 from normbench.contract import CLASSIFICATION, Scoring, scoring_of
 from normbench.errors import UserError
 from normbench.results import load_epochs, load_results
-from normbench.results.revisions import Superseded, left_out_line, superseded_in
+from normbench.results.revisions import Superseded, in_words, left_out_line, superseded_in
 from normbench.results.store import EPOCHS, TRIALS, read_jsonl
-from normbench.spec import fields_on, identity
+from normbench.spec import REVISION_FIELD, fields_on, identity
 
 # The replicate axis: the trials of one cell differ in it.
 _REPLICATE = ("seed",)
@@ -236,9 +236,18 @@ def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame
                     else (f"{r['dataset']}/{r['backbone_label']}")
                 )
                 raise ReportError(
-                    f"{where}: {what} {name} (batch {r['batch_size']}) differs in {diff[0]} "
-                    f"({diff[1]!r} vs {diff[2]!r})"
+                    f"{where}: {what} {name} (batch {r['batch_size']}) differs in "
+                    + _difference(diff, other, r["spec"])
                 )
+
+
+def _difference(diff: tuple[str, Any, Any], ours: str, theirs: str) -> str:
+    """ "recipe.lr (0.1 vs 0.05)"; computation revisions in words: "revisions (all at
+    revision 1 vs variant at revision 2)"."""
+    if diff[0].split(".")[0] != REVISION_FIELD:
+        return f"{diff[0]} ({diff[1]!r} vs {diff[2]!r})"
+    was, now = (in_words(json.loads(spec).get(REVISION_FIELD)) for spec in (ours, theirs))
+    return f"{REVISION_FIELD} ({was} vs {now})"
 
 
 def _first_difference(

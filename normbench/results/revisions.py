@@ -103,7 +103,21 @@ def left_out_line(found: Mapping[str, Superseded], specs: Mapping[str, Mapping[s
     what = "; ".join(f"{k}: {n} at revision {was}, now {now}" for (k, was, now), n in sorted(
         parts.items()
     ))  # fmt: skip
+    them, their = ("it", "its") if len(found) == 1 else ("them", "their")
     return (
-        f"{len(found)} trials computed by an older revision of a component ({what}); the "
-        "suite now runs them at the new one; their records stay in the run directory"
+        f"{n_trials(len(found))} computed by an older revision of a component ({what}); the "
+        f"suite now runs {them} at the new one; {their} records stay in the run directory"
     )
+
+
+def n_trials(n: int, what: str = "") -> str:
+    """How revision messages count trials: "1 trial", "3 trials", "1 finished trial"."""
+    return f"{n} {what}{' ' if what else ''}trial{'' if n == 1 else 's'}"
+
+
+def in_words(revisions: Mapping[str, int] | None) -> str:
+    """A spec's `revisions` in words: {} or None -> "all at revision 1", {"variant": 2} ->
+    "variant at revision 2" (the kinds left out are at 1)."""
+    if not revisions:
+        return "all at revision 1"
+    return ", ".join(f"{k} at revision {n}" for k, n in sorted(revisions.items()))

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from normbench.errors import RunDirError, StorageFullError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
-from normbench.results.revisions import resolved_trials, superseded, superseded_in
+from normbench.results.revisions import n_trials, resolved_trials, superseded, superseded_in
 from normbench.results.store import (
     DONE_STATUSES,
     EPOCHS,
@@ -160,11 +160,27 @@ def revision_lines(run_dir: Path, suite: Any, status: dict[str, str]) -> tuple[s
     out = []
     for line, was in dict.fromkeys((line, was) for line, was, _ in sorted(counts)):
         n_done, n_started = counts[(line, was, True)], counts[(line, was, False)]
-        what = [f"{n_done} finished trials of revision {was} are not reused"] if n_done else []
-        if n_started:
-            what.append(f"{n_started} unfinished trials of revision {was} are not resumed")
+        what = []
+        for n, how, verb in ((n_done, "finished", "reused"), (n_started, "unfinished", "resumed")):
+            if n:
+                are = "is" if n == 1 else "are"
+                what.append(f"{n_trials(n, how)} of revision {was} {are} not {verb}")
         out.append(f"{line}; {', '.join(what)}")
     return tuple(out)
+
+
+def run_summary(store: RunStore) -> str:
+    """The run's last line: its stored trials by status, as the report counts them (the
+    trials a newer revision superseded apart): "3 completed; 1 superseded by a newer
+    revision, kept on disk"."""
+    old = superseded_in(store.run_dir)
+    counts = Counter(
+        (store.summary(tid) or {}).get("status", "interrupted")
+        for tid in store.trial_ids()
+        if tid not in old
+    )
+    out = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
+    return out + (f"; {len(old)} superseded by a newer revision, kept on disk" if old else "")
 
 
 def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:

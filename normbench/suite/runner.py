@@ -40,6 +40,7 @@ from normbench.results.store import RunStore
 from normbench.spec import TrialSpec
 from normbench.suite.live import LiveView
 from normbench.suite.rundir import (
+    run_summary,
     check_run_dir,
     full_disk_line,
     restore_lost_records,
@@ -148,16 +149,12 @@ def _execute(req: RunRequest, stream: TextIO, guard: _SigtermGuard) -> int:
                 if full is None:
                     raise
                 failed = True
-            counts: dict[str, int] = {}
-            for tid in store.trial_ids():
-                status = (store.summary(tid) or {}).get("status", "interrupted")
-                counts[status] = counts.get(status, 0) + 1
+            summary = run_summary(store)
     finally:
         with guard.deferred():  # a SIGTERM now must not cut Ray's shutdown short
             ray.stop()
     if guard.received:
         raise Terminated()
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
     print(f"run directory {run_dir}: {summary}", file=stream)
     if full is not None:
         report = _build_report(run_dir, stream, quiet=True)

@@ -2,12 +2,15 @@
 declares revision 2 (`revision = {2: reason}` in the plugin file), and the same command into
 the same run directory runs exactly that layer's trials again, says so in one line (the
 run and `--dry-run` alike), leaves every old record and checkpoint byte for byte as it was,
-and `normbench report` shows the new records only, saying what it left out and why."""
+and `normbench report` shows the new records only, saying what it left out and why; the run
+counts as the report does, `normbench evaluate` skips the superseded trial in one line, and a
+merge with the old code's run names the differing revisions in words."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -92,17 +95,30 @@ def test_a_bumped_layer_reruns_alone_and_the_report_leaves_its_old_trials_out(
     old_tiny = {t for t, line in first.items() if line["spec"]["variant"] == "tinynorm"}
     stored = {n: (run / n).read_bytes() for n in ("epochs.jsonl", "trials.jsonl")}
     checkpoints = _files(run / "checkpoints")
+    old_run = tmp_path / "old_run"  # the run as the old code left it, to merge with the new
+    shutil.copytree(run, old_run)
     assert {e["revisions"]["variant"] for e in _lines(run / "epochs.jsonl")} == {1}
 
     # the layer's author changes what it computes and says so
     plugin.write_text(PLUGIN.format(revision=f"\n    revision = {{2: {REASON!r}}}", eps="1e-3"))
-    line = f"tinynorm: revision 2 ({REASON}); 1 finished trials of revision 1 are not reused"
+    line = f"tinynorm: revision 2 ({REASON}); 1 finished trial of revision 1 is not reused"
+    # before the rerun, the trial has no replacement: evaluate refuses it, naming the ways out
+    evaluate = ["evaluate", str(run), "--plugin", str(plugin), "--set", "example_weights=[]"]
     capsys.readouterr()
+    assert _main(evaluate) == 2
+    err = capsys.readouterr().err
+    assert f"was computed by other code (tinynorm: revision 2 ({REASON}) now, revision 1" in err
+    assert "rerun its suite to train it at the new revision, or leave it out with --set " in err
+    assert not (run / "evaluations.jsonl").exists()
     assert _main(["run", str(suite), "--output", str(run), "--dry-run", *ARGS]) == 0
     dry = capsys.readouterr().out
     assert line in dry and "holds 1 of the 2 trials finished (1 completed); 1 left" in dry
     assert _main(["run", str(suite), "--output", str(run), *ARGS]) == 0
-    assert line in capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    assert line in out
+    # the run's last count is the report's: the suite's 2 trials, the old one apart
+    summary = f"run directory {run}: 2 completed; 1 superseded by a newer revision, kept on disk"
+    assert summary in out
 
     # exactly the bumped layer's trials ran again, under new ids; bn resumed
     now = {t.trial_id: t.spec for t in load_suite(suite, **_capped()).trials()}
@@ -125,8 +141,8 @@ def test_a_bumped_layer_reruns_alone_and_the_report_leaves_its_old_trials_out(
     capsys.readouterr()
     assert _main(["report", str(run)]) == 0
     note = (
-        "1 trials computed by an older revision of a component (variant tinynorm: 1 at "
-        "revision 1, now 2); the suite now runs them at the new one; their records stay"
+        "1 trial computed by an older revision of a component (variant tinynorm: 1 at "
+        "revision 1, now 2); the suite now runs it at the new one; its records stay"
     )
     assert f"Left out: {run}: {note}" in capsys.readouterr().out
     assert note in (run / "report" / "leaderboard.md").read_text()
@@ -134,6 +150,27 @@ def test_a_bumped_layer_reruns_alone_and_the_report_leaves_its_old_trials_out(
     assert dict(zip(board["variant"], board["n"], strict=True)) == {"bn": 1, "tinynorm": 1}
     res = load_runs([run])
     assert set(res.trials["trial_id"]) == set(res.epochs["trial_id"]) == set(now)
+
+    # evaluate: the suite's trials now, the superseded one skipped in one line
+    capsys.readouterr()
+    assert _main([*evaluate, "--set", "recalibrate_batches=2"]) == 0
+    out = capsys.readouterr().out
+    (old_id,), (new_id,) = old_tiny, new
+    # bn's statistics recalibrated; the new tinynorm trial rebuilt (GroupNorm: nothing to do)
+    assert f"evaluate: skipped {note}" in out and old_id not in out
+    assert f"trial {new_id}: recalibrated_stats does not apply" in out
+    assert {e["trial_id"] for e in _lines(run / "evaluations.jsonl")} == set(now) - {new_id}
+    assert _main([*evaluate, "--set", f"trials=[{old_id}]"]) == 2
+    assert f"names {old_id} (by {new_id}), superseded by a newer revision" in (
+        capsys.readouterr().err
+    )
+
+    # merged with a run of the old code, the cell differs in its revisions, said in words
+    assert _main(["report", str(old_run), str(run)]) == 2
+    assert (
+        "differs in revisions (all at revision 1 vs variant at revision 2)"
+        in capsys.readouterr().err
+    )
 
 
 def _capped() -> dict[str, int]:
