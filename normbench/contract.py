@@ -195,7 +195,7 @@ def revisions_of(obj: Any) -> tuple[Revision, ...]:
     if blank is not None:
         raise ValueError(
             f"revision {blank} needs a one-line reason saying what changed "
-            f"(revision = {{{blank}: \"what changed\"}}), but got {shown}"
+            f'(revision = {{{blank}: "what changed"}}), but got {shown}'
         )
     return changes
 

@@ -96,13 +96,9 @@ def test_every_backbone_that_drops_the_relu_is_at_revision_2() -> None:
 
 
 def test_declarations_a_plugin_may_write() -> None:
-    class Plain:
-        revision = 3
-
     class Told:
         revision = {2: "epsilon inside the root", 3: "fp32 statistics"}
 
-    assert revisions_of(Plain) == (Revision(3, ""),)
     assert revisions_of(Told) == (
         Revision(2, "epsilon inside the root"),
         Revision(3, "fp32 statistics"),
@@ -110,12 +106,45 @@ def test_declarations_a_plugin_may_write() -> None:
     assert revisions_of(object) == () and revisions_of(type("One", (), {"revision": 1})) == ()
 
 
-@pytest.mark.parametrize("bad", [0, "2", True, 2.0, (Revision(3, "a"), Revision(2, "b"))])
-def test_a_malformed_declaration_is_refused_at_registration(bad: object) -> None:
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (0, "revision must be"), ("2", "revision must be"), (True, "revision must be"),
+        (2.0, "revision must be"), ((Revision(3, "a"), Revision(2, "b")), "must increase"),
+        # a change says what changed, in one line (a bare number says nothing)
+        ({2: ""}, "revision 2 needs a one-line reason"), ({2: "  "}, "needs a one-line"),
+        ({2: "a", 3: "two\nlines"}, "revision 3 needs a one-line reason"),
+        (2, "revision 2 needs a one-line reason"),
+        # the changes are numbered from 2 without a gap
+        ({3: "fp32 statistics"}, r"must run 2, 3, \.\.\. without a gap, but got revision="),
+        ({2: "a", 4: "b"}, "without a gap"),
+    ],
+)  # fmt: skip
+def test_a_malformed_declaration_is_refused_at_registration(bad: object, why: str) -> None:
     reg = Registry("gadget", "normbench.test_gadgets", dict)
-    with pytest.raises(PluginError, match=r"gadget 'thing' .*revision must be|must increase"):
+    with pytest.raises(PluginError, match=rf"^gadget 'thing' \(from file:a_test.py\): .*{why}"):
         reg.register("thing", type("Thing", (), {"revision": bad}), source="file:a_test.py")
     assert "thing" not in reg
+
+
+def test_a_plugin_layer_with_a_blank_reason_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the user's path: `normbench variants --plugin` exits 2 with one line."""
+    from normbench.cli import main
+
+    plugin = tmp_path / "blank_norm.py"
+    plugin.write_text(
+        "from torch import nn\nfrom normbench import register_variant\n\n"
+        "@register_variant('blank_norm')\nclass BlankNorm(nn.BatchNorm2d):\n"
+        "    paper = 'none'\n    batch_dependent = True\n    revision = {2: ''}\n"
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["variants", "--plugin", str(plugin)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "blank_norm" not in VARIANTS, err
+    assert len(err.splitlines()) == 1 and "'blank_norm'" in err and str(plugin) in err, err
+    assert "revision 2 needs a one-line reason saying what changed" in err, err
 
 
 def test_a_plugin_file_declares_a_layer_revision(tmp_path: Path) -> None:

@@ -40,10 +40,10 @@ from normbench.results.store import RunStore
 from normbench.spec import TrialSpec
 from normbench.suite.live import LiveView
 from normbench.suite.rundir import (
-    run_summary,
     check_run_dir,
     full_disk_line,
     restore_lost_records,
+    run_summary,
     stored_progress,
 )
 
