@@ -54,7 +54,7 @@ def variants_command(
         )
 
 
-_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "forward", "revision", "source", "paper")
+_COLUMNS = ("name", "options", "params/ch", "batch-dep.", "forward", "rev.", "source", "paper")
 # what forward takes (the layer's `conditioning`): a plain norm_layer(C) takes x alone
 _FORWARD = {None: "x", "index": "x, index", "style": "x, style"}
 

@@ -98,14 +98,14 @@ def test_piped_table_has_one_unwrapped_line_per_builtin(
     lines = out.splitlines()
     assert lines[0] == "normbench variants"
     assert lines[1].split() == [
-        "name", "options", "params/ch", "batch-dep.", "forward", "revision", "source", "paper"
+        "name", "options", "params/ch", "batch-dep.", "forward", "rev.", "source", "paper"
     ]  # fmt: skip
     for name, count in HAND_COUNT.items():
         (row,) = [line for line in lines if line.split()[0] == name]
         assert f" {count} " in row and " built-in " in row, row
         assert f" {FORWARD[name]} " in row, row
     # the computation revision its code declares: evonorm_b0's fp32 max is revision 2
-    at = lines[1].index("revision")  # aligned columns: the column starts under its header
+    at = lines[1].index("rev.")  # aligned columns: the column starts under its header
     revs = {line.split()[0]: line[at:].split()[:1] for line in lines[2:] if line[:1].isalnum()}
     assert revs["bn"] == ["1"] and revs["evonorm_b0"] == ["2"]
     (bgn,) = [line for line in lines if line.startswith("bgn ")]
