@@ -161,3 +161,28 @@ def test_all_tied_ranking_says_why_friedman_is_undefined_without_a_warning(
     )
     assert "3 variants" not in text
     assert not (out / "plots" / "ranking_cd.png").exists()
+
+
+def test_merging_runs_with_other_plugin_lists_says_plugins_are_identity(
+    tmp_path: Path, capsys
+) -> None:
+    """A run whose trials listed my_norm.py beside one whose trials did not: `normbench
+    report A B` refuses in one line, exit 2, naming plugins as part of the trials' identity."""
+    import json
+
+    from fixtures import make_fixture
+
+    other = tmp_path / "other"
+    make_fixture.write_run(other, seeds=(7, 8), unfinished=False)
+    for name in ("trials.jsonl", "epochs.jsonl"):
+        rows = [json.loads(x) for x in (other / name).read_text().splitlines()]
+        for rec in rows:
+            if rec.get("spec"):
+                rec["spec"]["plugins"] = ["my_norm.py"]
+        (other / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert _main(["report", str(FIXTURE), str(other), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs in plugins ([] vs ['my_norm.py'])" in err
+    assert "the plugin files are part of every trial's identity" in err
+    assert not out.exists()
