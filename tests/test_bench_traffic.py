@@ -201,6 +201,30 @@ class SyncingBN(nn.BatchNorm2d):
 """
 
 
+LAUNCHING_PLUGIN = """
+import torch.nn.functional as F
+from torch import nn
+
+from normbench import register_variant
+
+
+@register_variant("launching_bn")
+class LaunchingBN(nn.BatchNorm2d):
+    paper = "A test plugin that launches many per-channel kernels (nowhere 2026)"
+    batch_dependent = True
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+
+    def forward(self, x):
+        w = self.weight
+        for _ in range(30):  # tiny per-channel kernels: over the kernel bound, not the bytes
+            w = w * 1.0
+        return F.batch_norm(x, self.running_mean, self.running_var, w, self.bias,
+                            self.training, self.momentum, self.eps)
+"""
+
+
 @pytest.fixture()
 def fresh() -> Iterator[None]:
     registry._reset_all()
@@ -230,7 +254,7 @@ def test_report_through_the_cli_lists_layers_and_a_plugin_over_the_bound(
     args = ["bench", "traffic", "--quick", "--plugin", str(plugin), "--output", str(out)]
     with pytest.raises(SystemExit) as info:
         main([*args, "--layers", layers])
-    assert info.value.code == 0
+    assert info.value.code == 1  # a host sync is over the traffic bound: the check fails
     text = out.read_text()
     rows = _rows(text)
     assert set(rows) >= {"bn", "iebn", "iebn momentum=None", "syncing_bn"}
@@ -242,6 +266,14 @@ def test_report_through_the_cli_lists_layers_and_a_plugin_over_the_bound(
     assert "- **syncing_bn**: host syncs: 1" in text.split("| layer |")[0]
     assert "| triton |" in text and "| measured on |" in text
     assert traffic._REFERENCES  # BN measured once per input and reused
+    launches = tmp_path / "launches.py"
+    launches.write_text(textwrap.dedent(LAUNCHING_PLUGIN))
+    kernels_only = tmp_path / "launching.md"  # over its kernel bound only: named, not failed
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "traffic", "--quick", "--plugin", str(launches), "--output",
+              str(kernels_only), "--layers", "launching_bn"])  # fmt: skip
+    row = _rows(kernels_only.read_text())["launching_bn"]
+    assert info.value.code == 0 and row[-1] == "**over**" and int(row[7]) > int(row[9]), row
     with pytest.raises(SystemExit) as info:
         main([*args[:-1], str(tmp_path / "not.md"), "--layers", "bn,nosuch"])
     assert info.value.code == 2 and not (tmp_path / "not.md").exists()
@@ -266,7 +298,9 @@ def test_the_screen_shows_the_reports_table(
 ) -> None:
     """`bench traffic` prints the report's table (typer's CliRunner, not a terminal: plain
     columns): every cell equal to the recorded report's, BN's counts to `measure_layer`'s,
-    a plugin over the bound named under the table."""
+    a plugin over the bound named under the table and exit status 1; above the table the
+    report's heading (quick mode, input shape, dtype); MiB to 3 significant digits, so a
+    small input's bytes agree with the ratios to BN beside them."""
     from typer.testing import CliRunner
 
     from normbench.bench import traffic as traffic_report
@@ -278,7 +312,14 @@ def test_the_screen_shows_the_reports_table(
     out = tmp_path / "traffic.md"
     args = ["bench", "traffic", "--quick", "--layers", "bn,syncing_bn"]
     result = CliRunner().invoke(build_app(), [*args, "--plugin", str(plugin), "--output", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "over the traffic bound: syncing_bn" in result.stderr
+    shape = "x".join(map(str, SHAPE))
+    assert (
+        "Quick mode (a small input): a smoke run, not a result. One training step (forward + "
+        f"backward) of each layer alone, input {shape} bfloat16 under bfloat16 "
+        "autocast, on FakeTensors of cuda; counted at the dispatcher (normbench.traffic)."
+    ) in result.stdout.splitlines()
     screen = _screen_rows(result.stdout, traffic_report.COLUMNS)
     recorded = {
         k: [c.strip("*") for c in v]
@@ -289,10 +330,12 @@ def test_the_screen_shows_the_reports_table(
     assert screen == recorded and set(screen) == {"bn", "syncing_bn", "bn momentum=None"}
     bn = measure_layer("bn", shape=SHAPE)
     counts = [bn.kernels, bn.compiled_kernels, bn.bound_kernels, bn.host_syncs, bn.host_copies]
+    # BN reads x (forward), x and y's gradient (backward), writes y and dx: bf16 activations
+    act = 2 * SHAPE[0] * SHAPE[1] * SHAPE[2] * SHAPE[3]
+    assert (bn.activation_read, bn.activation_written) == (3 * act, 2 * act)
     assert screen["bn"][1:] == [
-        f"{bn.activation_read / 2**20:.1f}", f"{bn.activation_written / 2**20:.1f}", "0.0",
-        "1.00", "1.00", f"{(bn.read_bytes + bn.written_bytes) / 2**20:.1f}", *map(str, counts),
-        "yes", "pass",
+        f"{3 * act / 2**20:#.3g}", f"{2 * act / 2**20:#.3g}", "0", "1.00", "1.00",
+        f"{(bn.read_bytes + bn.written_bytes) / 2**20:#.3g}", *map(str, counts), "yes", "pass",
     ]  # fmt: skip
     assert screen["syncing_bn"][-3:] == ["0", "yes", "over"] and screen["syncing_bn"][10] == "1"
     assert "over the bound: syncing_bn: host syncs: 1" in result.stdout.splitlines()

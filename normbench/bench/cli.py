@@ -118,22 +118,28 @@ def traffic_command(
     """Bytes read and written, kernels and host syncs of one training step per layer (every
     registered variant) on the accelerator path, against 2x BN's bytes and 4x its kernels;
     with --compile, Inductor's own count for each layer compiled whole. The report's table is
-    printed too."""
-    from normbench.bench.traffic import run
+    printed too. Exit status 1 when a layer is over the traffic bound (bytes moved or written,
+    a host sync or host copy; the report is written first), as `bench gpu`'s traffic check; a
+    layer over only its kernel bound is named, not failed. --compile has no bound."""
+    from normbench.bench.traffic import OverBound, run
 
     name = "traffic_compiled" if compile else "traffic"
     output = output or default_output(name, f"bench_{name}.md")
     names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
-    _run(
-        "traffic",
-        output,
-        run,
-        quick=quick,
-        device=device,
-        plugins=plugin or [],
-        layers=names,
-        compile=compile,
-    )
+    try:
+        _run(
+            "traffic",
+            output,
+            run,
+            quick=quick,
+            device=device,
+            plugins=plugin or [],
+            layers=names,
+            compile=compile,
+        )
+    except OverBound as exc:
+        print(f"normbench bench traffic: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
 
 
 def gpu_command(output: OutputOption = None, quick: QuickOption = False) -> None:

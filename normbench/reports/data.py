@@ -235,9 +235,17 @@ def _check_compatible(a: RunInfo, fa: pd.DataFrame, b: RunInfo, fb: pd.DataFrame
                     if what == "cell"
                     else (f"{r['dataset']}/{r['backbone_label']}")
                 )
+                why = (
+                    "; the plugin files are part of every trial's identity, so runs made with "
+                    "different plugin lists do not merge: list the plugin from a suite's first "
+                    "run, or report the runs apart"
+                    if diff[0] == "plugins"
+                    else ""
+                )
                 raise ReportError(
                     f"{where}: {what} {name} (batch {r['batch_size']}) differs in "
                     + _difference(diff, other, r["spec"])
+                    + why
                 )
 
 

@@ -6,9 +6,9 @@ batch size x length), by rank-based statistics for comparing methods over severa
   test top-1 for classification), in the metric's direction (1 = best, ties share the average
   rank); the mean rank over cells orders the variants. Cells of tasks scored by different
   metrics rank together: a rank says only which variant was better in its cell;
-- Friedman's test (scipy.stats.friedmanchisquare; 3 variants or more) asks whether the ranks
-  differ more than chance would make them (it is given the scores oriented so that higher is
-  better in every cell: a lower-is-better metric negated);
+- Friedman's test (scipy.stats.friedmanchisquare; 3 variants or more, not all tied in every
+  cell) asks whether the ranks differ more than chance would make them (it is given the scores
+  oriented so that higher is better in every cell: a lower-is-better metric negated);
 - Nemenyi's post-hoc test (scikit-posthocs' `posthoc_nemenyi_friedman`) gives the pairwise
   p-values behind the critical-difference diagram (scikit-posthocs'
   `critical_difference_diagram`): variants joined by a bar are not told apart at 0.05.
@@ -36,7 +36,7 @@ class Ranking:
     scores: pd.DataFrame  # index: cell title, columns: variant, values: mean final headline
     mean_rank: pd.Series  # variant -> mean rank (1 = best), ascending
     friedman_stat: float
-    friedman_p: float  # NaN with fewer than 3 variants
+    friedman_p: float  # NaN with fewer than 3 variants, or every cell tied (`untested`)
     nemenyi: pd.DataFrame | None  # pairwise p-values (variants x variants)
     ranks: pd.DataFrame | None = None  # like `scores`: each cell's ranks, in its direction
     # cell title -> its headline's label and whether higher is better (classification: top-1)
@@ -63,7 +63,7 @@ def overall_ranking(tables: list[Table]) -> Ranking | None:
     mean_rank = ranks.mean().sort_values(kind="stable")
     stat = p = math.nan
     nemenyi = None
-    if scores.shape[1] >= 3:
+    if untested(oriented) is None:
         import scikit_posthocs as sp
         from scipy import stats
 
@@ -72,6 +72,18 @@ def overall_ranking(tables: list[Table]) -> Ranking | None:
         nemenyi = sp.posthoc_nemenyi_friedman(oriented.to_numpy())
         nemenyi.index = nemenyi.columns = list(scores.columns)
     return Ranking(scores, mean_rank, stat, p, nemenyi, ranks, higher, labels)
+
+
+def untested(scores: pd.DataFrame) -> str | None:
+    """Why Friedman's and Nemenyi's tests say nothing on these cells x variants scores, or
+    None when they apply. With every variant tied in every cell, the ties correction of the
+    Friedman statistic is 0 and the statistic 0/0 (undefined, scipy warns and gives NaN);
+    Nemenyi's p-values would all be 1."""
+    if scores.shape[1] < 3:
+        return "needs at least 3 variants common to every leaderboard"
+    if bool((scores.nunique(axis=1) == 1).all()):
+        return "every variant ties in every leaderboard: the Friedman statistic is undefined"
+    return None
 
 
 def _by(r: Ranking) -> str:
@@ -106,8 +118,9 @@ def ranking_markdown(r: Ranking) -> list[str]:
     out += [""] + [f"[{i}] {title}  " for i, title in enumerate(r.scores.index, 1)]
     out[-1] = out[-1].rstrip()
     out.append("")
-    if math.isnan(r.friedman_p):
-        out += ["Friedman test: needs at least 3 variants common to every leaderboard.", ""]
+    reason = untested(r.scores)
+    if reason is not None:
+        out += [f"Friedman test: {reason}.", ""]
     else:
         verdict = (
             "the ranks differ more than chance explains"

@@ -19,8 +19,9 @@ length only (`--max-epochs`, `--limit-batches`, `epochs`): those are part of eac
 so smoke, truncated and full trials sit side by side and never resume as one another.
 Anything else (recipe, options, data set, the search space ...) would mix incompatible
 results under one suite and is refused with RunDirError; a search may change num_samples.
-Fields that only change how fast trials run (resources, concurrency, retries, plugins) are
-ignored.
+Fields that only change how fast trials run (resources, concurrency, retries) are ignored.
+Plugin files are part of every trial's identity (by file name): adding one to a suite changes
+the id of every trial, so the rerun is refused, and its message says that this is the cause.
 
 This module never imports torch: reports read results through it.
 """
@@ -313,10 +314,35 @@ def _check_compatible(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -
         stored = {t["trial_id"]: t["spec"] for t in old.get("trials", [])}
     for tid, spec in sorted(stored.items()):
         if tid not in new_ids and (spec is None or family_hash(spec) not in families):
+            plugins = spec and _plugin_change(spec, new.get("trials", []), families)
+            if plugins:
+                keep = (
+                    "run the built-ins with the plugin listed from the start"
+                    if plugins.startswith("adding")
+                    else "list the plugin files the stored trials were run with"
+                )
+                raise RunDirError(
+                    f"{where}: the plugin files are part of every trial's identity: {plugins} "
+                    f"changes the ids of all trials (stored trial {tid} among them); {keep}, "
+                    "or use another --output"
+                )
             raise RunDirError(
                 f"{where}: stored trial {tid} is not a trial of the new suite, so results "
                 "would mix; use another --output, or only add trials to the suite"
             )
+
+
+def _plugin_change(spec: dict[str, Any], trials: list[dict[str, Any]], families: set[str]) -> str:
+    """'adding a.py' (or 'removing b.py', both joined by 'and') when `spec` would be a trial
+    of the new suite under one of its trials' plugin lists; '' when plugins are not the cause."""
+    names = sorted({tuple(Path(p).name for p in t["spec"].get("plugins", ())) for t in trials})
+    had = {Path(p).name for p in spec.get("plugins", ())}
+    for now in names:
+        if set(now) != had and family_hash({**spec, "plugins": list(now)}) in families:
+            added, removed = sorted(set(now) - had), sorted(had - set(now))
+            change = [f"adding {', '.join(added)}"] if added else []
+            return " and ".join(change + ([f"removing {', '.join(removed)}"] if removed else []))
+    return ""
 
 
 def stored_specs(run_dir: Path) -> dict[str, dict[str, Any] | None]:

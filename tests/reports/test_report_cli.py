@@ -120,3 +120,69 @@ def test_one_sample_search_report_prints_no_matplotlib_warning(tmp_path: Path, c
     assert not capsys.readouterr().err
     assert (tmp_path / "out" / "plots" / "search_one.png").exists()
     assert (run / "optuna.db").read_bytes() == before  # opened read-only
+
+
+def test_all_tied_ranking_says_why_friedman_is_undefined_without_a_warning(
+    tmp_path: Path, capsys
+) -> None:
+    """bn, ubn, gn at chance (every score 10.03) in two leaderboards: the report says the
+    Friedman statistic is undefined because every variant ties, no scipy RuntimeWarning, and
+    no critical-difference diagram (there is nothing to separate)."""
+    import json
+    import warnings
+
+    from fixtures import make_fixture
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_fixture.write_run(a, variants=("bn", "ubn", "gn"), unfinished=False)
+    make_fixture.write_run(b, variants=("bn", "ubn", "gn"), seeds=(7, 8), unfinished=False)
+    for run in (a, b):
+        for name in ("trials.jsonl", "epochs.jsonl"):
+            rows = [json.loads(x) for x in (run / name).read_text().splitlines()]
+            for rec in rows:
+                for key in ("spec", "cell"):
+                    if rec.get(key) and run == b:
+                        rec[key]["batch_size"] = 64
+                for key in ("val_top1", "test_top1"):
+                    if key in rec:
+                        rec[key] = 10.03
+            (run / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _main(["report", str(a), str(b), "--output", str(out)]) == 0
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "RuntimeWarning" not in capsys.readouterr().err
+    text = (out / "leaderboard.md").read_text()
+    assert "## Overall ranking across 2 leaderboards" in text
+    assert (
+        "Friedman test: every variant ties in every leaderboard: "
+        "the Friedman statistic is undefined." in text
+    )
+    assert "3 variants" not in text
+    assert not (out / "plots" / "ranking_cd.png").exists()
+
+
+def test_merging_runs_with_other_plugin_lists_says_plugins_are_identity(
+    tmp_path: Path, capsys
+) -> None:
+    """A run whose trials listed my_norm.py beside one whose trials did not: `normbench
+    report A B` refuses in one line, exit 2, naming plugins as part of the trials' identity."""
+    import json
+
+    from fixtures import make_fixture
+
+    other = tmp_path / "other"
+    make_fixture.write_run(other, seeds=(7, 8), unfinished=False)
+    for name in ("trials.jsonl", "epochs.jsonl"):
+        rows = [json.loads(x) for x in (other / name).read_text().splitlines()]
+        for rec in rows:
+            if rec.get("spec"):
+                rec["spec"]["plugins"] = ["my_norm.py"]
+        (other / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert _main(["report", str(FIXTURE), str(other), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs in plugins ([] vs ['my_norm.py'])" in err
+    assert "the plugin files are part of every trial's identity" in err
+    assert not out.exists()

@@ -411,3 +411,39 @@ def test_alias_bomb_is_refused_within_a_small_memory_cap(tmp_path: Path) -> None
     assert len(lines) == 1 and "expand the suite to more than 100000 values" in lines[0]
     assert f"{path}:7: (yaml)" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml"]
+
+
+def test_adding_a_plugin_to_a_stored_suite_says_plugins_change_every_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory holds bn and gn; the suite then adds corpus_norm with
+    `plugins: [my_norm.py]`: the rerun (and its --dry-run) is refused in one line that names
+    the plugin as the cause, exit 2, the run directory untouched, Ray never started."""
+    from normbench.results.store import RunStore
+    from normbench.suite.loader import load_suite
+
+    registry._reset_all()
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(suite(variants="[bn, gn]"))
+    (tmp_path / "my_norm.py").write_text(textwrap.dedent(PLUGIN_VARIANT))
+    second.write_text(suite(variants="[bn, gn, corpus_norm]", plugins="[my_norm.py]"))
+    run, stored_suite = tmp_path / "run", load_suite(first)
+    with RunStore(run) as store:
+        store.write_suite(stored_suite)
+        for t in stored_suite.trials():
+            store.finish_trial(t.trial_id, t.spec.to_dict(), t.cell, "completed")
+    stored = sorted(t.trial_id for t in stored_suite.trials())[0]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for dry in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", str(second), "--output", str(run), *dry])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and lines == [
+            f"normbench: error: run directory {run} holds results of a different suite: the "
+            "plugin files are part of every trial's identity: adding my_norm.py changes the ids "
+            f"of all trials (stored trial {stored} among them); run the built-ins with the "
+            "plugin listed from the start, or use another --output"
+        ]
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    registry._reset_all()
