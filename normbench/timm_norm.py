@@ -46,8 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normbench.models._common import is_norm_activation
-from normbench.variants_api import VARIANTS
+from normbench.variants_api import VARIANTS, is_norm_activation
 
 TIMM_MISSING = (
     "normbench's timm adapter needs timm, which is not installed: pip install 'normbench[timm]'"

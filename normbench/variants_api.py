@@ -190,6 +190,15 @@ def identity_targets(layer: Any) -> dict[str, Any]:
     return targets
 
 
+def is_norm_activation(norm: Any) -> bool:
+    """Whether `norm` is a normalization-activation layer (its `norm_activation` is true:
+    EvoNorm-B0/S0, FRN with its TLU), which replaces a norm *and* the activation after it (Liu
+    et al. 2020, arXiv 2004.02967: EvoNorms replace BN-ReLU; Singh & Krishnan 2020, arXiv
+    1911.09737: FRN-TLU replaces BN-ReLU), so no backbone puts an activation after it: one its
+    paper never has (docs/variants.md#normalization-activation-layers)."""
+    return bool(getattr(norm, "norm_activation", False))
+
+
 def default_placement(variant: str) -> str:
     """Where `variant` goes when a suite names no placement: its class attribute
     `default_placement` (its official code's placement, normbench.models.placement), else

@@ -14,6 +14,7 @@ from torch import nn
 
 from normbench.contract import Revision
 from normbench.errors import UserError
+from normbench.variants_api import is_norm_activation
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -57,15 +58,6 @@ def init_convs(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def is_norm_activation(norm: nn.Module) -> bool:
-    """Whether `norm` is a normalization-activation layer (its `norm_activation` is true:
-    EvoNorm-B0/S0, FRN with its TLU), which replaces a norm *and* the activation after it (Liu
-    et al. 2020, arXiv 2004.02967: EvoNorms replace BN-ReLU; Singh & Krishnan 2020, arXiv
-    1911.09737: FRN-TLU replaces BN-ReLU), so no backbone puts an activation after it: one its
-    paper never has (docs/variants.md#normalization-activation-layers)."""
-    return bool(getattr(norm, "norm_activation", False))
 
 
 def activation_after(norm: nn.Module) -> nn.Module:

@@ -55,9 +55,9 @@ from normbench.models._common import (
     activation_after,
     check_bool,
     check_positive_int,
-    is_norm_activation,
     zero_norm_weight,
 )
+from normbench.variants_api import is_norm_activation
 
 OPERATIONS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NODES = 4  # node 0 (input) .. node 3 (output)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from normbench.models._common import is_norm_activation
+from normbench.variants_api import is_norm_activation
 
 
 class NormActBasicBlock(BasicBlock):

@@ -24,9 +24,8 @@ from torch import nn
 
 from normbench.cli import main
 from normbench.models import create_backbone
-from normbench.models._common import is_norm_activation
 from normbench.models.nas201 import RESNET_CELL, ReLUConvNorm
-from normbench.variants_api import norm_layer
+from normbench.variants_api import is_norm_activation, norm_layer
 
 ACTIVATIONS = (nn.ReLU, nn.SiLU)
 SUITES = Path(__file__).resolve().parents[2] / "suites"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from normbench.models._common import is_norm_activation
+from normbench.variants_api import is_norm_activation
 
 NormLayer = Callable[[int], nn.Module]
 Kind = Literal["faster_rcnn", "mask_rcnn"]

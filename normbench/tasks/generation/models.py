@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from normbench.errors import UserError
-from normbench.models._common import is_norm_activation
+from normbench.variants_api import is_norm_activation
 
 NormLayer = Callable[[int], nn.Module]
 
