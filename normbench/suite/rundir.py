@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from normbench.errors import RunDirError, StorageFullError
+from normbench.errors import RunDirError, StorageFullError, UserError
 from normbench.results import paths
 from normbench.results.lock import RUN_BUSY_HINT, lock_holder
 from normbench.results.revisions import n_trials, resolved_trials, superseded, superseded_in
@@ -35,6 +36,7 @@ from normbench.results.store import (
     read_jsonl,
     stored_specs,
 )
+from normbench.spec import TrialSpec
 
 
 def check_run_dir(run_dir: Path, suite: Any) -> None:
@@ -58,9 +60,12 @@ def check_run_dir(run_dir: Path, suite: Any) -> None:
 
 def _refuse_new_revisions(run_dir: Path, suite: Any) -> None:
     """A search's study counts its samples done whatever code computed them, so a search
-    whose components changed revision cannot go on in the same run directory."""
-    new = [t.spec.to_dict() for t in suite.trials()]
-    found = next(iter(superseded(resolved_trials(run_dir), new).values()), None)
+    whose components changed revision cannot go on in the same run directory: neither its
+    grid's base trials nor its stored samples (a sampled layer or backbone has its own)."""
+    samples = stored_specs(run_dir)
+    new = [t.spec.to_dict() for t in suite.trials()] + _restamped(samples.values())
+    stored: dict[str, dict[str, Any] | None] = {**resolved_trials(run_dir), **samples}
+    found = next(iter(superseded(stored, new).values()), None)
     if found is not None:
         change = ", ".join(
             f"{k} revision {n} then, {found.now[k]} now" for k, n in found.was.items()
@@ -69,6 +74,20 @@ def _refuse_new_revisions(run_dir: Path, suite: Any) -> None:
             f"run directory {run_dir} holds a search computed by another revision of the code "
             f"({change}); its study would reuse those samples; use another --output"
         )
+
+
+def _restamped(specs: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The stored specs at the revisions the code declares now (those it cannot read left
+    out: `superseded` leaves them alone too)."""
+    from normbench.engine.revisions import stamp
+
+    out = []
+    for spec in specs:
+        try:
+            out.append(stamp(TrialSpec.from_dict(dict(spec or {}))).to_dict())
+        except (UserError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _check_study_file(db: Path) -> None:

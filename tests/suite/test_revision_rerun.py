@@ -175,3 +175,34 @@ def test_a_bumped_layer_reruns_alone_and_the_report_leaves_its_old_trials_out(
 
 def _capped() -> dict[str, int]:
     return {"max_epochs": 1, "limit_batches": 2}
+
+
+def test_a_search_that_samples_a_bumped_layer_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh_registries: object
+) -> None:
+    """The base layer (bn) keeps its revision, the sampled one (tinynorm) gains one: the
+    study would count the old tinynorm sample as done, so the search is refused, as when the
+    base changes, before anything is written."""
+    search = SUITE.replace("variants: [bn, tinynorm]", "variants: [bn]") + (
+        "search:\n  metric: val_top1\n  mode: max\n  num_samples: 2\n  space:\n"
+        "    variant: {type: categorical, choices: [bn, tinynorm]}\n"
+    )
+    suite, plugin, run = tmp_path / "revised.yaml", tmp_path / "tinynorm.py", tmp_path / "run"
+    suite.write_text(search)
+    plugin.write_text(PLUGIN.format(revision="", eps="1e-5"))
+    assert _main(["run", str(suite), "--output", str(run), *ARGS]) == 0
+    first = _lines(run / "trials.jsonl")
+    assert sorted(t["spec"]["variant"] for t in first) == ["bn", "tinynorm"]
+    before = _files(run)
+
+    plugin.write_text(PLUGIN.format(revision=f"\n    revision = {{2: {REASON!r}}}", eps="1e-3"))
+    for dry in ([], ["--dry-run"]):
+        capsys.readouterr()
+        assert _main(["run", str(suite), "--output", str(run), *dry, *ARGS]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(
+            "holds a search computed by another revision of the code (variant revision 1 "
+            "then, 2 now); its study would reuse those samples; use another --output"
+        )
+        assert len(err.splitlines()) == 1
+        assert _files(run) == before
