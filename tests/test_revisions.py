@@ -179,6 +179,28 @@ def test_superseded_names_the_stored_trials_of_another_revision() -> None:
     assert superseded({new.trial_id: new.to_dict()}, [new.to_dict()]) == {}
 
 
+def test_a_stored_trial_of_newer_code_is_told_apart_from_an_older_one() -> None:
+    """After a downgrade the stored trial is at a newer revision than this code's: not
+    reused all the same, but named as computed by newer code, never as older."""
+    from normbench.results.revisions import left_out_line
+
+    old = TrialSpec(variant="evonorm_b0", backbone="resnet20", dataset="digits", epochs=1)
+    new = old.replace(revisions={"backbone": 2})
+    (down,) = superseded({new.trial_id: new.to_dict()}, [old.to_dict()]).values()
+    (up,) = superseded({old.trial_id: old.to_dict()}, [new.to_dict()]).values()
+    assert (down.by, down.was, down.now) == (old.trial_id, {"backbone": 2}, {"backbone": 1})
+    assert down.newer and not up.newer
+    specs = {new.trial_id: new.to_dict(), old.trial_id: old.to_dict()}
+    both = left_out_line({down.trial_id: down, up.trial_id: up}, specs)
+    assert both == (
+        "1 trial computed by an older revision of a component (backbone evonorm_b0 in "
+        "resnet20: 1 at revision 1, now 2); the suite now runs it at the new one; its records "
+        "stay in the run directory; 1 trial computed by a newer revision of a component than "
+        "this code (backbone evonorm_b0 in resnet20: 1 at revision 2, now 1); this code runs "
+        "it at its own; its records stay in the run directory"
+    )
+
+
 SEARCH = """
 version: 1
 name: revsearch

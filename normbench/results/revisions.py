@@ -34,6 +34,12 @@ class Superseded:
     was: dict[str, int]
     now: dict[str, int]
 
+    @property
+    def newer(self) -> bool:
+        """Computed by newer code than this (a downgrade, another branch): not superseded by
+        this code's trial but not its computation either, so left out all the same."""
+        return any(n > self.now[k] for k, n in self.was.items())
+
 
 def superseded(
     stored: Mapping[str, Mapping[str, Any] | None], current: Iterable[Mapping[str, Any]]
@@ -90,7 +96,17 @@ def _ids(spec: Mapping[str, Any]) -> tuple[str, str] | None:
 
 def left_out_line(found: Mapping[str, Superseded], specs: Mapping[str, Mapping[str, Any]]) -> str:
     """The report's line on the superseded trials it leaves out (`found`, non-empty):
-    "2 trials computed by an older revision (variant tinynorm: 2 at revision 1, now 2); ..."."""
+    "2 trials computed by an older revision (variant tinynorm: 2 at revision 1, now 2); ...",
+    and apart those computed by newer code than this ("1 trial computed by a newer revision
+    ... (variant tinynorm: 1 at revision 2, now 1); ...")."""
+    older = {t: s for t, s in found.items() if not s.newer}
+    newer = {t: s for t, s in found.items() if s.newer}
+    return "; ".join(_left_out(group, specs, group is newer) for group in (older, newer) if group)
+
+
+def _left_out(
+    found: Mapping[str, Superseded], specs: Mapping[str, Mapping[str, Any]], newer: bool
+) -> str:
     parts: dict[tuple[str, int, int], int] = {}
     for s in found.values():
         spec = specs.get(s.trial_id) or {}
@@ -104,6 +120,12 @@ def left_out_line(found: Mapping[str, Superseded], specs: Mapping[str, Mapping[s
         parts.items()
     ))  # fmt: skip
     them, their = ("it", "its") if len(found) == 1 else ("them", "their")
+    if newer:
+        return (
+            f"{n_trials(len(found))} computed by a newer revision of a component than this "
+            f"code ({what}); this code runs {them} at its own; {their} records stay in the run "
+            "directory"
+        )
     return (
         f"{n_trials(len(found))} computed by an older revision of a component ({what}); the "
         f"suite now runs {them} at the new one; {their} records stay in the run directory"

@@ -199,7 +199,10 @@ def run_summary(store: RunStore) -> str:
         if tid not in old
     )
     out = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trials"
-    return out + (f"; {len(old)} superseded by a newer revision, kept on disk" if old else "")
+    newer = sum(s.newer for s in old.values())  # computed by newer code than this
+    apart = [f"{len(old) - newer} superseded by a newer revision"] if len(old) > newer else []
+    apart += [f"{newer} computed by newer code than this"] if newer else []
+    return out + (f"; {', '.join(apart)}, kept on disk" if apart else "")
 
 
 def restore_lost_records(store: RunStore, suite: Any, stream: TextIO) -> dict[str, list[str]]:
