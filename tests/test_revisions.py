@@ -248,3 +248,31 @@ def test_a_stored_trial_of_an_older_revision_is_not_rebuilt(tmp_path: Path) -> N
         spec_from_run(old.to_dict(), (), trial_id=old.trial_id, where=tmp_path)
     now = stamp(old)
     assert spec_from_run(now.to_dict(), (), trial_id=now.trial_id, where=tmp_path) == now
+
+
+class _NeedsAnAccelerator(torch.nn.Module):
+    """A layer whose constructor fails off an accelerator (as one that needs CUDA would)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        raise RuntimeError("no CUDA device")
+
+
+class _ReadsAValue(torch.nn.Module):
+    """A layer whose constructor reads a tensor's value (fails on the meta device) and sets
+    `norm_activation` on its instances only."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(num_features))
+        self.norm_activation = bool(self.scale.sum().item() > 0)
+
+
+def test_the_norm_flag_never_depends_on_the_machine() -> None:
+    """`when="norm_activation"` asks the layer: a layer that builds nowhere here counts as not
+    having it (a CUDA-only constructor must not give another id on a GPU machine), and one
+    that fails only on the meta device is asked after a CPU build."""
+    from normbench.engine.revisions import _norm_flag
+
+    assert _norm_flag(_NeedsAnAccelerator, (), "resnet20", (), "norm_activation") is False
+    assert _norm_flag(_ReadsAValue, (), "resnet20", (), "norm_activation") is True
