@@ -40,7 +40,7 @@ its norms replaced. An `avg_pool_3x3` in between is not a norm's output (the ReL
 any other norm nothing changes. The DARTS supernet (normbench.tasks.nas.supernet) keeps the
 ReLUs of its cells' operations (each of its nodes is a weighted sum over all operations); its
 skeleton is this module's `CellNetwork`, so with `skeleton_norm: variant` and such a layer the
-stem's, the reduction blocks' second convs' and the head's ReLUs go as here.
+reduction blocks' second convs' and the head's ReLUs go as here.
 """
 
 from __future__ import annotations
