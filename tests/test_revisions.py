@@ -53,7 +53,7 @@ def test_a_revised_component_gives_a_new_id_of_the_same_trial() -> None:
     spec = TrialSpec(**fields)
     assert spec.trial_id == pinned  # as built by hand: the id the old code gave it
     now = stamp(spec)
-    assert now.revisions == {"variant": 2, "backbone": 2}
+    assert now.revisions == {"backbone": 2}
     assert now.trial_id != pinned and unrevised_id(now.to_dict()) == pinned
     assert notes(now)["backbone"] == (
         "evonorm_b0 in resnet20: revision 2 (no ReLU after normalization-activation layers)"
@@ -174,8 +174,8 @@ def test_superseded_names_the_stored_trials_of_another_revision() -> None:
     found = superseded(stored, [new.to_dict(), bn.to_dict()])
     assert list(found) == [old.trial_id]
     assert found[old.trial_id].by == new.trial_id
-    assert found[old.trial_id].was == {"backbone": 1, "variant": 1}
-    assert found[old.trial_id].now == {"backbone": 2, "variant": 2}
+    assert found[old.trial_id].was == {"backbone": 1}
+    assert found[old.trial_id].now == {"backbone": 2}
     assert superseded({new.trial_id: new.to_dict()}, [new.to_dict()]) == {}
 
 
