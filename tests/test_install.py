@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,28 @@ def test_a_build_outside_a_checkout_records_an_unknown_commit(tmp_path: Path) ->
     read = f"import sys; sys.path.insert(0, {str(wheel)!r}); {COMMIT}"  # a wheel is importable
     recorded = _run([sys.executable, "-c", read], cwd=tmp_path, env=env).stdout.strip()
     assert recorded == "unknown (built outside a git checkout)"
+
+
+def test_a_wheel_built_from_an_sdist_records_the_sdists_commit(tmp_path: Path) -> None:
+    """`python -m build` makes the sdist in the checkout, then the wheel from the unpacked
+    sdist (no .git there): the sdist carries the stamp, and the wheel keeps it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    src = _sources(tmp_path / "src")
+    _git(src, "init", "-q")
+    _git(src, "add", "-A")
+    _git(src, "commit", "-q", "-m", "the sources")
+    setuptools_dir = _recent_setuptools()
+    if setuptools_dir is None:
+        pytest.skip("no setuptools >= 77 here to build without a download")
+    make = "from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    made = _run(
+        [sys.executable, "-c", f"import sys; {make}", str(tmp_path / "sdist")],
+        cwd=src, env={**env, "PYTHONPATH": setuptools_dir},
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    with tarfile.open(tmp_path / "sdist" / made) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    wheel = _build_wheel(Path(sys.executable), unpacked, tmp_path / "dist", env)
+    read = f"import sys; sys.path.insert(0, {str(wheel)!r}); {COMMIT}"
+    recorded = _run([sys.executable, "-c", read], cwd=tmp_path, env=env).stdout.strip()
+    assert recorded == _git(src, "rev-parse", "HEAD")

@@ -53,7 +53,7 @@ def test_a_revised_component_gives_a_new_id_of_the_same_trial() -> None:
     spec = TrialSpec(**fields)
     assert spec.trial_id == pinned  # as built by hand: the id the old code gave it
     now = stamp(spec)
-    assert now.revisions == {"variant": 2, "backbone": 2}
+    assert now.revisions == {"backbone": 2}
     assert now.trial_id != pinned and unrevised_id(now.to_dict()) == pinned
     assert notes(now)["backbone"] == (
         "evonorm_b0 in resnet20: revision 2 (no ReLU after normalization-activation layers)"
@@ -174,8 +174,8 @@ def test_superseded_names_the_stored_trials_of_another_revision() -> None:
     found = superseded(stored, [new.to_dict(), bn.to_dict()])
     assert list(found) == [old.trial_id]
     assert found[old.trial_id].by == new.trial_id
-    assert found[old.trial_id].was == {"backbone": 1, "variant": 1}
-    assert found[old.trial_id].now == {"backbone": 2, "variant": 2}
+    assert found[old.trial_id].was == {"backbone": 1}
+    assert found[old.trial_id].now == {"backbone": 2}
     assert superseded({new.trial_id: new.to_dict()}, [new.to_dict()]) == {}
 
 
@@ -270,3 +270,31 @@ def test_a_stored_trial_of_an_older_revision_is_not_rebuilt(tmp_path: Path) -> N
         spec_from_run(old.to_dict(), (), trial_id=old.trial_id, where=tmp_path)
     now = stamp(old)
     assert spec_from_run(now.to_dict(), (), trial_id=now.trial_id, where=tmp_path) == now
+
+
+class _NeedsAnAccelerator(torch.nn.Module):
+    """A layer whose constructor fails off an accelerator (as one that needs CUDA would)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        raise RuntimeError("no CUDA device")
+
+
+class _ReadsAValue(torch.nn.Module):
+    """A layer whose constructor reads a tensor's value (fails on the meta device) and sets
+    `norm_activation` on its instances only."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(num_features))
+        self.norm_activation = bool(self.scale.sum().item() > 0)
+
+
+def test_the_norm_flag_never_depends_on_the_machine() -> None:
+    """`when="norm_activation"` asks the layer: a layer that builds nowhere here counts as not
+    having it (a CUDA-only constructor must not give another id on a GPU machine), and one
+    that fails only on the meta device is asked after a CPU build."""
+    from normbench.engine.revisions import _norm_flag
+
+    assert _norm_flag(_NeedsAnAccelerator, (), "resnet20", (), "norm_activation") is False
+    assert _norm_flag(_ReadsAValue, (), "resnet20", (), "norm_activation") is True

@@ -67,8 +67,8 @@ class EvoNormB0(ContractNorm):
     batch_dependent = True
     global_stats = True
     norm_activation = True  # replaces BN-ReLU: backbones put no ReLU after it
-    # the computation's changes (docs/reproducibility.md#computation-revisions); dbd6f67
-    revision = {2: "the max of batch and instance std compared in fp32, which changed bf16 runs"}
+    # no revision: its fp32 max of the two stds (dbd6f67) landed with the layer itself, before
+    # any stored result (docs/reproducibility.md#computation-revisions)
 
     weight: torch.Tensor  # γ (C,), set by register_affine
     bias: torch.Tensor  # β (C,)

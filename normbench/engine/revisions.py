@@ -84,19 +84,26 @@ def _norm_flag(
     attribute: str,
 ) -> bool:
     """Whether the trial's norm layer has `attribute` true: the class's own bool, else the
-    layer built on the meta device at the backbone's smallest norm width (FRN decides with
-    its options). A layer that cannot be built so counts as having it: a rerun costs less
-    than results of old code passing for new."""
+    layer built at the backbone's smallest norm width (FRN decides with its options), on the
+    meta device, else on the CPU. A layer that builds on neither does not have it: a trial's
+    id must not depend on the machine that computes it (a constructor that needs CUDA), and a
+    layer that sets the attribute only on its instances is told to declare it on its class
+    (docs/reproducibility.md#computation-revisions)."""
     value = getattr(cls, attribute, None)
     if isinstance(value, bool):
         return value
     try:
         width = min(norm_widths(backbone, backbone_options, False), default=64)
-        with torch.device("meta"):
-            layer = cls(width, **dict(options))
     except Exception:
-        return True
-    return bool(getattr(layer, attribute, False))
+        width = 64
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                layer = cls(width, **dict(options))
+        except Exception:
+            continue
+        return bool(getattr(layer, attribute, False))
+    return False
 
 
 def code_change(spec: TrialSpec) -> str | None:

@@ -37,8 +37,10 @@ cell); and the reduction block's second conv (its ReLU follows the first conv's 
 and the head has no ReLU after its last norm. The ResNet-like cell then reads
 ReLU(x) -> conv -> norm-act -> conv -> norm-act, plus x: the post-activation ResNet block with
 its norms replaced. An `avg_pool_3x3` in between is not a norm's output (the ReLU stays). With
-any other norm nothing changes. The DARTS supernet (normbench.tasks.nas.supernet) keeps every
-ReLU: each of its nodes is a weighted sum over all operations.
+any other norm nothing changes. The DARTS supernet (normbench.tasks.nas.supernet) keeps the
+ReLUs of its cells' operations (each of its nodes is a weighted sum over all operations); its
+skeleton is this module's `CellNetwork`, so with `skeleton_norm: variant` and such a layer the
+reduction blocks' second convs' and the head's ReLUs go as here.
 """
 
 from __future__ import annotations
