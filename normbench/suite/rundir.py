@@ -91,11 +91,16 @@ def _restamped(specs: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
 
 
 def _check_study_file(db: Path) -> None:
-    """The study file opens read-only as an Optuna SQLite storage (the run would refuse it)."""
+    """The study file opens read-only as an Optuna SQLite storage (the run would refuse it).
+    A study whose writer was killed mid-transaction holds a hot journal (`optuna.db-journal`)
+    that only a read-write open rolls back (SQLITE_READONLY_ROLLBACK here): that is a study to
+    recover, which the run's own open does, not one to refuse."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             conn.execute("SELECT count(*) FROM studies").fetchone()
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK:
+            return
         raise RunDirError(
             f"{db}: the Optuna study cannot be read (sqlite3: {exc}); move the file away and "
             "rerun to rebuild the study from trials.jsonl"
