@@ -342,13 +342,9 @@ def suite_trial(
 def _stored_specs(run_dir: Path) -> dict[str, Any]:
     """Trial id -> stored spec dict of every trial of a run directory (summary or first
     epoch); turned into a TrialSpec only once picked (`engine.stored.spec_from_run`)."""
-    from normbench.results.store import EPOCHS, TRIALS, read_jsonl
+    from normbench.results.store import stored_specs
 
-    specs: dict[str, Any] = {}
-    for name in (TRIALS, EPOCHS):
-        for line in read_jsonl(run_dir / name):
-            if line.get("spec") and line["trial_id"] not in specs:
-                specs[line["trial_id"]] = line["spec"]
+    specs = {tid: spec for tid, spec in stored_specs(run_dir).items() if spec}
     if not specs:
         raise TrainArgumentError(f"{run_dir}: not a run directory with stored trials")
     return specs
