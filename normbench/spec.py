@@ -93,6 +93,9 @@ MAX_THREADS = 4_096
 LENGTH_FIELDS = ("epochs", "limit_batches")
 # The identity field that says which revision of the code computes a trial (`TrialSpec`).
 REVISION_FIELD = "revisions"
+# The fields naming a registered component whose code computes the trial: each declares its
+# revision (normbench.engine.revisions).
+REVISED_KINDS = ("variant", "backbone", "dataset", "task")
 
 
 class SpecError(UserError, ValueError):

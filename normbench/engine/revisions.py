@@ -21,12 +21,10 @@ from normbench.data.registry import DATASETS
 from normbench.models.registry import BACKBONES, norm_widths
 from normbench.options import freeze
 from normbench.registry import Registry
+from normbench.spec import REVISED_KINDS as KINDS
 from normbench.spec import TrialSpec
 from normbench.tasks.registry import TASKS
 from normbench.variants_api import VARIANTS
-
-# the spec fields naming a registered component whose code computes the trial
-KINDS = ("variant", "backbone", "dataset", "task")
 
 
 def _registry(kind: str) -> Registry:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from normbench.spec import Recipe, TrialSpec, declared
+from normbench.spec import REVISED_KINDS, Recipe, TrialSpec, declared
 from normbench.suite.schema import BackboneEntry, NamedEntry, SuiteModel, VariantEntry
 from normbench.suite.yamlmap import Path
 
@@ -317,16 +317,14 @@ def searched_spec(spec: TrialSpec, params: dict[str, Any]) -> TrialSpec:
     then uses (the base spec's, unless a parameter picks another layer, backbone, data set or
     task, or their options; a plugin of the suite may declare them, so it is loaded first)."""
     spec = apply_params(spec, params)
-    if not {path.partition(".")[0].removesuffix("_options") for path in params} & set(_KINDS):
+    changed = {path.partition(".")[0].removesuffix("_options") for path in params}
+    if not changed & set(REVISED_KINDS):
         return spec
     from normbench.engine.build import load_plugins
     from normbench.engine.revisions import stamp
 
     load_plugins(spec)
     return stamp(spec)
-
-
-_KINDS = ("variant", "backbone", "dataset", "task")  # what a revision is declared on
 
 
 def _train_placement(train: Any, variant: str) -> str:
