@@ -161,18 +161,18 @@ def stored_progress(run_dir: Path, suite: Any) -> Progress | None:
     interrupted = len({t for t in ids & started if t not in status})
     stored = {t: status.get(t, "interrupted") for t in ids & (set(status) | started)}
     finished = dict(Counter(status[t] for t in done))
-    lines = revision_lines(run_dir, suite, status)
+    lines = revision_lines(run_dir, trials, status)
     return Progress(total, finished, interrupted, failed, frozenset(done), stored, lines)
 
 
-def revision_lines(run_dir: Path, suite: Any, status: dict[str, str]) -> tuple[str, ...]:
+def revision_lines(run_dir: Path, trials: Any, status: dict[str, str]) -> tuple[str, ...]:
     """One line per component revision that keeps stored trials from being reused
     (`normbench.results.revisions` decides which): "evonorm_b0 in resnet20: revision 2
-    (reason); 6 finished trials of revision 1 are not reused". `status`: trial id -> its
-    summary's status."""
+    (reason); 6 finished trials of revision 1 are not reused". `trials`: the suite's
+    expanded trials; `status`: trial id -> its summary's status."""
     from normbench.engine.revisions import notes
 
-    specs = {t.trial_id: t.spec for t in suite.trials()}
+    specs = {t.trial_id: t.spec for t in trials}
     found = superseded(stored_specs(run_dir), [s.to_dict() for s in specs.values()])
     counts: Counter[tuple[str, int, bool]] = Counter()
     for s in found.values():
